@@ -1,0 +1,339 @@
+//! The one ABI between the BPF programs and userspace.
+//!
+//! `node-datapath/bpf/lb.h` is the source of truth; every type here is a
+//! `#[repr(C)]` mirror of a struct there, with a compile-time size assert.
+//! Addresses and ports are stored in network byte order exactly as the kernel
+//! sees them; the constructors take host-order values and convert, so callers
+//! never juggle byte order. This crate is plain data: no I/O, no aya unless the
+//! `aya` feature is enabled (then each type implements `aya::Pod`).
+
+use std::net::Ipv4Addr;
+
+/// Map names (at most 15 bytes, the kernel's limit), as declared in lb.h.
+pub mod map_names {
+    pub const SERVICES: &str = "sy_svc_v4";
+    pub const BACKENDS: &str = "sy_backend_v4";
+    pub const REV_NAT: &str = "sy_revnat_v4";
+    pub const SOCK_REV_NAT: &str = "sy_sock_rnat4";
+    pub const AFFINITY: &str = "sy_affinity4";
+    pub const COUNTERS: &str = "sy_counters";
+}
+
+/// Default map capacities (lb.h `SY_*_MAP_MAX`).
+pub mod capacity {
+    pub const SERVICES: u32 = 524_288;
+    pub const BACKENDS: u32 = 524_288;
+    pub const REV_NAT: u32 = 65_536;
+    pub const SOCK_REV_NAT: u32 = 262_144;
+    pub const AFFINITY: u32 = 65_536;
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+pub const SCOPE_EXTERNAL: u8 = 0;
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// `sy_svc_value.flags`.
+pub mod svc_flags {
+    pub const CLUSTER_IP: u8 = 1 << 0;
+    pub const NODEPORT: u8 = 1 << 1;
+    pub const EXTERNAL_IP: u8 = 1 << 2;
+    pub const LOADBALANCER: u8 = 1 << 3;
+    pub const AFFINITY: u8 = 1 << 4;
+    pub const LOCAL_ONLY: u8 = 1 << 5;
+}
+
+/// `sy_backend.flags`.
+pub mod backend_flags {
+    pub const TERMINATING: u8 = 1 << 0;
+}
+
+/// Backend id: the key of the backend map. 0 is never a valid id.
+pub type BackendId = u32;
+/// Rev-NAT id: the key of the rev-NAT map. 0 is never a valid id.
+pub type RevNatId = u16;
+
+/// `struct sy_svc_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SvcKey {
+    pub address: u32,
+    pub dport: u16,
+    pub backend_slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+
+impl SvcKey {
+    /// A key from host-order values.
+    pub fn new(address: Ipv4Addr, port: u16, proto: u8, scope: u8, slot: u16) -> Self {
+        Self {
+            address: u32::from(address).to_be(),
+            dport: port.to_be(),
+            backend_slot: slot,
+            proto,
+            scope,
+            pad: [0; 2],
+        }
+    }
+
+    /// The VIP marker key of a ClusterIP (port 0, proto 0, slot 0).
+    pub fn vip_marker(address: Ipv4Addr) -> Self {
+        Self::new(address, 0, 0, SCOPE_EXTERNAL, 0)
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from_be(self.address))
+    }
+
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.dport)
+    }
+
+    /// The same frontend at another slot.
+    pub fn with_slot(self, slot: u16) -> Self {
+        Self {
+            backend_slot: slot,
+            ..self
+        }
+    }
+}
+
+/// `struct sy_svc_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SvcValue {
+    pub backend_id: BackendId,
+    pub count: u16,
+    pub rev_nat_index: RevNatId,
+    pub flags: u8,
+    pub pad: u8,
+    pub pad2: u16,
+    pub affinity_timeout: u32,
+}
+
+/// `struct sy_backend`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Backend {
+    pub address: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+impl Backend {
+    pub fn new(address: Ipv4Addr, port: u16, proto: u8, flags: u8) -> Self {
+        Self {
+            address: u32::from(address).to_be(),
+            port: port.to_be(),
+            proto,
+            flags,
+        }
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from_be(self.address))
+    }
+
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// `struct sy_rev_nat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RevNat {
+    pub address: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
+impl RevNat {
+    pub fn new(address: Ipv4Addr, port: u16) -> Self {
+        Self {
+            address: u32::from(address).to_be(),
+            port: port.to_be(),
+            pad: 0,
+        }
+    }
+}
+
+/// `struct sy_sock_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub address: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
+/// `struct sy_sock_rev_nat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevNat {
+    pub address: u32,
+    pub port: u16,
+    pub rev_nat_index: RevNatId,
+}
+
+/// `struct sy_affinity_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    pub client_cookie: u64,
+    pub rev_nat_index: RevNatId,
+    pub pad: u16,
+    pub pad2: u32,
+}
+
+/// `struct sy_affinity_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityValue {
+    pub last_used_ns: u64,
+    pub backend_id: BackendId,
+    pub pad: u32,
+}
+
+/// `enum sy_counter`: indexes of the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    ConnectTranslated = 0,
+    SendmsgTranslated = 1,
+    RecvmsgRevNat = 2,
+    PeernameRevNat = 3,
+    DropNoBackend = 4,
+    DropBackendMissing = 5,
+    DropSlotMissing = 6,
+    SockRevNatFull = 7,
+    AffinityHit = 8,
+    DropUnknownPort = 9,
+}
+
+impl Counter {
+    /// Every counter, in index order (`SY_CNT_MAX` entries).
+    pub const ALL: [Counter; 10] = [
+        Counter::ConnectTranslated,
+        Counter::SendmsgTranslated,
+        Counter::RecvmsgRevNat,
+        Counter::PeernameRevNat,
+        Counter::DropNoBackend,
+        Counter::DropBackendMissing,
+        Counter::DropSlotMissing,
+        Counter::SockRevNatFull,
+        Counter::AffinityHit,
+        Counter::DropUnknownPort,
+    ];
+
+    /// Whether this counter counts a packet the datapath could not serve.
+    pub fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Counter::DropNoBackend
+                | Counter::DropBackendMissing
+                | Counter::DropSlotMissing
+                | Counter::SockRevNatFull
+                | Counter::DropUnknownPort
+        )
+    }
+
+    /// The Prometheus label value (`reason=…`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Counter::ConnectTranslated => "connect_translated",
+            Counter::SendmsgTranslated => "sendmsg_translated",
+            Counter::RecvmsgRevNat => "recvmsg_revnat",
+            Counter::PeernameRevNat => "getpeername_revnat",
+            Counter::DropNoBackend => "no_backend",
+            Counter::DropBackendMissing => "backend_missing",
+            Counter::DropSlotMissing => "slot_missing",
+            Counter::SockRevNatFull => "sock_revnat_map_full",
+            Counter::AffinityHit => "affinity_hit",
+            Counter::DropUnknownPort => "unknown_service_port",
+        }
+    }
+}
+
+/// `SY_CNT_MAX`.
+pub const COUNTER_MAX: u32 = Counter::ALL.len() as u32;
+
+const _: () = {
+    assert!(size_of::<SvcKey>() == 12);
+    assert!(size_of::<SvcValue>() == 16);
+    assert!(size_of::<Backend>() == 8);
+    assert!(size_of::<RevNat>() == 8);
+    assert!(size_of::<SockKey>() == 16);
+    assert!(size_of::<SockRevNat>() == 8);
+    assert!(size_of::<AffinityKey>() == 16);
+    assert!(size_of::<AffinityValue>() == 16);
+};
+
+#[cfg(feature = "aya")]
+mod pod {
+    // SAFETY: every type is `#[repr(C)]`, `Copy`, has no padding the compiler
+    // inserts (explicit pad fields, sizes asserted above) and is valid for
+    // any bit pattern.
+    unsafe impl aya::Pod for super::SvcKey {}
+    unsafe impl aya::Pod for super::SvcValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::RevNat {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::SockRevNat {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_store_network_byte_order() {
+        let k = SvcKey::new(Ipv4Addr::new(10, 96, 0, 10), 53, IPPROTO_UDP, SCOPE_EXTERNAL, 0);
+        assert_eq!(k.address.to_ne_bytes(), [10, 96, 0, 10]);
+        assert_eq!(k.dport.to_ne_bytes(), [0, 53]);
+        assert_eq!(k.ip(), Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(k.port(), 53);
+        let b = Backend::new(Ipv4Addr::new(10, 244, 1, 7), 8080, IPPROTO_TCP, 0);
+        assert_eq!(b.port.to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!((b.ip(), b.host_port()), (Ipv4Addr::new(10, 244, 1, 7), 8080));
+    }
+
+    #[test]
+    fn counters_are_dense_and_named_uniquely() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.reason()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+
+    #[test]
+    fn header_and_mirror_agree() {
+        // The header is the source of truth: check names, counter indexes and
+        // capacities against it textually so a one-sided edit fails here.
+        let h = include_str!("../../bpf/lb.h");
+        for name in [
+            map_names::SERVICES,
+            map_names::BACKENDS,
+            map_names::REV_NAT,
+            map_names::SOCK_REV_NAT,
+            map_names::AFFINITY,
+            map_names::COUNTERS,
+        ] {
+            assert!(h.contains(&format!("\"{name}\"")), "map {name} not in lb.h");
+            assert!(name.len() <= 15, "map name {name} too long for the kernel");
+        }
+        assert!(h.contains(&format!("SY_CNT_MAX = {},", COUNTER_MAX)));
+        assert!(h.contains(&format!("SY_SVC_MAP_MAX {}", capacity::SERVICES)));
+        assert!(h.contains(&format!("SY_BACKEND_MAP_MAX {}", capacity::BACKENDS)));
+    }
+}

@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * switchyard socket load-balancer: map layouts shared by the BPF programs and
+ * the agent. THIS FILE IS THE SOURCE OF TRUTH for every key/value layout; the
+ * Rust mirror lives in node-datapath/abi/src/lib.rs and asserts the sizes.
+ *
+ * Design (after Cilium's lb4 maps): a service frontend (VIP, port, proto) owns
+ * slot 0, the master entry, holding the backend count and the rev-NAT id;
+ * slots 1..=count map to backend ids. Writers update backends, then slots,
+ * then the master, then delete orphans, so a reader never sees a
+ * half-written service. All addresses and ports are in network byte order.
+ *
+ * A ClusterIP also gets a VIP marker entry {address, dport 0, slot 0, proto 0}
+ * (value all zero): a lookup miss on a port that is not a service port then
+ * finds the marker, counts SY_CNT_DROP_UNKNOWN_PORT and is refused.
+ */
+#ifndef SWITCHYARD_LB_H
+#define SWITCHYARD_LB_H
+
+#include <linux/types.h>
+
+#define SY_SVC_MAP_NAME "sy_svc_v4"
+#define SY_BACKEND_MAP_NAME "sy_backend_v4"
+#define SY_REVNAT_MAP_NAME "sy_revnat_v4"
+#define SY_SOCK_REVNAT_MAP_NAME "sy_sock_rnat4"
+#define SY_AFFINITY_MAP_NAME "sy_affinity4"
+#define SY_COUNTERS_MAP_NAME "sy_counters"
+
+/* Default capacities; the loader may override max_entries. */
+#define SY_SVC_MAP_MAX 524288
+#define SY_BACKEND_MAP_MAX 524288
+#define SY_REVNAT_MAP_MAX 65536
+#define SY_SOCK_REVNAT_MAP_MAX 262144
+#define SY_AFFINITY_MAP_MAX 65536
+
+/* sy_svc_key.scope */
+#define SY_SCOPE_EXTERNAL 0
+#define SY_SCOPE_INTERNAL 1
+
+/* sy_svc_value.flags */
+#define SY_SVC_F_CLUSTER_IP (1 << 0)
+#define SY_SVC_F_NODEPORT (1 << 1)
+#define SY_SVC_F_EXTERNAL_IP (1 << 2)
+#define SY_SVC_F_LOADBALANCER (1 << 3)
+#define SY_SVC_F_AFFINITY (1 << 4)  /* sessionAffinity: ClientIP */
+#define SY_SVC_F_LOCAL_ONLY (1 << 5) /* slots hold node-local endpoints only */
+
+/* sy_backend.flags */
+#define SY_BACKEND_F_TERMINATING (1 << 0) /* serving but terminating */
+
+struct sy_svc_key {
+	__be32 address;       /* frontend IPv4 address */
+	__be16 dport;         /* frontend port */
+	__u16 backend_slot;   /* 0 = master entry, 1..=count = backends */
+	__u8 proto;           /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 scope;           /* SY_SCOPE_* */
+	__u8 pad[2];
+};                            /* 12 bytes */
+
+struct sy_svc_value {
+	__u32 backend_id;      /* slot > 0: the backend; master: 0 */
+	__u16 count;           /* master: number of backend slots */
+	__u16 rev_nat_index;   /* rev-NAT id of this frontend */
+	__u8 flags;            /* SY_SVC_F_* (master) */
+	__u8 pad;
+	__u16 pad2;
+	__u32 affinity_timeout; /* master, SY_SVC_F_AFFINITY: seconds */
+};                             /* 16 bytes */
+
+struct sy_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;            /* SY_BACKEND_F_* */
+};                             /* 8 bytes; key: __u32 backend id */
+
+struct sy_rev_nat {
+	__be32 address;        /* frontend address to restore */
+	__be16 port;           /* frontend port to restore */
+	__u16 pad;
+};                             /* 8 bytes; key: __u16 rev-NAT id */
+
+struct sy_sock_key {
+	__u64 cookie;          /* socket cookie */
+	__be32 address;        /* backend address */
+	__be16 port;           /* backend port */
+	__u16 pad;
+};                             /* 16 bytes */
+
+struct sy_sock_rev_nat {
+	__be32 address;        /* frontend address */
+	__be16 port;           /* frontend port */
+	__u16 rev_nat_index;
+};                             /* 8 bytes */
+
+struct sy_affinity_key {
+	__u64 client_cookie;   /* netns cookie of the client */
+	__u16 rev_nat_index;   /* the frontend */
+	__u16 pad;
+	__u32 pad2;
+};                             /* 16 bytes */
+
+struct sy_affinity_value {
+	__u64 last_used_ns;    /* bpf_ktime_get_ns() of the last use */
+	__u32 backend_id;
+	__u32 pad;
+};                             /* 16 bytes */
+
+/* Index into the per-CPU sy_counters array (__u64 values). */
+enum sy_counter {
+	SY_CNT_CONNECT_TRANSLATED = 0, /* connect4 rewrote to a backend */
+	SY_CNT_SENDMSG_TRANSLATED = 1, /* sendmsg4 rewrote to a backend */
+	SY_CNT_RECVMSG_REVNAT = 2,     /* recvmsg4 restored the frontend */
+	SY_CNT_PEERNAME_REVNAT = 3,    /* getpeername4 restored the frontend */
+	SY_CNT_DROP_NO_BACKEND = 4,    /* service has zero usable backends */
+	SY_CNT_DROP_BACKEND_MISSING = 5, /* slot points at an absent backend */
+	SY_CNT_DROP_SLOT_MISSING = 6,  /* master count > slots present */
+	SY_CNT_SOCK_REVNAT_FULL = 7,   /* sock rev-NAT update failed */
+	SY_CNT_AFFINITY_HIT = 8,       /* session affinity reused a backend */
+	SY_CNT_DROP_UNKNOWN_PORT = 9,  /* known ClusterIP, port not a service port */
+	SY_CNT_MAX = 10,
+};
+
+#endif /* SWITCHYARD_LB_H */

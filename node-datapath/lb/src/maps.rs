@@ -1,0 +1,48 @@
+//! The seam between the pure diff and the kernel: ordered map operations and
+//! the trait that applies them. The aya implementation lives in the agent
+//! crate (`switchyard-node-datapath`); `FakeMaps` (in this crate) is the
+//! in-memory one used by golden tests.
+
+use switchyard_abi::{Backend, BackendId, RevNat, RevNatId, SvcKey, SvcValue};
+
+/// One write to the BPF maps. A diff is a `Vec<MapOp>` whose order is part of
+/// the contract: backends, rev-NAT, then service slots, then master entries,
+/// then deletions of orphaned slots/masters, rev-NATs and backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    UpsertBackend(BackendId, Backend),
+    UpsertRevNat(RevNatId, RevNat),
+    UpsertService(SvcKey, SvcValue),
+    DeleteService(SvcKey),
+    DeleteRevNat(RevNatId),
+    DeleteBackend(BackendId),
+}
+
+/// Everything userspace owns in the maps (the LRU socket/affinity maps are
+/// the kernel's). Used to adopt pinned maps on restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapsSnapshot {
+    pub services: std::collections::BTreeMap<SvcKey, SvcValue>,
+    pub backends: std::collections::BTreeMap<BackendId, Backend>,
+    pub rev_nat: std::collections::BTreeMap<RevNatId, RevNat>,
+}
+
+/// The load-balancer maps, as the sync loop sees them.
+pub trait LbMaps {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Applies one operation. Deleting an absent key is not an error.
+    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
+
+    /// Reads back everything userspace owns (for adoption after restart).
+    fn snapshot(&self) -> Result<MapsSnapshot, Self::Error>;
+
+    /// Applies operations in order, stopping at the first error, which is
+    /// returned with the number of operations applied before it.
+    fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), (usize, Self::Error)> {
+        for (i, op) in ops.iter().enumerate() {
+            self.apply(op).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+}

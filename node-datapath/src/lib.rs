@@ -1,0 +1,1 @@
+//! The node agent: BPF socket load balancer, map sync, kube-proxy cleanup, probes.

@@ -1,0 +1,1 @@
+//! The MigrationPlan controller: planner (pure) and its kube I/O shell.
