@@ -1,1 +1,10 @@
-//! The MigrationPlan controller: planner (pure) and its kube I/O shell.
+//! The switchyard operator.
+//!
+//! - [`planner`]: the pure core. `(MigrationPlan spec, status, observed
+//!   cluster snapshot, now) → (actions, new status)`; no I/O, exhaustively
+//!   unit- and property-tested.
+//! - The controller (kube-runtime) gathers the snapshot from its caches,
+//!   calls the planner, records the status, then applies the actions.
+//! - `crdgen` (a binary) writes `crds/` from `switchyard-api`.
+
+pub mod planner;

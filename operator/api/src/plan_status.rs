@@ -1,0 +1,264 @@
+//! `MigrationPlan` status: what the operator observed and did.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of a plan.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Phase {
+    /// Not looked at yet.
+    #[default]
+    Pending,
+    /// Checking the cluster before any change; blocked while findings say so.
+    Preflight,
+    /// Dry run finished: waves and findings are in the status, nothing changed.
+    Planned,
+    /// Nodes are moving, wave by wave.
+    Migrating,
+    /// Holding: `spec.paused`, or a node failed with failure action `Pause`.
+    Paused,
+    /// Every node migrated; backing up and removing kube-proxy.
+    Finalizing,
+    /// Done: every selected node serves Services through the eBPF datapath.
+    Succeeded,
+    /// Stopped: more nodes failed than the failure policy tolerates.
+    Failed,
+    /// Returning every touched node to kube-proxy.
+    RollingBack,
+    /// Every touched node is back on kube-proxy.
+    RolledBack,
+}
+
+impl Phase {
+    /// Whether a plan in this phase holds the cluster (blocks other plans).
+    /// A plan in `Preflight` has changed nothing yet: among those, the older
+    /// one wins (see the planner's preflight).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Migrating
+                | Phase::Paused
+                | Phase::Finalizing
+                | Phase::RollingBack
+                | Phase::Failed
+        )
+    }
+}
+
+/// Where a node is in its migration. Forward steps run in declaration order
+/// from `Cordon` to `Done`; rollback steps from `RestoreKubeProxy` to
+/// `RolledBack`.
+#[derive(
+    JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum NodeStep {
+    /// Not started.
+    #[default]
+    Pending,
+    /// Cordoning (recording first whether it was already cordoned).
+    Cordon,
+    /// eBPF datapath switched on beside kube-proxy; waiting until every
+    /// Service is programmed.
+    ActivateDatapath,
+    /// kube-proxy excluded from this node; waiting for its pod to go.
+    RemoveKubeProxy,
+    /// Removing kube-proxy's leftover rules on the node.
+    FlushRules,
+    /// Probing Services through the new datapath.
+    Verify,
+    /// Uncordoning (only if the plan cordoned it).
+    Uncordon,
+    /// Migrated and verified.
+    Done,
+    /// A step failed; see the node's message. The node still serves
+    /// Services (kube-proxy or the datapath, whichever the step left).
+    Failed,
+    /// Rollback: kube-proxy back on the node and ready.
+    RestoreKubeProxy,
+    /// Rollback: datapath off (only once kube-proxy is ready).
+    DeactivateDatapath,
+    /// Rollback: uncordoning if the plan cordoned it.
+    RollbackUncordon,
+    /// Back on kube-proxy.
+    RolledBack,
+    /// The Node object disappeared while the plan ran.
+    Gone,
+}
+
+impl NodeStep {
+    /// Whether the node is finished (no further step in its sequence).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack | NodeStep::Gone
+        )
+    }
+
+    /// Whether the node is between `Pending` and a terminal step.
+    pub fn in_flight(self) -> bool {
+        self != NodeStep::Pending && !self.is_terminal()
+    }
+
+    /// Whether this step belongs to the rollback sequence.
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            NodeStep::RestoreKubeProxy | NodeStep::DeactivateDatapath | NodeStep::RollbackUncordon
+        )
+    }
+}
+
+/// Status of a `MigrationPlan`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationPlanStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: Phase,
+    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`, plus
+    /// `PreflightPassed` and `KubeProxyReappeared`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The computed waves: node names, canary wave first. Fixed once
+    /// migration starts; nodes that join later are appended as a last wave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Vec<String>>,
+    /// Index into `waves` of the wave in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_wave: Option<u32>,
+    /// When the last completed wave finished (paces `pauseBetweenWavesSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_completed_at: Option<Time>,
+    /// Per node progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Vec<NodeProgress>,
+    /// Counts over `nodes`.
+    #[serde(default)]
+    pub summary: Summary,
+    /// What preflight found (errors block, warnings do not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preflight: Vec<Finding>,
+    /// kube-proxy's mode read from its ConfigMap (`iptables`, `nftables`, `ipvs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_mode: Option<String>,
+    /// The direct API server address given to the agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server: Option<String>,
+    /// Name of the ConfigMap (operator namespace) holding the kube-proxy
+    /// DaemonSet and ConfigMap backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_backup: Option<String>,
+    /// Whether the kube-proxy DaemonSet and ConfigMap were deleted by this plan.
+    #[serde(default)]
+    pub kube_proxy_deleted: bool,
+    /// When migration started and ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Human-readable summary of the current state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One node's progress.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProgress {
+    /// Node name.
+    pub name: String,
+    /// Index of the node's wave.
+    pub wave: u32,
+    /// Current step.
+    #[serde(default)]
+    pub step: NodeStep,
+    /// Whether the node was cordoned before the plan touched it (such a
+    /// node is never uncordoned by the plan). Recorded before cordoning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was_cordoned: Option<bool>,
+    /// When the current step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Completed steps with their completion time, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StepRecord>,
+    /// The furthest forward step the node reached (what a rollback undoes).
+    #[serde(default)]
+    pub reached: NodeStep,
+    /// The step that failed, when `step` is `Failed` or rolling back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<NodeStep>,
+    /// Generation of the cleanup request sent to the node's agent.
+    #[serde(default)]
+    pub cleanup_generation: i64,
+    /// Generation of the probe request sent to the node's agent.
+    #[serde(default)]
+    pub probe_generation: i64,
+    /// Last message (why it waits, why it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A completed step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    pub step: NodeStep,
+    pub completed_at: Time,
+}
+
+/// Node counts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub total: u32,
+    pub pending: u32,
+    pub in_progress: u32,
+    pub migrated: u32,
+    pub failed: u32,
+    pub rolled_back: u32,
+    /// `migrated/total`, for the printer column.
+    #[serde(default)]
+    pub progress: String,
+}
+
+/// A preflight finding.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// `Error` blocks the plan; `Warning` does not.
+    pub severity: Severity,
+    /// Machine-readable reason (CamelCase), e.g. `AgentMissing`.
+    pub reason: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The object concerned (`Node/worker-1`, `Service/ns/name`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// Severity of a [`Finding`].
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum Severity {
+    Error,
+    Warning,
+}

@@ -1,0 +1,138 @@
+//! Preflight: what must hold before any node is touched. Errors block the
+//! plan (re-evaluated on every reconcile, so fixing the cause unblocks it);
+//! warnings are reported and do not block.
+
+use k8s_openapi::jiff::Timestamp;
+use switchyard_api::{Finding, MigrationPlanSpec, Phase, Severity};
+
+use super::AGENT_STALE_AFTER_SECS;
+use super::snapshot::Snapshot;
+
+fn finding(severity: Severity, reason: &str, object: Option<String>, message: String) -> Finding {
+    Finding {
+        severity,
+        reason: reason.into(),
+        message,
+        object,
+    }
+}
+
+/// The direct API server address for the agents: the plan's, else the
+/// first `default/kubernetes` endpoint.
+pub fn api_server(spec: &MigrationPlanSpec, snap: &Snapshot) -> Option<String> {
+    spec.api_server
+        .clone()
+        .or_else(|| snap.api_server_endpoints.first().cloned())
+}
+
+/// kube-proxy's mode as the plan reports it (`""` in the config means iptables).
+pub fn kube_proxy_mode(snap: &Snapshot) -> Option<String> {
+    let cm = snap.kube_proxy.config_map.as_ref()?;
+    Some(match cm.mode.as_deref() {
+        None | Some("") => "iptables".to_string(),
+        Some(m) => m.to_string(),
+    })
+}
+
+/// Static preflight over the snapshot for the `targets` nodes.
+pub fn check(
+    spec: &MigrationPlanSpec,
+    snap: &Snapshot,
+    targets: &[String],
+    now: Timestamp,
+) -> Vec<Finding> {
+    use Severity::{Error, Warning};
+    let kp = &spec.kube_proxy;
+    let mut out = Vec::new();
+
+    if targets.is_empty() {
+        out.push(finding(
+            Error,
+            "NoNodesSelected",
+            None,
+            "the node selector matches no node; nothing to migrate".into(),
+        ));
+    }
+    match &snap.kube_proxy.daemon_set {
+        None => out.push(finding(Error, "KubeProxyDaemonSetMissing",
+            Some(format!("DaemonSet/{}/{}", kp.namespace, kp.daemon_set)),
+            format!("kube-proxy DaemonSet {}/{} not found: is kube-proxy already removed, or named differently (spec.kubeProxy)?", kp.namespace, kp.daemon_set))),
+        Some(ds) => {
+            for manager in &ds.managed_by {
+                out.push(finding(Warning, "KubeProxyManaged",
+                    Some(format!("DaemonSet/{}/{}", kp.namespace, kp.daemon_set)),
+                    format!("the kube-proxy DaemonSet is managed by {manager}, which may revert the node exclusion or re-create kube-proxy; exclude it from that tool first")));
+            }
+        }
+    }
+    match kube_proxy_mode(snap).as_deref() {
+        None => out.push(finding(Error, "KubeProxyConfigMissing",
+            Some(format!("ConfigMap/{}/{}", kp.namespace, kp.config_map)),
+            format!("kube-proxy ConfigMap {}/{} not found: it is needed to know kube-proxy's mode and for the backup", kp.namespace, kp.config_map))),
+        Some("iptables" | "nftables" | "ipvs") => {}
+        Some(other) => out.push(finding(Error, "KubeProxyModeUnsupported", None,
+            format!("kube-proxy mode {other:?} is not supported (iptables, nftables, ipvs)"))),
+    }
+    if api_server(spec, snap).is_none() {
+        out.push(finding(Error, "ApiServerUnknown", None,
+            "no direct API server address: set spec.apiServer or make sure the default/kubernetes EndpointSlice has an endpoint".into()));
+    }
+    for node in targets {
+        let object = Some(format!("Node/{node}"));
+        match snap.datapaths.get(node) {
+            None => out.push(finding(Error, "AgentMissing", object,
+                format!("no NodeDatapath for node {node}: the switchyard agent is not running there"))),
+            Some(dp) if !dp.fresh(now, AGENT_STALE_AFTER_SECS) => out.push(finding(Error, "AgentStale", object,
+                format!("the agent on node {node} has not reported for more than {AGENT_STALE_AFTER_SECS}s"))),
+            Some(dp) => match &dp.missing_capabilities {
+                None => out.push(finding(Error, "AgentCapabilitiesUnknown", object,
+                    format!("the agent on node {node} has not reported its capabilities yet"))),
+                Some(missing) if !missing.is_empty() => out.push(finding(Error, "AgentIncapable", object,
+                    format!("node {node} cannot run the datapath: missing {}", missing.join(", ")))),
+                Some(_) => {}
+            },
+        }
+    }
+    if !snap.unsupported_services.is_empty() {
+        let severity = if spec.allow_unsupported {
+            Warning
+        } else {
+            Error
+        };
+        out.push(finding(
+            severity,
+            "UnsupportedServices",
+            None,
+            format!(
+                "the datapath cannot serve: {}{}",
+                snap.unsupported_services.join("; "),
+                if spec.allow_unsupported {
+                    " (allowUnsupported is set)"
+                } else {
+                    " (set spec.allowUnsupported to proceed anyway)"
+                }
+            ),
+        ));
+    }
+    for other in &snap.other_plans {
+        let contending = other.older && matches!(other.phase, Phase::Pending | Phase::Preflight);
+        if other.phase.is_active() || contending {
+            out.push(finding(
+                Error,
+                "AnotherPlanActive",
+                Some(format!("MigrationPlan/{}", other.name)),
+                format!(
+                    "MigrationPlan {} is {:?}; only one plan may run at a time",
+                    other.name, other.phase
+                ),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether any finding blocks the plan.
+pub fn blocking(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity == Severity::Error)
+}

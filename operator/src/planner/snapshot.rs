@@ -1,0 +1,136 @@
+//! The observed cluster, as plain data. The controller builds a [`Snapshot`]
+//! from its caches; the planner reads nothing else.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+use switchyard_api::{DatapathMode, Phase};
+
+/// Everything the planner needs to know about the cluster right now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Every Node, by name.
+    pub nodes: BTreeMap<String, NodeObs>,
+    /// kube-proxy's DaemonSet, ConfigMap and pods.
+    pub kube_proxy: KubeProxyObs,
+    /// NodeDatapath objects, by node name.
+    pub datapaths: BTreeMap<String, DatapathObs>,
+    /// Whether this plan's kube-proxy backup ConfigMap exists.
+    pub backup_exists: bool,
+    /// Other MigrationPlans.
+    pub other_plans: Vec<OtherPlan>,
+    /// Addresses (`ip:port`) of the `default/kubernetes` EndpointSlice.
+    pub api_server_endpoints: Vec<String>,
+    /// Services the datapath cannot serve (`namespace/name: why`), from the
+    /// agents' reports.
+    pub unsupported_services: Vec<String>,
+    /// Whether `kube-system/kube-dns` exists (the built-in DNS probe).
+    pub cluster_dns: bool,
+}
+
+/// One Node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeObs {
+    pub labels: BTreeMap<String, String>,
+    /// `spec.unschedulable`.
+    pub unschedulable: bool,
+    /// Carries [`switchyard_api::KUBE_PROXY_EXCLUDED_LABEL`].
+    pub kube_proxy_excluded: bool,
+}
+
+/// kube-proxy as installed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeProxyObs {
+    pub daemon_set: Option<DaemonSetObs>,
+    pub config_map: Option<ConfigMapObs>,
+    /// kube-proxy pods by node name.
+    pub pods: BTreeMap<String, PodObs>,
+}
+
+/// The kube-proxy DaemonSet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonSetObs {
+    /// Its pod template carries the nodeAffinity excluding nodes labelled
+    /// [`switchyard_api::KUBE_PROXY_EXCLUDED_LABEL`].
+    pub excludes_label: bool,
+    /// Tools that manage it and would revert changes (Argo CD, Helm, addon
+    /// manager, kubeadm), as human-readable names.
+    pub managed_by: Vec<String>,
+}
+
+/// The kube-proxy ConfigMap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigMapObs {
+    /// `mode` from `config.conf` (`""` means iptables).
+    pub mode: Option<String>,
+}
+
+/// A kube-proxy pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodObs {
+    pub ready: bool,
+}
+
+/// A NodeDatapath as the agent reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DatapathObs {
+    /// `spec.mode` as written.
+    pub spec_mode: DatapathMode,
+    /// `status.activeMode`.
+    pub active_mode: Option<DatapathMode>,
+    /// `status.heartbeat`.
+    pub heartbeat: Option<Timestamp>,
+    /// `None` until the agent reported capabilities; else what is missing.
+    pub missing_capabilities: Option<Vec<String>>,
+    pub services_seen: u32,
+    pub services_programmed: u32,
+    pub cleanup: Option<RequestOutcome>,
+    pub probe: Option<RequestOutcome>,
+    /// Sum of the drop counters.
+    pub drops: u64,
+}
+
+/// The agent's answer to a generation-stamped request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestOutcome {
+    pub observed_generation: i64,
+    pub succeeded: bool,
+    /// What failed, naming the probe or the object.
+    pub message: Option<String>,
+}
+
+/// Another MigrationPlan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherPlan {
+    pub name: String,
+    pub phase: Phase,
+    /// Created before this plan (ties broken by name).
+    pub older: bool,
+}
+
+impl DatapathObs {
+    /// Whether the agent reported within `stale_after` seconds of `now`.
+    pub fn fresh(&self, now: Timestamp, stale_after_secs: i64) -> bool {
+        self.heartbeat
+            .is_some_and(|h| now.as_second() - h.as_second() <= stale_after_secs)
+    }
+
+    /// Active and every seen Service programmed.
+    pub fn serving(&self) -> bool {
+        self.spec_mode == DatapathMode::Active
+            && self.active_mode == Some(DatapathMode::Active)
+            && self.services_programmed >= self.services_seen
+    }
+
+    /// Off in spec and in effect (or never activated).
+    pub fn off(&self) -> bool {
+        self.spec_mode == DatapathMode::Off && self.active_mode != Some(DatapathMode::Active)
+    }
+}
+
+impl KubeProxyObs {
+    /// A ready kube-proxy pod runs on `node`.
+    pub fn ready_on(&self, node: &str) -> bool {
+        self.pods.get(node).is_some_and(|p| p.ready)
+    }
+}

@@ -1,0 +1,362 @@
+//! A simulated cluster for the planner: nodes, kube-proxy's DaemonSet
+//! controller, and node agents, with checks of the safety invariants at every
+//! change. Pure and deterministic given its inputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::jiff::Timestamp;
+use switchyard_api::{DatapathMode, MigrationPlanSpec, MigrationPlanStatus, NodeStep, Phase};
+
+use crate::planner::{
+    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Input, KubeProxyObs, NodeObs, PodObs,
+    RequestOutcome, Snapshot, plan,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimNode {
+    pub unschedulable: bool,
+    pub excluded: bool,
+    pub kp_pod: bool,
+    pub kp_ready: bool,
+    /// kube-proxy's rules are in the node's tables (they survive the pod).
+    pub kp_rules: bool,
+    pub dp_spec: DatapathMode,
+    pub dp_active: bool,
+    pub programmed: bool,
+    pub agent_alive: bool,
+    pub cleanup_req: i64,
+    pub cleanup_obs: Option<(i64, bool)>,
+    pub probe_req: i64,
+    pub probe_obs: Option<(i64, bool)>,
+    /// Outcomes this node's agent gives.
+    pub probe_fails: bool,
+    pub cleanup_fails: bool,
+    /// Probe passed since the last time the node was cordoned.
+    pub verified: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sim {
+    pub nodes: BTreeMap<String, SimNode>,
+    pub pre_cordoned: BTreeSet<String>,
+    pub ds: Option<bool>, // Some(excludes_label)
+    pub cm: bool,
+    pub backup: bool,
+    pub now: i64,
+    pub violations: Vec<String>,
+    pub max_in_flight_seen: usize,
+    pub status: MigrationPlanStatus,
+    pub spec: MigrationPlanSpec,
+}
+
+impl Sim {
+    pub fn new(n: usize, pre_cordoned: &[usize], spec: MigrationPlanSpec) -> Self {
+        let mut nodes = BTreeMap::new();
+        let mut pre = BTreeSet::new();
+        for i in 0..n {
+            let name = format!("node-{i:02}");
+            let cordoned = pre_cordoned.contains(&i);
+            if cordoned {
+                pre.insert(name.clone());
+            }
+            nodes.insert(
+                name,
+                SimNode {
+                    unschedulable: cordoned,
+                    kp_pod: true,
+                    kp_ready: true,
+                    kp_rules: true,
+                    agent_alive: true,
+                    ..SimNode::default()
+                },
+            );
+        }
+        Sim {
+            nodes,
+            pre_cordoned: pre,
+            ds: Some(false),
+            cm: true,
+            backup: false,
+            now: 1_700_000_000,
+            violations: Vec::new(),
+            max_in_flight_seen: 0,
+            status: MigrationPlanStatus::default(),
+            spec,
+        }
+    }
+
+    pub fn ts(&self) -> Timestamp {
+        Timestamp::from_second(self.now).expect("valid time")
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot {
+            backup_exists: self.backup,
+            api_server_endpoints: vec!["172.31.255.1:6443".into()],
+            ..Snapshot::default()
+        };
+        snap.kube_proxy = KubeProxyObs {
+            daemon_set: self.ds.map(|excludes_label| DaemonSetObs {
+                excludes_label,
+                managed_by: vec![],
+            }),
+            config_map: self.cm.then(|| ConfigMapObs {
+                mode: Some("iptables".into()),
+            }),
+            pods: BTreeMap::new(),
+        };
+        for (name, n) in &self.nodes {
+            snap.nodes.insert(
+                name.clone(),
+                NodeObs {
+                    labels: BTreeMap::new(),
+                    unschedulable: n.unschedulable,
+                    kube_proxy_excluded: n.excluded,
+                },
+            );
+            if n.kp_pod {
+                snap.kube_proxy
+                    .pods
+                    .insert(name.clone(), PodObs { ready: n.kp_ready });
+            }
+            let outcome = |o: Option<(i64, bool)>| {
+                o.map(|(g, ok)| RequestOutcome {
+                    observed_generation: g,
+                    succeeded: ok,
+                    message: (!ok).then(|| format!("probe \"web\" failed on {name}")),
+                })
+            };
+            snap.datapaths.insert(
+                name.clone(),
+                DatapathObs {
+                    spec_mode: n.dp_spec,
+                    active_mode: Some(if n.dp_active {
+                        DatapathMode::Active
+                    } else {
+                        DatapathMode::Off
+                    }),
+                    heartbeat: n.agent_alive.then(|| self.ts()),
+                    missing_capabilities: Some(vec![]),
+                    services_seen: 3,
+                    services_programmed: if n.programmed { 3 } else { 0 },
+                    cleanup: outcome(n.cleanup_obs),
+                    probe: outcome(n.probe_obs),
+                    drops: 0,
+                },
+            );
+        }
+        snap
+    }
+
+    fn check_serving(&mut self, when: &str) {
+        for (name, n) in &self.nodes {
+            let serving = n.kp_rules || (n.dp_active && n.programmed);
+            if !serving {
+                self.violations
+                    .push(format!("{when}: node {name} has no serving datapath"));
+            }
+        }
+    }
+
+    /// Applies one action, checking the invariants that guard it.
+    pub fn apply(&mut self, a: &Action) {
+        let all_migrated = self
+            .nodes
+            .values()
+            .all(|n| n.excluded && n.dp_active && !n.kp_pod);
+        match a {
+            Action::Cordon { node } => self.node(node).unschedulable = true,
+            Action::Uncordon { node } => {
+                if self.pre_cordoned.contains(node) {
+                    self.violations.push(format!(
+                        "uncordoned {node}, which was cordoned before the plan"
+                    ));
+                }
+                let n = self.node(node);
+                let back_on_kube_proxy = n.kp_ready && !n.dp_active;
+                if !n.verified && !back_on_kube_proxy {
+                    self.violations.push(format!(
+                        "uncordoned {node} before it was verified or rolled back"
+                    ));
+                }
+                self.node(node).unschedulable = false;
+            }
+            Action::SetDatapath { node, mode, .. } => {
+                let n = self.node(node);
+                let unsafe_off = *mode == DatapathMode::Off && n.dp_active && !n.kp_ready;
+                n.dp_spec = *mode;
+                if unsafe_off {
+                    self.violations.push(format!(
+                        "datapath turned off on {node} while kube-proxy is absent"
+                    ));
+                }
+            }
+            Action::ExcludeKubeProxy { node } => {
+                let n = self.node(node);
+                let serving = n.dp_active && n.programmed;
+                n.excluded = true;
+                if !serving {
+                    self.violations.push(format!(
+                        "kube-proxy removed from {node} before its datapath was serving"
+                    ));
+                }
+            }
+            Action::IncludeKubeProxy { node } => self.node(node).excluded = false,
+            Action::EnsureKubeProxyAffinity => {
+                if let Some(e) = self.ds.as_mut() {
+                    *e = true;
+                }
+            }
+            Action::RequestCleanup { node, generation } => {
+                self.node(node).cleanup_req = *generation
+            }
+            Action::RequestProbe { node, request } => {
+                self.node(node).probe_req = request.generation
+            }
+            Action::BackupKubeProxy { .. } => self.backup = self.ds.is_some() || self.cm,
+            Action::DeleteKubeProxy => {
+                if !self.backup || !all_migrated {
+                    self.violations
+                        .push("kube-proxy deleted before every node was done and backed up".into());
+                }
+                self.ds = None;
+                self.cm = false;
+            }
+            Action::RestoreKubeProxy { .. } => {
+                if self.backup {
+                    self.ds = Some(true);
+                    self.cm = true;
+                }
+            }
+            Action::Event(_) => {}
+        }
+        self.check_serving("after an action");
+    }
+
+    fn node(&mut self, name: &str) -> &mut SimNode {
+        self.nodes.get_mut(name).expect("action on a known node")
+    }
+
+    /// One round of the cluster's other actors: the DaemonSet controller
+    /// and the agents. `lag` makes a node's actors skip this round.
+    pub fn tick(&mut self, secs: i64, lag: &dyn Fn(&str) -> bool) {
+        self.now += secs;
+        let ds = self.ds;
+        for (name, n) in self.nodes.iter_mut() {
+            if lag(name) {
+                continue;
+            }
+            let wanted = ds.is_some_and(|excl| !(excl && n.excluded));
+            if wanted && !n.kp_pod {
+                n.kp_pod = true;
+                n.kp_ready = false;
+            } else if wanted && !n.kp_ready {
+                n.kp_ready = true;
+                n.kp_rules = true;
+            } else if !wanted && n.kp_pod {
+                n.kp_pod = false;
+                n.kp_ready = false;
+            }
+            if !n.agent_alive {
+                continue;
+            }
+            match n.dp_spec {
+                DatapathMode::Active if !n.dp_active => n.dp_active = true,
+                DatapathMode::Active => n.programmed = true,
+                DatapathMode::Off => {
+                    n.dp_active = false;
+                    n.programmed = false;
+                }
+            }
+            if n.cleanup_req > n.cleanup_obs.map_or(0, |o| o.0) {
+                if n.dp_active {
+                    if !n.cleanup_fails {
+                        n.kp_rules = n.kp_ready;
+                    }
+                    n.cleanup_obs = Some((n.cleanup_req, !n.cleanup_fails));
+                } else {
+                    n.cleanup_obs = Some((n.cleanup_req, false));
+                }
+            }
+            if n.probe_req > n.probe_obs.map_or(0, |o| o.0) {
+                let ok = !n.probe_fails;
+                n.probe_obs = Some((n.probe_req, ok));
+                n.verified = ok;
+            }
+        }
+        self.check_serving("after a tick");
+    }
+
+    /// Runs the planner once. `crash`: `None` = no crash; `Some(k)` = the
+    /// controller dies after applying `k` actions, before recording the
+    /// status (the worst order).
+    pub fn reconcile(&mut self, crash: Option<usize>) {
+        let snap = self.snapshot();
+        let input = Input {
+            plan_name: "p",
+            generation: Some(1),
+            spec: &self.spec,
+            status: &self.status,
+            snapshot: &snap,
+            now: self.ts(),
+        };
+        let d = plan(input).expect("plan");
+        let again = plan(input).expect("plan");
+        if d != again {
+            self.violations.push("planner is not deterministic".into());
+        }
+        let in_flight = d.status.nodes.iter().filter(|n| n.step.in_flight()).count();
+        self.max_in_flight_seen = self.max_in_flight_seen.max(in_flight);
+        let applied = crash.unwrap_or(d.actions.len()).min(d.actions.len());
+        for a in &d.actions[..applied] {
+            self.apply(a);
+        }
+        if crash.is_none() {
+            self.status = d.status;
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.status.phase
+    }
+
+    pub fn steps(&self) -> BTreeMap<String, NodeStep> {
+        self.status
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.step))
+            .collect()
+    }
+
+    /// Drives reconcile + tick until the plan settles or `limit` rounds.
+    pub fn run(
+        &mut self,
+        limit: usize,
+        mut crash: impl FnMut(usize) -> Option<usize>,
+        lag: &dyn Fn(usize, &str) -> bool,
+    ) {
+        for round in 0..limit {
+            self.reconcile(crash(round));
+            self.tick(3, &|n| lag(round, n));
+            if self.settled() {
+                // Two more quiet rounds: nothing may move once settled.
+                let before = self.status.clone();
+                self.reconcile(None);
+                self.tick(3, &|_| false);
+                self.reconcile(None);
+                if self.status.phase != before.phase {
+                    continue;
+                }
+                return;
+            }
+        }
+    }
+
+    pub fn settled(&self) -> bool {
+        matches!(
+            self.phase(),
+            Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Planned
+        ) || (self.phase() == Phase::Paused
+            && self.status.nodes.iter().all(|n| !n.step.in_flight()))
+    }
+}
