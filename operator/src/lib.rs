@@ -7,4 +7,7 @@
 //!   calls the planner, records the status, then applies the actions.
 //! - `crdgen` (a binary) writes `crds/` from `switchyard-api`.
 
+pub mod controller;
+pub mod error;
+pub mod metrics;
 pub mod planner;

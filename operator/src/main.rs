@@ -1,7 +1,128 @@
-//! `switchyard-operator`: the controller binary (the kube I/O shell around the
-//! planner). The controller lands with the operator issue; until then this
-//! binary only reports its version.
+//! `switchyard-operator`: runs the MigrationPlan controller with leader
+//! election, metrics and health endpoints, and graceful shutdown.
 
-fn main() {
-    println!("switchyard-operator {}", env!("CARGO_PKG_VERSION"));
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use switchyard_operator::controller::{self, Settings, leader::LeaderLease};
+use switchyard_operator::metrics::{self, Metrics};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+/// The switchyard operator: migrates nodes off kube-proxy as MigrationPlans say.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Namespace of the operator (kube-proxy backups and the leader Lease live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "switchyard-system")]
+    namespace: String,
+    /// Namespace of kube-proxy's DaemonSet and pods (watched for changes).
+    #[arg(long, default_value = "kube-system")]
+    kube_proxy_namespace: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Name of the leader-election Lease; empty disables leader election.
+    #[arg(long, default_value = "switchyard-operator")]
+    leader_lease: String,
+    /// Identity in the Lease (defaults to the pod name, else the hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Lease duration in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("switchyard-operator: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    controller::check_crds(&client).await?;
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease = (!args.leader_lease.is_empty()).then(|| {
+        LeaderLease::new(
+            client.clone(),
+            &args.namespace,
+            &args.leader_lease,
+            &identity,
+            Duration::from_secs(args.lease_seconds),
+        )
+    });
+    if let Some(lease) = &lease {
+        tokio::select! {
+            r = lease.acquire() => r?,
+            _ = stopped => return Ok(()),
+        }
+    }
+
+    let settings = Settings {
+        namespace: args.namespace,
+        kube_proxy_namespace: args.kube_proxy_namespace,
+    };
+    let mut rx = stop_rx.clone();
+    let stop = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let result = match &lease {
+        Some(lease) => tokio::select! {
+            r = controller::run(client, settings, metrics, stop) => r.map_err(anyhow::Error::from),
+            e = lease.hold() => Err(e.into()),
+        },
+        None => controller::run(client, settings, metrics, stop)
+            .await
+            .map_err(anyhow::Error::from),
+    };
+    if let Some(lease) = &lease {
+        lease.release().await;
+    }
+    server.abort();
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -1,0 +1,300 @@
+//! The kube I/O shell around the planner: watches plans, Nodes,
+//! NodeDatapaths and kube-proxy; per reconcile gathers the objects, asks the
+//! planner, records the status (status subresource, server-side apply), then
+//! applies the actions.
+
+pub mod apply;
+pub mod kube_proxy;
+pub mod leader;
+pub mod observe;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use switchyard_api::{FIELD_MANAGER, MigrationPlan, NodeDatapath};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::planner::{self, Input};
+
+/// Operator settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace of the operator (backups, lease).
+    pub namespace: String,
+    /// Namespace watched for kube-proxy's DaemonSet and pods.
+    pub kube_proxy_namespace: String,
+}
+
+/// Shared state of the reconciles.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    nodes: Store<Node>,
+    datapaths: Store<NodeDatapath>,
+    plans: Store<MigrationPlan>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// Fails with [`Error::CrdsMissing`] when the API server does not know the CRDs.
+pub async fn check_crds(client: &Client) -> Result<()> {
+    let lp = ListParams::default().limit(1);
+    for r in [
+        Api::<MigrationPlan>::all(client.clone())
+            .list_metadata(&lp)
+            .await
+            .map(|_| ()),
+        Api::<NodeDatapath>::all(client.clone())
+            .list_metadata(&lp)
+            .await
+            .map(|_| ()),
+    ] {
+        match r {
+            Err(kube::Error::Api(s)) if s.code == 404 => return Err(Error::CrdsMissing),
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<()> {
+    let (nodes, nodes_w) = reflector::store();
+    let (datapaths, datapaths_w) = reflector::store();
+    let wc = watcher::Config::default();
+    let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(nodes_w)
+        .applied_objects()
+        .filter_map(ok_unit);
+    let datapath_events = watcher(Api::<NodeDatapath>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(datapaths_w)
+        .applied_objects()
+        .filter_map(ok_unit);
+    let kp_ns = &settings.kube_proxy_namespace;
+    let ds_events = watcher(
+        Api::<PartialObjectMeta<DaemonSet>>::namespaced(client.clone(), kp_ns),
+        wc.clone(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(ok_unit);
+    let pod_events = watcher(
+        Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), kp_ns),
+        wc.clone(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(ok_unit);
+    let triggers = futures::stream::select_all([
+        node_events.boxed(),
+        datapath_events.boxed(),
+        ds_events.boxed(),
+        pod_events.boxed(),
+    ]);
+
+    let controller = Controller::new(Api::<MigrationPlan>::all(client.clone()), wc)
+        .reconcile_all_on(triggers)
+        .graceful_shutdown_on(shutdown);
+    let plans = controller.store();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        settings,
+        metrics: metrics.clone(),
+        nodes: nodes.clone(),
+        datapaths: datapaths.clone(),
+        plans,
+    });
+
+    // Ready once the node and datapath caches are filled.
+    let ready_metrics = metrics.clone();
+    tokio::spawn(async move {
+        if nodes.wait_until_ready().await.is_ok() && datapaths.wait_until_ready().await.is_ok() {
+            ready_metrics
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!(error = %e, "reconcile failed");
+            }
+            future::ready(())
+        })
+        .await;
+    Ok(())
+}
+
+/// A watch event as a bare trigger; watch errors are retried by the backoff.
+fn ok_unit<T>(r: Result<T, watcher::Error>) -> future::Ready<Option<()>> {
+    future::ready(r.ok().map(|_| ()))
+}
+
+fn error_policy(plan: Arc<MigrationPlan>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    warn!(plan = %plan.name_any(), error = %err, "reconcile error; retrying");
+    ctx.metrics.error(&plan.name_any());
+    Requeue::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Requeue> {
+    let name = plan.name_any();
+    let span = info_span!("reconcile", plan = %name);
+    reconcile_inner(plan, ctx).instrument(span).await
+}
+
+async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Requeue> {
+    let started = Instant::now();
+    let name = plan.name_any();
+    let client = ctx.client.clone();
+    let kp = &plan.spec.kube_proxy;
+
+    // Gather. Cached: nodes, datapaths, plans. Read fresh: kube-proxy's
+    // objects and the few single objects the planner needs.
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &kp.namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &kp.namespace);
+    let ds = daemon_sets.get_opt(&kp.daemon_set).await?;
+    let cm = config_maps.get_opt(&kp.config_map).await?;
+    let kubeadm = Api::<ConfigMap>::namespaced(client.clone(), "kube-system")
+        .get_metadata_opt("kubeadm-config")
+        .await?
+        .is_some();
+    let pods = match ds
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.selector.match_labels.as_ref())
+    {
+        Some(labels) => {
+            let selector = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            Api::<Pod>::namespaced(client.clone(), &kp.namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .items
+        }
+        None => Vec::new(),
+    };
+    let backup = Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.namespace)
+        .get_opt(&planner::backup_name(&name))
+        .await?;
+    let endpoints = Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await?
+        .items;
+    let dns = Api::<Service>::namespaced(client.clone(), "kube-system")
+        .get_metadata_opt("kube-dns")
+        .await?
+        .is_some();
+    let nodes = ctx.nodes.state();
+    let datapaths = ctx.datapaths.state();
+    let plans = ctx.plans.state();
+    let observed = observe::Observed {
+        nodes: nodes.iter().map(|n| n.as_ref()).collect(),
+        datapaths: datapaths.iter().map(|d| d.as_ref()).collect(),
+        plans: plans.iter().map(|p| p.as_ref()).collect(),
+        kube_proxy_daemon_set: ds.as_ref(),
+        kube_proxy_config_map: cm.as_ref(),
+        pods: pods.iter().collect(),
+        kubeadm_config: kubeadm,
+        backup: backup.as_ref(),
+        kubernetes_endpoints: endpoints.iter().collect(),
+        cluster_dns: dns,
+    };
+    let snapshot = observe::snapshot(&plan, &observed);
+
+    // Decide.
+    let current = plan.status.clone().unwrap_or_default();
+    let decision = planner::plan(Input {
+        plan_name: &name,
+        generation: plan.metadata.generation,
+        spec: &plan.spec,
+        status: &current,
+        snapshot: &snapshot,
+        now: Timestamp::now(),
+    })?;
+
+    // Record, then act.
+    if decision.status != current {
+        let body = serde_json::json!({
+            "apiVersion": "switchyard.dev/v1alpha1",
+            "kind": "MigrationPlan",
+            "status": decision.status,
+        });
+        Api::<MigrationPlan>::all(client.clone())
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await?;
+        if decision.status.phase != current.phase {
+            info!(from = ?current.phase, to = ?decision.status.phase, "phase changed");
+        }
+    }
+    let specs: BTreeMap<_, _> = datapaths
+        .iter()
+        .map(|d| (d.name_any(), d.spec.clone()))
+        .collect();
+    let mut applier = apply::Applier {
+        client,
+        plan: &plan,
+        namespace: &ctx.settings.namespace,
+        recorder: &ctx.recorder,
+        specs,
+    };
+    for action in &decision.actions {
+        tracing::debug!(?action, "applying");
+        applier.apply(action).await?;
+    }
+    ctx.metrics.observe(
+        &name,
+        &decision.status,
+        started.elapsed().as_secs_f64(),
+        decision.actions.len(),
+    );
+    Ok(match decision.requeue_after_secs {
+        0 => Requeue::requeue(Duration::from_millis(50)),
+        s => Requeue::requeue(Duration::from_secs(s)),
+    })
+}

@@ -1,0 +1,428 @@
+//! Pure conversion of Kubernetes objects into the planner's [`Snapshot`].
+//! The controller fetches the objects; everything it concludes from them
+//! happens here, unit-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use switchyard_api::{KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, Phase};
+
+use crate::planner::{
+    ConfigMapObs, DaemonSetObs, DatapathObs, KubeProxyObs, NodeObs, OtherPlan, PodObs,
+    RequestOutcome, Snapshot,
+};
+
+/// The objects one reconcile looks at.
+#[derive(Debug, Default)]
+pub struct Observed<'a> {
+    pub nodes: Vec<&'a Node>,
+    pub datapaths: Vec<&'a NodeDatapath>,
+    pub plans: Vec<&'a MigrationPlan>,
+    pub kube_proxy_daemon_set: Option<&'a DaemonSet>,
+    pub kube_proxy_config_map: Option<&'a ConfigMap>,
+    /// Pods in the kube-proxy namespace (filtered to the DaemonSet's here).
+    pub pods: Vec<&'a Pod>,
+    pub kubeadm_config: bool,
+    pub backup: Option<&'a ConfigMap>,
+    pub kubernetes_endpoints: Vec<&'a EndpointSlice>,
+    pub cluster_dns: bool,
+}
+
+/// Builds the planner's view for plan `me`.
+pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
+    let nodes = o
+        .nodes
+        .iter()
+        .map(|n| {
+            let labels: BTreeMap<String, String> = n.labels().clone();
+            let obs = NodeObs {
+                kube_proxy_excluded: labels.contains_key(KUBE_PROXY_EXCLUDED_LABEL),
+                unschedulable: n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false),
+                labels,
+            };
+            (n.name_any(), obs)
+        })
+        .collect();
+
+    let ds = o.kube_proxy_daemon_set;
+    let daemon_set = ds.map(|ds| DaemonSetObs {
+        excludes_label: crate::controller::kube_proxy::excludes_label(ds),
+        managed_by: managers(ds, o.kubeadm_config),
+    });
+    let pods = ds
+        .map(|ds| {
+            o.pods
+                .iter()
+                .filter(|p| owned_by(p, ds))
+                .filter_map(|p| {
+                    let node = p.spec.as_ref()?.node_name.clone()?;
+                    Some((
+                        node,
+                        PodObs {
+                            ready: pod_ready(p),
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let config_map = o.kube_proxy_config_map.map(|cm| ConfigMapObs {
+        mode: proxy_mode(cm),
+    });
+
+    let mut unsupported = Vec::new();
+    let datapaths = o
+        .datapaths
+        .iter()
+        .map(|d| {
+            let st = d.status.clone().unwrap_or_default();
+            unsupported.extend(st.sync.unsupported.iter().cloned());
+            let obs = DatapathObs {
+                spec_mode: d.spec.mode,
+                active_mode: st.active_mode,
+                heartbeat: st.heartbeat.map(|t| t.0),
+                missing_capabilities: st.capabilities.map(|c| c.missing),
+                services_seen: st.sync.services_seen,
+                services_programmed: st.sync.services_programmed,
+                cleanup: st.cleanup.map(|c| RequestOutcome {
+                    observed_generation: c.observed_generation,
+                    succeeded: c.succeeded,
+                    message: c.message,
+                }),
+                probe: st.probe.map(|p| RequestOutcome {
+                    observed_generation: p.observed_generation,
+                    succeeded: p.passed,
+                    message: (!p.passed).then(|| probe_failures(&p)),
+                }),
+                drops: st.drops.values().sum(),
+            };
+            (d.name_any(), obs)
+        })
+        .collect();
+    unsupported.sort();
+    unsupported.dedup();
+
+    Snapshot {
+        nodes,
+        kube_proxy: KubeProxyObs {
+            daemon_set,
+            config_map,
+            pods,
+        },
+        datapaths,
+        backup_exists: o
+            .backup
+            .is_some_and(crate::controller::kube_proxy::backup_complete),
+        other_plans: other_plans(me, &o.plans),
+        api_server_endpoints: api_endpoints(&o.kubernetes_endpoints),
+        unsupported_services: unsupported,
+        cluster_dns: o.cluster_dns,
+    }
+}
+
+fn probe_failures(p: &switchyard_api::ProbeResult) -> String {
+    let failed: Vec<String> = p
+        .results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| {
+            format!(
+                "probe {:?} to {} failed ({} ok, {} failed{})",
+                r.name,
+                r.target,
+                r.successes,
+                r.failures,
+                r.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        "probes failed".into()
+    } else {
+        failed.join("; ")
+    }
+}
+
+fn owned_by(p: &Pod, ds: &DaemonSet) -> bool {
+    let uid = ds.uid();
+    p.owner_references()
+        .iter()
+        .any(|o| o.kind == "DaemonSet" && (Some(&o.uid) == uid.as_ref() || o.name == ds.name_any()))
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// kube-proxy's `mode` from `config.conf` (a KubeProxyConfiguration).
+pub fn proxy_mode(cm: &ConfigMap) -> Option<String> {
+    let conf = cm.data.as_ref()?.get("config.conf")?;
+    let value: serde_yaml::Value = serde_yaml::from_str(conf).ok()?;
+    Some(
+        value
+            .get("mode")
+            .and_then(|m| m.as_str())
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+/// Tools that manage the DaemonSet and would revert our changes.
+fn managers(ds: &DaemonSet, kubeadm: bool) -> Vec<String> {
+    let labels = ds.labels();
+    let annotations = ds.annotations();
+    let mut out = Vec::new();
+    if annotations.contains_key("argocd.argoproj.io/tracking-id")
+        || labels.contains_key("argocd.argoproj.io/instance")
+    {
+        out.push("Argo CD".to_string());
+    }
+    if labels
+        .get("app.kubernetes.io/managed-by")
+        .is_some_and(|v| v == "Helm")
+    {
+        out.push("Helm".to_string());
+    }
+    if labels
+        .get("addonmanager.kubernetes.io/mode")
+        .is_some_and(|v| v == "Reconcile")
+    {
+        out.push("the addon manager (addonmanager.kubernetes.io/mode=Reconcile)".to_string());
+    }
+    if kubeadm {
+        out.push("kubeadm (`kubeadm upgrade` re-creates kube-proxy unless its ConfigMap is gone or the addon/kube-proxy phase is skipped)".to_string());
+    }
+    out
+}
+
+fn other_plans(me: &MigrationPlan, plans: &[&MigrationPlan]) -> Vec<OtherPlan> {
+    let key = |p: &MigrationPlan| {
+        (
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            p.name_any(),
+        )
+    };
+    plans
+        .iter()
+        .filter(|p| p.name_any() != me.name_any())
+        .map(|p| OtherPlan {
+            name: p.name_any(),
+            phase: p.status.as_ref().map_or(Phase::Pending, |s| s.phase),
+            older: key(p) < key(me),
+        })
+        .collect()
+}
+
+fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in slices {
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("https"))
+            .or_else(|| s.ports.iter().flatten().next())
+            .and_then(|p| p.port);
+        let Some(port) = port else { continue };
+        for e in &s.endpoints {
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            out.extend(e.addresses.iter().map(|a| format!("{a}:{port}")));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+    use k8s_openapi::jiff::Timestamp;
+    use switchyard_api::{MigrationPlanSpec, MigrationPlanStatus};
+
+    fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn plan(name: &str, created: i64, phase: Phase) -> MigrationPlan {
+        let mut p = MigrationPlan::new(name, MigrationPlanSpec::default());
+        p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        p.status = Some(MigrationPlanStatus {
+            phase,
+            ..MigrationPlanStatus::default()
+        });
+        p
+    }
+
+    fn pod(node: &str, owner: &str, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                owner_references: Some(vec![OwnerReference {
+                    kind: "DaemonSet".into(),
+                    name: owner.into(),
+                    uid: format!("uid-{owner}"),
+                    api_version: "apps/v1".into(),
+                    ..OwnerReference::default()
+                }]),
+                ..meta(&format!("{owner}-{node}"))
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn reads_kube_proxy_pods_mode_and_managers() {
+        let ds = DaemonSet {
+            metadata: ObjectMeta {
+                uid: Some("uid-kube-proxy".into()),
+                annotations: Some(
+                    [(
+                        "argocd.argoproj.io/tracking-id".to_string(),
+                        "x".to_string(),
+                    )]
+                    .into(),
+                ),
+                ..meta("kube-proxy")
+            },
+            ..DaemonSet::default()
+        };
+        let cm = ConfigMap {
+            metadata: meta("kube-proxy"),
+            data: Some([("config.conf".to_string(), "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n".to_string())].into()),
+            ..ConfigMap::default()
+        };
+        let pods = [
+            pod("a", "kube-proxy", true),
+            pod("b", "kube-proxy", false),
+            pod("c", "other", true),
+        ];
+        let me = plan("p", 10, Phase::Pending);
+        let o = Observed {
+            kube_proxy_daemon_set: Some(&ds),
+            kube_proxy_config_map: Some(&cm),
+            pods: pods.iter().collect(),
+            kubeadm_config: true,
+            ..Observed::default()
+        };
+        let s = snapshot(&me, &o);
+        assert_eq!(
+            s.kube_proxy.config_map.as_ref().unwrap().mode.as_deref(),
+            Some("nftables")
+        );
+        assert_eq!(
+            s.kube_proxy.pods.len(),
+            2,
+            "pods of other DaemonSets are not kube-proxy's"
+        );
+        assert!(s.kube_proxy.ready_on("a") && !s.kube_proxy.ready_on("b"));
+        let managers = s.kube_proxy.daemon_set.unwrap().managed_by;
+        assert_eq!(managers.len(), 2);
+        assert!(managers[0].contains("Argo CD") && managers[1].contains("kubeadm"));
+
+        let empty = ConfigMap {
+            metadata: meta("kube-proxy"),
+            data: Some([("config.conf".to_string(), "mode: \"\"\n".to_string())].into()),
+            ..ConfigMap::default()
+        };
+        assert_eq!(proxy_mode(&empty).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn plans_endpoints_and_nodes() {
+        let me = plan("b", 20, Phase::Pending);
+        let older = plan("a", 10, Phase::Migrating);
+        let younger = plan("c", 30, Phase::Preflight);
+        let mut node = Node {
+            metadata: meta("n1"),
+            ..Node::default()
+        };
+        node.metadata.labels =
+            Some([(KUBE_PROXY_EXCLUDED_LABEL.to_string(), "true".to_string())].into());
+        node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            unschedulable: Some(true),
+            ..Default::default()
+        });
+        let slice = EndpointSlice {
+            metadata: meta("kubernetes"),
+            address_type: "IPv4".into(),
+            endpoints: vec![
+                Endpoint {
+                    addresses: vec!["172.31.255.1".into()],
+                    ..Endpoint::default()
+                },
+                Endpoint {
+                    addresses: vec!["172.31.255.9".into()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(false),
+                        ..Default::default()
+                    }),
+                    ..Endpoint::default()
+                },
+            ],
+            ports: Some(vec![EndpointPort {
+                name: Some("https".into()),
+                port: Some(6443),
+                ..Default::default()
+            }]),
+        };
+        let o = Observed {
+            nodes: vec![&node],
+            plans: vec![&me, &older, &younger],
+            kubernetes_endpoints: vec![&slice],
+            ..Observed::default()
+        };
+        let s = snapshot(&me, &o);
+        assert_eq!(
+            s.other_plans,
+            vec![
+                OtherPlan {
+                    name: "a".into(),
+                    phase: Phase::Migrating,
+                    older: true
+                },
+                OtherPlan {
+                    name: "c".into(),
+                    phase: Phase::Preflight,
+                    older: false
+                },
+            ]
+        );
+        assert_eq!(s.api_server_endpoints, vec!["172.31.255.1:6443"]);
+        let n = &s.nodes["n1"];
+        assert!(n.unschedulable && n.kube_proxy_excluded);
+        assert!(!s.backup_exists);
+    }
+}

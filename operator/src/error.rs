@@ -1,0 +1,36 @@
+//! The operator's one error type.
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "the switchyard CRDs are not installed (MigrationPlan/NodeDatapath in switchyard.dev/v1alpha1 unknown to the API server); apply crds/ or `kubectl apply -k config/` first"
+    )]
+    CrdsMissing,
+    #[error("plan: {0}")]
+    Plan(#[from] crate::planner::PlanError),
+    #[error("encoding {what}: {source}")]
+    Yaml {
+        what: &'static str,
+        source: serde_yaml::Error,
+    },
+    #[error("kube-proxy backup ConfigMap {0} is missing or incomplete")]
+    BackupMissing(String),
+    #[error("{kind} {name} has no {field}")]
+    MissingField {
+        kind: &'static str,
+        name: String,
+        field: &'static str,
+    },
+    #[error("serving metrics/health on {addr}: {source}")]
+    Serve {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("lost the leader lease {0}")]
+    LeaseLost(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,248 @@
+//! Operator metrics (Prometheus text) and the `/metrics`, `/healthz`,
+//! `/readyz` HTTP endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use switchyard_api::MigrationPlanStatus;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanLabels {
+    plan: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    plan: String,
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    plan: String,
+}
+
+/// Everything the operator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    plans: Family<PlanLabels, Gauge>,
+    nodes: Family<StepLabels, Gauge>,
+    reconciles: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    reconcile_seconds: Histogram,
+    actions: Counter,
+    /// Set once caches are synced and this replica leads.
+    pub ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchyard_operator");
+        let plans = Family::<PlanLabels, Gauge>::default();
+        let nodes = Family::<StepLabels, Gauge>::default();
+        let reconciles = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let actions = Counter::default();
+        registry.register(
+            "plans",
+            "MigrationPlans by phase (1 for the plan's current phase)",
+            plans.clone(),
+        );
+        registry.register("nodes", "Nodes of a plan by migration step", nodes.clone());
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by plan",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile, API calls included",
+            reconcile_seconds.clone(),
+        );
+        registry.register("actions", "Actions applied to the cluster", actions.clone());
+        Self {
+            registry,
+            plans,
+            nodes,
+            reconciles,
+            errors,
+            reconcile_seconds,
+            actions,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records a plan's status after a reconcile.
+    pub fn observe(&self, plan: &str, status: &MigrationPlanStatus, seconds: f64, actions: usize) {
+        self.reconciles.inc();
+        self.reconcile_seconds.observe(seconds);
+        self.actions.inc_by(actions as u64);
+        for phase in PHASES {
+            let v = i64::from(format!("{:?}", status.phase) == phase);
+            self.plans
+                .get_or_create(&PlanLabels {
+                    plan: plan.into(),
+                    phase: phase.into(),
+                })
+                .set(v);
+        }
+        let mut counts = std::collections::BTreeMap::<String, i64>::new();
+        for n in &status.nodes {
+            *counts.entry(format!("{:?}", n.step)).or_default() += 1;
+        }
+        for step in STEPS {
+            let v = counts.get(step).copied().unwrap_or(0);
+            self.nodes
+                .get_or_create(&StepLabels {
+                    plan: plan.into(),
+                    step: step.into(),
+                })
+                .set(v);
+        }
+    }
+
+    pub fn error(&self, plan: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels { plan: plan.into() })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+const PHASES: [&str; 10] = [
+    "Pending",
+    "Preflight",
+    "Planned",
+    "Migrating",
+    "Paused",
+    "Finalizing",
+    "Succeeded",
+    "Failed",
+    "RollingBack",
+    "RolledBack",
+];
+const STEPS: [&str; 14] = [
+    "Pending",
+    "Cordon",
+    "ActivateDatapath",
+    "RemoveKubeProxy",
+    "FlushRules",
+    "Verify",
+    "Uncordon",
+    "Done",
+    "Failed",
+    "RestoreKubeProxy",
+    "DeactivateDatapath",
+    "RollbackUncordon",
+    "RolledBack",
+    "Gone",
+];
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Serve { addr, source })?;
+    loop {
+        let (stream, _) = listener
+            .accept()
+            .await
+            .map_err(|source| Error::Serve { addr, source })?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&req, &metrics)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, metrics.render()),
+        "/healthz" => (StatusCode::OK, "ok\n".into()),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: caches syncing or not the leader\n".into(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_api::{NodeProgress, NodeStep, Phase};
+
+    #[test]
+    fn renders_plans_and_nodes_by_step() {
+        let m = Metrics::default();
+        let status = MigrationPlanStatus {
+            phase: Phase::Migrating,
+            nodes: vec![
+                NodeProgress {
+                    name: "a".into(),
+                    step: NodeStep::Done,
+                    ..NodeProgress::default()
+                },
+                NodeProgress {
+                    name: "b".into(),
+                    step: NodeStep::Verify,
+                    ..NodeProgress::default()
+                },
+                NodeProgress {
+                    name: "c".into(),
+                    step: NodeStep::Done,
+                    ..NodeProgress::default()
+                },
+            ],
+            ..MigrationPlanStatus::default()
+        };
+        m.observe("p", &status, 0.01, 3);
+        m.error("p");
+        let text = m.render();
+        assert!(
+            text.contains(r#"switchyard_operator_plans{plan="p",phase="Migrating"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"switchyard_operator_plans{plan="p",phase="Succeeded"} 0"#));
+        assert!(text.contains(r#"switchyard_operator_nodes{plan="p",step="Done"} 2"#));
+        assert!(text.contains(r#"switchyard_operator_nodes{plan="p",step="Verify"} 1"#));
+        assert!(text.contains(r#"switchyard_operator_reconcile_errors_total{plan="p"} 1"#));
+        assert!(text.contains("switchyard_operator_actions_total 3"));
+    }
+}
