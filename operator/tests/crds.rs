@@ -21,8 +21,18 @@ fn committed_crds_match_the_types() {
             path.display()
         );
     }
+    let kustomization = std::fs::read_to_string(repo().join("crds/kustomization.yaml")).unwrap();
+    assert_eq!(
+        kustomization,
+        switchyard_api::crds_kustomization(),
+        "run `make crds`"
+    );
     let files = std::fs::read_dir(repo().join("crds")).unwrap().count();
-    assert_eq!(files, crds().len(), "crds/ holds a file no type generates");
+    assert_eq!(
+        files,
+        crds().len() + 1,
+        "crds/ holds a file no type generates"
+    );
 }
 
 #[test]

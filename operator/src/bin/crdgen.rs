@@ -11,5 +11,8 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&path, switchyard_api::crd_yaml(&crd)?)?;
         println!("wrote {}", path.display());
     }
+    let path = dir.join("kustomization.yaml");
+    std::fs::write(&path, switchyard_api::crds_kustomization())?;
+    println!("wrote {}", path.display());
     Ok(())
 }
