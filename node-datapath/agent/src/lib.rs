@@ -1,4 +1,23 @@
 //! The switchyard node agent (`switchyard-agent`).
 //!
-//! - [`probe`]: connectivity probes through the node's datapath.
+//! It reconciles its node's `NodeDatapath`: the spec (written by the
+//! operator) says the mode and carries cleanup and probe requests; the agent
+//! acts and writes the status with a heartbeat. Data flows:
+//!
+//! ```text
+//! Services + EndpointSlices (watch, direct API address)
+//!   └─ sync::Syncer ── switchyard-lb (pure) ──▶ ordered MapOps ──▶ pinned BPF maps
+//! NodeDatapath spec ─▶ agent: mode (Datapath::start / off), cleanup
+//!   (switchyard-cleanup), probes (probe) ─▶ NodeDatapath status
+//! ```
+//!
+//! - [`agent`]: the loop; [`sync`]: Service sync with an in-memory map
+//!   mirror; [`probe`]: connectivity probes; [`status`]: pure conversions;
+//!   [`server`]: `/metrics`, `/healthz`, `/readyz`.
+
+pub mod agent;
+pub mod error;
 pub mod probe;
+pub mod server;
+pub mod status;
+pub mod sync;

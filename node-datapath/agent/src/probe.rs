@@ -89,7 +89,7 @@ async fn http_get(addr: SocketAddrV4, path: &str) -> Result<(), AttemptError> {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchyard-probe\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
-    let mut buf = vec![0u8; 64];
+    let mut buf = [0u8; 64];
     let mut n = 0;
     while n < 12 {
         let r = s.read(&mut buf[n..]).await?;

@@ -15,6 +15,10 @@ use crate::planner::{
     RequestOutcome, Snapshot,
 };
 
+/// Drop reasons kube-proxy has too (it REJECTs a Service without endpoints
+/// and ignores unknown ports): counted, but not attributable to the switch.
+const SAME_AS_KUBE_PROXY: [&str; 2] = ["no_backend", "unknown_service_port"];
+
 /// The objects one reconcile looks at.
 #[derive(Debug, Default)]
 pub struct Observed<'a> {
@@ -101,7 +105,12 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
                     succeeded: p.passed,
                     message: (!p.passed).then(|| probe_failures(&p)),
                 }),
-                drops: st.drops.values().sum(),
+                drops: st
+                    .drops
+                    .iter()
+                    .filter(|(reason, _)| !SAME_AS_KUBE_PROXY.contains(&reason.as_str()))
+                    .map(|(_, n)| n)
+                    .sum(),
             };
             (d.name_any(), obs)
         })

@@ -1,0 +1,485 @@
+//! The agent's reconcile loop for its node's `NodeDatapath`: mode, cleanup
+//! and probe requests in, status (with a heartbeat) out; Service sync on
+//! every Service/EndpointSlice change, debounced.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use switchyard_api::conditions;
+use switchyard_api::{
+    DatapathMode, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus, ProbeRequest, ProbeResult,
+};
+use switchyard_node_datapath::{Datapath, DatapathConfig, capabilities, off, read_stats};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::probe::{self, Target};
+use crate::server::Shared;
+use crate::status;
+use crate::sync::{Syncer, node_context};
+
+/// Field manager of the agent's status writes.
+pub const FIELD_MANAGER: &str = "switchyard-agent";
+
+/// Where the agent runs and what it manages.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub bpffs_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub heartbeat: Duration,
+    /// Wait after a Service/EndpointSlice change for the rest of a burst.
+    pub debounce: Duration,
+}
+
+struct State {
+    cfg: AgentConfig,
+    api: Api<NodeDatapath>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    syncer: Syncer,
+    datapath: Option<Datapath>,
+    status: NodeDatapathStatus,
+    shared: Arc<Shared>,
+}
+
+/// Runs the agent until `shutdown` fires. The datapath stays pinned and
+/// serving when the agent exits; only `spec.mode: Off` removes it.
+pub async fn run(
+    client: Client,
+    cfg: AgentConfig,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let api: Api<NodeDatapath> = Api::all(client.clone());
+    let node = match Api::<Node>::all(client.clone()).get_opt(&cfg.node).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(Error::NodeMissing(cfg.node.clone())),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(Error::NodeMissing(cfg.node.clone()));
+        }
+        Err(e) if !matches!(e, kube::Error::Api(_)) => {
+            return Err(Error::ApiUnreachable(e.to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let existing = ensure_object(&api, &cfg.node).await?;
+
+    let probed = tokio::task::spawn_blocking(capabilities::probe).await?;
+    let nftables = which("nft");
+    let mut status = existing.status.clone().unwrap_or_default();
+    status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
+    status.capabilities = Some(status::capabilities(&probed, nftables));
+
+    // Reflectors for what the datapath serves; every change wakes the sync.
+    let wake = Arc::new(Notify::new());
+    let (services, services_w) = reflector::store();
+    let (slices, slices_w) = reflector::store();
+    spawn_reflector(
+        Api::<Service>::all(client.clone()),
+        services_w,
+        wake.clone(),
+    );
+    spawn_reflector(
+        Api::<EndpointSlice>::all(client.clone()),
+        slices_w,
+        wake.clone(),
+    );
+
+    // Our own NodeDatapath's spec.
+    let (spec_tx, mut spec_rx) = mpsc::channel::<NodeDatapathSpec>(8);
+    let own = watcher::Config::default().fields(&format!("metadata.name={}", cfg.node));
+    let spec_stream = watcher(api.clone(), own)
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(spec_stream);
+        while let Some(ev) = spec_stream.next().await {
+            match ev {
+                Ok(ndp) => {
+                    if spec_tx.send(ndp.spec).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, "watching own NodeDatapath"),
+            }
+        }
+    });
+
+    let mut st = State {
+        syncer: Syncer::new(node_context(&node)),
+        cfg: cfg.clone(),
+        api,
+        services,
+        slices,
+        datapath: None,
+        status,
+        shared,
+    };
+    st.services
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    st.slices
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    st.apply_spec(existing.spec.clone()).await;
+    st.scan_leftovers().await;
+    st.report().await;
+    st.shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(node = %cfg.node, "agent ready");
+
+    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4);
+    let mut probing: Option<i64> = None;
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    let mut beats: u64 = 0;
+    loop {
+        tokio::select! {
+            Some(spec) = spec_rx.recv() => {
+                st.apply_spec(spec.clone()).await;
+                if let Some(req) = spec.probe.filter(|r| Some(r.generation) != probing && st.probe_pending(r.generation)) {
+                    probing = Some(req.generation);
+                    st.start_probes(req, probe_tx.clone());
+                }
+                st.report().await;
+            }
+            () = wake.notified() => {
+                tokio::time::sleep(cfg.debounce).await;
+                st.sync();
+                st.report().await;
+            }
+            Some(result) = probe_rx.recv() => {
+                info!(generation = result.observed_generation, passed = result.passed, "probes done");
+                st.status.probe = Some(result);
+                probing = None;
+                st.report().await;
+            }
+            _ = heartbeat.tick() => {
+                beats += 1;
+                if beats.is_multiple_of(6) {
+                    st.scan_leftovers().await;
+                }
+                st.report().await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!("agent stopping; the datapath stays pinned and serving");
+    Ok(())
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, wake: Arc<Notify>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => wake.notify_one(),
+                Err(e) => warn!(error = %e, "watch failed; retrying"),
+            }
+        }
+    });
+}
+
+/// Creates our NodeDatapath if it does not exist (mode Off), returns it.
+async fn ensure_object(api: &Api<NodeDatapath>, node: &str) -> Result<NodeDatapath> {
+    if let Some(n) = api.get_opt(node).await? {
+        return Ok(n);
+    }
+    let obj = NodeDatapath::new(node, NodeDatapathSpec::default());
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &obj,
+        )
+        .await
+    {
+        Ok(n) => Ok(n),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(api.get(node).await?),
+        // Creating into a resource type the API server does not know.
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdMissing),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl State {
+    fn probe_pending(&self, generation: i64) -> bool {
+        self.status
+            .probe
+            .as_ref()
+            .is_none_or(|p| p.observed_generation < generation)
+    }
+
+    async fn apply_spec(&mut self, spec: NodeDatapathSpec) {
+        match spec.mode {
+            DatapathMode::Active if self.datapath.is_none() => self.activate().await,
+            DatapathMode::Off
+                if self.datapath.is_some() || self.cfg.bpffs_dir.join("maps").exists() =>
+            {
+                self.deactivate().await
+            }
+            _ => {}
+        }
+        if let Some(req) = spec.cleanup.filter(|c| {
+            self.status
+                .cleanup
+                .as_ref()
+                .is_none_or(|r| r.observed_generation < c.generation)
+        }) {
+            self.cleanup(req.generation, req.dry_run).await;
+        }
+    }
+
+    async fn activate(&mut self) {
+        let config = DatapathConfig {
+            bpffs_dir: self.cfg.bpffs_dir.clone(),
+            cgroup: self.cfg.cgroup.clone(),
+            ..DatapathConfig::new(&self.cfg.cgroup)
+        };
+        let started = tokio::task::spawn_blocking(move || Datapath::start(&config)).await;
+        match started {
+            Ok(Ok(dp)) => {
+                info!(report = ?dp.report(), "datapath active");
+                if let Err(e) = self.syncer.adopt(&self.cfg.bpffs_dir) {
+                    self.degraded("AdoptFailed", &e.to_string());
+                    return;
+                }
+                self.datapath = Some(dp);
+                self.status.active_mode = Some(DatapathMode::Active);
+                self.sync();
+            }
+            Ok(Err(e)) => self.degraded("StartFailed", &e.to_string()),
+            Err(e) => self.degraded("StartFailed", &e.to_string()),
+        }
+    }
+
+    async fn deactivate(&mut self) {
+        let dir = self.cfg.bpffs_dir.clone();
+        match tokio::task::spawn_blocking(move || off(&dir)).await {
+            Ok(Ok(report)) => {
+                info!(?report, "datapath off");
+                self.datapath = None;
+                self.syncer.detach();
+                self.status.active_mode = Some(DatapathMode::Off);
+                self.status.drops.clear();
+            }
+            Ok(Err(e)) => self.degraded("OffFailed", &e.to_string()),
+            Err(e) => self.degraded("OffFailed", &e.to_string()),
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Err(e) = self
+            .syncer
+            .sync(&self.services, &self.slices, &self.cfg.bpffs_dir)
+        {
+            self.degraded("SyncFailed", &e.to_string());
+        }
+    }
+
+    fn degraded(&mut self, reason: &str, message: &str) {
+        warn!(%reason, %message, "datapath degraded");
+        conditions::set(
+            &mut self.status.conditions,
+            "Degraded",
+            true,
+            reason,
+            message,
+            None,
+            Time(Timestamp::now()),
+        );
+    }
+
+    async fn cleanup(&mut self, generation: i64, dry_run: bool) {
+        let opts = switchyard_cleanup::Options::default();
+        let report = tokio::task::spawn_blocking(move || {
+            if dry_run {
+                switchyard_cleanup::scan(&opts)
+            } else {
+                switchyard_cleanup::clean(&opts)
+            }
+        })
+        .await;
+        match report {
+            Ok(r) => {
+                let mut result = status::cleanup_result(generation, &r);
+                result.completed_at = Some(Time(Timestamp::now()));
+                info!(
+                    generation,
+                    removed = result.removed,
+                    succeeded = result.succeeded,
+                    "kube-proxy cleanup"
+                );
+                self.status.leftovers = status::leftovers(&r);
+                self.status.cleanup = Some(result);
+            }
+            Err(e) => self.degraded("CleanupFailed", &e.to_string()),
+        }
+    }
+
+    async fn scan_leftovers(&mut self) {
+        let opts = switchyard_cleanup::Options::default();
+        if let Ok(r) = tokio::task::spawn_blocking(move || switchyard_cleanup::scan(&opts)).await {
+            let mut found = status::leftovers(&r);
+            // Keep the removed counts of the last cleanup.
+            for f in &mut found {
+                if let Some(prev) = self
+                    .status
+                    .leftovers
+                    .iter()
+                    .find(|p| p.backend == f.backend)
+                {
+                    f.removed = prev.removed;
+                }
+            }
+            self.status.leftovers = found;
+        }
+    }
+
+    fn start_probes(&self, req: ProbeRequest, tx: mpsc::Sender<ProbeResult>) {
+        let targets: Vec<Result<Target, (String, String)>> = req
+            .probes
+            .iter()
+            .map(|p| {
+                match Syncer::cluster_ip(&self.services, &p.service.namespace, &p.service.name) {
+                    Some(ip) => Ok(Target {
+                        name: p.name.clone(),
+                        addr: std::net::SocketAddrV4::new(ip, p.port as u16),
+                        protocol: p.protocol,
+                        http_path: p.http_path.clone(),
+                    }),
+                    None => Err((
+                        p.name.clone(),
+                        format!(
+                            "Service {}/{} not found or has no ClusterIP",
+                            p.service.namespace, p.service.name
+                        ),
+                    )),
+                }
+            })
+            .collect();
+        let timeout = Duration::from_secs(u64::from(req.timeout_seconds));
+        let needed = req.consecutive_successes;
+        tokio::spawn(async move {
+            let runs = targets.into_iter().map(|t| async move {
+                match t {
+                    Ok(t) => probe::run(&t, needed, timeout).await,
+                    Err((name, why)) => switchyard_api::ProbeOutcome {
+                        name,
+                        failures: 1,
+                        last_error: Some(why),
+                        ..Default::default()
+                    },
+                }
+            });
+            let results = futures::future::join_all(runs).await;
+            let passed = results.iter().all(|r| r.passed);
+            let _ = tx
+                .send(ProbeResult {
+                    observed_generation: req.generation,
+                    passed,
+                    results,
+                    completed_at: Some(Time(Timestamp::now())),
+                })
+                .await;
+        });
+    }
+
+    /// Writes the status (server-side apply, status subresource).
+    async fn report(&mut self) {
+        self.status.sync = self.syncer.status.clone();
+        if self.datapath.is_some() {
+            match read_stats(&self.cfg.bpffs_dir) {
+                Ok(stats) => {
+                    self.status.drops = status::drops(&stats);
+                    self.shared
+                        .set_datapath_metrics(switchyard_node_datapath::metrics::render(&stats));
+                }
+                Err(e) => warn!(error = %e, "reading datapath counters"),
+            }
+        } else {
+            self.shared.set_datapath_metrics(String::new());
+        }
+        self.shared.set_sync(&self.status.sync);
+        let mode = self.status.active_mode.unwrap_or_default();
+        let synced = mode == DatapathMode::Off
+            || self.status.sync.services_programmed >= self.status.sync.services_seen;
+        let now = Time(Timestamp::now());
+        conditions::set(
+            &mut self.status.conditions,
+            conditions::READY,
+            synced,
+            if synced { "Synced" } else { "Syncing" },
+            format!(
+                "mode {mode:?}, {} services programmed",
+                self.status.sync.progress
+            ),
+            None,
+            now.clone(),
+        );
+        if conditions::is_true(&self.status.conditions, "Degraded")
+            && (synced && self.datapath.is_some() == (mode == DatapathMode::Active))
+        {
+            conditions::set(
+                &mut self.status.conditions,
+                "Degraded",
+                false,
+                "Recovered",
+                "the datapath is in its requested mode",
+                None,
+                now.clone(),
+            );
+        }
+        self.status.heartbeat = Some(now);
+        let body = serde_json::json!({
+            "apiVersion": "switchyard.dev/v1alpha1",
+            "kind": "NodeDatapath",
+            "status": self.status,
+        });
+        if let Err(e) = self
+            .api
+            .patch_status(
+                &self.cfg.node,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+        {
+            warn!(error = %e, "writing NodeDatapath status");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `switchyard-agent`: the per-node agent binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use switchyard_agent::agent::{self, AgentConfig};
+use switchyard_agent::error::Error;
+use switchyard_agent::server::{self, Shared};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+/// The switchyard node agent: serves Services through the eBPF datapath as
+/// its node's NodeDatapath says.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// API server address (`host:port`) to dial directly; default: the
+    /// in-cluster environment (KUBERNETES_SERVICE_HOST/PORT), which the
+    /// DaemonSet sets to a direct address — never the `kubernetes` ClusterIP.
+    #[arg(long, env = "SWITCHYARD_API_SERVER")]
+    api_server: Option<String>,
+    /// cgroup v2 directory the socket programs attach to.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// bpffs directory for the pins.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9964")]
+    metrics_addr: SocketAddr,
+    /// Seconds between status heartbeats.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("switchyard-agent: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    if let Some(addr) = api_server {
+        config.cluster_url = format!("https://{addr}")
+            .parse()
+            .map_err(|e| Error::Config(format!("--api-server {addr}: {e}")))?;
+    }
+    kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let client = client(args.api_server.as_deref()).await?;
+    let shared = Arc::new(Shared::default());
+    let server = tokio::spawn(server::serve(args.metrics_addr, shared.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let cfg = AgentConfig {
+        bpffs_dir: args.bpffs.join("switchyard").join(&args.node),
+        cgroup: args.cgroup_root,
+        node: args.node,
+        heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
+        debounce: Duration::from_millis(50),
+    };
+    let result = agent::run(client, cfg, shared, stop_rx).await;
+    server.abort();
+    result
+}

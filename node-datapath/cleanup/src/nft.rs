@@ -1,0 +1,140 @@
+//! nftables mode: kube-proxy keeps everything in one table named `kube-proxy` per IP
+//! family (`ip` and `ip6`); its cleanup deletes those two tables and nothing else
+//! (`pkg/proxy/nftables/cleanup.go`). A `kube-proxy` table of another family (`inet`,
+//! `bridge`, …) or any other table is not kube-proxy's and stays.
+
+use crate::Error;
+use serde::{Deserialize, Serialize};
+
+/// The table name kube-proxy's nftables mode uses.
+pub const KUBE_PROXY_TABLE: &str = "kube-proxy";
+/// The families kube-proxy creates that table in.
+pub const KUBE_PROXY_FAMILIES: &[&str] = &["ip", "ip6"];
+
+/// One nftables table as `nft list tables` names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NftTable {
+    /// `ip`, `ip6`, `inet`, `arp`, `bridge`, `netdev`.
+    pub family: String,
+    /// Table name.
+    pub name: String,
+}
+
+impl std::fmt::Display for NftTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "table {} {}", self.family, self.name)
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonRoot {
+    nftables: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct JsonTable {
+    family: String,
+    name: String,
+}
+
+/// Parses `nft -j list tables`.
+pub fn parse_tables_json(text: &str) -> Result<Vec<NftTable>, Error> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let root: JsonRoot = serde_json::from_str(text).map_err(|source| Error::Json {
+        what: "nft -j list tables",
+        source,
+    })?;
+    let mut out = Vec::new();
+    for item in root.nftables {
+        if let Some(t) = item.get("table") {
+            let t: JsonTable = serde_json::from_value(t.clone()).map_err(|source| Error::Json {
+                what: "nft -j list tables (table object)",
+                source,
+            })?;
+            out.push(NftTable {
+                family: t.family,
+                name: t.name,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `nft list tables` (text: `table <family> <name>` per line).
+pub fn parse_tables_text(text: &str) -> Result<Vec<NftTable>, Error> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] => {}
+            ["table", family, name] => out.push(NftTable {
+                family: (*family).to_string(),
+                name: (*name).to_string(),
+            }),
+            _ => {
+                return Err(Error::Parse {
+                    what: "nft list tables",
+                    line: i + 1,
+                    message: format!("unexpected line {line:?}"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether kube-proxy's nftables cleanup deletes this table.
+pub fn is_kube_proxy_table(t: &NftTable) -> bool {
+    t.name == KUBE_PROXY_TABLE && KUBE_PROXY_FAMILIES.contains(&t.family.as_str())
+}
+
+/// The tables to delete, in the order listed.
+pub fn plan(tables: &[NftTable]) -> Vec<NftTable> {
+    tables
+        .iter()
+        .filter(|t| is_kube_proxy_table(t))
+        .cloned()
+        .collect()
+}
+
+/// `nft -f -` input deleting the planned tables in one transaction.
+pub fn delete_script(tables: &[NftTable]) -> String {
+    tables
+        .iter()
+        .map(|t| format!("delete table {} {}\n", t.family, t.name))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_text_agree() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "ip", "name": "kube-proxy", "handle": 3}}, {"table": {"family": "inet", "name": "kube-proxy", "handle": 4}}, {"table": {"family": "ip6", "name": "kube-proxy", "handle": 5}}, {"table": {"family": "inet", "name": "filter", "handle": 6}}]}"#;
+        let text =
+            "table ip kube-proxy\ntable inet kube-proxy\ntable ip6 kube-proxy\ntable inet filter\n";
+        let a = parse_tables_json(json).unwrap();
+        assert_eq!(a, parse_tables_text(text).unwrap());
+        let p = plan(&a);
+        assert_eq!(
+            p.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["table ip kube-proxy", "table ip6 kube-proxy"]
+        );
+        assert_eq!(
+            delete_script(&p),
+            "delete table ip kube-proxy\ndelete table ip6 kube-proxy\n"
+        );
+    }
+
+    #[test]
+    fn empty_and_malformed() {
+        assert!(parse_tables_json("").unwrap().is_empty());
+        assert!(parse_tables_json(r#"{"nftables": []}"#).unwrap().is_empty());
+        assert!(parse_tables_json("{").is_err());
+        assert!(parse_tables_text("chain x\n").is_err());
+        assert!(plan(&[]).is_empty());
+    }
+}
