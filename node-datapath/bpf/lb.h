@@ -13,6 +13,18 @@
  * A ClusterIP also gets a VIP marker entry {address, dport 0, slot 0, proto 0}
  * (value all zero): a lookup miss on a port that is not a service port then
  * finds the marker, counts SY_CNT_DROP_UNKNOWN_PORT and is refused.
+ *
+ * How the socket programs (sock_lb.c) read these maps:
+ * - every socket is local, so they look up scope SY_SCOPE_EXTERNAL only:
+ *   the slots under it must hold the backends that apply to in-node
+ *   clients (node-local ones for internalTrafficPolicy: Local);
+ *   SY_SCOPE_INTERNAL is reserved;
+ * - every frontend needs its rev-NAT entry (sy_revnat_v4[rev_nat_index] =
+ *   frontend address and port): recvmsg4/getpeername4 restore the frontend
+ *   only while it matches, so stale socket entries are never applied;
+ * - sessionAffinity is keyed by the client's network-namespace cookie (all
+ *   host-network processes share one) and checked against the frontend's
+ *   slots (the first 256) before reuse.
  */
 #ifndef SWITCHYARD_LB_H
 #define SWITCHYARD_LB_H

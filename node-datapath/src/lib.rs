@@ -1,1 +1,36 @@
-//! The node agent: BPF socket load balancer, map sync, kube-proxy cleanup, probes.
+//! The node agent's datapath: the eBPF socket load balancer.
+//!
+//! What this crate owns and how data flows:
+//!
+//! - `bpf/sock_lb.c` (C, compiled by `build.rs` with clang, embedded) holds
+//!   four cgroup sock_addr programs (`connect4`, `sendmsg4`, `recvmsg4`,
+//!   `getpeername4`) that translate service frontends to backends at the
+//!   socket layer, using the maps laid out in `bpf/lb.h`
+//!   (mirrored by `switchyard-abi`).
+//! - [`Datapath::start`] loads the object with aya, pins the maps and one
+//!   bpf_link per hook under a bpffs directory, attaches at a cgroup v2
+//!   path, and adopts what an earlier run pinned (restart without a gap);
+//!   [`off`] removes it all.
+//! - The sync loop (pure diff in `switchyard-lb`) writes the maps through
+//!   [`PinnedLbMaps`], the aya implementation of
+//!   [`switchyard_lb::maps::LbMaps`].
+//! - [`Datapath::stats`] reads per-CPU counters and map occupancy;
+//!   [`metrics::render`] turns them into Prometheus text.
+//! - [`capabilities::probe`] reports what the node can run.
+
+pub mod capabilities;
+mod config;
+pub mod datapath;
+mod error;
+pub mod maps;
+pub mod metrics;
+mod object;
+mod sys;
+
+pub use datapath::{
+    Capacities, DEFAULT_BPFFS_DIR, Datapath, DatapathConfig, Hook, LinkAction, OffReport,
+    StartReport, off,
+};
+pub use error::DatapathError;
+pub use maps::{PinnedLbMaps, read_stats};
+pub use metrics::{DatapathStats, MapOccupancy};

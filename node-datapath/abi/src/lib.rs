@@ -295,14 +295,23 @@ mod tests {
 
     #[test]
     fn keys_store_network_byte_order() {
-        let k = SvcKey::new(Ipv4Addr::new(10, 96, 0, 10), 53, IPPROTO_UDP, SCOPE_EXTERNAL, 0);
+        let k = SvcKey::new(
+            Ipv4Addr::new(10, 96, 0, 10),
+            53,
+            IPPROTO_UDP,
+            SCOPE_EXTERNAL,
+            0,
+        );
         assert_eq!(k.address.to_ne_bytes(), [10, 96, 0, 10]);
         assert_eq!(k.dport.to_ne_bytes(), [0, 53]);
         assert_eq!(k.ip(), Ipv4Addr::new(10, 96, 0, 10));
         assert_eq!(k.port(), 53);
         let b = Backend::new(Ipv4Addr::new(10, 244, 1, 7), 8080, IPPROTO_TCP, 0);
         assert_eq!(b.port.to_ne_bytes(), 8080u16.to_be_bytes());
-        assert_eq!((b.ip(), b.host_port()), (Ipv4Addr::new(10, 244, 1, 7), 8080));
+        assert_eq!(
+            (b.ip(), b.host_port()),
+            (Ipv4Addr::new(10, 244, 1, 7), 8080)
+        );
     }
 
     #[test]

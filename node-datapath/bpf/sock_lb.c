@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * switchyard socket load balancer (IPv4).
+ *
+ * Four cgroup sock_addr programs translate service frontends to backends at
+ * the socket layer, before netfilter sees a packet:
+ *
+ *   connect4      TCP/UDP connect(): frontend -> backend; records the
+ *                 socket's rev-NAT entry (for getpeername and UDP replies).
+ *   sendmsg4      unconnected UDP sendto(): frontend -> backend, same record.
+ *   recvmsg4      UDP recvfrom(): backend source -> frontend.
+ *   getpeername4  getpeername(): backend -> frontend.
+ *
+ * A frontend with zero backends, or an unknown port on a known VIP, is
+ * refused fast: the program sets the syscall's return value to
+ * -ECONNREFUSED and returns 0, so connect()/sendto() fail like kube-proxy's
+ * REJECT instead of hanging. Anything not a frontend passes untouched.
+ *
+ * Map layouts: lb.h. Only scope SY_SCOPE_EXTERNAL is looked up here (see
+ * lb.h). No global data sections: everything lives in the pinned maps.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+
+#include "lb.h"
+
+#define SY_ECONNREFUSED 111
+#define SY_NSEC_PER_SEC 1000000000ULL
+/* Slots scanned to confirm an affine backend still serves the frontend. */
+#define SY_AFFINITY_SCAN_MAX 256
+
+/*
+ * Test builds (build.rs, never embedded): -DSY_OBJECT_VARIANT adds one
+ * helper call to each program (a different program tag, to exercise
+ * replacing attached programs); -DSY_OBJECT_UNVERIFIABLE makes connect4
+ * dereference a possibly-NULL map value, which the verifier must reject.
+ */
+#ifdef SY_OBJECT_VARIANT
+#define SY_VARIANT_MARK() bpf_get_prandom_u32()
+#else
+#define SY_VARIANT_MARK() 0
+#endif
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sy_svc_key);
+	__type(value, struct sy_svc_value);
+	__uint(max_entries, SY_SVC_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} sy_svc_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct sy_backend);
+	__uint(max_entries, SY_BACKEND_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} sy_backend_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u16);
+	__type(value, struct sy_rev_nat);
+	__uint(max_entries, SY_REVNAT_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} sy_revnat_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sy_sock_key);
+	__type(value, struct sy_sock_rev_nat);
+	__uint(max_entries, SY_SOCK_REVNAT_MAP_MAX);
+} sy_sock_rnat4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sy_affinity_key);
+	__type(value, struct sy_affinity_value);
+	__uint(max_entries, SY_AFFINITY_MAP_MAX);
+} sy_affinity4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, SY_CNT_MAX);
+} sy_counters SEC(".maps");
+
+enum sy_verdict {
+	SY_PASS = 0,   /* not a frontend: leave the address alone */
+	SY_XLATED = 1, /* rewritten to a backend */
+	SY_REFUSE = 2, /* fail the syscall with ECONNREFUSED */
+};
+
+static __always_inline void sy_count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&sy_counters, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int sy_is_lb_proto(__u32 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
+}
+
+/* Whether backend_id still occupies one of the frontend's slots. */
+static __always_inline int sy_slot_holds(struct sy_svc_key *key, __u16 count, __u32 backend_id)
+{
+	struct sy_svc_key k = *key;
+	__u32 i;
+
+#pragma clang loop unroll(disable)
+	for (i = 1; i <= SY_AFFINITY_SCAN_MAX; i++) {
+		struct sy_svc_value *slot;
+
+		if (i > count)
+			break;
+		k.backend_slot = (__u16)i;
+		slot = bpf_map_lookup_elem(&sy_svc_v4, &k);
+		if (slot && slot->backend_id == backend_id)
+			return 1;
+	}
+	return 0;
+}
+
+/* The backend remembered for this client (netns) and frontend, if still valid. */
+static __always_inline __u32 sy_affinity_backend(struct sy_affinity_key *ak,
+						 struct sy_svc_key *key, __u16 count,
+						 __u32 timeout_s, __u64 now)
+{
+	struct sy_affinity_value *av = bpf_map_lookup_elem(&sy_affinity4, ak);
+	__u64 timeout = (__u64)timeout_s * SY_NSEC_PER_SEC;
+
+	if (!av)
+		return 0;
+	if (now - av->last_used_ns > timeout)
+		return 0;
+	if (!sy_slot_holds(key, count, av->backend_id))
+		return 0;
+	return av->backend_id;
+}
+
+/*
+ * Forward translation shared by connect4 and sendmsg4. Rewrites
+ * ctx->user_ip4/user_port to a backend of the frontend (dst ip, dst port,
+ * proto) and records the socket's rev-NAT entry.
+ */
+static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, __u32 xlated_counter)
+{
+	struct sy_svc_key key = {};
+	const struct sy_svc_value *svc, *slot;
+	struct sy_affinity_key ak = {};
+	struct sy_backend *backend;
+	struct sy_sock_key sk = {};
+	struct sy_sock_rev_nat rn = {};
+	__u32 backend_id = 0;
+	__u16 count, rev_nat_index;
+	__u32 affinity_timeout;
+	__u8 flags;
+	__u64 now = 0;
+	__u32 proto = ctx->protocol;
+
+	if (!sy_is_lb_proto(proto))
+		return SY_PASS;
+
+	key.address = ctx->user_ip4;
+	key.dport = (__be16)ctx->user_port;
+	key.proto = (__u8)proto;
+	key.scope = SY_SCOPE_EXTERNAL;
+	key.backend_slot = 0;
+
+	svc = bpf_map_lookup_elem(&sy_svc_v4, &key);
+	if (!svc) {
+		struct sy_svc_key marker = {};
+
+		marker.address = key.address;
+		if (bpf_map_lookup_elem(&sy_svc_v4, &marker)) {
+			sy_count(SY_CNT_DROP_UNKNOWN_PORT);
+			return SY_REFUSE;
+		}
+		return SY_PASS;
+	}
+
+	/* Read the master once: a writer replaces it as a whole. */
+	count = svc->count;
+	rev_nat_index = svc->rev_nat_index;
+	flags = svc->flags;
+	affinity_timeout = svc->affinity_timeout;
+	if (count == 0) {
+		sy_count(SY_CNT_DROP_NO_BACKEND);
+		return SY_REFUSE;
+	}
+
+	if (flags & SY_SVC_F_AFFINITY) {
+		now = bpf_ktime_get_ns();
+		ak.client_cookie = bpf_get_netns_cookie(ctx);
+		ak.rev_nat_index = rev_nat_index;
+		backend_id = sy_affinity_backend(&ak, &key, count, affinity_timeout, now);
+		if (backend_id)
+			sy_count(SY_CNT_AFFINITY_HIT);
+	}
+
+	if (!backend_id) {
+		key.backend_slot = (__u16)(bpf_get_prandom_u32() % count) + 1;
+		slot = bpf_map_lookup_elem(&sy_svc_v4, &key);
+		if (!slot) {
+			/* A shrink raced with us (slot deleted after the master
+			 * was read): slot 1 always exists while count > 0. */
+			key.backend_slot = 1;
+			slot = bpf_map_lookup_elem(&sy_svc_v4, &key);
+		}
+		if (!slot) {
+			sy_count(SY_CNT_DROP_SLOT_MISSING);
+			return SY_REFUSE;
+		}
+		backend_id = slot->backend_id;
+	}
+
+	backend = bpf_map_lookup_elem(&sy_backend_v4, &backend_id);
+	if (!backend) {
+		sy_count(SY_CNT_DROP_BACKEND_MISSING);
+		return SY_REFUSE;
+	}
+
+	if (flags & SY_SVC_F_AFFINITY) {
+		struct sy_affinity_value av = {};
+
+		av.last_used_ns = now;
+		av.backend_id = backend_id;
+		bpf_map_update_elem(&sy_affinity4, &ak, &av, BPF_ANY);
+	}
+
+	sk.cookie = bpf_get_socket_cookie(ctx);
+	sk.address = backend->address;
+	sk.port = backend->port;
+	rn.address = key.address;
+	rn.port = key.dport;
+	rn.rev_nat_index = rev_nat_index;
+	if (bpf_map_update_elem(&sy_sock_rnat4, &sk, &rn, BPF_ANY) < 0)
+		sy_count(SY_CNT_SOCK_REVNAT_FULL);
+
+	ctx->user_ip4 = backend->address;
+	ctx->user_port = (__u32)backend->port;
+	sy_count(xlated_counter);
+	return SY_XLATED;
+}
+
+/*
+ * Reverse translation for recvmsg4/getpeername4: if this socket was
+ * translated to the backend it now sees as its peer, show the frontend.
+ */
+static __always_inline int sy_xlate_rev(struct bpf_sock_addr *ctx)
+{
+	struct sy_sock_key sk = {};
+	struct sy_sock_rev_nat *rn;
+	struct sy_rev_nat *frontend;
+	__u16 idx;
+
+	if (!sy_is_lb_proto(ctx->protocol))
+		return 0;
+
+	sk.cookie = bpf_get_socket_cookie(ctx);
+	sk.address = ctx->user_ip4;
+	sk.port = (__be16)ctx->user_port;
+	rn = bpf_map_lookup_elem(&sy_sock_rnat4, &sk);
+	if (!rn)
+		return 0;
+
+	/* The frontend must still exist with the same address, or the entry
+	 * is stale (service deleted or its rev-NAT id reused). */
+	idx = rn->rev_nat_index;
+	frontend = bpf_map_lookup_elem(&sy_revnat_v4, &idx);
+	if (!frontend || frontend->address != rn->address || frontend->port != rn->port) {
+		bpf_map_delete_elem(&sy_sock_rnat4, &sk);
+		return 0;
+	}
+
+	ctx->user_ip4 = rn->address;
+	ctx->user_port = (__u32)rn->port;
+	return 1;
+}
+
+static __always_inline int sy_refuse(void)
+{
+	bpf_set_retval(-SY_ECONNREFUSED);
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int sy_connect4(struct bpf_sock_addr *ctx)
+{
+	SY_VARIANT_MARK();
+#ifdef SY_OBJECT_UNVERIFIABLE
+	{
+		__u32 id = bpf_get_prandom_u32();
+		struct sy_backend *b = bpf_map_lookup_elem(&sy_backend_v4, &id);
+
+		ctx->user_ip4 = b->address; /* no NULL check: rejected */
+	}
+#endif
+	if (sy_xlate_fwd(ctx, SY_CNT_CONNECT_TRANSLATED) == SY_REFUSE)
+		return sy_refuse();
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int sy_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	SY_VARIANT_MARK();
+	if (sy_xlate_fwd(ctx, SY_CNT_SENDMSG_TRANSLATED) == SY_REFUSE)
+		return sy_refuse();
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int sy_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	SY_VARIANT_MARK();
+	if (sy_xlate_rev(ctx))
+		sy_count(SY_CNT_RECVMSG_REVNAT);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int sy_getpeername4(struct bpf_sock_addr *ctx)
+{
+	SY_VARIANT_MARK();
+	if (sy_xlate_rev(ctx))
+		sy_count(SY_CNT_PEERNAME_REVNAT);
+	return 1;
+}

@@ -1,0 +1,248 @@
+//! Test helper for the privileged datapath tests (not part of the agent).
+//!
+//! Both roles enter their network namespace (and the client its cgroup)
+//! first thing, while the process is still single-threaded:
+//!
+//! ```text
+//! sy-dp-testhelper serve  --netns /run/netns/X --name b1 --listen 10.1.1.2:8080
+//!     TCP: answers each connection with "b1\n" and closes; UDP: echoes
+//!     "b1\n" to each datagram's sender. Prints "ready" once bound.
+//! sy-dp-testhelper client --netns /run/netns/N --cgroup /sys/fs/cgroup/.../t
+//!     --mode tcp|udp-connect|udp-sendto --target 10.96.0.10:80
+//!     [--count N] [--stop-file PATH] [--timeout-ms T]
+//!     Prints "running" after the first attempt, then one JSON summary line.
+//! ```
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("sy-dp-testhelper: {msg}");
+    ExitCode::from(2)
+}
+
+/// `--key value` pairs after the subcommand.
+fn flags(args: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let key = k
+            .strip_prefix("--")
+            .ok_or_else(|| format!("unexpected argument {k}"))?;
+        let v = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
+        out.insert(key.to_owned(), v.clone());
+    }
+    Ok(out)
+}
+
+fn enter_netns(path: &str) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    // SAFETY: setns on a valid namespace fd; the process is single-threaded here.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r != 0 {
+        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn enter_cgroup(dir: &str) -> Result<(), String> {
+    let procs = Path::new(dir).join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .map_err(|e| format!("write {}: {e}", procs.display()))
+}
+
+fn serve(f: &BTreeMap<String, String>) -> Result<(), String> {
+    let name = f.get("name").ok_or("--name missing")?.clone();
+    let listen: SocketAddr = f
+        .get("listen")
+        .ok_or("--listen missing")?
+        .parse()
+        .map_err(|e| format!("--listen: {e}"))?;
+    if let Some(ns) = f.get("netns") {
+        enter_netns(ns)?;
+    }
+    let tcp = TcpListener::bind(listen).map_err(|e| format!("bind tcp {listen}: {e}"))?;
+    let udp = UdpSocket::bind(listen).map_err(|e| format!("bind udp {listen}: {e}"))?;
+    let reply = format!("{name}\n");
+    let udp_reply = reply.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(udp_reply.as_bytes(), from);
+        }
+    });
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    for conn in tcp.incoming() {
+        match conn {
+            Ok(mut s) => {
+                let _ = s.write_all(reply.as_bytes());
+            }
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
+        Some(libc::ETIMEDOUT) | Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => "TIMEOUT".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(n) => format!("errno{n}"),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+/// One request; returns (backend name, peer address the socket reports).
+fn attempt(mode: &str, target: SocketAddr, timeout: Duration) -> std::io::Result<(String, String)> {
+    let mut buf = [0u8; 512];
+    match mode {
+        "tcp" => {
+            let mut s = TcpStream::connect_timeout(&target, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            let peer = s.peer_addr()?;
+            let mut name = String::new();
+            s.read_to_string(&mut name)?;
+            Ok((name.trim().to_owned(), peer.to_string()))
+        }
+        "udp-connect" => {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(timeout))?;
+            s.connect(target)?;
+            s.send(b"ping")?;
+            let n = s.recv(&mut buf)?;
+            let peer = s.peer_addr()?;
+            Ok((
+                String::from_utf8_lossy(&buf[..n]).trim().to_owned(),
+                peer.to_string(),
+            ))
+        }
+        "udp-sendto" => {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(timeout))?;
+            s.send_to(b"ping", target)?;
+            let (n, from) = s.recv_from(&mut buf)?;
+            Ok((
+                String::from_utf8_lossy(&buf[..n]).trim().to_owned(),
+                from.to_string(),
+            ))
+        }
+        other => Err(std::io::Error::other(format!("unknown mode {other}"))),
+    }
+}
+
+fn client(f: &BTreeMap<String, String>) -> Result<(), String> {
+    let mode = f.get("mode").ok_or("--mode missing")?.clone();
+    let target: SocketAddr = f
+        .get("target")
+        .ok_or("--target missing")?
+        .parse()
+        .map_err(|e| format!("--target: {e}"))?;
+    let count: u64 = f
+        .get("count")
+        .map_or(Ok(0), |c| c.parse())
+        .map_err(|e| format!("--count: {e}"))?;
+    let timeout = Duration::from_millis(
+        f.get("timeout-ms")
+            .map_or(Ok(2000), |c| c.parse())
+            .map_err(|e| format!("--timeout-ms: {e}"))?,
+    );
+    let stop_file = f.get("stop-file").cloned();
+    if count == 0 && stop_file.is_none() {
+        return Err("need --count or --stop-file".into());
+    }
+    if let Some(cg) = f.get("cgroup") {
+        enter_cgroup(cg)?;
+    }
+    if let Some(ns) = f.get("netns") {
+        enter_netns(ns)?;
+    }
+    let mut ok: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut peers = BTreeSet::new();
+    let mut sequence: Vec<String> = Vec::new();
+    let (mut max_us, mut max_err_us, mut total_us, mut n) = (0u128, 0u128, 0u128, 0u64);
+    let started = Instant::now();
+    loop {
+        if count > 0 && n >= count {
+            break;
+        }
+        if let Some(p) = &stop_file
+            && Path::new(p).exists()
+        {
+            break;
+        }
+        let t = Instant::now();
+        let r = attempt(&mode, target, timeout);
+        let us = t.elapsed().as_micros();
+        total_us += us;
+        max_us = max_us.max(us);
+        match r {
+            Ok((name, peer)) => {
+                *ok.entry(name.clone()).or_default() += 1;
+                peers.insert(peer);
+                if sequence.last() != Some(&name) {
+                    sequence.push(name);
+                }
+            }
+            Err(e) => {
+                max_err_us = max_err_us.max(us);
+                *errors.entry(errno_name(&e)).or_default() += 1;
+                sequence.push(format!("!{}", errno_name(&e)));
+            }
+        }
+        n += 1;
+        if n == 1 {
+            println!("running");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    // Keep the sequence bounded: it only records changes of backend.
+    sequence.truncate(10_000);
+    let summary = serde_json::json!({
+        "iterations": n,
+        "ok": ok,
+        "errors": errors,
+        "peers": peers,
+        "max_us": max_us as u64,
+        "max_err_us": max_err_us as u64,
+        "total_us": total_us as u64,
+        "elapsed_us": started.elapsed().as_micros() as u64,
+        "sequence": sequence,
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        return usage("expected serve or client");
+    };
+    let f = match flags(rest) {
+        Ok(f) => f,
+        Err(e) => return usage(&e),
+    };
+    let r = match cmd.as_str() {
+        "serve" => serve(&f),
+        "client" => client(&f),
+        other => return usage(&format!("unknown command {other}")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sy-dp-testhelper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

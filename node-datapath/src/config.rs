@@ -1,0 +1,149 @@
+//! Plain configuration and report types of the datapath.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Serialize;
+use switchyard_abi::capacity;
+
+/// Default pin directory.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/switchyard";
+
+/// One of the four socket hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// `cgroup/connect4`.
+    Connect4,
+    /// `cgroup/sendmsg4`.
+    Sendmsg4,
+    /// `cgroup/recvmsg4`.
+    Recvmsg4,
+    /// `cgroup/getpeername4`.
+    Getpeername4,
+}
+
+impl Hook {
+    /// Every hook, in attach order (reverse paths last is harmless either way).
+    pub const ALL: [Hook; 4] = [
+        Hook::Connect4,
+        Hook::Sendmsg4,
+        Hook::Recvmsg4,
+        Hook::Getpeername4,
+    ];
+
+    /// The hook's name (also its link pin's file name and metric label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Connect4 => "connect4",
+            Hook::Sendmsg4 => "sendmsg4",
+            Hook::Recvmsg4 => "recvmsg4",
+            Hook::Getpeername4 => "getpeername4",
+        }
+    }
+
+    /// The program's function name in `sock_lb.c`.
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::Connect4 => "sy_connect4",
+            Hook::Sendmsg4 => "sy_sendmsg4",
+            Hook::Recvmsg4 => "sy_recvmsg4",
+            Hook::Getpeername4 => "sy_getpeername4",
+        }
+    }
+
+    /// `enum bpf_attach_type` value.
+    pub(crate) fn attach_type(self) -> u32 {
+        match self {
+            Hook::Connect4 => 10,     // BPF_CGROUP_INET4_CONNECT
+            Hook::Sendmsg4 => 14,     // BPF_CGROUP_UDP4_SENDMSG
+            Hook::Recvmsg4 => 19,     // BPF_CGROUP_UDP4_RECVMSG
+            Hook::Getpeername4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
+        }
+    }
+}
+
+/// Map capacities (`max_entries`); defaults are lb.h's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Capacities {
+    /// `sy_svc_v4`.
+    pub services: u32,
+    /// `sy_backend_v4`.
+    pub backends: u32,
+    /// `sy_revnat_v4`.
+    pub rev_nat: u32,
+    /// `sy_sock_rnat4` (LRU).
+    pub sock_rev_nat: u32,
+    /// `sy_affinity4` (LRU).
+    pub affinity: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            services: capacity::SERVICES,
+            backends: capacity::BACKENDS,
+            rev_nat: capacity::REV_NAT,
+            sock_rev_nat: capacity::SOCK_REV_NAT,
+            affinity: capacity::AFFINITY,
+        }
+    }
+}
+
+/// Where and how to run the datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Pin directory on a bpffs (created if missing).
+    pub bpffs_dir: PathBuf,
+    /// cgroup v2 directory the programs attach to (the node's root cgroup
+    /// in production; a per-test subtree in tests).
+    pub cgroup: PathBuf,
+    /// Map sizes.
+    pub capacities: Capacities,
+}
+
+impl DatapathConfig {
+    /// Default pin directory and capacities for `cgroup`.
+    pub fn new(cgroup: impl Into<PathBuf>) -> Self {
+        Self {
+            bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
+            cgroup: cgroup.into(),
+            capacities: Capacities::default(),
+        }
+    }
+}
+
+/// What [`Datapath::start`] did to one hook's link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkAction {
+    /// No pinned link: attached and pinned.
+    Attached,
+    /// Pinned link with the same program: left alone.
+    Kept,
+    /// Pinned link with another program: program swapped atomically.
+    Replaced,
+    /// Pinned link was defunct or on another cgroup: detached, re-attached.
+    Reattached,
+}
+
+/// The outcome of [`Datapath::start`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StartReport {
+    /// Maps that were already pinned and were reused with their contents.
+    pub adopted_maps: Vec<&'static str>,
+    /// Per hook, what happened to its link.
+    pub links: Vec<(Hook, LinkAction)>,
+    /// Wall time of the whole start (load + attach).
+    pub elapsed: Duration,
+}
+
+/// What [`off`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OffReport {
+    /// Links detached and unpinned.
+    pub links_removed: Vec<String>,
+    /// Map pins removed.
+    pub maps_removed: Vec<String>,
+    /// Entries under the pin directory that are not ours and were left.
+    pub foreign_left: Vec<PathBuf>,
+}
