@@ -1,8 +1,62 @@
-//! Pure load-balancer state for one node.
+//! Pure load-balancer state for one node (crate `switchyard-lb`).
 //!
-//! Data flows one way: Kubernetes `Service`s and `EndpointSlice`s (plus the
-//! node's name and addresses) → [`desired`] LB state (plain data, one entry
-//! per frontend with its ordered backends) → [`diff`] against what is in the
-//! maps → an ordered `Vec<MapOp>` → [`maps::LbMaps::apply_all`]. No I/O here.
+//! Owns the translation from Kubernetes objects to BPF map contents; does no
+//! I/O, spawns nothing and knows nothing of aya, kube or tokio. Data flows
+//! one way:
+//!
+//! ```text
+//! Services + EndpointSlices + NodeContext
+//!   └─ desired::desired_state ──▶ Desired { state: DesiredState, findings }
+//! MapsSnapshot (current maps) + DesiredState + IdAllocator
+//!   └─ sync::plan_sync / diff::diff ──▶ ordered Vec<MapOp> (+ stats)
+//!        └─ maps::LbMaps::apply_all (aya maps in the agent, FakeMaps here)
+//! ```
+//!
+//! * [`desired`] implements kube-proxy 1.34's Service/EndpointSlice semantics;
+//! * [`ids`] keeps backend and rev-NAT ids stable across syncs and restarts;
+//! * [`mod@diff`] orders operations so a concurrent BPF reader never sees a
+//!   half-written service ([`fake::consistent`] states that invariant);
+//! * [`fake`] is the in-memory map implementation; [`render`] prints map
+//!   contents for golden tests and debugging.
 
+pub mod desired;
+pub mod diff;
+mod endpoints;
+pub mod fake;
+pub mod ids;
 pub mod maps;
+pub mod model;
+pub mod render;
+pub mod sync;
+
+pub use desired::{
+    Desired, ExternalPolicyMode, Finding, FindingKind, NodeContext, Options, desired_state,
+};
+pub use diff::diff;
+pub use fake::{FakeCapacity, FakeMaps, Inconsistency, consistent};
+pub use ids::IdAllocator;
+pub use maps::{LbMaps, MapOp, MapsSnapshot};
+pub use model::{
+    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,
+};
+pub use sync::{SyncPlan, SyncStats, plan_sync};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    /// Every backend id in `1..=limit` is in use.
+    #[error("backend ids exhausted: all {limit} ids are in use")]
+    BackendIdsExhausted { limit: u64 },
+    /// Every rev-NAT id in `1..=limit` is in use (one per frontend).
+    #[error("rev-NAT ids exhausted: all {limit} ids are in use (one per frontend)")]
+    RevNatIdsExhausted { limit: u64 },
+    /// A backend of the desired state has no id (ids were not assigned).
+    #[error("backend {backend} has no id; assign ids before building the target maps")]
+    MissingBackendId { backend: BackendKey },
+    /// A frontend of the desired state has no rev-NAT id.
+    #[error("frontend {frontend} has no rev-NAT id; assign ids before building the target maps")]
+    MissingRevNatId { frontend: Frontend },
+    /// A map is full (raised by [`FakeMaps`]).
+    #[error("map {map} is full ({capacity} entries)")]
+    MapFull { map: &'static str, capacity: usize },
+}

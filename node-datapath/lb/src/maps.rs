@@ -10,11 +10,17 @@ use switchyard_abi::{Backend, BackendId, RevNat, RevNatId, SvcKey, SvcValue};
 /// then deletions of orphaned slots/masters, rev-NATs and backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapOp {
+    /// Insert or update a backend-map entry.
     UpsertBackend(BackendId, Backend),
+    /// Insert or update a rev-NAT entry.
     UpsertRevNat(RevNatId, RevNat),
+    /// Insert or update a service-map entry (master, slot or VIP marker).
     UpsertService(SvcKey, SvcValue),
+    /// Delete a service-map entry.
     DeleteService(SvcKey),
+    /// Delete a rev-NAT entry.
     DeleteRevNat(RevNatId),
+    /// Delete a backend-map entry.
     DeleteBackend(BackendId),
 }
 
@@ -22,13 +28,17 @@ pub enum MapOp {
 /// the kernel's). Used to adopt pinned maps on restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapsSnapshot {
+    /// The service map: masters, slots and VIP markers.
     pub services: std::collections::BTreeMap<SvcKey, SvcValue>,
+    /// The backend map.
     pub backends: std::collections::BTreeMap<BackendId, Backend>,
+    /// The rev-NAT map.
     pub rev_nat: std::collections::BTreeMap<RevNatId, RevNat>,
 }
 
 /// The load-balancer maps, as the sync loop sees them.
 pub trait LbMaps {
+    /// The implementation's error.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Applies one operation. Deleting an absent key is not an error.

@@ -1,0 +1,507 @@
+//! Services + EndpointSlices → the desired LB state of one node.
+//!
+//! Semantics follow kube-proxy 1.34 (service change tracker, endpoint slice
+//! cache, `CategorizeEndpoints`, the iptables/nftables proxiers):
+//!
+//! * skipped: `type: ExternalName`, headless (`clusterIP: None`) and unset
+//!   ClusterIPs, Services labelled `service.kubernetes.io/service-proxy-name`;
+//! * frontends per TCP/UDP Service port: the IPv4 ClusterIP, the NodePort on
+//!   each node address, every IPv4 ExternalIP and every IPv4 LoadBalancer
+//!   ingress IP in VIP mode (`ipMode: Proxy` ingress is not programmed);
+//! * endpoints: ready ones, else serving-and-terminating ones; the ClusterIP
+//!   frontend honours `internalTrafficPolicy: Local` (LOCAL_ONLY);
+//! * `externalTrafficPolicy: Local`: kube-proxy sends traffic that originates
+//!   on the node (host processes, and pods) to external frontends to the
+//!   *cluster-wide* endpoints ("short-circuit pod/local traffic"), and the
+//!   socket LB only ever sees such traffic, so by default external frontends
+//!   use cluster endpoints. [`ExternalPolicyMode::Strict`] restricts them to
+//!   local endpoints instead (LOCAL_ONLY);
+//! * `sessionAffinity: ClientIP` sets AFFINITY with `timeoutSeconds`
+//!   (default 10800) on every frontend of the Service;
+//! * a ClusterIP with at least one TCP/UDP port gets a VIP marker (other
+//!   ports on it are refused, as kube-proxy's nftables mode does);
+//! * topology hints are honoured for cluster-wide endpoints as
+//!   `CategorizeEndpoints` does (node hints, then zone hints, each only when
+//!   every ready endpoint carries one and one matches this node/zone);
+//! * backends are ordered by address, then port; two Service ports claiming
+//!   the same frontend: the first by namespace/name wins, the other is
+//!   reported.
+//!
+//! What the datapath cannot serve is reported as a [`Finding`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use switchyard_abi::svc_flags;
+
+use crate::endpoints::{
+    LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Policy, ServiceSlices, Topology,
+    select,
+};
+use crate::model::{
+    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,
+};
+
+/// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// The most slots one frontend can hold (`sy_svc_value.count` is a `u16`).
+pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
+
+/// The node the state is computed for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// `metadata.name` of the Node (matched against endpoints' `nodeName`).
+    pub name: String,
+    /// Addresses that serve NodePorts (the caller decides, e.g. the node's
+    /// InternalIP/ExternalIP addresses; include 127.0.0.1 to serve
+    /// localhost NodePorts as kube-proxy's iptables mode does).
+    pub addresses: Vec<Ipv4Addr>,
+    /// The node's `topology.kubernetes.io/zone` label, for zone hints.
+    pub zone: Option<String>,
+}
+
+/// How `externalTrafficPolicy: Local` applies to node-originated traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExternalPolicyMode {
+    /// kube-proxy's behaviour: traffic from this node to an external
+    /// frontend uses cluster-wide endpoints.
+    #[default]
+    ShortCircuitLocalClients,
+    /// External frontends of `externalTrafficPolicy: Local` Services use only
+    /// this node's endpoints (LOCAL_ONLY).
+    Strict,
+}
+
+/// Knobs of the computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// See [`ExternalPolicyMode`].
+    pub external_policy: ExternalPolicyMode,
+    /// The `PreferSameTrafficDistribution` feature gate (on by default in
+    /// 1.34): honour `hints.forNodes`.
+    pub node_hints: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            external_policy: ExternalPolicyMode::default(),
+            node_hints: true,
+        }
+    }
+}
+
+/// Something in the inputs the datapath does not serve (for preflight).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Finding {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// What is unsupported.
+    pub kind: FindingKind,
+}
+
+/// The kinds of [`Finding`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FindingKind {
+    /// An SCTP port (not served; kube-proxy serves it).
+    SctpPort { port: i32 },
+    /// A port whose protocol is not TCP, UDP or SCTP.
+    UnknownProtocol { port: i32, protocol: String },
+    /// A port number outside 1..=65535.
+    InvalidPort { port: i32 },
+    /// Only IPv6 ClusterIPs: the Service is not served.
+    Ipv6Only,
+    /// A dual-stack Service: only its IPv4 family is served.
+    Ipv6FamilyIgnored,
+    /// The ClusterIP does not parse as an IP address.
+    InvalidClusterIp { value: String },
+    /// More endpoints than slots; the frontend keeps the first 65535.
+    TooManyBackends { frontend: Frontend, count: usize },
+    /// Another Service port already owns this frontend; this one is dropped.
+    FrontendConflict {
+        frontend: Frontend,
+        owner: ServicePortRef,
+    },
+    /// `loadBalancerSourceRanges` are not enforced by the socket LB.
+    SourceRangesNotEnforced,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.service)?;
+        match &self.kind {
+            FindingKind::SctpPort { port } => write!(f, "SCTP port {port} is not supported"),
+            FindingKind::UnknownProtocol { port, protocol } => {
+                write!(f, "port {port} has unknown protocol {protocol:?}")
+            }
+            FindingKind::InvalidPort { port } => write!(f, "invalid port {port}"),
+            FindingKind::Ipv6Only => f.write_str("IPv6-only Service is not supported"),
+            FindingKind::Ipv6FamilyIgnored => {
+                f.write_str("dual-stack Service: the IPv6 family is not served")
+            }
+            FindingKind::InvalidClusterIp { value } => write!(f, "invalid clusterIP {value:?}"),
+            FindingKind::TooManyBackends { frontend, count } => write!(
+                f,
+                "{frontend} has {count} endpoints, only {MAX_BACKENDS_PER_FRONTEND} are served"
+            ),
+            FindingKind::FrontendConflict { frontend, owner } => {
+                write!(f, "frontend {frontend} is already served for {owner}")
+            }
+            FindingKind::SourceRangesNotEnforced => {
+                f.write_str("loadBalancerSourceRanges are not enforced for node-local clients")
+            }
+        }
+    }
+}
+
+/// The result of [`desired_state`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// What the maps should hold.
+    pub state: DesiredState,
+    /// What is not served, sorted.
+    pub findings: Vec<Finding>,
+}
+
+/// Computes the desired LB state of `node` from all Services and
+/// EndpointSlices (any order; the result does not depend on it).
+pub fn desired_state<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeContext,
+    opts: &Options,
+) -> Desired {
+    let mut by_service: BTreeMap<(&str, &str), ServiceSlices<'a>> = BTreeMap::new();
+    for slice in slices {
+        let labels = slice.metadata.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k));
+        if slice.address_type != "IPv4"
+            || label(LABEL_SERVICE_PROXY_NAME).is_some()
+            || label(LABEL_HEADLESS).is_some()
+        {
+            continue;
+        }
+        let (Some(ns), Some(svc)) = (
+            slice.metadata.namespace.as_deref(),
+            label(LABEL_SERVICE_NAME).map(String::as_str),
+        ) else {
+            continue;
+        };
+        if svc.is_empty() {
+            continue;
+        }
+        by_service.entry((ns, svc)).or_default().slices.push(slice);
+    }
+
+    let mut services: Vec<&Service> = services.into_iter().collect();
+    services.sort_by(|a, b| {
+        let k = |s: &Service| (s.metadata.namespace.clone(), s.metadata.name.clone());
+        k(a).cmp(&k(b))
+    });
+
+    let mut b = Builder {
+        node,
+        opts,
+        out: Desired::default(),
+    };
+    let empty = ServiceSlices::default();
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(name) = svc.metadata.name.as_deref() else {
+            continue;
+        };
+        let slices = by_service.get(&(ns, name)).unwrap_or(&empty);
+        b.service(svc, ns, name, slices);
+    }
+    b.out.findings.sort();
+    b.out.findings.dedup();
+    b.out
+}
+
+struct Builder<'n> {
+    node: &'n NodeContext,
+    opts: &'n Options,
+    out: Desired,
+}
+
+/// What a Service port shares with all its frontends.
+struct PortCtx {
+    svc_ref: ServicePortRef,
+    proto: Proto,
+    affinity: Option<u32>,
+    endpoints: Vec<crate::endpoints::Endpoint>,
+}
+
+impl Builder<'_> {
+    fn finding(&mut self, ns: &str, name: &str, kind: FindingKind) {
+        self.out.findings.push(Finding {
+            service: format!("{ns}/{name}"),
+            kind,
+        });
+    }
+
+    fn service(&mut self, svc: &Service, ns: &str, name: &str, slices: &ServiceSlices<'_>) {
+        if svc
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
+        {
+            return;
+        }
+        let Some(spec) = svc.spec.as_ref() else {
+            return;
+        };
+        let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if svc_type == "ExternalName" {
+            return;
+        }
+        let Some(cluster_ip) = self.cluster_ip(spec, ns, name) else {
+            return;
+        };
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        });
+        let has_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let external_local = has_node_ports
+            && spec.external_traffic_policy.as_deref() == Some("Local")
+            && self.opts.external_policy == ExternalPolicyMode::Strict;
+        let external_ips = v4_list(spec.external_ips.iter().flatten());
+        let lb_ips = v4_list(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|i| matches!(i.ip_mode.as_deref(), None | Some("VIP")))
+                .filter_map(|i| i.ip.as_ref()),
+        );
+        if !lb_ips.is_empty()
+            && spec
+                .load_balancer_source_ranges
+                .as_ref()
+                .is_some_and(|r| !r.is_empty())
+        {
+            self.finding(ns, name, FindingKind::SourceRangesNotEnforced);
+        }
+
+        let mut any_port = false;
+        for sp in spec.ports.iter().flatten() {
+            let proto_name = sp.protocol.as_deref().unwrap_or("TCP");
+            let proto = match proto_name {
+                "TCP" => Proto::Tcp,
+                "UDP" => Proto::Udp,
+                "SCTP" => {
+                    self.finding(ns, name, FindingKind::SctpPort { port: sp.port });
+                    continue;
+                }
+                other => {
+                    let kind = FindingKind::UnknownProtocol {
+                        port: sp.port,
+                        protocol: other.to_string(),
+                    };
+                    self.finding(ns, name, kind);
+                    continue;
+                }
+            };
+            let Some(port) = u16::try_from(sp.port).ok().filter(|p| *p != 0) else {
+                self.finding(ns, name, FindingKind::InvalidPort { port: sp.port });
+                continue;
+            };
+            any_port = true;
+            let port_name = sp.name.clone().unwrap_or_default();
+            let ctx = PortCtx {
+                endpoints: slices.endpoints_for(&port_name, proto_name, &self.node.name),
+                svc_ref: ServicePortRef {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    port_name,
+                },
+                proto,
+                affinity,
+            };
+            let internal = if internal_local {
+                Policy::Local
+            } else {
+                Policy::Cluster
+            };
+            let external = if external_local {
+                Policy::Local
+            } else {
+                Policy::Cluster
+            };
+            let chosen = self.select(&ctx, internal);
+            self.frontend(
+                &ctx,
+                cluster_ip,
+                port,
+                svc_flags::CLUSTER_IP,
+                internal,
+                &chosen,
+            );
+            let node_port = sp
+                .node_port
+                .filter(|_| has_node_ports)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
+            let mut external_fes: Vec<(Ipv4Addr, u16, u8)> = Vec::new();
+            if let Some(np) = node_port {
+                let mut addrs = self.node.addresses.clone();
+                addrs.sort_unstable();
+                addrs.dedup();
+                external_fes.extend(addrs.into_iter().map(|a| (a, np, svc_flags::NODEPORT)));
+            }
+            external_fes.extend(
+                external_ips
+                    .iter()
+                    .map(|ip| (*ip, port, svc_flags::EXTERNAL_IP)),
+            );
+            external_fes.extend(lb_ips.iter().map(|ip| (*ip, port, svc_flags::LOADBALANCER)));
+            if !external_fes.is_empty() {
+                let chosen = if external == internal {
+                    chosen
+                } else {
+                    self.select(&ctx, external)
+                };
+                for (ip, p, kind) in external_fes {
+                    self.frontend(&ctx, ip, p, kind, external, &chosen);
+                }
+            }
+        }
+        if any_port {
+            self.out.state.vips.insert(cluster_ip);
+        }
+    }
+
+    /// The Service's IPv4 ClusterIP, or `None` (with a finding where the
+    /// Service is skipped for a reason other than being headless/unset).
+    fn cluster_ip(&mut self, spec: &ServiceSpec, ns: &str, name: &str) -> Option<Ipv4Addr> {
+        let primary = spec.cluster_ip.as_deref().unwrap_or("");
+        if primary.is_empty() || primary == "None" {
+            return None;
+        }
+        let mut all: Vec<&str> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if all.is_empty() {
+            all.push(primary);
+        }
+        let mut v4 = None;
+        let mut v6 = false;
+        for s in &all {
+            match s.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) if v4.is_none() => v4 = Some(a),
+                Ok(IpAddr::V4(_)) => {}
+                Ok(IpAddr::V6(_)) => v6 = true,
+                Err(_) => {
+                    let kind = FindingKind::InvalidClusterIp {
+                        value: (*s).to_string(),
+                    };
+                    self.finding(ns, name, kind);
+                }
+            }
+        }
+        match (v4, v6) {
+            (Some(a), true) => {
+                self.finding(ns, name, FindingKind::Ipv6FamilyIgnored);
+                Some(a)
+            }
+            (Some(a), false) => Some(a),
+            (None, true) => {
+                self.finding(ns, name, FindingKind::Ipv6Only);
+                None
+            }
+            (None, false) => None,
+        }
+    }
+
+    /// The backends a policy selects for this Service port, in slot order.
+    fn select(&self, ctx: &PortCtx, policy: Policy) -> Vec<DesiredBackend> {
+        let topo = Topology {
+            node_name: &self.node.name,
+            zone: self.node.zone.as_deref(),
+            node_hints_enabled: self.opts.node_hints,
+        };
+        select(&ctx.endpoints, policy, &topo)
+            .iter()
+            .map(|e| DesiredBackend {
+                key: BackendKey {
+                    ip: e.ip,
+                    port: e.port,
+                    proto: ctx.proto,
+                },
+                terminating: !e.ready && e.terminating,
+            })
+            .collect()
+    }
+
+    fn frontend(
+        &mut self,
+        ctx: &PortCtx,
+        ip: Ipv4Addr,
+        port: u16,
+        kind: u8,
+        policy: Policy,
+        chosen: &[DesiredBackend],
+    ) {
+        let fe = Frontend {
+            ip,
+            port,
+            proto: ctx.proto,
+        };
+        let (ns, name) = (&ctx.svc_ref.namespace, &ctx.svc_ref.name);
+        if let Some(owner) = self.out.state.frontends.get(&fe) {
+            let finding = FindingKind::FrontendConflict {
+                frontend: fe,
+                owner: owner.service.clone(),
+            };
+            self.finding(ns, name, finding);
+            return;
+        }
+        if chosen.len() > MAX_BACKENDS_PER_FRONTEND {
+            let finding = FindingKind::TooManyBackends {
+                frontend: fe,
+                count: chosen.len(),
+            };
+            self.finding(ns, name, finding);
+        }
+        let backends = chosen[..chosen.len().min(MAX_BACKENDS_PER_FRONTEND)].to_vec();
+        let mut flags = kind;
+        if ctx.affinity.is_some() {
+            flags |= svc_flags::AFFINITY;
+        }
+        if policy == Policy::Local {
+            flags |= svc_flags::LOCAL_ONLY;
+        }
+        let state = FrontendState {
+            flags,
+            affinity_timeout: ctx.affinity.unwrap_or(0),
+            backends,
+            service: ctx.svc_ref.clone(),
+        };
+        self.out.state.frontends.insert(fe, state);
+    }
+}
+
+/// The IPv4 addresses among `items` (other families and garbage ignored, as
+/// kube-proxy's IPv4 proxier does), deduplicated and sorted.
+fn v4_list<'a>(items: impl Iterator<Item = &'a String>) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = items.filter_map(|s| s.parse().ok()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
