@@ -10,7 +10,7 @@ CARGO ?= cargo
 
 .PHONY: help
 help: ## Show the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: deps
 deps: ## Install the Debian packages and mounts the tests need (root)
@@ -29,10 +29,34 @@ lint: ## clippy, warnings are errors
 crds: ## Regenerate crds/ from operator/api
 	$(CARGO) run --quiet --locked -p switchyard-operator --bin crdgen -- crds
 
+.PHONY: build
+build: ## Build every binary (operator, agent, lab, load generator, demo)
+	$(CARGO) build --workspace --bins --locked
+
 .PHONY: unit
-unit: ## Tier 1-3: unit, property, golden and privileged datapath tests (CRD drift included)
+unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD drift included)
 	$(CARGO) test --workspace --locked --exclude switchyard-e2e
 
+.PHONY: e2e
+e2e: build ## Tier 4: the local real cluster and the migration scenarios (root)
+	$(CARGO) test --locked -p switchyard-e2e -- --test-threads=1
+
 .PHONY: test
-test: deps fmt-check lint unit ## Everything CI runs
+test: deps fmt-check lint unit e2e ## Everything CI runs
 	@echo "make test: all tiers passed"
+
+.PHONY: demo
+demo: deps build ## A live migration off kube-proxy on a local real 3-node cluster
+	$(CARGO_TARGET_DIR)/debug/switchyard-demo
+
+.PHONY: cluster-up
+cluster-up: ## Start the local cluster by hand (NODES=3 MODE=iptables|nftables)
+	e2e/hack/lab.sh up --nodes $(or $(NODES),3) --proxy-mode $(or $(MODE),iptables)
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove everything it created
+	e2e/hack/lab.sh down
+
+.PHONY: bench
+bench: deps ## Benchmarks: datapath at scale vs kube-proxy and the floor (writes BENCHMARKS.md)
+	node-datapath/bench/run.sh

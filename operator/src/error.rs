@@ -24,11 +24,6 @@ pub enum Error {
         name: String,
         field: &'static str,
     },
-    #[error("serving metrics/health on {addr}: {source}")]
-    Serve {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
     #[error("lost the leader lease {0}")]
     LeaseLost(String),
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use switchyard_operator::controller::{self, Settings, leader::LeaderLease};
-use switchyard_operator::metrics::{self, Metrics};
+use switchyard_operator::metrics::Metrics;
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -37,12 +37,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    switchyard_endpoint::init_logging();
     match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -57,11 +52,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     controller::check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
-    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let server = tokio::spawn(switchyard_endpoint::serve(
+        args.metrics_addr,
+        metrics.clone(),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        switchyard_endpoint::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });
@@ -114,15 +112,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     server.abort();
     result
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

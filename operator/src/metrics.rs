@@ -1,23 +1,14 @@
-//! Operator metrics (Prometheus text) and the `/metrics`, `/healthz`,
-//! `/readyz` HTTP endpoint.
+//! Operator metrics (Prometheus text), served with readiness by
+//! `switchyard-endpoint`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
 use switchyard_api::MigrationPlanStatus;
-
-use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PlanLabels {
@@ -164,43 +155,14 @@ const STEPS: [&str; 14] = [
     "Gone",
 ];
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Serve { addr, source })?;
-    loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .map_err(|source| Error::Serve { addr, source })?;
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&req, &metrics)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+impl switchyard_endpoint::Health for Metrics {
+    fn metrics(&self) -> String {
+        self.render()
     }
-}
 
-fn route(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, metrics.render()),
-        "/healthz" => (StatusCode::OK, "ok\n".into()),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: caches syncing or not the leader\n".into(),
-        ),
-        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp
+    fn not_ready(&self) -> Option<&'static str> {
+        (!self.ready.load(Ordering::Relaxed)).then_some("caches syncing or not the leader")
+    }
 }
 
 #[cfg(test)]

@@ -24,11 +24,6 @@ pub enum Error {
     },
     #[error("kube config: {0}")]
     Config(String),
-    #[error("serving metrics/health on {addr}: {source}")]
-    Serve {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
     #[error("background task: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use switchyard_agent::agent::{self, AgentConfig};
 use switchyard_agent::error::Error;
-use switchyard_agent::server::{self, Shared};
+use switchyard_agent::server::Shared;
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -41,12 +41,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    switchyard_endpoint::init_logging();
     match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -72,19 +67,13 @@ async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
 async fn run(args: Args) -> Result<(), Error> {
     let client = client(args.api_server.as_deref()).await?;
     let shared = Arc::new(Shared::default());
-    let server = tokio::spawn(server::serve(args.metrics_addr, shared.clone()));
+    let server = tokio::spawn(switchyard_endpoint::serve(
+        args.metrics_addr,
+        shared.clone(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        switchyard_endpoint::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });

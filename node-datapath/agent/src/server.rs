@@ -1,17 +1,10 @@
-//! `/metrics`, `/healthz`, `/readyz` of the agent.
+//! What the agent's `/metrics` and `/readyz` report (served by
+//! `switchyard-endpoint`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use switchyard_api::SyncStatus;
-
-use crate::error::{Error, Result};
 
 /// What the loop publishes for the endpoint.
 #[derive(Debug, Default)]
@@ -91,43 +84,14 @@ impl Shared {
     }
 }
 
-/// Serves until the task is dropped.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Serve { addr, source })?;
-    loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .map_err(|source| Error::Serve { addr, source })?;
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&req, &shared)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+impl switchyard_endpoint::Health for Shared {
+    fn metrics(&self) -> String {
+        self.render()
     }
-}
 
-fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, shared.render()),
-        "/healthz" => (StatusCode::OK, "ok\n".into()),
-        "/readyz" if shared.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: first sync pending\n".into(),
-        ),
-        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp
+    fn not_ready(&self) -> Option<&'static str> {
+        (!self.ready.load(Ordering::Relaxed)).then_some("first sync pending")
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use k8s_openapi::jiff::Timestamp;
 use switchyard_api::{DatapathMode, MigrationPlanSpec, MigrationPlanStatus, NodeStep, Phase};
 
 use crate::planner::{
-    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Input, KubeProxyObs, NodeObs, PodObs,
-    RequestOutcome, Snapshot, plan,
+    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Input, KubeProxyObs, NodeObs,
+    PodObs, RequestOutcome, Snapshot, plan,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -287,21 +287,26 @@ impl Sim {
         self.check_serving("after a tick");
     }
 
-    /// Runs the planner once. `crash`: `None` = no crash; `Some(k)` = the
-    /// controller dies after applying `k` actions, before recording the
-    /// status (the worst order).
-    pub fn reconcile(&mut self, crash: Option<usize>) {
+    /// The planner's decision for the current state (changes nothing).
+    pub fn decide(&self) -> Decision {
         let snap = self.snapshot();
-        let input = Input {
+        plan(Input {
             plan_name: "p",
             generation: Some(1),
             spec: &self.spec,
             status: &self.status,
             snapshot: &snap,
             now: self.ts(),
-        };
-        let d = plan(input).expect("plan");
-        let again = plan(input).expect("plan");
+        })
+        .expect("plan")
+    }
+
+    /// Runs the planner once. `crash`: `None` = no crash; `Some(k)` = the
+    /// controller dies after applying `k` actions, before recording the
+    /// status (the worst order).
+    pub fn reconcile(&mut self, crash: Option<usize>) {
+        let d = self.decide();
+        let again = self.decide();
         if d != again {
             self.violations.push("planner is not deterministic".into());
         }

@@ -35,16 +35,7 @@ fn until(sim: &mut Sim, node: &str, step: NodeStep) -> Vec<Action> {
             .any(|n| n.name == node && n.step == step)
         {
             // The decision after the transition carries the step's actions.
-            let snap = sim.snapshot();
-            let d = crate::planner::plan(crate::planner::Input {
-                plan_name: "p",
-                generation: Some(1),
-                spec: &sim.spec,
-                status: &sim.status,
-                snapshot: &snap,
-                now: sim.ts(),
-            })
-            .unwrap();
+            let d = sim.decide();
             return d.actions;
         }
         sim.tick(3, &|_| false);
@@ -113,16 +104,7 @@ fn starting_a_node_records_cordon_state_before_cordoning() {
     assert_eq!(n0.was_cordoned, Some(false));
     // The starting decision cordoned nothing; the next one does.
     assert!(!sim.nodes["node-00"].unschedulable);
-    let snap = sim.snapshot();
-    let d = crate::planner::plan(crate::planner::Input {
-        plan_name: "p",
-        generation: Some(1),
-        spec: &sim.spec,
-        status: &sim.status,
-        snapshot: &snap,
-        now: sim.ts(),
-    })
-    .unwrap();
+    let d = sim.decide();
     assert!(
         d.actions.contains(&Action::Cordon {
             node: "node-00".into()
@@ -301,16 +283,7 @@ fn finalisation_backs_up_before_deleting_and_keep_keeps() {
     let mut sim = Sim::new(2, &[], spec(0, 2));
     let mut saw_backup_first = false;
     for _ in 0..200 {
-        let snap = sim.snapshot();
-        let d = crate::planner::plan(crate::planner::Input {
-            plan_name: "p",
-            generation: Some(1),
-            spec: &sim.spec,
-            status: &sim.status,
-            snapshot: &snap,
-            now: sim.ts(),
-        })
-        .unwrap();
+        let d = sim.decide();
         if d.actions.contains(&Action::DeleteKubeProxy) {
             assert!(sim.backup, "delete requested before the backup exists");
             saw_backup_first = true;
@@ -364,16 +337,7 @@ fn dry_run_plans_and_changes_nothing() {
     let mut sim = Sim::new(5, &[], s);
     let before = sim.nodes.clone();
     for _ in 0..5 {
-        let snap = sim.snapshot();
-        let d = crate::planner::plan(crate::planner::Input {
-            plan_name: "p",
-            generation: Some(1),
-            spec: &sim.spec,
-            status: &sim.status,
-            snapshot: &snap,
-            now: sim.ts(),
-        })
-        .unwrap();
+        let d = sim.decide();
         assert!(
             d.actions.iter().all(|a| matches!(a, Action::Event(_))),
             "{:?}",

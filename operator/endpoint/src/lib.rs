@@ -1,0 +1,144 @@
+//! What switchyard's two binaries (operator and agent) share around their
+//! main loop: the `/metrics`, `/healthz`, `/readyz` HTTP endpoint, logging
+//! setup and the shutdown signal. The binaries supply the content through
+//! [`Health`]; this crate only serves it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// What the endpoint reports.
+pub trait Health: Send + Sync + 'static {
+    /// Prometheus text exposition.
+    fn metrics(&self) -> String;
+    /// `None` when ready, else why not.
+    fn not_ready(&self) -> Option<&'static str>;
+}
+
+/// Binds `addr` (failing with the address in the error) and serves the
+/// endpoint until the returned task is aborted.
+pub async fn serve(addr: SocketAddr, health: Arc<dyn Health>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let health = health.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let health = health.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(route(req.uri().path(), health.as_ref()))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(path: &str, health: &dyn Health) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => (StatusCode::OK, health.metrics()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+        "/readyz" => match health.not_ready() {
+            None => (StatusCode::OK, "ready\n".to_string()),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info,kube=warn`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Fake(AtomicBool);
+    impl Health for Fake {
+        fn metrics(&self) -> String {
+            "x_total 1\n".into()
+        }
+        fn not_ready(&self) -> Option<&'static str> {
+            (!self.0.load(Ordering::Relaxed)).then_some("warming up")
+        }
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let fake = Arc::new(Fake(AtomicBool::new(false)));
+        let task = tokio::spawn(serve(port, fake.clone()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(port).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "endpoint did not listen on {port} within 5s"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(get(port, "/metrics").await.ends_with("x_total 1\n"));
+        assert!(get(port, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let r = get(port, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.ends_with("not ready: warming up\n"),
+            "{r}"
+        );
+        fake.0.store(true, Ordering::Relaxed);
+        assert!(get(port, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(port, "/nope").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
+}
