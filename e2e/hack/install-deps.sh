@@ -7,6 +7,7 @@ PACKAGES=(
   clang llvm libbpf-dev bpftool  # BPF programs (C, -target bpf)
   iptables nftables ipset conntrack iproute2  # datapath, cleanup, e2e nodes
   openssl  # local cluster certificates
+  curl  # by hand: requests from inside lab pods (switchyard-lab exec)
 )
 
 missing=()

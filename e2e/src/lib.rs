@@ -1,1 +1,49 @@
-//! A local real Kubernetes cluster without Docker, and the end-to-end tests.
+//! switchyard-e2e: a local real Kubernetes cluster without Docker, and the
+//! end-to-end tests that run on it.
+//!
+//! What it owns and how data flows:
+//!
+//! - [`binaries`]: `e2e/hack/build-k8s.sh` builds etcd, kube-apiserver,
+//!   kube-controller-manager, kube-scheduler, kube-proxy and kubectl from the
+//!   committed `e2e/tools` Go module into a per-version cache; this crate
+//!   only locates them.
+//! - [`topology`] (pure) plans names and addresses; [`network`] creates the
+//!   control-plane namespace (underlay bridge, API server address), one
+//!   namespace per node and one per pod; [`sys`] wraps netns, cgroups and
+//!   process placement.
+//! - [`pki`] makes certificates; [`control_plane`] runs the upstream
+//!   programs inside the control-plane namespace; [`forward`] exposes the
+//!   API server on `127.0.0.1` in the root namespace.
+//! - [`addons`] registers Node objects and installs kube-proxy as kubeadm
+//!   does; [`runtime`] is the kubelet stand-in that turns the pods bound to
+//!   each node into processes (image → program table in
+//!   [`runtime::images`]) and reports their status.
+//! - [`teardown`] removes a cluster by name (also a killed run's).
+//! - [`scenario`]: building blocks of the migration scenarios (switchyard
+//!   installed from `config/`, workload, load, `MigrationPlan`).
+//! - [`cluster::Cluster`] ties it together for tests and the
+//!   `switchyard-lab` command; [`request`] sends HTTP/UDP from inside pods
+//!   and nodes.
+//!
+//! All traffic stays on loopback or inside namespaces the lab creates.
+
+pub mod addons;
+pub mod binaries;
+pub mod cluster;
+pub mod control_plane;
+pub mod error;
+pub mod forward;
+pub mod network;
+pub mod pki;
+pub mod request;
+pub mod runtime;
+pub mod scenario;
+pub mod sys;
+pub mod teardown;
+pub mod topology;
+
+pub use addons::ProxyMode;
+pub use cluster::{Cluster, ClusterConfig, wait_for};
+pub use error::{Error, Result};
+pub use request::HttpResponse;
+pub use runtime::images::{ImageProgram, ImageTable};

@@ -1,0 +1,209 @@
+//! `make demo`: a live migration off kube-proxy on the local real cluster.
+//!
+//! Starts 3 nodes with kube-proxy (iptables mode), deploys the classic nginx
+//! Services with client traffic from every node, installs switchyard from
+//! `config/`, applies a MigrationPlan and shows its progress live (per-node
+//! steps, requests ok/failed), prints each node's `iptables -t nat -L
+//! KUBE-SERVICES` before and after, then tears everything down.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+use switchyard_api::{MigrationPlan, Phase};
+use switchyard_e2e::scenario::{self, Load};
+use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// kube-proxy mode to migrate from.
+    #[arg(long, default_value = "iptables")]
+    proxy_mode: ProxyMode,
+    /// Requests per second per Service from each node.
+    #[arg(long, default_value_t = 25)]
+    rate: u32,
+}
+
+fn step(n: u32, what: &str) {
+    println!("\n\x1b[1m[{n}/6] {what}\x1b[0m");
+}
+
+async fn show_rules(c: &Cluster, when: &str) {
+    for n in &c.plan().nodes {
+        println!(
+            "--- {}: iptables -t nat -L KUBE-SERVICES -n ({when})",
+            n.name
+        );
+        match c
+            .exec_on_node(
+                &n.name,
+                &["iptables", "-t", "nat", "-L", "KUBE-SERVICES", "-n"],
+            )
+            .await
+        {
+            Ok(out) => {
+                let text = if out.status.success() {
+                    out.stdout
+                } else {
+                    out.stderr
+                };
+                for line in String::from_utf8_lossy(&text).lines().take(12) {
+                    println!("    {line}");
+                }
+            }
+            Err(e) => println!("    ({e})"),
+        }
+    }
+}
+
+fn table(p: &MigrationPlan, load: &Load) {
+    let Some(s) = &p.status else { return };
+    let (ok, failed) = load
+        .totals()
+        .map(|t| {
+            (
+                t.iter().map(|x| x.ok).sum::<u64>(),
+                t.iter().map(|x| x.failed).sum::<u64>(),
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "  phase {:<11} migrated {:<5} requests ok {ok:<6} failed {failed}",
+        format!("{:?}", s.phase),
+        s.summary.progress
+    );
+    for n in &s.nodes {
+        println!(
+            "    {:<8} wave {}  {:<20} {}",
+            n.name,
+            n.wave,
+            format!("{:?}", n.step),
+            n.message.as_deref().unwrap_or("")
+        );
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let started = Instant::now();
+    let bins = switchyard_e2e::binaries::Binaries::locate().map_err(|e| e.to_string())?;
+    step(
+        1,
+        &format!(
+            "starting the local cluster: 3 nodes, kube-proxy in {} mode",
+            args.proxy_mode.as_str()
+        ),
+    );
+    let c = Cluster::start(ClusterConfig {
+        nodes: 3,
+        proxy_mode: args.proxy_mode,
+        images: Some(scenario::images(&bins.project_bin)),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "  ready in {:.1}s; kubeconfig {}",
+        started.elapsed().as_secs_f64(),
+        c.kubeconfig().display()
+    );
+
+    step(
+        2,
+        "deploying nginx (2 replicas) and its Services; starting client traffic from every node",
+    );
+    let targets = scenario::deploy_workload(&c)
+        .await
+        .map_err(|e| e.to_string())?;
+    for t in &targets {
+        println!("  {:<10} {}", t.service, t.url());
+    }
+    let load = scenario::start_load(&c, &targets, args.rate)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("  {} req/s to each Service from each of 3 nodes", args.rate);
+    show_rules(&c, "before").await;
+
+    step(
+        3,
+        "installing switchyard: kubectl apply -k config/ (operator + agents)",
+    );
+    scenario::install(&c).await.map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        scenario::kubectl(&c, &["get", "nodedatapaths"])
+            .await
+            .map_err(|e| e.to_string())?
+    );
+
+    step(
+        4,
+        "applying MigrationPlan leave-kube-proxy (canary 1 node, then waves of 1)",
+    );
+    scenario::apply_plan(&c, json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan",
+        "metadata": {"name": "leave-kube-proxy"},
+        "spec": {"strategy": {"canaryNodes": 1, "waveSize": 1},
+          "verification": {"probes": [{"name": "nginx", "service": {"namespace": "default", "name": "nginx"}, "port": 80, "protocol": "TCP", "httpPath": "/"}]},
+          "failurePolicy": {"action": "Rollback"}}}))
+    .await
+    .map_err(|e| e.to_string())?;
+    let migration = Instant::now();
+    let plan = scenario::follow_plan(
+        &c,
+        "leave-kube-proxy",
+        Duration::from_secs(600),
+        |p| table(p, &load),
+        scenario::settled,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let secs = migration.elapsed().as_secs_f64();
+
+    step(5, "result");
+    println!(
+        "{}",
+        scenario::kubectl(&c, &["get", "migrationplan"])
+            .await
+            .map_err(|e| e.to_string())?
+    );
+    let totals = load.stop(&c).await.map_err(|e| e.to_string())?;
+    for t in &totals {
+        println!("  {:<24} ok {:<6} failed {}", t.target, t.ok, t.failed);
+    }
+    let failed: u64 = totals.iter().map(|t| t.failed).sum();
+    let ok: u64 = totals.iter().map(|t| t.ok).sum();
+    println!("  migration took {secs:.1}s; {ok} requests during it, {failed} failed");
+    show_rules(&c, "after").await;
+    println!(
+        "{}",
+        scenario::kubectl(&c, &["-n", "kube-system", "get", "daemonsets,configmaps"])
+            .await
+            .map_err(|e| e.to_string())?
+    );
+
+    step(6, "tearing down");
+    let phase = plan.status.map(|s| s.phase);
+    c.teardown();
+    println!("  done in {:.1}s total", started.elapsed().as_secs_f64());
+    if phase != Some(Phase::Succeeded) || failed > 0 {
+        return Err(format!(
+            "the migration ended {phase:?} with {failed} failed requests"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-demo: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! The test and CLI facing API: start a cluster, get a client, run commands
+//! and requests from nodes and pods, read kube-proxy's rules, tear down.
+//!
+//! A cluster named `syl<pid><letter>` (or the CLI's `lab`) owns: `/dev/shm/switchyard-lab/<name>` (state,
+//! certs, logs, etcd data; tmpfs, no mounts of its own), the cgroup
+//! `<cgroup2>/switchyard-lab/<name>` (every process it starts), the network
+//! namespaces `<name>-*`, and host directories it had to create as mount
+//! points (listed in its state dir). Teardown removes all of it, on drop too;
+//! [`cleanup_stale`] removes what a killed run left behind.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
+use tokio::task::JoinHandle;
+
+use crate::addons::{self, ProxyMode};
+use crate::binaries::Binaries;
+use crate::control_plane::ControlPlane;
+use crate::error::{Error, Result};
+use crate::forward::{self, Forwarder};
+use crate::pki::Pki;
+use crate::request;
+use crate::runtime::images::ImageTable;
+use crate::runtime::volumes::NodeView;
+use crate::runtime::{self, NodeShared, PodRecord, PodRegistry};
+use crate::sys::{self, Cgroup, Placement};
+use crate::teardown::{cleanup_stale, lab_cgroup_root, owner, teardown_by_name};
+use crate::topology::{API_PORT, CONTROL_PLANE_IP, Plan, PodIpAllocator};
+
+/// Default directory holding every cluster's state.
+pub const STATE_ROOT: &str = "/dev/shm/switchyard-lab";
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Number of nodes (1..=200).
+    pub nodes: usize,
+    /// kube-proxy mode.
+    pub proxy_mode: ProxyMode,
+    /// Cluster name; default `sy<pid><letter>` (unique per process).
+    pub name: Option<String>,
+    /// Root-namespace address of the API forwarder (port 0: any free port).
+    pub api_listen: SocketAddr,
+    /// Where state directories live.
+    pub state_root: PathBuf,
+    /// Image table; default [`ImageTable::with_defaults`].
+    pub images: Option<ImageTable>,
+    /// Install kube-proxy (DaemonSet etc.) and wait for it on every node.
+    pub kube_proxy: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            proxy_mode: ProxyMode::Iptables,
+            name: None,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_root: PathBuf::from(STATE_ROOT),
+            images: None,
+            kube_proxy: true,
+        }
+    }
+}
+
+/// A running local cluster. Dropping it tears it down.
+pub struct Cluster {
+    plan: Plan,
+    state: PathBuf,
+    cgroup: Cgroup,
+    control_plane: Option<ControlPlane>,
+    forwarder: Option<Forwarder>,
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    registry: PodRegistry,
+    runtimes: Vec<JoinHandle<()>>,
+    bins: Binaries,
+    torn_down: bool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.plan.name)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Config(format!("blocking task failed: {e}")))?
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, failing after
+/// `timeout` with `what` in the message.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: what.to_string(),
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Cluster {
+    /// Starts a cluster: builds the binaries if the cache is cold, creates
+    /// the namespaces, control plane and nodes, installs kube-proxy and
+    /// waits until every node runs it.
+    pub async fn start(cfg: ClusterConfig) -> Result<Self> {
+        if cfg.nodes == 0 || cfg.nodes > crate::topology::MAX_NODES {
+            return Err(Error::Config(format!(
+                "nodes must be 1..={}",
+                crate::topology::MAX_NODES
+            )));
+        }
+        let root = cfg.state_root.clone();
+        blocking(move || {
+            cleanup_stale(&root);
+            Ok(())
+        })
+        .await?;
+        blocking(crate::binaries::ensure_host_setup).await?;
+        let bins = blocking(Binaries::locate).await?;
+        let name = cfg.name.clone().unwrap_or_else(|| {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            format!(
+                "syl{}{}",
+                std::process::id(),
+                (b'a' + (n % 26) as u8) as char
+            )
+        });
+        let state = cfg.state_root.join(&name);
+        if let Some(pid) = owner(&state).filter(|p| sys::pid_alive(*p)) {
+            return Err(Error::AlreadyRunning { name, pid });
+        }
+        teardown_by_name(&name, &state);
+        std::fs::create_dir_all(&state).map_err(Error::io("creating", &state))?;
+        std::fs::write(state.join("owner"), std::process::id().to_string())
+            .map_err(Error::io("writing", &state))?;
+        let cgroup = Cgroup::create(lab_cgroup_root()?.join(&name))?;
+        let plan = Plan::new(&name, cfg.nodes);
+        // From here on, a failure tears down what exists.
+        let mut partial = Partial {
+            name: name.clone(),
+            state: state.clone(),
+            armed: true,
+        };
+        let pki_dir = state.join("pki");
+        let pki = blocking(move || Pki::generate(&pki_dir)).await?;
+        let plan2 = plan.clone();
+        blocking(move || {
+            crate::network::create_control_plane(&plan2)?;
+            plan2
+                .nodes
+                .iter()
+                .try_for_each(|n| crate::network::create_node(&plan2, n))
+        })
+        .await?;
+        let cp_place = Placement {
+            netns: Some(sys::netns_path(&plan.cp_netns)),
+            cgroup: Some(cgroup.child("control-plane")?.path),
+            ..Default::default()
+        };
+        let mut cp = ControlPlane::start_storage_and_api(&bins, &pki, &state, &cp_place)?;
+        let fwd = forward::start(
+            cfg.api_listen,
+            &sys::netns_path(&plan.cp_netns),
+            SocketAddr::from((CONTROL_PLANE_IP, API_PORT)),
+        )
+        .await?;
+        let kubeconfig = state.join("admin.kubeconfig");
+        // The matching kubectl, next to the kubeconfig.
+        let _ = std::os::unix::fs::symlink(bins.k8s("kubectl"), state.join("kubectl"));
+        pki.write_kubeconfig("admin", &format!("https://{}", fwd.local), &kubeconfig)?;
+        let client = client_from(&kubeconfig).await?;
+        let started = Instant::now();
+        wait_ready(&client, &mut cp).await?;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f32(),
+            "kube-apiserver ready"
+        );
+        cp.start_controllers(&bins, &pki, &state, &cp_place)?;
+        for n in &plan.nodes {
+            addons::register_node(&client, n).await?;
+        }
+        let registry: PodRegistry = Arc::default();
+        let images = cfg
+            .images
+            .clone()
+            .unwrap_or_else(|| ImageTable::with_defaults(&bins.project_bin));
+        let pods_dir = state.join("pods");
+        std::fs::create_dir_all(&pods_dir).map_err(Error::io("creating", &pods_dir))?;
+        let mut runtimes = Vec::new();
+        let cgroup_root = sys::cgroup2_root()?;
+        let bpffs = sys::bpffs_root().map(|b| b.join("switchyard-lab").join(&name));
+        for n in &plan.nodes {
+            let node_cgroup = cgroup.child(&n.name)?;
+            let node_bpffs = match &bpffs {
+                Some(b) => {
+                    let d = b.join(&n.name);
+                    std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
+                    Some(d)
+                }
+                None => None,
+            };
+            let view = NodeView {
+                cgroup_root: cgroup_root.clone(),
+                node_cgroup: node_cgroup.path.clone(),
+                node_bpffs,
+            };
+            let shared = Arc::new(NodeShared {
+                client: client.clone(),
+                cluster: name.clone(),
+                node: n.clone(),
+                bins: bins.clone(),
+                images: images.clone(),
+                pods_dir: pods_dir.clone(),
+                cgroup: node_cgroup,
+                ips: Mutex::new(PodIpAllocator::new(n.pod_net)),
+                seq: AtomicU32::new(0),
+                registry: registry.clone(),
+                state: state.clone(),
+                view,
+            });
+            runtimes.push(tokio::spawn(runtime::run_node(shared)));
+        }
+        let cluster = Cluster {
+            plan,
+            state,
+            cgroup,
+            control_plane: Some(cp),
+            forwarder: Some(fwd),
+            client,
+            kubeconfig,
+            registry,
+            runtimes,
+            bins,
+            torn_down: false,
+        };
+        partial.armed = false;
+        cluster.wait_default_service_account().await?;
+        if cfg.kube_proxy {
+            for obj in addons::kube_proxy_objects(&cluster.plan, cfg.proxy_mode) {
+                addons::apply(&cluster.client, &obj).await?;
+            }
+            cluster.wait_kube_proxy().await?;
+        }
+        tracing::info!(name = %cluster.plan.name, secs = started.elapsed().as_secs_f32(), "cluster ready");
+        Ok(cluster)
+    }
+
+    /// A client with cluster-admin rights (through the root-namespace
+    /// forwarder).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The admin kubeconfig (use with `kubectl --kubeconfig`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+
+    /// The address plan (node names, IPs, namespaces).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The state directory (logs under `logs/`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Program paths in use.
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    /// Fails if a control-plane process died.
+    pub fn check_control_plane(&mut self) -> Result<()> {
+        self.control_plane
+            .as_mut()
+            .map_or(Ok(()), ControlPlane::check)
+    }
+
+    /// The running pod `namespace/name` as placed by the runtime.
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<PodRecord> {
+        self.registry
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&format!("{namespace}/{name}")).cloned())
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "pod {namespace}/{name} is not running on a lab node"
+                ))
+            })
+    }
+
+    fn node_netns(&self, node: &str) -> Result<PathBuf> {
+        let n = self
+            .plan
+            .node(node)
+            .ok_or_else(|| Error::NotFound(format!("node {node}")))?;
+        Ok(sys::netns_path(&n.netns))
+    }
+
+    /// Runs a command in a node's network namespace; returns its output.
+    pub async fn exec_on_node(&self, node: &str, argv: &[&str]) -> Result<std::process::Output> {
+        let place = Placement {
+            netns: Some(self.node_netns(node)?),
+            cgroup: Some(self.cgroup.path.join(node)),
+            ..Default::default()
+        };
+        exec(&place, argv).await
+    }
+
+    /// Runs a command in a pod's network namespace and cgroup.
+    pub async fn exec_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        argv: &[&str],
+    ) -> Result<std::process::Output> {
+        let pod = self.pod(namespace, name)?;
+        let place = Placement {
+            netns: Some(pod.netns),
+            cgroup: Some(pod.cgroup),
+            ..Default::default()
+        };
+        exec(&place, argv).await
+    }
+
+    /// `iptables-save -t <table>` on a node.
+    pub async fn iptables_save(&self, node: &str, table: &str) -> Result<String> {
+        stdout(
+            self.exec_on_node(node, &["iptables-save", "-t", table])
+                .await?,
+        )
+    }
+
+    /// `nft list ruleset` on a node.
+    pub async fn nft_ruleset(&self, node: &str) -> Result<String> {
+        stdout(self.exec_on_node(node, &["nft", "list", "ruleset"]).await?)
+    }
+
+    /// HTTP GET `http://ip:port/path` from inside a pod.
+    pub async fn http_get_from_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        path: &str,
+    ) -> Result<request::HttpResponse> {
+        request::http_get(
+            self.pod(namespace, name)?.netns,
+            SocketAddr::from((ip, port)),
+            path.to_string(),
+        )
+        .await
+    }
+
+    /// HTTP GET from a node's network namespace.
+    pub async fn http_get_from_node(
+        &self,
+        node: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        path: &str,
+    ) -> Result<request::HttpResponse> {
+        request::http_get(
+            self.node_netns(node)?,
+            SocketAddr::from((ip, port)),
+            path.to_string(),
+        )
+        .await
+    }
+
+    /// Sends one UDP datagram from inside a pod and returns the reply.
+    pub async fn udp_from_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        payload: &str,
+    ) -> Result<String> {
+        request::udp_exchange(
+            self.pod(namespace, name)?.netns,
+            SocketAddr::from((ip, port)),
+            payload.to_string(),
+        )
+        .await
+    }
+
+    async fn wait_default_service_account(&self) -> Result<()> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), "default");
+        wait_for(
+            "the `default` ServiceAccount (kube-controller-manager)",
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                async move { api.get_opt("default").await.ok().flatten() }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn wait_kube_proxy(&self) -> Result<()> {
+        let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), "kube-system");
+        let want = self.plan.nodes.len() as i32;
+        wait_for(
+            &format!("kube-proxy ready on {want} nodes"),
+            Duration::from_secs(90),
+            || {
+                let api = api.clone();
+                async move {
+                    let ds = api.get_opt("kube-proxy").await.ok().flatten()?;
+                    let s = ds.status?;
+                    (s.number_ready == want && s.desired_number_scheduled == want).then_some(())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Tears everything down now (also done on drop).
+    pub fn teardown(mut self) {
+        self.teardown_inner();
+    }
+
+    fn teardown_inner(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        for t in &self.runtimes {
+            t.abort();
+        }
+        self.forwarder.take();
+        self.control_plane.take();
+        teardown_by_name(&self.plan.name, &self.state);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.teardown_inner();
+    }
+}
+
+/// Tears down a half-started cluster if `start` fails.
+struct Partial {
+    name: String,
+    state: PathBuf,
+    armed: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if self.armed {
+            teardown_by_name(&self.name, &self.state);
+        }
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn wait_ready(client: &kube::Client, cp: &mut ControlPlane) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        cp.check()?;
+        let req = http_request("/readyz");
+        if let Ok(body) = client.request_text(req).await
+            && body.trim() == "ok"
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: "kube-apiserver /readyz".into(),
+                seconds: 90,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn http_request(path: &str) -> http::Request<Vec<u8>> {
+    let mut req = http::Request::new(Vec::new());
+    *req.uri_mut() = path.parse().unwrap_or_default();
+    req
+}
+
+async fn exec(place: &Placement, argv: &[&str]) -> Result<std::process::Output> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| Error::Config("empty command".into()))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    sys::place(&mut cmd, place)?;
+    cmd.output().await.map_err(Error::io("running", *program))
+}
+
+fn stdout(out: std::process::Output) -> Result<String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(Error::Command {
+            command: "command in namespace".into(),
+            detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}

@@ -1,0 +1,596 @@
+//! One pod's life on a node: network namespace and address, volumes,
+//! processes (one per container, each in the pod's netns and cgroup with a
+//! private mount and UTS namespace), truthful status, restarts per
+//! `restartPolicy`, and teardown on deletion.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+
+use super::images::{ImageProgram, argv};
+use super::status::{ContainerReport, ContainerState, pod_status};
+use super::volumes::{PodContext, environment, materialize, mounts};
+use super::{NodeShared, PodRecord, PodUpdate};
+use crate::control_plane::Process;
+use crate::error::{Error, Result};
+use crate::network;
+use crate::sys::{self, Cgroup, Placement};
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn terminating(u: &PodUpdate) -> bool {
+    u.gone || u.pod.metadata.deletion_timestamp.is_some()
+}
+
+/// The pod's resources on the node, released by [`Sandbox::release`].
+#[derive(Debug)]
+struct Sandbox {
+    key: String,
+    netns: PathBuf,
+    own_netns: Option<String>,
+    ip: Ipv4Addr,
+    cgroup: Cgroup,
+    dir: PathBuf,
+    started: String,
+}
+
+impl Sandbox {
+    fn release(&self, shared: &NodeShared) {
+        Cgroup::destroy(&self.cgroup.path);
+        if let Some(ns) = &self.own_netns {
+            sys::netns_del(ns);
+            if let Ok(mut ips) = shared.ips.lock() {
+                ips.release(self.ip);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Ok(mut r) = shared.registry.lock() {
+            r.remove(&self.key);
+        }
+    }
+}
+
+/// A container's process and what is needed to start it again.
+#[derive(Debug)]
+struct Running {
+    report: ContainerReport,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    placement: Placement,
+    log: PathBuf,
+    tcp_ports: Vec<u16>,
+    process: Option<Process>,
+}
+
+/// Runs the pod until it is deleted.
+pub async fn run(shared: Arc<NodeShared>, mut rx: watch::Receiver<PodUpdate>) {
+    let first = rx.borrow().clone();
+    let pod = first.pod.clone();
+    let name = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    // Like the kubelet, retry what may be transient (a ConfigMap not yet
+    // published, a token request failing); an unknown image is final.
+    let mut attempt = 0u32;
+    while !terminating(&rx.borrow()) {
+        match start(&shared, &pod).await {
+            Ok((sandbox, containers)) => {
+                supervise(&shared, &pod, &sandbox, containers, &mut rx).await;
+                sandbox.release(&shared);
+                break;
+            }
+            Err((sandbox, reason, message)) => {
+                tracing::warn!(pod = %name, %reason, %message, attempt, "pod cannot start");
+                if let Some(s) = sandbox {
+                    s.release(&shared);
+                }
+                report_failure(&shared, &pod, &reason, &message).await;
+                if reason == UNKNOWN_IMAGE {
+                    wait_for_deletion(&mut rx).await;
+                    break;
+                }
+                attempt += 1;
+                let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
+                let _ = tokio::time::timeout(delay, wait_for_deletion(&mut rx)).await;
+            }
+        }
+    }
+    let last = rx.borrow().clone();
+    if !last.gone {
+        finish_deletion(&shared, &last.pod).await;
+    }
+    tracing::info!(pod = %name, node = %shared.node.name, "pod stopped");
+}
+
+async fn wait_for_deletion(rx: &mut watch::Receiver<PodUpdate>) {
+    while !terminating(&rx.borrow()) {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The container waiting reason for an image the runtime does not know.
+pub const UNKNOWN_IMAGE: &str = "UnknownImage";
+
+type StartError = (Option<Sandbox>, String, String);
+
+async fn start(shared: &Arc<NodeShared>, pod: &Pod) -> Result<(Sandbox, Vec<Running>), StartError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let fail = |s: Option<Sandbox>, reason: &str, e: Error| (s, reason.to_string(), e.to_string());
+    // Resolve every image first: an unknown one is a clear pod error.
+    let mut programs = Vec::new();
+    for c in &spec.containers {
+        let image = c.image.clone().unwrap_or_default();
+        match shared.images.resolve(&image) {
+            Some(p) => programs.push(p.clone()),
+            None => {
+                return Err((
+                    None,
+                    UNKNOWN_IMAGE.into(),
+                    format!("image {image:?} is not known to the switchyard lab runtime"),
+                ));
+            }
+        }
+    }
+    let sandbox = sandbox(shared, pod, spec.host_network.unwrap_or(false))
+        .map_err(|e| fail(None, "SandboxFailed", e))?;
+    let ctx = PodContext {
+        client: &shared.client,
+        pod,
+        dir: &sandbox.dir,
+        pod_ip: sandbox.ip.to_string(),
+        host_ip: shared.node.ip.to_string(),
+        view: &shared.view,
+    };
+    let volumes = match materialize(&ctx).await {
+        Ok(v) => v,
+        Err(e) => return Err(fail(Some(sandbox), "VolumeFailed", e)),
+    };
+    let hostname = if spec.host_network.unwrap_or(false) {
+        shared.node.name.clone()
+    } else {
+        pod.metadata.name.clone().unwrap_or_default()
+    };
+    let mut containers = Vec::new();
+    for (c, program) in spec.containers.iter().zip(programs) {
+        match container(shared, &ctx, &sandbox, c, &program, &volumes, &hostname).await {
+            Ok(r) => containers.push(r),
+            Err(e) => return Err(fail(Some(sandbox), "CreateContainerError", e)),
+        }
+    }
+    for r in &mut containers {
+        if let Err(e) = spawn(r) {
+            return Err(fail(Some(sandbox), "StartError", e));
+        }
+    }
+    Ok((sandbox, containers))
+}
+
+fn sandbox(shared: &Arc<NodeShared>, pod: &Pod, host_network: bool) -> Result<Sandbox> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let key = format!("{ns}/{name}");
+    let dir = shared.pods_dir.join(&uid);
+    std::fs::create_dir_all(&dir).map_err(Error::io("creating pod dir", &dir))?;
+    let cgroup = shared.cgroup.child(&format!("pod-{uid}"))?;
+    let (netns, own_netns, ip) = if host_network {
+        (sys::netns_path(&shared.node.netns), None, shared.node.ip)
+    } else {
+        let ip = shared
+            .ips
+            .lock()
+            .ok()
+            .and_then(|mut a| a.allocate())
+            .ok_or_else(|| {
+                Error::Config(format!("node {} has no free pod IP", shared.node.name))
+            })?;
+        let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+        let ns_name = format!("{}-n{}p{seq}", shared.cluster, shared.node.index);
+        let veth = format!("vp{seq}");
+        if let Err(e) = network::create_pod(&shared.node, &ns_name, &veth, ip) {
+            sys::netns_del(&ns_name);
+            if let Ok(mut a) = shared.ips.lock() {
+                a.release(ip);
+            }
+            return Err(e);
+        }
+        (sys::netns_path(&ns_name), Some(ns_name), ip)
+    };
+    let record = PodRecord {
+        namespace: ns,
+        name,
+        node: shared.node.name.clone(),
+        netns: netns.clone(),
+        cgroup: cgroup.path.clone(),
+        ip,
+    };
+    // For `switchyard-lab exec --pod` from another process.
+    let _ = std::fs::write(
+        shared
+            .pods_dir
+            .join(format!("{}_{}", record.namespace, record.name)),
+        format!("{}\n{}\n", netns.display(), cgroup.path.display()),
+    );
+    if let Ok(mut r) = shared.registry.lock() {
+        r.insert(key.clone(), record);
+    }
+    Ok(Sandbox {
+        key,
+        netns,
+        own_netns,
+        ip,
+        cgroup,
+        dir,
+        started: now(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn container(
+    shared: &Arc<NodeShared>,
+    ctx: &PodContext<'_>,
+    sandbox: &Sandbox,
+    c: &Container,
+    program: &ImageProgram,
+    volumes: &std::collections::BTreeMap<String, PathBuf>,
+    hostname: &str,
+) -> Result<Running> {
+    let env = environment(ctx, c).await?;
+    let binds = mounts(c, volumes)?;
+    for (src, dst) in &binds {
+        ensure_mountpoint(shared, src, dst)?;
+    }
+    let ports: Vec<(String, u16)> = c
+        .ports
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                u16::try_from(p.container_port).ok()?,
+            ))
+        })
+        .collect();
+    let tcp_ports = ports
+        .iter()
+        .filter(|(p, _)| p == "TCP")
+        .map(|(_, n)| *n)
+        .collect();
+    let (program, args) = argv(
+        program,
+        &shared.bins.k8s("kube-proxy"),
+        &shared.bins.testserver,
+        c.command.as_deref().unwrap_or(&[]),
+        c.args.as_deref().unwrap_or(&[]),
+        &ports,
+        &env,
+    );
+    let cgroup = Cgroup::create(sandbox.cgroup.path.join(format!("c-{}", c.name)))?;
+    Ok(Running {
+        report: ContainerReport {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            state: ContainerState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
+            last: None,
+            ready: false,
+            restart_count: 0,
+            container_id: None,
+        },
+        program,
+        args,
+        env,
+        placement: Placement {
+            netns: Some(sandbox.netns.clone()),
+            cgroup: Some(cgroup.path),
+            mounts: binds,
+            hostname: Some(hostname.to_string()),
+        },
+        log: sandbox.dir.join(format!("{}.log", c.name)),
+        tcp_ports,
+        process: None,
+    })
+}
+
+/// Creates a missing mount target on the host (an empty directory, or an
+/// empty file for a file source), remembering it for teardown.
+fn ensure_mountpoint(
+    shared: &NodeShared,
+    src: &std::path::Path,
+    dst: &std::path::Path,
+) -> Result<()> {
+    if dst.exists() {
+        return Ok(());
+    }
+    let mut first_missing = dst.to_path_buf();
+    while let Some(parent) = first_missing.parent() {
+        if parent.exists() {
+            break;
+        }
+        first_missing = parent.to_path_buf();
+    }
+    if src.is_dir() {
+        std::fs::create_dir_all(dst).map_err(Error::io("creating mount point", dst))?;
+    } else {
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p).map_err(Error::io("creating mount point", p))?;
+        }
+        std::fs::write(dst, b"").map_err(Error::io("creating mount point", dst))?;
+    }
+    // Recorded at once, so even a killed run's leftovers can be removed.
+    let list = shared.mountpoints_file();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&list)
+        .map_err(Error::io("opening", &list))?;
+    std::io::Write::write_all(&mut f, format!("{}\n", first_missing.display()).as_bytes())
+        .map_err(Error::io("writing", &list))?;
+    Ok(())
+}
+
+fn spawn(r: &mut Running) -> Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&r.log)
+        .map_err(Error::io("opening", &r.log))?;
+    let err = out.try_clone().map_err(Error::io("cloning", &r.log))?;
+    let mut cmd = tokio::process::Command::new(&r.program);
+    cmd.args(&r.args)
+        .env_clear()
+        .envs(r.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    sys::place(&mut cmd, &r.placement)?;
+    let child = cmd.spawn().map_err(Error::io("spawning", &r.program))?;
+    let pid = child.id().unwrap_or(0);
+    r.report.container_id = Some(format!("switchyard-lab://{pid}"));
+    r.report.state = ContainerState::Running { started_at: now() };
+    r.report.ready = r.tcp_ports.is_empty();
+    r.process = Some(Process {
+        name: r.report.name.clone(),
+        child,
+        log: r.log.clone(),
+    });
+    Ok(())
+}
+
+/// Whether every declared TCP port of the container accepts a connection
+/// inside the pod's namespace.
+async fn ports_ready(netns: PathBuf, ip: Ipv4Addr, ports: Vec<u16>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        sys::in_netns(&netns, move || {
+            ports.iter().all(|p| {
+                std::net::TcpStream::connect_timeout(
+                    &SocketAddr::from((ip, *p)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+        })
+        .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn patch_status(
+    shared: &NodeShared,
+    pod: &Pod,
+    containers: &[ContainerReport],
+    pod_ip: Option<String>,
+    started: &str,
+) {
+    let api: Api<Pod> = Api::namespaced(
+        shared.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let body = pod_status(
+        containers,
+        pod_ip.as_deref(),
+        &shared.node.ip.to_string(),
+        started,
+        &now(),
+    );
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        tracing::debug!(pod = %name, error = %e, "status patch");
+    }
+}
+
+async fn report_failure(shared: &NodeShared, pod: &Pod, reason: &str, message: &str) {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let reports: Vec<ContainerReport> = spec
+        .containers
+        .iter()
+        .map(|c| ContainerReport {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            state: ContainerState::Waiting {
+                reason: reason.into(),
+                message: message.into(),
+            },
+            last: None,
+            ready: false,
+            restart_count: 0,
+            container_id: None,
+        })
+        .collect();
+    patch_status(shared, pod, &reports, None, &now()).await;
+}
+
+async fn supervise(
+    shared: &NodeShared,
+    pod: &Pod,
+    sandbox: &Sandbox,
+    mut containers: Vec<Running>,
+    rx: &mut watch::Receiver<PodUpdate>,
+) {
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into());
+    let ip = Some(sandbox.ip.to_string());
+    let reports = |cs: &[Running]| cs.iter().map(|c| c.report.clone()).collect::<Vec<_>>();
+    patch_status(
+        shared,
+        pod,
+        &reports(&containers),
+        ip.clone(),
+        &sandbox.started,
+    )
+    .await;
+    let mut backoff: Vec<Option<tokio::time::Instant>> = vec![None; containers.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        if terminating(&rx.borrow()) {
+            break;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            _ = tick.tick() => {}
+        }
+        let mut dirty = false;
+        for (i, c) in containers.iter_mut().enumerate() {
+            // Readiness: declared TCP ports accept connections.
+            if matches!(c.report.state, ContainerState::Running { .. })
+                && !c.report.ready
+                && ports_ready(sandbox.netns.clone(), sandbox.ip, c.tcp_ports.clone()).await
+            {
+                c.report.ready = true;
+                dirty = true;
+            }
+            // Exits and restarts.
+            let exited = c
+                .process
+                .as_mut()
+                .and_then(|p| p.child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                c.process = None;
+                let code = status.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+                });
+                let started_at = match &c.report.state {
+                    ContainerState::Running { started_at } => started_at.clone(),
+                    _ => now(),
+                };
+                let term = ContainerState::Terminated {
+                    exit_code: code,
+                    reason: if code == 0 {
+                        "Completed".into()
+                    } else {
+                        "Error".into()
+                    },
+                    started_at,
+                    finished_at: now(),
+                };
+                tracing::info!(container = %c.report.name, code, "container exited");
+                c.report.ready = false;
+                let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
+                if restart {
+                    c.report.last = Some(term);
+                    c.report.state = ContainerState::Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: String::new(),
+                    };
+                    let delay = Duration::from_secs(1 << c.report.restart_count.clamp(0, 3));
+                    backoff[i] = Some(tokio::time::Instant::now() + delay);
+                } else {
+                    c.report.state = term;
+                }
+                dirty = true;
+            }
+            if let Some(at) = backoff[i]
+                && tokio::time::Instant::now() >= at
+            {
+                backoff[i] = None;
+                c.report.restart_count += 1;
+                if let Err(e) = spawn(c) {
+                    c.report.state = ContainerState::Waiting {
+                        reason: "StartError".into(),
+                        message: e.to_string(),
+                    };
+                }
+                dirty = true;
+            }
+        }
+        if dirty {
+            patch_status(
+                shared,
+                pod,
+                &reports(&containers),
+                ip.clone(),
+                &sandbox.started,
+            )
+            .await;
+        }
+    }
+    stop(pod, &mut containers).await;
+}
+
+/// SIGTERM to every container, SIGKILL (via the cgroup) after the grace
+/// period (capped at 10 s).
+async fn stop(pod: &Pod, containers: &mut [Running]) {
+    for c in containers.iter() {
+        if let Some(p) = &c.process {
+            sys::signal_group(p.pid(), Signal::SIGTERM);
+        }
+    }
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .unwrap_or(1)
+        .clamp(0, 10) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+    for c in containers.iter_mut() {
+        if let Some(p) = &mut c.process {
+            let _ = tokio::time::timeout_at(deadline, p.child.wait()).await;
+            let _ = p.child.start_kill();
+        }
+    }
+}
+
+/// Removes the pod object for good (what the kubelet does once its
+/// containers are gone), guarded by the pod's uid.
+async fn finish_deletion(shared: &NodeShared, pod: &Pod) {
+    let api: Api<Pod> = Api::namespaced(
+        shared.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    if let Err(e) = api.delete(name, &dp).await {
+        tracing::debug!(pod = %name, error = %e, "final delete");
+    }
+}

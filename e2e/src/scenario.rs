@@ -1,0 +1,472 @@
+//! Building blocks of the migration scenarios (end-to-end tests and
+//! `make demo`): install switchyard from `config/` the way a user does
+//! (`kubectl apply -k` of an overlay), deploy a workload, drive steady client
+//! traffic and read its totals, apply and follow a `MigrationPlan`, read
+//! kube-proxy's rules on a node.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams};
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_api::{MigrationPlan, NodeDatapath, Phase};
+
+use crate::cluster::{Cluster, wait_for};
+use crate::error::{Error, Result};
+use crate::runtime::images::{ImageProgram, ImageTable};
+use crate::topology::{API_PORT, CONTROL_PLANE_IP};
+
+/// The lab's image table plus the project's images: operator, agent and
+/// the load generator, all from `project_bin`.
+pub fn images(project_bin: &Path) -> ImageTable {
+    let mut t = ImageTable::with_defaults(project_bin);
+    t.insert(
+        "switchyard/operator",
+        ImageProgram::Binary(project_bin.join("switchyard-operator")),
+    );
+    t.insert(
+        "switchyard/agent",
+        ImageProgram::Binary(project_bin.join("switchyard-agent")),
+    );
+    t.insert(
+        "switchyard/loadgen",
+        ImageProgram::Binary(project_bin.join("switchyard-loadgen")),
+    );
+    t
+}
+
+/// The repository's `config/` directory.
+pub fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config")
+}
+
+/// A relative path from `from` to `to` (both absolute).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..from.len() {
+        out.push("..");
+    }
+    for c in &to[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}
+
+/// Runs the cluster's kubectl with its admin kubeconfig.
+pub async fn kubectl(c: &Cluster, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(c.binaries().k8s("kubectl"))
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(args)
+        .output()
+        .await
+        .map_err(Error::io("running", &c.binaries().k8s("kubectl")))?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs switchyard with `kubectl apply -k` of an overlay of `config/`
+/// that only sets the agents' direct API server address (the lab runtime
+/// maps the agent's `/sys/fs/cgroup` and `/sys/fs/bpf` hostPaths to the
+/// node's own cgroup and pin directory), then waits until the operator runs
+/// and every node's agent reports.
+pub async fn install(c: &Cluster) -> Result<()> {
+    let dir = c.state_dir().join("switchyard-overlay");
+    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    let config = config_dir()
+        .canonicalize()
+        .map_err(Error::io("resolving", &config_dir()))?;
+    let overlay = format!(
+        r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {base}
+patches:
+  - target: {{ kind: ConfigMap, name: switchyard-agent }}
+    patch: |-
+      - op: replace
+        path: /data
+        value: {{ KUBERNETES_SERVICE_HOST: "{ip}", KUBERNETES_SERVICE_PORT: "{port}" }}
+"#,
+        base = relative(&dir, &config).display(),
+        ip = CONTROL_PLANE_IP,
+        port = API_PORT,
+    );
+    let file = dir.join("kustomization.yaml");
+    std::fs::write(&file, overlay).map_err(Error::io("writing", &file))?;
+    let dir_s = dir.to_string_lossy().into_owned();
+    kubectl(c, &["apply", "--server-side", "-k", &dir_s]).await?;
+    wait_for(
+        "the switchyard CRDs to be established",
+        Duration::from_secs(30),
+        || async {
+            kubectl(
+                c,
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/migrationplans.switchyard.dev",
+                    "crd/nodedatapaths.switchyard.dev",
+                    "--timeout=5s",
+                ],
+            )
+            .await
+            .ok()
+        },
+    )
+    .await?;
+    let nodes: Vec<String> = c.plan().nodes.iter().map(|n| n.name.clone()).collect();
+    let ndp: Api<NodeDatapath> = Api::all(c.client());
+    wait_for(
+        "every node's agent to report in its NodeDatapath",
+        Duration::from_secs(90),
+        || {
+            let ndp = ndp.clone();
+            let nodes = nodes.clone();
+            async move {
+                let list = ndp.list(&ListParams::default()).await.ok()?;
+                let reporting = list
+                    .items
+                    .iter()
+                    .filter(|d| {
+                        d.status
+                            .as_ref()
+                            .is_some_and(|s| s.heartbeat.is_some() && s.capabilities.is_some())
+                    })
+                    .count();
+                (reporting == nodes.len()).then_some(())
+            }
+        },
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(c.client(), "switchyard-system");
+    wait_for(
+        "the operator Deployment to be available",
+        Duration::from_secs(60),
+        || {
+            let d = deployments.clone();
+            async move {
+                let s = d.get_opt("switchyard-operator").await.ok()??.status?;
+                (s.available_replicas.unwrap_or(0) >= 1).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// A Service the load generator targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub service: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub udp: bool,
+}
+
+impl Target {
+    /// `tcp://ip:port` or `udp://ip:port`.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}:{}",
+            if self.udp { "udp" } else { "tcp" },
+            self.ip,
+            self.port
+        )
+    }
+}
+
+/// Deploys the classic `nginx` Deployment (2 replicas on different nodes,
+/// TCP 80 and 8080, UDP 5353) and three Services: `nginx` (TCP 80),
+/// `nginx-alt` (TCP 8080), `nginx-udp` (UDP 5353). Returns them once both
+/// endpoints are ready.
+pub async fn deploy_workload(c: &Cluster) -> Result<Vec<Target>> {
+    let apply = |v: serde_json::Value| async move { crate::addons::apply(&c.client(), &v).await };
+    apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "nginx", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "nginx"}},
+          "template": {"metadata": {"labels": {"app": "nginx"}}, "spec": {
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "nginx"}}, "topologyKey": "kubernetes.io/hostname"}]}},
+            "containers": [{"name": "nginx", "image": "nginx:1.27", "ports": [
+                {"containerPort": 80}, {"containerPort": 8080}, {"containerPort": 5353, "protocol": "UDP"}]}]}}}}))
+    .await?;
+    let mut targets = Vec::new();
+    for (name, port, proto) in [
+        ("nginx", 80, "TCP"),
+        ("nginx-alt", 8080, "TCP"),
+        ("nginx-udp", 5353, "UDP"),
+    ] {
+        apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"app": "nginx"}, "ports": [{"name": "p", "port": port, "targetPort": port, "protocol": proto}]}}))
+        .await?;
+        let svc: Api<Service> = Api::namespaced(c.client(), "default");
+        let ip = wait_for(
+            &format!("a ClusterIP for Service {name}"),
+            Duration::from_secs(30),
+            || {
+                let svc = svc.clone();
+                async move {
+                    svc.get_opt(name)
+                        .await
+                        .ok()??
+                        .spec?
+                        .cluster_ip?
+                        .parse::<Ipv4Addr>()
+                        .ok()
+                }
+            },
+        )
+        .await?;
+        targets.push(Target {
+            service: name.into(),
+            ip,
+            port,
+            udp: proto == "UDP",
+        });
+    }
+    let pods: Api<Pod> = Api::namespaced(c.client(), "default");
+    wait_for("2 ready nginx pods", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=nginx"))
+                .await
+                .ok()?;
+            let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+            (ready == 2).then_some(())
+        }
+    })
+    .await?;
+    Ok(targets)
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// One load generator's totals for one target.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    pub target: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub first_failure_ms: Option<u128>,
+    pub last_failure_ms: Option<u128>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct LoadReport {
+    running: bool,
+    targets: Vec<Totals>,
+}
+
+/// Load generators, one pod per node, each sending `rate` requests per
+/// second to every target.
+#[derive(Debug)]
+pub struct Load {
+    dir: PathBuf,
+    pods: Vec<String>,
+}
+
+/// Starts the load generators and waits until each has succeeded once on
+/// every target.
+pub async fn start_load(c: &Cluster, targets: &[Target], rate: u32) -> Result<Load> {
+    let dir = c.state_dir().join("loadgen");
+    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    let mut pods = Vec::new();
+    for n in &c.plan().nodes {
+        let name = format!("loadgen-{}", n.name);
+        let mut args: Vec<String> = targets
+            .iter()
+            .flat_map(|t| ["--target".to_string(), t.url()])
+            .collect();
+        args.extend([
+            "--rate".into(),
+            rate.to_string(),
+            "--out".into(),
+            dir.join(format!("{name}.json")).display().to_string(),
+        ]);
+        crate::addons::apply(
+            &c.client(),
+            &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "loadgen"}},
+            "spec": {"nodeName": n.name, "terminationGracePeriodSeconds": 10,
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [{"name": "loadgen", "image": "switchyard/loadgen:dev", "args": args,
+                    "env": [{"name": "POD_NAME", "value": name}]}]}}),
+        )
+        .await?;
+        pods.push(name);
+    }
+    let load = Load { dir, pods };
+    wait_for(
+        "every load generator to succeed once on every target",
+        Duration::from_secs(60),
+        || async {
+            let all = load.totals().ok()?;
+            (all.len() == load.pods.len() * targets.len() && all.iter().all(|t| t.ok > 0))
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(load)
+}
+
+impl Load {
+    fn read(&self) -> Result<Vec<LoadReport>> {
+        self.pods
+            .iter()
+            .map(|p| {
+                let f = self.dir.join(format!("{p}.json"));
+                let text = std::fs::read_to_string(&f).map_err(Error::io("reading", &f))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::Config(format!("{}: {e}", f.display())))
+            })
+            .collect()
+    }
+
+    /// The current totals of every generator and target.
+    pub fn totals(&self) -> Result<Vec<Totals>> {
+        Ok(self.read()?.into_iter().flat_map(|r| r.targets).collect())
+    }
+
+    /// Stops the generators (pod deletion, SIGTERM) and returns the final totals.
+    pub async fn stop(self, c: &Cluster) -> Result<Vec<Totals>> {
+        let pods: Api<Pod> = Api::namespaced(c.client(), "default");
+        for p in &self.pods {
+            pods.delete(p, &DeleteParams::default()).await?;
+        }
+        wait_for(
+            "the load generators' final totals",
+            Duration::from_secs(30),
+            || async {
+                let reports = self.read().ok()?;
+                reports.iter().all(|r| !r.running).then_some(())
+            },
+        )
+        .await?;
+        self.totals()
+    }
+}
+
+/// Applies a MigrationPlan.
+pub async fn apply_plan(c: &Cluster, plan: serde_json::Value) -> Result<()> {
+    crate::addons::apply(&c.client(), &plan).await
+}
+
+/// Follows plan `name` until `done` says so, calling `progress` on each
+/// change of its status; fails after `timeout`.
+pub async fn follow_plan(
+    c: &Cluster,
+    name: &str,
+    timeout: Duration,
+    mut progress: impl FnMut(&MigrationPlan),
+    done: impl Fn(&MigrationPlan) -> bool,
+) -> Result<MigrationPlan> {
+    let api: Api<MigrationPlan> = Api::all(c.client());
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Some(p) = api.get_opt(name).await? {
+            if last.as_ref() != Some(&p.status) {
+                progress(&p);
+                last = Some(p.status.clone());
+            }
+            if done(&p) {
+                return Ok(p);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let phase = last
+                .flatten()
+                .map(|s| format!("{:?}: {}", s.phase, s.message.unwrap_or_default()));
+            return Err(Error::Timeout {
+                what: format!("MigrationPlan {name} to finish (last: {phase:?})"),
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Whether a plan reached a phase it will not leave by itself.
+pub fn settled(p: &MigrationPlan) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        matches!(
+            s.phase,
+            Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Planned | Phase::Paused
+        )
+    })
+}
+
+/// kube-proxy's rules on a node, per table: lines of `iptables-save` that
+/// mention a `KUBE-` chain, without the kubelet's own chains.
+pub async fn kube_proxy_rules(c: &Cluster, node: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    const KUBELET: [&str; 3] = ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"];
+    let mut out = BTreeMap::new();
+    for table in ["nat", "filter", "mangle"] {
+        let text = c.iptables_save(node, table).await?;
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("KUBE-") && !KUBELET.iter().any(|k| l.contains(k)))
+            .map(str::to_string)
+            .collect();
+        out.insert(table.to_string(), lines);
+    }
+    let nft = c.nft_ruleset(node).await?;
+    let tables: Vec<String> = nft
+        .lines()
+        .filter(|l| l.starts_with("table ") && l.contains("kube-proxy"))
+        .map(str::to_string)
+        .collect();
+    out.insert("nftables".to_string(), tables);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_climb_to_the_common_prefix() {
+        assert_eq!(
+            relative(
+                Path::new("/dev/shm/lab/x/ovl"),
+                Path::new("/work/main/config")
+            ),
+            PathBuf::from("../../../../../work/main/config")
+        );
+        assert_eq!(
+            relative(Path::new("/a/b"), Path::new("/a/c/d")),
+            PathBuf::from("../c/d")
+        );
+    }
+
+    #[test]
+    fn targets_render_as_urls() {
+        let t = Target {
+            service: "nginx-udp".into(),
+            ip: Ipv4Addr::new(10, 96, 0, 9),
+            port: 5353,
+            udp: true,
+        };
+        assert_eq!(t.url(), "udp://10.96.0.9:5353");
+    }
+}

@@ -1,0 +1,171 @@
+//! The address plan (pure): which addresses and names the control plane,
+//! nodes and pods get. Everything lives inside network namespaces the lab
+//! creates; nothing here is ever configured in the root namespace.
+//!
+//! - underlay `172.31.255.0/24` on the bridge `sybr0` inside the
+//!   control-plane namespace; the API server advertises `172.31.255.1`,
+//!   node *i* (1-based) is `172.31.255.(10+i)`;
+//! - pod CIDR `10.244.0.0/16`, node *i* owns `10.244.i.0/24` with its pod
+//!   bridge `cbr0` at `.1`;
+//! - service CIDR `10.96.0.0/16`, the `kubernetes` Service is `10.96.0.1`.
+
+use std::net::Ipv4Addr;
+
+/// Underlay network prefix length.
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// The control-plane address on the underlay (API server advertise address).
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 1);
+/// Cluster-wide pod CIDR.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+/// Service CIDR.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// ClusterIP of the `kubernetes` Service.
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The API server's secure port.
+pub const API_PORT: u16 = 6443;
+/// Bridge name inside the control-plane namespace.
+pub const UNDERLAY_BRIDGE: &str = "sybr0";
+/// Pod bridge name inside each node namespace.
+pub const POD_BRIDGE: &str = "cbr0";
+/// Most nodes a cluster may have (addresses and CIDRs are derived from it).
+pub const MAX_NODES: usize = 200;
+
+/// One node's addresses and names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// 1-based index.
+    pub index: usize,
+    /// Node object name.
+    pub name: String,
+    /// Network namespace name.
+    pub netns: String,
+    /// Address on the underlay.
+    pub ip: Ipv4Addr,
+    /// The node's pod CIDR base (`10.244.i.0`), /24.
+    pub pod_net: Ipv4Addr,
+    /// Gateway (pod bridge address, `10.244.i.1`).
+    pub pod_gateway: Ipv4Addr,
+    /// Name of the veth end inside the control-plane namespace.
+    pub cp_veth: String,
+}
+
+impl NodePlan {
+    /// The pod CIDR as text.
+    pub fn pod_cidr(&self) -> String {
+        format!("{}/24", self.pod_net)
+    }
+}
+
+/// The whole cluster's plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Cluster name (prefix of every namespace name).
+    pub name: String,
+    /// The control-plane network namespace.
+    pub cp_netns: String,
+    /// The nodes.
+    pub nodes: Vec<NodePlan>,
+}
+
+impl Plan {
+    /// Plans a cluster named `name` with `n` nodes named `<name>-worker<i>`
+    /// (or `node<i>` when `short_names`).
+    pub fn new(name: &str, n: usize) -> Self {
+        let nodes = (1..=n.min(MAX_NODES))
+            .map(|i| NodePlan {
+                index: i,
+                name: format!("node{i}"),
+                netns: format!("{name}-n{i}"),
+                ip: Ipv4Addr::new(172, 31, 255, 10 + i as u8),
+                pod_net: Ipv4Addr::new(10, 244, i as u8, 0),
+                pod_gateway: Ipv4Addr::new(10, 244, i as u8, 1),
+                cp_veth: format!("vn{i}"),
+            })
+            .collect();
+        Self {
+            name: name.to_string(),
+            cp_netns: format!("{name}-cp"),
+            nodes,
+        }
+    }
+
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The URL nodes and pods use to reach the API server directly.
+    pub fn api_url(&self) -> String {
+        format!("https://{CONTROL_PLANE_IP}:{API_PORT}")
+    }
+}
+
+/// Hands out pod addresses from a node's /24 (`.2`–`.254`), reusing freed
+/// ones last.
+#[derive(Debug, Clone)]
+pub struct PodIpAllocator {
+    base: Ipv4Addr,
+    used: [bool; 256],
+    next: usize,
+}
+
+impl PodIpAllocator {
+    /// An allocator over `base/24`.
+    pub fn new(base: Ipv4Addr) -> Self {
+        Self {
+            base,
+            used: [false; 256],
+            next: 2,
+        }
+    }
+
+    /// The next free address, or `None` when all 253 are taken.
+    pub fn allocate(&mut self) -> Option<Ipv4Addr> {
+        for k in 0..253 {
+            let host = 2 + (self.next - 2 + k) % 253;
+            if !self.used[host] {
+                self.used[host] = true;
+                self.next = if host == 254 { 2 } else { host + 1 };
+                let o = self.base.octets();
+                return Some(Ipv4Addr::new(o[0], o[1], o[2], host as u8));
+            }
+        }
+        None
+    }
+
+    /// Returns an address to the pool.
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        let o = ip.octets();
+        if o[..3] == self.base.octets()[..3] {
+            self.used[o[3] as usize] = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_get_distinct_addresses_and_cidrs() {
+        let p = Plan::new("sy1a", 3);
+        assert_eq!(p.nodes.len(), 3);
+        assert_eq!(p.nodes[0].ip, Ipv4Addr::new(172, 31, 255, 11));
+        assert_eq!(p.nodes[2].pod_cidr(), "10.244.3.0/24");
+        assert_eq!(p.nodes[1].netns, "sy1a-n2");
+        assert_eq!(p.node("node2").map(|n| n.index), Some(2));
+        assert!(p.nodes.iter().all(|n| n.cp_veth.len() <= 15));
+    }
+
+    #[test]
+    fn allocator_skips_used_and_reuses_released() {
+        let mut a = PodIpAllocator::new(Ipv4Addr::new(10, 244, 1, 0));
+        let first = a.allocate().unwrap();
+        assert_eq!(first, Ipv4Addr::new(10, 244, 1, 2));
+        let all: Vec<_> = std::iter::from_fn(|| a.allocate()).collect();
+        assert_eq!(all.len(), 252);
+        assert!(a.allocate().is_none());
+        a.release(Ipv4Addr::new(10, 244, 1, 77));
+        assert_eq!(a.allocate(), Some(Ipv4Addr::new(10, 244, 1, 77)));
+    }
+}

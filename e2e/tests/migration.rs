@@ -1,0 +1,566 @@
+//! End-to-end migrations on the local real cluster (root): switchyard
+//! installed from `config/` (`kubectl apply -k`), its operator and agents
+//! running as pods under their own ServiceAccounts, real kube-proxy, real
+//! BPF, and client traffic from every node for the whole migration.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use switchyard_api::{MigrationPlan, NodeDatapath, NodeStep, Phase};
+use switchyard_e2e::scenario::{self, Load, Target, Totals};
+use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, wait_for};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn skip_unless_root() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP: the lab cluster needs root (network namespaces, cgroups, BPF)");
+        return true;
+    }
+    false
+}
+
+/// A 3-node cluster with switchyard installed, the workload deployed and
+/// load running from every node.
+async fn setup(mode: ProxyMode) -> (Cluster, Vec<Target>, Load) {
+    let started = Instant::now();
+    let bins = switchyard_e2e::binaries::Binaries::locate().unwrap();
+    for b in [
+        "switchyard-operator",
+        "switchyard-agent",
+        "switchyard-loadgen",
+    ] {
+        assert!(
+            bins.project_bin.join(b).exists(),
+            "{b} not built: run `make e2e` (it builds the project's binaries first)"
+        );
+    }
+    let c = Cluster::start(ClusterConfig {
+        nodes: 3,
+        proxy_mode: mode,
+        images: Some(scenario::images(&bins.project_bin)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let targets = scenario::deploy_workload(&c).await.unwrap();
+    scenario::install(&c).await.unwrap();
+    let load = scenario::start_load(&c, &targets, 25).await.unwrap();
+    eprintln!(
+        "[{}] cluster, switchyard and load ready in {:.1}s",
+        c.name(),
+        started.elapsed().as_secs_f64()
+    );
+    (c, targets, load)
+}
+
+fn plan(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut p = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name},
+        "spec": {"strategy": {"canaryNodes": 1, "waveSize": 1, "stepTimeoutSeconds": 120},
+            "verification": {"consecutiveSuccesses": 3, "timeoutSeconds": 2, "probes": [
+                {"name": "nginx", "service": {"namespace": "default", "name": "nginx"}, "port": 80, "protocol": "TCP", "httpPath": "/"},
+                {"name": "nginx-udp", "service": {"namespace": "default", "name": "nginx-udp"}, "port": 5353, "protocol": "UDP"}]},
+            "failurePolicy": {"action": "Rollback"}}});
+    if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+fn progress(p: &MigrationPlan) {
+    if let Some(s) = &p.status {
+        let nodes: Vec<String> = s
+            .nodes
+            .iter()
+            .map(|n| format!("{}={:?}", n.name, n.step))
+            .collect();
+        eprintln!(
+            "  plan {:?} {} [{}]",
+            s.phase,
+            s.summary.progress,
+            nodes.join(" ")
+        );
+    }
+}
+
+async fn run_plan(c: &Cluster, body: serde_json::Value, timeout: Duration) -> MigrationPlan {
+    let name = body["metadata"]["name"].as_str().unwrap().to_string();
+    scenario::apply_plan(c, body).await.unwrap();
+    scenario::follow_plan(c, &name, timeout, progress, scenario::settled)
+        .await
+        .unwrap()
+}
+
+fn assert_no_failures(totals: &[Totals], min_ok: u64) {
+    for t in totals {
+        assert_eq!(
+            t.failed, 0,
+            "failed requests to {}: {:?}",
+            t.target, t.errors
+        );
+        assert!(
+            t.ok >= min_ok,
+            "only {} requests to {} succeeded",
+            t.ok,
+            t.target
+        );
+    }
+    let ok: u64 = totals.iter().map(|t| t.ok).sum();
+    eprintln!("  traffic: {ok} requests, 0 failed");
+}
+
+/// Every node: no kube-proxy rule left (kubelet's chains excepted).
+async fn assert_no_kube_proxy_rules(c: &Cluster) {
+    for n in &c.plan().nodes {
+        let rules = scenario::kube_proxy_rules(c, &n.name).await.unwrap();
+        for (table, lines) in rules {
+            assert!(
+                lines.is_empty(),
+                "kube-proxy leftovers on {} ({table}):\n{}",
+                n.name,
+                lines.join("\n")
+            );
+        }
+    }
+}
+
+/// A kubelet-owned chain on every node, as kubelets >= 1.28 create it.
+async fn add_kubelet_chains(c: &Cluster) {
+    for n in &c.plan().nodes {
+        for table in ["mangle", "nat", "filter"] {
+            let out = c
+                .exec_on_node(
+                    &n.name,
+                    &["iptables", "-t", table, "-N", "KUBE-KUBELET-CANARY"],
+                )
+                .await
+                .unwrap();
+            assert!(
+                out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
+                "{out:?}"
+            );
+        }
+    }
+}
+
+async fn assert_kubelet_chains(c: &Cluster) {
+    for n in &c.plan().nodes {
+        for table in ["mangle", "nat", "filter"] {
+            let save = c.iptables_save(&n.name, table).await.unwrap();
+            assert!(
+                save.contains(":KUBE-KUBELET-CANARY"),
+                "the kubelet's chain is gone from {} {table}",
+                n.name
+            );
+        }
+    }
+}
+
+async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
+    for n in &c.plan().nodes {
+        for t in targets.iter().filter(|t| !t.udp) {
+            let r = c
+                .http_get_from_node(&n.name, t.ip, t.port, "/")
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{} from {}", t.service, n.name);
+        }
+    }
+}
+
+async fn migrate_with_zero_failures(mode: ProxyMode) -> (Cluster, Vec<Target>) {
+    let (c, targets, load) = setup(mode).await;
+    add_kubelet_chains(&c).await;
+    let started = Instant::now();
+    let p = run_plan(&c, plan("to-ebpf", json!({})), Duration::from_secs(300)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let s = p.status.clone().unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    assert!(switchyard_api::conditions::is_true(&s.conditions, "Ready"));
+    eprintln!(
+        "  migrated {} nodes in {secs:.1}s ({:.1}s per node), kube-proxy mode {:?}",
+        s.nodes.len(),
+        secs / s.nodes.len() as f64,
+        s.kube_proxy_mode
+    );
+    let totals = load.stop(&c).await.unwrap();
+    assert_no_failures(&totals, 100);
+
+    // kube-proxy is gone and backed up.
+    let ds: Api<DaemonSet> = Api::namespaced(c.client(), "kube-system");
+    assert!(
+        ds.get_opt("kube-proxy").await.unwrap().is_none(),
+        "kube-proxy DaemonSet still exists"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(c.client(), "kube-system");
+    assert!(
+        cms.get_opt("kube-proxy").await.unwrap().is_none(),
+        "kube-proxy ConfigMap still exists"
+    );
+    let backups: Api<ConfigMap> = Api::namespaced(c.client(), "switchyard-system");
+    let backup = backups
+        .get(s.kube_proxy_backup.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert!(backup.data.unwrap().contains_key("daemonset.yaml"));
+    let pods: Api<Pod> = Api::namespaced(c.client(), "kube-system");
+    wait_for("no kube-proxy pod", Duration::from_secs(30), || async {
+        pods.list(&ListParams::default().labels("k8s-app=kube-proxy"))
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert_no_kube_proxy_rules(&c).await;
+    assert_kubelet_chains(&c).await;
+    assert_services_reachable(&c, &targets).await;
+    (c, targets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn iptables_migration_has_zero_failed_requests_then_rolls_back_cleanly() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let (c, targets) = migrate_with_zero_failures(ProxyMode::Iptables).await;
+
+    // Full rollback after success: kube-proxy restored from the backup and
+    // running everywhere, the datapath off, no failed request.
+    let load = scenario::start_load(&c, &targets, 25).await.unwrap();
+    let api: Api<MigrationPlan> = Api::all(c.client());
+    api.patch(
+        "to-ebpf",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"rollback": true}})),
+    )
+    .await
+    .unwrap();
+    let p = scenario::follow_plan(&c, "to-ebpf", Duration::from_secs(300), progress, |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::RolledBack)
+    })
+    .await
+    .unwrap();
+    assert!(
+        p.status
+            .unwrap()
+            .nodes
+            .iter()
+            .all(|n| n.step == NodeStep::RolledBack)
+    );
+    let totals = load.stop(&c).await.unwrap();
+    assert_no_failures(&totals, 50);
+    let ds: Api<DaemonSet> = Api::namespaced(c.client(), "kube-system");
+    let ds = ds.get("kube-proxy").await.unwrap();
+    assert_eq!(
+        ds.status.unwrap().number_ready,
+        3,
+        "kube-proxy ready on every node"
+    );
+    let ndp: Api<NodeDatapath> = Api::all(c.client());
+    for d in ndp.list(&ListParams::default()).await.unwrap().items {
+        assert_eq!(
+            d.status.unwrap().active_mode,
+            Some(switchyard_api::DatapathMode::Off),
+            "{:?}",
+            d.metadata.name
+        );
+    }
+    for n in &c.plan().nodes {
+        let nat = c.iptables_save(&n.name, "nat").await.unwrap();
+        assert!(
+            nat.contains("KUBE-SERVICES"),
+            "kube-proxy rules back on {}",
+            n.name
+        );
+    }
+    assert_services_reachable(&c, &targets).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nftables_migration_has_zero_failed_requests() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    migrate_with_zero_failures(ProxyMode::Nftables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_probe_stops_the_plan_and_rolls_the_node_back_without_failed_requests() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let (c, _targets, load) = setup(ProxyMode::Iptables).await;
+    // A Service served only node-locally: the node without an nginx pod has no
+    // endpoint for it, so the probe fails there (and only there).
+    let pods: Api<Pod> = Api::namespaced(c.client(), "default");
+    let web_nodes: Vec<String> = pods
+        .list(&ListParams::default().labels("app=nginx"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let bad = c
+        .plan()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| !web_nodes.contains(n))
+        .unwrap();
+    switchyard_e2e::addons::apply(
+        &c.client(),
+        &json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "local-only", "namespace": "default"},
+        "spec": {"selector": {"app": "nginx"}, "internalTrafficPolicy": "Local",
+                 "ports": [{"name": "p", "port": 80, "targetPort": 80, "protocol": "TCP"}]}}),
+    )
+    .await
+    .unwrap();
+    let body = plan(
+        "probe-fails",
+        json!({
+        "strategy": {"canaryNodes": 1, "waveSize": 1, "stepTimeoutSeconds": 120, "nodeOrder": [bad]},
+        "verification": {"consecutiveSuccesses": 2, "timeoutSeconds": 1, "probes": [
+            {"name": "local-web", "service": {"namespace": "default", "name": "local-only"}, "port": 80, "protocol": "TCP"}]}}),
+    );
+    let p = run_plan(&c, body, Duration::from_secs(240)).await;
+    let s = p.status.unwrap();
+    assert_eq!(s.phase, Phase::Failed);
+    let stalled = switchyard_api::conditions::get(&s.conditions, "Stalled").unwrap();
+    assert_eq!(stalled.status, "True");
+    assert!(
+        stalled.message.contains(&bad) && stalled.message.contains("local-web"),
+        "{}",
+        stalled.message
+    );
+    let node = s.nodes.iter().find(|n| n.name == bad).unwrap();
+    assert_eq!(
+        (node.step, node.failed_step),
+        (NodeStep::RolledBack, Some(NodeStep::Verify))
+    );
+    assert!(
+        s.nodes
+            .iter()
+            .filter(|n| n.name != bad)
+            .all(|n| n.step == NodeStep::Pending),
+        "the failure stopped the wave"
+    );
+    // The node is back on kube-proxy.
+    let ds: Api<DaemonSet> = Api::namespaced(c.client(), "kube-system");
+    wait_for(
+        "kube-proxy ready on all 3 nodes again",
+        Duration::from_secs(60),
+        || async { (ds.get("kube-proxy").await.ok()?.status?.number_ready == 3).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let totals = load.stop(&c).await.unwrap();
+    assert_no_failures(&totals, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_manual_procedure_fails_requests_for_contrast() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let (c, _targets, load) = setup(ProxyMode::Iptables).await;
+    let t0 = Instant::now();
+    // The published recipe: delete kube-proxy, strip KUBE rules, start the datapath.
+    scenario::kubectl(
+        &c,
+        &["-n", "kube-system", "delete", "daemonset", "kube-proxy"],
+    )
+    .await
+    .unwrap();
+    scenario::kubectl(
+        &c,
+        &["-n", "kube-system", "delete", "configmap", "kube-proxy"],
+    )
+    .await
+    .unwrap();
+    for n in &c.plan().nodes {
+        let out = c
+            .exec_on_node(
+                &n.name,
+                &[
+                    "sh",
+                    "-c",
+                    "iptables-save | grep -v KUBE | iptables-restore",
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let ndp: Api<NodeDatapath> = Api::all(c.client());
+    for n in &c.plan().nodes {
+        ndp.patch(&n.name, &PatchParams::apply("manual").force(), &Patch::Apply(json!({
+            "apiVersion": "switchyard.dev/v1alpha1", "kind": "NodeDatapath", "metadata": {"name": n.name},
+            "spec": {"mode": "Active"}}))).await.unwrap();
+    }
+    wait_for(
+        "the datapath serving on every node",
+        Duration::from_secs(60),
+        || async {
+            let list = ndp.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|d| {
+                    d.status.as_ref().is_some_and(|s| {
+                        s.active_mode == Some(switchyard_api::DatapathMode::Active)
+                            && s.sync.services_programmed >= s.sync.services_seen
+                            && s.sync.services_seen > 0
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let switched = t0.elapsed();
+    // Let traffic run on the new datapath for a moment, measured by requests.
+    let before: u64 = load.totals().unwrap().iter().map(|t| t.ok).sum();
+    wait_for(
+        "200 more successful requests",
+        Duration::from_secs(30),
+        || async {
+            let now: u64 = load.totals().ok()?.iter().map(|t| t.ok).sum();
+            (now >= before + 200).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let totals = load.stop(&c).await.unwrap();
+    let failed: u64 = totals.iter().map(|t| t.failed).sum();
+    let first = totals.iter().filter_map(|t| t.first_failure_ms).min();
+    let last = totals.iter().filter_map(|t| t.last_failure_ms).max();
+    let outage_ms = first.zip(last).map_or(0, |(f, l)| l - f);
+    eprintln!(
+        "  manual procedure: {failed} failed requests, outage {outage_ms} ms (switch took {:.1}s)",
+        switched.as_secs_f64()
+    );
+    let report = c.state_dir().join("../manual-procedure.json");
+    let _ = std::fs::write(
+        &report,
+        json!({"failed": failed, "outage_ms": outage_ms as u64}).to_string(),
+    );
+    assert!(
+        failed > 0,
+        "the manual procedure is expected to drop requests between the flush and the new datapath"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_plans_are_rejected_by_the_api_server_and_a_second_plan_is_refused() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let bins = switchyard_e2e::binaries::Binaries::locate().unwrap();
+    let c = Cluster::start(ClusterConfig {
+        nodes: 1,
+        images: Some(scenario::images(&bins.project_bin)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    scenario::install(&c).await.unwrap();
+    let bad = [
+        (
+            json!({"strategy": {"waveSize": 0}}),
+            "waveSize must be a node count >= 1",
+        ),
+        (
+            json!({"strategy": {"waveSize": "150%"}}),
+            "waveSize must be a node count >= 1 or a percentage",
+        ),
+        (
+            json!({"dryRun": true, "rollback": true}),
+            "dryRun and rollback cannot both be set",
+        ),
+        (
+            json!({"verification": {"probes": [{"name": "x", "service": {"namespace": "a", "name": "b"}, "port": 70000}]}}),
+            "65535",
+        ),
+        (
+            json!({"verification": {"probes": [{"name": "x", "service": {"namespace": "a", "name": "b"}, "port": 53, "protocol": "SCTP"}]}}),
+            "Unsupported value",
+        ),
+        (
+            json!({"verification": {"probes": [{"name": "x", "service": {"namespace": "a", "name": "b"}, "port": 53, "protocol": "UDP", "httpPath": "/"}]}}),
+            "httpPath needs protocol TCP",
+        ),
+        (
+            json!({"apiServer": "https://10.0.0.1"}),
+            "apiServer must be host:port",
+        ),
+    ];
+    let api: Api<MigrationPlan> = Api::all(c.client());
+    for (i, (spec, message)) in bad.iter().enumerate() {
+        let body = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": format!("bad-{i}")}, "spec": spec});
+        let err = api
+            .patch(
+                &format!("bad-{i}"),
+                &PatchParams::apply("e2e"),
+                &Patch::Apply(body),
+            )
+            .await
+            .unwrap_err();
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 422, "{spec}: {s:?}");
+                assert!(
+                    s.message.contains(message),
+                    "{spec}: expected {message:?} in {:?}",
+                    s.message
+                );
+            }
+            other => panic!("{spec}: {other}"),
+        }
+    }
+    // Two plans: the older one runs, the younger is refused in its status.
+    scenario::apply_plan(&c, plan("first", json!({"paused": true})))
+        .await
+        .unwrap();
+    scenario::follow_plan(&c, "first", Duration::from_secs(60), progress, |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Migrating | Phase::Paused))
+    })
+    .await
+    .unwrap();
+    scenario::apply_plan(&c, plan("second", json!({})))
+        .await
+        .unwrap();
+    let second = scenario::follow_plan(&c, "second", Duration::from_secs(60), progress, |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.preflight.iter().any(|f| f.reason == "AnotherPlanActive"))
+    })
+    .await
+    .unwrap();
+    let s = second.status.unwrap();
+    assert_eq!(s.phase, Phase::Preflight);
+    let stalled = switchyard_api::conditions::get(&s.conditions, "Stalled").unwrap();
+    assert!(
+        stalled.status == "True" && stalled.message.contains("first"),
+        "{stalled:?}"
+    );
+}
