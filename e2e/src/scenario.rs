@@ -290,9 +290,11 @@ pub struct Load {
 pub async fn start_load(c: &Cluster, targets: &[Target], rate: u32) -> Result<Load> {
     let dir = c.state_dir().join("loadgen");
     std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut pods = Vec::new();
     for n in &c.plan().nodes {
-        let name = format!("loadgen-{}", n.name);
+        let name = format!("loadgen-{run}-{}", n.name);
         let mut args: Vec<String> = targets
             .iter()
             .flat_map(|t| ["--target".to_string(), t.url()])
@@ -347,13 +349,33 @@ impl Load {
         Ok(self.read()?.into_iter().flat_map(|r| r.targets).collect())
     }
 
-    /// Stops the generators (pod deletion, SIGTERM) and returns the final totals.
+    /// Stops the generators (a stop file each polls for), waits for their
+    /// final totals, deletes their pods and returns the totals.
     pub async fn stop(self, c: &Cluster) -> Result<Vec<Totals>> {
         let pods: Api<Pod> = Api::namespaced(c.client(), "default");
+        let before: Vec<String> = pods
+            .list(&ListParams::default().labels("app=loadgen"))
+            .await?
+            .items
+            .iter()
+            .map(|p| {
+                let restarts: i32 = p
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .map(|c| c.restart_count)
+                    .sum();
+                format!(
+                    "{}: restarts {restarts}",
+                    p.metadata.name.clone().unwrap_or_default()
+                )
+            })
+            .collect();
         for p in &self.pods {
-            pods.delete(p, &DeleteParams::default()).await?;
+            let f = self.dir.join(format!("{p}.stop"));
+            std::fs::write(&f, "").map_err(Error::io("writing", &f))?;
         }
-        wait_for(
+        let waited = wait_for(
             "the load generators' final totals",
             Duration::from_secs(30),
             || async {
@@ -361,7 +383,37 @@ impl Load {
                 reports.iter().all(|r| !r.running).then_some(())
             },
         )
-        .await?;
+        .await;
+        if let Err(e) = waited {
+            let still: Vec<String> = self
+                .pods
+                .iter()
+                .zip(self.read().unwrap_or_default())
+                .filter(|(_, r)| r.running)
+                .map(|(p, _)| p.clone())
+                .collect();
+            let left = pods
+                .list(&ListParams::default().labels("app=loadgen"))
+                .await?;
+            let states: Vec<String> = left
+                .items
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}: {:?} deleting={}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        p.metadata.deletion_timestamp.is_some()
+                    )
+                })
+                .collect();
+            return Err(Error::Config(format!(
+                "{e}; still running: {still:?}; pods: {states:?}; before stopping: {before:?}"
+            )));
+        }
+        for p in &self.pods {
+            pods.delete(p, &DeleteParams::default()).await?;
+        }
         self.totals()
     }
 }

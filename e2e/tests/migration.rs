@@ -163,14 +163,36 @@ async fn assert_kubelet_chains(c: &Cluster) {
     }
 }
 
+/// Every TCP Service answers from every node, asked by a process in the
+/// node's network namespace and cgroup (where the datapath attaches).
 async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
     for n in &c.plan().nodes {
         for t in targets.iter().filter(|t| !t.udp) {
-            let r = c
-                .http_get_from_node(&n.name, t.ip, t.port, "/")
+            let url = format!("http://{}:{}/", t.ip, t.port);
+            let out = c
+                .exec_on_node(
+                    &n.name,
+                    &[
+                        "curl",
+                        "-sS",
+                        "-m",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        &url,
+                    ],
+                )
                 .await
                 .unwrap();
-            assert_eq!(r.status, 200, "{} from {}", t.service, n.name);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "200",
+                "{} from {}: {out:?}",
+                t.service,
+                n.name
+            );
         }
     }
 }

@@ -181,14 +181,25 @@ fn probe_hooks(cgroup2: &Path) -> Vec<HookProbe> {
     out
 }
 
-/// Probes the node. Never fails: what is missing is reported as such.
+/// Probes the node, trying the hooks under the first cgroup v2 mount.
+/// Never fails: what is missing is reported as such.
 pub fn probe() -> Capabilities {
+    probe_at(None)
+}
+
+/// Probes the node, trying the hooks on a temporary child of `cgroup` (the
+/// cgroup the datapath will attach to; in a container whose `/sys/fs/cgroup`
+/// is a bind mount, the first cgroup v2 mount listed may be shadowed).
+pub fn probe_at(cgroup: Option<&Path>) -> Capabilities {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let cgroup2_mount = mount_of(&mounts, "cgroup2");
     let bpffs_mount = mount_of(&mounts, "bpf");
     let bpf_privileges = own_caps_sufficient().unwrap_or(false);
-    let hooks = match (&cgroup2_mount, bpf_privileges) {
-        (Some(cg), true) => probe_hooks(Path::new(cg)),
+    let parent = cgroup
+        .map(Path::to_path_buf)
+        .or_else(|| cgroup2_mount.as_deref().map(Into::into));
+    let hooks = match (&parent, bpf_privileges) {
+        (Some(cg), true) => probe_hooks(cg),
         (None, _) => Vec::new(),
         (Some(_), false) => Vec::new(),
     };

@@ -5,7 +5,8 @@
 //! every request crosses the service datapath afresh): TCP targets do an
 //! HTTP GET and need a 200; UDP targets send a datagram and need a reply.
 //! Totals are written as JSON to `--out` (atomically, every 200 ms) until
-//! SIGTERM, then once more. Runs as a pod of image `switchyard/loadgen`.
+//! the file `<out>.stop` appears or SIGTERM arrives, then once more, final.
+//! Runs as a pod of image `switchyard/loadgen`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -201,10 +202,16 @@ async fn main() -> Result<(), String> {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
+    let stop_file = args.out.with_extension("stop");
     let mut report = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = report.tick() => write(&args.out, &totals, true),
+            _ = report.tick() => {
+                if stop_file.exists() {
+                    break;
+                }
+                write(&args.out, &totals, true);
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

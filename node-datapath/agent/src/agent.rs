@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::kube_proxy;
 use crate::probe::{self, Target};
 use crate::server::Shared;
 use crate::status;
@@ -50,6 +51,8 @@ struct State {
     slices: Store<EndpointSlice>,
     syncer: Syncer,
     datapath: Option<Datapath>,
+    /// `spec.mode` is Off but the datapath stays until kube-proxy serves.
+    off_pending: bool,
     status: NodeDatapathStatus,
     shared: Arc<Shared>,
 }
@@ -76,7 +79,8 @@ pub async fn run(
     };
     let existing = ensure_object(&api, &cfg.node).await?;
 
-    let probed = tokio::task::spawn_blocking(capabilities::probe).await?;
+    let cgroup = cfg.cgroup.clone();
+    let probed = tokio::task::spawn_blocking(move || capabilities::probe_at(Some(&cgroup))).await?;
     let nftables = which("nft");
     let mut status = existing.status.clone().unwrap_or_default();
     status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
@@ -124,6 +128,7 @@ pub async fn run(
         services,
         slices,
         datapath: None,
+        off_pending: false,
         status,
         shared,
     };
@@ -146,6 +151,7 @@ pub async fn run(
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4);
     let mut probing: Option<i64> = None;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    let mut off_retry = tokio::time::interval(Duration::from_millis(250));
     let mut beats: u64 = 0;
     loop {
         tokio::select! {
@@ -167,6 +173,11 @@ pub async fn run(
                 st.status.probe = Some(result);
                 probing = None;
                 st.report().await;
+            }
+            _ = off_retry.tick(), if st.off_pending => {
+                if st.try_off().await {
+                    st.report().await;
+                }
             }
             _ = heartbeat.tick() => {
                 beats += 1;
@@ -287,6 +298,44 @@ impl State {
         }
     }
 
+    /// Turns the datapath off once kube-proxy serves every ClusterIP on
+    /// this node (its rules are in place), never before: a pod that is
+    /// merely running has not necessarily programmed anything yet. Returns
+    /// whether the datapath went off.
+    async fn try_off(&mut self) -> bool {
+        let vips = self.syncer.vips.clone();
+        let check = tokio::task::spawn_blocking(move || kube_proxy::serves(&vips)).await;
+        match check {
+            Ok(Ok(())) => {
+                self.deactivate().await;
+                self.off_pending = self.datapath.is_some();
+                !self.off_pending
+            }
+            Ok(Err(missing)) => {
+                let msg = format!(
+                    "mode Off requested; the datapath stays on until kube-proxy serves {missing} on this node"
+                );
+                if !conditions::is_true(&self.status.conditions, "WaitingForKubeProxy") {
+                    info!("{msg}");
+                }
+                conditions::set(
+                    &mut self.status.conditions,
+                    "WaitingForKubeProxy",
+                    true,
+                    "RulesMissing",
+                    msg,
+                    None,
+                    Time(Timestamp::now()),
+                );
+                false
+            }
+            Err(e) => {
+                self.degraded("OffFailed", &e.to_string());
+                false
+            }
+        }
+    }
+
     async fn deactivate(&mut self) {
         let dir = self.cfg.bpffs_dir.clone();
         match tokio::task::spawn_blocking(move || off(&dir)).await {
@@ -296,6 +345,15 @@ impl State {
                 self.syncer.detach();
                 self.status.active_mode = Some(DatapathMode::Off);
                 self.status.drops.clear();
+                conditions::set(
+                    &mut self.status.conditions,
+                    "WaitingForKubeProxy",
+                    false,
+                    "Off",
+                    "the datapath is off",
+                    None,
+                    Time(Timestamp::now()),
+                );
             }
             Ok(Err(e)) => self.degraded("OffFailed", &e.to_string()),
             Err(e) => self.degraded("OffFailed", &e.to_string()),

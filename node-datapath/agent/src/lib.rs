@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod kube_proxy;
 pub mod probe;
 pub mod server;
 pub mod status;

@@ -48,6 +48,8 @@ pub struct Syncer {
     /// What the maps hold (after adoption, kept up to date by every write).
     mirror: Option<FakeMaps>,
     pub status: SyncStatus,
+    /// The ClusterIPs of the last computed desired state.
+    pub vips: Vec<Ipv4Addr>,
 }
 
 impl Syncer {
@@ -57,6 +59,7 @@ impl Syncer {
             ids: IdAllocator::new(),
             mirror: None,
             status: SyncStatus::default(),
+            vips: Vec::new(),
         }
     }
 
@@ -104,6 +107,7 @@ impl Syncer {
             &Options::default(),
         );
         self.status.services_seen = desired.state.service_count() as u32;
+        self.vips = desired.state.vips.iter().copied().collect();
         self.status.unsupported = desired.findings.iter().map(ToString::to_string).collect();
         if let Some(mirror) = self.mirror.as_mut() {
             let plan = plan_sync(mirror.contents(), &desired.state, &mut self.ids)?;

@@ -99,12 +99,45 @@ pub fn plan(tables: &[NftTable]) -> Vec<NftTable> {
         .collect()
 }
 
-/// `nft -f -` input deleting the planned tables in one transaction.
+/// The table that keeps the kernel's NAT hooks registered once
+/// kube-proxy's table is gone.
+///
+/// nftables registers the conntrack NAT hooks of a family only while some
+/// `type nat` chain of that family exists. In nftables mode kube-proxy's
+/// table is often the only one, so deleting it would unregister them and
+/// every connection kube-proxy had DNATed to a Service (API server watches,
+/// long-lived client connections) would stop being translated and hang.
+/// Empty NAT base chains in this table keep those connections working until
+/// they close; they match nothing and change no packet.
+pub const NAT_KEEPALIVE_TABLE: &str = "switchyard-nat-keepalive";
+
+fn nat_keepalive(family: &str) -> String {
+    let t = NAT_KEEPALIVE_TABLE;
+    let mut out = format!("add table {family} {t}\n");
+    for (chain, priority) in [
+        ("prerouting", -100),
+        ("output", -100),
+        ("postrouting", 100),
+        ("input", 100),
+    ] {
+        out.push_str(&format!(
+            "add chain {family} {t} {chain} {{ type nat hook {chain} priority {priority}; policy accept; }}\n"
+        ));
+    }
+    out
+}
+
+/// `nft -f -` input deleting the planned tables in one transaction, after
+/// making sure the NAT hooks of their families stay registered (see
+/// [`NAT_KEEPALIVE_TABLE`]).
 pub fn delete_script(tables: &[NftTable]) -> String {
-    tables
-        .iter()
-        .map(|t| format!("delete table {} {}\n", t.family, t.name))
-        .collect()
+    let mut families: Vec<&str> = tables.iter().map(|t| t.family.as_str()).collect();
+    families.dedup();
+    let mut out: String = families.into_iter().map(nat_keepalive).collect();
+    for t in tables {
+        out.push_str(&format!("delete table {} {}\n", t.family, t.name));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -123,10 +156,21 @@ mod tests {
             p.iter().map(ToString::to_string).collect::<Vec<_>>(),
             vec!["table ip kube-proxy", "table ip6 kube-proxy"]
         );
-        assert_eq!(
-            delete_script(&p),
-            "delete table ip kube-proxy\ndelete table ip6 kube-proxy\n"
+        let script = delete_script(&p);
+        assert!(
+            script.ends_with("delete table ip kube-proxy\ndelete table ip6 kube-proxy\n"),
+            "{script}"
         );
+        // NAT hooks stay registered for both families, created before the deletes.
+        for family in ["ip", "ip6"] {
+            let keep = format!(
+                "add chain {family} {NAT_KEEPALIVE_TABLE} output {{ type nat hook output priority -100; policy accept; }}"
+            );
+            let at = script
+                .find(&keep)
+                .unwrap_or_else(|| panic!("no {family} keepalive in {script}"));
+            assert!(at < script.find("delete table").unwrap());
+        }
     }
 
     #[test]

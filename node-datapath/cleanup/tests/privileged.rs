@@ -282,9 +282,21 @@ fn nftables_clean() {
     let node = Netns::new("nft");
     node.run("nft", &["-f", "-"], Some(NFT_OTHERS));
     node.run("nft", &["-f", "-"], Some(NFT_KUBE_PROXY));
+    // What must remain: the other tables, plus empty NAT base chains that
+    // keep the NAT hooks registered for connections kube-proxy had DNATed.
     let reference = Netns::new("nft-ref");
     reference.run("nft", &["-f", "-"], Some(NFT_OTHERS));
+    let kube_proxy_tables =
+        switchyard_cleanup::nft::parse_tables_text("table ip kube-proxy\ntable ip6 kube-proxy\n")
+            .unwrap();
+    let keepalive: String = switchyard_cleanup::nft::delete_script(&kube_proxy_tables)
+        .lines()
+        .filter(|l| l.starts_with("add "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    reference.run("nft", &["-f", "-"], Some(&keepalive));
     let want = reference.run("nft", &["list", "ruleset"], None);
+    assert!(want.contains("table ip6 switchyard-nat-keepalive"));
 
     let only_nft = Options {
         iptables: false,

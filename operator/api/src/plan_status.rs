@@ -205,6 +205,9 @@ pub struct NodeProgress {
     /// The step that failed, when `step` is `Failed` or rolling back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<NodeStep>,
+    /// Why the node failed (kept through its rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// Generation of the cleanup request sent to the node's agent.
     #[serde(default)]
     pub cleanup_generation: i64,

@@ -89,6 +89,7 @@ fn fail(ctx: &Ctx<'_>, p: &mut NodeProgress, why: String, out: &mut Vec<Action>)
     };
     enter(ctx, p, next);
     p.failed_step = Some(failed);
+    p.failure = Some(message.clone());
     p.message = Some(message.clone());
     out.push(event(Some(&p.name), true, "NodeMigrationFailed", message));
 }

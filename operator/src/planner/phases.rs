@@ -177,7 +177,7 @@ fn failure_message(st: &MigrationPlanStatus) -> String {
         .iter()
         .filter(|n| n.failed_step.is_some())
         .map(|n| {
-            n.message
+            n.failure
                 .clone()
                 .unwrap_or_else(|| format!("node {} failed", n.name))
         })

@@ -252,6 +252,14 @@ fn probe_failure_with_rollback_returns_the_node_to_kube_proxy() {
         .unwrap();
     assert_eq!(n0.step, NodeStep::RolledBack);
     assert_eq!(n0.failed_step, Some(NodeStep::Verify));
+    // The reason survives the node's rollback, in the node and the condition.
+    assert!(n0.failure.as_deref().unwrap().contains("probe \"web\""));
+    let stalled = conditions::get(&sim.status.conditions, STALLED).unwrap();
+    assert!(
+        stalled.message.contains("node-00") && stalled.message.contains("probe \"web\""),
+        "{}",
+        stalled.message
+    );
     let w = &sim.nodes["node-00"];
     assert!(w.kp_ready && !w.excluded && !w.dp_active && !w.unschedulable);
     assert!(
