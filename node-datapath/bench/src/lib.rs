@@ -1,0 +1,83 @@
+//! The datapath benchmark (crate `switchyard-bench`).
+//!
+//! Measures, in one run and side by side, TCP connect latency, new
+//! connections per second, a UDP request/response rate and programming time
+//! for N Services × 10 endpoints on four datapaths: kube-proxy's iptables
+//! shapes (both the nft and the legacy backend), kube-proxy's nftables
+//! shapes, switchyard's eBPF socket load balancer, and a direct connect to
+//! the backend (the floor).
+//!
+//! Data flows:
+//!
+//! ```text
+//! model (N Services, addresses, kube-proxy order)
+//!   ├─ rules   → iptables-restore / nft -f text (pure)
+//!   └─ ebpf    → k8s-openapi objects → switchyard_lb::desired_state →
+//!                plan_sync → PinnedLbMaps (timed, in a child process)
+//! topo   → fresh namespaces + cgroup per (datapath, N), removed on drop
+//! load   → servers and client (child processes of this binary, pinned)
+//! stats  → percentiles, medians → report::Row → CSV → BENCHMARKS.md
+//! ```
+//!
+//! Pure parts (`model`, `rules`, `stats`, `report`) are unit-tested; the
+//! I/O shell (`topo`, `load`, `ebpf`, `runner`) is exercised by running the
+//! benchmark (`node-datapath/bench/run.sh`, root).
+
+pub mod ebpf;
+pub mod load;
+pub mod model;
+pub mod report;
+pub mod rules;
+pub mod runner;
+pub mod stats;
+pub mod topo;
+
+/// Errors of the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A command exited unsuccessfully.
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its exit status.
+        status: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// An I/O operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A child's output did not parse.
+    #[error("bad output from {what}: {detail}")]
+    BadOutput {
+        /// Which child.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// The eBPF datapath failed.
+    #[error("eBPF datapath: {0}")]
+    Datapath(#[from] switchyard_node_datapath::DatapathError),
+    /// The load-balancer planner failed.
+    #[error("lb planner: {0}")]
+    Lb(#[from] switchyard_lb::LbError),
+    /// An invalid argument.
+    #[error("invalid argument: {0}")]
+    Arg(String),
+}
+
+impl BenchError {
+    /// An [`BenchError::Io`] with context.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

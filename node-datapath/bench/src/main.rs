@@ -1,0 +1,177 @@
+//! `switchyard-bench`: see the crate documentation (`lib.rs`) and
+//! `node-datapath/bench/run.sh`. Run as root.
+
+use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard_bench::{BenchError, ebpf, load, model, report, rules, runner};
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard-bench", about = "Service datapath benchmark (root)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuleKind {
+    Iptables,
+    IptablesJumps,
+    Nft,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs the benchmark and writes the raw CSV.
+    Run(runner::RunArgs),
+    /// Regenerates BENCHMARKS.md from a raw CSV.
+    Report {
+        /// The raw CSV written by `run`.
+        #[arg(long)]
+        csv: PathBuf,
+        /// The markdown file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Machine/run facts (JSON written by `run`).
+        #[arg(long)]
+        facts: PathBuf,
+        /// Hand-written analysis appended to the generated tables.
+        #[arg(long)]
+        analysis: Option<PathBuf>,
+    },
+    /// Prints the kube-proxy-shaped rules for N Services (for inspection).
+    Rules {
+        #[arg(long, value_enum)]
+        kind: RuleKind,
+        #[arg(long, short)]
+        n: usize,
+    },
+    /// Internal: a backend server (TCP accept+close, UDP echo).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        cpu: usize,
+    },
+    /// Internal: a measuring client; prints one JSON line.
+    #[command(hide = true)]
+    Client {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        cgroup: PathBuf,
+        #[arg(long)]
+        cpu: usize,
+        #[arg(long)]
+        mode: String,
+        #[arg(long, value_delimiter = ',')]
+        targets: Vec<SocketAddrV4>,
+        #[arg(long, default_value_t = 0)]
+        warmup: usize,
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        min_count: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Duration (rate/udp) or latency budget, in milliseconds.
+        #[arg(long)]
+        millis: u64,
+    },
+    /// Internal: the eBPF full sync of N Services, timed; prints one JSON line.
+    #[command(hide = true)]
+    Sync {
+        #[arg(long)]
+        bpffs_dir: PathBuf,
+        #[arg(long, short)]
+        n: usize,
+    },
+}
+
+fn json_line<T: serde::Serialize>(v: &T) -> Result<(), BenchError> {
+    let s = serde_json::to_string(v).map_err(|e| BenchError::BadOutput {
+        what: "serialize".into(),
+        detail: e.to_string(),
+    })?;
+    println!("{s}");
+    Ok(())
+}
+
+fn scenario(n: usize) -> Result<model::Scenario, BenchError> {
+    model::Scenario::new(n)
+        .ok_or_else(|| BenchError::Arg(format!("N must be in 1..={}", model::MAX_SERVICES)))
+}
+
+fn real_main(cli: Cli) -> Result<(), BenchError> {
+    match cli.cmd {
+        Cmd::Run(args) => runner::run(&args),
+        Cmd::Report {
+            csv,
+            out,
+            facts,
+            analysis,
+        } => report::write_markdown(&csv, &facts, analysis.as_deref(), &out),
+        Cmd::Rules { kind, n } => {
+            let sc = scenario(n)?;
+            let text = match kind {
+                RuleKind::Iptables => rules::iptables_restore(&sc),
+                RuleKind::IptablesJumps => rules::iptables_jumps(),
+                RuleKind::Nft => rules::nft_script(&sc),
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Cmd::Serve { netns, cpu } => {
+            load::enter_netns(&netns)?;
+            load::pin_cpu(cpu)?;
+            load::serve(model::TCP_TARGET_PORT, model::UDP_TARGET_PORT)
+        }
+        Cmd::Client {
+            netns,
+            cgroup,
+            cpu,
+            mode,
+            targets,
+            warmup,
+            count,
+            min_count,
+            threads,
+            millis,
+        } => {
+            load::enter_cgroup(&cgroup)?;
+            load::enter_netns(&netns)?;
+            load::pin_cpu(cpu)?;
+            let d = Duration::from_millis(millis);
+            match mode.as_str() {
+                "latency" => json_line(&load::client_latency(
+                    &targets, warmup, count, min_count, d,
+                )?),
+                "rate" => {
+                    let cpus: Vec<usize> = (0..threads).map(|t| (cpu + t) % 2).collect();
+                    json_line(&load::client_rate(&targets, threads, &cpus, d)?)
+                }
+                "udp" => json_line(&load::client_udp(&targets, d)?),
+                other => Err(BenchError::Arg(format!("unknown client mode {other}"))),
+            }
+        }
+        Cmd::Sync { bpffs_dir, n } => json_line(&ebpf::full_sync(&bpffs_dir, &scenario(n)?)?),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Raw CSV rows, medians over runs, ratios to the direct baseline, and the
+//! generated `BENCHMARKS.md`. Pure except [`write_markdown`]'s file I/O.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BenchError, stats::median};
+
+/// One measured value of one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// Number of Services.
+    pub n: usize,
+    /// `direct`, `iptables-nft`, `iptables-legacy`, `nftables` or `ebpf`.
+    pub datapath: String,
+    /// What was measured (unit in the name).
+    pub metric: String,
+    /// `first`, `random`, `last`, or `-`.
+    pub target: String,
+    /// Run index (0-based).
+    pub run: u32,
+    /// Samples behind the value (connects, operations, rules, map ops).
+    pub samples: u64,
+    /// The value.
+    pub value: f64,
+}
+
+impl Row {
+    /// The CSV header.
+    pub const HEADER: &'static str = "n,datapath,metric,target,run,samples,value";
+
+    /// One CSV line.
+    pub fn to_csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{}",
+            self.n, self.datapath, self.metric, self.target, self.run, self.samples, self.value
+        )
+    }
+
+    /// Parses [`Row::to_csv`]'s output; `None` for the header or junk.
+    pub fn parse(line: &str) -> Option<Row> {
+        let f: Vec<&str> = line.trim().split(',').collect();
+        if f.len() != 7 {
+            return None;
+        }
+        Some(Row {
+            n: f[0].parse().ok()?,
+            datapath: f[1].into(),
+            metric: f[2].into(),
+            target: f[3].into(),
+            run: f[4].parse().ok()?,
+            samples: f[5].parse().ok()?,
+            value: f[6].parse().ok()?,
+        })
+    }
+}
+
+/// Facts about the machine and the run, written next to the CSV.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Facts {
+    /// The command line.
+    pub command: String,
+    /// Start time (UTC).
+    pub started_utc: String,
+    /// Wall time of the whole run.
+    pub duration_s: f64,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// `/proc/cpuinfo` model name.
+    pub cpu_model: String,
+    /// `iptables-nft --version`.
+    pub iptables_nft: String,
+    /// `iptables-legacy --version`.
+    pub iptables_legacy: String,
+    /// `nft --version`.
+    pub nft: String,
+    /// The N list.
+    pub services: Vec<usize>,
+    /// The datapaths measured.
+    pub datapaths: Vec<String>,
+    /// Runs per point.
+    pub runs: u32,
+    /// Requested connects per latency run.
+    pub connects: usize,
+    /// Minimum connects per latency run.
+    pub min_connects: usize,
+    /// Latency time budget per run (ms).
+    pub latency_budget_ms: u64,
+    /// Warm-up connects.
+    pub warmup: usize,
+    /// Rate run duration (ms).
+    pub rate_ms: u64,
+    /// Largest N with kube-proxy's exact `--noflush` restore timed.
+    pub noflush_max: usize,
+    /// Services per `nft -f` transaction for the measured node.
+    pub nft_chunk: usize,
+    /// Largest N with kube-proxy's single-transaction `nft -f` timed.
+    pub nft_single_max: usize,
+    /// `/proc/loadavg` (1, 5, 15 min) at the start and at the end of the
+    /// run: other work on the machine shows here.
+    #[serde(default)]
+    pub loadavg_start: String,
+    /// See [`Facts::loadavg_start`].
+    #[serde(default)]
+    pub loadavg_end: String,
+}
+
+/// Key of an aggregated value: (N, datapath, metric, target).
+pub type Key = (usize, String, String, String);
+
+/// The median over runs of one (N, datapath, metric, target).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Agg {
+    /// Median of the runs' values.
+    pub median: f64,
+    /// Number of runs.
+    pub runs: usize,
+    /// Fewest samples in a run.
+    pub min_samples: u64,
+}
+
+/// Aggregates rows into medians over runs.
+pub fn aggregate(rows: &[Row]) -> BTreeMap<Key, Agg> {
+    let mut groups: BTreeMap<Key, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        groups
+            .entry((r.n, r.datapath.clone(), r.metric.clone(), r.target.clone()))
+            .or_default()
+            .push(r);
+    }
+    groups
+        .into_iter()
+        .filter_map(|(k, rs)| {
+            let vals: Vec<f64> = rs.iter().map(|r| r.value).collect();
+            Some((
+                k,
+                Agg {
+                    median: median(&vals)?,
+                    runs: rs.len(),
+                    min_samples: rs.iter().map(|r| r.samples).min()?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A lookup over aggregated values.
+#[derive(Debug)]
+pub struct Table {
+    aggs: BTreeMap<Key, Agg>,
+}
+
+impl Table {
+    /// From raw rows.
+    pub fn new(rows: &[Row]) -> Self {
+        Self {
+            aggs: aggregate(rows),
+        }
+    }
+
+    /// The aggregate of one key.
+    pub fn get(&self, n: usize, dp: &str, metric: &str, target: &str) -> Option<Agg> {
+        self.aggs
+            .get(&(n, dp.into(), metric.into(), target.into()))
+            .copied()
+    }
+
+    /// `value / direct's value` for the same N, metric and target.
+    pub fn ratio(&self, n: usize, dp: &str, metric: &str, target: &str) -> Option<f64> {
+        let v = self.get(n, dp, metric, target)?.median;
+        let d = self.get(n, "direct", metric, target)?.median;
+        (d != 0.0).then(|| v / d)
+    }
+
+    /// Distinct N values, ascending.
+    pub fn ns(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.aggs.keys().map(|k| k.0).collect();
+        v.dedup();
+        v
+    }
+
+    /// Datapaths present, in [`crate::runner::DATAPATHS`] order.
+    pub fn datapaths(&self) -> Vec<&'static str> {
+        crate::runner::DATAPATHS
+            .into_iter()
+            .filter(|d| self.aggs.keys().any(|k| k.1 == *d))
+            .collect()
+    }
+
+    /// A cell: value with `decimals`, plus `(×ratio)` unless direct.
+    pub fn cell(&self, n: usize, dp: &str, metric: &str, target: &str, decimals: usize) -> String {
+        let Some(a) = self.get(n, dp, metric, target) else {
+            return "—".into();
+        };
+        let mut s = format!("{:.*}", decimals, a.median);
+        if dp != "direct"
+            && let Some(r) = self.ratio(n, dp, metric, target)
+        {
+            let _ = write!(s, " (×{r:.2})");
+        }
+        s
+    }
+}
+
+/// Parses a raw CSV.
+pub fn parse_csv(text: &str) -> Vec<Row> {
+    text.lines().filter_map(Row::parse).collect()
+}
+
+fn latency_table(t: &Table, target: &str, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "| N | datapath | p50 µs | p99 µs | p99.9 µs | connects/run |\n|---:|---|---:|---:|---:|---:|"
+    );
+    for n in t.ns() {
+        for dp in t.datapaths() {
+            let Some(a) = t.get(n, dp, "connect_p50_us", target) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| {n} | {dp} | {} | {} | {} | {} |",
+                t.cell(n, dp, "connect_p50_us", target, 1),
+                t.cell(n, dp, "connect_p99_us", target, 1),
+                t.cell(n, dp, "connect_p999_us", target, 1),
+                a.min_samples
+            );
+        }
+    }
+}
+
+fn rate_table(t: &Table, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "| N | datapath | conn/s, 1 thread | conn/s, 2 threads | UDP req/resp per s | errors |\n|---:|---|---:|---:|---:|---:|"
+    );
+    for n in t.ns() {
+        for dp in t.datapaths() {
+            if t.get(n, dp, "conn_per_s_1t", "last").is_none() {
+                continue;
+            }
+            let errors: f64 = [
+                "conn_per_s_1t_errors",
+                "conn_per_s_2t_errors",
+                "udp_rr_per_s_errors",
+            ]
+            .iter()
+            .filter_map(|m| t.get(n, dp, m, "last").map(|a| a.median))
+            .sum::<f64>()
+                + ["first", "random", "last"]
+                    .iter()
+                    .filter_map(|tg| t.get(n, dp, "connect_errors", tg).map(|a| a.median))
+                    .sum::<f64>();
+            let _ = writeln!(
+                out,
+                "| {n} | {dp} | {} | {} | {} | {errors:.0} |",
+                t.cell(n, dp, "conn_per_s_1t", "last", 0),
+                t.cell(n, dp, "conn_per_s_2t", "last", 0),
+                t.cell(n, dp, "udp_rr_per_s", "last", 0),
+            );
+        }
+    }
+}
+
+fn program_table(t: &Table, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "| N | iptables-nft restore s: whole-table / kube-proxy `--noflush` | iptables-legacy restore s: whole-table / `--noflush` | nft -f s: chunked / one transaction | eBPF full sync s | eBPF: snapshot / desired / plan / apply s | map ops | agent peak RSS MiB |\n|---:|---:|---:|---:|---:|---|---:|---:|"
+    );
+    let v = |n, dp: &str, m: &str, d: usize| {
+        t.get(n, dp, m, "-")
+            .map_or("—".to_string(), |a| format!("{:.*}", d, a.median))
+    };
+    for n in t.ns() {
+        let phases = [
+            "ebpf_snapshot_s",
+            "ebpf_desired_s",
+            "ebpf_plan_s",
+            "ebpf_apply_s",
+        ]
+        .iter()
+        .map(|m| v(n, "ebpf", m, 3))
+        .collect::<Vec<_>>()
+        .join(" / ");
+        let ops = t
+            .get(n, "ebpf", "program_s", "-")
+            .map_or("—".into(), |a| a.min_samples.to_string());
+        let _ = writeln!(
+            out,
+            "| {n} | {} / {} | {} / {} | {} / {} | {} | {phases} | {ops} | {} |",
+            v(n, "iptables-nft", "program_s", 2),
+            v(n, "iptables-nft", "program_noflush_s", 2),
+            v(n, "iptables-legacy", "program_s", 2),
+            v(n, "iptables-legacy", "program_noflush_s", 2),
+            v(n, "nftables", "program_s", 2),
+            v(n, "nftables", "program_single_s", 2),
+            v(n, "ebpf", "program_s", 3),
+            v(n, "ebpf", "agent_rss_peak_mib", 1),
+        );
+    }
+}
+
+/// The targets of issue #7, checked against the measurements: one line per
+/// check, saying met or missed and by how much.
+pub fn target_checks(t: &Table) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in t.ns() {
+        for target in ["first", "random", "last"] {
+            for (m, label) in [("connect_p50_us", "p50"), ("connect_p99_us", "p99")] {
+                if let Some(r) = t.ratio(n, "ebpf", m, target) {
+                    let verdict = if r <= 1.05 {
+                        "met".to_string()
+                    } else {
+                        format!("MISSED by {:.1} points", (r - 1.05) * 100.0)
+                    };
+                    out.push(format!(
+                        "N={n}, {target} Service, connect {label}: eBPF/direct = {r:.3} (target ≤ 1.05): {verdict}"
+                    ));
+                }
+            }
+        }
+        for (m, label) in [
+            ("conn_per_s_1t", "1 thread"),
+            ("conn_per_s_2t", "2 threads"),
+        ] {
+            if let Some(r) = t.ratio(n, "ebpf", m, "last") {
+                let verdict = if r >= 0.95 {
+                    "met".to_string()
+                } else {
+                    format!("MISSED by {:.1} points", (0.95 - r) * 100.0)
+                };
+                out.push(format!(
+                    "N={n}, conn/s {label}: eBPF/direct = {r:.3} (target ≥ 0.95): {verdict}"
+                ));
+            }
+        }
+    }
+    if let Some(a) = t.get(10_000, "ebpf", "program_s", "-") {
+        let verdict = if a.median <= 0.5 {
+            "met".to_string()
+        } else {
+            format!("MISSED by {:.3} s", a.median - 0.5)
+        };
+        out.push(format!(
+            "N=10000, eBPF full sync: {:.3} s (target ≤ 0.5 s): {verdict}",
+            a.median
+        ));
+    }
+    if let Some(a) = t.get(10_000, "ebpf", "agent_rss_peak_mib", "-") {
+        let verdict = if a.median <= 64.0 {
+            "met".to_string()
+        } else {
+            format!("MISSED by {:.1} MiB", a.median - 64.0)
+        };
+        out.push(format!(
+            "N=10000, peak RSS of the syncing process: {:.1} MiB (agent target ≤ 64 MiB): {verdict}",
+            a.median
+        ));
+    }
+    out
+}
+
+fn or_unrecorded(s: &str) -> &str {
+    if s.is_empty() { "not recorded" } else { s }
+}
+
+/// Renders BENCHMARKS.md from rows, facts and the hand-written analysis.
+pub fn render_markdown(rows: &[Row], facts: &Facts, analysis: &str) -> String {
+    let t = Table::new(rows);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Benchmarks: service datapaths at scale\n\n\
+         <!-- Generated by `switchyard-bench report` from node-datapath/bench/results/raw.csv; \
+         do not edit by hand (edit node-datapath/bench/analysis.md). -->\n\n\
+         Reproduce (root, on this machine): `make bench`, i.e. `node-datapath/bench/run.sh` \
+         (`node-datapath/bench/run.sh --quick` for N ∈ {{1, 1000, 10000}}). Raw per-run values: \
+         [`node-datapath/bench/results/raw.csv`](node-datapath/bench/results/raw.csv); run facts: \
+         [`facts.json`](node-datapath/bench/results/facts.json).\n\n\
+         ## This run\n\n\
+         - Command: `{}`\n- Started: {} UTC, took {:.0} s\n- Machine: {} CPUs ({}), kernel {}\n\
+         - {} · {} · {}\n- Load average (1/5/15 min) at start: {}; at end: {}\n\
+         - N (Services, 10 endpoints each): {:?}; datapaths: {}\n\
+         - Every figure is the **median of {} runs**; ratios `(×r)` are to `direct` (the floor) \
+         measured in the same run, same N, same target.\n",
+        facts.command,
+        facts.started_utc,
+        facts.duration_s,
+        facts.cpus,
+        facts.cpu_model,
+        facts.kernel,
+        facts.iptables_nft,
+        facts.iptables_legacy,
+        facts.nft,
+        or_unrecorded(&facts.loadavg_start),
+        or_unrecorded(&facts.loadavg_end),
+        facts.services,
+        facts.datapaths.join(", "),
+        facts.runs,
+    );
+    let _ = writeln!(
+        s,
+        "![connect latency vs N](node-datapath/bench/results/connect_latency.png)\n\n\
+         ## TCP connect latency\n\n\
+         `connect()` wall time in the client (SYN out → SYN-ACK in), one connection at a time, \
+         client pinned to CPU 0 and the servers to CPU 1; after a warm-up (≤ {} connects, ≤ 0.5 s), \
+         {} measured connects per run, fewer only where a run would exceed {} ms \
+         (never fewer than {}; the `connects/run` column shows the smallest count used).\n",
+        facts.warmup, facts.connects, facts.latency_budget_ms, facts.min_connects
+    );
+    for (target, title) in [
+        (
+            "last",
+            "Last Service in kube-proxy's order (worst case for iptables)",
+        ),
+        ("random", "A random Service (fixed per N)"),
+        ("first", "First Service in kube-proxy's order"),
+    ] {
+        let _ = writeln!(s, "### {title}\n");
+        latency_table(&t, target, &mut s);
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "## Connection rate and UDP request/response (last Service)\n\n\
+         New TCP connections per second (connect + close with RST) for {} ms per run, 1 thread on \
+         CPU 0 or 2 threads on CPUs 0 and 1 (sharing CPU 1 with the servers); UDP: one unconnected \
+         socket, `sendto` the Service + `recvfrom` the reply (which must come from the Service \
+         address), for {} ms per run. `errors` sums failed operations over all measurements \
+         of the point (medians over runs).\n",
+        facts.rate_ms, facts.rate_ms
+    );
+    rate_table(&t, &mut s);
+    let _ = writeln!(
+        s,
+        "\n## Programming time and agent memory\n\n\
+         - iptables, whole-table: wall time (process start to exit, via `ip netns exec`) of one \
+         `iptables-restore -w --counters` of the kube-proxy-shaped filter+nat tables including \
+         the built-in-chain jump rules, into the fresh node namespace (this is how the measured \
+         rules are loaded). `--noflush`: kube-proxy's exact call, `iptables-restore -w --noflush \
+         --counters` of its full-sync input with the jump rules installed beforehand, timed in \
+         a scratch namespace for N ≤ {} only (— above that: not run, its cost grows faster \
+         than linearly). `iptables-nft-restore` and `iptables-legacy-restore` respectively.\n\
+         - nftables: the same ruleset as kube-proxy nftables mode's first full sync; chunked: \
+         sum of the wall times of the `nft -f -` transactions of {} Services each that load the \
+         measured node; one transaction: kube-proxy's own single `nft -f -` transaction, timed \
+         in a scratch namespace for N ≤ {} only.\n\
+         - eBPF: wall time of the agent's full sync in a fresh process: read the (empty) maps' \
+         snapshot, `desired_state` over N Services + N EndpointSlices (k8s-openapi objects, \
+         built beforehand as an informer cache would hold them), `plan_sync`, then \
+         `PinnedLbMaps::apply_all` (one map-update syscall per operation, no batching). \
+         Peak RSS is that process's `VmHWM` (objects + desired state + plan + map handles): \
+         an estimate of the agent's memory for the sync, not of a full agent with its \
+         API clients.\n\
+         - One run per N (programming happens once per fresh namespace).\n",
+        facts.noflush_max, facts.nft_chunk, facts.nft_single_max
+    );
+    program_table(&t, &mut s);
+    let _ = writeln!(s, "\n## Targets (issue #7)\n");
+    for line in target_checks(&t) {
+        let _ = writeln!(s, "- {line}");
+    }
+    let _ = writeln!(s, "\n{}", analysis.trim());
+    s
+}
+
+/// Reads the CSV, the facts and the optional analysis, and writes the
+/// markdown file.
+pub fn write_markdown(
+    csv: &Path,
+    facts: &Path,
+    analysis: Option<&Path>,
+    out: &Path,
+) -> Result<(), BenchError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| BenchError::io(format!("read {}", p.display()), e))
+    };
+    let rows = parse_csv(&read(csv)?);
+    let facts: Facts = serde_json::from_str(&read(facts)?).map_err(|e| BenchError::BadOutput {
+        what: "facts.json".into(),
+        detail: e.to_string(),
+    })?;
+    let analysis = analysis.map(read).transpose()?.unwrap_or_default();
+    std::fs::write(out, render_markdown(&rows, &facts, &analysis))
+        .map_err(|e| BenchError::io(format!("write {}", out.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: usize, dp: &str, metric: &str, target: &str, run: u32, value: f64) -> Row {
+        Row {
+            n,
+            datapath: dp.into(),
+            metric: metric.into(),
+            target: target.into(),
+            run,
+            samples: 100 + u64::from(run),
+            value,
+        }
+    }
+
+    #[test]
+    fn csv_round_trips_and_skips_the_header() {
+        let r = row(1000, "ebpf", "connect_p50_us", "last", 2, 31.25);
+        let text = format!("{}\n{}\n", Row::HEADER, r.to_csv());
+        assert_eq!(parse_csv(&text), vec![r]);
+    }
+
+    #[test]
+    fn medians_and_ratios_to_direct() {
+        let rows = vec![
+            row(10, "direct", "connect_p50_us", "last", 0, 30.0),
+            row(10, "direct", "connect_p50_us", "last", 1, 40.0),
+            row(10, "direct", "connect_p50_us", "last", 2, 35.0),
+            row(10, "ebpf", "connect_p50_us", "last", 0, 36.0),
+            row(10, "ebpf", "connect_p50_us", "last", 1, 100.0),
+            row(10, "ebpf", "connect_p50_us", "last", 2, 35.0),
+        ];
+        let t = Table::new(&rows);
+        let d = t.get(10, "direct", "connect_p50_us", "last").unwrap();
+        assert_eq!(d.median, 35.0);
+        assert_eq!(d.runs, 3);
+        assert_eq!(d.min_samples, 100);
+        let r = t.ratio(10, "ebpf", "connect_p50_us", "last").unwrap();
+        assert!((r - 36.0 / 35.0).abs() < 1e-12);
+        assert_eq!(
+            t.cell(10, "ebpf", "connect_p50_us", "last", 1),
+            "36.0 (×1.03)"
+        );
+        assert_eq!(t.cell(10, "direct", "connect_p50_us", "last", 1), "35.0");
+        assert_eq!(t.cell(10, "nftables", "connect_p50_us", "last", 1), "—");
+        assert!(t.ratio(10, "ebpf", "connect_p50_us", "first").is_none());
+    }
+
+    #[test]
+    fn target_checks_report_misses_with_their_size() {
+        let rows = vec![
+            row(1, "direct", "connect_p50_us", "last", 0, 100.0),
+            row(1, "ebpf", "connect_p50_us", "last", 0, 110.0),
+            row(1, "direct", "conn_per_s_1t", "last", 0, 1000.0),
+            row(1, "ebpf", "conn_per_s_1t", "last", 0, 990.0),
+            row(10_000, "ebpf", "program_s", "-", 0, 0.7),
+        ];
+        let checks = target_checks(&Table::new(&rows));
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.contains("p50") && c.contains("MISSED by 5.0 points")),
+            "{checks:?}"
+        );
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.contains("1 thread") && c.ends_with("met")),
+            "{checks:?}"
+        );
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.contains("full sync") && c.contains("MISSED by 0.200 s")),
+            "{checks:?}"
+        );
+    }
+
+    #[test]
+    fn markdown_has_every_section_and_the_datapaths_present() {
+        let rows = vec![
+            row(1, "direct", "connect_p50_us", "last", 0, 30.0),
+            row(1, "iptables-nft", "connect_p50_us", "last", 0, 45.0),
+            row(1, "iptables-nft", "program_s", "-", 0, 0.01),
+        ];
+        let md = render_markdown(&rows, &Facts::default(), "## Analysis\n\ntext");
+        for s in [
+            "## TCP connect latency",
+            "## Programming time",
+            "## Targets",
+            "## Analysis",
+            "| 1 | iptables-nft | 45.0 (×1.50) |",
+        ] {
+            assert!(md.contains(s), "missing {s}:\n{md}");
+        }
+        assert!(!md.contains("| 1 | ebpf |"));
+    }
+}

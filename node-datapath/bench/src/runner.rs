@@ -1,0 +1,592 @@
+//! The benchmark run: for each N, for each datapath, a fresh topology,
+//! programming (timed), servers, then the client measurements; every value
+//! is appended to the raw CSV as soon as it is measured.
+
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde::de::DeserializeOwned;
+use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig};
+use tracing::info;
+
+use crate::{
+    BenchError,
+    ebpf::SyncResult,
+    load::{LatencyResult, RateResult},
+    model::{
+        ENDPOINTS, Scenario, TCP_PORT, TCP_TARGET_PORT, Target, UDP_PORT, UDP_TARGET_PORT,
+        endpoint, vip,
+    },
+    report::{Facts, Row},
+    rules,
+    topo::{self, Topo},
+};
+
+/// The datapaths, in measurement order (direct first: it is the baseline).
+pub const DATAPATHS: [&str; 5] = [
+    "direct",
+    "iptables-nft",
+    "iptables-legacy",
+    "nftables",
+    "ebpf",
+];
+/// The default N list.
+pub const FULL_N: [usize; 6] = [1, 1000, 5000, 10_000, 20_000, 40_000];
+/// `--quick`'s N list.
+pub const QUICK_N: [usize; 3] = [1, 1000, 10_000];
+
+/// CPU of the client (single-thread measurements).
+const CLIENT_CPU: usize = 0;
+/// CPU of the servers.
+const SERVER_CPU: usize = 1;
+
+/// Options of `switchyard-bench run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Service counts (comma-separated); default 1,1000,5000,10000,20000,40000.
+    #[arg(long, value_delimiter = ',')]
+    pub services: Vec<usize>,
+    /// Development run: N ∈ {1, 1000, 10000} unless --services is given.
+    #[arg(long)]
+    pub quick: bool,
+    /// Datapaths to measure (comma-separated); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub datapaths: Vec<String>,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Measured connects per latency point and run.
+    #[arg(long, default_value_t = 20_000)]
+    pub connects: usize,
+    /// Lower bound on measured connects when the time budget cuts the count.
+    #[arg(long, default_value_t = 2_000)]
+    pub min_connects: usize,
+    /// Time budget per latency point and run, in ms: slow datapaths measure
+    /// fewer connects (never fewer than --min-connects).
+    #[arg(long, default_value_t = 2_500)]
+    pub latency_budget_ms: u64,
+    /// Warm-up connects (at most 0.5 s) before each latency point.
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup: usize,
+    /// Duration of each conn/s and UDP rate run, in ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate_ms: u64,
+    /// Largest N for which kube-proxy's exact `iptables-restore --noflush`
+    /// call is also timed (in a scratch namespace).
+    #[arg(long, default_value_t = 1_000)]
+    pub noflush_max: usize,
+    /// Services per `nft -f` transaction when loading the measured node.
+    #[arg(long, default_value_t = 1_000)]
+    pub nft_chunk: usize,
+    /// Largest N for which kube-proxy's single-transaction `nft -f` is also
+    /// timed (in a scratch namespace).
+    #[arg(long, default_value_t = 5_000)]
+    pub nft_single_max: usize,
+    /// Output directory (raw.csv, facts.json).
+    #[arg(long, default_value = "node-datapath/bench/results")]
+    pub out: PathBuf,
+}
+
+/// Backend servers of one topology; killed on drop.
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn self_exe() -> Result<PathBuf, BenchError> {
+    std::env::current_exe().map_err(|e| BenchError::io("current_exe", e))
+}
+
+fn start_servers(topo: &Topo) -> Result<Servers, BenchError> {
+    let exe = self_exe()?;
+    let mut servers = Servers(Vec::new());
+    for ns in &topo.backend_ns {
+        let child = Command::new(&exe)
+            .arg("serve")
+            .arg("--netns")
+            .arg(Topo::ns_path(ns))
+            .args(["--cpu", &SERVER_CPU.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| BenchError::io("spawn server", e))?;
+        servers.0.push(child);
+        let Some(child) = servers.0.last_mut() else {
+            continue;
+        };
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out)
+                .read_line(&mut line)
+                .map_err(|e| BenchError::io("read server", e))?;
+        }
+        if line.trim() != "ready" {
+            return Err(BenchError::BadOutput {
+                what: format!("server in {ns}"),
+                detail: format!("expected `ready`, got {line:?}"),
+            });
+        }
+    }
+    Ok(servers)
+}
+
+/// Runs a client child and parses its JSON line.
+fn client<T: DeserializeOwned>(topo: &Topo, args: &[String]) -> Result<T, BenchError> {
+    let out = Command::new(self_exe()?)
+        .arg("client")
+        .arg("--netns")
+        .arg(Topo::ns_path(&topo.pod_ns))
+        .arg("--cgroup")
+        .arg(&topo.cgroup)
+        .args(["--cpu", &CLIENT_CPU.to_string()])
+        .args(args)
+        .output()
+        .map_err(|e| BenchError::io("spawn client", e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(BenchError::Command {
+            cmd: format!("client {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| BenchError::BadOutput {
+        what: "client".into(),
+        detail: format!("{e}: {line:?}"),
+    })
+}
+
+fn join(addrs: &[SocketAddrV4]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// TCP targets of Service `i` on a datapath: the VIP, or for `direct` its
+/// ten endpoints round-robin (the same backends the VIP spreads over).
+fn tcp_targets(datapath: &str, i: usize) -> Vec<SocketAddrV4> {
+    if datapath == "direct" {
+        (0..ENDPOINTS)
+            .map(|k| SocketAddrV4::new(endpoint(i, k), TCP_TARGET_PORT))
+            .collect()
+    } else {
+        vec![SocketAddrV4::new(vip(i), TCP_PORT)]
+    }
+}
+
+/// UDP targets of Service `i`: the VIP, or for `direct` its ten endpoints
+/// round-robin.
+fn udp_targets(datapath: &str, i: usize) -> Vec<SocketAddrV4> {
+    if datapath == "direct" {
+        (0..ENDPOINTS)
+            .map(|k| SocketAddrV4::new(endpoint(i, k), UDP_TARGET_PORT))
+            .collect()
+    } else {
+        vec![SocketAddrV4::new(vip(i), UDP_PORT)]
+    }
+}
+
+/// CSV sink: appends and flushes each row.
+struct Sink {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Sink {
+    fn push(&mut self, row: Row) -> Result<(), BenchError> {
+        info!(
+            n = row.n,
+            datapath = %row.datapath,
+            metric = %row.metric,
+            target = %row.target,
+            run = row.run,
+            value = row.value,
+            "measured"
+        );
+        writeln!(self.file, "{}", row.to_csv())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| BenchError::io(format!("write {}", self.path.display()), e))
+    }
+}
+
+/// Removes a datapath's rules from namespace `ns` synchronously, so the
+/// kernel does not tear a large ruleset down in the background of the next
+/// measurement (untimed).
+fn clear_rules(ns: &str, datapath: &str) -> Result<(), BenchError> {
+    match datapath {
+        "iptables-nft" | "iptables-legacy" => {
+            // A whole-table restore of empty tables flushes and deletes
+            // every chain.
+            topo::run_timed_stdin(
+                "ip",
+                &["netns", "exec", ns, &format!("{datapath}-restore"), "-w"],
+                "*filter\nCOMMIT\n*nat\nCOMMIT\n",
+            )?;
+        }
+        "nftables" => {
+            topo::run("ip", &["netns", "exec", ns, "nft", "flush", "ruleset"])?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Programs `datapath` in `topo`; returns the eBPF handle to keep alive.
+fn program(
+    args: &RunArgs,
+    topo: &Topo,
+    datapath: &str,
+    sc: &Scenario,
+    sink: &mut Sink,
+) -> Result<Option<Datapath>, BenchError> {
+    let n = sc.services;
+    let row = |metric: &str, samples: u64, value: f64| Row {
+        n,
+        datapath: datapath.into(),
+        metric: metric.into(),
+        target: "-".into(),
+        run: 0,
+        samples,
+        value,
+    };
+    match datapath {
+        "iptables-nft" | "iptables-legacy" => {
+            let cmd = format!("{datapath}-restore");
+            // The measured node: the whole ruleset (jumps included) in one
+            // whole-table restore; the namespace is fresh, so this yields
+            // exactly what kube-proxy's calls yield.
+            let input = rules::iptables_restore_whole_tables(sc);
+            let lines = input.lines().filter(|l| l.starts_with("-A ")).count() as u64;
+            let d = topo.node_exec_timed(&cmd, &["-w", "--counters"], &input)?;
+            sink.push(row("program_s", lines, d.as_secs_f64()))?;
+            // kube-proxy's own call (`--noflush --counters`, jumps installed
+            // first), timed in a scratch namespace; skipped above
+            // --noflush-max Services (its cost grows faster than linearly).
+            if n <= args.noflush_max {
+                let scratch = topo::ScratchNs::new()?;
+                scratch.exec_timed(&cmd, &["-w", "--noflush"], &rules::iptables_jumps())?;
+                let input = rules::iptables_restore(sc);
+                let lines = input.lines().filter(|l| l.starts_with("-A ")).count() as u64;
+                let d = scratch.exec_timed(&cmd, &["-w", "--noflush", "--counters"], &input)?;
+                sink.push(row("program_noflush_s", lines, d.as_secs_f64()))?;
+                clear_rules(&scratch.name, datapath)?;
+            }
+            Ok(None)
+        }
+        "nftables" => {
+            // The measured node: the ruleset in transactions of
+            // --nft-chunk Services (one transaction grows quadratically in
+            // kernel time on this kernel).
+            let mut total = Duration::ZERO;
+            let mut lines = 0u64;
+            for chunk in rules::nft_script_chunks(sc, args.nft_chunk) {
+                lines += chunk.lines().count() as u64;
+                total += topo.node_exec_timed("nft", &["-f", "-"], &chunk)?;
+            }
+            sink.push(row("program_s", lines, total.as_secs_f64()))?;
+            // kube-proxy's first sync: one transaction, up to --nft-single-max.
+            if n <= args.nft_single_max {
+                let scratch = topo::ScratchNs::new()?;
+                let d = scratch.exec_timed("nft", &["-f", "-"], &rules::nft_script(sc))?;
+                sink.push(row("program_single_s", lines, d.as_secs_f64()))?;
+                clear_rules(&scratch.name, datapath)?;
+            }
+            Ok(None)
+        }
+        "ebpf" => {
+            let config = DatapathConfig {
+                bpffs_dir: topo.bpffs_dir.clone(),
+                cgroup: topo.cgroup.clone(),
+                capacities: Capacities::default(),
+            };
+            let dp = Datapath::start(&config)?;
+            sink.push(row("ebpf_start_s", 0, dp.report().elapsed.as_secs_f64()))?;
+            let out = topo::run(
+                &self_exe()?.to_string_lossy(),
+                &[
+                    "sync",
+                    "--bpffs-dir",
+                    &topo.bpffs_dir.to_string_lossy(),
+                    "-n",
+                    &n.to_string(),
+                ],
+            )?;
+            let line = out.lines().last().unwrap_or_default();
+            let r: SyncResult = serde_json::from_str(line).map_err(|e| BenchError::BadOutput {
+                what: "sync".into(),
+                detail: format!("{e}: {line:?}"),
+            })?;
+            let ops = r.ops as u64;
+            sink.push(row("program_s", ops, r.total_s))?;
+            sink.push(row("ebpf_snapshot_s", ops, r.snapshot_s))?;
+            sink.push(row("ebpf_desired_s", ops, r.desired_s))?;
+            sink.push(row("ebpf_plan_s", ops, r.plan_s))?;
+            sink.push(row("ebpf_apply_s", ops, r.apply_s))?;
+            sink.push(row(
+                "agent_rss_peak_mib",
+                ops,
+                r.rss_peak_kib as f64 / 1024.0,
+            ))?;
+            Ok(Some(dp))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// One datapath, programmed in its own fresh topology, servers running.
+/// Fields drop in declaration order: servers, then the eBPF handle, then the
+/// topology (which also detaches the programs).
+struct Prepared {
+    datapath: String,
+    _servers: Servers,
+    _ebpf: Option<Datapath>,
+    topo: Topo,
+}
+
+fn prepare(
+    args: &RunArgs,
+    datapath: &str,
+    sc: &Scenario,
+    sink: &mut Sink,
+) -> Result<Prepared, BenchError> {
+    let topo = Topo::new()?;
+    let t0 = Instant::now();
+    let ebpf = program(args, &topo, datapath, sc, sink)?;
+    let servers = start_servers(&topo)?;
+    info!(
+        n = sc.services,
+        datapath,
+        secs = t0.elapsed().as_secs_f64(),
+        "programmed"
+    );
+    Ok(Prepared {
+        datapath: datapath.into(),
+        _servers: servers,
+        _ebpf: ebpf,
+        topo,
+    })
+}
+
+/// Run `r` of every measurement of one prepared datapath.
+fn measure_run(
+    args: &RunArgs,
+    p: &Prepared,
+    sc: &Scenario,
+    r: u32,
+    sink: &mut Sink,
+) -> Result<(), BenchError> {
+    let (n, datapath, topo) = (sc.services, p.datapath.as_str(), &p.topo);
+    let last = sc.target_index(Target::Last);
+    for t in Target::ALL {
+        let i = sc.target_index(t);
+        let res: LatencyResult = client(
+            topo,
+            &[
+                "--mode".into(),
+                "latency".into(),
+                "--targets".into(),
+                join(&tcp_targets(datapath, i)),
+                "--warmup".into(),
+                args.warmup.to_string(),
+                "--count".into(),
+                args.connects.to_string(),
+                "--min-count".into(),
+                args.min_connects.to_string(),
+                "--millis".into(),
+                args.latency_budget_ms.to_string(),
+            ],
+        )?;
+        let s = res.summary;
+        for (metric, value) in [
+            ("connect_p50_us", s.p50_us),
+            ("connect_p99_us", s.p99_us),
+            ("connect_p999_us", s.p999_us),
+            ("connect_errors", res.errors as f64),
+        ] {
+            sink.push(Row {
+                n,
+                datapath: datapath.into(),
+                metric: metric.into(),
+                target: t.name().into(),
+                run: r,
+                samples: s.samples as u64,
+                value,
+            })?;
+        }
+    }
+    for (metric, mode, threads, target) in [
+        (
+            "conn_per_s_1t",
+            "rate",
+            1,
+            join(&tcp_targets(datapath, last)),
+        ),
+        (
+            "conn_per_s_2t",
+            "rate",
+            2,
+            join(&tcp_targets(datapath, last)),
+        ),
+        ("udp_rr_per_s", "udp", 1, join(&udp_targets(datapath, last))),
+    ] {
+        let res: RateResult = client(
+            topo,
+            &[
+                "--mode".into(),
+                mode.into(),
+                "--threads".into(),
+                threads.to_string(),
+                "--targets".into(),
+                target,
+                "--millis".into(),
+                args.rate_ms.to_string(),
+            ],
+        )?;
+        for (m, v) in [
+            (metric.to_string(), res.per_s),
+            (format!("{metric}_errors"), res.errors as f64),
+        ] {
+            sink.push(Row {
+                n,
+                datapath: datapath.into(),
+                metric: m,
+                target: Target::Last.name().into(),
+                run: r,
+                samples: res.ops,
+                value: v,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn version(cmd: &str, args: &[&str]) -> String {
+    topo::run(cmd, args)
+        .map(|s| s.lines().next().unwrap_or_default().trim().to_string())
+        .unwrap_or_else(|e| format!("unavailable ({e})"))
+}
+
+fn facts(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> Facts {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    Facts {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_utc: version("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        duration_s: 0.0,
+        kernel: version("uname", &["-r"]),
+        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model,
+        iptables_nft: version("iptables-nft", &["--version"]),
+        iptables_legacy: version("iptables-legacy", &["--version"]),
+        nft: version("nft", &["--version"]),
+        services: ns.to_vec(),
+        datapaths: datapaths.to_vec(),
+        runs: args.runs,
+        connects: args.connects,
+        min_connects: args.min_connects,
+        latency_budget_ms: args.latency_budget_ms,
+        warmup: args.warmup,
+        rate_ms: args.rate_ms,
+        noflush_max: args.noflush_max,
+        nft_chunk: args.nft_chunk,
+        nft_single_max: args.nft_single_max,
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn write_facts(path: &Path, f: &Facts) -> Result<(), BenchError> {
+    let s = serde_json::to_string_pretty(f).map_err(|e| BenchError::BadOutput {
+        what: "facts".into(),
+        detail: e.to_string(),
+    })?;
+    std::fs::write(path, s).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
+}
+
+/// Runs the benchmark (see the module doc).
+pub fn run(args: &RunArgs) -> Result<(), BenchError> {
+    let ns: Vec<usize> = match (args.services.is_empty(), args.quick) {
+        (false, _) => args.services.clone(),
+        (true, true) => QUICK_N.to_vec(),
+        (true, false) => FULL_N.to_vec(),
+    };
+    let datapaths: Vec<String> = if args.datapaths.is_empty() {
+        DATAPATHS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.datapaths.clone()
+    };
+    if let Some(bad) = datapaths.iter().find(|d| !DATAPATHS.contains(&d.as_str())) {
+        return Err(BenchError::Arg(format!(
+            "unknown datapath {bad} (known: {})",
+            DATAPATHS.join(", ")
+        )));
+    }
+    let scenarios = ns
+        .iter()
+        .map(|n| Scenario::new(*n).ok_or_else(|| BenchError::Arg(format!("bad service count {n}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| BenchError::io(format!("mkdir {}", args.out.display()), e))?;
+    let csv = args.out.join("raw.csv");
+    let mut sink = Sink {
+        file: std::fs::File::create(&csv)
+            .map_err(|e| BenchError::io(format!("create {}", csv.display()), e))?,
+        path: csv.clone(),
+    };
+    writeln!(sink.file, "{}", Row::HEADER)
+        .map_err(|e| BenchError::io(format!("write {}", csv.display()), e))?;
+    let mut f = facts(args, &ns, &datapaths);
+    let facts_path = args.out.join("facts.json");
+    write_facts(&facts_path, &f)?;
+    let t0 = Instant::now();
+    for sc in &scenarios {
+        // Every datapath of this N side by side (separate namespaces and
+        // cgroups), measured interleaved run by run so that drifts of the
+        // machine hit all of them alike.
+        let t = Instant::now();
+        let mut prepared = Vec::new();
+        for dp in &datapaths {
+            prepared.push(prepare(args, dp, sc, &mut sink)?);
+        }
+        for r in 0..args.runs {
+            for p in &prepared {
+                measure_run(args, p, sc, r, &mut sink)?;
+            }
+        }
+        for p in &prepared {
+            clear_rules(&p.topo.node_ns, &p.datapath)?;
+        }
+        drop(prepared);
+        info!(n = sc.services, secs = t.elapsed().as_secs_f64(), "N done");
+    }
+    f.duration_s = t0.elapsed().as_secs_f64();
+    f.loadavg_end = loadavg();
+    write_facts(&facts_path, &f)?;
+    info!(csv = %csv.display(), secs = f.duration_s, "benchmark done");
+    Ok(())
+}

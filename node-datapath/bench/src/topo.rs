@@ -1,0 +1,329 @@
+//! The network topology of one measurement, created fresh per (datapath, N)
+//! and removed on drop (also on panic):
+//!
+//! ```text
+//! pod netns  eth0 10.244.0.2 ──veth── node netns  10.244.0.1 (ip_forward=1,
+//! (client, in a dedicated cgroup v2)               kube-proxy rules here)
+//!                                      │ vbK 10.250.K.1
+//!                                 ──veth── backend netns K (K = 0..9)
+//!                                           eth0 10.250.K.2, AnyIP route
+//!                                           local 10.(200+K).0.0/16 dev lo,
+//!                                           one TCP+UDP server on 0.0.0.0
+//! ```
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use tracing::warn;
+
+use crate::{
+    BenchError,
+    model::{ENDPOINTS, NODE_POD_GW, POD_IP, slot_prefix},
+};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, returning its stdout; fails on a non-zero exit.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String, BenchError> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| BenchError::io(format!("spawn {cmd}"), e))?;
+    if !out.status.success() {
+        return Err(BenchError::Command {
+            cmd: format!("{cmd} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command with `input` on stdin and returns its wall time (spawn to
+/// exit, input written from memory).
+pub fn run_timed_stdin(cmd: &str, args: &[&str], input: &str) -> Result<Duration, BenchError> {
+    let t0 = Instant::now();
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BenchError::io(format!("spawn {cmd}"), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| BenchError::io(format!("write stdin of {cmd}"), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| BenchError::io(format!("wait {cmd}"), e))?;
+    let elapsed = t0.elapsed();
+    if !out.status.success() {
+        return Err(BenchError::Command {
+            cmd: format!("{cmd} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr)
+                .chars()
+                .take(2000)
+                .collect(),
+        });
+    }
+    Ok(elapsed)
+}
+
+/// The cgroup v2 mount point (from /proc/self/mounts).
+pub fn cgroup2_mount() -> Result<PathBuf, BenchError> {
+    mount_of("cgroup2").ok_or_else(|| {
+        BenchError::Arg("no cgroup2 mount: run e2e/hack/host-setup.sh (as root)".into())
+    })
+}
+
+/// The bpffs mount point.
+pub fn bpffs_mount() -> Result<PathBuf, BenchError> {
+    mount_of("bpf")
+        .ok_or_else(|| BenchError::Arg("no bpffs mount: run e2e/hack/host-setup.sh".into()))
+}
+
+fn mount_of(fstype: &str) -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == fstype).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// A bare network namespace, deleted on drop (for timing rule loads away
+/// from the measured topology).
+#[derive(Debug)]
+pub struct ScratchNs {
+    /// Its name.
+    pub name: String,
+}
+
+impl ScratchNs {
+    /// Creates a fresh namespace with a unique name.
+    pub fn new() -> Result<Self, BenchError> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("syb{}-{n}-scratch", std::process::id());
+        run("ip", &["netns", "add", &name])?;
+        Ok(Self { name })
+    }
+
+    /// Runs `cmd args` inside it with `input` on stdin; returns the wall time.
+    pub fn exec_timed(
+        &self,
+        cmd: &str,
+        args: &[&str],
+        input: &str,
+    ) -> Result<Duration, BenchError> {
+        let mut a = vec!["netns", "exec", self.name.as_str(), cmd];
+        a.extend_from_slice(args);
+        run_timed_stdin("ip", &a, input)
+    }
+}
+
+impl Drop for ScratchNs {
+    fn drop(&mut self) {
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            warn!(ns = %self.name, error = %e, "cleanup: netns del");
+        }
+    }
+}
+
+/// One fresh topology; see the module doc. Removed on drop.
+#[derive(Debug)]
+pub struct Topo {
+    /// Unique prefix of every name.
+    pub id: String,
+    /// The client's namespace.
+    pub pod_ns: String,
+    /// The node's namespace (rules are loaded here).
+    pub node_ns: String,
+    /// Backend namespaces, one per endpoint slot.
+    pub backend_ns: Vec<String>,
+    /// The client's cgroup (eBPF programs attach here).
+    pub cgroup: PathBuf,
+    /// A bpffs pin directory reserved for this topology.
+    pub bpffs_dir: PathBuf,
+    created: Vec<String>,
+    cgroup_created: bool,
+}
+
+impl Topo {
+    /// Creates namespaces, links, routes and the cgroup.
+    pub fn new() -> Result<Self, BenchError> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = format!("syb{}-{n}", std::process::id());
+        let mut t = Topo {
+            pod_ns: format!("{id}-pod"),
+            node_ns: format!("{id}-node"),
+            backend_ns: (0..ENDPOINTS).map(|k| format!("{id}-b{k}")).collect(),
+            cgroup: cgroup2_mount()?.join(format!("{id}-client")),
+            bpffs_dir: bpffs_mount()?.join(format!("{id}-bench")),
+            id,
+            created: Vec::new(),
+            cgroup_created: false,
+        };
+        t.build()?;
+        Ok(t)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<(), BenchError> {
+        run("ip", &["netns", "add", ns])?;
+        self.created.push(ns.to_owned());
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<(), BenchError> {
+        let (pod, node) = (self.pod_ns.clone(), self.node_ns.clone());
+        self.add_ns(&node)?;
+        self.add_ns(&pod)?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "link", "add", "vpod", "netns", &node, "type", "veth", "peer", "name", "eth0",
+                "netns", &pod,
+            ],
+        )?;
+        let gw = format!("{NODE_POD_GW}/24");
+        let pod_ip = format!("{POD_IP}/24");
+        let gw_s = NODE_POD_GW.to_string();
+        let batch_node = [
+            vec!["addr", "add", gw.as_str(), "dev", "vpod"],
+            vec!["link", "set", "vpod", "up"],
+        ];
+        for a in &batch_node {
+            let mut args = vec!["-n", node.as_str()];
+            args.extend(a.iter().copied());
+            run("ip", &args)?;
+        }
+        for a in [
+            vec!["addr", "add", pod_ip.as_str(), "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["route", "add", "default", "via", gw_s.as_str()],
+        ] {
+            let mut args = vec!["-n", pod.as_str()];
+            args.extend(a);
+            run("ip", &args)?;
+        }
+        // A wide ephemeral range: many short connections to few addresses.
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &pod,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_local_port_range=1024 65535",
+            ],
+        )?;
+        for k in 0..ENDPOINTS {
+            let ns = self.backend_ns[k].clone();
+            self.add_ns(&ns)?;
+            let vb = format!("vb{k}");
+            run(
+                "ip",
+                &[
+                    "link", "add", &vb, "netns", &node, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns,
+                ],
+            )?;
+            let (n_ip, b_ip) = (format!("10.250.{k}.1"), format!("10.250.{k}.2"));
+            let prefix = slot_prefix(k);
+            let n_cidr = format!("{n_ip}/24");
+            let b_cidr = format!("{b_ip}/24");
+            let steps: [(&str, Vec<&str>); 7] = [
+                (&node, vec!["addr", "add", &n_cidr, "dev", &vb]),
+                (&node, vec!["link", "set", &vb, "up"]),
+                (&node, vec!["route", "add", &prefix, "via", &b_ip]),
+                (&ns, vec!["addr", "add", &b_cidr, "dev", "eth0"]),
+                (&ns, vec!["link", "set", "eth0", "up"]),
+                (&ns, vec!["route", "add", "default", "via", &n_ip]),
+                (&ns, vec!["route", "add", "local", &prefix, "dev", "lo"]),
+            ];
+            for (nsn, a) in steps {
+                let mut args: Vec<&str> = vec!["-n", nsn];
+                args.extend(a);
+                run("ip", &args)?;
+            }
+        }
+        std::fs::create_dir(&self.cgroup)
+            .map_err(|e| BenchError::io(format!("mkdir {}", self.cgroup.display()), e))?;
+        self.cgroup_created = true;
+        Ok(())
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn ns_path(name: &str) -> PathBuf {
+        Path::new("/run/netns").join(name)
+    }
+
+    /// Runs `cmd args` inside the node namespace with `input` on stdin,
+    /// returning the wall time.
+    pub fn node_exec_timed(
+        &self,
+        cmd: &str,
+        args: &[&str],
+        input: &str,
+    ) -> Result<Duration, BenchError> {
+        let mut a = vec!["netns", "exec", self.node_ns.as_str(), cmd];
+        a.extend_from_slice(args);
+        run_timed_stdin("ip", &a, input)
+    }
+
+    /// Runs `cmd args` inside the node namespace.
+    pub fn node_exec(&self, cmd: &str, args: &[&str]) -> Result<String, BenchError> {
+        let mut a = vec!["netns", "exec", self.node_ns.as_str(), cmd];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if self.bpffs_dir.exists()
+            && let Err(e) = switchyard_node_datapath::off(&self.bpffs_dir)
+        {
+            warn!(dir = %self.bpffs_dir.display(), error = %e, "cleanup: datapath off");
+        }
+        for ns in self.created.iter().rev() {
+            if let Err(e) = run("ip", &["netns", "del", ns]) {
+                warn!(ns, error = %e, "cleanup: netns del");
+            }
+        }
+        if self.cgroup_created {
+            // Clients have exited by now; poll briefly for the kernel to
+            // notice (an exiting task leaves its cgroup asynchronously).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match std::fs::remove_dir(&self.cgroup) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        warn!(cgroup = %self.cgroup.display(), error = %e, "cleanup: rmdir cgroup");
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
