@@ -49,7 +49,15 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
+    // Bounded reads and writes: a connection that stops answering (for
+    // instance one kube-proxy had DNATed, on the operator's own node, when
+    // that node switches datapath) fails and is replaced instead of hanging
+    // the controller. Watches are closed by the server before the read
+    // timeout (see the controller's watcher config).
+    let mut config = kube::Config::infer().await?;
+    config.read_timeout = Some(Duration::from_secs(60));
+    config.write_timeout = Some(Duration::from_secs(30));
+    let client = kube::Client::try_from(config)?;
     controller::check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
     let server = tokio::spawn(switchyard_endpoint::serve(

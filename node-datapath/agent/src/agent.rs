@@ -103,7 +103,9 @@ pub async fn run(
 
     // Our own NodeDatapath's spec.
     let (spec_tx, mut spec_rx) = mpsc::channel::<NodeDatapathSpec>(8);
-    let own = watcher::Config::default().fields(&format!("metadata.name={}", cfg.node));
+    let own = watcher::Config::default()
+        .timeout(45)
+        .fields(&format!("metadata.name={}", cfg.node));
     let spec_stream = watcher(api.clone(), own)
         .default_backoff()
         .applied_objects();
@@ -208,7 +210,7 @@ where
         + Sync
         + 'static,
 {
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().timeout(45))
         .default_backoff()
         .reflect(writer)
         .touched_objects();

@@ -56,6 +56,9 @@ async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
     let mut config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
+    // A dead connection fails within a minute instead of hanging the agent.
+    config.read_timeout = Some(Duration::from_secs(60));
+    config.write_timeout = Some(Duration::from_secs(30));
     if let Some(addr) = api_server {
         config.cluster_url = format!("https://{addr}")
             .parse()

@@ -89,7 +89,9 @@ pub async fn run(
 ) -> Result<()> {
     let (nodes, nodes_w) = reflector::store();
     let (datapaths, datapaths_w) = reflector::store();
-    let wc = watcher::Config::default();
+    // The server ends each watch after 45 s, inside the client's 60 s read
+    // timeout, so an idle watch is never mistaken for a dead connection.
+    let wc = watcher::Config::default().timeout(45);
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .default_backoff()
         .reflect(nodes_w)
