@@ -250,7 +250,33 @@ pub async fn deploy_workload(c: &Cluster) -> Result<Vec<Target>> {
         }
     })
     .await?;
+    wait_kube_proxy_programmed(c, &targets).await?;
     Ok(targets)
+}
+
+/// Waits until kube-proxy on every node has programmed every target's
+/// ClusterIP (iptables or nftables), so traffic started next does not race
+/// kube-proxy's first sync of the new Services.
+pub async fn wait_kube_proxy_programmed(c: &Cluster, targets: &[Target]) -> Result<()> {
+    for n in &c.plan().nodes {
+        wait_for(
+            &format!("kube-proxy to program the Services on {}", n.name),
+            Duration::from_secs(60),
+            || async {
+                let mut rules = c.iptables_save(&n.name, "nat").await.ok()?;
+                rules.push_str(&c.nft_ruleset(&n.name).await.unwrap_or_default());
+                targets
+                    .iter()
+                    .all(|t| {
+                        rules.contains(&format!("{}/32", t.ip))
+                            || rules.contains(&format!("{} . ", t.ip))
+                    })
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn pod_ready(p: &Pod) -> bool {

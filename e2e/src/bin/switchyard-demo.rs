@@ -34,23 +34,27 @@ async fn show_rules(c: &Cluster, when: &str) {
             "--- {}: iptables -t nat -L KUBE-SERVICES -n ({when})",
             n.name
         );
-        match c
+        let out = c
             .exec_on_node(
                 &n.name,
                 &["iptables", "-t", "nat", "-L", "KUBE-SERVICES", "-n"],
             )
-            .await
-        {
-            Ok(out) => {
-                let text = if out.status.success() {
-                    out.stdout
-                } else {
-                    out.stderr
-                };
-                for line in String::from_utf8_lossy(&text).lines().take(12) {
+            .await;
+        match out {
+            Ok(out) if out.status.success() => {
+                for line in String::from_utf8_lossy(&out.stdout).lines().take(12) {
                     println!("    {line}");
                 }
             }
+            // iptables 1.8.9 (nft) reports a chain that does not exist as
+            // "incompatible"; say what it means.
+            Ok(_) => match c.iptables_save(&n.name, "nat").await {
+                Ok(save) if !save.contains(":KUBE-SERVICES") => println!(
+                    "    (no KUBE-SERVICES chain: kube-proxy's rules are gone; the eBPF datapath serves every Service)"
+                ),
+                Ok(save) => println!("    {save}"),
+                Err(e) => println!("    ({e})"),
+            },
             Err(e) => println!("    ({e})"),
         }
     }
@@ -196,7 +200,8 @@ async fn run(args: Args) -> Result<(), String> {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client=off".into()),
         )
         .init();
     match run(Args::parse()).await {
