@@ -175,7 +175,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let failed: u64 = totals.iter().map(|t| t.failed).sum();
     let ok: u64 = totals.iter().map(|t| t.ok).sum();
-    println!("  migration took {secs:.1}s; {ok} requests during it, {failed} failed");
+    println!("  migration took {secs:.1}s; {ok} requests in all, {failed} failed");
     show_rules(&c, "after").await;
     println!(
         "{}",
