@@ -608,3 +608,84 @@ async fn bad_plans_are_rejected_by_the_api_server_and_a_second_plan_is_refused()
         "{stalled:?}"
     );
 }
+
+/// Scenarios 5 and 6: the operator is killed at every step boundary of
+/// every node (its pod deleted whenever a node's step changes) and each
+/// node's agent is killed while its node's datapath is active but
+/// kube-proxy is still being removed; the migration still completes with
+/// zero failed requests.
+///
+/// Ignored until it passes: it currently fails with hundreds of timed-out
+/// connects after the agents are killed (issue #6); run it with
+/// `cargo test -p switchyard-e2e --test migration -- --ignored killing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "reproduces an open bug (issue #6): killing the agents mid-migration loses connections"]
+async fn killing_the_operator_at_every_step_and_the_agents_mid_migration_fails_no_request() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let (c, _targets, load) = setup(ProxyMode::Iptables).await;
+    scenario::apply_plan(&c, plan("to-ebpf", json!({})))
+        .await
+        .unwrap();
+    let plans: Api<MigrationPlan> = Api::all(c.client());
+    let pods: Api<Pod> = Api::namespaced(c.client(), "switchyard-system");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut seen: std::collections::BTreeMap<String, NodeStep> = Default::default();
+    let mut agents_killed = std::collections::BTreeSet::new();
+    let (mut operator_kills, mut phase) = (0, Phase::Pending);
+    while phase != Phase::Succeeded {
+        assert!(
+            Instant::now() < deadline,
+            "migration did not finish in 600 s (phase {phase:?}, steps {seen:?})"
+        );
+        let Some(status) = plans.get("to-ebpf").await.ok().and_then(|p| p.status) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        phase = status.phase;
+        assert!(
+            !matches!(phase, Phase::Failed | Phase::Paused),
+            "plan stopped: {:?}",
+            status.message
+        );
+        let mut boundary = false;
+        for n in &status.nodes {
+            if seen.insert(n.name.clone(), n.step) != Some(n.step) {
+                boundary = true;
+                if n.step == NodeStep::RemoveKubeProxy && agents_killed.insert(n.name.clone()) {
+                    let lp = ListParams::default()
+                        .labels("app.kubernetes.io/name=switchyard-agent")
+                        .fields(&format!("spec.nodeName={}", n.name));
+                    for p in pods.list(&lp).await.unwrap().items {
+                        pods.delete(&p.metadata.name.unwrap(), &Default::default())
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        if boundary && phase != Phase::Succeeded {
+            let lp = ListParams::default().labels("app.kubernetes.io/name=switchyard-operator");
+            for p in pods.list(&lp).await.unwrap().items {
+                if p.metadata.deletion_timestamp.is_none() {
+                    pods.delete(&p.metadata.name.unwrap(), &Default::default())
+                        .await
+                        .unwrap();
+                    operator_kills += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("  operator killed {operator_kills} times, agents killed on {agents_killed:?}");
+    assert_eq!(agents_killed.len(), 3, "every node's agent was killed once");
+    assert!(
+        operator_kills >= 6,
+        "the operator was killed at the step boundaries ({operator_kills})"
+    );
+    let totals = load.stop(&c).await.unwrap();
+    assert_no_failures(&totals, 100);
+    assert_no_kube_proxy_rules(&c).await;
+}
