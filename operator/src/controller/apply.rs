@@ -27,7 +27,8 @@ pub struct Applier<'a> {
     /// The operator's namespace (backups live there).
     pub namespace: &'a str,
     pub recorder: &'a Recorder,
-    /// Current NodeDatapath specs, updated as actions are applied.
+    /// NodeDatapath specs read live in this decision, updated as actions
+    /// are applied (start empty).
     pub specs: BTreeMap<String, NodeDatapathSpec>,
 }
 
@@ -53,6 +54,13 @@ impl Applier<'_> {
         node: &str,
         change: impl FnOnce(&mut NodeDatapathSpec),
     ) -> Result<()> {
+        let api = Api::<NodeDatapath>::all(self.client.clone());
+        if !self.specs.contains_key(node) {
+            // The whole spec is applied (SSA drops fields a manager stops
+            // sending), so start from the live object, never a lagging cache.
+            let live = api.get_opt(node).await?.map(|d| d.spec).unwrap_or_default();
+            self.specs.insert(node.to_string(), live);
+        }
         let spec = self.specs.entry(node.to_string()).or_default();
         change(spec);
         let body = json!({
@@ -61,9 +69,7 @@ impl Applier<'_> {
             "metadata": { "name": node },
             "spec": spec,
         });
-        Api::<NodeDatapath>::all(self.client.clone())
-            .patch(node, &Self::ssa(), &Patch::Apply(body))
-            .await?;
+        api.patch(node, &Self::ssa(), &Patch::Apply(body)).await?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -184,6 +184,23 @@ async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Requeu
 }
 
 async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Requeue> {
+    // Never decide on a partial view: a node missing from a cache that is
+    // still filling would look gone, a NodeDatapath missing would look
+    // unprogrammed (a freshly started or restarted operator).
+    let synced = ctx
+        .nodes
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+        && ctx
+            .datapaths
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok());
+    if !synced {
+        tracing::debug!("caches not synced yet; waiting");
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
     let started = Instant::now();
     let name = plan.name_any();
     let client = ctx.client.clone();
@@ -274,16 +291,12 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
             info!(from = ?current.phase, to = ?decision.status.phase, "phase changed");
         }
     }
-    let specs: BTreeMap<_, _> = datapaths
-        .iter()
-        .map(|d| (d.name_any(), d.spec.clone()))
-        .collect();
     let mut applier = apply::Applier {
         client,
         plan: &plan,
         namespace: &ctx.settings.namespace,
         recorder: &ctx.recorder,
-        specs,
+        specs: BTreeMap::new(),
     };
     for action in &decision.actions {
         tracing::debug!(?action, "applying");
