@@ -289,6 +289,9 @@ fn pod_ready(p: &Pod) -> bool {
 /// One load generator's totals for one target.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct Totals {
+    /// The load generator (pod) these totals are from.
+    #[serde(default)]
+    pub pod: String,
     pub target: String,
     pub ok: u64,
     pub failed: u64,
@@ -299,6 +302,7 @@ pub struct Totals {
 
 #[derive(Clone, Debug, Deserialize)]
 struct LoadReport {
+    pod: String,
     running: bool,
     targets: Vec<Totals>,
 }
@@ -372,7 +376,17 @@ impl Load {
 
     /// The current totals of every generator and target.
     pub fn totals(&self) -> Result<Vec<Totals>> {
-        Ok(self.read()?.into_iter().flat_map(|r| r.targets).collect())
+        Ok(self
+            .read()?
+            .into_iter()
+            .flat_map(|r| {
+                let pod = r.pod;
+                r.targets.into_iter().map(move |t| Totals {
+                    pod: pod.clone(),
+                    ..t
+                })
+            })
+            .collect())
     }
 
     /// Stops the generators (a stop file each polls for), waits for their

@@ -102,8 +102,8 @@ fn assert_no_failures(totals: &[Totals], min_ok: u64) {
     for t in totals {
         assert_eq!(
             t.failed, 0,
-            "failed requests to {}: {:?}",
-            t.target, t.errors
+            "failed requests from {} to {}: {:?}",
+            t.pod, t.target, t.errors
         );
         assert!(
             t.ok >= min_ok,
