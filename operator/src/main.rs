@@ -9,7 +9,7 @@ use clap::Parser;
 use switchyard_operator::controller::{self, Settings, leader::LeaderLease};
 use switchyard_operator::metrics::Metrics;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::info;
 
 /// The switchyard operator: migrates nodes off kube-proxy as MigrationPlans say.
 #[derive(Debug, Parser)]
@@ -38,14 +38,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     switchyard_endpoint::init_logging();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            eprintln!("switchyard-operator: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    switchyard_endpoint::exit_code("switchyard-operator", run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

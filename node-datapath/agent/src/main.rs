@@ -10,7 +10,7 @@ use switchyard_agent::agent::{self, AgentConfig};
 use switchyard_agent::error::Error;
 use switchyard_agent::server::Shared;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::info;
 
 /// The switchyard node agent: serves Services through the eBPF datapath as
 /// its node's NodeDatapath says.
@@ -42,14 +42,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     switchyard_endpoint::init_logging();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            eprintln!("switchyard-agent: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    switchyard_endpoint::exit_code("switchyard-agent", run(Args::parse()).await)
 }
 
 async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {

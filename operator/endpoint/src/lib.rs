@@ -70,6 +70,22 @@ pub fn init_logging() {
         .init();
 }
 
+/// The process exit code for a binary's result: failure with the error
+/// logged and printed on stderr (prefixed with `program`).
+pub fn exit_code<E: std::fmt::Display>(
+    program: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
 pub async fn shutdown_signal() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

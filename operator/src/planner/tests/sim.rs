@@ -325,6 +325,15 @@ impl Sim {
         self.status.phase
     }
 
+    /// The recorded progress of node `name`.
+    pub fn progress(&self, name: &str) -> &switchyard_api::NodeProgress {
+        self.status
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("node {name} is not in the plan's status"))
+    }
+
     pub fn steps(&self) -> BTreeMap<String, NodeStep> {
         self.status
             .nodes

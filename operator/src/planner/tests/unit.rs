@@ -124,12 +124,7 @@ fn a_node_cordoned_before_the_plan_stays_cordoned() {
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
     assert!(sim.nodes["node-01"].unschedulable);
     assert!(!sim.nodes["node-00"].unschedulable);
-    let n1 = sim
-        .status
-        .nodes
-        .iter()
-        .find(|n| n.name == "node-01")
-        .unwrap();
+    let n1 = sim.progress("node-01");
     assert_eq!(n1.was_cordoned, Some(true));
 }
 
@@ -193,12 +188,7 @@ fn kube_proxy_stays_while_the_datapath_is_not_programmed_and_the_step_times_out(
     sim.nodes.get_mut("node-00").unwrap().agent_alive = false;
     sim.run(100, |_| None, &|_, _| false);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-    let n0 = sim
-        .status
-        .nodes
-        .iter()
-        .find(|n| n.name == "node-00")
-        .unwrap();
+    let n0 = sim.progress("node-00");
     assert_eq!(n0.step, NodeStep::Failed);
     assert_eq!(n0.failed_step, Some(NodeStep::ActivateDatapath));
     assert!(
@@ -244,12 +234,7 @@ fn probe_failure_with_rollback_returns_the_node_to_kube_proxy() {
     run(&mut sim);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
     assert_eq!(sim.phase(), Phase::Failed);
-    let n0 = sim
-        .status
-        .nodes
-        .iter()
-        .find(|n| n.name == "node-00")
-        .unwrap();
+    let n0 = sim.progress("node-00");
     assert_eq!(n0.step, NodeStep::RolledBack);
     assert_eq!(n0.failed_step, Some(NodeStep::Verify));
     // The reason survives the node's rollback, in the node and the condition.
@@ -414,7 +399,7 @@ fn whole_plan_rollback_restores_kube_proxy_from_backup() {
     }
     // Reverse order: the last wave was rolled back first.
     let t = |name: &str| {
-        let n = sim.status.nodes.iter().find(|n| n.name == name).unwrap();
+        let n = sim.progress(name);
         n.history
             .iter()
             .rev()
