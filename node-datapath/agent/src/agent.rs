@@ -259,13 +259,20 @@ impl State {
 
     async fn apply_spec(&mut self, spec: NodeDatapathSpec) {
         match spec.mode {
-            DatapathMode::Active if self.datapath.is_none() => self.activate().await,
-            DatapathMode::Off
-                if self.datapath.is_some() || self.cfg.bpffs_dir.join("maps").exists() =>
-            {
-                self.deactivate().await
+            DatapathMode::Active => {
+                self.off_pending = false;
+                if self.datapath.is_none() {
+                    self.activate().await;
+                }
             }
-            _ => {}
+            // Off goes through the kube-proxy check (retried until it holds),
+            // never straight to `deactivate`: the operator may see kube-proxy's
+            // pod ready before that pod has written its rules.
+            DatapathMode::Off if self.attached() => {
+                self.off_pending = true;
+                self.try_off().await;
+            }
+            DatapathMode::Off => {}
         }
         if let Some(req) = spec.cleanup.filter(|c| {
             self.status
@@ -305,12 +312,15 @@ impl State {
     /// merely running has not necessarily programmed anything yet. Returns
     /// whether the datapath went off.
     async fn try_off(&mut self) -> bool {
+        // The ClusterIPs of the current desired state (also right after a
+        // restart, when nothing was synced yet and the pins still serve).
+        self.sync();
         let vips = self.syncer.vips.clone();
         let check = tokio::task::spawn_blocking(move || kube_proxy::serves(&vips)).await;
         match check {
             Ok(Ok(())) => {
                 self.deactivate().await;
-                self.off_pending = self.datapath.is_some();
+                self.off_pending = self.attached();
                 !self.off_pending
             }
             Ok(Err(missing)) => {
@@ -336,6 +346,12 @@ impl State {
                 false
             }
         }
+    }
+
+    /// Whether the datapath is attached here: by this process, or pinned by
+    /// an earlier one and not yet adopted.
+    fn attached(&self) -> bool {
+        self.datapath.is_some() || self.cfg.bpffs_dir.join("maps").exists()
     }
 
     async fn deactivate(&mut self) {
