@@ -465,6 +465,7 @@ impl Cluster {
         }
         self.forwarder.take();
         self.control_plane.take();
+        crate::teardown::keep_logs(&self.plan.name, &self.state);
         teardown_by_name(&self.plan.name, &self.state);
     }
 }

@@ -106,3 +106,29 @@ pub fn cleanup_stale(root: &Path) {
         }
     }
 }
+
+/// With `SWITCHYARD_E2E_KEEP_LOGS=<dir>` set, copies the cluster's pod logs
+/// (`<state>/pods/<uid>/<container>.log`) to `<dir>/<name>/` before teardown
+/// removes them, to read what the operator, agents and load generators did
+/// after a test ended.
+pub fn keep_logs(name: &str, state: &Path) {
+    let Some(dir) = std::env::var_os("SWITCHYARD_E2E_KEEP_LOGS") else {
+        return;
+    };
+    let to = Path::new(&dir).join(name);
+    let Ok(pods) = std::fs::read_dir(state.join("pods")) else {
+        return;
+    };
+    for pod in pods.flatten() {
+        let Ok(files) = std::fs::read_dir(pod.path()) else {
+            continue;
+        };
+        let target = to.join(pod.file_name());
+        if std::fs::create_dir_all(&target).is_err() {
+            continue;
+        }
+        for f in files.flatten().filter(|f| f.path().is_file()) {
+            let _ = std::fs::copy(f.path(), target.join(f.file_name()));
+        }
+    }
+}
