@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod error;
 pub mod forward;
+pub mod load;
 pub mod network;
 pub mod pki;
 pub mod request;

@@ -56,6 +56,9 @@ struct Totals {
 #[derive(Debug, Serialize)]
 struct Report<'a> {
     pod: String,
+    /// When this process started (ms since the epoch): a restarted
+    /// generator starts its totals from zero, and this tells.
+    started_ms: u128,
     running: bool,
     targets: &'a [Totals],
 }
@@ -114,10 +117,11 @@ fn now_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
-fn write(out: &std::path::Path, totals: &Mutex<Vec<Totals>>, running: bool) {
+fn write(out: &std::path::Path, totals: &Mutex<Vec<Totals>>, started_ms: u128, running: bool) {
     let Ok(t) = totals.lock() else { return };
     let report = Report {
         pod: std::env::var("POD_NAME").unwrap_or_default(),
+        started_ms,
         running,
         targets: &t,
     };
@@ -133,6 +137,7 @@ fn write(out: &std::path::Path, totals: &Mutex<Vec<Totals>>, running: bool) {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
+    let started_ms = now_ms();
     let targets: Vec<(Kind, SocketAddr)> = args
         .targets
         .iter()
@@ -210,7 +215,7 @@ async fn main() -> Result<(), String> {
                 if stop_file.exists() {
                     break;
                 }
-                write(&args.out, &totals, true);
+                write(&args.out, &totals, started_ms, true);
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -222,6 +227,6 @@ async fn main() -> Result<(), String> {
     while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    write(&args.out, &totals, false);
+    write(&args.out, &totals, started_ms, false);
     Ok(())
 }

@@ -1,0 +1,228 @@
+//! Steady client traffic for the scenarios: one `switchyard-loadgen` pod per
+//! node, each sending requests to every target Service, and their totals.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::cluster::{Cluster, wait_for};
+use crate::error::{Error, Result};
+use crate::scenario::Target;
+
+/// One load generator's totals for one target.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    /// The load generator (pod) these totals are from.
+    #[serde(default)]
+    pub pod: String,
+    pub target: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub first_failure_ms: Option<u128>,
+    pub last_failure_ms: Option<u128>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct LoadReport {
+    pod: String,
+    #[serde(default)]
+    started_ms: u128,
+    running: bool,
+    targets: Vec<Totals>,
+}
+
+/// Load generators, one pod per node, each sending `rate` requests per
+/// second to every target.
+#[derive(Debug)]
+pub struct Load {
+    dir: PathBuf,
+    pods: Vec<String>,
+    /// Each generator's process start, once it first succeeded.
+    started: Vec<u128>,
+}
+
+/// Starts the load generators and waits until each has succeeded once on
+/// every target.
+pub async fn start_load(c: &Cluster, targets: &[Target], rate: u32) -> Result<Load> {
+    let dir = c.state_dir().join("loadgen");
+    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut pods = Vec::new();
+    for n in &c.plan().nodes {
+        let name = format!("loadgen-{run}-{}", n.name);
+        let mut args: Vec<String> = targets
+            .iter()
+            .flat_map(|t| ["--target".to_string(), t.url()])
+            .collect();
+        args.extend([
+            "--rate".into(),
+            rate.to_string(),
+            "--out".into(),
+            dir.join(format!("{name}.json")).display().to_string(),
+        ]);
+        crate::addons::apply(
+            &c.client(),
+            &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "loadgen"}},
+            "spec": {"nodeName": n.name, "terminationGracePeriodSeconds": 10,
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [{"name": "loadgen", "image": "switchyard/loadgen:dev", "args": args,
+                    "env": [{"name": "POD_NAME", "value": name}]}]}}),
+        )
+        .await?;
+        pods.push(name);
+    }
+    let mut load = Load {
+        dir,
+        pods,
+        started: Vec::new(),
+    };
+    wait_for(
+        "every load generator to succeed once on every target",
+        Duration::from_secs(60),
+        || async {
+            let all = load.totals().ok()?;
+            (all.len() == load.pods.len() * targets.len() && all.iter().all(|t| t.ok > 0))
+                .then_some(())
+        },
+    )
+    .await?;
+    load.started = load.read()?.iter().map(|r| r.started_ms).collect();
+    Ok(load)
+}
+
+impl Load {
+    fn read(&self) -> Result<Vec<LoadReport>> {
+        self.pods
+            .iter()
+            .map(|p| {
+                let f = self.dir.join(format!("{p}.json"));
+                let text = std::fs::read_to_string(&f).map_err(Error::io("reading", &f))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::Config(format!("{}: {e}", f.display())))
+            })
+            .collect()
+    }
+
+    /// The current totals of every generator and target.
+    pub fn totals(&self) -> Result<Vec<Totals>> {
+        Ok(self
+            .read()?
+            .into_iter()
+            .flat_map(|r| {
+                let pod = r.pod;
+                r.targets.into_iter().map(move |t| Totals {
+                    pod: pod.clone(),
+                    ..t
+                })
+            })
+            .collect())
+    }
+
+    /// Waits until every generator has finished `n` more requests to every
+    /// target than now, so traffic covers what just happened and the time
+    /// after it (a failure shortly after a switch is counted, not missed).
+    pub async fn wait_for_more(&self, n: u64) -> Result<()> {
+        let done = |t: &Totals| t.ok + t.failed;
+        let before = self.totals()?;
+        wait_for(
+            &format!("{n} more requests from every load generator"),
+            Duration::from_secs(60),
+            || async {
+                let now = self.totals().ok()?;
+                now.iter()
+                    .zip(&before)
+                    .all(|(a, b)| done(a) >= done(b) + n)
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Stops the generators (a stop file each polls for), waits for their
+    /// final totals, deletes their pods and returns the totals.
+    pub async fn stop(self, c: &Cluster) -> Result<Vec<Totals>> {
+        let pods: Api<Pod> = Api::namespaced(c.client(), "default");
+        let before: Vec<String> = pods
+            .list(&ListParams::default().labels("app=loadgen"))
+            .await?
+            .items
+            .iter()
+            .map(|p| {
+                let restarts: i32 = p
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .map(|c| c.restart_count)
+                    .sum();
+                format!(
+                    "{}: restarts {restarts}",
+                    p.metadata.name.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        for p in &self.pods {
+            let f = self.dir.join(format!("{p}.stop"));
+            std::fs::write(&f, "").map_err(Error::io("writing", &f))?;
+        }
+        let waited = wait_for(
+            "the load generators' final totals",
+            Duration::from_secs(30),
+            || async {
+                let reports = self.read().ok()?;
+                reports.iter().all(|r| !r.running).then_some(())
+            },
+        )
+        .await;
+        if let Err(e) = waited {
+            let still: Vec<String> = self
+                .pods
+                .iter()
+                .zip(self.read().unwrap_or_default())
+                .filter(|(_, r)| r.running)
+                .map(|(p, _)| p.clone())
+                .collect();
+            let left = pods
+                .list(&ListParams::default().labels("app=loadgen"))
+                .await?;
+            let states: Vec<String> = left
+                .items
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}: {:?} deleting={}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        p.metadata.deletion_timestamp.is_some()
+                    )
+                })
+                .collect();
+            return Err(Error::Config(format!(
+                "{e}; still running: {still:?}; pods: {states:?}; before stopping: {before:?}"
+            )));
+        }
+        let reports = self.read()?;
+        let restarted: Vec<&str> = reports
+            .iter()
+            .zip(&self.started)
+            .filter(|(r, s)| r.started_ms != **s)
+            .map(|(r, _)| r.pod.as_str())
+            .collect();
+        if !restarted.is_empty() {
+            return Err(Error::Config(format!(
+                "load generators {restarted:?} restarted during the run, their totals are partial (pods: {before:?})"
+            )));
+        }
+        crate::teardown::keep_logs(c.name(), c.state_dir());
+        for p in &self.pods {
+            pods.delete(p, &DeleteParams::default()).await?;
+        }
+        self.totals()
+    }
+}
