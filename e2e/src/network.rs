@@ -11,11 +11,31 @@ use crate::topology::{
     CONTROL_PLANE_IP, NodePlan, POD_BRIDGE, Plan, UNDERLAY_BRIDGE, UNDERLAY_PREFIX,
 };
 
+/// A fixed, locally administered MAC for the bridge of node `index` (0: the
+/// underlay bridge). A Linux bridge without an assigned address takes the
+/// lowest address of its ports and changes it whenever a port comes or goes;
+/// pods keep the old gateway MAC in their neighbour cache and their routed
+/// traffic (every request to another node, and to a ClusterIP through
+/// kube-proxy) is black-holed until the entry is re-validated (seconds to
+/// tens of seconds). Pod churn on a node (an operator restarted 20 times)
+/// then looked like a datapath loss. A lab artifact: CNI bridges and real
+/// node NICs do not change address when pods come and go.
+fn bridge_mac(index: usize) -> String {
+    format!(
+        "02:73:79:00:{:02x}:{:02x}",
+        (index >> 8) & 0xff,
+        index & 0xff
+    )
+}
+
 /// Creates the control-plane namespace and its underlay bridge.
 pub fn create_control_plane(plan: &Plan) -> Result<()> {
     let cp = &plan.cp_netns;
     netns_add(cp)?;
-    ip(&format!("-n {cp} link add {UNDERLAY_BRIDGE} type bridge"))?;
+    ip(&format!(
+        "-n {cp} link add {UNDERLAY_BRIDGE} address {} type bridge",
+        bridge_mac(0)
+    ))?;
     ip(&format!(
         "-n {cp} addr add {CONTROL_PLANE_IP}/{UNDERLAY_PREFIX} dev {UNDERLAY_BRIDGE}"
     ))?;
@@ -43,7 +63,10 @@ pub fn create_node(plan: &Plan, node: &NodePlan) -> Result<()> {
     ))?;
     ip(&format!("-n {ns} link set eth0 up"))?;
     ip(&format!("-n {ns} route add default via {CONTROL_PLANE_IP}"))?;
-    ip(&format!("-n {ns} link add {POD_BRIDGE} type bridge"))?;
+    ip(&format!(
+        "-n {ns} link add {POD_BRIDGE} address {} type bridge",
+        bridge_mac(node.index)
+    ))?;
     ip(&format!(
         "-n {ns} addr add {}/24 dev {POD_BRIDGE}",
         node.pod_gateway
@@ -81,4 +104,20 @@ pub fn create_pod(node: &NodePlan, pod_ns: &str, veth: &str, pod_ip: Ipv4Addr) -
         node.pod_gateway
     ))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_macs_are_unicast_locally_administered_and_distinct() {
+        let macs: Vec<String> = (0..300).map(bridge_mac).collect();
+        assert_eq!(macs[0], "02:73:79:00:00:00");
+        assert_eq!(macs[258], "02:73:79:00:01:02");
+        let first = u8::from_str_radix(&macs[1][..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10, "unicast, locally administered");
+        let unique: std::collections::BTreeSet<&String> = macs.iter().collect();
+        assert_eq!(unique.len(), macs.len());
+    }
 }

@@ -594,13 +594,10 @@ async fn bad_plans_are_rejected_by_the_api_server_and_a_second_plan_is_refused()
 /// every node (its pod deleted whenever a node's step changes) and each
 /// node's agent is killed while its node's datapath is active but
 /// kube-proxy is still being removed; the migration still completes with
-/// zero failed requests.
-///
-/// Ignored until it passes: it currently fails with hundreds of timed-out
-/// connects after the agents are killed (issue #6); run it with
-/// `cargo test -p switchyard-e2e --test migration -- --ignored killing`.
+/// zero failed requests. (Each operator restart is a pod torn down and
+/// created on a node: see `bridge_mac` in `e2e/src/network.rs` for what that
+/// pod churn did to the lab's network before the bridges got fixed MACs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "reproduces an open bug (issue #6): killing the agents mid-migration loses connections"]
 async fn killing_the_operator_at_every_step_and_the_agents_mid_migration_fails_no_request() {
     if skip_unless_root() {
         return;
