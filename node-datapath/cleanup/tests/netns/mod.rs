@@ -1,0 +1,106 @@
+//! Shared by the privileged test binaries: root and tool checks, and a network
+//! namespace guard deleted on drop (also on panic).
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+// Test helpers unwrap (clippy.toml only covers #[test] functions).
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use switchyard_cleanup::Options;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Skips (with a printed reason) unless root and every tool is installed.
+pub fn preconditions(test: &str, tools: &[&str]) -> bool {
+    if !is_root() {
+        eprintln!("SKIP {test}: needs root (network namespaces, iptables)");
+        return false;
+    }
+    if let Some(t) = tools.iter().find(|t| !have(t)) {
+        eprintln!("SKIP {test}: {t} is not installed (e2e/hack/install-deps.sh installs it)");
+        return false;
+    }
+    true
+}
+
+/// A network namespace that exists for the guard's lifetime.
+pub struct Netns {
+    /// The namespace's name (`ip netns exec NAME`).
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!(
+            "sy-cl-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name} failed");
+        Netns { name }
+    }
+
+    /// Runs a command in the namespace; panics with its stderr unless it succeeds.
+    pub fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(pipe);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn options(&self) -> Options {
+        Options {
+            command_prefix: vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                self.name.clone(),
+            ],
+            ..Options::default()
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
