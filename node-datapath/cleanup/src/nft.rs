@@ -99,17 +99,29 @@ pub fn plan(tables: &[NftTable]) -> Vec<NftTable> {
         .collect()
 }
 
-/// The table that keeps the kernel's NAT hooks registered once
-/// kube-proxy's table is gone.
+/// The table that keeps the kernel's connection tracking and NAT hooks
+/// registered once kube-proxy's table is gone.
 ///
-/// nftables registers the conntrack NAT hooks of a family only while some
-/// `type nat` chain of that family exists. In nftables mode kube-proxy's
-/// table is often the only one, so deleting it would unregister them and
-/// every connection kube-proxy had DNATed to a Service (API server watches,
-/// long-lived client connections) would stop being translated and hang.
-/// Empty NAT base chains in this table keep those connections working until
-/// they close; they match nothing and change no packet.
+/// Connections kube-proxy had DNATed to a Service (API server watches,
+/// long-lived client connections) keep working after its table is deleted
+/// only if the kernel still translates their packets, which takes two things
+/// per family, each of which kube-proxy's table was holding:
+///
+/// * the NAT hooks: nftables registers them only while some `type nat` base
+///   chain of the family exists — the empty NAT base chains of this table;
+/// * connection tracking itself: in a network namespace its hooks are
+///   registered only while some rule needs it (`nf_ct_netns_get`: a `ct`
+///   match, `dnat`, `masquerade`, …); a NAT chain alone does not hold it. With
+///   no tracking, packets are never matched to their conntrack entries (which
+///   stay, unused), nothing is translated, and the connections hang. The rule
+///   in the unhooked `conntrack` chain holds that reference; the chain is never
+///   evaluated.
+///
+/// The base chains are empty: they match nothing and change no packet.
 pub const NAT_KEEPALIVE_TABLE: &str = "switchyard-nat-keepalive";
+
+/// The unhooked chain whose rule keeps connection tracking registered.
+pub const CONNTRACK_HOLD_CHAIN: &str = "conntrack";
 
 fn nat_keepalive(family: &str) -> String {
     let t = NAT_KEEPALIVE_TABLE;
@@ -124,12 +136,18 @@ fn nat_keepalive(family: &str) -> String {
             "add chain {family} {t} {chain} {{ type nat hook {chain} priority {priority}; policy accept; }}\n"
         ));
     }
+    // Flushed first so a second cleanup (after a rollback) leaves one rule;
+    // the new rule takes its reference before the old one drops it.
+    let c = CONNTRACK_HOLD_CHAIN;
+    out.push_str(&format!(
+        "add chain {family} {t} {c}\nflush chain {family} {t} {c}\nadd rule {family} {t} {c} ct state established counter\n"
+    ));
     out
 }
 
 /// `nft -f -` input deleting the planned tables in one transaction, after
-/// making sure the NAT hooks of their families stay registered (see
-/// [`NAT_KEEPALIVE_TABLE`]).
+/// making sure connection tracking and the NAT hooks of their families stay
+/// registered (see [`NAT_KEEPALIVE_TABLE`]).
 pub fn delete_script(tables: &[NftTable]) -> String {
     let mut families: Vec<&str> = tables.iter().map(|t| t.family.as_str()).collect();
     families.dedup();
@@ -169,6 +187,14 @@ mod tests {
             let at = script
                 .find(&keep)
                 .unwrap_or_else(|| panic!("no {family} keepalive in {script}"));
+            assert!(at < script.find("delete table").unwrap());
+            // Connection tracking stays registered too: a rule with a ct
+            // expression, before the deletes.
+            let hold =
+                format!("add rule {family} {NAT_KEEPALIVE_TABLE} {CONNTRACK_HOLD_CHAIN} ct state");
+            let at = script
+                .find(&hold)
+                .unwrap_or_else(|| panic!("no {family} conntrack hold in {script}"));
             assert!(at < script.find("delete table").unwrap());
         }
     }
