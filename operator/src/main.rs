@@ -42,11 +42,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    // Bounded reads and writes: a connection that stops answering (for
-    // instance one kube-proxy had DNATed, on the operator's own node, when
-    // that node switches datapath) fails and is replaced instead of hanging
-    // the controller. Watches are closed by the server before the read
-    // timeout (see the controller's watcher config).
+    // Bounded reads and writes, a safety net: a connection that stops
+    // answering fails and is replaced instead of hanging the controller.
+    // (Connections kube-proxy had DNATed survive its cleanup: see
+    // switchyard_cleanup::nft::NAT_KEEPALIVE_TABLE.) Watches are closed by the
+    // server before the read timeout (see the controller's watcher config).
     let mut config = kube::Config::infer().await?;
     config.read_timeout = Some(Duration::from_secs(60));
     config.write_timeout = Some(Duration::from_secs(30));
