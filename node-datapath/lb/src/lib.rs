@@ -16,6 +16,8 @@
 //! * [`ids`] keeps backend and rev-NAT ids stable across syncs and restarts;
 //! * [`mod@diff`] orders operations so a concurrent BPF reader never sees a
 //!   half-written service ([`fake::consistent`] states that invariant);
+//! * [`incremental`] keeps the desired state per Service so one change is
+//!   recomputed and diffed in O(that Service) ([`LbState`]);
 //! * [`fake`] is the in-memory map implementation; [`render`] prints map
 //!   contents for golden tests and debugging.
 
@@ -24,6 +26,7 @@ pub mod diff;
 mod endpoints;
 pub mod fake;
 pub mod ids;
+pub mod incremental;
 pub mod maps;
 pub mod model;
 pub mod render;
@@ -32,9 +35,10 @@ pub mod sync;
 pub use desired::{
     Desired, ExternalPolicyMode, Finding, FindingKind, NodeContext, Options, desired_state,
 };
-pub use diff::diff;
+pub use diff::{Dirty, diff, diff_dirty};
 pub use fake::{FakeCapacity, FakeMaps, Inconsistency, consistent};
 pub use ids::IdAllocator;
+pub use incremental::{LbState, ServiceId};
 pub use maps::{LbMaps, MapOp, MapsSnapshot};
 pub use model::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,

@@ -1,0 +1,316 @@
+//! The desired state kept per Service, so that one Service or EndpointSlice
+//! change costs O(that Service), not O(all Services).
+//!
+//! [`LbState`] holds each Service's own [`Desired`] (what
+//! [`desired_state`] computes from that Service and its slices alone) and
+//! merges them into one [`DesiredState`] exactly as the full computation
+//! does: a frontend claimed by several Services belongs to the first by
+//! namespace/name, a backend is terminating only if every slot using it
+//! says so, a ClusterIP keeps its VIP marker while any Service wants it.
+//! Every change records the [`Dirty`] keys; [`LbState::plan`] diffs only
+//! those against the maps ([`crate::diff::diff_dirty`]).
+//!
+//! The caller owns the objects (e.g. kube-runtime reflector stores) and
+//! tells the state what changed ([`LbState::service_touched`],
+//! [`LbState::slice_touched`]); [`LbState::refresh`] then looks the stale
+//! Services and their slices up through closures. One difference from the
+//! full computation: a Service that loses a frontend both to another
+//! Service and to one of its own ports reports both conflicts.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::ops::Deref;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::LbError;
+use crate::desired::{Desired, Finding, FindingKind, NodeContext, Options, desired_state};
+use crate::diff::{Dirty, diff_dirty};
+use crate::endpoints::LABEL_SERVICE_NAME;
+use crate::ids::IdAllocator;
+use crate::maps::{MapOp, MapsSnapshot};
+use crate::model::{BackendKey, DesiredState, Frontend, FrontendState};
+
+/// A Service's `(namespace, name)`.
+pub type ServiceId = (String, String);
+
+/// How many slots use a backend, and how many of them as not terminating.
+#[derive(Clone, Copy, Debug, Default)]
+struct Uses {
+    all: u32,
+    serving: u32,
+}
+
+/// The merged desired state, maintained per Service (see the module doc).
+#[derive(Debug, Default)]
+pub struct LbState {
+    node: NodeContext,
+    opts: Options,
+    per_service: HashMap<ServiceId, Desired>,
+    /// frontend → the Services claiming it (the first one owns it).
+    claims: HashMap<Frontend, BTreeSet<ServiceId>>,
+    vip_refs: HashMap<Ipv4Addr, u32>,
+    backend_uses: HashMap<BackendKey, Uses>,
+    /// Services with findings of their own.
+    with_findings: BTreeSet<ServiceId>,
+    /// Slices by `(namespace, name)` → the Service they belong to.
+    slice_owner: HashMap<ServiceId, ServiceId>,
+    /// Service → names of its slices.
+    slices_of: HashMap<ServiceId, BTreeSet<String>>,
+    /// Services to recompute at the next [`Self::refresh`].
+    stale: BTreeSet<ServiceId>,
+    state: DesiredState,
+    dirty: Dirty,
+}
+
+impl LbState {
+    /// An empty state for `node`.
+    pub fn new(node: NodeContext, opts: Options) -> Self {
+        Self {
+            node,
+            opts,
+            ..Self::default()
+        }
+    }
+
+    /// The merged desired state (equal to [`desired_state`] over every
+    /// Service and slice refreshed so far).
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    /// Keys changed since the last [`Self::plan`] or [`Self::take_dirty`].
+    pub fn dirty(&self) -> &Dirty {
+        &self.dirty
+    }
+
+    /// Returns and clears the dirty keys (after a full diff covered them).
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Whether Services wait for [`Self::refresh`].
+    pub fn has_stale(&self) -> bool {
+        !self.stale.is_empty()
+    }
+
+    /// Whether backend `key` is wanted, and whether as terminating.
+    pub fn backend(&self, key: &BackendKey) -> Option<bool> {
+        self.backend_uses.get(key).map(|u| u.serving == 0)
+    }
+
+    /// Everything not served, sorted (as [`Desired::findings`]).
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out: Vec<Finding> = self
+            .with_findings
+            .iter()
+            .filter_map(|id| self.per_service.get(id))
+            .flat_map(|d| d.findings.iter().cloned())
+            .collect();
+        for (fe, claimants) in &self.claims {
+            let Some(owner) = self.state.frontends.get(fe) else {
+                continue;
+            };
+            for (ns, name) in claimants.iter().skip(1) {
+                out.push(Finding {
+                    service: format!("{ns}/{name}"),
+                    kind: FindingKind::FrontendConflict {
+                        frontend: *fe,
+                        owner: owner.service.clone(),
+                    },
+                });
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Service `namespace/name` was added, changed or deleted.
+    pub fn service_touched(&mut self, namespace: &str, name: &str) {
+        self.stale.insert((namespace.to_string(), name.to_string()));
+    }
+
+    /// Slice `namespace/name` was added or changed (`service`: its
+    /// `kubernetes.io/service-name` label) or deleted (`service`: `None`).
+    pub fn slice_touched(&mut self, namespace: &str, name: &str, service: Option<&str>) {
+        let slice = (namespace.to_string(), name.to_string());
+        let new = service
+            .filter(|s| !s.is_empty())
+            .map(|s| (namespace.to_string(), s.to_string()));
+        let old = self.slice_owner.remove(&slice);
+        if let Some(old) = &old
+            && new.as_ref() != Some(old)
+        {
+            if let Some(names) = self.slices_of.get_mut(old) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.slices_of.remove(old);
+                }
+            }
+            self.stale.insert(old.clone());
+        }
+        if let Some(new) = new {
+            self.slices_of
+                .entry(new.clone())
+                .or_default()
+                .insert(name.to_string());
+            self.slice_owner.insert(slice, new.clone());
+            self.stale.insert(new);
+        }
+    }
+
+    /// The `kubernetes.io/service-name` label of a slice.
+    pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+        slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE_NAME))
+            .map(String::as_str)
+    }
+
+    /// Forgets everything and indexes `slices` (`(namespace, name,
+    /// service label)`); marks `services` stale. Follow with
+    /// [`Self::refresh`] (a relist).
+    pub fn reset<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = (&'a str, &'a str)>,
+        slices: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+    ) {
+        let old: Vec<ServiceId> = self.per_service.keys().cloned().collect();
+        self.stale.extend(old);
+        self.slice_owner.clear();
+        self.slices_of.clear();
+        for (ns, name) in services {
+            self.service_touched(ns, name);
+        }
+        for (ns, name, svc) in slices {
+            self.slice_touched(ns, name, svc);
+        }
+    }
+
+    /// Recomputes every stale Service, looking it up with `service(ns,
+    /// name)` and its slices with `slice(ns, name)`.
+    pub fn refresh<S, E>(
+        &mut self,
+        service: impl Fn(&str, &str) -> Option<S>,
+        slice: impl Fn(&str, &str) -> Option<E>,
+    ) where
+        S: Deref<Target = Service>,
+        E: Deref<Target = EndpointSlice>,
+    {
+        for id in std::mem::take(&mut self.stale) {
+            let (ns, name) = (&id.0, &id.1);
+            let new = service(ns, name).map(|svc| {
+                let slices: Vec<E> = self
+                    .slices_of
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| slice(ns, s))
+                    .collect();
+                desired_state([&*svc], slices.iter().map(|s| &**s), &self.node, &self.opts)
+            });
+            self.replace(id, new);
+        }
+    }
+
+    /// Replaces one Service's contribution and re-merges what it touches.
+    fn replace(&mut self, id: ServiceId, new: Option<Desired>) {
+        let old = self.per_service.remove(&id);
+        let mut touched: BTreeSet<Frontend> = BTreeSet::new();
+        if let Some(old) = &old {
+            for fe in old.state.frontends.keys() {
+                if let Some(c) = self.claims.get_mut(fe) {
+                    c.remove(&id);
+                    if c.is_empty() {
+                        self.claims.remove(fe);
+                    }
+                }
+                touched.insert(*fe);
+            }
+            for vip in &old.state.vips {
+                if let Some(n) = self.vip_refs.get_mut(vip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.vip_refs.remove(vip);
+                        self.state.vips.remove(vip);
+                    }
+                }
+                self.dirty.vips.insert(*vip);
+            }
+        }
+        self.with_findings.remove(&id);
+        if let Some(new) = new.filter(|d| !d.state.frontends.is_empty() || !d.findings.is_empty()) {
+            for fe in new.state.frontends.keys() {
+                self.claims.entry(*fe).or_default().insert(id.clone());
+                touched.insert(*fe);
+            }
+            for vip in &new.state.vips {
+                *self.vip_refs.entry(*vip).or_default() += 1;
+                self.state.vips.insert(*vip);
+                self.dirty.vips.insert(*vip);
+            }
+            if !new.findings.is_empty() {
+                self.with_findings.insert(id.clone());
+            }
+            self.per_service.insert(id, new);
+        }
+        for fe in touched {
+            let owner = self
+                .claims
+                .get(&fe)
+                .and_then(|c| c.first())
+                .and_then(|o| self.per_service.get(o))
+                .and_then(|d| d.state.frontends.get(&fe))
+                .cloned();
+            self.set_frontend(fe, owner);
+        }
+    }
+
+    /// Sets the merged state of one frontend, updating backend uses.
+    fn set_frontend(&mut self, fe: Frontend, new: Option<FrontendState>) {
+        let old = match &new {
+            Some(st) => self.state.frontends.insert(fe, st.clone()),
+            None => self.state.frontends.remove(&fe),
+        };
+        if old == new {
+            return;
+        }
+        self.dirty.frontends.insert(fe);
+        for b in old.iter().flat_map(|s| &s.backends) {
+            if let Some(u) = self.backend_uses.get_mut(&b.key) {
+                u.all -= 1;
+                u.serving -= u32::from(!b.terminating);
+                if u.all == 0 {
+                    self.backend_uses.remove(&b.key);
+                }
+            }
+            self.dirty.backends.insert(b.key);
+        }
+        for b in new.iter().flat_map(|s| &s.backends) {
+            let u = self.backend_uses.entry(b.key).or_default();
+            u.all += 1;
+            u.serving += u32::from(!b.terminating);
+            self.dirty.backends.insert(b.key);
+        }
+    }
+
+    /// The ordered operations for the dirty keys (see
+    /// [`crate::diff::diff_dirty`]); clears them.
+    pub fn plan(
+        &mut self,
+        current: &MapsSnapshot,
+        ids: &mut IdAllocator,
+    ) -> Result<Vec<MapOp>, LbError> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let uses = &self.backend_uses;
+        let wanted = |k: &BackendKey| uses.get(k).map(|u| u.serving == 0);
+        diff_dirty(current, &self.state, wanted, &dirty, ids).inspect_err(|_| {
+            // Keep them dirty for the next attempt.
+            self.dirty = dirty.clone();
+        })
+    }
+}
