@@ -83,11 +83,7 @@ pub(crate) enum RunError {
 }
 
 /// Writes one run (all of `ops` are of `kind`) with batch calls.
-pub(crate) fn write_run(
-    map: BorrowedFd<'_>,
-    kind: RunKind,
-    ops: &[MapOp],
-) -> Result<(), RunError> {
+pub(crate) fn write_run(map: BorrowedFd<'_>, kind: RunKind, ops: &[MapOp]) -> Result<(), RunError> {
     let failed = |done: usize, source: io::Error| RunError::Failed {
         done,
         source: DatapathError::MapBatch {
@@ -207,7 +203,11 @@ mod tests {
         let got: Vec<_> = runs(&ops).into_iter().map(|(_, r)| r).collect();
         assert_eq!(
             got,
-            vec![0..MAX_BATCH, MAX_BATCH..2 * MAX_BATCH, 2 * MAX_BATCH..2 * MAX_BATCH + 1]
+            vec![
+                0..MAX_BATCH,
+                MAX_BATCH..2 * MAX_BATCH,
+                2 * MAX_BATCH..2 * MAX_BATCH + 1
+            ]
         );
     }
 }

@@ -220,7 +220,10 @@ fn map_batch<K: Copy, V: Copy>(
         return (0, Err(io::Error::other("batch too large")));
     };
     if !values.is_empty() && values.len() != keys.len() {
-        return (0, Err(io::Error::other("batch keys and values differ in length")));
+        return (
+            0,
+            Err(io::Error::other("batch keys and values differ in length")),
+        );
     }
     let mut attr = BatchAttr {
         in_batch: 0,

@@ -88,7 +88,15 @@ fn absent_keys_in_a_delete_batch_are_skipped() {
     let lab = Lab::new(0);
     let dp = Datapath::start(&lab.config()).unwrap();
     let mut maps = dp.lb_maps().unwrap();
-    let key = |i: u16| SvcKey::new(Ipv4Addr::new(10, 96, 2, 1), 80, IPPROTO_TCP, SCOPE_EXTERNAL, i);
+    let key = |i: u16| {
+        SvcKey::new(
+            Ipv4Addr::new(10, 96, 2, 1),
+            80,
+            IPPROTO_TCP,
+            SCOPE_EXTERNAL,
+            i,
+        )
+    };
     let ups: Vec<MapOp> = (0..6)
         .map(|i| MapOp::UpsertService(key(i), SvcValue::default()))
         .collect();

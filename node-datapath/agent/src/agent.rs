@@ -28,7 +28,8 @@ use crate::kube_proxy;
 use crate::probe::{self, Target};
 use crate::server::Shared;
 use crate::status;
-use crate::sync::{Syncer, node_context};
+use crate::sync::{Pending, Syncer, Touched, node_context};
+use switchyard_lb::{trim_service, trim_slice};
 
 /// Field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "switchyard-agent";
@@ -49,6 +50,7 @@ struct State {
     api: Api<NodeDatapath>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    pending: Pending,
     syncer: Syncer,
     datapath: Option<Datapath>,
     /// `spec.mode` is Off but the datapath stays until kube-proxy serves.
@@ -86,19 +88,31 @@ pub async fn run(
     status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
     status.capabilities = Some(status::capabilities(&probed, nftables));
 
-    // Reflectors for what the datapath serves; every change wakes the sync.
+    // Reflectors for what the datapath serves (trimmed to what it reads);
+    // every change is recorded in `pending` and wakes the sync.
     let wake = Arc::new(Notify::new());
+    let pending = Pending::default();
     let (services, services_w) = reflector::store();
     let (slices, slices_w) = reflector::store();
     spawn_reflector(
         Api::<Service>::all(client.clone()),
         services_w,
-        wake.clone(),
+        Reflect {
+            wake: wake.clone(),
+            pending: pending.clone(),
+            trim: trim_service,
+            touched: |s, _| Touched::service(s),
+        },
     );
     spawn_reflector(
         Api::<EndpointSlice>::all(client.clone()),
         slices_w,
-        wake.clone(),
+        Reflect {
+            wake: wake.clone(),
+            pending: pending.clone(),
+            trim: trim_slice,
+            touched: Touched::slice,
+        },
     );
 
     // Our own NodeDatapath's spec.
@@ -129,6 +143,7 @@ pub async fn run(
         api,
         services,
         slices,
+        pending,
         datapath: None,
         off_pending: false,
         status,
@@ -200,7 +215,16 @@ fn which(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, wake: Arc<Notify>)
+/// How a reflector trims objects and reports what it touched.
+struct Reflect<K> {
+    wake: Arc<Notify>,
+    pending: Pending,
+    trim: fn(&mut K),
+    /// The record of an applied (`false`) or deleted (`true`) object.
+    touched: fn(&K, bool) -> Touched,
+}
+
+fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, r: Reflect<K>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -212,15 +236,26 @@ where
 {
     let stream = watcher(api, watcher::Config::default().timeout(45))
         .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+        .modify(r.trim)
+        .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => wake.notify_one(),
-                Err(e) => warn!(error = %e, "watch failed; retrying"),
-            }
+            let t = match ev {
+                Ok(watcher::Event::Apply(o)) => (r.touched)(&o, false),
+                Ok(watcher::Event::Delete(o)) => (r.touched)(&o, true),
+                Ok(watcher::Event::InitDone) => Touched::Relisted,
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Err(e) => {
+                    warn!(error = %e, "watch failed; retrying");
+                    continue;
+                }
+            };
+            r.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(t);
+            r.wake.notify_one();
         }
     });
 }
@@ -363,9 +398,15 @@ impl State {
     }
 
     fn sync(&mut self) {
+        let touched = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if let Err(e) = self
             .syncer
-            .sync(&self.services, &self.slices, &self.cfg.bpffs_dir)
+            .sync(&self.services, &self.slices, touched, &self.cfg.bpffs_dir)
         {
             self.degraded("SyncFailed", &e.to_string());
         }

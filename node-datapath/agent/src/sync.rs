@@ -1,20 +1,25 @@
 //! Service sync: Services + EndpointSlices (from reflector stores) → the
 //! pure LB state (`switchyard-lb`) → ordered writes to the pinned maps.
 //! An in-memory mirror of the maps avoids reading them back on every sync.
+//!
+//! Incremental: the reflectors record which objects they touched
+//! ([`Touched`], shared through [`Pending`]); a sync recomputes only those
+//! Services ([`LbState`]) and writes only their keys. A relist, the first
+//! sync and the first sync after adoption or a failed write take the full
+//! path.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use switchyard_api::SyncStatus;
-use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, NodeContext, Options, desired_state, plan_sync,
-};
+use switchyard_lb::{FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, plan_sync};
 use switchyard_node_datapath::PinnedLbMaps;
 
 use crate::error::{Error, Result};
@@ -40,10 +45,54 @@ pub fn node_context(node: &Node) -> NodeContext {
     }
 }
 
+/// One object a reflector applied or deleted, or a completed relist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Touched {
+    /// Service `namespace/name` changed or was deleted.
+    Service { namespace: String, name: String },
+    /// EndpointSlice `namespace/name` changed (`service`: its service-name
+    /// label) or was deleted (`service: None`).
+    Slice {
+        namespace: String,
+        name: String,
+        service: Option<String>,
+    },
+    /// A watch restarted and its store was replaced: recompute everything.
+    Relisted,
+}
+
+impl Touched {
+    /// The record of an applied (`deleted: false`) or deleted Service.
+    pub fn service(svc: &Service) -> Self {
+        Self::Service {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The record of an applied or deleted EndpointSlice.
+    pub fn slice(slice: &EndpointSlice, deleted: bool) -> Self {
+        Self::Slice {
+            namespace: slice.metadata.namespace.clone().unwrap_or_default(),
+            name: slice.metadata.name.clone().unwrap_or_default(),
+            service: (!deleted)
+                .then(|| LbState::slice_service(slice).map(str::to_string))
+                .flatten(),
+        }
+    }
+}
+
+/// What the reflectors touched since the last sync.
+pub type Pending = Arc<Mutex<Vec<Touched>>>;
+
 /// Keeps the maps equal to the desired state.
 #[derive(Debug)]
 pub struct Syncer {
-    node: NodeContext,
+    lb: LbState,
+    /// The LB state was built from the stores (false: rebuild at next sync).
+    indexed: bool,
+    /// The next plan must diff everything (after adoption or a failed write).
+    full_diff: bool,
     ids: IdAllocator,
     /// What the maps hold (after adoption, kept up to date by every write).
     mirror: Option<FakeMaps>,
@@ -55,7 +104,9 @@ pub struct Syncer {
 impl Syncer {
     pub fn new(node: NodeContext) -> Self {
         Self {
-            node,
+            lb: LbState::new(node, Options::default()),
+            indexed: false,
+            full_diff: true,
             ids: IdAllocator::new(),
             mirror: None,
             status: SyncStatus::default(),
@@ -69,6 +120,7 @@ impl Syncer {
         let snapshot = maps.snapshot()?;
         self.ids = IdAllocator::from_snapshot(&snapshot);
         self.mirror = Some(FakeMaps::from_snapshot(snapshot));
+        self.full_diff = true;
         Ok(())
     }
 
@@ -89,52 +141,93 @@ impl Syncer {
         );
     }
 
-    /// Computes the desired state and, when the datapath is attached,
-    /// writes the difference to the maps.
+    /// Recomputes the Services `touched` names (everything on the first
+    /// sync or after a relist) and, when the datapath is attached, writes
+    /// the difference to the maps.
     pub fn sync(
         &mut self,
         services: &Store<Service>,
         slices: &Store<EndpointSlice>,
+        touched: Vec<Touched>,
         bpffs_dir: &Path,
     ) -> Result<()> {
         let started = Instant::now();
-        let services = services.state();
-        let slices = slices.state();
-        let desired = desired_state(
-            services.iter().map(|s| s.as_ref()),
-            slices.iter().map(|s| s.as_ref()),
-            &self.node,
-            &Options::default(),
+        if !self.indexed || touched.contains(&Touched::Relisted) {
+            let (svcs, sls) = (services.state(), slices.state());
+            self.lb.reset(
+                svcs.iter().map(|s| {
+                    let m = &s.metadata;
+                    (
+                        m.namespace.as_deref().unwrap_or_default(),
+                        m.name.as_deref().unwrap_or_default(),
+                    )
+                }),
+                sls.iter().map(|s| {
+                    let m = &s.metadata;
+                    (
+                        m.namespace.as_deref().unwrap_or_default(),
+                        m.name.as_deref().unwrap_or_default(),
+                        LbState::slice_service(s),
+                    )
+                }),
+            );
+            self.indexed = true;
+        } else {
+            for t in &touched {
+                match t {
+                    Touched::Service { namespace, name } => {
+                        self.lb.service_touched(namespace, name)
+                    }
+                    Touched::Slice {
+                        namespace,
+                        name,
+                        service,
+                    } => self.lb.slice_touched(namespace, name, service.as_deref()),
+                    Touched::Relisted => {}
+                }
+            }
+        }
+        self.lb.refresh(
+            |ns, name| services.get(&ObjectRef::new(name).within(ns)),
+            |ns, name| slices.get(&ObjectRef::new(name).within(ns)),
         );
-        self.status.services_seen = desired.state.service_count() as u32;
-        self.vips = desired.state.vips.iter().copied().collect();
-        self.status.unsupported = desired.findings.iter().map(ToString::to_string).collect();
+        self.status.services_seen = self.lb.service_count() as u32;
+        self.vips = self.lb.state().vips.iter().copied().collect();
+        self.status.unsupported = self.lb.findings().iter().map(ToString::to_string).collect();
         if let Some(mirror) = self.mirror.as_mut() {
-            let plan = plan_sync(mirror.contents(), &desired.state, &mut self.ids)?;
-            if !plan.ops.is_empty() {
+            let ops = if self.full_diff {
+                let plan = plan_sync(mirror.contents(), self.lb.state(), &mut self.ids)?;
+                self.lb.take_dirty();
+                plan.ops
+            } else {
+                self.lb.plan(mirror.contents(), &mut self.ids)?
+            };
+            if !ops.is_empty() {
                 let mut maps = PinnedLbMaps::open(bpffs_dir)?;
-                let result = maps.apply_all(&plan.ops);
+                let result = maps.apply_all(&ops);
                 // Mirror exactly what reached the kernel, also on failure.
                 let applied = match &result {
-                    Ok(()) => plan.ops.len(),
+                    Ok(()) => ops.len(),
                     Err((n, _)) => *n,
                 };
-                for op in &plan.ops[..applied] {
+                for op in &ops[..applied] {
                     let _ = mirror.apply(op);
                 }
                 if let Err((applied, source)) = result {
+                    self.full_diff = true;
                     self.refresh_progress();
                     return Err(Error::MapWrite { applied, source });
                 }
             }
-            self.status.services_programmed = plan.stats.services as u32;
-            self.status.backends_programmed = plan.stats.backends as u32;
-            self.status.frontends_programmed = plan.stats.frontends as u32;
+            self.full_diff = false;
+            self.status.services_programmed = self.status.services_seen;
+            self.status.backends_programmed = self.ids.backend_count() as u32;
+            self.status.frontends_programmed = self.lb.state().frontends.len() as u32;
             self.status.last_sync_time = Some(Time(Timestamp::now()));
             self.status.last_sync_millis = started.elapsed().as_millis() as u64;
             tracing::debug!(
-                ops = plan.ops.len(),
-                services = plan.stats.services,
+                ops = ops.len(),
+                services = self.status.services_seen,
                 "maps synced"
             );
         }

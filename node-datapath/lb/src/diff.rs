@@ -176,8 +176,10 @@ pub fn diff_dirty(
                 } else {
                     0
                 };
-                tgt.backends
-                    .insert(id, Backend::new(key.ip, key.port, key.proto.number(), flags));
+                tgt.backends.insert(
+                    id,
+                    Backend::new(key.ip, key.port, key.proto.number(), flags),
+                );
             }
             None => ids.release_backend(key),
         }

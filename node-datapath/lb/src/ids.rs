@@ -272,9 +272,8 @@ impl IdAllocator {
         if let Some(id) = self.backend(&key) {
             return Ok(id);
         }
-        let busy = |c: u64| {
-            BackendId::try_from(c).is_ok_and(|id| current.backends.contains_key(&id))
-        };
+        let busy =
+            |c: u64| BackendId::try_from(c).is_ok_and(|id| current.backends.contains_key(&id));
         self.backends
             .allocate_avoiding(key, busy)
             .ok_or(LbError::BackendIdsExhausted {
@@ -292,8 +291,7 @@ impl IdAllocator {
         if let Some(id) = self.rev_nat(&fe) {
             return Ok(id);
         }
-        let busy =
-            |c: u64| RevNatId::try_from(c).is_ok_and(|id| current.rev_nat.contains_key(&id));
+        let busy = |c: u64| RevNatId::try_from(c).is_ok_and(|id| current.rev_nat.contains_key(&id));
         self.rev_nat
             .allocate_avoiding(fe, busy)
             .ok_or(LbError::RevNatIdsExhausted {

@@ -27,7 +27,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::LbError;
 use crate::desired::{Desired, Finding, FindingKind, NodeContext, Options, desired_state};
 use crate::diff::{Dirty, diff_dirty};
-use crate::endpoints::LABEL_SERVICE_NAME;
+use crate::endpoints::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
 use crate::ids::IdAllocator;
 use crate::maps::{MapOp, MapsSnapshot};
 use crate::model::{BackendKey, DesiredState, Frontend, FrontendState};
@@ -93,6 +93,16 @@ impl LbState {
     /// Whether Services wait for [`Self::refresh`].
     pub fn has_stale(&self) -> bool {
         !self.stale.is_empty()
+    }
+
+    /// Services with at least one frontend of their own (a Service that
+    /// lost every frontend to others still counts, unlike
+    /// [`DesiredState::service_count`]).
+    pub fn service_count(&self) -> usize {
+        self.per_service
+            .values()
+            .filter(|d| !d.state.frontends.is_empty())
+            .count()
     }
 
     /// Whether backend `key` is wanted, and whether as terminating.
@@ -312,5 +322,39 @@ impl LbState {
             // Keep them dirty for the next attempt.
             self.dirty = dirty.clone();
         })
+    }
+}
+
+/// Drops from a Service what [`desired_state`] never reads (managed
+/// fields, annotations, labels other than the service-proxy-name one,
+/// owner references), so caches hold less.
+pub fn trim_service(svc: &mut Service) {
+    trim_meta(&mut svc.metadata, &[LABEL_SERVICE_PROXY_NAME]);
+}
+
+/// Drops from an EndpointSlice what [`desired_state`] never reads
+/// (managed fields, annotations, other labels, owner references, each
+/// endpoint's target reference, hostname and deprecated topology).
+pub fn trim_slice(slice: &mut EndpointSlice) {
+    trim_meta(
+        &mut slice.metadata,
+        &[LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_HEADLESS],
+    );
+    for e in &mut slice.endpoints {
+        e.target_ref = None;
+        e.hostname = None;
+        e.deprecated_topology = None;
+    }
+}
+
+fn trim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, keep: &[&str]) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| keep.contains(&k.as_str()));
+        if labels.is_empty() {
+            meta.labels = None;
+        }
     }
 }

@@ -38,7 +38,7 @@ pub use desired::{
 pub use diff::{Dirty, diff, diff_dirty};
 pub use fake::{FakeCapacity, FakeMaps, Inconsistency, consistent};
 pub use ids::IdAllocator;
-pub use incremental::{LbState, ServiceId};
+pub use incremental::{LbState, ServiceId, trim_service, trim_slice};
 pub use maps::{LbMaps, MapOp, MapsSnapshot};
 pub use model::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,

@@ -2,7 +2,8 @@
 //! sequence of Service and EndpointSlice adds, updates, relabels and
 //! deletes, `LbState` equals `desired_state` over all objects (state and
 //! findings), and the maps written from its incremental plans equal the
-//! full target: a full diff of them finds nothing to do, and they stay
+//! full target (computed from untrimmed objects, the incremental side
+//! reads trimmed ones): a full diff of them finds nothing to do, and they stay
 //! consistent after every single operation.
 
 // Test code: helpers outside #[test] fns unwrap too (clippy.toml covers only those).
@@ -17,8 +18,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use switchyard_lb::diff::target_maps;
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, consistent, desired_state,
-    diff,
+    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, consistent, desired_state, diff,
+    trim_service, trim_slice,
 };
 
 /// A Service: ClusterIP from a small pool (so Services collide on
@@ -107,7 +108,8 @@ fn service(i: u8, s: &SvcSpec) -> Service {
     }
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("s{i}"), "namespace": "ns"},
+        "metadata": {"name": format!("s{i}"), "namespace": "ns",
+                     "labels": {"app": "x"}, "annotations": {"note": "y"}},
         "spec": spec,
     }))
     .unwrap()
@@ -128,7 +130,8 @@ fn slice(i: u8, s: &SliceSpec) -> EndpointSlice {
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": format!("e{i}"), "namespace": "ns",
-                     "labels": {"kubernetes.io/service-name": format!("s{}", s.service)}},
+                     "labels": {"kubernetes.io/service-name": format!("s{}", s.service),
+                                "endpointslice.kubernetes.io/managed-by": "m"}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
                   {"name": "dns", "port": 5353, "protocol": "UDP"}],
@@ -177,8 +180,17 @@ proptest! {
                 }
             }
             lb.refresh(
-                |_, name| services.get(name),
-                |_, name| slices.get(name),
+                // What the agent's caches hold: trimmed objects.
+                |_, name| services.get(name).map(|s| {
+                    let mut s = s.clone();
+                    trim_service(&mut s);
+                    Box::new(s)
+                }),
+                |_, name| slices.get(name).map(|s| {
+                    let mut s = s.clone();
+                    trim_slice(&mut s);
+                    Box::new(s)
+                }),
             );
             let full = desired_state(services.values(), slices.values(), &node(), &Options::default());
             prop_assert_eq!(lb.state(), &full.state);
