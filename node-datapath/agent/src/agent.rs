@@ -404,10 +404,7 @@ impl State {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        if let Err(e) = self
-            .syncer
-            .sync(&self.services, &self.slices, touched, &self.cfg.bpffs_dir)
-        {
+        if let Err(e) = self.syncer.sync(&self.services, &self.slices, touched) {
             self.degraded("SyncFailed", &e.to_string());
         }
     }

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 use switchyard_api::SyncStatus;
-use switchyard_lb::{FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, plan_sync};
+use switchyard_lb::{FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options};
 use switchyard_node_datapath::PinnedLbMaps;
 
 use crate::error::{Error, Result};
@@ -42,6 +42,17 @@ pub fn node_context(node: &Node) -> NodeContext {
         name: node.metadata.name.clone().unwrap_or_default(),
         addresses,
         zone,
+    }
+}
+
+/// Returns freed heap pages to the kernel after a full sync, whose
+/// transient plan (every map operation and the whole target) would
+/// otherwise stay in the resident set.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -96,9 +107,13 @@ pub struct Syncer {
     ids: IdAllocator,
     /// What the maps hold (after adoption, kept up to date by every write).
     mirror: Option<FakeMaps>,
+    /// The pinned maps, opened at adoption.
+    maps: Option<PinnedLbMaps>,
     pub status: SyncStatus,
     /// The ClusterIPs of the last computed desired state.
     pub vips: Vec<Ipv4Addr>,
+    /// Map operations the last sync wrote.
+    pub last_ops: usize,
 }
 
 impl Syncer {
@@ -109,8 +124,10 @@ impl Syncer {
             full_diff: true,
             ids: IdAllocator::new(),
             mirror: None,
+            maps: None,
             status: SyncStatus::default(),
             vips: Vec::new(),
+            last_ops: 0,
         }
     }
 
@@ -120,6 +137,7 @@ impl Syncer {
         let snapshot = maps.snapshot()?;
         self.ids = IdAllocator::from_snapshot(&snapshot);
         self.mirror = Some(FakeMaps::from_snapshot(snapshot));
+        self.maps = Some(maps);
         self.full_diff = true;
         Ok(())
     }
@@ -127,6 +145,8 @@ impl Syncer {
     /// The datapath went off: nothing is programmed any more.
     pub fn detach(&mut self) {
         self.mirror = None;
+        self.maps = None;
+        self.lb.mark_all_dirty();
         self.ids = IdAllocator::new();
         self.status.services_programmed = 0;
         self.status.backends_programmed = 0;
@@ -149,7 +169,6 @@ impl Syncer {
         services: &Store<Service>,
         slices: &Store<EndpointSlice>,
         touched: Vec<Touched>,
-        bpffs_dir: &Path,
     ) -> Result<()> {
         let started = Instant::now();
         if !self.indexed || touched.contains(&Touched::Relisted) {
@@ -192,18 +211,17 @@ impl Syncer {
             |ns, name| slices.get(&ObjectRef::new(name).within(ns)),
         );
         self.status.services_seen = self.lb.service_count() as u32;
-        self.vips = self.lb.state().vips.iter().copied().collect();
+        if self.lb.vips_changed() {
+            self.vips = self.lb.state().vips.iter().copied().collect();
+        }
         self.status.unsupported = self.lb.findings().iter().map(ToString::to_string).collect();
-        if let Some(mirror) = self.mirror.as_mut() {
-            let ops = if self.full_diff {
-                let plan = plan_sync(mirror.contents(), self.lb.state(), &mut self.ids)?;
-                self.lb.take_dirty();
-                plan.ops
-            } else {
-                self.lb.plan(mirror.contents(), &mut self.ids)?
-            };
+        if let (Some(mirror), Some(maps)) = (self.mirror.as_mut(), self.maps.as_mut()) {
+            if self.full_diff {
+                self.lb.mark_all_dirty();
+            }
+            let full = self.lb.all_dirty();
+            let ops = self.lb.plan(mirror.contents(), &mut self.ids)?;
             if !ops.is_empty() {
-                let mut maps = PinnedLbMaps::open(bpffs_dir)?;
                 let result = maps.apply_all(&ops);
                 // Mirror exactly what reached the kernel, also on failure.
                 let applied = match &result {
@@ -220,13 +238,18 @@ impl Syncer {
                 }
             }
             self.full_diff = false;
+            self.last_ops = ops.len();
+            if full {
+                drop(ops);
+                release_free_memory();
+            }
             self.status.services_programmed = self.status.services_seen;
             self.status.backends_programmed = self.ids.backend_count() as u32;
             self.status.frontends_programmed = self.lb.state().frontends.len() as u32;
             self.status.last_sync_time = Some(Time(Timestamp::now()));
             self.status.last_sync_millis = started.elapsed().as_millis() as u64;
             tracing::debug!(
-                ops = ops.len(),
+                ops = self.last_ops,
                 services = self.status.services_seen,
                 "maps synced"
             );

@@ -42,26 +42,79 @@ struct Uses {
     serving: u32,
 }
 
+/// A small sorted set (most have one element; a `BTreeSet` would allocate
+/// a whole node for it).
+type Sorted<T> = Vec<T>;
+
+fn sorted_insert<T: Ord>(v: &mut Sorted<T>, x: T) {
+    if let Err(i) = v.binary_search(&x) {
+        v.insert(i, x);
+    }
+}
+
+fn sorted_remove<T: Ord, Q: Ord + ?Sized>(v: &mut Sorted<T>, x: &Q)
+where
+    T: std::borrow::Borrow<Q>,
+{
+    if let Ok(i) = v.binary_search_by(|e| e.borrow().cmp(x)) {
+        v.remove(i);
+    }
+}
+
+/// One Service's own contribution, compact ([`Desired`] keeps its
+/// frontends in a `BTreeMap`, a whole node for one or two entries).
+#[derive(Debug)]
+struct ServiceDesired {
+    /// Sorted by frontend.
+    frontends: Vec<(Frontend, FrontendState)>,
+    vips: Vec<Ipv4Addr>,
+    findings: Vec<Finding>,
+}
+
+impl ServiceDesired {
+    fn new(d: Desired) -> Self {
+        Self {
+            frontends: d.state.frontends.into_iter().collect(),
+            vips: d.state.vips.into_iter().collect(),
+            findings: d.findings,
+        }
+    }
+
+    fn frontend(&self, fe: &Frontend) -> Option<&FrontendState> {
+        self.frontends
+            .binary_search_by(|(f, _)| f.cmp(fe))
+            .ok()
+            .map(|i| &self.frontends[i].1)
+    }
+}
+
 /// The merged desired state, maintained per Service (see the module doc).
 #[derive(Debug, Default)]
 pub struct LbState {
     node: NodeContext,
     opts: Options,
-    per_service: HashMap<ServiceId, Desired>,
+    per_service: HashMap<ServiceId, ServiceDesired>,
     /// frontend → the Services claiming it (the first one owns it).
-    claims: HashMap<Frontend, BTreeSet<ServiceId>>,
+    claims: HashMap<Frontend, Sorted<ServiceId>>,
     vip_refs: HashMap<Ipv4Addr, u32>,
     backend_uses: HashMap<BackendKey, Uses>,
     /// Services with findings of their own.
     with_findings: BTreeSet<ServiceId>,
+    /// Frontends claimed by more than one Service.
+    conflicted: BTreeSet<Frontend>,
+    /// Services with at least one frontend of their own.
+    services_with_frontends: usize,
     /// Slices by `(namespace, name)` → the Service they belong to.
     slice_owner: HashMap<ServiceId, ServiceId>,
     /// Service → names of its slices.
-    slices_of: HashMap<ServiceId, BTreeSet<String>>,
+    slices_of: HashMap<ServiceId, Sorted<String>>,
     /// Services to recompute at the next [`Self::refresh`].
     stale: BTreeSet<ServiceId>,
     state: DesiredState,
     dirty: Dirty,
+    /// Every key may be dirty: the next plan is a full diff, and no
+    /// per-key tracking is done until then (cheaper rebuilds).
+    all_dirty: bool,
 }
 
 impl LbState {
@@ -80,14 +133,27 @@ impl LbState {
         &self.state
     }
 
-    /// Keys changed since the last [`Self::plan`] or [`Self::take_dirty`].
+    /// Keys changed since the last [`Self::plan`] (empty while
+    /// [`Self::mark_all_dirty`] is in effect).
     pub fn dirty(&self) -> &Dirty {
         &self.dirty
     }
 
-    /// Returns and clears the dirty keys (after a full diff covered them).
-    pub fn take_dirty(&mut self) -> Dirty {
-        std::mem::take(&mut self.dirty)
+    /// Makes the next [`Self::plan`] a full diff (after adopting maps, a
+    /// failed write, or a relist).
+    pub fn mark_all_dirty(&mut self) {
+        self.all_dirty = true;
+        self.dirty = Dirty::default();
+    }
+
+    /// Whether the next plan is a full diff.
+    pub fn all_dirty(&self) -> bool {
+        self.all_dirty
+    }
+
+    /// Whether the set of VIPs may have changed since the last plan.
+    pub fn vips_changed(&self) -> bool {
+        self.all_dirty || !self.dirty.vips.is_empty()
     }
 
     /// Whether Services wait for [`Self::refresh`].
@@ -99,10 +165,7 @@ impl LbState {
     /// lost every frontend to others still counts, unlike
     /// [`DesiredState::service_count`]).
     pub fn service_count(&self) -> usize {
-        self.per_service
-            .values()
-            .filter(|d| !d.state.frontends.is_empty())
-            .count()
+        self.services_with_frontends
     }
 
     /// Whether backend `key` is wanted, and whether as terminating.
@@ -118,8 +181,10 @@ impl LbState {
             .filter_map(|id| self.per_service.get(id))
             .flat_map(|d| d.findings.iter().cloned())
             .collect();
-        for (fe, claimants) in &self.claims {
-            let Some(owner) = self.state.frontends.get(fe) else {
+        for fe in &self.conflicted {
+            let (Some(owner), Some(claimants)) =
+                (self.state.frontends.get(fe), self.claims.get(fe))
+            else {
                 continue;
             };
             for (ns, name) in claimants.iter().skip(1) {
@@ -154,7 +219,7 @@ impl LbState {
             && new.as_ref() != Some(old)
         {
             if let Some(names) = self.slices_of.get_mut(old) {
-                names.remove(name);
+                sorted_remove(names, name);
                 if names.is_empty() {
                     self.slices_of.remove(old);
                 }
@@ -162,10 +227,10 @@ impl LbState {
             self.stale.insert(old.clone());
         }
         if let Some(new) = new {
-            self.slices_of
-                .entry(new.clone())
-                .or_default()
-                .insert(name.to_string());
+            sorted_insert(
+                self.slices_of.entry(new.clone()).or_default(),
+                name.to_string(),
+            );
             self.slice_owner.insert(slice, new.clone());
             self.stale.insert(new);
         }
@@ -189,6 +254,7 @@ impl LbState {
         services: impl IntoIterator<Item = (&'a str, &'a str)>,
         slices: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>)>,
     ) {
+        self.mark_all_dirty();
         let old: Vec<ServiceId> = self.per_service.keys().cloned().collect();
         self.stale.extend(old);
         self.slice_owner.clear();
@@ -223,25 +289,28 @@ impl LbState {
                     .collect();
                 desired_state([&*svc], slices.iter().map(|s| &**s), &self.node, &self.opts)
             });
-            self.replace(id, new);
+            self.replace(id, new.map(ServiceDesired::new));
         }
     }
 
     /// Replaces one Service's contribution and re-merges what it touches.
-    fn replace(&mut self, id: ServiceId, new: Option<Desired>) {
+    fn replace(&mut self, id: ServiceId, new: Option<ServiceDesired>) {
         let old = self.per_service.remove(&id);
-        let mut touched: BTreeSet<Frontend> = BTreeSet::new();
+        let mut touched: Vec<Frontend> = Vec::new();
         if let Some(old) = &old {
-            for fe in old.state.frontends.keys() {
+            if !old.frontends.is_empty() {
+                self.services_with_frontends -= 1;
+            }
+            for (fe, _) in &old.frontends {
                 if let Some(c) = self.claims.get_mut(fe) {
-                    c.remove(&id);
+                    sorted_remove(c, &id);
                     if c.is_empty() {
                         self.claims.remove(fe);
                     }
                 }
-                touched.insert(*fe);
+                touched.push(*fe);
             }
-            for vip in &old.state.vips {
+            for vip in &old.vips {
                 if let Some(n) = self.vip_refs.get_mut(vip) {
                     *n -= 1;
                     if *n == 0 {
@@ -249,32 +318,46 @@ impl LbState {
                         self.state.vips.remove(vip);
                     }
                 }
-                self.dirty.vips.insert(*vip);
+                if !self.all_dirty {
+                    self.dirty.vips.insert(*vip);
+                }
             }
         }
         self.with_findings.remove(&id);
-        if let Some(new) = new.filter(|d| !d.state.frontends.is_empty() || !d.findings.is_empty()) {
-            for fe in new.state.frontends.keys() {
-                self.claims.entry(*fe).or_default().insert(id.clone());
-                touched.insert(*fe);
+        if let Some(new) = new.filter(|d| !d.frontends.is_empty() || !d.findings.is_empty()) {
+            for (fe, _) in &new.frontends {
+                sorted_insert(self.claims.entry(*fe).or_default(), id.clone());
+                touched.push(*fe);
             }
-            for vip in &new.state.vips {
+            for vip in &new.vips {
                 *self.vip_refs.entry(*vip).or_default() += 1;
                 self.state.vips.insert(*vip);
-                self.dirty.vips.insert(*vip);
+                if !self.all_dirty {
+                    self.dirty.vips.insert(*vip);
+                }
             }
             if !new.findings.is_empty() {
                 self.with_findings.insert(id.clone());
             }
+            if !new.frontends.is_empty() {
+                self.services_with_frontends += 1;
+            }
             self.per_service.insert(id, new);
         }
+        touched.sort_unstable();
+        touched.dedup();
         for fe in touched {
+            if self.claims.get(&fe).is_some_and(|c| c.len() > 1) {
+                self.conflicted.insert(fe);
+            } else {
+                self.conflicted.remove(&fe);
+            }
             let owner = self
                 .claims
                 .get(&fe)
                 .and_then(|c| c.first())
                 .and_then(|o| self.per_service.get(o))
-                .and_then(|d| d.state.frontends.get(&fe))
+                .and_then(|d| d.frontend(&fe))
                 .cloned();
             self.set_frontend(fe, owner);
         }
@@ -289,7 +372,10 @@ impl LbState {
         if old == new {
             return;
         }
-        self.dirty.frontends.insert(fe);
+        let track = !self.all_dirty;
+        if track {
+            self.dirty.frontends.insert(fe);
+        }
         for b in old.iter().flat_map(|s| &s.backends) {
             if let Some(u) = self.backend_uses.get_mut(&b.key) {
                 u.all -= 1;
@@ -298,23 +384,33 @@ impl LbState {
                     self.backend_uses.remove(&b.key);
                 }
             }
-            self.dirty.backends.insert(b.key);
+            if track {
+                self.dirty.backends.insert(b.key);
+            }
         }
         for b in new.iter().flat_map(|s| &s.backends) {
             let u = self.backend_uses.entry(b.key).or_default();
             u.all += 1;
             u.serving += u32::from(!b.terminating);
-            self.dirty.backends.insert(b.key);
+            if track {
+                self.dirty.backends.insert(b.key);
+            }
         }
     }
 
     /// The ordered operations for the dirty keys (see
-    /// [`crate::diff::diff_dirty`]); clears them.
+    /// [`crate::diff::diff_dirty`]), or for everything (the full
+    /// [`crate::diff::diff`]) after [`Self::mark_all_dirty`]; clears them.
     pub fn plan(
         &mut self,
         current: &MapsSnapshot,
         ids: &mut IdAllocator,
     ) -> Result<Vec<MapOp>, LbError> {
+        if self.all_dirty {
+            let ops = crate::diff::diff(current, &self.state, ids)?;
+            self.all_dirty = false;
+            return Ok(ops);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         let uses = &self.backend_uses;
         let wanted = |k: &BackendKey| uses.get(k).map(|u| u.serving == 0);
@@ -327,9 +423,12 @@ impl LbState {
 
 /// Drops from a Service what [`desired_state`] never reads (managed
 /// fields, annotations, labels other than the service-proxy-name one,
-/// owner references), so caches hold less.
+/// owner references, the pod selector), so caches hold less.
 pub fn trim_service(svc: &mut Service) {
     trim_meta(&mut svc.metadata, &[LABEL_SERVICE_PROXY_NAME]);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.selector = None;
+    }
 }
 
 /// Drops from an EndpointSlice what [`desired_state`] never reads

@@ -49,6 +49,8 @@ enum Change {
     DeleteService(u8),
     PutSlice(u8, SliceSpec),
     DeleteSlice(u8),
+    /// A watch restarted: the state is rebuilt from every object.
+    Relist,
 }
 
 fn arb_svc() -> impl Strategy<Value = SvcSpec> {
@@ -84,6 +86,7 @@ fn arb_change() -> impl Strategy<Value = Change> {
         1 => (0u8..5).prop_map(Change::DeleteService),
         4 => (0u8..7, arb_slice()).prop_map(|(i, s)| Change::PutSlice(i, s)),
         1 => (0u8..7).prop_map(Change::DeleteSlice),
+        1 => Just(Change::Relist),
     ]
 }
 
@@ -96,6 +99,7 @@ fn service(i: u8, s: &SvcSpec) -> Service {
         ports.push(json!({"name": "dns", "port": 53, "protocol": "UDP", "nodePort": s.node_port}));
     }
     let mut spec = json!({
+        "selector": {"app": "x"},
         "type": if s.node_port.is_some() { "NodePort" } else { "ClusterIP" },
         "clusterIP": format!("10.96.0.{}", s.ip),
         "ports": ports,
@@ -178,6 +182,12 @@ proptest! {
                     slices.remove(&format!("e{i}"));
                     lb.slice_touched("ns", &format!("e{i}"), None);
                 }
+                Change::Relist => lb.reset(
+                    services.keys().map(|n| ("ns", n.as_str())),
+                    slices
+                        .iter()
+                        .map(|(n, s)| ("ns", n.as_str(), LbState::slice_service(s))),
+                ),
             }
             lb.refresh(
                 // What the agent's caches hold: trimmed objects.
