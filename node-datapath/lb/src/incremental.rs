@@ -52,10 +52,7 @@ fn sorted_insert<T: Ord>(v: &mut Sorted<T>, x: T) {
     }
 }
 
-fn sorted_remove<T: Ord, Q: Ord + ?Sized>(v: &mut Sorted<T>, x: &Q)
-where
-    T: std::borrow::Borrow<Q>,
-{
+fn sorted_remove<T: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(v: &mut Sorted<T>, x: &Q) {
     if let Ok(i) = v.binary_search_by(|e| e.borrow().cmp(x)) {
         v.remove(i);
     }
@@ -310,18 +307,6 @@ impl LbState {
                 }
                 touched.push(*fe);
             }
-            for vip in &old.vips {
-                if let Some(n) = self.vip_refs.get_mut(vip) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.vip_refs.remove(vip);
-                        self.state.vips.remove(vip);
-                    }
-                }
-                if !self.all_dirty {
-                    self.dirty.vips.insert(*vip);
-                }
-            }
         }
         self.with_findings.remove(&id);
         if let Some(new) = new.filter(|d| !d.frontends.is_empty() || !d.findings.is_empty()) {
@@ -330,10 +315,13 @@ impl LbState {
                 touched.push(*fe);
             }
             for vip in &new.vips {
-                *self.vip_refs.entry(*vip).or_default() += 1;
-                self.state.vips.insert(*vip);
-                if !self.all_dirty {
-                    self.dirty.vips.insert(*vip);
+                let n = self.vip_refs.entry(*vip).or_default();
+                *n += 1;
+                if *n == 1 {
+                    self.state.vips.insert(*vip);
+                    if !self.all_dirty {
+                        self.dirty.vips.insert(*vip);
+                    }
                 }
             }
             if !new.findings.is_empty() {
@@ -343,6 +331,20 @@ impl LbState {
                 self.services_with_frontends += 1;
             }
             self.per_service.insert(id, new);
+        }
+        // Old VIPs after the new ones, so a kept VIP never drops to zero
+        // uses: only VIPs that appear or vanish are dirty.
+        for vip in old.iter().flat_map(|o| &o.vips) {
+            if let Some(n) = self.vip_refs.get_mut(vip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.vip_refs.remove(vip);
+                    self.state.vips.remove(vip);
+                    if !self.all_dirty {
+                        self.dirty.vips.insert(*vip);
+                    }
+                }
+            }
         }
         touched.sort_unstable();
         touched.dedup();
