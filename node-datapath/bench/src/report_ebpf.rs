@@ -35,7 +35,7 @@ pub fn agent_section(t: &Table, out: &mut String) {
     );
     let _ = writeln!(
         out,
-        "| N | full sync s | apply batched / per-op s | agent first sync s | one endpoint change, sync p50 / p99 ms | event→map p50 / p99 ms | map ops per change | no-op sync µs | agent RSS / peak MiB |\n|---:|---:|---|---:|---|---|---:|---:|---|"
+        "| N | full sync s | apply batched / per-op s | agent first sync s | one endpoint change, sync p50 / p99 µs | event→map p50 / p99 µs | map ops per change | no-op sync µs | agent RSS / peak MiB |\n|---:|---:|---|---:|---|---|---:|---:|---|"
     );
     for n in t.ns() {
         if t.get(n, "ebpf", "program_s", "-").is_none() {
@@ -48,12 +48,12 @@ pub fn agent_section(t: &Table, out: &mut String) {
             v(t, n, "ebpf_apply_s", 1.0, 3),
             v(t, n, "ebpf_apply_per_op_s", 1.0, 3),
             v(t, n, "agent_full_sync_s", 1.0, 3),
-            v(t, n, "change_sync_p50_us", 1e-3, 2),
-            v(t, n, "change_sync_p99_us", 1e-3, 2),
-            v(t, n, "change_event_p50_us", 1e-3, 2),
-            v(t, n, "change_event_p99_us", 1e-3, 2),
+            v(t, n, "change_sync_p50_us", 1.0, 0),
+            v(t, n, "change_sync_p99_us", 1.0, 0),
+            v(t, n, "change_event_p50_us", 1.0, 0),
+            v(t, n, "change_event_p99_us", 1.0, 0),
             v(t, n, "change_ops", 1.0, 0),
-            v(t, n, "noop_sync_us", 1.0, 0),
+            v(t, n, "noop_sync_us", 1.0, 1),
             v(t, n, "agent_rss_mib", 1.0, 1),
             v(t, n, "agent_rss_peak_mib", 1.0, 1),
         );
@@ -88,7 +88,7 @@ pub fn checks(t: &Table) -> Vec<String> {
             a.median / 1e3,
             "ms",
             5.0,
-            2,
+            3,
         ));
     }
     if let Some(a) = t.get(n, "ebpf", "agent_rss_peak_mib", "-") {
