@@ -12,7 +12,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use switchyard_api::conditions;
@@ -28,8 +27,8 @@ use crate::kube_proxy;
 use crate::probe::{self, Target};
 use crate::server::Shared;
 use crate::status;
+use crate::store::{self as cache, Applied, Services, Slices, Store};
 use crate::sync::{Pending, Syncer, Touched, node_context};
-use switchyard_lb::{trim_service, trim_slice};
 
 /// Field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "switchyard-agent";
@@ -48,8 +47,8 @@ pub struct AgentConfig {
 struct State {
     cfg: AgentConfig,
     api: Api<NodeDatapath>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    services: Services,
+    slices: Slices,
     pending: Pending,
     syncer: Syncer,
     datapath: Option<Datapath>,
@@ -88,30 +87,29 @@ pub async fn run(
     status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
     status.capabilities = Some(status::capabilities(&probed, nftables));
 
-    // Reflectors for what the datapath serves (trimmed to what it reads);
-    // every change is recorded in `pending` and wakes the sync.
+    // Watches of what the datapath serves, projected into compact stores
+    // on arrival; every change is recorded in `pending` and wakes the sync.
     let wake = Arc::new(Notify::new());
     let pending = Pending::default();
-    let (services, services_w) = reflector::store();
-    let (slices, slices_w) = reflector::store();
-    spawn_reflector(
+    let (services, slices) = (Services::default(), Slices::default());
+    let services_ready = spawn_watch(
         Api::<Service>::all(client.clone()),
-        services_w,
-        Reflect {
+        Project {
+            store: services.clone(),
             wake: wake.clone(),
             pending: pending.clone(),
-            trim: trim_service,
-            touched: |s, _| Touched::service(s),
+            project: cache::service_entry,
+            touched: Touched::of_service,
         },
     );
-    spawn_reflector(
+    let slices_ready = spawn_watch(
         Api::<EndpointSlice>::all(client.clone()),
-        slices_w,
-        Reflect {
+        Project {
+            store: slices.clone(),
             wake: wake.clone(),
             pending: pending.clone(),
-            trim: trim_slice,
-            touched: Touched::slice,
+            project: cache::slice_entry,
+            touched: Touched::of_slice,
         },
     );
 
@@ -149,14 +147,12 @@ pub async fn run(
         status,
         shared,
     };
-    st.services
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
-    st.slices
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
+    for mut ready in [services_ready, slices_ready] {
+        ready
+            .wait_for(|r| *r)
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
     st.apply_spec(existing.spec.clone()).await;
     st.scan_leftovers().await;
     st.report().await;
@@ -215,49 +211,66 @@ fn which(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-/// How a reflector trims objects and reports what it touched.
-struct Reflect<K> {
+/// How a watch projects objects into its store and reports what it
+/// touched.
+struct Project<K, T> {
+    store: Store<T>,
     wake: Arc<Notify>,
     pending: Pending,
-    trim: fn(&mut K),
-    /// The record of an applied (`false`) or deleted (`true`) object.
-    touched: fn(&K, bool) -> Touched,
+    project: fn(&K) -> (cache::Key, T),
+    touched: fn(&Applied<T>) -> Option<Touched>,
 }
 
-fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, r: Reflect<K>)
+/// Watches `api`, keeping `p.store` equal to its objects (projected; the
+/// object itself is dropped after its event). The receiver turns true at
+/// the first complete list.
+fn spawn_watch<K, T>(api: Api<K>, p: Project<K, T>) -> watch::Receiver<bool>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
-        + Sync
         + 'static,
+    T: Send + Sync + 'static,
 {
-    let stream = watcher(api, watcher::Config::default().timeout(45))
-        .default_backoff()
-        .modify(r.trim)
-        .reflect(writer);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let stream = watcher(api, watcher::Config::default().timeout(45)).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
-            let t = match ev {
-                Ok(watcher::Event::Apply(o)) => (r.touched)(&o, false),
-                Ok(watcher::Event::Delete(o)) => (r.touched)(&o, true),
-                Ok(watcher::Event::InitDone) => Touched::Relisted,
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            let ev = match ev {
+                Ok(watcher::Event::Apply(o)) => {
+                    let (k, v) = (p.project)(&o);
+                    cache::Event::Apply(k, v)
+                }
+                Ok(watcher::Event::Delete(o)) => cache::Event::Delete(cache::key(o.meta())),
+                Ok(watcher::Event::Init) => cache::Event::Init,
+                Ok(watcher::Event::InitApply(o)) => {
+                    let (k, v) = (p.project)(&o);
+                    cache::Event::InitApply(k, v)
+                }
+                Ok(watcher::Event::InitDone) => cache::Event::InitDone,
                 Err(e) => {
                     warn!(error = %e, "watch failed; retrying");
                     continue;
                 }
             };
-            r.pending
+            let applied = p.store.apply(ev);
+            if matches!(applied, Applied::Relisted) {
+                ready_tx.send_replace(true);
+            }
+            let Some(t) = (p.touched)(&applied) else {
+                continue;
+            };
+            p.pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(t);
-            r.wake.notify_one();
+            p.wake.notify_one();
         }
     });
+    ready_rx
 }
 
 /// Creates our NodeDatapath if it does not exist (mode Off), returns it.

@@ -1,8 +1,8 @@
-//! Service sync: Services + EndpointSlices (from reflector stores) → the
+//! Service sync: Services + EndpointSlices (projected, from [`crate::store`]) → the
 //! pure LB state (`switchyard-lb`) → ordered writes to the pinned maps.
 //! An in-memory mirror of the maps avoids reading them back on every sync.
 //!
-//! Incremental: the reflectors record which objects they touched
+//! Incremental: the watch tasks record which objects they touched
 //! ([`Touched`], shared through [`Pending`]); a sync recomputes only those
 //! Services ([`LbState`]) and writes only their keys. A relist, the first
 //! sync and the first sync after adoption or a failed write take the full
@@ -13,16 +13,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::{ObjectRef, Store};
 use switchyard_api::SyncStatus;
-use switchyard_lb::{FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options};
+use switchyard_lb::{
+    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, ServiceView, SliceView,
+};
 use switchyard_node_datapath::PinnedLbMaps;
 
 use crate::error::{Error, Result};
+use crate::store::{Applied, Key, Services, Slices};
 
 /// The node's NodePort addresses: its IPv4 InternalIP and ExternalIP.
 pub fn node_context(node: &Node) -> NodeContext {
@@ -56,7 +57,7 @@ fn release_free_memory() {
     }
 }
 
-/// One object a reflector applied or deleted, or a completed relist.
+/// One object a watch applied or deleted, or a completed relist.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Touched {
     /// Service `namespace/name` changed or was deleted.
@@ -73,27 +74,46 @@ pub enum Touched {
 }
 
 impl Touched {
-    /// The record of an applied (`deleted: false`) or deleted Service.
-    pub fn service(svc: &Service) -> Self {
+    /// The record of an applied or deleted Service.
+    pub fn service(key: &Key) -> Self {
         Self::Service {
-            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-            name: svc.metadata.name.clone().unwrap_or_default(),
+            namespace: key.0.to_string(),
+            name: key.1.to_string(),
         }
     }
 
-    /// The record of an applied or deleted EndpointSlice.
-    pub fn slice(slice: &EndpointSlice, deleted: bool) -> Self {
+    /// The record of an applied (`Some`) or deleted (`None`) EndpointSlice.
+    pub fn slice(key: &Key, slice: Option<&SliceView>) -> Self {
         Self::Slice {
-            namespace: slice.metadata.namespace.clone().unwrap_or_default(),
-            name: slice.metadata.name.clone().unwrap_or_default(),
-            service: (!deleted)
-                .then(|| LbState::slice_service(slice).map(str::to_string))
-                .flatten(),
+            namespace: key.0.to_string(),
+            name: key.1.to_string(),
+            service: slice.and_then(|s| s.service.as_deref()).map(str::to_string),
         }
     }
 }
 
-/// What the reflectors touched since the last sync.
+impl Touched {
+    /// The record of a Service store change (`None`: nothing visible yet).
+    pub fn of_service(applied: &Applied<ServiceView>) -> Option<Self> {
+        match applied {
+            Applied::Changed(k, _) | Applied::Deleted(k) => Some(Self::service(k)),
+            Applied::Relisted => Some(Self::Relisted),
+            Applied::Buffered => None,
+        }
+    }
+
+    /// The record of an EndpointSlice store change.
+    pub fn of_slice(applied: &Applied<SliceView>) -> Option<Self> {
+        match applied {
+            Applied::Changed(k, v) => Some(Self::slice(k, Some(v))),
+            Applied::Deleted(k) => Some(Self::slice(k, None)),
+            Applied::Relisted => Some(Self::Relisted),
+            Applied::Buffered => None,
+        }
+    }
+}
+
+/// What the watch tasks touched since the last sync.
 pub type Pending = Arc<Mutex<Vec<Touched>>>;
 
 /// Keeps the maps equal to the desired state.
@@ -166,29 +186,17 @@ impl Syncer {
     /// the difference to the maps.
     pub fn sync(
         &mut self,
-        services: &Store<Service>,
-        slices: &Store<EndpointSlice>,
+        services: &Services,
+        slices: &Slices,
         touched: Vec<Touched>,
     ) -> Result<()> {
         let started = Instant::now();
         if !self.indexed || touched.contains(&Touched::Relisted) {
-            let (svcs, sls) = (services.state(), slices.state());
+            let (svcs, sls) = (services.read(), slices.read());
             self.lb.reset(
-                svcs.iter().map(|s| {
-                    let m = &s.metadata;
-                    (
-                        m.namespace.as_deref().unwrap_or_default(),
-                        m.name.as_deref().unwrap_or_default(),
-                    )
-                }),
-                sls.iter().map(|s| {
-                    let m = &s.metadata;
-                    (
-                        m.namespace.as_deref().unwrap_or_default(),
-                        m.name.as_deref().unwrap_or_default(),
-                        LbState::slice_service(s),
-                    )
-                }),
+                svcs.iter().map(|((ns, name), _)| (&**ns, &**name)),
+                sls.iter()
+                    .map(|((ns, name), s)| (&**ns, &**name, s.service.as_deref())),
             );
             self.indexed = true;
         } else {
@@ -207,8 +215,8 @@ impl Syncer {
             }
         }
         self.lb.refresh(
-            |ns, name| services.get(&ObjectRef::new(name).within(ns)),
-            |ns, name| slices.get(&ObjectRef::new(name).within(ns)),
+            |ns, name| services.get(ns, name),
+            |ns, name| slices.get(ns, name),
         );
         self.status.services_seen = self.lb.service_count() as u32;
         if self.lb.vips_changed() {
@@ -259,15 +267,8 @@ impl Syncer {
     }
 
     /// The ClusterIP of `namespace/name`, from the store.
-    pub fn cluster_ip(services: &Store<Service>, namespace: &str, name: &str) -> Option<Ipv4Addr> {
-        services
-            .state()
-            .iter()
-            .find(|s| {
-                s.metadata.namespace.as_deref() == Some(namespace)
-                    && s.metadata.name.as_deref() == Some(name)
-            })
-            .and_then(|s| s.spec.as_ref()?.cluster_ip.as_ref()?.parse().ok())
+    pub fn cluster_ip(services: &Services, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        services.get(namespace, name)?.cluster_ip.parse().ok()
     }
 }
 

@@ -1,20 +1,17 @@
-//! The agent's own sync path, measured with its real parts: kube-runtime
-//! reflector stores fed with trimmed objects (as `agent.rs` trims them),
-//! `switchyard_agent::sync::Syncer` adopting the pinned maps, one full sync,
+//! The agent's own sync path, measured with its real parts: the agent's
+//! stores (`switchyard_agent::store`) fed with objects projected on
+//! arrival (as `agent.rs` does), `switchyard_agent::sync::Syncer`
+//! adopting the pinned maps, one full sync,
 //! then single-endpoint changes handed to the sync one at a time, then
 //! syncs with nothing to do. Runs in a fresh child process, so its resident
 //! set is what an agent holds for N Services.
 
 use std::time::Instant;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::runtime::{
-    reflector::{self, ObjectRef, Store, store::Writer},
-    watcher::Event,
-};
 use serde::{Deserialize, Serialize};
+use switchyard_agent::store::{self, Event, Key, Services, Slices, Store};
 use switchyard_agent::sync::{Syncer, Touched};
-use switchyard_lb::{LbMaps, NodeContext, trim_service, trim_slice};
+use switchyard_lb::{LbMaps, NodeContext};
 
 use crate::{
     BenchError,
@@ -35,7 +32,7 @@ pub struct AgentResult {
     /// the map write returning: median and p99, µs.
     pub change_sync_p50_us: f64,
     pub change_sync_p99_us: f64,
-    /// The same plus the agent's reflector work (trim, store write), µs.
+    /// The same plus the agent's store work (projection, store write), µs.
     pub change_event_p50_us: f64,
     pub change_event_p99_us: f64,
     /// Map operations per change (median).
@@ -44,7 +41,7 @@ pub struct AgentResult {
     pub noop_sync_p50_us: f64,
     /// Resident set before anything was built (binary, libraries), KiB.
     pub rss_base_kib: u64,
-    /// Resident set with the reflector stores filled, before any sync, KiB.
+    /// Resident set with the stores filled, before any sync, KiB.
     pub rss_stores_kib: u64,
     /// Resident set after the syncs (`VmRSS`), KiB.
     pub rss_kib: u64,
@@ -74,24 +71,21 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
-/// Fills a store as a reflector's initial list does, one trimmed object at
-/// a time (the untrimmed object never outlives its event).
-fn fill<K: kube::Resource<DynamicType = ()> + Clone>(
-    w: &mut Writer<K>,
-    n: usize,
-    make: impl Fn(usize) -> K,
-) {
-    w.apply_watcher_event(&Event::Init);
+/// Fills a store as a watch's initial list does, one projected object at
+/// a time (the object never outlives its event).
+fn fill<T>(store: &Store<T>, n: usize, make: impl Fn(usize) -> (Key, T)) {
+    store.apply(Event::Init);
     for i in 0..n {
-        w.apply_watcher_event(&Event::InitApply(make(i)));
+        let (k, v) = make(i);
+        store.apply(Event::InitApply(k, v));
     }
-    w.apply_watcher_event(&Event::InitDone);
+    store.apply(Event::InitDone);
 }
 
 fn sync(
     syncer: &mut Syncer,
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
+    services: &Services,
+    slices: &Slices,
     touched: Vec<Touched>,
 ) -> Result<(), BenchError> {
     syncer
@@ -114,17 +108,12 @@ pub fn agent_path(
         maps.apply_all(&ops)
             .map_err(|(i, e)| BenchError::Arg(format!("emptying maps, op {i}: {e}")))?;
     }
-    let (services, mut services_w) = reflector::store::<Service>();
-    let (slices, mut slices_w) = reflector::store::<EndpointSlice>();
-    fill(&mut services_w, sc.services, |i| {
-        let mut s = service_object(sc, i);
-        trim_service(&mut s);
-        s
+    let (services, slices) = (Services::default(), Slices::default());
+    fill(&services, sc.services, |i| {
+        store::service_entry(&service_object(sc, i))
     });
-    fill(&mut slices_w, sc.services, |i| {
-        let mut s = slice_object(sc, i);
-        trim_slice(&mut s);
-        s
+    fill(&slices, sc.services, |i| {
+        store::slice_entry(&slice_object(sc, i))
     });
     let rss_stores_kib = rss_kib();
     let node = NodeContext {
@@ -144,24 +133,25 @@ pub fn agent_path(
         // Spread over the Services; each change moves endpoint 0 of one
         // Service to a fresh address, or back.
         let i = (mix64(j as u64) % sc.services as u64) as usize;
-        let key = ObjectRef::new(&slice_name(i)).within(NAMESPACE);
-        let Some(cur) = slices.get(&key) else {
+        let Some(cur) = slices.get(NAMESPACE, &slice_name(i)) else {
             return Err(BenchError::Arg(format!("slice {} missing", slice_name(i))));
         };
-        let mut slice = (*cur).clone();
-        let moved = endpoint(i, ENDPOINTS).to_string();
-        let addr = if slice.endpoints[0].addresses[0] == moved {
-            endpoint(i, 0).to_string()
+        // The object as the API server would send it after the change.
+        let mut slice = slice_object(sc, i);
+        let moved = endpoint(i, ENDPOINTS);
+        let addr = if cur.endpoints.first().map(|e| e.ip) == Some(moved) {
+            endpoint(i, 0)
         } else {
             moved
         };
-        slice.endpoints[0].addresses = vec![addr];
+        slice.endpoints[0].addresses = vec![addr.to_string()];
         let t0 = Instant::now();
-        trim_slice(&mut slice);
-        let touched = Touched::slice(&slice, false);
-        slices_w.apply_watcher_event(&Event::Apply(slice));
+        let (k, v) = store::slice_entry(&slice);
+        drop(slice);
+        let applied = slices.apply(Event::Apply(k, v));
+        let touched: Vec<Touched> = Touched::of_slice(&applied).into_iter().collect();
         let t1 = Instant::now();
-        sync(&mut syncer, &services, &slices, vec![touched])?;
+        sync(&mut syncer, &services, &slices, touched)?;
         let t2 = Instant::now();
         event_us.push((t2 - t0).as_secs_f64() * 1e6);
         sync_us.push((t2 - t1).as_secs_f64() * 1e6);

@@ -20,7 +20,9 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde::{Deserialize, Serialize};
-use switchyard_lb::{IdAllocator, LbMaps, LbState, NodeContext, Options, plan_sync};
+use switchyard_lb::{
+    IdAllocator, LbMaps, LbState, NodeContext, Options, ServiceView, SliceView, plan_sync,
+};
 use switchyard_node_datapath::PinnedLbMaps;
 
 use crate::{
@@ -179,17 +181,18 @@ pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchErr
             (NAMESPACE, name, LbState::slice_service(s))
         }),
     );
-    let svc_index: std::collections::HashMap<&str, &Service> = services
+    // Projected as the agent's stores hold them (projection timed too).
+    let svc_index: std::collections::HashMap<&str, ServiceView> = services
         .iter()
-        .filter_map(|s| Some((s.metadata.name.as_deref()?, s)))
+        .filter_map(|s| Some((s.metadata.name.as_deref()?, ServiceView::from(s))))
         .collect();
-    let slice_index: std::collections::HashMap<&str, &EndpointSlice> = slices
+    let slice_index: std::collections::HashMap<&str, SliceView> = slices
         .iter()
-        .filter_map(|s| Some((s.metadata.name.as_deref()?, s)))
+        .filter_map(|s| Some((s.metadata.name.as_deref()?, SliceView::from(s))))
         .collect();
     lb.refresh(
-        |_, name| svc_index.get(name).copied(),
-        |_, name| slice_index.get(name).copied(),
+        |_, name| svc_index.get(name),
+        |_, name| slice_index.get(name),
     );
     let t2 = Instant::now();
     let mut ids = IdAllocator::from_snapshot(&snapshot);

@@ -20,13 +20,13 @@ pub fn agent_section(t: &Table, out: &mut String) {
          does them (one `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH` per run of same-map, \
          same-kind operations, in the diff's order), and the same operations with one \
          `bpf(2)` call each (maps emptied first, untimed), in the same process.\n\
-         - Agent path (`switchyard-bench agent`, a fresh process): kube-runtime reflector stores \
-         filled with trimmed objects (as the agent's watch streams trim them, one object at a \
-         time), `switchyard_agent::sync::Syncer` adopting the pinned maps, its first sync \
+         - Agent path (`switchyard-bench agent`, a fresh process): the agent's stores \
+         (`switchyard_agent::store`) filled with compact projections of the objects (as the \
+         agent's watch tasks project each object on arrival and drop it), `switchyard_agent::sync::Syncer` adopting the pinned maps, its first sync \
          (relist: every Service computed and written), then single-endpoint changes: endpoint 0 \
          of one Service (spread over all N) moves to a new address or back. *sync*: from the \
          change handed to `Syncer::sync` to the map writes returning; *event→map*: plus the \
-         reflector's part (trim, store write). Median and p99 over the changes (`samples`).\n\
+         watch task's part (projection, store write). Median and p99 over the changes (`samples`).\n\
          - no-op sync: `Syncer::sync` with nothing changed (a spurious wake-up); while nothing \
          changes the agent runs no sync at all.\n\
          - RSS: the agent-path process's `VmRSS` after its syncs and its peak `VmHWM` (stores, \

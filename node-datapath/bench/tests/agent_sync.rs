@@ -1,6 +1,6 @@
 //! Privileged test of the agent's incremental sync on real pinned maps
-//! (`switchyard_agent::sync::Syncer` fed by kube-runtime reflector stores,
-//! as the agent runs it): after the first full sync, after an endpoint
+//! (`switchyard_agent::sync::Syncer` fed by the agent's stores of
+//! projected objects, as the agent runs it): after the first full sync, after an endpoint
 //! change, after a Service deletion and after a restart, the maps hold
 //! exactly the desired state of all objects (a full diff of them is
 //! empty), and a single change writes only that Service's keys.
@@ -8,11 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // test code (helpers outside #[test] fns)
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::runtime::{
-    reflector::{self, ObjectRef, Store},
-    watcher::Event,
-};
+use switchyard_agent::store::{self, Event, Services, Slices};
 use switchyard_agent::sync::{Syncer, Touched};
 use switchyard_bench::{
     ebpf::{service_object, slice_name, slice_object},
@@ -20,8 +16,8 @@ use switchyard_bench::{
     topo::Topo,
 };
 use switchyard_lb::{
-    IdAllocator, LbMaps, NodeContext, Options, consistent, desired_state, diff, trim_service,
-    trim_slice,
+    IdAllocator, LbMaps, NodeContext, Options, consistent, desired_state, desired_state_of_views,
+    diff,
 };
 use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, PinnedLbMaps};
 
@@ -33,16 +29,16 @@ fn node() -> NodeContext {
 }
 
 /// The maps under `topo` hold exactly the desired state of the stores.
-fn assert_maps_match(topo: &Topo, services: &Store<Service>, slices: &Store<EndpointSlice>) {
+fn assert_maps_match(topo: &Topo, services: &Services, slices: &Slices) {
     let snapshot = PinnedLbMaps::open(&topo.bpffs_dir)
         .unwrap()
         .snapshot()
         .unwrap();
     consistent(&snapshot).unwrap();
-    let (svcs, sls) = (services.state(), slices.state());
-    let want = desired_state(
-        svcs.iter().map(|s| s.as_ref()),
-        sls.iter().map(|s| s.as_ref()),
+    let (svcs, sls) = (services.read(), slices.read());
+    let want = desired_state_of_views(
+        svcs.iter().map(|(_, s)| s.as_ref()),
+        sls.iter().map(|(_, s)| s.as_ref()),
         &node(),
         &Options::default(),
     );
@@ -70,19 +66,44 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
     })
     .unwrap();
     let sc = Scenario::new(50).unwrap();
-    let (services, mut services_w) = reflector::store::<Service>();
-    let (slices, mut slices_w) = reflector::store::<EndpointSlice>();
-    services_w.apply_watcher_event(&Event::Init);
-    slices_w.apply_watcher_event(&Event::Init);
+    let (services, slices) = (Services::default(), Slices::default());
+    services.apply(Event::Init);
+    slices.apply(Event::Init);
+    // A Service and a slice from before the list: gone after InitDone.
+    let (k, v) = store::service_entry(&service_object(&sc, 60));
+    services.apply(Event::Apply(k, v));
+    let (k, v) = store::slice_entry(&slice_object(&sc, 60));
+    slices.apply(Event::Apply(k, v));
     for i in 0..sc.services {
-        let (mut s, mut e) = (service_object(&sc, i), slice_object(&sc, i));
-        trim_service(&mut s);
-        trim_slice(&mut e);
-        services_w.apply_watcher_event(&Event::InitApply(s));
-        slices_w.apply_watcher_event(&Event::InitApply(e));
+        let (k, v) = store::service_entry(&service_object(&sc, i));
+        services.apply(Event::InitApply(k, v));
+        let (k, v) = store::slice_entry(&slice_object(&sc, i));
+        slices.apply(Event::InitApply(k, v));
     }
-    services_w.apply_watcher_event(&Event::InitDone);
-    slices_w.apply_watcher_event(&Event::InitDone);
+    services.apply(Event::InitDone);
+    slices.apply(Event::InitDone);
+    assert!(services.get(NAMESPACE, &service_name(60)).is_none());
+    // The projections give the state the objects give.
+    let objects = desired_state(
+        &(0..sc.services)
+            .map(|i| service_object(&sc, i))
+            .collect::<Vec<_>>(),
+        &(0..sc.services)
+            .map(|i| slice_object(&sc, i))
+            .collect::<Vec<_>>(),
+        &node(),
+        &Options::default(),
+    );
+    {
+        let (svcs, sls) = (services.read(), slices.read());
+        let views = desired_state_of_views(
+            svcs.iter().map(|(_, s)| s.as_ref()),
+            sls.iter().map(|(_, s)| s.as_ref()),
+            &node(),
+            &Options::default(),
+        );
+        assert_eq!(views, objects);
+    }
 
     let mut syncer = Syncer::new(node());
     syncer.adopt(&topo.bpffs_dir).unwrap();
@@ -97,12 +118,21 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
 
     // One endpoint of Service 7 moves: its backend, its 10 slots (ordered
     // by address, all shift) and the old backend's deletion, nothing else.
-    let key = ObjectRef::new(&slice_name(7)).within(NAMESPACE);
-    let mut slice = (*slices.get(&key).unwrap()).clone();
+    let mut slice = slice_object(&sc, 7);
     slice.endpoints[0].addresses = vec![endpoint(7, 10).to_string()];
-    let touched = Touched::slice(&slice, false);
-    slices_w.apply_watcher_event(&Event::Apply(slice));
-    syncer.sync(&services, &slices, vec![touched]).unwrap();
+    let (k, v) = store::slice_entry(&slice);
+    let touched = Touched::of_slice(&slices.apply(Event::Apply(k, v)));
+    assert_eq!(
+        touched,
+        Some(Touched::Slice {
+            namespace: NAMESPACE.into(),
+            name: slice_name(7),
+            service: Some(service_name(7)),
+        })
+    );
+    syncer
+        .sync(&services, &slices, touched.into_iter().collect())
+        .unwrap();
     let ports = sc.ports(7).len();
     assert_eq!(syncer.last_ops, ports * 12);
     assert_maps_match(&topo, &services, &slices);
@@ -112,13 +142,11 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
     assert_eq!(syncer.last_ops, 0);
 
     // Service 3 deleted (its slice stays, as until the controller GCs it).
-    let svc = (*services
-        .get(&ObjectRef::new(&service_name(3)).within(NAMESPACE))
-        .unwrap())
-    .clone();
-    let touched = Touched::service(&svc);
-    services_w.apply_watcher_event(&Event::Delete(svc));
-    syncer.sync(&services, &slices, vec![touched]).unwrap();
+    let key = store::key(&service_object(&sc, 3).metadata);
+    let touched = Touched::of_service(&services.apply(Event::Delete(key)));
+    syncer
+        .sync(&services, &slices, touched.into_iter().collect())
+        .unwrap();
     assert!(syncer.last_ops > 0);
     assert_maps_match(&topo, &services, &slices);
 

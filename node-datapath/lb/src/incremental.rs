@@ -2,7 +2,7 @@
 //! change costs O(that Service), not O(all Services).
 //!
 //! [`LbState`] holds each Service's own [`Desired`] (what
-//! [`desired_state`] computes from that Service and its slices alone) and
+//! [`crate::desired_state`] computes from that Service and its slices alone) and
 //! merges them into one [`DesiredState`] exactly as the full computation
 //! does: a frontend claimed by several Services belongs to the first by
 //! namespace/name, a backend is terminating only if every slot using it
@@ -10,7 +10,7 @@
 //! Every change records the [`Dirty`] keys; [`LbState::plan`] diffs only
 //! those against the maps ([`crate::diff::diff_dirty`]).
 //!
-//! The caller owns the objects (e.g. kube-runtime reflector stores) and
+//! The caller owns the projected objects ([`ServiceView`], [`SliceView`]) and
 //! tells the state what changed ([`LbState::service_touched`],
 //! [`LbState::slice_touched`]); [`LbState::refresh`] then looks the stale
 //! Services and their slices up through closures. One difference from the
@@ -21,16 +21,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::ops::Deref;
 
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::LbError;
-use crate::desired::{Desired, Finding, FindingKind, NodeContext, Options, desired_state};
+use crate::desired::{Desired, Finding, FindingKind, NodeContext, Options, desired_state_of_views};
 use crate::diff::{Dirty, diff_dirty};
-use crate::endpoints::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
+use crate::endpoints::LABEL_SERVICE_NAME;
 use crate::ids::IdAllocator;
 use crate::maps::{MapOp, MapsSnapshot};
 use crate::model::{BackendKey, DesiredState, Frontend, FrontendState};
+use crate::view::{ServiceView, SliceView};
 
 /// A Service's `(namespace, name)`.
 pub type ServiceId = (String, String);
@@ -124,7 +124,7 @@ impl LbState {
         }
     }
 
-    /// The merged desired state (equal to [`desired_state`] over every
+    /// The merged desired state (equal to [`crate::desired_state`] over every
     /// Service and slice refreshed so far).
     pub fn state(&self) -> &DesiredState {
         &self.state
@@ -271,8 +271,8 @@ impl LbState {
         service: impl Fn(&str, &str) -> Option<S>,
         slice: impl Fn(&str, &str) -> Option<E>,
     ) where
-        S: Deref<Target = Service>,
-        E: Deref<Target = EndpointSlice>,
+        S: Deref<Target = ServiceView>,
+        E: Deref<Target = SliceView>,
     {
         for id in std::mem::take(&mut self.stale) {
             let (ns, name) = (&id.0, &id.1);
@@ -284,7 +284,7 @@ impl LbState {
                     .flatten()
                     .filter_map(|s| slice(ns, s))
                     .collect();
-                desired_state([&*svc], slices.iter().map(|s| &**s), &self.node, &self.opts)
+                desired_state_of_views([&*svc], slices.iter().map(|s| &**s), &self.node, &self.opts)
             });
             self.replace(id, new.map(ServiceDesired::new));
         }
@@ -420,42 +420,5 @@ impl LbState {
             // Keep them dirty for the next attempt.
             self.dirty = dirty.clone();
         })
-    }
-}
-
-/// Drops from a Service what [`desired_state`] never reads (managed
-/// fields, annotations, labels other than the service-proxy-name one,
-/// owner references, the pod selector), so caches hold less.
-pub fn trim_service(svc: &mut Service) {
-    trim_meta(&mut svc.metadata, &[LABEL_SERVICE_PROXY_NAME]);
-    if let Some(spec) = svc.spec.as_mut() {
-        spec.selector = None;
-    }
-}
-
-/// Drops from an EndpointSlice what [`desired_state`] never reads
-/// (managed fields, annotations, other labels, owner references, each
-/// endpoint's target reference, hostname and deprecated topology).
-pub fn trim_slice(slice: &mut EndpointSlice) {
-    trim_meta(
-        &mut slice.metadata,
-        &[LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_HEADLESS],
-    );
-    for e in &mut slice.endpoints {
-        e.target_ref = None;
-        e.hostname = None;
-        e.deprecated_topology = None;
-    }
-}
-
-fn trim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, keep: &[&str]) {
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| keep.contains(&k.as_str()));
-        if labels.is_empty() {
-            meta.labels = None;
-        }
     }
 }

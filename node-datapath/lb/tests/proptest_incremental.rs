@@ -2,8 +2,8 @@
 //! sequence of Service and EndpointSlice adds, updates, relabels and
 //! deletes, `LbState` equals `desired_state` over all objects (state and
 //! findings), and the maps written from its incremental plans equal the
-//! full target (computed from untrimmed objects, the incremental side
-//! reads trimmed ones): a full diff of them finds nothing to do, and they stay
+//! full target (computed from the objects, the incremental side
+//! reads their projections, as the agent caches them): a full diff of them finds nothing to do, and they stay
 //! consistent after every single operation.
 
 // Test code: helpers outside #[test] fns unwrap too (clippy.toml covers only those).
@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use switchyard_lb::diff::target_maps;
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, consistent, desired_state, diff,
-    trim_service, trim_slice,
+    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, ServiceView, SliceView,
+    consistent, desired_state, diff,
 };
 
 /// A Service: ClusterIP from a small pool (so Services collide on
@@ -190,17 +190,9 @@ proptest! {
                 ),
             }
             lb.refresh(
-                // What the agent's caches hold: trimmed objects.
-                |_, name| services.get(name).map(|s| {
-                    let mut s = s.clone();
-                    trim_service(&mut s);
-                    Box::new(s)
-                }),
-                |_, name| slices.get(name).map(|s| {
-                    let mut s = s.clone();
-                    trim_slice(&mut s);
-                    Box::new(s)
-                }),
+                // What the agent's caches hold: projections.
+                |_, name| services.get(name).map(|s| Box::new(ServiceView::from(s))),
+                |_, name| slices.get(name).map(|s| Box::new(SliceView::from(s))),
             );
             let full = desired_state(services.values(), slices.values(), &node(), &Options::default());
             prop_assert_eq!(lb.state(), &full.state);
