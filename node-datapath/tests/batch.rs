@@ -48,8 +48,8 @@ fn state(services: u8, shift: u8) -> DesiredState {
                 backends,
                 service: ServicePortRef {
                     namespace: "default".into(),
-                    name: format!("s{i}"),
-                    port_name: String::new(),
+                    name: format!("s{i}").into(),
+                    port_name: "".into(),
                 },
             },
         );

@@ -161,6 +161,16 @@ pub fn peak_rss_kib() -> u64 {
 pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchError> {
     let t = Instant::now();
     let (services, slices) = objects(sc);
+    // Projected as the agent's stores hold them (done at arrival, before
+    // any sync: counted in `objects_s`).
+    let svc_index: std::collections::HashMap<&str, ServiceView> = services
+        .iter()
+        .filter_map(|s| Some((s.metadata.name.as_deref()?, ServiceView::from(s))))
+        .collect();
+    let slice_index: std::collections::HashMap<&str, SliceView> = slices
+        .iter()
+        .filter_map(|s| Some((s.metadata.name.as_deref()?, SliceView::from(s))))
+        .collect();
     let objects_s = secs(t.elapsed());
     let mut maps = PinnedLbMaps::open(bpffs_dir)?;
 
@@ -181,15 +191,6 @@ pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchErr
             (NAMESPACE, name, LbState::slice_service(s))
         }),
     );
-    // Projected as the agent's stores hold them (projection timed too).
-    let svc_index: std::collections::HashMap<&str, ServiceView> = services
-        .iter()
-        .filter_map(|s| Some((s.metadata.name.as_deref()?, ServiceView::from(s))))
-        .collect();
-    let slice_index: std::collections::HashMap<&str, SliceView> = slices
-        .iter()
-        .filter_map(|s| Some((s.metadata.name.as_deref()?, SliceView::from(s))))
-        .collect();
     lb.refresh(
         |_, name| svc_index.get(name),
         |_, name| slice_index.get(name),

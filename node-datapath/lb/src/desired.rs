@@ -285,12 +285,12 @@ impl Builder<'_> {
                 continue;
             };
             any_port = true;
-            let port_name = sp.name.to_string();
+            let port_name = sp.name.clone();
             let ctx = PortCtx {
                 endpoints: slices.endpoints_for(&port_name, proto_name, &self.node.name),
                 svc_ref: ServicePortRef {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
                     port_name,
                 },
                 proto,

@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -32,8 +33,9 @@ use crate::maps::{MapOp, MapsSnapshot};
 use crate::model::{BackendKey, DesiredState, Frontend, FrontendState};
 use crate::view::{ServiceView, SliceView};
 
-/// A Service's `(namespace, name)`.
-pub type ServiceId = (String, String);
+/// A Service's `(namespace, name)` (shared strings: a Service's id is
+/// cloned into every frontend it claims).
+pub type ServiceId = (Arc<str>, Arc<str>);
 
 /// How many slots use a backend, and how many of them as not terminating.
 #[derive(Clone, Copy, Debug, Default)]
@@ -201,16 +203,16 @@ impl LbState {
 
     /// Service `namespace/name` was added, changed or deleted.
     pub fn service_touched(&mut self, namespace: &str, name: &str) {
-        self.stale.insert((namespace.to_string(), name.to_string()));
+        self.stale.insert((namespace.into(), name.into()));
     }
 
     /// Slice `namespace/name` was added or changed (`service`: its
     /// `kubernetes.io/service-name` label) or deleted (`service`: `None`).
     pub fn slice_touched(&mut self, namespace: &str, name: &str, service: Option<&str>) {
-        let slice = (namespace.to_string(), name.to_string());
+        let slice: ServiceId = (namespace.into(), name.into());
         let new = service
             .filter(|s| !s.is_empty())
-            .map(|s| (namespace.to_string(), s.to_string()));
+            .map(|s| (namespace.into(), s.into()));
         let old = self.slice_owner.remove(&slice);
         if let Some(old) = &old
             && new.as_ref() != Some(old)

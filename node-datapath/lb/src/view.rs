@@ -5,6 +5,7 @@
 //! [`ServiceView::from`] / [`SliceView::from`] and drop it.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
@@ -15,8 +16,8 @@ use crate::endpoints::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_N
 /// One Service port as the Service declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortView {
-    /// `name` ("" when unset).
-    pub name: Box<str>,
+    /// `name` ("" when unset; shared with the frontends' [`crate::ServicePortRef`]).
+    pub name: Arc<str>,
     /// `protocol` (default `TCP`).
     pub protocol: Box<str>,
     pub port: i32,
@@ -26,10 +27,11 @@ pub struct PortView {
 /// What [`crate::desired`] reads of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceView {
-    /// `metadata.namespace` (default `default`).
-    pub namespace: Box<str>,
+    /// `metadata.namespace` (default `default`; shared with the
+    /// frontends' [`crate::ServicePortRef`], as is `name`).
+    pub namespace: Arc<str>,
     /// `metadata.name` ("" when unset: such a Service is skipped).
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// Not served by this proxy: a service-proxy-name label, no spec, or
     /// `type: ExternalName`.
     pub skipped: bool,
@@ -137,8 +139,8 @@ impl From<&Service> for ServiceView {
                 .filter_map(|i| i.ip.as_ref()),
         );
         Self {
-            namespace: boxed(m.namespace.as_deref().unwrap_or("default")),
-            name: boxed(m.name.as_deref().unwrap_or_default()),
+            namespace: m.namespace.as_deref().unwrap_or("default").into(),
+            name: m.name.as_deref().unwrap_or_default().into(),
             skipped: proxy_label || svc.spec.is_none() || svc_type == "ExternalName",
             has_node_ports: matches!(svc_type, "NodePort" | "LoadBalancer"),
             cluster_ip: boxed(spec.cluster_ip.as_deref().unwrap_or_default()),
@@ -162,7 +164,7 @@ impl From<&Service> for ServiceView {
                 .iter()
                 .flatten()
                 .map(|p| PortView {
-                    name: boxed(p.name.as_deref().unwrap_or_default()),
+                    name: p.name.as_deref().unwrap_or_default().into(),
                     protocol: boxed(p.protocol.as_deref().unwrap_or("TCP")),
                     port: p.port,
                     node_port: p.node_port,
