@@ -7,6 +7,8 @@
 #   node-datapath/bench/run.sh --quick    # N = 1,1000,10000
 #   node-datapath/bench/run.sh --services 1,1000 --runs 1   # any `run` option
 #   node-datapath/bench/run.sh --report-only   # re-plot + regenerate from raw.csv
+#   node-datapath/bench/run.sh --only programming   # eBPF programming time, incremental
+#       updates and agent memory only (no traffic); replaces those rows in raw.csv
 #
 # SWITCHYARD_BENCH_RESULTS / SWITCHYARD_BENCH_MARKDOWN redirect the outputs
 # (default node-datapath/bench/results/ and BENCHMARKS.md).

@@ -76,6 +76,16 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// A batched map write (`BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH`)
+    /// failed.
+    #[error("map {map}: batched write: {source}")]
+    MapBatch {
+        /// Map name.
+        map: &'static str,
+        /// The `bpf(2)` error.
+        #[source]
+        source: io::Error,
+    },
     /// Pinning a link failed.
     #[error("pinning {path}: {source}")]
     Pin {

@@ -18,6 +18,7 @@
 //!   [`metrics::render`] turns them into Prometheus text.
 //! - [`capabilities::probe`] reports what the node can run.
 
+mod batch;
 pub mod capabilities;
 mod config;
 pub mod datapath;

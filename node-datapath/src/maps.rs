@@ -1,8 +1,12 @@
 //! The aya side of the map seam: [`PinnedLbMaps`] implements
-//! [`switchyard_lb::maps::LbMaps`] over the pinned maps, and
+//! [`switchyard_lb::maps::LbMaps`] over the pinned maps (ordered op lists
+//! are written in batches, see [`crate::batch`]), and
 //! [`read_stats`] reads counters and occupancy for metrics.
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use switchyard_abi::{
@@ -13,6 +17,7 @@ use switchyard_lb::maps::{LbMaps, MapOp, MapsSnapshot};
 
 use crate::{
     DatapathError,
+    batch::{self, RunError, RunKind},
     datapath::maps_dir,
     metrics::{DatapathStats, MapOccupancy},
 };
@@ -68,6 +73,17 @@ pub struct PinnedLbMaps {
     services: HashMap<MapData, SvcKey, SvcValue>,
     backends: HashMap<MapData, BackendId, Backend>,
     rev_nat: HashMap<MapData, RevNatId, RevNat>,
+    /// Raw descriptors of the same maps, for the batch commands aya lacks:
+    /// services, backends, rev-NAT.
+    raw: [OwnedFd; 3],
+    /// Write runs of operations with one batch call each (turned off when
+    /// the kernel refuses batch commands).
+    batch: bool,
+}
+
+fn open_raw(bpffs_dir: &Path, name: &'static str) -> Result<OwnedFd, DatapathError> {
+    let path = maps_dir(bpffs_dir).join(name);
+    crate::sys::obj_get(&path).map_err(|e| DatapathError::io("open pinned map", path, e))
 }
 
 impl PinnedLbMaps {
@@ -77,7 +93,40 @@ impl PinnedLbMaps {
             services: open_hash(bpffs_dir, map_names::SERVICES)?,
             backends: open_hash(bpffs_dir, map_names::BACKENDS)?,
             rev_nat: open_hash(bpffs_dir, map_names::REV_NAT)?,
+            raw: [
+                open_raw(bpffs_dir, map_names::SERVICES)?,
+                open_raw(bpffs_dir, map_names::BACKENDS)?,
+                open_raw(bpffs_dir, map_names::REV_NAT)?,
+            ],
+            batch: true,
         })
+    }
+
+    /// Chooses batched (the default) or one-syscall-per-operation writes in
+    /// [`LbMaps::apply_all`] (for comparison in benchmarks and tests).
+    pub fn set_batching(&mut self, on: bool) {
+        self.batch = on;
+    }
+
+    /// Whether [`LbMaps::apply_all`] writes in batches (false after the
+    /// kernel refused a batch command).
+    pub fn batching(&self) -> bool {
+        self.batch
+    }
+
+    fn raw_fd(&self, kind: RunKind) -> &OwnedFd {
+        match kind {
+            RunKind::UpsertServices | RunKind::DeleteServices => &self.raw[0],
+            RunKind::UpsertBackends | RunKind::DeleteBackends => &self.raw[1],
+            RunKind::UpsertRevNats | RunKind::DeleteRevNats => &self.raw[2],
+        }
+    }
+
+    fn apply_each(&mut self, ops: &[MapOp], offset: usize) -> Result<(), (usize, DatapathError)> {
+        for (i, op) in ops.iter().enumerate() {
+            self.apply(op).map_err(|e| (offset + i, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -102,6 +151,28 @@ impl LbMaps for PinnedLbMaps {
             MapOp::DeleteRevNat(id) => remove(&mut self.rev_nat, map_names::REV_NAT, id),
             MapOp::DeleteBackend(id) => remove(&mut self.backends, map_names::BACKENDS, id),
         }
+    }
+
+    /// In order, one batch call per run of same-map, same-kind operations
+    /// (see [`crate::batch`]); per operation when batching is off or the
+    /// kernel refuses it.
+    fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), (usize, DatapathError)> {
+        if !self.batch {
+            return self.apply_each(ops, 0);
+        }
+        for (kind, range) in batch::runs(ops) {
+            let start = range.start;
+            match batch::write_run(self.raw_fd(kind).as_fd(), kind, &ops[range]) {
+                Ok(()) => {}
+                Err(RunError::Unsupported(e)) => {
+                    tracing::warn!(error = %e, "batched map writes refused; writing per operation");
+                    self.batch = false;
+                    return self.apply_each(&ops[start..], start);
+                }
+                Err(RunError::Failed { done, source }) => return Err((start + done, source)),
+            }
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Result<MapsSnapshot, DatapathError> {

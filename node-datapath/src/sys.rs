@@ -1,6 +1,6 @@
-//! The few raw `bpf(2)` commands aya 0.14 does not expose for cgroup links:
-//! opening a pinned object, link/program info, atomic link update and
-//! forced link detach. Each wrapper fills one command's attribute struct
+//! The few raw `bpf(2)` commands aya 0.14 does not expose: for cgroup
+//! links, opening a pinned object, link/program info, atomic link update and
+//! forced link detach; for maps, batched updates and deletes. Each wrapper fills one command's attribute struct
 //! (the kernel zero-extends the short attribute) and returns an `io::Error`.
 
 use std::{
@@ -23,6 +23,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `BPF_LINK_TYPE_CGROUP` in `enum bpf_link_type`.
 pub(crate) const BPF_LINK_TYPE_CGROUP: u32 = 3;
@@ -184,6 +186,85 @@ pub(crate) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
         link_fd: link.as_raw_fd() as u32,
     };
     bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+/// `struct { in_batch, out_batch, keys, values, count, map_fd, elem_flags,
+/// flags }`, the attribute of the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (`values` non-empty) or `BPF_MAP_DELETE_BATCH`
+/// of `keys` on `map`. The kernel applies the elements in order, one at a
+/// time, and reports how many it processed, also on failure; that number
+/// is returned with the result.
+fn map_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> (usize, io::Result<()>) {
+    let (cmd, values_ptr) = if values.is_empty() {
+        (BPF_MAP_DELETE_BATCH, 0)
+    } else {
+        (BPF_MAP_UPDATE_BATCH, values.as_ptr() as u64)
+    };
+    let Ok(count) = u32::try_from(keys.len()) else {
+        return (0, Err(io::Error::other("batch too large")));
+    };
+    if !values.is_empty() && values.len() != keys.len() {
+        return (
+            0,
+            Err(io::Error::other("batch keys and values differ in length")),
+        );
+    }
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values_ptr,
+        count,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    let result = bpf(cmd, &mut attr).map(|_| ());
+    // The kernel wrote back the number of elements processed.
+    let done = (attr.count as usize).min(keys.len());
+    (done, result)
+}
+
+/// Inserts or updates `keys[i] → values[i]` in order (`BPF_MAP_UPDATE_BATCH`,
+/// `BPF_ANY`). `K`/`V` must be the map's `#[repr(C)]` key/value types
+/// without implicit padding. Returns how many were written before an error.
+pub(crate) fn map_update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> (usize, io::Result<()>) {
+    if keys.is_empty() {
+        return (0, Ok(()));
+    }
+    map_batch(map, keys, values)
+}
+
+/// Deletes `keys` in order (`BPF_MAP_DELETE_BATCH`); an absent key stops
+/// the batch with `ENOENT`. Returns how many were deleted before an error.
+pub(crate) fn map_delete_batch<K: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+) -> (usize, io::Result<()>) {
+    if keys.is_empty() {
+        return (0, Ok(()));
+    }
+    map_batch::<K, u8>(map, keys, &[])
 }
 
 /// The cgroup id of a cgroup v2 directory (its inode number).

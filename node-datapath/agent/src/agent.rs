@@ -12,7 +12,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use switchyard_api::conditions;
@@ -28,7 +27,8 @@ use crate::kube_proxy;
 use crate::probe::{self, Target};
 use crate::server::Shared;
 use crate::status;
-use crate::sync::{Syncer, node_context};
+use crate::store::{self as cache, Applied, Services, Slices, Store};
+use crate::sync::{Pending, Syncer, Touched, node_context};
 
 /// Field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "switchyard-agent";
@@ -47,8 +47,9 @@ pub struct AgentConfig {
 struct State {
     cfg: AgentConfig,
     api: Api<NodeDatapath>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    services: Services,
+    slices: Slices,
+    pending: Pending,
     syncer: Syncer,
     datapath: Option<Datapath>,
     /// `spec.mode` is Off but the datapath stays until kube-proxy serves.
@@ -86,19 +87,30 @@ pub async fn run(
     status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
     status.capabilities = Some(status::capabilities(&probed, nftables));
 
-    // Reflectors for what the datapath serves; every change wakes the sync.
+    // Watches of what the datapath serves, projected into compact stores
+    // on arrival; every change is recorded in `pending` and wakes the sync.
     let wake = Arc::new(Notify::new());
-    let (services, services_w) = reflector::store();
-    let (slices, slices_w) = reflector::store();
-    spawn_reflector(
+    let pending = Pending::default();
+    let (services, slices) = (Services::default(), Slices::default());
+    let services_ready = spawn_watch(
         Api::<Service>::all(client.clone()),
-        services_w,
-        wake.clone(),
+        Project {
+            store: services.clone(),
+            wake: wake.clone(),
+            pending: pending.clone(),
+            project: cache::service_entry,
+            touched: Touched::of_service,
+        },
     );
-    spawn_reflector(
+    let slices_ready = spawn_watch(
         Api::<EndpointSlice>::all(client.clone()),
-        slices_w,
-        wake.clone(),
+        Project {
+            store: slices.clone(),
+            wake: wake.clone(),
+            pending: pending.clone(),
+            project: cache::slice_entry,
+            touched: Touched::of_slice,
+        },
     );
 
     // Our own NodeDatapath's spec.
@@ -129,19 +141,18 @@ pub async fn run(
         api,
         services,
         slices,
+        pending,
         datapath: None,
         off_pending: false,
         status,
         shared,
     };
-    st.services
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
-    st.slices
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
+    for mut ready in [services_ready, slices_ready] {
+        ready
+            .wait_for(|r| *r)
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
     st.apply_spec(existing.spec.clone()).await;
     st.scan_leftovers().await;
     st.report().await;
@@ -200,29 +211,66 @@ fn which(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, wake: Arc<Notify>)
+/// How a watch projects objects into its store and reports what it
+/// touched.
+struct Project<K, T> {
+    store: Store<T>,
+    wake: Arc<Notify>,
+    pending: Pending,
+    project: fn(&K) -> (cache::Key, T),
+    touched: fn(&Applied<T>) -> Option<Touched>,
+}
+
+/// Watches `api`, keeping `p.store` equal to its objects (projected; the
+/// object itself is dropped after its event). The receiver turns true at
+/// the first complete list.
+fn spawn_watch<K, T>(api: Api<K>, p: Project<K, T>) -> watch::Receiver<bool>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
-        + Sync
         + 'static,
+    T: Send + Sync + 'static,
 {
-    let stream = watcher(api, watcher::Config::default().timeout(45))
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let stream = watcher(api, watcher::Config::default().timeout(45)).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => wake.notify_one(),
-                Err(e) => warn!(error = %e, "watch failed; retrying"),
+            let ev = match ev {
+                Ok(watcher::Event::Apply(o)) => {
+                    let (k, v) = (p.project)(&o);
+                    cache::Event::Apply(k, v)
+                }
+                Ok(watcher::Event::Delete(o)) => cache::Event::Delete(cache::key(o.meta())),
+                Ok(watcher::Event::Init) => cache::Event::Init,
+                Ok(watcher::Event::InitApply(o)) => {
+                    let (k, v) = (p.project)(&o);
+                    cache::Event::InitApply(k, v)
+                }
+                Ok(watcher::Event::InitDone) => cache::Event::InitDone,
+                Err(e) => {
+                    warn!(error = %e, "watch failed; retrying");
+                    continue;
+                }
+            };
+            let applied = p.store.apply(ev);
+            if matches!(applied, Applied::Relisted) {
+                ready_tx.send_replace(true);
             }
+            let Some(t) = (p.touched)(&applied) else {
+                continue;
+            };
+            p.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(t);
+            p.wake.notify_one();
         }
     });
+    ready_rx
 }
 
 /// Creates our NodeDatapath if it does not exist (mode Off), returns it.
@@ -379,10 +427,13 @@ impl State {
     }
 
     fn sync(&mut self) {
-        if let Err(e) = self
-            .syncer
-            .sync(&self.services, &self.slices, &self.cfg.bpffs_dir)
-        {
+        let touched = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if let Err(e) = self.syncer.sync(&self.services, &self.slices, touched) {
             self.degraded("SyncFailed", &e.to_string());
         }
     }

@@ -11,8 +11,8 @@
 //!   (switchyard-cleanup), probes (probe) ─▶ NodeDatapath status
 //! ```
 //!
-//! - [`agent`]: the loop; [`sync`]: Service sync with an in-memory map
-//!   mirror; [`probe`]: connectivity probes; [`status`]: pure conversions;
+//! - [`agent`]: the loop; [`store`]: compact caches of Services and
+//!   EndpointSlices; [`sync`]: Service sync with an in-memory map mirror; [`probe`]: connectivity probes; [`status`]: pure conversions;
 //!   [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod agent;
@@ -21,4 +21,5 @@ pub mod kube_proxy;
 pub mod probe;
 pub mod server;
 pub mod status;
+pub mod store;
 pub mod sync;

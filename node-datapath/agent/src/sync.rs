@@ -1,23 +1,29 @@
-//! Service sync: Services + EndpointSlices (from reflector stores) → the
+//! Service sync: Services + EndpointSlices (projected, from [`crate::store`]) → the
 //! pure LB state (`switchyard-lb`) → ordered writes to the pinned maps.
 //! An in-memory mirror of the maps avoids reading them back on every sync.
+//!
+//! Incremental: the watch tasks record which objects they touched
+//! ([`Touched`], shared through [`Pending`]); a sync recomputes only those
+//! Services ([`LbState`]) and writes only their keys. A relist, the first
+//! sync and the first sync after adoption or a failed write take the full
+//! path.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::Store;
 use switchyard_api::SyncStatus;
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, NodeContext, Options, desired_state, plan_sync,
+    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, ServiceView, SliceView,
 };
 use switchyard_node_datapath::PinnedLbMaps;
 
 use crate::error::{Error, Result};
+use crate::store::{Applied, Key, Services, Slices};
 
 /// The node's NodePort addresses: its IPv4 InternalIP and ExternalIP.
 pub fn node_context(node: &Node) -> NodeContext {
@@ -40,26 +46,108 @@ pub fn node_context(node: &Node) -> NodeContext {
     }
 }
 
+/// Returns freed heap pages to the kernel after a full sync, whose
+/// transient plan (every map operation and the whole target) would
+/// otherwise stay in the resident set.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One object a watch applied or deleted, or a completed relist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Touched {
+    /// Service `namespace/name` changed or was deleted.
+    Service { namespace: String, name: String },
+    /// EndpointSlice `namespace/name` changed (`service`: its service-name
+    /// label) or was deleted (`service: None`).
+    Slice {
+        namespace: String,
+        name: String,
+        service: Option<String>,
+    },
+    /// A watch restarted and its store was replaced: recompute everything.
+    Relisted,
+}
+
+impl Touched {
+    /// The record of an applied or deleted Service.
+    pub fn service(key: &Key) -> Self {
+        Self::Service {
+            namespace: key.0.to_string(),
+            name: key.1.to_string(),
+        }
+    }
+
+    /// The record of an applied (`Some`) or deleted (`None`) EndpointSlice.
+    pub fn slice(key: &Key, slice: Option<&SliceView>) -> Self {
+        Self::Slice {
+            namespace: key.0.to_string(),
+            name: key.1.to_string(),
+            service: slice.and_then(|s| s.service.as_deref()).map(str::to_string),
+        }
+    }
+}
+
+impl Touched {
+    /// The record of a Service store change (`None`: nothing visible yet).
+    pub fn of_service(applied: &Applied<ServiceView>) -> Option<Self> {
+        match applied {
+            Applied::Changed(k, _) | Applied::Deleted(k) => Some(Self::service(k)),
+            Applied::Relisted => Some(Self::Relisted),
+            Applied::Buffered => None,
+        }
+    }
+
+    /// The record of an EndpointSlice store change.
+    pub fn of_slice(applied: &Applied<SliceView>) -> Option<Self> {
+        match applied {
+            Applied::Changed(k, v) => Some(Self::slice(k, Some(v))),
+            Applied::Deleted(k) => Some(Self::slice(k, None)),
+            Applied::Relisted => Some(Self::Relisted),
+            Applied::Buffered => None,
+        }
+    }
+}
+
+/// What the watch tasks touched since the last sync.
+pub type Pending = Arc<Mutex<Vec<Touched>>>;
+
 /// Keeps the maps equal to the desired state.
 #[derive(Debug)]
 pub struct Syncer {
-    node: NodeContext,
+    lb: LbState,
+    /// The LB state was built from the stores (false: rebuild at next sync).
+    indexed: bool,
+    /// The next plan must diff everything (after adoption or a failed write).
+    full_diff: bool,
     ids: IdAllocator,
     /// What the maps hold (after adoption, kept up to date by every write).
     mirror: Option<FakeMaps>,
+    /// The pinned maps, opened at adoption.
+    maps: Option<PinnedLbMaps>,
     pub status: SyncStatus,
     /// The ClusterIPs of the last computed desired state.
     pub vips: Vec<Ipv4Addr>,
+    /// Map operations the last sync wrote.
+    pub last_ops: usize,
 }
 
 impl Syncer {
     pub fn new(node: NodeContext) -> Self {
         Self {
-            node,
+            lb: LbState::new(node, Options::default()),
+            indexed: false,
+            full_diff: true,
             ids: IdAllocator::new(),
             mirror: None,
+            maps: None,
             status: SyncStatus::default(),
             vips: Vec::new(),
+            last_ops: 0,
         }
     }
 
@@ -69,12 +157,16 @@ impl Syncer {
         let snapshot = maps.snapshot()?;
         self.ids = IdAllocator::from_snapshot(&snapshot);
         self.mirror = Some(FakeMaps::from_snapshot(snapshot));
+        self.maps = Some(maps);
+        self.full_diff = true;
         Ok(())
     }
 
     /// The datapath went off: nothing is programmed any more.
     pub fn detach(&mut self) {
         self.mirror = None;
+        self.maps = None;
+        self.lb.mark_all_dirty();
         self.ids = IdAllocator::new();
         self.status.services_programmed = 0;
         self.status.backends_programmed = 0;
@@ -89,52 +181,84 @@ impl Syncer {
         );
     }
 
-    /// Computes the desired state and, when the datapath is attached,
-    /// writes the difference to the maps.
+    /// Recomputes the Services `touched` names (everything on the first
+    /// sync or after a relist) and, when the datapath is attached, writes
+    /// the difference to the maps.
     pub fn sync(
         &mut self,
-        services: &Store<Service>,
-        slices: &Store<EndpointSlice>,
-        bpffs_dir: &Path,
+        services: &Services,
+        slices: &Slices,
+        touched: Vec<Touched>,
     ) -> Result<()> {
         let started = Instant::now();
-        let services = services.state();
-        let slices = slices.state();
-        let desired = desired_state(
-            services.iter().map(|s| s.as_ref()),
-            slices.iter().map(|s| s.as_ref()),
-            &self.node,
-            &Options::default(),
+        if !self.indexed || touched.contains(&Touched::Relisted) {
+            let (svcs, sls) = (services.read(), slices.read());
+            self.lb.reset(
+                svcs.iter().map(|((ns, name), _)| (&**ns, &**name)),
+                sls.iter()
+                    .map(|((ns, name), s)| (&**ns, &**name, s.service.as_deref())),
+            );
+            self.indexed = true;
+        } else {
+            for t in &touched {
+                match t {
+                    Touched::Service { namespace, name } => {
+                        self.lb.service_touched(namespace, name)
+                    }
+                    Touched::Slice {
+                        namespace,
+                        name,
+                        service,
+                    } => self.lb.slice_touched(namespace, name, service.as_deref()),
+                    Touched::Relisted => {}
+                }
+            }
+        }
+        self.lb.refresh(
+            |ns, name| services.get(ns, name),
+            |ns, name| slices.get(ns, name),
         );
-        self.status.services_seen = desired.state.service_count() as u32;
-        self.vips = desired.state.vips.iter().copied().collect();
-        self.status.unsupported = desired.findings.iter().map(ToString::to_string).collect();
-        if let Some(mirror) = self.mirror.as_mut() {
-            let plan = plan_sync(mirror.contents(), &desired.state, &mut self.ids)?;
-            if !plan.ops.is_empty() {
-                let mut maps = PinnedLbMaps::open(bpffs_dir)?;
-                let result = maps.apply_all(&plan.ops);
+        self.status.services_seen = self.lb.service_count() as u32;
+        if self.lb.vips_changed() {
+            self.vips = self.lb.state().vips.iter().copied().collect();
+        }
+        self.status.unsupported = self.lb.findings().iter().map(ToString::to_string).collect();
+        if let (Some(mirror), Some(maps)) = (self.mirror.as_mut(), self.maps.as_mut()) {
+            if self.full_diff {
+                self.lb.mark_all_dirty();
+            }
+            let full = self.lb.all_dirty();
+            let ops = self.lb.plan(mirror.contents(), &mut self.ids)?;
+            if !ops.is_empty() {
+                let result = maps.apply_all(&ops);
                 // Mirror exactly what reached the kernel, also on failure.
                 let applied = match &result {
-                    Ok(()) => plan.ops.len(),
+                    Ok(()) => ops.len(),
                     Err((n, _)) => *n,
                 };
-                for op in &plan.ops[..applied] {
+                for op in &ops[..applied] {
                     let _ = mirror.apply(op);
                 }
                 if let Err((applied, source)) = result {
+                    self.full_diff = true;
                     self.refresh_progress();
                     return Err(Error::MapWrite { applied, source });
                 }
             }
-            self.status.services_programmed = plan.stats.services as u32;
-            self.status.backends_programmed = plan.stats.backends as u32;
-            self.status.frontends_programmed = plan.stats.frontends as u32;
+            self.full_diff = false;
+            self.last_ops = ops.len();
+            if full {
+                drop(ops);
+                release_free_memory();
+            }
+            self.status.services_programmed = self.status.services_seen;
+            self.status.backends_programmed = self.ids.backend_count() as u32;
+            self.status.frontends_programmed = self.lb.state().frontends.len() as u32;
             self.status.last_sync_time = Some(Time(Timestamp::now()));
             self.status.last_sync_millis = started.elapsed().as_millis() as u64;
             tracing::debug!(
-                ops = plan.ops.len(),
-                services = plan.stats.services,
+                ops = self.last_ops,
+                services = self.status.services_seen,
                 "maps synced"
             );
         }
@@ -143,15 +267,8 @@ impl Syncer {
     }
 
     /// The ClusterIP of `namespace/name`, from the store.
-    pub fn cluster_ip(services: &Store<Service>, namespace: &str, name: &str) -> Option<Ipv4Addr> {
-        services
-            .state()
-            .iter()
-            .find(|s| {
-                s.metadata.namespace.as_deref() == Some(namespace)
-                    && s.metadata.name.as_deref() == Some(name)
-            })
-            .and_then(|s| s.spec.as_ref()?.cluster_ip.as_ref()?.parse().ok())
+    pub fn cluster_ip(services: &Services, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        services.get(namespace, name)?.cluster_ip.parse().ok()
     }
 }
 

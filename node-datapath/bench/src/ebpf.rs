@@ -1,8 +1,10 @@
 //! The eBPF datapath's programming path, as the agent runs it: Services and
 //! EndpointSlices (k8s-openapi objects, as an informer cache holds them) →
-//! `switchyard_lb::desired_state` → `plan_sync` against the maps' current
-//! contents → `PinnedLbMaps::apply_all`. Timed phase by phase in a fresh
-//! child process, whose peak RSS (`VmHWM`) is the agent-side memory figure.
+//! the per-Service desired state (`switchyard_lb::LbState`) → `plan_sync`
+//! against the maps' current contents → `PinnedLbMaps::apply_all` (batched;
+//! then once more per operation for comparison). Timed phase by phase in a
+//! fresh child process. The agent's own path (reflector stores, `Syncer`,
+//! incremental updates, memory) is measured in [`crate::agent_path`].
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +20,9 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde::{Deserialize, Serialize};
-use switchyard_lb::{IdAllocator, LbMaps, NodeContext, Options, desired_state, plan_sync};
+use switchyard_lb::{
+    IdAllocator, LbMaps, LbState, NodeContext, Options, ServiceView, SliceView, plan_sync,
+};
 use switchyard_node_datapath::PinnedLbMaps;
 
 use crate::{
@@ -28,75 +32,85 @@ use crate::{
 
 /// The Service and EndpointSlice objects of a scenario.
 pub fn objects(sc: &Scenario) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let mut services = Vec::with_capacity(sc.services);
-    let mut slices = Vec::with_capacity(sc.services);
-    for i in 0..sc.services {
-        let name = service_name(i);
-        let ports = sc.ports(i);
-        services.push(Service {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(NAMESPACE.into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("ClusterIP".into()),
-                cluster_ip: Some(vip(i).to_string()),
-                cluster_ips: Some(vec![vip(i).to_string()]),
-                ip_families: Some(vec!["IPv4".into()]),
-                ports: Some(
-                    ports
-                        .iter()
-                        .map(|p| ServicePort {
-                            name: Some(p.name.into()),
-                            port: i32::from(p.port),
-                            protocol: Some(p.proto.to_uppercase()),
-                            target_port: Some(IntOrString::Int(i32::from(p.target_port))),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
+    (0..sc.services)
+        .map(|i| (service_object(sc, i), slice_object(sc, i)))
+        .unzip()
+}
+
+/// Service `i` of a scenario, as the API server returns it.
+pub fn service_object(sc: &Scenario, i: usize) -> Service {
+    let name = service_name(i);
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(NAMESPACE.into()),
             ..Default::default()
-        });
-        slices.push(EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}-x7k2p")),
-                namespace: Some(NAMESPACE.into()),
-                labels: Some(BTreeMap::from([(
-                    "kubernetes.io/service-name".to_string(),
-                    name.clone(),
-                )])),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: (0..ENDPOINTS)
-                .map(|k| Endpoint {
-                    addresses: vec![endpoint(i, k).to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    node_name: Some(format!("node-{k}")),
-                    ..Default::default()
-                })
-                .collect(),
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some(vip(i).to_string()),
+            cluster_ips: Some(vec![vip(i).to_string()]),
+            ip_families: Some(vec!["IPv4".into()]),
             ports: Some(
-                ports
+                sc.ports(i)
                     .iter()
-                    .map(|p| EndpointPort {
+                    .map(|p| ServicePort {
                         name: Some(p.name.into()),
-                        port: Some(i32::from(p.target_port)),
+                        port: i32::from(p.port),
                         protocol: Some(p.proto.to_uppercase()),
-                        app_protocol: None,
+                        target_port: Some(IntOrString::Int(i32::from(p.target_port))),
+                        ..Default::default()
                     })
                     .collect(),
             ),
-        });
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    (services, slices)
+}
+
+/// The name of Service `i`'s one EndpointSlice.
+pub fn slice_name(i: usize) -> String {
+    format!("{}-x7k2p", service_name(i))
+}
+
+/// The EndpointSlice of Service `i` ([`ENDPOINTS`] ready endpoints).
+pub fn slice_object(sc: &Scenario, i: usize) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(slice_name(i)),
+            namespace: Some(NAMESPACE.into()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/service-name".to_string(),
+                service_name(i),
+            )])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: (0..ENDPOINTS)
+            .map(|k| Endpoint {
+                addresses: vec![endpoint(i, k).to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                node_name: Some(format!("node-{k}")),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(
+            sc.ports(i)
+                .iter()
+                .map(|p| EndpointPort {
+                    name: Some(p.name.into()),
+                    port: Some(i32::from(p.target_port)),
+                    protocol: Some(p.proto.to_uppercase()),
+                    app_protocol: None,
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// The timed phases of one full sync (seconds) and the process memory.
@@ -111,12 +125,15 @@ pub struct SyncResult {
     pub objects_s: f64,
     /// Reading the maps' current contents (the adoption snapshot).
     pub snapshot_s: f64,
-    /// `desired_state`.
+    /// The per-Service desired state built from all objects (`LbState`).
     pub desired_s: f64,
     /// `plan_sync` (id assignment + diff).
     pub plan_s: f64,
-    /// `apply_all` (one `bpf(BPF_MAP_UPDATE_ELEM)` per operation).
+    /// `apply_all`: one batch call per run of same-map, same-kind ops.
     pub apply_s: f64,
+    /// The same operations written one `bpf(2)` call each (maps emptied
+    /// first, untimed), for comparison.
+    pub apply_per_op_s: f64,
     /// snapshot + desired + plan + apply.
     pub total_s: f64,
     /// Peak resident set of the syncing process (`VmHWM`), KiB.
@@ -144,6 +161,16 @@ pub fn peak_rss_kib() -> u64 {
 pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchError> {
     let t = Instant::now();
     let (services, slices) = objects(sc);
+    // Projected as the agent's stores hold them (done at arrival, before
+    // any sync: counted in `objects_s`).
+    let svc_index: std::collections::HashMap<&str, ServiceView> = services
+        .iter()
+        .filter_map(|s| Some((s.metadata.name.as_deref()?, ServiceView::from(s))))
+        .collect();
+    let slice_index: std::collections::HashMap<&str, SliceView> = slices
+        .iter()
+        .filter_map(|s| Some((s.metadata.name.as_deref()?, SliceView::from(s))))
+        .collect();
     let objects_s = secs(t.elapsed());
     let mut maps = PinnedLbMaps::open(bpffs_dir)?;
 
@@ -154,18 +181,40 @@ pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchErr
         name: "bench-node".into(),
         ..Default::default()
     };
-    let desired = desired_state(&services, &slices, &node, &Options::default());
+    let mut lb = LbState::new(node, Options::default());
+    lb.reset(
+        services
+            .iter()
+            .map(|s| (NAMESPACE, s.metadata.name.as_deref().unwrap_or_default())),
+        slices.iter().map(|s| {
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            (NAMESPACE, name, LbState::slice_service(s))
+        }),
+    );
+    lb.refresh(
+        |_, name| svc_index.get(name),
+        |_, name| slice_index.get(name),
+    );
     let t2 = Instant::now();
     let mut ids = IdAllocator::from_snapshot(&snapshot);
-    let plan = plan_sync(&snapshot, &desired.state, &mut ids)?;
+    let plan = plan_sync(&snapshot, lb.state(), &mut ids)?;
     let t3 = Instant::now();
-    maps.apply_all(&plan.ops).map_err(|(i, e)| {
+    let failed = |(i, e): (usize, switchyard_node_datapath::DatapathError)| {
         BenchError::Arg(format!("map op {i} of {} failed: {e}", plan.ops.len()))
-    })?;
+    };
+    maps.apply_all(&plan.ops).map_err(failed)?;
     let t4 = Instant::now();
-    if !desired.findings.is_empty() {
-        tracing::warn!(findings = ?desired.findings, "unexpected findings");
+    let findings = lb.findings();
+    if !findings.is_empty() {
+        tracing::warn!(?findings, "unexpected findings");
     }
+    // Per-op comparison: empty the maps (batched, untimed), write again.
+    let empty = switchyard_lb::diff::diff_snapshots(&maps.snapshot()?, &Default::default());
+    maps.apply_all(&empty).map_err(failed)?;
+    maps.set_batching(false);
+    let t5 = Instant::now();
+    maps.apply_all(&plan.ops).map_err(failed)?;
+    let apply_per_op_s = secs(t5.elapsed());
     Ok(SyncResult {
         services: plan.stats.services,
         ops: plan.ops.len(),
@@ -174,6 +223,7 @@ pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchErr
         desired_s: secs(t2 - t1),
         plan_s: secs(t3 - t2),
         apply_s: secs(t4 - t3),
+        apply_per_op_s,
         total_s: secs(t4 - t0),
         rss_peak_kib: peak_rss_kib(),
     })
@@ -182,7 +232,7 @@ pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_lb::Proto;
+    use switchyard_lb::{Proto, desired_state};
 
     #[test]
     fn objects_become_one_frontend_per_port_with_ten_backends() {

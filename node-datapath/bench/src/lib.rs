@@ -23,10 +23,13 @@
 //! I/O shell (`topo`, `load`, `ebpf`, `runner`) is exercised by running the
 //! benchmark (`node-datapath/bench/run.sh`, root).
 
+pub mod agent_path;
 pub mod ebpf;
 pub mod load;
 pub mod model;
+pub mod programming;
 pub mod report;
+pub mod report_ebpf;
 pub mod rules;
 pub mod runner;
 pub mod stats;

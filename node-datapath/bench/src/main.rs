@@ -4,7 +4,7 @@
 use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard_bench::{BenchError, ebpf, load, model, report, rules, runner};
+use switchyard_bench::{BenchError, agent_path, ebpf, load, model, report, rules, runner};
 
 #[derive(Parser, Debug)]
 #[command(name = "switchyard-bench", about = "Service datapath benchmark (root)")]
@@ -87,6 +87,18 @@ enum Cmd {
         #[arg(long, short)]
         n: usize,
     },
+    /// Internal: the agent's sync path (reflector stores, full sync,
+    /// single-endpoint changes, memory) for N Services; prints one JSON line.
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        bpffs_dir: PathBuf,
+        #[arg(long, short)]
+        n: usize,
+        /// Single-endpoint changes to time.
+        #[arg(long, default_value_t = 300)]
+        changes: usize,
+    },
 }
 
 fn json_line<T: serde::Serialize>(v: &T) -> Result<(), BenchError> {
@@ -156,6 +168,11 @@ fn real_main(cli: Cli) -> Result<(), BenchError> {
             }
         }
         Cmd::Sync { bpffs_dir, n } => json_line(&ebpf::full_sync(&bpffs_dir, &scenario(n)?)?),
+        Cmd::Agent {
+            bpffs_dir,
+            n,
+            changes,
+        } => json_line(&agent_path::agent_path(&bpffs_dir, &scenario(n)?, changes)?),
     }
 }
 

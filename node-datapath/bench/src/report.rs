@@ -268,7 +268,7 @@ fn rate_table(t: &Table, out: &mut String) {
 fn program_table(t: &Table, out: &mut String) {
     let _ = writeln!(
         out,
-        "| N | iptables-nft restore s: whole-table / kube-proxy `--noflush` | iptables-legacy restore s: whole-table / `--noflush` | nft -f s: chunked / one transaction | eBPF full sync s | eBPF: snapshot / desired / plan / apply s | map ops | agent peak RSS MiB |\n|---:|---:|---:|---:|---:|---|---:|---:|"
+        "| N | iptables-nft restore s: whole-table / kube-proxy `--noflush` | iptables-legacy restore s: whole-table / `--noflush` | nft -f s: chunked / one transaction | eBPF full sync s | eBPF: snapshot / desired / plan / apply s | map ops |\n|---:|---:|---:|---:|---:|---|---:|"
     );
     let v = |n, dp: &str, m: &str, d: usize| {
         t.get(n, dp, m, "-")
@@ -290,7 +290,7 @@ fn program_table(t: &Table, out: &mut String) {
             .map_or("—".into(), |a| a.min_samples.to_string());
         let _ = writeln!(
             out,
-            "| {n} | {} / {} | {} / {} | {} / {} | {} | {phases} | {ops} | {} |",
+            "| {n} | {} / {} | {} / {} | {} / {} | {} | {phases} | {ops} |",
             v(n, "iptables-nft", "program_s", 2),
             v(n, "iptables-nft", "program_noflush_s", 2),
             v(n, "iptables-legacy", "program_s", 2),
@@ -298,7 +298,6 @@ fn program_table(t: &Table, out: &mut String) {
             v(n, "nftables", "program_s", 2),
             v(n, "nftables", "program_single_s", 2),
             v(n, "ebpf", "program_s", 3),
-            v(n, "ebpf", "agent_rss_peak_mib", 1),
         );
     }
 }
@@ -338,28 +337,7 @@ pub fn target_checks(t: &Table) -> Vec<String> {
             }
         }
     }
-    if let Some(a) = t.get(10_000, "ebpf", "program_s", "-") {
-        let verdict = if a.median <= 0.5 {
-            "met".to_string()
-        } else {
-            format!("MISSED by {:.3} s", a.median - 0.5)
-        };
-        out.push(format!(
-            "N=10000, eBPF full sync: {:.3} s (target ≤ 0.5 s): {verdict}",
-            a.median
-        ));
-    }
-    if let Some(a) = t.get(10_000, "ebpf", "agent_rss_peak_mib", "-") {
-        let verdict = if a.median <= 64.0 {
-            "met".to_string()
-        } else {
-            format!("MISSED by {:.1} MiB", a.median - 64.0)
-        };
-        out.push(format!(
-            "N=10000, peak RSS of the syncing process: {:.1} MiB (agent target ≤ 64 MiB): {verdict}",
-            a.median
-        ));
-    }
+    out.extend(crate::report_ebpf::checks(t));
     out
 }
 
@@ -448,17 +426,15 @@ pub fn render_markdown(rows: &[Row], facts: &Facts, analysis: &str) -> String {
          sum of the wall times of the `nft -f -` transactions of {} Services each that load the \
          measured node; one transaction: kube-proxy's own single `nft -f -` transaction, timed \
          in a scratch namespace for N ≤ {} only.\n\
-         - eBPF: wall time of the agent's full sync in a fresh process: read the (empty) maps' \
-         snapshot, `desired_state` over N Services + N EndpointSlices (k8s-openapi objects, \
-         built beforehand as an informer cache would hold them), `plan_sync`, then \
-         `PinnedLbMaps::apply_all` (one map-update syscall per operation, no batching). \
-         Peak RSS is that process's `VmHWM` (objects + desired state + plan + map handles): \
-         an estimate of the agent's memory for the sync, not of a full agent with its \
-         API clients.\n\
+         - eBPF: wall time of a full sync in a fresh process: read the (empty) maps' \
+         snapshot, the per-Service desired state (`LbState`) over N Services + N EndpointSlices \
+         (k8s-openapi objects, built beforehand as an informer cache would hold them), \
+         `plan_sync`, then `PinnedLbMaps::apply_all` (batched, see below).\n\
          - One run per N (programming happens once per fresh namespace).\n",
         facts.noflush_max, facts.nft_chunk, facts.nft_single_max
     );
     program_table(&t, &mut s);
+    crate::report_ebpf::agent_section(&t, &mut s);
     let _ = writeln!(s, "\n## Targets (issue #7)\n");
     for line in target_checks(&t) {
         let _ = writeln!(s, "- {line}");

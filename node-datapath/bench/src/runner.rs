@@ -11,17 +11,17 @@ use std::{
 };
 
 use serde::de::DeserializeOwned;
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig};
+use switchyard_node_datapath::Datapath;
 use tracing::info;
 
 use crate::{
     BenchError,
-    ebpf::SyncResult,
     load::{LatencyResult, RateResult},
     model::{
         ENDPOINTS, Scenario, TCP_PORT, TCP_TARGET_PORT, Target, UDP_PORT, UDP_TARGET_PORT,
         endpoint, vip,
     },
+    programming,
     report::{Facts, Row},
     rules,
     topo::{self, Topo},
@@ -87,9 +87,24 @@ pub struct RunArgs {
     /// timed (in a scratch namespace).
     #[arg(long, default_value_t = 5_000)]
     pub nft_single_max: usize,
+    /// Single-endpoint changes timed per N on the agent's sync path.
+    #[arg(long, default_value_t = 300)]
+    pub changes: usize,
+    /// Run only one part: `programming` measures the eBPF full sync
+    /// (batched and per-op), incremental updates and agent memory, and
+    /// replaces those rows in an existing raw.csv (no traffic, no rules).
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
     /// Output directory (raw.csv, facts.json).
     #[arg(long, default_value = "node-datapath/bench/results")]
     pub out: PathBuf,
+}
+
+/// A part of the benchmark that `--only` runs alone.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// eBPF programming time, incremental updates, agent memory.
+    Programming,
 }
 
 /// Backend servers of one topology; killed on drop.
@@ -104,7 +119,7 @@ impl Drop for Servers {
     }
 }
 
-fn self_exe() -> Result<PathBuf, BenchError> {
+pub(crate) fn self_exe() -> Result<PathBuf, BenchError> {
     std::env::current_exe().map_err(|e| BenchError::io("current_exe", e))
 }
 
@@ -200,13 +215,13 @@ fn udp_targets(datapath: &str, i: usize) -> Vec<SocketAddrV4> {
 }
 
 /// CSV sink: appends and flushes each row.
-struct Sink {
-    file: std::fs::File,
-    path: PathBuf,
+pub(crate) struct Sink {
+    pub(crate) file: std::fs::File,
+    pub(crate) path: PathBuf,
 }
 
 impl Sink {
-    fn push(&mut self, row: Row) -> Result<(), BenchError> {
+    pub(crate) fn push(&mut self, row: Row) -> Result<(), BenchError> {
         info!(
             n = row.n,
             datapath = %row.datapath,
@@ -307,39 +322,7 @@ fn program(
             Ok(None)
         }
         "ebpf" => {
-            let config = DatapathConfig {
-                bpffs_dir: topo.bpffs_dir.clone(),
-                cgroup: topo.cgroup.clone(),
-                capacities: Capacities::default(),
-            };
-            let dp = Datapath::start(&config)?;
-            sink.push(row("ebpf_start_s", 0, dp.report().elapsed.as_secs_f64()))?;
-            let out = topo::run(
-                &self_exe()?.to_string_lossy(),
-                &[
-                    "sync",
-                    "--bpffs-dir",
-                    &topo.bpffs_dir.to_string_lossy(),
-                    "-n",
-                    &n.to_string(),
-                ],
-            )?;
-            let line = out.lines().last().unwrap_or_default();
-            let r: SyncResult = serde_json::from_str(line).map_err(|e| BenchError::BadOutput {
-                what: "sync".into(),
-                detail: format!("{e}: {line:?}"),
-            })?;
-            let ops = r.ops as u64;
-            sink.push(row("program_s", ops, r.total_s))?;
-            sink.push(row("ebpf_snapshot_s", ops, r.snapshot_s))?;
-            sink.push(row("ebpf_desired_s", ops, r.desired_s))?;
-            sink.push(row("ebpf_plan_s", ops, r.plan_s))?;
-            sink.push(row("ebpf_apply_s", ops, r.apply_s))?;
-            sink.push(row(
-                "agent_rss_peak_mib",
-                ops,
-                r.rss_peak_kib as f64 / 1024.0,
-            ))?;
+            let dp = programming::program_ebpf(topo, sc, args.changes, &mut |r| sink.push(r))?;
             Ok(Some(dp))
         }
         _ => Ok(None),
@@ -550,6 +533,9 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         .iter()
         .map(|n| Scenario::new(*n).ok_or_else(|| BenchError::Arg(format!("bad service count {n}"))))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.only == Some(Part::Programming) {
+        return programming::run(args, &scenarios);
+    }
     std::fs::create_dir_all(&args.out)
         .map_err(|e| BenchError::io(format!("mkdir {}", args.out.display()), e))?;
     let csv = args.out.join("raw.csv");

@@ -33,17 +33,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_abi::svc_flags;
 
-use crate::endpoints::{
-    LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Policy, ServiceSlices, Topology,
-    select,
-};
+use crate::endpoints::{Policy, ServiceSlices, Topology, select};
 use crate::model::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,
 };
+use crate::view::{ServiceView, SliceView};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -167,27 +165,32 @@ pub struct Desired {
 }
 
 /// Computes the desired LB state of `node` from all Services and
-/// EndpointSlices (any order; the result does not depend on it).
+/// EndpointSlices (any order; the result does not depend on it). The
+/// objects are projected ([`ServiceView`], [`SliceView`]) first.
 pub fn desired_state<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: &NodeContext,
     opts: &Options,
 ) -> Desired {
+    let services: Vec<ServiceView> = services.into_iter().map(ServiceView::from).collect();
+    let slices: Vec<SliceView> = slices.into_iter().map(SliceView::from).collect();
+    desired_state_of_views(&services, &slices, node, opts)
+}
+
+/// [`desired_state`] of projected Services and EndpointSlices.
+pub fn desired_state_of_views<'a>(
+    services: impl IntoIterator<Item = &'a ServiceView>,
+    slices: impl IntoIterator<Item = &'a SliceView>,
+    node: &NodeContext,
+    opts: &Options,
+) -> Desired {
     let mut by_service: BTreeMap<(&str, &str), ServiceSlices<'a>> = BTreeMap::new();
     for slice in slices {
-        let labels = slice.metadata.labels.as_ref();
-        let label = |k: &str| labels.and_then(|l| l.get(k));
-        if slice.address_type != "IPv4"
-            || label(LABEL_SERVICE_PROXY_NAME).is_some()
-            || label(LABEL_HEADLESS).is_some()
-        {
+        if slice.skipped {
             continue;
         }
-        let (Some(ns), Some(svc)) = (
-            slice.metadata.namespace.as_deref(),
-            label(LABEL_SERVICE_NAME).map(String::as_str),
-        ) else {
+        let (Some(ns), Some(svc)) = (slice.namespace.as_deref(), slice.service.as_deref()) else {
             continue;
         };
         if svc.is_empty() {
@@ -196,11 +199,8 @@ pub fn desired_state<'a>(
         by_service.entry((ns, svc)).or_default().slices.push(slice);
     }
 
-    let mut services: Vec<&Service> = services.into_iter().collect();
-    services.sort_by(|a, b| {
-        let k = |s: &Service| (s.metadata.namespace.clone(), s.metadata.name.clone());
-        k(a).cmp(&k(b))
-    });
+    let mut services: Vec<&ServiceView> = services.into_iter().collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     let mut b = Builder {
         node,
@@ -209,10 +209,10 @@ pub fn desired_state<'a>(
     };
     let empty = ServiceSlices::default();
     for svc in services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(name) = svc.metadata.name.as_deref() else {
+        if svc.name.is_empty() {
             continue;
-        };
+        }
+        let (ns, name) = (&*svc.namespace, &*svc.name);
         let slices = by_service.get(&(ns, name)).unwrap_or(&empty);
         b.service(svc, ns, name, slices);
     }
@@ -243,62 +243,27 @@ impl Builder<'_> {
         });
     }
 
-    fn service(&mut self, svc: &Service, ns: &str, name: &str, slices: &ServiceSlices<'_>) {
-        if svc
-            .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
-        {
+    fn service(&mut self, svc: &ServiceView, ns: &str, name: &str, slices: &ServiceSlices<'_>) {
+        if svc.skipped {
             return;
         }
-        let Some(spec) = svc.spec.as_ref() else {
+        let Some(cluster_ip) = self.cluster_ip(svc, ns, name) else {
             return;
         };
-        let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if svc_type == "ExternalName" {
-            return;
-        }
-        let Some(cluster_ip) = self.cluster_ip(spec, ns, name) else {
-            return;
-        };
-        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .filter(|t| *t > 0)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-        });
-        let has_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let affinity = svc.affinity;
+        let has_node_ports = svc.has_node_ports;
+        let internal_local = svc.internal_local;
         let external_local = has_node_ports
-            && spec.external_traffic_policy.as_deref() == Some("Local")
+            && svc.external_local
             && self.opts.external_policy == ExternalPolicyMode::Strict;
-        let external_ips = v4_list(spec.external_ips.iter().flatten());
-        let lb_ips = v4_list(
-            svc.status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|i| matches!(i.ip_mode.as_deref(), None | Some("VIP")))
-                .filter_map(|i| i.ip.as_ref()),
-        );
-        if !lb_ips.is_empty()
-            && spec
-                .load_balancer_source_ranges
-                .as_ref()
-                .is_some_and(|r| !r.is_empty())
-        {
+        let (external_ips, lb_ips) = (&svc.external_ips, &svc.lb_ips);
+        if !lb_ips.is_empty() && svc.source_ranges {
             self.finding(ns, name, FindingKind::SourceRangesNotEnforced);
         }
 
         let mut any_port = false;
-        for sp in spec.ports.iter().flatten() {
-            let proto_name = sp.protocol.as_deref().unwrap_or("TCP");
+        for sp in &svc.ports {
+            let proto_name = &*sp.protocol;
             let proto = match proto_name {
                 "TCP" => Proto::Tcp,
                 "UDP" => Proto::Udp,
@@ -320,12 +285,12 @@ impl Builder<'_> {
                 continue;
             };
             any_port = true;
-            let port_name = sp.name.clone().unwrap_or_default();
+            let port_name = sp.name.clone();
             let ctx = PortCtx {
                 endpoints: slices.endpoints_for(&port_name, proto_name, &self.node.name),
                 svc_ref: ServicePortRef {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
                     port_name,
                 },
                 proto,
@@ -386,17 +351,12 @@ impl Builder<'_> {
 
     /// The Service's IPv4 ClusterIP, or `None` (with a finding where the
     /// Service is skipped for a reason other than being headless/unset).
-    fn cluster_ip(&mut self, spec: &ServiceSpec, ns: &str, name: &str) -> Option<Ipv4Addr> {
-        let primary = spec.cluster_ip.as_deref().unwrap_or("");
+    fn cluster_ip(&mut self, svc: &ServiceView, ns: &str, name: &str) -> Option<Ipv4Addr> {
+        let primary = &*svc.cluster_ip;
         if primary.is_empty() || primary == "None" {
             return None;
         }
-        let mut all: Vec<&str> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
+        let mut all: Vec<&str> = svc.cluster_ips.iter().map(|s| &**s).collect();
         if all.is_empty() {
             all.push(primary);
         }
@@ -495,13 +455,4 @@ impl Builder<'_> {
         };
         self.out.state.frontends.insert(fe, state);
     }
-}
-
-/// The IPv4 addresses among `items` (other families and garbage ignored, as
-/// kube-proxy's IPv4 proxier does), deduplicated and sorted.
-fn v4_list<'a>(items: impl Iterator<Item = &'a String>) -> Vec<Ipv4Addr> {
-    let mut v: Vec<Ipv4Addr> = items.filter_map(|s| s.parse().ok()).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
 }

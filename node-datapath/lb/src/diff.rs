@@ -20,13 +20,14 @@
 //! itself yields nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use switchyard_abi::{Backend, SvcKey, SvcValue, backend_flags};
 
 use crate::LbError;
 use crate::ids::{IdAllocator, rev_nat_of};
 use crate::maps::{MapOp, MapsSnapshot};
-use crate::model::{BackendKey, DesiredState};
+use crate::model::{BackendKey, DesiredState, Frontend, FrontendState};
 
 /// Assigns ids for `desired` (see [`IdAllocator::assign`]) and returns the
 /// ordered operations that turn `current` into it.
@@ -82,28 +83,7 @@ fn build_target(
             .rev_nat(fe)
             .ok_or(LbError::MissingRevNatId { frontend: *fe })?;
         out.rev_nat.insert(rev, rev_nat_of(fe));
-        let master = fe.master_key();
-        // Truncation to the slot limit is reported by `desired`.
-        let count = u16::try_from(st.backends.len()).unwrap_or(u16::MAX);
-        for (slot, b) in (1..=count).zip(&st.backends) {
-            let backend_id = ids
-                .backend(&b.key)
-                .ok_or(LbError::MissingBackendId { backend: b.key })?;
-            let value = SvcValue {
-                backend_id,
-                rev_nat_index: rev,
-                ..SvcValue::default()
-            };
-            services.push((master.with_slot(slot), value));
-        }
-        let value = SvcValue {
-            count,
-            rev_nat_index: rev,
-            flags: st.flags,
-            affinity_timeout: st.affinity_timeout,
-            ..SvcValue::default()
-        };
-        services.push((master, value));
+        frontend_entries(fe, st, rev, ids, &mut services)?;
     }
     services.extend(
         desired
@@ -113,6 +93,144 @@ fn build_target(
     );
     out.services = services.into_iter().collect();
     Ok(out)
+}
+
+/// The master and slot entries of one frontend whose rev-NAT id is `rev`.
+fn frontend_entries(
+    fe: &Frontend,
+    st: &FrontendState,
+    rev: u16,
+    ids: &IdAllocator,
+    services: &mut Vec<(SvcKey, SvcValue)>,
+) -> Result<(), LbError> {
+    let master = fe.master_key();
+    // Truncation to the slot limit is reported by `desired`.
+    let count = u16::try_from(st.backends.len()).unwrap_or(u16::MAX);
+    for (slot, b) in (1..=count).zip(&st.backends) {
+        let backend_id = ids
+            .backend(&b.key)
+            .ok_or(LbError::MissingBackendId { backend: b.key })?;
+        let value = SvcValue {
+            backend_id,
+            rev_nat_index: rev,
+            ..SvcValue::default()
+        };
+        services.push((master.with_slot(slot), value));
+    }
+    let value = SvcValue {
+        count,
+        rev_nat_index: rev,
+        flags: st.flags,
+        affinity_timeout: st.affinity_timeout,
+        ..SvcValue::default()
+    };
+    services.push((master, value));
+    Ok(())
+}
+
+/// The keys whose map entries may differ from the desired state since the
+/// last plan (see [`diff_dirty`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Frontends whose master, slots or rev-NAT entry may have changed.
+    pub frontends: BTreeSet<Frontend>,
+    /// ClusterIPs whose VIP marker may have appeared or gone.
+    pub vips: BTreeSet<Ipv4Addr>,
+    /// Backends that may have appeared, gone or changed flags.
+    pub backends: BTreeSet<BackendKey>,
+}
+
+impl Dirty {
+    /// Whether nothing is dirty.
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty() && self.vips.is_empty() && self.backends.is_empty()
+    }
+}
+
+/// Incremental [`diff`]: the ordered operations that bring the entries of
+/// the `dirty` keys in `current` to what `desired` means, in the same order
+/// the full diff uses, assuming every other key is already in sync.
+/// `backend` says whether a backend key is wanted and with which
+/// terminating flag (as [`DesiredState::backends`] would). Ids are
+/// allocated for new keys and freed for keys no longer wanted. Costs
+/// O(dirty keys × log map size), independent of the number of Services.
+pub fn diff_dirty(
+    current: &MapsSnapshot,
+    desired: &DesiredState,
+    backend: impl Fn(&BackendKey) -> Option<bool>,
+    dirty: &Dirty,
+    ids: &mut IdAllocator,
+) -> Result<Vec<MapOp>, LbError> {
+    let (mut cur, mut tgt) = (MapsSnapshot::default(), MapsSnapshot::default());
+    for key in &dirty.backends {
+        if let Some(id) = ids.backend(key)
+            && let Some(v) = current.backends.get(&id)
+        {
+            cur.backends.insert(id, *v);
+        }
+        match backend(key) {
+            Some(terminating) => {
+                let id = ids.ensure_backend(*key, current)?;
+                let flags = if terminating {
+                    backend_flags::TERMINATING
+                } else {
+                    0
+                };
+                tgt.backends.insert(
+                    id,
+                    Backend::new(key.ip, key.port, key.proto.number(), flags),
+                );
+            }
+            None => ids.release_backend(key),
+        }
+    }
+    let mut services = Vec::new();
+    for fe in &dirty.frontends {
+        let master = fe.master_key();
+        let lo = SvcKey {
+            backend_slot: 0,
+            proto: 0,
+            scope: 0,
+            pad: [0; 2],
+            ..master
+        };
+        let hi = SvcKey {
+            backend_slot: u16::MAX,
+            proto: u8::MAX,
+            scope: u8::MAX,
+            pad: [u8::MAX; 2],
+            ..master
+        };
+        for (k, v) in current.services.range(lo..=hi) {
+            if k.with_slot(0) == master {
+                cur.services.insert(*k, *v);
+            }
+        }
+        if let Some(id) = ids.rev_nat(fe)
+            && let Some(r) = current.rev_nat.get(&id)
+        {
+            cur.rev_nat.insert(id, *r);
+        }
+        match desired.frontends.get(fe) {
+            Some(st) => {
+                let rev = ids.ensure_rev_nat(*fe, current)?;
+                tgt.rev_nat.insert(rev, rev_nat_of(fe));
+                frontend_entries(fe, st, rev, ids, &mut services)?;
+            }
+            None => ids.release_rev_nat(fe),
+        }
+    }
+    for vip in &dirty.vips {
+        let key = SvcKey::vip_marker(*vip);
+        if let Some(v) = current.services.get(&key) {
+            cur.services.insert(key, *v);
+        }
+        if desired.vips.contains(vip) {
+            services.push((key, SvcValue::default()));
+        }
+    }
+    tgt.services = services.into_iter().collect();
+    Ok(diff_snapshots(&cur, &tgt))
 }
 
 /// Whether a service-map key is a VIP marker (port 0, proto 0, slot 0).

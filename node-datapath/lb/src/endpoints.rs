@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::discovery::v1::{Endpoint as K8sEndpoint, EndpointSlice};
+use crate::view::{EndpointView, SliceView};
 
 /// The EndpointSlice label naming the owning Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -57,7 +57,7 @@ pub(crate) struct Topology<'a> {
 /// Slices of one Service (already filtered to its namespace and name).
 #[derive(Debug, Default)]
 pub(crate) struct ServiceSlices<'a> {
-    pub slices: Vec<&'a EndpointSlice>,
+    pub slices: Vec<&'a SliceView>,
 }
 
 impl ServiceSlices<'_> {
@@ -67,12 +67,12 @@ impl ServiceSlices<'_> {
     pub fn endpoints_for(&self, port_name: &str, proto: &str, node: &str) -> Vec<Endpoint> {
         let mut set: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
         for slice in &self.slices {
-            for sp in slice.ports.iter().flatten() {
+            for sp in &slice.ports {
                 // A nil name is ignored by kube-proxy; unnamed ports are "".
                 let Some(name) = sp.name.as_deref() else {
                     continue;
                 };
-                if name != port_name || sp.protocol.as_deref().unwrap_or("TCP") != proto {
+                if name != port_name || &*sp.protocol != proto {
                     continue;
                 }
                 let Some(port) = sp
@@ -83,9 +83,7 @@ impl ServiceSlices<'_> {
                     continue;
                 };
                 for ep in &slice.endpoints {
-                    let Some(e) = convert(ep, port, node) else {
-                        continue;
-                    };
+                    let e = convert(ep, port, node);
                     let key = (e.ip, e.port);
                     if !set.contains_key(&key) || e.is_local {
                         set.insert(key, e);
@@ -97,30 +95,21 @@ impl ServiceSlices<'_> {
     }
 }
 
-fn convert(ep: &K8sEndpoint, port: u16, node: &str) -> Option<Endpoint> {
-    // Consumers must use only the first address (EndpointSlice API).
-    let ip: Ipv4Addr = ep.addresses.first()?.parse().ok()?;
-    let cond = ep.conditions.as_ref();
-    let names = |v: Option<Vec<String>>| v.unwrap_or_default();
-    let hints = ep.hints.as_ref();
-    Some(Endpoint {
-        ip,
+fn convert(ep: &EndpointView, port: u16, node: &str) -> Endpoint {
+    let names = |v: Option<&[Box<str>]>| -> Vec<String> {
+        v.into_iter().flatten().map(|s| s.to_string()).collect()
+    };
+    let hints = ep.hints.as_deref();
+    Endpoint {
+        ip: ep.ip,
         port,
         is_local: !node.is_empty() && ep.node_name.as_deref() == Some(node),
-        ready: cond.and_then(|c| c.ready).unwrap_or(true),
-        serving: cond.and_then(|c| c.serving).unwrap_or(true),
-        terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
-        zone_hints: names(
-            hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect()),
-        ),
-        node_hints: names(
-            hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect()),
-        ),
-    })
+        ready: ep.ready,
+        serving: ep.serving,
+        terminating: ep.terminating,
+        zone_hints: names(hints.map(|h| &*h.zones)),
+        node_hints: names(hints.map(|h| &*h.nodes)),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -63,6 +63,12 @@ impl<K: Eq + std::hash::Hash + Copy, I: Copy + Eq + std::hash::Hash + Into<u64> 
 
     /// A fresh id, used neither here nor in `busy`; `None` when exhausted.
     fn allocate(&mut self, key: K, busy: &HashSet<u64>) -> Option<I> {
+        self.allocate_avoiding(key, |c| busy.contains(&c))
+    }
+
+    /// A fresh id, used neither here nor where `busy` says; `None` when
+    /// exhausted.
+    fn allocate_avoiding(&mut self, key: K, busy: impl Fn(u64) -> bool) -> Option<I> {
         for _ in 0..self.max {
             let candidate = self.next;
             self.next = if self.next >= self.max {
@@ -73,7 +79,7 @@ impl<K: Eq + std::hash::Hash + Copy, I: Copy + Eq + std::hash::Hash + Into<u64> 
             let Ok(id) = I::try_from(candidate) else {
                 continue;
             };
-            if !self.by_id.contains_key(&id) && !busy.contains(&candidate) {
+            if !self.by_id.contains_key(&id) && !busy(candidate) {
                 self.insert(key, id);
                 return Some(id);
             }
@@ -252,6 +258,55 @@ impl IdAllocator {
             }
         }
         Ok(())
+    }
+
+    /// The id of backend `key`, allocating one if it has none. A new id is
+    /// never one present in `current`'s backend map (an orphan still
+    /// referenced by a slot until the diff deletes it). For incremental
+    /// planning: costs O(1) unless ids are crowded.
+    pub(crate) fn ensure_backend(
+        &mut self,
+        key: BackendKey,
+        current: &MapsSnapshot,
+    ) -> Result<BackendId, LbError> {
+        if let Some(id) = self.backend(&key) {
+            return Ok(id);
+        }
+        let busy =
+            |c: u64| BackendId::try_from(c).is_ok_and(|id| current.backends.contains_key(&id));
+        self.backends
+            .allocate_avoiding(key, busy)
+            .ok_or(LbError::BackendIdsExhausted {
+                limit: self.backends.max,
+            })
+    }
+
+    /// The rev-NAT id of `fe`, allocating one (not present in `current`'s
+    /// rev-NAT map) if it has none.
+    pub(crate) fn ensure_rev_nat(
+        &mut self,
+        fe: Frontend,
+        current: &MapsSnapshot,
+    ) -> Result<RevNatId, LbError> {
+        if let Some(id) = self.rev_nat(&fe) {
+            return Ok(id);
+        }
+        let busy = |c: u64| RevNatId::try_from(c).is_ok_and(|id| current.rev_nat.contains_key(&id));
+        self.rev_nat
+            .allocate_avoiding(fe, busy)
+            .ok_or(LbError::RevNatIdsExhausted {
+                limit: self.rev_nat.max,
+            })
+    }
+
+    /// Frees the id of a backend no longer wanted.
+    pub(crate) fn release_backend(&mut self, key: &BackendKey) {
+        self.backends.remove_key(key);
+    }
+
+    /// Frees the rev-NAT id of a frontend no longer wanted.
+    pub(crate) fn release_rev_nat(&mut self, fe: &Frontend) {
+        self.rev_nat.remove_key(fe);
     }
 
     /// Adopts ids from the maps for keys without one, where the id is free.

@@ -5,7 +5,7 @@
 //! one way:
 //!
 //! ```text
-//! Services + EndpointSlices + NodeContext
+//! Services + EndpointSlices (projected: view::{ServiceView, SliceView}) + NodeContext
 //!   └─ desired::desired_state ──▶ Desired { state: DesiredState, findings }
 //! MapsSnapshot (current maps) + DesiredState + IdAllocator
 //!   └─ sync::plan_sync / diff::diff ──▶ ordered Vec<MapOp> (+ stats)
@@ -16,6 +16,10 @@
 //! * [`ids`] keeps backend and rev-NAT ids stable across syncs and restarts;
 //! * [`mod@diff`] orders operations so a concurrent BPF reader never sees a
 //!   half-written service ([`fake::consistent`] states that invariant);
+//! * [`incremental`] keeps the desired state per Service so one change is
+//!   recomputed and diffed in O(that Service) ([`LbState`]);
+//! * [`view`] projects Services and EndpointSlices to what is read, so
+//!   caches of them stay small;
 //! * [`fake`] is the in-memory map implementation; [`render`] prints map
 //!   contents for golden tests and debugging.
 
@@ -24,22 +28,27 @@ pub mod diff;
 mod endpoints;
 pub mod fake;
 pub mod ids;
+pub mod incremental;
 pub mod maps;
 pub mod model;
 pub mod render;
 pub mod sync;
+pub mod view;
 
 pub use desired::{
     Desired, ExternalPolicyMode, Finding, FindingKind, NodeContext, Options, desired_state,
+    desired_state_of_views,
 };
-pub use diff::diff;
+pub use diff::{Dirty, diff, diff_dirty};
 pub use fake::{FakeCapacity, FakeMaps, Inconsistency, consistent};
 pub use ids::IdAllocator;
+pub use incremental::{LbState, ServiceId};
 pub use maps::{LbMaps, MapOp, MapsSnapshot};
 pub use model::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,
 };
 pub use sync::{SyncPlan, SyncStats, plan_sync};
+pub use view::{EndpointView, ServiceView, SliceView};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -49,6 +49,9 @@ pub trait LbMaps {
 
     /// Applies operations in order, stopping at the first error, which is
     /// returned with the number of operations applied before it.
+    /// Implementations may group operations into fewer kernel calls (the
+    /// pinned maps batch runs of same-map, same-kind operations) as long as
+    /// a concurrent reader observes the operations taking effect in order.
     fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), (usize, Self::Error)> {
         for (i, op) in ops.iter().enumerate() {
             self.apply(op).map_err(|e| (i, e))?;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use switchyard_abi::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SvcKey};
 
@@ -127,14 +128,16 @@ pub struct DesiredBackend {
 }
 
 /// The Service port a frontend was derived from (for status and reports).
+/// Shared strings: every frontend of a Service, and every copy of its
+/// state, points at the same three.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePortRef {
     /// Service namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service name.
-    pub name: String,
+    pub name: Arc<str>,
     /// The Service port's name (`""` for a single unnamed port).
-    pub port_name: String,
+    pub port_name: Arc<str>,
 }
 
 impl fmt::Display for ServicePortRef {

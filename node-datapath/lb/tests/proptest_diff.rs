@@ -94,8 +94,8 @@ fn arb_state() -> impl Strategy<Value = DesiredState> {
                         backends,
                         service: ServicePortRef {
                             namespace: "ns".into(),
-                            name: format!("svc-{}", fe.ip.octets()[3]),
-                            port_name: format!("p{}", fe.port),
+                            name: format!("svc-{}", fe.ip.octets()[3]).into(),
+                            port_name: format!("p{}", fe.port).into(),
                         },
                     },
                 );

@@ -1,0 +1,315 @@
+//! Compact projections of Services and EndpointSlices: exactly what
+//! [`crate::desired`] reads, nothing else. A cache of projections holds a
+//! fraction of what the k8s-openapi objects take (an `Endpoint` alone is
+//! 352 bytes inline); convert each object at arrival with
+//! [`ServiceView::from`] / [`SliceView::from`] and drop it.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+
+use crate::desired::DEFAULT_AFFINITY_TIMEOUT;
+use crate::endpoints::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
+
+/// One Service port as the Service declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortView {
+    /// `name` ("" when unset; shared with the frontends' [`crate::ServicePortRef`]).
+    pub name: Arc<str>,
+    /// `protocol` (default `TCP`).
+    pub protocol: Box<str>,
+    pub port: i32,
+    pub node_port: Option<i32>,
+}
+
+/// What [`crate::desired`] reads of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    /// `metadata.namespace` (default `default`; shared with the
+    /// frontends' [`crate::ServicePortRef`], as is `name`).
+    pub namespace: Arc<str>,
+    /// `metadata.name` ("" when unset: such a Service is skipped).
+    pub name: Arc<str>,
+    /// Not served by this proxy: a service-proxy-name label, no spec, or
+    /// `type: ExternalName`.
+    pub skipped: bool,
+    /// `type` is NodePort or LoadBalancer.
+    pub has_node_ports: bool,
+    /// `spec.clusterIP` ("" when unset).
+    pub cluster_ip: Box<str>,
+    /// `spec.clusterIPs`.
+    pub cluster_ips: Box<[Box<str>]>,
+    /// `sessionAffinity: ClientIP`: its timeout.
+    pub affinity: Option<u32>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// IPv4 `externalIPs`, sorted and deduplicated.
+    pub external_ips: Box<[Ipv4Addr]>,
+    /// IPv4 LoadBalancer ingress IPs in VIP mode, sorted and deduplicated.
+    pub lb_ips: Box<[Ipv4Addr]>,
+    /// `loadBalancerSourceRanges` is not empty.
+    pub source_ranges: bool,
+    pub ports: Box<[PortView]>,
+}
+
+/// One port of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePortView {
+    /// `name` (`None`: ignored, as kube-proxy does).
+    pub name: Option<Box<str>>,
+    /// `protocol` (default `TCP`).
+    pub protocol: Box<str>,
+    pub port: Option<i32>,
+}
+
+/// Topology hints of one endpoint (rare: boxed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HintsView {
+    pub zones: Box<[Box<str>]>,
+    pub nodes: Box<[Box<str>]>,
+}
+
+/// One endpoint whose first address is IPv4 (others are never used).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointView {
+    pub ip: Ipv4Addr,
+    /// Conditions with their API defaults applied.
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<Box<str>>,
+    /// `None` when the endpoint has no hints at all.
+    pub hints: Option<Box<HintsView>>,
+}
+
+/// What [`crate::desired`] reads of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceView {
+    pub namespace: Option<Box<str>>,
+    /// The `kubernetes.io/service-name` label.
+    pub service: Option<Box<str>>,
+    /// Not IPv4, headless, or another proxy's.
+    pub skipped: bool,
+    pub ports: Box<[SlicePortView]>,
+    pub endpoints: Box<[EndpointView]>,
+}
+
+fn boxed(s: &str) -> Box<str> {
+    s.into()
+}
+
+/// The IPv4 addresses among `items`, deduplicated and sorted.
+fn v4_list<'a>(items: impl Iterator<Item = &'a String>) -> Box<[Ipv4Addr]> {
+    let mut v: Vec<Ipv4Addr> = items.filter_map(|s| s.parse().ok()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.into()
+}
+
+impl From<&Service> for ServiceView {
+    fn from(svc: &Service) -> Self {
+        let m = &svc.metadata;
+        let proxy_label = m
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME));
+        let spec = svc.spec.clone().unwrap_or_default();
+        let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        });
+        let lb_ips = v4_list(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|i| matches!(i.ip_mode.as_deref(), None | Some("VIP")))
+                .filter_map(|i| i.ip.as_ref()),
+        );
+        Self {
+            namespace: m.namespace.as_deref().unwrap_or("default").into(),
+            name: m.name.as_deref().unwrap_or_default().into(),
+            skipped: proxy_label || svc.spec.is_none() || svc_type == "ExternalName",
+            has_node_ports: matches!(svc_type, "NodePort" | "LoadBalancer"),
+            cluster_ip: boxed(spec.cluster_ip.as_deref().unwrap_or_default()),
+            cluster_ips: spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .map(|s| boxed(s))
+                .collect(),
+            affinity,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            external_ips: v4_list(spec.external_ips.iter().flatten()),
+            lb_ips,
+            source_ranges: spec
+                .load_balancer_source_ranges
+                .as_ref()
+                .is_some_and(|r| !r.is_empty()),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| PortView {
+                    name: p.name.as_deref().unwrap_or_default().into(),
+                    protocol: boxed(p.protocol.as_deref().unwrap_or("TCP")),
+                    port: p.port,
+                    node_port: p.node_port,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn endpoint(ep: &Endpoint) -> Option<EndpointView> {
+    // Consumers must use only the first address (EndpointSlice API).
+    let ip: Ipv4Addr = ep.addresses.first()?.parse().ok()?;
+    let cond = ep.conditions.as_ref();
+    let hints = ep.hints.as_ref();
+    let zones: Box<[Box<str>]> = hints
+        .and_then(|h| h.for_zones.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|z| boxed(&z.name))
+        .collect();
+    let nodes: Box<[Box<str>]> = hints
+        .and_then(|h| h.for_nodes.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|n| boxed(&n.name))
+        .collect();
+    Some(EndpointView {
+        ip,
+        ready: cond.and_then(|c| c.ready).unwrap_or(true),
+        serving: cond.and_then(|c| c.serving).unwrap_or(true),
+        terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+        node_name: ep.node_name.as_deref().map(boxed),
+        hints: (!zones.is_empty() || !nodes.is_empty())
+            .then(|| Box::new(HintsView { zones, nodes })),
+    })
+}
+
+impl From<&EndpointSlice> for SliceView {
+    fn from(slice: &EndpointSlice) -> Self {
+        let labels = slice.metadata.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k));
+        Self {
+            namespace: slice.metadata.namespace.as_deref().map(boxed),
+            service: label(LABEL_SERVICE_NAME).map(|s| boxed(s)),
+            skipped: slice.address_type != "IPv4"
+                || label(LABEL_SERVICE_PROXY_NAME).is_some()
+                || label(LABEL_HEADLESS).is_some(),
+            ports: slice
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| SlicePortView {
+                    name: p.name.as_deref().map(boxed),
+                    protocol: boxed(p.protocol.as_deref().unwrap_or("TCP")),
+                    port: p.port,
+                })
+                .collect(),
+            endpoints: slice.endpoints.iter().filter_map(endpoint).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointHints, ForZone};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn slice_view_keeps_first_ipv4_address_and_defaulted_conditions() {
+        let ep = |addrs: &[&str], cond: Option<EndpointConditions>| Endpoint {
+            addresses: addrs.iter().map(|a| a.to_string()).collect(),
+            conditions: cond,
+            ..Endpoint::default()
+        };
+        let slice = EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                labels: Some([(LABEL_SERVICE_NAME.to_string(), "web".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![
+                ep(&["10.0.0.1", "10.0.0.9"], None),
+                ep(&["fd00::1"], None),
+                ep(&[], None),
+                Endpoint {
+                    hints: Some(EndpointHints {
+                        for_zones: Some(vec![ForZone { name: "z1".into() }]),
+                        for_nodes: None,
+                    }),
+                    ..ep(
+                        &["10.0.0.2"],
+                        Some(EndpointConditions {
+                            ready: Some(false),
+                            serving: Some(true),
+                            terminating: Some(true),
+                        }),
+                    )
+                },
+            ],
+            ..EndpointSlice::default()
+        };
+        let v = SliceView::from(&slice);
+        assert_eq!(v.service.as_deref(), Some("web"));
+        assert!(!v.skipped);
+        let got: Vec<(Ipv4Addr, bool, bool, bool, bool)> = v
+            .endpoints
+            .iter()
+            .map(|e| (e.ip, e.ready, e.serving, e.terminating, e.hints.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Ipv4Addr::new(10, 0, 0, 1), true, true, false, false),
+                (Ipv4Addr::new(10, 0, 0, 2), false, true, true, true),
+            ]
+        );
+        let ipv6 = EndpointSlice {
+            address_type: "IPv6".into(),
+            ..slice
+        };
+        assert!(SliceView::from(&ipv6).skipped);
+    }
+
+    #[test]
+    fn service_view_skips_external_name_and_other_proxies() {
+        use k8s_openapi::api::core::v1::ServiceSpec;
+        let svc = |type_: &str, label: bool| Service {
+            metadata: ObjectMeta {
+                name: Some("s".into()),
+                labels: label
+                    .then(|| [(LABEL_SERVICE_PROXY_NAME.to_string(), "x".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(type_.into()),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        assert!(ServiceView::from(&svc("ExternalName", false)).skipped);
+        assert!(ServiceView::from(&svc("ClusterIP", true)).skipped);
+        let np = ServiceView::from(&svc("NodePort", false));
+        assert!(!np.skipped && np.has_node_ports);
+        assert_eq!(&*np.namespace, "default");
+    }
+}
