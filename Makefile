@@ -6,6 +6,9 @@ SHELL := /bin/bash
 # clone on the same machine builds fast.
 export SWITCHYARD_CACHE ?= $(HOME)/.cache/switchyard
 export CARGO_TARGET_DIR ?= $(SWITCHYARD_CACHE)/target
+# The checkout the binaries read config/ and e2e/hack/ from (the shared target
+# dir may hold binaries built from another checkout).
+export SWITCHYARD_SOURCE := $(CURDIR)
 CARGO ?= cargo
 
 .PHONY: help

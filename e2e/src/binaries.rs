@@ -71,13 +71,25 @@ fn project_bin_dir() -> PathBuf {
     }
 }
 
+/// This checkout's `e2e/` directory: `$SWITCHYARD_SOURCE/e2e` (the Makefile
+/// sets it), else what `cargo test`/`cargo run` name at run time, else where
+/// the binary was built. The shared target dir may hold a binary built from
+/// another checkout, whose compile-time path can be gone.
+pub fn e2e_dir() -> PathBuf {
+    if let Some(root) = std::env::var_os("SWITCHYARD_SOURCE") {
+        return PathBuf::from(root).join("e2e");
+    }
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 /// Runs `e2e/hack/host-setup.sh` (idempotent: mounts a cgroup v2
 /// hierarchy and bpffs if missing) when no cgroup2 is mounted.
 pub fn ensure_host_setup() -> Result<()> {
     if crate::sys::cgroup2_root().is_ok() {
         return Ok(());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/host-setup.sh");
+    let script = e2e_dir().join("hack/host-setup.sh");
     crate::sys::run(&script.display().to_string(), &[] as &[&str])?;
     crate::sys::cgroup2_root().map(|_| ())
 }
@@ -85,7 +97,7 @@ pub fn ensure_host_setup() -> Result<()> {
 /// Runs `e2e/hack/build-k8s.sh`, streaming its progress to stderr, and
 /// returns the bin dir it prints.
 pub fn build_k8s() -> Result<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/build-k8s.sh");
+    let script = e2e_dir().join("hack/build-k8s.sh");
     let out = Command::new(&script)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -107,9 +119,7 @@ mod tests {
 
     #[test]
     fn version_constant_matches_the_tools_module() {
-        let gomod =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/go.mod"))
-                .unwrap();
+        let gomod = std::fs::read_to_string(e2e_dir().join("tools/go.mod")).unwrap();
         let pinned = gomod
             .lines()
             .find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes "))

@@ -43,7 +43,7 @@ pub fn images(project_bin: &Path) -> ImageTable {
 
 /// The repository's `config/` directory.
 pub fn config_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config")
+    crate::binaries::e2e_dir().join("../config")
 }
 
 /// A relative path from `from` to `to` (both absolute).

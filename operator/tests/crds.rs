@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use switchyard_api::{MigrationPlan, crd_file_name, crd_yaml, crds};
 
+/// The checkout under test: `cargo test` names it at run time (a target dir
+/// shared between checkouts may hold this binary built from another one).
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
 
 #[test]

@@ -17,8 +17,12 @@ use switchyard_lb::{
     FakeMaps, IdAllocator, LbMaps, consistent, desired_state, plan_sync, render::render,
 };
 
+/// `cargo test` names the checkout at run time (a target dir shared between
+/// checkouts may hold this binary built from another one).
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/golden")
 }
 
 /// Runs one fixture through desired → plan → FakeMaps and renders the result.
