@@ -52,5 +52,6 @@ fi
 "$VENV/bin/python" "$BENCH/plot.py" "$RESULTS/raw.csv" "$RESULTS/connect_latency.png"
 
 "$BIN" report --csv "$RESULTS/raw.csv" --facts "$RESULTS/facts.json" \
+  --include "$RESULTS/operator-scale.md" \
   --analysis "$BENCH/analysis.md" --out "$MARKDOWN"
 echo "run.sh: wrote $MARKDOWN, $RESULTS/raw.csv, $RESULTS/connect_latency.png" >&2

@@ -38,6 +38,11 @@ enum Cmd {
         /// Hand-written analysis appended to the generated tables.
         #[arg(long)]
         analysis: Option<PathBuf>,
+        /// Markdown sections written by other benchmarks (the operator
+        /// scale run), inserted before the targets; missing files are
+        /// skipped with a note.
+        #[arg(long)]
+        include: Vec<PathBuf>,
     },
     /// Prints the kube-proxy-shaped rules for N Services (for inspection).
     Rules {
@@ -123,7 +128,8 @@ fn real_main(cli: Cli) -> Result<(), BenchError> {
             out,
             facts,
             analysis,
-        } => report::write_markdown(&csv, &facts, analysis.as_deref(), &out),
+            include,
+        } => report::write_markdown(&csv, &facts, analysis.as_deref(), &include, &out),
         Cmd::Rules { kind, n } => {
             let sc = scenario(n)?;
             let text = match kind {

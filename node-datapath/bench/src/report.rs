@@ -1,7 +1,11 @@
 //! Raw CSV rows, medians over runs, ratios to the direct baseline, and the
 //! generated `BENCHMARKS.md`. Pure except [`write_markdown`]'s file I/O.
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -345,8 +349,9 @@ fn or_unrecorded(s: &str) -> &str {
     if s.is_empty() { "not recorded" } else { s }
 }
 
-/// Renders BENCHMARKS.md from rows, facts and the hand-written analysis.
-pub fn render_markdown(rows: &[Row], facts: &Facts, analysis: &str) -> String {
+/// Renders BENCHMARKS.md from rows, facts, sections written by other
+/// benchmarks (`included`, in order) and the hand-written analysis.
+pub fn render_markdown(rows: &[Row], facts: &Facts, included: &[String], analysis: &str) -> String {
     let t = Table::new(rows);
     let mut s = String::new();
     let _ = writeln!(
@@ -435,6 +440,9 @@ pub fn render_markdown(rows: &[Row], facts: &Facts, analysis: &str) -> String {
     );
     program_table(&t, &mut s);
     crate::report_ebpf::agent_section(&t, &mut s);
+    for section in included {
+        let _ = writeln!(s, "\n{}", section.trim());
+    }
     let _ = writeln!(s, "\n## Targets (issue #7)\n");
     for line in target_checks(&t) {
         let _ = writeln!(s, "- {line}");
@@ -443,12 +451,14 @@ pub fn render_markdown(rows: &[Row], facts: &Facts, analysis: &str) -> String {
     s
 }
 
-/// Reads the CSV, the facts and the optional analysis, and writes the
-/// markdown file.
+/// Reads the CSV, the facts, the optional analysis and the included
+/// sections (a missing one becomes a note saying how to produce it), and
+/// writes the markdown file.
 pub fn write_markdown(
     csv: &Path,
     facts: &Path,
     analysis: Option<&Path>,
+    include: &[PathBuf],
     out: &Path,
 ) -> Result<(), BenchError> {
     let read = |p: &Path| {
@@ -460,7 +470,21 @@ pub fn write_markdown(
         detail: e.to_string(),
     })?;
     let analysis = analysis.map(read).transpose()?.unwrap_or_default();
-    std::fs::write(out, render_markdown(&rows, &facts, &analysis))
+    let included = include
+        .iter()
+        .map(|p| {
+            if p.exists() {
+                read(p)
+            } else {
+                let name = p.file_name().unwrap_or(p.as_os_str());
+                Ok(format!(
+                    "_Not run: `{}` is missing (`make bench` writes it)._",
+                    name.to_string_lossy()
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::write(out, render_markdown(&rows, &facts, &included, &analysis))
         .map_err(|e| BenchError::io(format!("write {}", out.display()), e))
 }
 
@@ -550,7 +574,11 @@ mod tests {
             row(1, "iptables-nft", "connect_p50_us", "last", 0, 45.0),
             row(1, "iptables-nft", "program_s", "-", 0, 0.01),
         ];
-        let md = render_markdown(&rows, &Facts::default(), "## Analysis\n\ntext");
+        let scale = "### Operator at scale\n\n| nodes |".to_string();
+        let md = render_markdown(&rows, &Facts::default(), &[scale], "## Analysis\n\ntext");
+        let at = |s: &str| md.find(s).unwrap_or_else(|| panic!("missing {s}:\n{md}"));
+        assert!(at("## Programming time") < at("### Operator at scale"));
+        assert!(at("### Operator at scale") < at("## Targets"));
         for s in [
             "## TCP connect latency",
             "## Programming time",
