@@ -57,6 +57,13 @@ cluster-up: ## Start the local cluster by hand (NODES=3 MODE=iptables|nftables)
 cluster-down: ## Stop the local cluster and remove everything it created
 	e2e/hack/lab.sh down
 
+.PHONY: bench-operator
+bench-operator: deps ## Operator at scale: 100 and 1 000 simulated nodes, waves of 10% (writes node-datapath/bench/results/operator-scale.*)
+	$(CARGO) build --release --locked -p switchyard-operator --bin switchyard-operator
+	$(CARGO) build --locked -p switchyard-e2e --bins
+	$(CARGO_TARGET_DIR)/debug/switchyard-operator-scale --nodes $(or $(NODES),100,1000) --wave 10% --runs $(or $(RUNS),3) \
+		--operator $(CARGO_TARGET_DIR)/release/switchyard-operator --out node-datapath/bench/results
+
 .PHONY: bench
 bench: deps ## Benchmarks: datapath at scale vs kube-proxy and the floor (writes BENCHMARKS.md)
 	node-datapath/bench/run.sh
