@@ -128,7 +128,7 @@ pub fn markdown(
             x.apiserver_cpu_secs,
         ));
     }
-    s.push_str("\nMedians over the runs; \"per wave\" is the median over all waves of all runs (first node leaves Pending → last node Done, 0.25 s polling).\n");
+    s.push_str("\nMedians over the runs; \"per wave\" is the median over all waves of all runs (first node leaves Pending → last node Done, as a watch on the plan sees it).\n");
     if let Some(big) = summaries.last() {
         s.push_str(&format!(
             "\nThe operator's requests per node at {} nodes, by verb and resource:\n\n| request | per node |\n|---|---:|\n",

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod kube_proxy;
 pub mod leader;
 pub mod observe;
+pub mod triggers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use switchyard_api::{FIELD_MANAGER, MigrationPlan, NodeDatapath};
 use tracing::{Instrument, info, info_span, warn};
@@ -96,11 +97,13 @@ pub async fn run(
         .default_backoff()
         .reflect(nodes_w)
         .applied_objects()
+        .predicate_filter(triggers::node_inputs, PredicateConfig::default())
         .filter_map(ok_unit);
     let datapath_events = watcher(Api::<NodeDatapath>::all(client.clone()), wc.clone())
         .default_backoff()
         .reflect(datapaths_w)
         .applied_objects()
+        .predicate_filter(triggers::datapath_inputs, PredicateConfig::default())
         .filter_map(ok_unit);
     let kp_ns = &settings.kube_proxy_namespace;
     let ds_events = watcher(
@@ -298,10 +301,7 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
         recorder: &ctx.recorder,
         specs: BTreeMap::new(),
     };
-    for action in &decision.actions {
-        tracing::debug!(?action, "applying");
-        applier.apply(action).await?;
-    }
+    applier.apply_all(&decision.actions).await?;
     ctx.metrics.observe(
         &name,
         &decision.status,
