@@ -11,6 +11,14 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use switchyard_api::NodeDatapath;
 
+/// Drops what the operator never reads from a cached Node (status, which
+/// real kubelets fill with image lists; annotations; managed fields).
+pub fn slim_node(n: &mut Node) {
+    n.status = None;
+    n.metadata.annotations = None;
+    n.metadata.managed_fields = None;
+}
+
 /// Hash of a Node's labels and cordon state (all the planner reads).
 pub fn node_inputs(n: &Node) -> Option<u64> {
     let mut h = DefaultHasher::new();
