@@ -88,6 +88,8 @@ pub struct RunResult {
     pub requests_per_node: f64,
     /// The operator's API requests from its start to the plan's apply.
     pub startup_requests: u64,
+    /// Size of the final MigrationPlan status as JSON, KiB.
+    pub plan_status_kib: f64,
     /// Writes of the simulated agents and kubelets during the whole run.
     pub responder_answers: u64,
     pub responder_heartbeats: u64,
@@ -467,6 +469,8 @@ async fn migrate(
     let requests = measure::count_requests(audit.lines(), OPERATOR_USER, t0, t1);
     let startup = measure::count_requests(audit.lines(), OPERATOR_USER, op_started, t0);
     let waves = final_plan.status.as_ref().map_or(0, |s| s.waves.len());
+    let plan_status_kib =
+        serde_json::to_vec(&final_plan.status).map_or(0.0, |v| v.len() as f64 / 1024.0);
     let counters = &responder.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     Ok(RunResult {
@@ -486,6 +490,7 @@ async fn migrate(
         requests_per_node: requests.total as f64 / n as f64,
         requests,
         startup_requests: startup.total,
+        plan_status_kib,
         responder_answers: load(&counters.answers),
         responder_heartbeats: load(&counters.heartbeats),
         responder_pod_writes: load(&counters.pod_writes),
