@@ -162,9 +162,9 @@ pub fn markdown(
         s.push_str(&format!(
             "\nTarget operator RSS ≤ {RSS_TARGET_MIB:.0} MiB with 1 000 nodes: at {} nodes {verdict}. \
              Before the plan is applied the operator holds {:.1} MiB (its caches of {n} Nodes and NodeDatapaths); \
-             the rest is what one reconcile holds at once: the plan's status lists every node with its step \
-             history ({:.0} KiB of JSON at {n} nodes), read from the watch, cloned, decided on and written back \
-             whole on every reconcile that changes it.\n",
+             the growth during the migration is not profiled; the likely holder is the reconcile itself: \
+             the plan's status lists every node with its step history ({:.0} KiB of JSON at {n} nodes) and is \
+             read from the watch, cloned, decided on and written back whole on every reconcile that changes it.\n",
             big.nodes,
             big.operator_idle_rss_mib,
             big.plan_status_kib,
