@@ -60,6 +60,16 @@ cluster-up: ## Start the local cluster by hand (NODES=3 MODE=iptables|nftables)
 cluster-down: ## Stop the local cluster and remove everything it created
 	e2e/hack/lab.sh down
 
+SCALE_NODES ?= 100,1000
+SCALE_RUNS ?= 1
+
+.PHONY: bench-operator
+bench-operator: deps ## Operator at scale: SCALE_NODES=100,1000 simulated nodes, waves of 10%, SCALE_RUNS=1 (writes node-datapath/bench/results/operator-scale.*)
+	$(CARGO) build --release --locked -p switchyard-operator --bin switchyard-operator
+	$(CARGO) build --locked -p switchyard-e2e --bins
+	$(CARGO_TARGET_DIR)/debug/switchyard-operator-scale --nodes $(SCALE_NODES) --wave 10% --runs $(SCALE_RUNS) \
+		--operator $(CARGO_TARGET_DIR)/release/switchyard-operator --out node-datapath/bench/results
+
 .PHONY: bench
 bench: deps ## Benchmarks: datapath at scale vs kube-proxy and the floor (writes BENCHMARKS.md)
 	node-datapath/bench/run.sh

@@ -39,7 +39,8 @@ pub const STATE_ROOT: &str = "/dev/shm/switchyard-lab";
 /// How to start a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// Number of nodes (1..=200).
+    /// Number of nodes (1..=200; 0 for a control plane only, without
+    /// kube-proxy).
     pub nodes: usize,
     /// kube-proxy mode.
     pub proxy_mode: ProxyMode,
@@ -53,6 +54,8 @@ pub struct ClusterConfig {
     pub images: Option<ImageTable>,
     /// Install kube-proxy (DaemonSet etc.) and wait for it on every node.
     pub kube_proxy: bool,
+    /// Extra kube-apiserver flags (for instance an audit policy).
+    pub apiserver_extra_args: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -65,6 +68,7 @@ impl Default for ClusterConfig {
             state_root: PathBuf::from(STATE_ROOT),
             images: None,
             kube_proxy: true,
+            apiserver_extra_args: Vec::new(),
         }
     }
 }
@@ -128,9 +132,9 @@ impl Cluster {
     /// the namespaces, control plane and nodes, installs kube-proxy and
     /// waits until every node runs it.
     pub async fn start(cfg: ClusterConfig) -> Result<Self> {
-        if cfg.nodes == 0 || cfg.nodes > crate::topology::MAX_NODES {
+        if cfg.nodes > crate::topology::MAX_NODES || (cfg.nodes == 0 && cfg.kube_proxy) {
             return Err(Error::Config(format!(
-                "nodes must be 1..={}",
+                "nodes must be 1..={} (0 only without kube-proxy)",
                 crate::topology::MAX_NODES
             )));
         }
@@ -182,7 +186,13 @@ impl Cluster {
             cgroup: Some(cgroup.child("control-plane")?.path),
             ..Default::default()
         };
-        let mut cp = ControlPlane::start_storage_and_api(&bins, &pki, &state, &cp_place)?;
+        let mut cp = ControlPlane::start_storage_and_api(
+            &bins,
+            &pki,
+            &state,
+            &cp_place,
+            &cfg.apiserver_extra_args,
+        )?;
         let fwd = forward::start(
             cfg.api_listen,
             &sys::netns_path(&plan.cp_netns),
@@ -289,6 +299,17 @@ impl Cluster {
     /// The address plan (node names, IPs, namespaces).
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The pid of a running control-plane program (`kube-apiserver`, …).
+    pub fn control_plane_pid(&self, program: &str) -> Option<i32> {
+        self.control_plane
+            .as_ref()?
+            .processes
+            .iter()
+            .find(|p| p.name == program)
+            .map(|p| p.pid())
+            .filter(|p| *p > 0)
     }
 
     /// The state directory (logs under `logs/`).

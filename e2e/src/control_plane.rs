@@ -152,13 +152,15 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver (the controllers start later, once the
-    /// API server answers, see [`ControlPlane::start_controllers`]).
+    /// Starts etcd and kube-apiserver with `extra` flags appended (the
+    /// controllers start later, once the API server answers, see
+    /// [`ControlPlane::start_controllers`]).
     pub fn start_storage_and_api(
         bins: &Binaries,
         pki: &Pki,
         state: &Path,
         placement: &Placement,
+        extra: &[String],
     ) -> Result<Self> {
         let logs = state.join("logs");
         std::fs::create_dir_all(&logs).map_err(Error::io("creating", &logs))?;
@@ -168,9 +170,11 @@ impl ControlPlane {
             placement,
             logs.join("etcd.log"),
         )?;
+        let mut args = apiserver_args(pki, &state.join("apiserver"));
+        args.extend_from_slice(extra);
         let api = Process::spawn(
             &bins.k8s("kube-apiserver"),
-            &apiserver_args(pki, &state.join("apiserver")),
+            &args,
             placement,
             logs.join("kube-apiserver.log"),
         )?;

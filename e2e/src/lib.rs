@@ -21,6 +21,9 @@
 //! - [`teardown`] removes a cluster by name (also a killed run's).
 //! - [`scenario`]: building blocks of the migration scenarios (switchyard
 //!   installed from `config/`, workload, load, `MigrationPlan`).
+//! - [`scale`]: the operator scale benchmark (a control plane without lab
+//!   nodes, simulated Nodes whose agents and kubelets a fake responder
+//!   plays, the real operator binary, an audit log of its requests).
 //! - [`cluster::Cluster`] ties it together for tests and the
 //!   `switchyard-lab` command; [`request`] sends HTTP/UDP from inside pods
 //!   and nodes.
@@ -38,6 +41,7 @@ pub mod network;
 pub mod pki;
 pub mod request;
 pub mod runtime;
+pub mod scale;
 pub mod scenario;
 pub mod sys;
 pub mod teardown;

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod kube_proxy;
 pub mod leader;
 pub mod observe;
+pub mod triggers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use switchyard_api::{FIELD_MANAGER, MigrationPlan, NodeDatapath};
 use tracing::{Instrument, info, info_span, warn};
@@ -94,13 +95,17 @@ pub async fn run(
     let wc = watcher::Config::default().timeout(45);
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .default_backoff()
+        .modify(triggers::slim_node)
         .reflect(nodes_w)
         .applied_objects()
+        .predicate_filter(triggers::node_inputs, PredicateConfig::default())
         .filter_map(ok_unit);
     let datapath_events = watcher(Api::<NodeDatapath>::all(client.clone()), wc.clone())
         .default_backoff()
+        .modify(|d: &mut NodeDatapath| d.managed_fields_mut().clear())
         .reflect(datapaths_w)
         .applied_objects()
+        .predicate_filter(triggers::datapath_inputs, PredicateConfig::default())
         .filter_map(ok_unit);
     let kp_ns = &settings.kube_proxy_namespace;
     let ds_events = watcher(
@@ -166,6 +171,34 @@ pub async fn run(
     Ok(())
 }
 
+/// Pods per page when listing kube-proxy's pods.
+const POD_PAGE: u32 = 250;
+
+/// kube-proxy's pods, read fresh, a page at a time, each reduced to what
+/// the snapshot reads before the next page arrives (a thousand full Pods
+/// would be several MiB at once).
+async fn kube_proxy_pods(api: &Api<Pod>, selector: &str) -> Result<Vec<Pod>> {
+    let mut out = Vec::new();
+    let mut lp = ListParams::default().labels(selector).limit(POD_PAGE);
+    loop {
+        let page = api.list(&lp).await?;
+        out.extend(page.items.into_iter().map(observe::slim_pod));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The status subresource apply body.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusBody<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    status: &'a switchyard_api::MigrationPlanStatus,
+}
+
 /// A watch event as a bare trigger; watch errors are retried by the backoff.
 fn ok_unit<T>(r: Result<T, watcher::Error>) -> future::Ready<Option<()>> {
     future::ready(r.ok().map(|_| ()))
@@ -227,10 +260,8 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            Api::<Pod>::namespaced(client.clone(), &kp.namespace)
-                .list(&ListParams::default().labels(&selector))
-                .await?
-                .items
+            let api = Api::<Pod>::namespaced(client.clone(), &kp.namespace);
+            kube_proxy_pods(&api, &selector).await?
         }
         None => Vec::new(),
     };
@@ -275,11 +306,13 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
 
     // Record, then act.
     if decision.status != current {
-        let body = serde_json::json!({
-            "apiVersion": "switchyard.dev/v1alpha1",
-            "kind": "MigrationPlan",
-            "status": decision.status,
-        });
+        // Serialized straight from the typed status: with a thousand nodes
+        // it is most of a MiB, too big to build a `serde_json::Value` for.
+        let body = StatusBody {
+            api_version: "switchyard.dev/v1alpha1",
+            kind: "MigrationPlan",
+            status: &decision.status,
+        };
         Api::<MigrationPlan>::all(client.clone())
             .patch_status(
                 &name,
@@ -298,10 +331,7 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
         recorder: &ctx.recorder,
         specs: BTreeMap::new(),
     };
-    for action in &decision.actions {
-        tracing::debug!(?action, "applying");
-        applier.apply(action).await?;
-    }
+    applier.apply_all(&decision.actions).await?;
     ctx.metrics.observe(
         &name,
         &decision.status,

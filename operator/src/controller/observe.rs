@@ -162,6 +162,29 @@ fn probe_failures(p: &switchyard_api::ProbeResult) -> String {
     }
 }
 
+/// A Pod reduced to what [`snapshot`] reads: owners, deletion, node name
+/// and conditions.
+pub fn slim_pod(p: Pod) -> Pod {
+    Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: p.metadata.name,
+            namespace: p.metadata.namespace,
+            uid: p.metadata.uid,
+            owner_references: p.metadata.owner_references,
+            deletion_timestamp: p.metadata.deletion_timestamp,
+            ..Default::default()
+        },
+        spec: p.spec.map(|s| k8s_openapi::api::core::v1::PodSpec {
+            node_name: s.node_name,
+            ..Default::default()
+        }),
+        status: p.status.map(|s| k8s_openapi::api::core::v1::PodStatus {
+            conditions: s.conditions,
+            ..Default::default()
+        }),
+    }
+}
+
 fn owned_by(p: &Pod, ds: &DaemonSet) -> bool {
     let uid = ds.uid();
     p.owner_references()
@@ -347,6 +370,17 @@ mod tests {
             ..Observed::default()
         };
         let s = snapshot(&me, &o);
+        let slim: Vec<Pod> = pods.iter().cloned().map(slim_pod).collect();
+        let o_slim = Observed {
+            pods: slim.iter().collect(),
+            ..Observed {
+                kube_proxy_daemon_set: Some(&ds),
+                kube_proxy_config_map: Some(&cm),
+                kubeadm_config: true,
+                ..Observed::default()
+            }
+        };
+        assert_eq!(snapshot(&me, &o_slim), s, "a slimmed pod reads the same");
         assert_eq!(
             s.kube_proxy.config_map.as_ref().unwrap().mode.as_deref(),
             Some("nftables")

@@ -1,0 +1,92 @@
+//! Which watch events are worth a reconcile: a hash of exactly what the
+//! planner reads from each object, so updates that change nothing it reads
+//! (an agent's heartbeat, a kubelet's node status report) are dropped
+//! instead of starting a full reconcile of every plan. A silent agent is
+//! still noticed: the planner requeues itself while it waits.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use switchyard_api::NodeDatapath;
+
+/// Drops what the operator never reads from a cached Node (status, which
+/// real kubelets fill with image lists; annotations; managed fields).
+pub fn slim_node(n: &mut Node) {
+    n.status = None;
+    n.metadata.annotations = None;
+    n.metadata.managed_fields = None;
+}
+
+/// Hash of a Node's labels and cordon state (all the planner reads).
+pub fn node_inputs(n: &Node) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    n.labels().hash(&mut h);
+    n.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// Hash of a NodeDatapath's spec and status without the heartbeat time.
+pub fn datapath_inputs(d: &NodeDatapath) -> Option<u64> {
+    let mut status = d.status.clone().unwrap_or_default();
+    status.heartbeat = None;
+    let text = serde_json::to_string(&(&d.spec, &status)).ok()?;
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    Some(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use switchyard_api::{DatapathMode, NodeDatapathSpec, NodeDatapathStatus};
+
+    #[test]
+    fn node_status_reports_do_not_trigger_but_cordon_and_labels_do() {
+        let mut n = Node::default();
+        n.metadata.name = Some("a".into());
+        let base = node_inputs(&n);
+        n.status = Some(NodeStatus {
+            phase: Some("Running".into()),
+            ..NodeStatus::default()
+        });
+        assert_eq!(node_inputs(&n), base);
+        n.spec = Some(NodeSpec {
+            unschedulable: Some(true),
+            ..NodeSpec::default()
+        });
+        let cordoned = node_inputs(&n);
+        assert_ne!(cordoned, base);
+        n.labels_mut().insert("x".into(), "y".into());
+        assert_ne!(node_inputs(&n), cordoned);
+    }
+
+    #[test]
+    fn heartbeats_do_not_trigger_but_progress_does() {
+        let mut d = NodeDatapath::new("a", NodeDatapathSpec::default());
+        d.status = Some(NodeDatapathStatus {
+            heartbeat: Some(Time(Timestamp::UNIX_EPOCH)),
+            ..NodeDatapathStatus::default()
+        });
+        let base = datapath_inputs(&d);
+        if let Some(s) = d.status.as_mut() {
+            s.heartbeat = Some(Time(Timestamp::now()));
+        }
+        assert_eq!(datapath_inputs(&d), base);
+        if let Some(s) = d.status.as_mut() {
+            s.active_mode = Some(DatapathMode::Active);
+        }
+        let active = datapath_inputs(&d);
+        assert_ne!(active, base);
+        d.spec.mode = DatapathMode::Active;
+        assert_ne!(datapath_inputs(&d), active);
+    }
+}
