@@ -71,5 +71,5 @@ bench-operator: deps ## Operator at scale: SCALE_NODES=100,1000 simulated nodes,
 		--operator $(CARGO_TARGET_DIR)/release/switchyard-operator --out node-datapath/bench/results
 
 .PHONY: bench
-bench: deps ## Benchmarks: datapath at scale vs kube-proxy and the floor (writes BENCHMARKS.md)
+bench: deps bench-operator ## Every benchmark: datapath at scale vs kube-proxy and the floor, operator at scale (writes BENCHMARKS.md)
 	node-datapath/bench/run.sh
