@@ -16,6 +16,10 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// Peak resident set size, KiB (`VmHWM`).
     pub hwm_kib: u64,
+    /// Resident anonymous memory now (the heap, stacks), KiB (`RssAnon`).
+    pub anon_kib: u64,
+    /// Resident file pages now (the binary's code and data), KiB (`RssFile`).
+    pub file_kib: u64,
 }
 
 /// utime + stime in clock ticks from `/proc/<pid>/stat` (fields 14 and 15;
@@ -47,6 +51,8 @@ pub fn sample(pid: i32) -> Option<ProcSample> {
         cpu_secs: parse_stat_ticks(&stat)? as f64 / hz,
         rss_kib: parse_status_kib(&status, "VmRSS")?,
         hwm_kib: parse_status_kib(&status, "VmHWM")?,
+        anon_kib: parse_status_kib(&status, "RssAnon")?,
+        file_kib: parse_status_kib(&status, "RssFile")?,
     })
 }
 
@@ -147,9 +153,11 @@ mod tests {
 
     #[test]
     fn status_fields_in_kib() {
-        let s = "Name:\top\nVmHWM:\t   40960 kB\nVmRSS:\t   30000 kB\n";
+        let s = "Name:\top\nVmHWM:\t   40960 kB\nVmRSS:\t   30000 kB\nRssAnon:\t   19000 kB\nRssFile:\t   11000 kB\n";
         assert_eq!(parse_status_kib(s, "VmHWM"), Some(40960));
         assert_eq!(parse_status_kib(s, "VmRSS"), Some(30000));
+        assert_eq!(parse_status_kib(s, "RssAnon"), Some(19000));
+        assert_eq!(parse_status_kib(s, "RssFile"), Some(11000));
         assert_eq!(parse_status_kib(s, "VmSwap"), None);
     }
 

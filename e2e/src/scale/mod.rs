@@ -9,12 +9,12 @@
 //! in waves, measured from apply to `Succeeded`.
 
 pub mod measure;
+pub mod operator;
 pub mod report;
 pub mod responder;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -80,6 +80,10 @@ pub struct RunResult {
     pub operator_peak_rss_mib: f64,
     /// Operator RSS before the plan was applied (caches filled), MiB.
     pub operator_idle_rss_mib: f64,
+    /// Largest anonymous resident memory (heap) sampled during the migration, MiB.
+    pub operator_peak_anon_mib: f64,
+    /// Largest resident file memory (the binary) sampled during the migration, MiB.
+    pub operator_peak_file_mib: f64,
     /// kube-apiserver CPU during the migration, seconds.
     pub apiserver_cpu_secs: f64,
     /// The operator's API requests during the migration (audit log).
@@ -380,19 +384,8 @@ async fn migrate(
     let kc = operator_kubeconfig(c, work).await?;
     let port = free_port()?;
     let log_path = work.join("operator.log");
-    let log = std::fs::File::create(&log_path).map_err(Error::io("creating", &log_path))?;
-    let log2 = log.try_clone().map_err(Error::io("cloning", &log_path))?;
     let op_started = Utc::now();
-    let mut operator = tokio::process::Command::new(&cfg.operator)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", &kc)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(Error::io("spawning", &cfg.operator))?;
+    let mut operator = operator::spawn(&cfg.operator, &kc, port, &log_path)?;
     let pid = operator.id().map_or(0, |p| p as i32);
     wait_for(
         "the operator's /readyz (lease held, caches filled)",
@@ -415,6 +408,7 @@ async fn migrate(
     let mut events = std::pin::pin!(watcher(plans, wc).default_backoff().applied_objects());
     let mut clock = WaveClock::default();
     let mut last = op0;
+    let (mut peak_anon, mut peak_file) = (op0.anon_kib, op0.file_kib);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let final_plan = loop {
         let elapsed = started.elapsed();
@@ -436,7 +430,11 @@ async fn migrate(
             }
             _ = tick.tick() => {
                 match measure::sample(pid) {
-                    Some(s) => last = s,
+                    Some(s) => {
+                        peak_anon = peak_anon.max(s.anon_kib);
+                        peak_file = peak_file.max(s.file_kib);
+                        last = s;
+                    }
                     None => {
                         return Err(Error::Exited {
                             program: "switchyard-operator".into(),
@@ -486,6 +484,8 @@ async fn migrate(
         wall_ms_per_node: total_secs * 1000.0 / n as f64,
         operator_peak_rss_mib: mib(op1.hwm_kib.max(last.hwm_kib)),
         operator_idle_rss_mib: mib(op0.rss_kib),
+        operator_peak_anon_mib: mib(peak_anon),
+        operator_peak_file_mib: mib(peak_file),
         apiserver_cpu_secs: api1.cpu_secs - api0.cpu_secs,
         requests_per_node: requests.total as f64 / n as f64,
         requests,

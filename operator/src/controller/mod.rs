@@ -6,7 +6,9 @@
 pub mod apply;
 pub mod kube_proxy;
 pub mod leader;
+pub mod memory;
 pub mod observe;
+pub mod pods;
 pub mod triggers;
 
 use std::collections::BTreeMap;
@@ -165,29 +167,11 @@ pub async fn run(
             if let Err(e) = r {
                 warn!(error = %e, "reconcile failed");
             }
+            memory::release_freed_memory();
             future::ready(())
         })
         .await;
     Ok(())
-}
-
-/// Pods per page when listing kube-proxy's pods.
-const POD_PAGE: u32 = 250;
-
-/// kube-proxy's pods, read fresh, a page at a time, each reduced to what
-/// the snapshot reads before the next page arrives (a thousand full Pods
-/// would be several MiB at once).
-async fn kube_proxy_pods(api: &Api<Pod>, selector: &str) -> Result<Vec<Pod>> {
-    let mut out = Vec::new();
-    let mut lp = ListParams::default().labels(selector).limit(POD_PAGE);
-    loop {
-        let page = api.list(&lp).await?;
-        out.extend(page.items.into_iter().map(observe::slim_pod));
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => lp = lp.continue_token(&token),
-            None => return Ok(out),
-        }
-    }
 }
 
 /// The status subresource apply body.
@@ -260,8 +244,7 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            let api = Api::<Pod>::namespaced(client.clone(), &kp.namespace);
-            kube_proxy_pods(&api, &selector).await?
+            pods::list(&client, &kp.namespace, &selector).await?
         }
         None => Vec::new(),
     };

@@ -1,0 +1,22 @@
+//! Giving the heap a reconcile freed back to the kernel.
+//!
+//! A reconcile allocates megabytes for a moment and frees them again: the
+//! pages of kube-proxy's pods, the plan read from the cache and its new
+//! status (every node with its step history), the status apply body and the
+//! API server's answer. glibc's malloc keeps what is freed in the middle of
+//! each arena (one per worker thread that allocated), so the resident set
+//! ratchets up to a multiple of what is live. Measured with 300 simulated
+//! nodes (`make bench-operator`, a counting allocator in a scratch build):
+//! at most 12 MiB live, 21 MiB at the top of a reconcile, 52 MiB held by
+//! malloc. `malloc_trim(0)` returns the free pages of every arena: trimming
+//! after each reconcile took the peak RSS there from 62.2 to 45.8 MiB.
+
+/// Returns the heap's free pages to the kernel (glibc only; elsewhere a no-op).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointers; it walks glibc's own arenas
+    // under their locks and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
