@@ -143,7 +143,11 @@ pub fn markdown(
             fig("change_event_p50_us").map_or("—".into(), |v| format!("{v:.0} µs")),
         ));
     }
-    s.push_str("\nThe kube-proxy columns include its watch delivery, its sync loop's rate limiting (`minSyncPeriod`, 1 s by default) and the rules read; the agent's are in-process timings of the same work after an event arrives.\n");
+    s.push_str("\nThe kube-proxy columns include its watch delivery, its sync loop's rate limiting (`minSyncPeriod`, 1 s by default) and the rules read; the agent's are in-process timings of the same work after an event arrives. \
+        Where the rules read takes seconds (nftables at 10 000 Services: the whole table is listed) a polled \
+        time can trail the rules by up to one read plus the read that sees them; kube-proxy's own sync \
+        histogram is then the closer figure for its work. A run is one sample on a shared machine: other \
+        builds and benchmarks may have run at the same time.\n");
     s
 }
 
