@@ -79,17 +79,15 @@ async fn run(args: Args) -> Result<(), String> {
 fn write_results(args: &Args, runs: Vec<kube_proxy::KpResult>) -> Result<(), String> {
     let csv = std::fs::read_to_string(args.out.join("programming.csv")).unwrap_or_default();
     let agent = kp_report::agent_figures(&csv);
-    let mut ns: Vec<usize> = runs.iter().map(|r| r.services).collect();
-    ns.dedup();
-    let mut modes: Vec<&str> = runs.iter().map(|r| r.mode.as_str()).collect();
-    modes.sort_unstable();
-    modes.dedup();
-    let list = |v: Vec<String>| v.join(",");
+    // The (mode, N) pairs measured, as invocations of this command.
+    let pairs: Vec<String> = runs
+        .iter()
+        .map(|r| format!("--modes {} --services {}", r.mode, r.services))
+        .collect();
     let cmd = format!(
-        "make bench-kube-proxy (switchyard-kube-proxy-sync --services {} --modes {} --updates {})",
-        list(ns.iter().map(usize::to_string).collect()),
-        modes.join(","),
-        args.updates
+        "make bench-kube-proxy (switchyard-kube-proxy-sync --updates {} with {})",
+        args.updates,
+        pairs.join("; ")
     );
     let md = kp_report::markdown(&runs, &agent, &cmd);
     let json = serde_json::json!({"command": cmd, "runs": runs});
