@@ -62,6 +62,8 @@ cluster-down: ## Stop the local cluster and remove everything it created
 
 SCALE_NODES ?= 100,1000
 SCALE_RUNS ?= 1
+KPROXY_SERVICES ?= 1000,10000
+KPROXY_UPDATES ?= 5
 
 .PHONY: bench-operator
 bench-operator: deps ## Operator at scale: SCALE_NODES=100,1000 simulated nodes, waves of 10%, SCALE_RUNS=1 (writes node-datapath/bench/results/operator-scale.*)
@@ -70,6 +72,12 @@ bench-operator: deps ## Operator at scale: SCALE_NODES=100,1000 simulated nodes,
 	$(CARGO_TARGET_DIR)/debug/switchyard-operator-scale --nodes $(SCALE_NODES) --wave 10% --runs $(SCALE_RUNS) \
 		--operator $(CARGO_TARGET_DIR)/release/switchyard-operator --out node-datapath/bench/results
 
+.PHONY: bench-kube-proxy
+bench-kube-proxy: deps ## kube-proxy's own programming time: KPROXY_SERVICES=1000,10000 Services, iptables and nftables modes (writes node-datapath/bench/results/kube-proxy-sync.*)
+	$(CARGO) build --locked -p switchyard-e2e --bins
+	$(CARGO_TARGET_DIR)/debug/switchyard-kube-proxy-sync --services $(KPROXY_SERVICES) --modes iptables,nftables \
+		--updates $(KPROXY_UPDATES) --out node-datapath/bench/results
+
 .PHONY: bench
-bench: deps bench-operator ## Every benchmark: datapath at scale vs kube-proxy and the floor, operator at scale (writes BENCHMARKS.md)
+bench: deps bench-operator bench-kube-proxy ## Every benchmark: datapath at scale vs kube-proxy and the floor, operator at scale, kube-proxy's own sync (writes BENCHMARKS.md)
 	node-datapath/bench/run.sh

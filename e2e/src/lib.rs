@@ -23,7 +23,8 @@
 //!   installed from `config/`, workload, load, `MigrationPlan`).
 //! - [`scale`]: the operator scale benchmark (a control plane without lab
 //!   nodes, simulated Nodes whose agents and kubelets a fake responder
-//!   plays, the real operator binary, an audit log of its requests).
+//!   plays, the real operator binary, an audit log of its requests; [`scale::kube_proxy`]: the real
+//!   kube-proxy programming N Services on a lab node (`make bench-kube-proxy`).
 //! - [`cluster::Cluster`] ties it together for tests and the
 //!   `switchyard-lab` command; [`request`] sends HTTP/UDP from inside pods
 //!   and nodes.

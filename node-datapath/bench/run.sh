@@ -53,5 +53,6 @@ fi
 
 "$BIN" report --csv "$RESULTS/raw.csv" --facts "$RESULTS/facts.json" \
   --include "$RESULTS/operator-scale.md" \
+  --include "$RESULTS/kube-proxy-sync.md" \
   --analysis "$BENCH/analysis.md" --out "$MARKDOWN"
 echo "run.sh: wrote $MARKDOWN, $RESULTS/raw.csv, $RESULTS/connect_latency.png" >&2

@@ -8,6 +8,9 @@
 //! ServiceAccount token and `config/rbac` permissions; one `MigrationPlan`
 //! in waves, measured from apply to `Succeeded`.
 
+pub mod kp_parse;
+pub mod kp_report;
+pub mod kube_proxy;
 pub mod measure;
 pub mod operator;
 pub mod report;

@@ -1,0 +1,234 @@
+//! Rendering the kube-proxy programming benchmark: the markdown section for
+//! `BENCHMARKS.md`, compared with the eBPF agent's figures read from the
+//! datapath benchmark's `programming.csv` (same machine). Pure.
+
+use std::collections::BTreeMap;
+
+use super::kp_parse::Histogram;
+use super::kube_proxy::{CONCURRENCY, ENDPOINTS, KpResult};
+use super::report::median;
+
+/// The all-syncs histogram kube-proxy 1.34 exports.
+pub const SYNC: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
+
+/// eBPF agent figures per N from `programming.csv` (`n,datapath,metric,…,value`):
+/// `metric → value` for the `ebpf` rows.
+pub fn agent_figures(csv: &str) -> BTreeMap<usize, BTreeMap<String, f64>> {
+    let mut out: BTreeMap<usize, BTreeMap<String, f64>> = BTreeMap::new();
+    for l in csv.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        let (Some(n), Some("ebpf"), Some(metric), Some(v)) = (
+            f.first().and_then(|n| n.parse().ok()),
+            f.get(1).copied(),
+            f.get(2),
+            f.last().and_then(|v| v.parse().ok()),
+        ) else {
+            continue;
+        };
+        out.entry(n).or_default().insert(metric.to_string(), v);
+    }
+    out
+}
+
+fn hist(h: &BTreeMap<String, Histogram>) -> String {
+    let mut parts = Vec::new();
+    for (name, x) in h {
+        let short = name
+            .trim_start_matches("kubeproxy_sync_")
+            .trim_end_matches("_duration_seconds");
+        parts.push(format!(
+            "`{short}` {:.0} × {:.3} s (Σ {:.2} s)",
+            x.count,
+            x.mean(),
+            x.sum
+        ));
+    }
+    if parts.is_empty() {
+        "—".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// `earlier` runs (from a previous results file) with `new` ones replacing
+/// those of the same mode and N; ordered by N, then mode.
+pub fn merge(earlier: Vec<KpResult>, new: &[KpResult]) -> Vec<KpResult> {
+    let mut all: Vec<KpResult> = earlier
+        .into_iter()
+        .filter(|e| {
+            !new.iter()
+                .any(|n| n.mode == e.mode && n.services == e.services)
+        })
+        .chain(new.iter().cloned())
+        .collect();
+    all.sort_by(|a, b| (a.services, &a.mode).cmp(&(b.services, &b.mode)));
+    all
+}
+
+/// The markdown section.
+pub fn markdown(
+    results: &[KpResult],
+    agent: &BTreeMap<usize, BTreeMap<String, f64>>,
+    cmd: &str,
+) -> String {
+    let mut s = String::from("## kube-proxy's own programming time\n\n");
+    s.push_str(&format!(
+        "Measured by `{cmd}`: a one-node lab cluster (real kube-apiserver, etcd, controllers, v{k8s}) running \
+         the real kube-proxy in the given mode, its metrics on `127.0.0.1:10249` in the node's namespace. \
+         The iptables mode uses the node's `iptables` (Debian's `iptables-nft` backend, rules in nf_tables). \
+         N selector-less ClusterIP Services are created, each with one EndpointSlice of {ENDPOINTS} ready \
+         endpoints (managed by the benchmark, not the EndpointSlice controller), {CONCURRENCY} creates in flight. \
+         Rules are read in the node's namespace every 20 ms after the previous read returns \
+         (`iptables-save -t nat` / `nft list table ip kube-proxy`), so a time includes up to one read \
+         (\"read\" column).\n\n\
+         - *programmed*: first Service create → every ClusterIP in the rules (one run). *API writes*: the 2N creates alone.\n\
+         - *full resync*: kube-proxy taken off the node (a nodeSelector on its DaemonSet), its rules flushed \
+           (it leaves them on exit), the selector removed: the new process's start (`/proc/<pid>/stat`) → every \
+           ClusterIP in the rules. One run.\n\
+         - *one slice update*: one EndpointSlice among N replaced with endpoint 0 at a new address: API write \
+           sent → the new address a DNAT destination in the rules. Median over the runs.\n\
+         - *syncs*: kube-proxy's own histograms (`{SYNC}` and the other `kubeproxy_sync_*duration_seconds` its \
+           endpoint exports, its `ip_family=\"IPv4\"` series) as count × mean (sum): during the create phase, of the \
+           new process up to its complete rules, during the slice updates. kube-proxy also runs its IPv6 \
+           proxier (no IPv6 Services here): its syncs are left out of these figures, not out of the CPU. \
+           CPU (utime+stime) and peak RSS (`VmHWM`) from `/proc/<pid>`: kube-proxy's own, without the \
+           `iptables-restore` / `nft` processes it runs to write the rules.\n\
+         - Shared 2-core VM: the API server and etcd run on the same cores.\n\n",
+        k8s = crate::binaries::K8S_VERSION.trim_start_matches('v'),
+    ));
+    s.push_str("| mode | N | API writes | programmed | kube-proxy CPU | full resync | resync CPU | one slice update (runs) | peak RSS / after restart | rules read (lines) |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+    for r in results {
+        s.push_str(&format!(
+            "| {} | {} | {:.1} s | {:.1} s | {:.1} s | {:.2} s | {:.1} s | {:.3} s ({}) | {:.1} / {:.1} MiB | {:.2} s ({}) |\n",
+            r.mode,
+            r.services,
+            r.create_secs,
+            r.programmed_secs,
+            r.create_cpu_secs,
+            r.resync_secs,
+            r.resync_cpu_secs,
+            median(r.incremental_secs.clone()),
+            r.incremental_secs.len(),
+            r.peak_rss_mib,
+            r.resync_peak_rss_mib,
+            r.rules_read_secs,
+            r.rules_lines,
+        ));
+    }
+    s.push_str("\nkube-proxy's sync metrics:\n\n| mode | N | create phase | full resync (new process) | slice updates |\n|---|---:|---|---|---|\n");
+    for r in results {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.mode,
+            r.services,
+            hist(&r.create_syncs),
+            hist(&r.resync_syncs),
+            hist(&r.incremental_syncs)
+        ));
+    }
+    s.push_str("\nAgainst the eBPF agent (\"Programming time and agent memory\" above, same machine, no API server in the loop):\n\n");
+    s.push_str("| mode | N | kube-proxy full resync | kube-proxy mean sync (create phase) | agent full sync | kube-proxy one slice update | agent one endpoint change, event→map p50 |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        let a = agent.get(&r.services);
+        let fig = |k: &str| a.and_then(|a| a.get(k)).copied();
+        s.push_str(&format!(
+            "| {} | {} | {:.2} s | {:.3} s | {} | {:.3} s | {} |\n",
+            r.mode,
+            r.services,
+            r.resync_secs,
+            r.create_syncs.get(SYNC).copied().unwrap_or_default().mean(),
+            fig("agent_full_sync_s").map_or("—".into(), |v| format!("{v:.3} s")),
+            median(r.incremental_secs.clone()),
+            fig("change_event_p50_us").map_or("—".into(), |v| format!("{v:.0} µs")),
+        ));
+    }
+    s.push_str("\nThe kube-proxy columns include its watch delivery, its sync loop's rate limiting (`minSyncPeriod`, 1 s by default) and the rules read; the agent's are in-process timings of the same work after an event arrives. \
+        Where the rules read takes seconds (nftables at 10 000 Services: the whole table is listed) a polled \
+        time can trail the rules by up to one read plus the read that sees them; kube-proxy's own sync \
+        histogram is then the closer figure for its work. A run is one sample on a shared machine: other \
+        builds and benchmarks may have run at the same time.\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_rows_by_n() {
+        let csv = "n,datapath,metric,target,run,samples,value\n1000,ebpf,agent_full_sync_s,-,0,1,0.028\n1000,iptables-nft,program_s,-,0,1,0.6\n1000,ebpf,change_event_p50_us,-,0,300,30.5\nbad\n";
+        let a = agent_figures(csv);
+        assert_eq!(a[&1000]["agent_full_sync_s"], 0.028);
+        assert_eq!(a[&1000]["change_event_p50_us"], 30.5);
+        assert_eq!(a[&1000].len(), 2);
+    }
+
+    #[test]
+    fn merge_replaces_same_mode_and_n() {
+        let mk = |mode: &str, n: usize, t: f64| KpResult {
+            programmed_secs: t,
+            ..result(mode, n)
+        };
+        let m = merge(
+            vec![mk("nftables", 1000, 1.0), mk("iptables", 1000, 2.0)],
+            &[mk("nftables", 10000, 3.0), mk("nftables", 1000, 4.0)],
+        );
+        let got: Vec<_> = m
+            .iter()
+            .map(|r| (r.mode.as_str(), r.services, r.programmed_secs))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("iptables", 1000, 2.0),
+                ("nftables", 1000, 4.0),
+                ("nftables", 10000, 3.0)
+            ]
+        );
+    }
+
+    fn result(mode: &str, services: usize) -> KpResult {
+        let syncs: BTreeMap<String, Histogram> = [(
+            SYNC.to_string(),
+            Histogram {
+                count: 4.0,
+                sum: 2.0,
+            },
+        )]
+        .into();
+        KpResult {
+            mode: mode.into(),
+            services,
+            create_secs: 10.0,
+            programmed_secs: 12.0,
+            create_syncs: syncs.clone(),
+            create_cpu_secs: 3.0,
+            resync_secs: 1.5,
+            resync_syncs: syncs.clone(),
+            resync_cpu_secs: 0.9,
+            peak_rss_mib: 50.0,
+            resync_peak_rss_mib: 40.0,
+            incremental_secs: vec![1.2, 0.8, 1.0],
+            incremental_syncs: BTreeMap::new(),
+            rules_read_secs: 0.1,
+            rules_lines: 5000,
+        }
+    }
+
+    #[test]
+    fn markdown_tables() {
+        let r = result("nftables", 1000);
+        let a = agent_figures("h\n1000,ebpf,agent_full_sync_s,-,0,1,0.028\n");
+        let md = markdown(&[r], &a, "make bench-kube-proxy");
+        assert!(md.starts_with("## kube-proxy's own programming time\n"));
+        assert!(
+            md.contains(
+                "| nftables | 1000 | 10.0 s | 12.0 s | 3.0 s | 1.50 s | 0.9 s | 1.000 s (3) |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("`proxy_rules` 4 × 0.500 s (Σ 2.00 s)"), "{md}");
+        assert!(md.contains("| 0.028 s | 1.000 s | — |"), "{md}");
+    }
+}
