@@ -175,9 +175,10 @@ pub fn markdown(
              live heap never exceeded 12 MiB and a reconcile briefly took it to 21 MiB (8 MiB of that was \
              one page of 250 kube-proxy Pods decoded whole), yet glibc's malloc held 52 MiB (62 MiB RSS): \
              what a reconcile frees stays in the arena of the worker thread that allocated it. The operator \
-             now returns freed pages after every reconcile (`malloc_trim`), decodes kube-proxy's pods \
-             straight into the fields it reads, and runs with `MALLOC_ARENA_MAX=2` (its Deployment sets it; \
-             so does this benchmark).\n",
+             now returns freed pages after every reconcile and once its caches are filled (`malloc_trim`), \
+             decodes kube-proxy's pods straight into the fields it reads, keeps no managed fields in its \
+             plan cache either, discards the status apply's answer (the whole plan again) unread, and runs \
+             with `MALLOC_ARENA_MAX=2` (its Deployment sets it; so does this benchmark).\n",
             big.nodes,
             big.operator_peak_file_mib,
             big.operator_peak_anon_mib,

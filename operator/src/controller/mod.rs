@@ -26,7 +26,8 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::IgnoredAny;
 use switchyard_api::{FIELD_MANAGER, MigrationPlan, NodeDatapath};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -131,10 +132,17 @@ pub async fn run(
         pod_events.boxed(),
     ]);
 
-    let controller = Controller::new(Api::<MigrationPlan>::all(client.clone()), wc)
+    // The plans' own watch, slimmed like the others: the server-side applied
+    // status leaves managed fields as big as the status (every node's entry).
+    let (plans, plans_w) = reflector::store();
+    let plan_events = watcher(Api::<MigrationPlan>::all(client.clone()), wc)
+        .default_backoff()
+        .modify(|p: &mut MigrationPlan| p.managed_fields_mut().clear())
+        .reflect(plans_w)
+        .applied_objects();
+    let controller = Controller::for_stream(plan_events, plans.clone())
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(shutdown);
-    let plans = controller.store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -151,10 +159,13 @@ pub async fn run(
         plans,
     });
 
-    // Ready once the node and datapath caches are filled.
+    // Ready once the node and datapath caches are filled. The initial lists
+    // were decoded whole before being slimmed: give that heap back at once,
+    // not at the first reconcile (there is none until a plan exists).
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
         if nodes.wait_until_ready().await.is_ok() && datapaths.wait_until_ready().await.is_ok() {
+            memory::release_freed_memory();
             ready_metrics
                 .ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -296,13 +307,17 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
             kind: "MigrationPlan",
             status: &decision.status,
         };
-        Api::<MigrationPlan>::all(client.clone())
-            .patch_status(
+        // The answer is the whole plan again (status and managed fields):
+        // only its success matters, so it is parsed without being kept.
+        let request = kube::core::Request::new(MigrationPlan::url_path(&(), None))
+            .patch_subresource(
+                "status",
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(body),
             )
-            .await?;
+            .map_err(kube::Error::BuildRequest)?;
+        client.request::<IgnoredAny>(request).await?;
         if decision.status.phase != current.phase {
             info!(from = ?current.phase, to = ?decision.status.phase, "phase changed");
         }
