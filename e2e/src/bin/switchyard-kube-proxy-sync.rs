@@ -91,16 +91,7 @@ fn write_results(args: &Args, runs: Vec<kube_proxy::KpResult>) -> Result<(), Str
     );
     let md = kp_report::markdown(&runs, &agent, &cmd);
     let json = serde_json::json!({"command": cmd, "runs": runs});
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let write = |name: &str, text: String| {
-        let p = args.out.join(name);
-        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    write(
-        "kube-proxy-sync.json",
-        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
-    )?;
-    write("kube-proxy-sync.md", md.clone())?;
+    switchyard_e2e::scale::report::write_results(&args.out, "kube-proxy-sync", &json, &md)?;
     println!("{md}");
     Ok(())
 }

@@ -116,16 +116,7 @@ async fn run(args: Args) -> Result<(), String> {
         "summaries": summaries,
         "runs": results,
     });
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let write = |name: &str, text: String| {
-        let p = args.out.join(name);
-        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    write(
-        "operator-scale.json",
-        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
-    )?;
-    write("operator-scale.md", md.clone())?;
+    switchyard_e2e::scale::report::write_results(&args.out, "operator-scale", &json, &md)?;
     println!("{md}");
     Ok(())
 }

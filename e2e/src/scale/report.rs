@@ -1,5 +1,6 @@
 //! Rendering the scale benchmark's runs: medians per node count, JSON for
-//! machines and a markdown fragment for `BENCHMARKS.md`. Pure.
+//! machines and a markdown fragment for `BENCHMARKS.md`. Pure, except
+//! [`write_results`], which every scale benchmark uses to store its pair.
 
 use std::collections::BTreeMap;
 
@@ -110,7 +111,7 @@ pub fn markdown(
     cmd: &str,
 ) -> String {
     let mut s = String::new();
-    s.push_str("### Operator at scale (simulated nodes)\n\n");
+    s.push_str("## Operator at scale (simulated nodes)\n\n");
     s.push_str(&format!(
         "Measured by `{cmd}`: a real kube-apiserver, etcd, kube-controller-manager and kube-scheduler \
          (v{k8s}), N Node objects, kube-proxy's DaemonSet (iptables mode) whose pods the real DaemonSet \
@@ -211,6 +212,23 @@ pub fn markdown(
         ));
     }
     s
+}
+
+/// Writes `<out>/<stem>.json` (pretty) and `<out>/<stem>.md`, creating
+/// `out`; errors name the file.
+pub fn write_results(
+    out: &std::path::Path,
+    stem: &str,
+    json: &serde_json::Value,
+    md: &str,
+) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let text = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
+    for (ext, body) in [("json", text.as_str()), ("md", md)] {
+        let p = out.join(format!("{stem}.{ext}"));
+        std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
