@@ -53,3 +53,15 @@ pub use cluster::{Cluster, ClusterConfig, wait_for};
 pub use error::{Error, Result};
 pub use request::HttpResponse;
 pub use runtime::images::{ImageProgram, ImageTable};
+
+/// Logs to stderr (stdout stays for a tool's results) with `RUST_LOG`, else
+/// `default`, as the filter.
+pub fn init_stderr_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
