@@ -56,7 +56,7 @@ pub(crate) fn maps_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("maps")
 }
 
-fn links_dir(bpffs_dir: &Path) -> PathBuf {
+pub(crate) fn links_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("links")
 }
 
@@ -291,6 +291,12 @@ impl Datapath {
     /// The load-balancer maps, for the sync loop ([`switchyard_lb::maps::LbMaps`]).
     pub fn lb_maps(&self) -> Result<PinnedLbMaps, DatapathError> {
         PinnedLbMaps::open(&self.config.bpffs_dir)
+    }
+
+    /// The kernel's run count and run time of `hook`'s program (counted
+    /// only while a [`crate::RunTimeStats`] is held).
+    pub fn run_time(&self, hook: Hook) -> Result<crate::ProgramRunTime, DatapathError> {
+        crate::runtime::program_run_time(&self.config.bpffs_dir, hook)
     }
 
     /// Counters (summed over CPUs) and map occupancy.

@@ -15,7 +15,9 @@
 //!   [`PinnedLbMaps`], the aya implementation of
 //!   [`switchyard_lb::maps::LbMaps`].
 //! - [`Datapath::stats`] reads per-CPU counters and map occupancy;
-//!   [`metrics::render`] turns them into Prometheus text.
+//!   [`metrics::render`] turns them into Prometheus text;
+//!   [`Datapath::run_time`] reads the kernel's per-program run time (while
+//!   [`RunTimeStats`] keeps the accounting on).
 //! - [`capabilities::probe`] reports what the node can run.
 
 mod batch;
@@ -26,6 +28,7 @@ mod error;
 pub mod maps;
 pub mod metrics;
 mod object;
+pub mod runtime;
 mod sys;
 
 pub use datapath::{
@@ -35,3 +38,4 @@ pub use datapath::{
 pub use error::DatapathError;
 pub use maps::{PinnedLbMaps, read_stats};
 pub use metrics::{DatapathStats, MapOccupancy};
+pub use runtime::{ProgramRunTime, RunTimeStats};

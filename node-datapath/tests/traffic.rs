@@ -10,7 +10,7 @@ mod common;
 use common::{Lab, VIP, counter, err_total, ok_count, ok_total, service_ops, wait_counter};
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SvcKey, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
-use switchyard_node_datapath::{Datapath, LinkAction};
+use switchyard_node_datapath::{Datapath, Hook, LinkAction, ProgramRunTime, RunTimeStats};
 
 #[test]
 fn clusterip_tcp_spreads_over_backends_and_getpeername_sees_vip() {
@@ -266,7 +266,8 @@ fn measure_attach_time_and_connect_overhead() {
             &[(1, Lab::backend_addr(1), 8080)],
         ))
         .unwrap();
-    let runtime = || program_runtime(&lab);
+    let _accounting = RunTimeStats::enable().unwrap();
+    let runtime = || dp.run_time(Hook::Connect4).unwrap();
     let r0 = runtime();
     let via_vip = lab.client("tcp", "10.96.0.10:80", n);
     let r1 = runtime();
@@ -275,48 +276,22 @@ fn measure_attach_time_and_connect_overhead() {
     for s in [&direct_before, &via_vip, &direct_with] {
         assert_eq!(ok_total(s), u64::from(n), "{s}");
     }
+    // connect4 runs once per connect(), translated or not, and the kernel
+    // counts every run while the accounting is on.
+    assert_eq!(r1.runs - r0.runs, u64::from(n), "connect4 runs via the VIP");
+    assert_eq!(r2.runs - r1.runs, u64::from(n), "connect4 runs, direct");
     let per = |s: &serde_json::Value| s["total_us"].as_f64().unwrap() / f64::from(n);
+    let ns = |a: &ProgramRunTime, b: &ProgramRunTime| b.mean_since(a).unwrap().as_nanos();
     eprintln!(
         "MEASURE load+attach {attach:?}; mean connect+read: direct without datapath {:.1} us, \
-         via VIP {:.1} us, direct with datapath attached {:.1} us",
+         via VIP {:.1} us, direct with datapath attached {:.1} us; connect4 {} ns/run via the \
+         VIP, {} ns/run direct",
         per(&direct_before),
         per(&via_vip),
-        per(&direct_with)
+        per(&direct_with),
+        ns(&r0, &r1),
+        ns(&r1, &r2),
     );
-    // With `sysctl kernel.bpf_stats_enabled=1` the kernel also accounts the
-    // programs' own run time: report ns per run for each phase.
-    for (phase, before, after) in [("via VIP", &r0, &r1), ("direct", &r1, &r2)] {
-        for (name, (ns, cnt)) in after {
-            let (ns0, cnt0) = before.get(name).copied().unwrap_or_default();
-            if cnt > &cnt0 {
-                let per_run = (ns - ns0) as f64 / (cnt - cnt0) as f64;
-                eprintln!(
-                    "MEASURE {phase}: {name} {} runs, {per_run:.0} ns/run",
-                    cnt - cnt0
-                );
-            }
-        }
-    }
-}
-
-/// Per attached program: (run_time_ns, run_cnt), when bpf stats are enabled.
-fn program_runtime(lab: &Lab) -> std::collections::BTreeMap<String, (u64, u64)> {
-    let shown = common::run(
-        "bpftool",
-        &["-j", "cgroup", "show", lab.cgroup.to_str().unwrap()],
-    );
-    let progs: serde_json::Value = serde_json::from_str(&shown).unwrap();
-    let mut out = std::collections::BTreeMap::new();
-    for p in progs.as_array().unwrap() {
-        let id = p["id"].to_string();
-        let info: serde_json::Value =
-            serde_json::from_str(&common::run("bpftool", &["-j", "prog", "show", "id", &id]))
-                .unwrap();
-        if let (Some(ns), Some(cnt)) = (info["run_time_ns"].as_u64(), info["run_cnt"].as_u64()) {
-            out.insert(info["name"].as_str().unwrap_or("?").to_owned(), (ns, cnt));
-        }
-    }
-    out
 }
 
 #[test]

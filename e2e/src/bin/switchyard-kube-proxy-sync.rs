@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use switchyard_e2e::ProxyMode;
@@ -20,9 +21,13 @@ struct Args {
     /// Single-EndpointSlice updates per mode and N.
     #[arg(long, default_value_t = 5)]
     updates: usize,
-    /// Where the results go (and where the eBPF agent's `programming.csv` is read).
+    /// Where the results go (and where the eBPF agent's figures are read from `raw.csv`).
     #[arg(long, default_value = "node-datapath/bench/results")]
     out: PathBuf,
+    /// Longest wait for one step (rules programmed, the old process gone,
+    /// the resync done), in seconds; default 300 + N/10.
+    #[arg(long)]
+    timeout_s: Option<u64>,
     /// Only rewrite `kube-proxy-sync.md` from `kube-proxy-sync.json`.
     #[arg(long)]
     report_only: bool,
@@ -55,7 +60,10 @@ async fn run(args: Args) -> Result<(), String> {
     for &n in &args.services {
         for &mode in &args.modes {
             eprintln!("== {} mode, {n} Services", mode.as_str());
-            let r = kube_proxy::run_once(mode, n, args.updates)
+            let timeout = args
+                .timeout_s
+                .map_or_else(|| kube_proxy::default_timeout(n), Duration::from_secs);
+            let r = kube_proxy::run_once(mode, n, args.updates, timeout)
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
@@ -71,7 +79,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn write_results(args: &Args, runs: Vec<kube_proxy::KpResult>) -> Result<(), String> {
-    let csv = std::fs::read_to_string(args.out.join("programming.csv")).unwrap_or_default();
+    let csv = std::fs::read_to_string(args.out.join("raw.csv")).unwrap_or_default();
     let agent = kp_report::agent_figures(&csv);
     // The (mode, N) pairs measured, as invocations of this command.
     let pairs: Vec<String> = runs

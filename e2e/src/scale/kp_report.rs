@@ -1,6 +1,6 @@
 //! Rendering the kube-proxy programming benchmark: the markdown section for
 //! `BENCHMARKS.md`, compared with the eBPF agent's figures read from the
-//! datapath benchmark's `programming.csv` (same machine). Pure.
+//! datapath benchmark's `raw.csv` (same machine). Pure.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +11,8 @@ use super::report::median;
 /// The all-syncs histogram kube-proxy 1.34 exports.
 pub const SYNC: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
 
-/// eBPF agent figures per N from `programming.csv` (`n,datapath,metric,…,value`):
-/// `metric → value` for the `ebpf` rows.
+/// eBPF agent figures per N from the datapath benchmark's `raw.csv`
+/// (`n,datapath,metric,…,value`): `metric → value` for the `ebpf` rows.
 pub fn agent_figures(csv: &str) -> BTreeMap<usize, BTreeMap<String, f64>> {
     let mut out: BTreeMap<usize, BTreeMap<String, f64>> = BTreeMap::new();
     for l in csv.lines().skip(1) {

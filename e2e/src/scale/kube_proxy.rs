@@ -284,20 +284,37 @@ async fn flush(c: &Cluster, node: &str, mode: ProxyMode) -> Result<()> {
     Ok(())
 }
 
-/// One full measurement: cluster up, create, resync, incremental, down.
-pub async fn run_once(mode: ProxyMode, n: usize, incremental_runs: usize) -> Result<KpResult> {
+/// The default longest wait for one step with `n` Services.
+pub fn default_timeout(n: usize) -> Duration {
+    Duration::from_secs(300 + n as u64 / 10)
+}
+
+/// One full measurement: cluster up, create, resync, incremental, down;
+/// `timeout` bounds each wait for kube-proxy.
+pub async fn run_once(
+    mode: ProxyMode,
+    n: usize,
+    incremental_runs: usize,
+    timeout: Duration,
+) -> Result<KpResult> {
     let cluster = Cluster::start(ClusterConfig {
         nodes: 1,
         proxy_mode: mode,
         ..ClusterConfig::default()
     })
     .await?;
-    let r = measure_on(&cluster, mode, n, incremental_runs).await;
+    let r = measure_on(&cluster, mode, n, incremental_runs, timeout).await;
     cluster.teardown();
     r
 }
 
-async fn measure_on(c: &Cluster, mode: ProxyMode, n: usize, incr: usize) -> Result<KpResult> {
+async fn measure_on(
+    c: &Cluster,
+    mode: ProxyMode,
+    n: usize,
+    incr: usize,
+    timeout: Duration,
+) -> Result<KpResult> {
     let node = c
         .plan()
         .nodes
@@ -305,7 +322,6 @@ async fn measure_on(c: &Cluster, mode: ProxyMode, n: usize, incr: usize) -> Resu
         .map(|n| n.name.clone())
         .ok_or_else(|| Error::Config("no node".into()))?;
     let node = node.as_str();
-    let timeout = Duration::from_secs(300 + n as u64 / 10);
     let (_, pid) = wait_for("kube-proxy's process", Duration::from_secs(60), || {
         kube_proxy_pid(c)
     })

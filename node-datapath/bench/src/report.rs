@@ -406,6 +406,7 @@ pub fn render_markdown(rows: &[Row], facts: &Facts, included: &[String], analysi
         latency_table(&t, target, &mut s);
         s.push('\n');
     }
+    crate::report_ebpf::program_time_section(&t, &mut s);
     let _ = writeln!(
         s,
         "## Connection rate and UDP request/response (last Service)\n\n\

@@ -1,6 +1,7 @@
-//! The eBPF part of `BENCHMARKS.md`'s programming section: batched vs
-//! per-op writes, the agent's incremental updates and its memory, and the
-//! issue #7 checks on them. Pure (rendering from a [`Table`]).
+//! The eBPF-only parts of `BENCHMARKS.md`: the time spent in the
+//! `connect4` program per connect (next to the extra latency over direct),
+//! batched vs per-op writes, the agent's incremental updates and its memory,
+//! and the issue #7 checks on them. Pure (rendering from a [`Table`]).
 
 use std::fmt::Write as _;
 
@@ -9,6 +10,59 @@ use crate::report::Table;
 fn v(t: &Table, n: usize, m: &str, scale: f64, d: usize) -> String {
     t.get(n, "ebpf", m, "-")
         .map_or("—".to_string(), |a| format!("{:.*}", d, a.median * scale))
+}
+
+/// Time in the `connect4` program per connect, next to the eBPF datapath's
+/// extra p50 connect latency over `direct` (same N, same target).
+pub fn program_time_section(t: &Table, out: &mut String) {
+    let ns: Vec<usize> = t
+        .ns()
+        .into_iter()
+        .filter(|n| t.get(*n, "ebpf", "connect4_prog_ns", "last").is_some())
+        .collect();
+    if ns.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### eBPF: time in the `connect4` program per connect\n\n\
+         After the measured runs of each N, one more latency run per target on the eBPF \
+         datapath with the kernel's BPF run-time accounting on (`BPF_ENABLE_STATS`; off during \
+         the measured runs, it adds two clock reads per program run): `run_time_ns / run_cnt` \
+         of the `connect4` program over that run (one run; `connects` is the program's run \
+         count, warm-up included). *extra p50* is the eBPF p50 minus the direct p50 of the \
+         measured runs: the part of it that the program's own time does not explain is spent \
+         outside the program.\n\n\
+         | N | connect4 ns, first / random / last | connects (last) | extra p50 over direct, \
+         first / random / last µs |\n|---:|---|---:|---|"
+    );
+    let extra = |n: usize, target: &str| match (
+        t.get(n, "ebpf", "connect_p50_us", target),
+        t.get(n, "direct", "connect_p50_us", target),
+    ) {
+        (Some(e), Some(d)) => format!("{:+.2}", e.median - d.median),
+        _ => "—".into(),
+    };
+    for n in ns {
+        let prog = |target: &str| {
+            t.get(n, "ebpf", "connect4_prog_ns", target)
+                .map_or("—".into(), |a| format!("{:.0}", a.median))
+        };
+        let runs = t
+            .get(n, "ebpf", "connect4_prog_ns", "last")
+            .map_or(0, |a| a.min_samples);
+        let _ = writeln!(
+            out,
+            "| {n} | {} / {} / {} | {runs} | {} / {} / {} |",
+            prog("first"),
+            prog("random"),
+            prog("last"),
+            extra(n, "first"),
+            extra(n, "random"),
+            extra(n, "last"),
+        );
+    }
+    out.push('\n');
 }
 
 /// The text and table of the agent's sync path.
@@ -101,4 +155,52 @@ pub fn checks(t: &Table) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Row;
+
+    fn row(dp: &str, metric: &str, target: &str, run: u32, value: f64) -> Row {
+        Row {
+            n: 40_000,
+            datapath: dp.into(),
+            metric: metric.into(),
+            target: target.into(),
+            run,
+            samples: 20_000 + u64::from(run),
+            value,
+        }
+    }
+
+    #[test]
+    fn program_time_sits_next_to_the_extra_latency_over_direct() {
+        let mut rows = vec![
+            row("ebpf", "connect4_prog_ns", "first", 0, 810.0),
+            row("ebpf", "connect4_prog_ns", "last", 0, 1240.0),
+        ];
+        for (r, (e, d)) in [(26.0, 24.0), (27.5, 24.5), (26.5, 23.0)]
+            .into_iter()
+            .enumerate()
+        {
+            rows.push(row("ebpf", "connect_p50_us", "last", r as u32, e));
+            rows.push(row("direct", "connect_p50_us", "last", r as u32, d));
+        }
+        let mut out = String::new();
+        program_time_section(&Table::new(&rows), &mut out);
+        // Medians: eBPF 26.5, direct 24.0; no random-target row measured.
+        assert!(
+            out.contains("| 40000 | 810 / — / 1240 | 20000 | — / — / +2.50 |"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn no_program_time_no_section() {
+        let rows = vec![row("ebpf", "connect_p50_us", "last", 0, 26.0)];
+        let mut out = String::new();
+        program_time_section(&Table::new(&rows), &mut out);
+        assert!(out.is_empty(), "{out}");
+    }
 }

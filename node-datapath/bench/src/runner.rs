@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde::de::DeserializeOwned;
-use switchyard_node_datapath::Datapath;
+use switchyard_node_datapath::{Datapath, Hook, RunTimeStats};
 use tracing::info;
 
 use crate::{
@@ -335,7 +335,7 @@ fn program(
 struct Prepared {
     datapath: String,
     _servers: Servers,
-    _ebpf: Option<Datapath>,
+    ebpf: Option<Datapath>,
     topo: Topo,
 }
 
@@ -358,9 +358,61 @@ fn prepare(
     Ok(Prepared {
         datapath: datapath.into(),
         _servers: servers,
-        _ebpf: ebpf,
+        ebpf,
         topo,
     })
+}
+
+/// One latency client run against Service `i` of a prepared datapath.
+fn latency(args: &RunArgs, p: &Prepared, i: usize) -> Result<LatencyResult, BenchError> {
+    client(
+        &p.topo,
+        &[
+            "--mode".into(),
+            "latency".into(),
+            "--targets".into(),
+            join(&tcp_targets(&p.datapath, i)),
+            "--warmup".into(),
+            args.warmup.to_string(),
+            "--count".into(),
+            args.connects.to_string(),
+            "--min-count".into(),
+            args.min_connects.to_string(),
+            "--millis".into(),
+            args.latency_budget_ms.to_string(),
+        ],
+    )
+}
+
+/// Where the eBPF datapath's extra connect latency goes: one more latency
+/// run per target with the kernel's BPF run-time accounting on (kept off
+/// during the measured runs, since it adds two clock reads per program
+/// run), recording the mean time spent in `connect4` per connect.
+fn profile_ebpf(
+    args: &RunArgs,
+    p: &Prepared,
+    dp: &Datapath,
+    sc: &Scenario,
+    sink: &mut Sink,
+) -> Result<(), BenchError> {
+    let _accounting = RunTimeStats::enable()?;
+    for t in Target::ALL {
+        let before = dp.run_time(Hook::Connect4)?;
+        latency(args, p, sc.target_index(t))?;
+        let after = dp.run_time(Hook::Connect4)?;
+        if let Some(mean) = after.mean_since(&before) {
+            sink.push(Row {
+                n: sc.services,
+                datapath: p.datapath.clone(),
+                metric: "connect4_prog_ns".into(),
+                target: t.name().into(),
+                run: 0,
+                samples: after.runs - before.runs,
+                value: mean.as_nanos() as f64,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Run `r` of every measurement of one prepared datapath.
@@ -374,24 +426,7 @@ fn measure_run(
     let (n, datapath, topo) = (sc.services, p.datapath.as_str(), &p.topo);
     let last = sc.target_index(Target::Last);
     for t in Target::ALL {
-        let i = sc.target_index(t);
-        let res: LatencyResult = client(
-            topo,
-            &[
-                "--mode".into(),
-                "latency".into(),
-                "--targets".into(),
-                join(&tcp_targets(datapath, i)),
-                "--warmup".into(),
-                args.warmup.to_string(),
-                "--count".into(),
-                args.connects.to_string(),
-                "--min-count".into(),
-                args.min_connects.to_string(),
-                "--millis".into(),
-                args.latency_budget_ms.to_string(),
-            ],
-        )?;
+        let res = latency(args, p, sc.target_index(t))?;
         let s = res.summary;
         for (metric, value) in [
             ("connect_p50_us", s.p50_us),
@@ -562,6 +597,11 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         for r in 0..args.runs {
             for p in &prepared {
                 measure_run(args, p, sc, r, &mut sink)?;
+            }
+        }
+        for p in &prepared {
+            if let Some(dp) = &p.ebpf {
+                profile_ebpf(args, p, dp, sc, &mut sink)?;
             }
         }
         for p in &prepared {
