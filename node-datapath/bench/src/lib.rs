@@ -17,6 +17,9 @@
 //! topo   → fresh namespaces + cgroup per (datapath, N), removed on drop
 //! load   → servers and client (child processes of this binary, pinned)
 //! stats  → percentiles, medians → report::Row → CSV → BENCHMARKS.md
+//! runner → per N: every datapath prepared, measured interleaved, then the
+//!          eBPF connect4 program's own time (kernel run-time accounting);
+//!          run_facts → facts.json (machine, versions, options, load)
 //! ```
 //!
 //! Pure parts (`model`, `rules`, `stats`, `report`) are unit-tested; the
@@ -31,6 +34,7 @@ pub mod programming;
 pub mod report;
 pub mod report_ebpf;
 pub mod rules;
+mod run_facts;
 pub mod runner;
 pub mod stats;
 pub mod topo;

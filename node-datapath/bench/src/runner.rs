@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead, BufReader, Write as _},
     net::SocketAddrV4,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -22,8 +22,8 @@ use crate::{
         endpoint, vip,
     },
     programming,
-    report::{Facts, Row},
-    rules,
+    report::Row,
+    rules, run_facts,
     topo::{self, Topo},
 };
 
@@ -491,61 +491,6 @@ fn measure_run(
     Ok(())
 }
 
-fn version(cmd: &str, args: &[&str]) -> String {
-    topo::run(cmd, args)
-        .map(|s| s.lines().next().unwrap_or_default().trim().to_string())
-        .unwrap_or_else(|e| format!("unavailable ({e})"))
-}
-
-fn facts(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> Facts {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
-    Facts {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        started_utc: version("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        duration_s: 0.0,
-        kernel: version("uname", &["-r"]),
-        cpus: std::thread::available_parallelism().map_or(0, usize::from),
-        cpu_model,
-        iptables_nft: version("iptables-nft", &["--version"]),
-        iptables_legacy: version("iptables-legacy", &["--version"]),
-        nft: version("nft", &["--version"]),
-        services: ns.to_vec(),
-        datapaths: datapaths.to_vec(),
-        runs: args.runs,
-        connects: args.connects,
-        min_connects: args.min_connects,
-        latency_budget_ms: args.latency_budget_ms,
-        warmup: args.warmup,
-        rate_ms: args.rate_ms,
-        noflush_max: args.noflush_max,
-        nft_chunk: args.nft_chunk,
-        nft_single_max: args.nft_single_max,
-        loadavg_start: loadavg(),
-        loadavg_end: String::new(),
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn write_facts(path: &Path, f: &Facts) -> Result<(), BenchError> {
-    let s = serde_json::to_string_pretty(f).map_err(|e| BenchError::BadOutput {
-        what: "facts".into(),
-        detail: e.to_string(),
-    })?;
-    std::fs::write(path, s).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
-}
-
 /// Runs the benchmark (see the module doc).
 pub fn run(args: &RunArgs) -> Result<(), BenchError> {
     let ns: Vec<usize> = match (args.services.is_empty(), args.quick) {
@@ -581,9 +526,9 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
     };
     writeln!(sink.file, "{}", Row::HEADER)
         .map_err(|e| BenchError::io(format!("write {}", csv.display()), e))?;
-    let mut f = facts(args, &ns, &datapaths);
+    let mut f = run_facts::collect(args, &ns, &datapaths);
     let facts_path = args.out.join("facts.json");
-    write_facts(&facts_path, &f)?;
+    run_facts::write(&facts_path, &f)?;
     let t0 = Instant::now();
     for sc in &scenarios {
         // Every datapath of this N side by side (separate namespaces and
@@ -611,8 +556,8 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         info!(n = sc.services, secs = t.elapsed().as_secs_f64(), "N done");
     }
     f.duration_s = t0.elapsed().as_secs_f64();
-    f.loadavg_end = loadavg();
-    write_facts(&facts_path, &f)?;
+    f.loadavg_end = run_facts::loadavg();
+    run_facts::write(&facts_path, &f)?;
     info!(csv = %csv.display(), secs = f.duration_s, "benchmark done");
     Ok(())
 }
