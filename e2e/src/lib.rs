@@ -65,3 +65,22 @@ pub fn init_stderr_logging(default: &str) {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// Runs `work` until it ends or the process gets SIGINT or SIGTERM; then
+/// `work` is dropped, and with it any [`Cluster`] it holds (which tears the
+/// cluster down), and `None` is returned. For long tools (`make bench-*`):
+/// an interrupted run leaves no lab cluster (and no kube-proxy) behind.
+pub async fn until_interrupted<F: std::future::Future>(work: F) -> Option<F::Output> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return Some(work.await);
+    };
+    tokio::select! {
+        out = work => Some(out),
+        _ = int.recv() => None,
+        _ = term.recv() => None,
+    }
+}

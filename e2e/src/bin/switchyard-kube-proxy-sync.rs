@@ -36,11 +36,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     switchyard_e2e::init_stderr_logging("info,kube=warn");
-    match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match switchyard_e2e::until_interrupted(run(Args::parse())).await {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
             eprintln!("switchyard-kube-proxy-sync: {e}");
             ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("switchyard-kube-proxy-sync: interrupted; the lab cluster was torn down");
+            ExitCode::from(130)
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use switchyard_e2e::cluster::{STATE_ROOT, client_from};
 use switchyard_e2e::sys::{self, Placement};
-use switchyard_e2e::teardown::teardown_by_name;
+use switchyard_e2e::teardown::{cleanup_stale, teardown_by_name};
 use switchyard_e2e::topology::Plan;
 use switchyard_e2e::{Cluster, ClusterConfig, Error, ProxyMode, Result};
 
@@ -58,7 +58,8 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Stop the cluster and remove everything it created.
+    /// Stop the cluster and remove everything it created (and what runs
+    /// whose process died left behind).
     Down,
 }
 
@@ -382,5 +383,7 @@ fn down(name: &str) -> Result<ExitCode> {
             println!("No lab cluster named {name} was running; removed any leftovers.");
         }
     }
+    // Also what killed benchmarks and tests left (clusters whose owner died).
+    cleanup_stale(Path::new(STATE_ROOT));
     Ok(ExitCode::SUCCESS)
 }

@@ -49,11 +49,15 @@ fn default_operator() -> PathBuf {
 async fn main() -> ExitCode {
     switchyard_e2e::init_stderr_logging("info,kube=warn");
     let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match switchyard_e2e::until_interrupted(run(args)).await {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
             eprintln!("switchyard-operator-scale: {e}");
             ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("switchyard-operator-scale: interrupted; the lab cluster was torn down");
+            ExitCode::from(130)
         }
     }
 }

@@ -65,6 +65,15 @@ pub fn merge(earlier: Vec<KpResult>, new: &[KpResult]) -> Vec<KpResult> {
     all
 }
 
+/// The full resync cell: its time, or how long it had not finished.
+fn resync(r: &KpResult) -> String {
+    if r.resync_unfinished {
+        format!("> {:.0} s (unfinished)", r.resync_secs)
+    } else {
+        format!("{:.2} s", r.resync_secs)
+    }
+}
+
 /// The markdown section.
 pub fn markdown(
     results: &[KpResult],
@@ -84,7 +93,8 @@ pub fn markdown(
          - *programmed*: first Service create → every ClusterIP in the rules (one run). *API writes*: the 2N creates alone.\n\
          - *full resync*: kube-proxy taken off the node (a nodeSelector on its DaemonSet), its rules flushed \
            (it leaves them on exit), the selector removed: the new process's start (`/proc/<pid>/stat`) → every \
-           ClusterIP in the rules. One run.\n\
+           ClusterIP in the rules. One run. *> T s (unfinished)*: not done when the wait for it ended; \
+           its CPU and syncs are as of then.\n\
          - *one slice update*: one EndpointSlice among N replaced with endpoint 0 at a new address: API write \
            sent → the new address a DNAT destination in the rules. Median over the runs.\n\
          - *syncs*: kube-proxy's own histograms (`{SYNC}` and the other `kubeproxy_sync_*duration_seconds` its \
@@ -100,13 +110,13 @@ pub fn markdown(
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
     for r in results {
         s.push_str(&format!(
-            "| {} | {} | {:.1} s | {:.1} s | {:.1} s | {:.2} s | {:.1} s | {:.3} s ({}) | {:.1} / {:.1} MiB | {:.2} s ({}) |\n",
+            "| {} | {} | {:.1} s | {:.1} s | {:.1} s | {} | {:.1} s | {:.3} s ({}) | {:.1} / {:.1} MiB | {:.2} s ({}) |\n",
             r.mode,
             r.services,
             r.create_secs,
             r.programmed_secs,
             r.create_cpu_secs,
-            r.resync_secs,
+            resync(r),
             r.resync_cpu_secs,
             median(r.incremental_secs.clone()),
             r.incremental_secs.len(),
@@ -133,10 +143,10 @@ pub fn markdown(
         let a = agent.get(&r.services);
         let fig = |k: &str| a.and_then(|a| a.get(k)).copied();
         s.push_str(&format!(
-            "| {} | {} | {:.2} s | {:.3} s | {} | {:.3} s | {} |\n",
+            "| {} | {} | {} | {:.3} s | {} | {:.3} s | {} |\n",
             r.mode,
             r.services,
-            r.resync_secs,
+            resync(r),
             r.create_syncs.get(SYNC).copied().unwrap_or_default().mean(),
             fig("agent_full_sync_s").map_or("—".into(), |v| format!("{v:.3} s")),
             median(r.incremental_secs.clone()),
@@ -205,6 +215,7 @@ mod tests {
             create_syncs: syncs.clone(),
             create_cpu_secs: 3.0,
             resync_secs: 1.5,
+            resync_unfinished: false,
             resync_syncs: syncs.clone(),
             resync_cpu_secs: 0.9,
             peak_rss_mib: 50.0,
@@ -230,5 +241,30 @@ mod tests {
         );
         assert!(md.contains("`proxy_rules` 4 × 0.500 s (Σ 2.00 s)"), "{md}");
         assert!(md.contains("| 0.028 s | 1.000 s | — |"), "{md}");
+    }
+
+    #[test]
+    fn an_unfinished_resync_shows_as_a_lower_bound() {
+        let r = KpResult {
+            resync_unfinished: true,
+            resync_secs: 900.4,
+            ..result("iptables", 10000)
+        };
+        let md = markdown(&[r], &BTreeMap::new(), "make bench-kube-proxy");
+        assert!(
+            md.contains("| iptables | 10000 | 10.0 s | 12.0 s | 3.0 s | > 900 s (unfinished) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| iptables | 10000 | > 900 s (unfinished) | 0.500 s |"),
+            "{md}"
+        );
+        // Results written before the field existed read as finished.
+        let old = serde_json::to_value(result("nftables", 1000)).map(|mut v| {
+            v.as_object_mut().map(|o| o.remove("resync_unfinished"));
+            v
+        });
+        let back: KpResult = serde_json::from_value(old.expect("json")).expect("old result");
+        assert!(!back.resync_unfinished);
     }
 }

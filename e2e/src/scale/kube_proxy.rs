@@ -93,6 +93,10 @@ pub struct KpResult {
     pub create_cpu_secs: f64,
     /// New kube-proxy process start → every ClusterIP in the flushed rules, seconds.
     pub resync_secs: f64,
+    /// The resync had not finished when the wait timed out: `resync_secs`
+    /// is the time waited, the other resync figures are as of then.
+    #[serde(default)]
+    pub resync_unfinished: bool,
     /// The new process's sync histograms when its rules were complete.
     pub resync_syncs: BTreeMap<String, Histogram>,
     /// The new process's CPU until its rules were complete, seconds.
@@ -416,7 +420,10 @@ async fn measure_on(
     })
     .await?;
     let started = Instant::now() - age(pid2).unwrap_or_default();
-    let done2 = poll_rules(
+    // A resync that outlasts the timeout is a result too (kube-proxy's
+    // iptables mode at 10 000 Services on the nft backend): recorded as
+    // unfinished after the time waited, with what the process had done.
+    let (resync_secs, resync_unfinished) = match poll_rules(
         c,
         node,
         mode,
@@ -424,8 +431,19 @@ async fn measure_on(
         timeout,
         |t| all_in(t, &vips),
     )
-    .await?;
-    let resync_secs = (done2 - started).as_secs_f64();
+    .await
+    {
+        Ok(done2) => ((done2 - started).as_secs_f64(), false),
+        Err(Error::Timeout { .. }) => {
+            tracing::warn!(
+                n,
+                secs = started.elapsed().as_secs_f64(),
+                "resync unfinished"
+            );
+            (started.elapsed().as_secs_f64(), true)
+        }
+        Err(e) => return Err(e),
+    };
     let p2 = measure::sample(pid2).unwrap_or_default();
     let resync_syncs = sync_metrics(c, node).await;
     Ok(KpResult {
@@ -436,6 +454,7 @@ async fn measure_on(
         create_syncs: delta(&m1, &m0),
         create_cpu_secs: p1.cpu_secs - p0.cpu_secs,
         resync_secs,
+        resync_unfinished,
         resync_syncs,
         resync_cpu_secs: p2.cpu_secs,
         peak_rss_mib,
