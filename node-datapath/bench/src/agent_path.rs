@@ -3,8 +3,9 @@
 //! arrival (as `agent.rs` does), `switchyard_agent::sync::Syncer`
 //! adopting the pinned maps, one full sync,
 //! then single-endpoint changes handed to the sync one at a time, then
-//! syncs with nothing to do. Runs in a fresh child process, so its resident
-//! set is what an agent holds for N Services.
+//! syncs with nothing to do; finally (untimed) every changed Service is put
+//! back, so the maps serve the scenario again. Runs in a fresh child
+//! process, so its resident set is what an agent holds for N Services.
 
 use std::time::Instant;
 
@@ -162,6 +163,25 @@ pub fn agent_path(
         let t = Instant::now();
         sync(&mut syncer, &services, &slices, Vec::new())?;
         noop_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // Untimed: every Service back at its scenario endpoints, through the
+    // same path, so that the traffic measurements on these maps reach the
+    // servers (a moved endpoint 0 points at an address nobody serves).
+    for i in 0..sc.services {
+        let moved = endpoint(i, ENDPOINTS);
+        let Some(cur) = slices.get(NAMESPACE, &slice_name(i)) else {
+            continue;
+        };
+        if cur.endpoints.first().map(|e| e.ip) == Some(moved) {
+            let (k, v) = store::slice_entry(&slice_object(sc, i));
+            let applied = slices.apply(Event::Apply(k, v));
+            sync(
+                &mut syncer,
+                &services,
+                &slices,
+                Touched::of_slice(&applied).into_iter().collect(),
+            )?;
+        }
     }
     let med = |v: &mut Vec<f64>| pct(v, 50.0);
     let p99 = |v: &mut Vec<f64>| pct(v, 99.0);

@@ -26,6 +26,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
     SockaddrIn, accept, bind, connect, listen, recvmsg, sendmsg, setsockopt, socket, sockopt,
 };
+use nix::sys::time::{TimeVal, TimeValLike as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{BenchError, stats};
@@ -137,6 +138,10 @@ fn udp_echo(sock: OwnedFd) {
     }
 }
 
+/// Connects of the warm-up after which a client whose every connect failed
+/// gives up (a broken datapath fails the run instead of hanging it).
+const WARMUP_PROBE: usize = 5;
+
 /// One connect + RST close; returns the connect() duration.
 fn connect_once(target: &SockaddrIn) -> Result<Duration, nix::Error> {
     let s = socket(
@@ -153,6 +158,9 @@ fn connect_once(target: &SockaddrIn) -> Result<Duration, nix::Error> {
             l_linger: 0,
         },
     )?;
+    // A connect nobody answers fails after 1 s (EINPROGRESS) instead of
+    // the kernel's ~2 min of SYN retries.
+    setsockopt(&s, sockopt::SendTimeout, &TimeVal::seconds(1))?;
     let t0 = Instant::now();
     connect(s.as_raw_fd(), target)?;
     let d = t0.elapsed();
@@ -193,6 +201,15 @@ pub fn client_latency(
             errors += 1;
         }
         warmed += 1;
+        if warmed == WARMUP_PROBE && errors == warmed as u64 {
+            return Err(BenchError::BadOutput {
+                what: "latency client".into(),
+                detail: format!(
+                    "the first {WARMUP_PROBE} connects to {} failed: the datapath does not serve it",
+                    targets[0]
+                ),
+            });
+        }
     }
     let per = t0.elapsed().as_secs_f64() / warmed as f64;
     let fit = (budget.as_secs_f64() / per.max(1e-9)) as usize;

@@ -8,7 +8,8 @@
 use std::io::Write as _;
 
 use serde::de::DeserializeOwned;
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig};
+use switchyard_lb::{IdAllocator, LbMaps, NodeContext, Options, desired_state, diff};
+use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, PinnedLbMaps};
 use tracing::info;
 
 use crate::{
@@ -125,7 +126,33 @@ pub fn program_ebpf(
     ))?;
     push(row("agent_rss_mib", 0, a.rss_kib as f64 / 1024.0))?;
     push(row("agent_rss_peak_mib", 0, a.rss_peak_kib as f64 / 1024.0))?;
+    verify_maps(&topo.bpffs_dir, sc)?;
     Ok(dp)
+}
+
+/// The maps hold exactly the scenario's desired state (what the traffic
+/// measurements expect), or the run stops here with what differs.
+fn verify_maps(bpffs_dir: &std::path::Path, sc: &Scenario) -> Result<(), BenchError> {
+    let snapshot = PinnedLbMaps::open(bpffs_dir)?.snapshot()?;
+    let (services, slices) = crate::ebpf::objects(sc);
+    let node = NodeContext {
+        name: "bench-node".into(),
+        ..Default::default()
+    };
+    let want = desired_state(&services, &slices, &node, &Options::default());
+    let mut ids = IdAllocator::from_snapshot(&snapshot);
+    let ops = diff(&snapshot, &want.state, &mut ids)?;
+    if ops.is_empty() {
+        return Ok(());
+    }
+    Err(BenchError::BadOutput {
+        what: format!("the eBPF maps after programming N={}", sc.services),
+        detail: format!(
+            "{} operations away from the scenario's state, first: {:?}",
+            ops.len(),
+            ops.first()
+        ),
+    })
 }
 
 /// `run --only programming`: [`program_ebpf`] for every N in a fresh
