@@ -3,13 +3,15 @@
  * switchyard socket load balancer (IPv4).
  *
  * Four cgroup sock_addr programs translate service frontends to backends at
- * the socket layer, before netfilter sees a packet:
+ * the socket layer, before netfilter sees a packet, and one cgroup sock
+ * program forgets a socket's translation when it closes:
  *
  *   connect4      TCP/UDP connect(): frontend -> backend; records the
  *                 socket's rev-NAT entry (for getpeername and UDP replies).
  *   sendmsg4      unconnected UDP sendto(): frontend -> backend, same record.
  *   recvmsg4      UDP recvfrom(): backend source -> frontend.
  *   getpeername4  getpeername(): backend -> frontend.
+ *   sock_release  close(): the socket's rev-NAT entry is deleted.
  *
  * A frontend with zero backends, or an unknown port on a known VIP, is
  * refused fast: the program sets the syscall's return value to
@@ -26,6 +28,7 @@
 #include "lb.h"
 
 #define SY_ECONNREFUSED 111
+#define SY_AF_INET 2
 #define SY_NSEC_PER_SEC 1000000000ULL
 /* Slots scanned to confirm an affine backend still serves the frontend. */
 #define SY_AFFINITY_SCAN_MAX 256
@@ -332,5 +335,29 @@ int sy_getpeername4(struct bpf_sock_addr *ctx)
 	SY_VARIANT_MARK();
 	if (sy_xlate_rev(ctx))
 		sy_count(SY_CNT_PEERNAME_REVNAT);
+	return 1;
+}
+
+/*
+ * A socket is going away: drop the rev-NAT entry connect4 (or a connected
+ * socket's sendmsg4) recorded for it, keyed by its cookie and the backend
+ * it is connected to. Without this the entries of closed sockets stay until
+ * the LRU evicts them: a node opening many short connections keeps the map
+ * full, every translated connect then pays an eviction, and the entries of
+ * long-lived idle sockets become eviction candidates. Entries of unconnected
+ * UDP sockets (one per backend they sent to) are left to the LRU.
+ */
+SEC("cgroup/sock_release")
+int sy_sock_release(struct bpf_sock *ctx)
+{
+	struct sy_sock_key sk = {};
+
+	SY_VARIANT_MARK();
+	if (ctx->family != SY_AF_INET || !sy_is_lb_proto(ctx->protocol) || !ctx->dst_ip4)
+		return 1;
+	sk.cookie = bpf_get_socket_cookie(ctx);
+	sk.address = ctx->dst_ip4;
+	sk.port = ctx->dst_port;
+	bpf_map_delete_elem(&sy_sock_rnat4, &sk);
 	return 1;
 }

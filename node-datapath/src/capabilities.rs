@@ -167,7 +167,7 @@ fn probe_hooks(cgroup2: &Path) -> Vec<HookProbe> {
     };
     let mut out = Vec::new();
     for hook in Hook::ALL {
-        let r = load_program(&mut ebpf, hook).and_then(|p| attach_link(p, hook, &cg));
+        let r = load_program(&mut ebpf, hook).and_then(|mut p| attach_link(&mut p, hook, &cg));
         // Dropping the link detaches it.
         out.push(HookProbe {
             hook: hook.name().to_owned(),

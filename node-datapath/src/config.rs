@@ -8,7 +8,9 @@ use switchyard_abi::capacity;
 /// Default pin directory.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/switchyard";
 
-/// One of the four socket hooks.
+/// One of the five socket hooks: four translate addresses (cgroup
+/// sock_addr programs), `sock_release` cleans up after a socket (a cgroup
+/// sock program).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
@@ -20,15 +22,18 @@ pub enum Hook {
     Recvmsg4,
     /// `cgroup/getpeername4`.
     Getpeername4,
+    /// `cgroup/sock_release`.
+    SockRelease,
 }
 
 impl Hook {
     /// Every hook, in attach order (reverse paths last is harmless either way).
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::Connect4,
         Hook::Sendmsg4,
         Hook::Recvmsg4,
         Hook::Getpeername4,
+        Hook::SockRelease,
     ];
 
     /// The hook's name (also its link pin's file name and metric label).
@@ -38,6 +43,7 @@ impl Hook {
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Recvmsg4 => "recvmsg4",
             Hook::Getpeername4 => "getpeername4",
+            Hook::SockRelease => "sock_release",
         }
     }
 
@@ -48,6 +54,7 @@ impl Hook {
             Hook::Sendmsg4 => "sy_sendmsg4",
             Hook::Recvmsg4 => "sy_recvmsg4",
             Hook::Getpeername4 => "sy_getpeername4",
+            Hook::SockRelease => "sy_sock_release",
         }
     }
 
@@ -58,6 +65,7 @@ impl Hook {
             Hook::Sendmsg4 => 14,     // BPF_CGROUP_UDP4_SENDMSG
             Hook::Recvmsg4 => 19,     // BPF_CGROUP_UDP4_RECVMSG
             Hook::Getpeername4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
+            Hook::SockRelease => 34,  // BPF_CGROUP_INET_SOCK_RELEASE
         }
     }
 }

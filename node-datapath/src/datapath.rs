@@ -27,8 +27,6 @@ use std::{
     time::Instant,
 };
 
-use aya::programs::CgroupSockAddr;
-
 use tracing::{info, warn};
 
 pub use crate::config::{
@@ -39,7 +37,9 @@ use crate::{
     DatapathError, capabilities,
     maps::PinnedLbMaps,
     metrics::DatapathStats,
-    object::{OBJECT, attach_link, check_pinned_map, load_object, load_program, map_specs},
+    object::{
+        HookProgram, OBJECT, attach_link, check_pinned_map, load_object, load_program, map_specs,
+    },
     sys,
 };
 
@@ -141,7 +141,7 @@ pub(crate) fn check_cgroup2(path: &Path) -> Result<(), DatapathError> {
 
 /// Makes `hook`'s pinned link on the cgroup run `prog` (see the module doc).
 fn ensure_link(
-    prog: &mut CgroupSockAddr,
+    prog: &mut HookProgram<'_>,
     hook: Hook,
     pin: &Path,
     cgroup: &File,
@@ -255,9 +255,9 @@ impl Datapath {
             .map_err(|e| DatapathError::io("stat cgroup", &config.cgroup, e))?;
         let mut actions = Vec::new();
         for hook in Hook::ALL {
-            let prog = load_program(&mut ebpf, hook)?;
+            let mut prog = load_program(&mut ebpf, hook)?;
             let pin = links.join(hook.name());
-            let action = ensure_link(prog, hook, &pin, &cgroup, cgroup_id, &mut guard)?;
+            let action = ensure_link(&mut prog, hook, &pin, &cgroup, cgroup_id, &mut guard)?;
             actions.push((hook, action));
         }
         guard.armed = false;

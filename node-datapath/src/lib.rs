@@ -5,7 +5,8 @@
 //! - `bpf/sock_lb.c` (C, compiled by `build.rs` with clang, embedded) holds
 //!   four cgroup sock_addr programs (`connect4`, `sendmsg4`, `recvmsg4`,
 //!   `getpeername4`) that translate service frontends to backends at the
-//!   socket layer, using the maps laid out in `bpf/lb.h`
+//!   socket layer, and a cgroup sock program (`sock_release`) that drops a
+//!   closing socket's rev-NAT entry, using the maps laid out in `bpf/lb.h`
 //!   (mirrored by `switchyard-abi`).
 //! - [`Datapath::start`] loads the object with aya, pins the maps and one
 //!   bpf_link per hook under a bpffs directory, attaches at a cgroup v2

@@ -10,7 +10,9 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::{MapData, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, ProgramFd, links::FdLink,
+    },
 };
 use switchyard_abi::{
     AffinityKey, AffinityValue, Backend, COUNTER_MAX, RevNat, SockKey, SockRevNat, SvcKey,
@@ -146,22 +148,45 @@ pub(crate) fn load_object(
     loader.load(object).map_err(classify_load)
 }
 
+/// A loaded program of one hook: the address hooks are cgroup sock_addr
+/// programs, `sock_release` a cgroup sock program.
+pub(crate) enum HookProgram<'a> {
+    SockAddr(&'a mut CgroupSockAddr),
+    Sock(&'a mut CgroupSock),
+}
+
+impl HookProgram<'_> {
+    /// The loaded program's descriptor.
+    pub(crate) fn fd(&self) -> Result<&ProgramFd, ProgramError> {
+        match self {
+            HookProgram::SockAddr(p) => p.fd(),
+            HookProgram::Sock(p) => p.fd(),
+        }
+    }
+}
+
 /// Loads `hook`'s program in `ebpf` and returns it.
 pub(crate) fn load_program(
     ebpf: &mut aya::Ebpf,
     hook: Hook,
-) -> Result<&mut CgroupSockAddr, DatapathError> {
+) -> Result<HookProgram<'_>, DatapathError> {
     let program = hook.program();
-    let prog: &mut CgroupSockAddr = ebpf
+    let perr = |e| DatapathError::Program {
+        program,
+        source: Box::new(e),
+    };
+    let prog = ebpf
         .program_mut(program)
-        .ok_or(DatapathError::MissingObject(program))?
-        .try_into()
-        .map_err(|e| DatapathError::Program {
-            program,
-            source: Box::new(e),
-        })?;
-    prog.load().map_err(|e| classify_prog(program, e))?;
-    Ok(prog)
+        .ok_or(DatapathError::MissingObject(program))?;
+    if hook == Hook::SockRelease {
+        let prog: &mut CgroupSock = prog.try_into().map_err(perr)?;
+        prog.load().map_err(|e| classify_prog(program, e))?;
+        Ok(HookProgram::Sock(prog))
+    } else {
+        let prog: &mut CgroupSockAddr = prog.try_into().map_err(perr)?;
+        prog.load().map_err(|e| classify_prog(program, e))?;
+        Ok(HookProgram::SockAddr(prog))
+    }
 }
 
 /// Attaches `prog` to `cgroup` as a bpf_link and returns it. Cgroup links
@@ -169,7 +194,7 @@ pub(crate) fn load_program(
 /// `BPF_F_ALLOW_MULTI`: other programs on the cgroup or its ancestors keep
 /// running; aya's `Single` mode is the one that passes flags 0.
 pub(crate) fn attach_link(
-    prog: &mut CgroupSockAddr,
+    prog: &mut HookProgram<'_>,
     hook: Hook,
     cgroup: &File,
 ) -> Result<FdLink, DatapathError> {
@@ -178,14 +203,20 @@ pub(crate) fn attach_link(
         program,
         source: Box::new(e),
     };
-    let id = prog
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(perr)?;
-    let link = prog.take_link(id).map_err(perr)?;
-    FdLink::try_from(link).map_err(|e| DatapathError::Link {
+    let lerr = |e| DatapathError::Link {
         program,
         source: Box::new(e),
-    })
+    };
+    match prog {
+        HookProgram::SockAddr(p) => {
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(perr)?;
+            FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
+        }
+        HookProgram::Sock(p) => {
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(perr)?;
+            FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ mod common;
 use common::{Lab, VIP, err_total, ok_count, ok_total, service_ops, wait_counter};
 use switchyard_abi::{Counter, IPPROTO_TCP, SvcKey};
 use switchyard_lb::maps::{LbMaps, MapOp};
-use switchyard_node_datapath::{Datapath, LinkAction};
+use switchyard_node_datapath::{Datapath, Hook, LinkAction};
 
 #[test]
 fn restart_adopts_pins_without_a_failed_request() {
@@ -90,14 +90,20 @@ fn off_restores_the_node_and_is_idempotent() {
         .unwrap();
     let cg = lab.cgroup.to_str().unwrap().to_owned();
     let shown = common::run("bpftool", &["cgroup", "show", &cg]);
-    for hook in ["connect4", "sendmsg4", "recvmsg4", "getpeername4"] {
+    for hook in [
+        "connect4",
+        "sendmsg4",
+        "recvmsg4",
+        "getpeername4",
+        "sock_release",
+    ] {
         assert!(shown.contains(hook), "{hook} not attached: {shown}");
     }
     assert_eq!(ok_count(&lab.client("tcp", "10.96.0.10:80", 1), "b1"), 1);
     drop((dp, again));
 
     let report = switchyard_node_datapath::off(&lab.bpffs_dir).unwrap();
-    assert_eq!(report.links_removed.len(), 4, "{report:?}");
+    assert_eq!(report.links_removed.len(), 5, "{report:?}");
     assert_eq!(report.maps_removed.len(), 6, "{report:?}");
     assert!(report.foreign_left.is_empty(), "{report:?}");
     let shown = common::run("bpftool", &["cgroup", "show", &cg]);
@@ -153,7 +159,7 @@ fn capability_probe_finds_every_hook_attachable() {
     let caps = switchyard_node_datapath::capabilities::probe();
     assert!(!caps.kernel_release.is_empty());
     assert!(caps.bpf_privileges);
-    assert_eq!(caps.hooks.len(), 4, "{caps:?}");
+    assert_eq!(caps.hooks.len(), 5, "{caps:?}");
     assert!(caps.datapath_ready(), "{caps:#?}");
     serde_json::to_string(&caps).unwrap();
 }
@@ -195,7 +201,11 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
     assert_eq!(r.adopted_maps.len(), 6, "{r:?}");
     let ids_after = common::run("bpftool", &["cgroup", "show", lab.cgroup.to_str().unwrap()]);
     assert_ne!(ids_before, ids_after, "program ids unchanged");
-    assert_eq!(ids_after.matches("sy_").count(), 4, "{ids_after}");
+    assert_eq!(
+        ids_after.matches("sy_").count(),
+        Hook::ALL.len(),
+        "{ids_after}"
+    );
     wait_counter(&new, Counter::ConnectTranslated, c0, 200);
     let s = client.stop();
     assert_eq!(
@@ -245,7 +255,7 @@ fn a_new_cgroup_path_moves_the_links() {
         "links left on the old cgroup: {on_first}"
     );
     let on_new = common::run("bpftool", &["cgroup", "show", lab.cgroup.to_str().unwrap()]);
-    assert_eq!(on_new.matches("sy_").count(), 4, "{on_new}");
+    assert_eq!(on_new.matches("sy_").count(), Hook::ALL.len(), "{on_new}");
 }
 
 #[test]

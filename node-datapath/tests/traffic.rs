@@ -323,3 +323,39 @@ fn nodeport_on_a_node_address_is_served_like_any_frontend() {
     assert_eq!(other["errors"]["ECONNREFUSED"], 1, "{other}");
     assert_eq!(counter(&dp, Counter::DropUnknownPort), 0);
 }
+
+#[test]
+fn a_closed_socket_leaves_no_rev_nat_entry() {
+    require_privileged!();
+    let mut lab = Lab::new(1);
+    lab.serve(1, 8080);
+    let dp = Datapath::start(&lab.config()).unwrap();
+    dp.lb_maps()
+        .unwrap()
+        .apply_all(&service_ops(
+            VIP,
+            80,
+            IPPROTO_TCP,
+            1,
+            0,
+            0,
+            &[(1, Lab::backend_addr(1), 8080)],
+        ))
+        .unwrap();
+    let sock_entries = || {
+        dp.stats()
+            .unwrap()
+            .maps
+            .iter()
+            .find(|m| m.map == "sy_sock_rnat4")
+            .map(|m| m.entries)
+            .unwrap()
+    };
+    let n = 300;
+    let s = lab.client("tcp", "10.96.0.10:80", n);
+    assert_eq!(ok_total(&s), u64::from(n), "{s}");
+    // Every connect was translated and recorded its rev-NAT entry; every
+    // close (sock_release) removed it again.
+    assert_eq!(counter(&dp, Counter::ConnectTranslated), u64::from(n));
+    assert_eq!(sock_entries(), 0, "rev-NAT entries of closed sockets left");
+}

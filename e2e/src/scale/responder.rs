@@ -55,10 +55,16 @@ pub fn capable(kernel: &str) -> Capabilities {
         btf: true,
         cgroup2: Some("/sys/fs/cgroup".into()),
         bpffs: Some("/sys/fs/bpf".into()),
-        attach_types: ["connect4", "sendmsg4", "recvmsg4", "getpeername4"]
-            .iter()
-            .map(|h| format!("cgroup/{h}"))
-            .collect(),
+        attach_types: [
+            "connect4",
+            "sendmsg4",
+            "recvmsg4",
+            "getpeername4",
+            "sock_release",
+        ]
+        .iter()
+        .map(|h| format!("cgroup/{h}"))
+        .collect(),
         missing: Vec::new(),
         iptables_backends: vec!["nft".into()],
         nftables: true,
