@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{Lab, VIP, err_total, ok_count, ok_total, service_ops, wait_counter};
+use common::{
+    Lab, VIP, err_total, ok_count, ok_total, serve_vip_on_backend_1, service_ops, wait_counter,
+};
 use switchyard_abi::{Counter, IPPROTO_TCP, SvcKey};
 use switchyard_lb::maps::{LbMaps, MapOp};
 use switchyard_node_datapath::{Datapath, Hook, LinkAction};
@@ -76,18 +78,7 @@ fn off_restores_the_node_and_is_idempotent() {
             .iter()
             .all(|(_, a)| *a == LinkAction::Kept)
     );
-    dp.lb_maps()
-        .unwrap()
-        .apply_all(&service_ops(
-            VIP,
-            80,
-            IPPROTO_TCP,
-            1,
-            0,
-            0,
-            &[(1, Lab::backend_addr(1), 8080)],
-        ))
-        .unwrap();
+    serve_vip_on_backend_1(&dp);
     let cg = lab.cgroup.to_str().unwrap().to_owned();
     let shown = common::run("bpftool", &["cgroup", "show", &cg]);
     for hook in [

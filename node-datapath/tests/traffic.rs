@@ -7,7 +7,10 @@
 
 mod common;
 
-use common::{Lab, VIP, counter, err_total, ok_count, ok_total, service_ops, wait_counter};
+use common::{
+    Lab, VIP, counter, err_total, ok_count, ok_total, serve_vip_on_backend_1, service_ops,
+    wait_counter,
+};
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SvcKey, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
 use switchyard_node_datapath::{Datapath, Hook, LinkAction, ProgramRunTime, RunTimeStats};
@@ -254,18 +257,7 @@ fn measure_attach_time_and_connect_overhead() {
     let direct_before = lab.client("tcp", "10.1.1.2:8080", n);
     let dp = Datapath::start(&lab.config()).unwrap();
     let attach = dp.report().elapsed;
-    dp.lb_maps()
-        .unwrap()
-        .apply_all(&service_ops(
-            VIP,
-            80,
-            IPPROTO_TCP,
-            1,
-            0,
-            0,
-            &[(1, Lab::backend_addr(1), 8080)],
-        ))
-        .unwrap();
+    serve_vip_on_backend_1(&dp);
     let _accounting = RunTimeStats::enable().unwrap();
     let runtime = || dp.run_time(Hook::Connect4).unwrap();
     let r0 = runtime();
@@ -330,18 +322,7 @@ fn a_closed_socket_leaves_no_rev_nat_entry() {
     let mut lab = Lab::new(1);
     lab.serve(1, 8080);
     let dp = Datapath::start(&lab.config()).unwrap();
-    dp.lb_maps()
-        .unwrap()
-        .apply_all(&service_ops(
-            VIP,
-            80,
-            IPPROTO_TCP,
-            1,
-            0,
-            0,
-            &[(1, Lab::backend_addr(1), 8080)],
-        ))
-        .unwrap();
+    serve_vip_on_backend_1(&dp);
     let sock_entries = || {
         dp.stats()
             .unwrap()

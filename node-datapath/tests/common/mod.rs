@@ -15,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use switchyard_abi::{Backend, Counter, RevNat, SvcKey, SvcValue, svc_flags};
-use switchyard_lb::maps::MapOp;
+use switchyard_abi::{Backend, Counter, IPPROTO_TCP, RevNat, SvcKey, SvcValue, svc_flags};
+use switchyard_lb::maps::{LbMaps, MapOp};
 use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, capabilities};
 
 /// The ClusterIP the tests program.
@@ -456,4 +456,21 @@ pub fn test_object(name: &str) -> (Vec<u64>, usize) {
 pub fn object_bytes(obj: &(Vec<u64>, usize)) -> &[u8] {
     // SAFETY: the vector holds at least `obj.1` initialised bytes.
     unsafe { std::slice::from_raw_parts(obj.0.as_ptr().cast::<u8>(), obj.1) }
+}
+
+/// The test VIP `10.96.0.10:80/TCP` served by backend 1 on port 8080
+/// (rev-NAT index 1, no affinity).
+pub fn serve_vip_on_backend_1(dp: &Datapath) {
+    dp.lb_maps()
+        .unwrap()
+        .apply_all(&service_ops(
+            VIP,
+            80,
+            IPPROTO_TCP,
+            1,
+            0,
+            0,
+            &[(1, Lab::backend_addr(1), 8080)],
+        ))
+        .unwrap();
 }
