@@ -513,6 +513,7 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         .iter()
         .map(|n| Scenario::new(*n).ok_or_else(|| BenchError::Arg(format!("bad service count {n}"))))
         .collect::<Result<Vec<_>, _>>()?;
+    topo::sweep_stale();
     if args.only == Some(Part::Programming) {
         return programming::run(args, &scenarios);
     }

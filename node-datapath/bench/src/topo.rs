@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     BenchError,
@@ -96,6 +96,78 @@ fn mount_of(fstype: &str) -> Option<PathBuf> {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.len() > 2 && f[2] == fstype).then(|| PathBuf::from(f[1]))
     })
+}
+
+/// The process id in a name this benchmark gives (`syb<pid>-<seq>-…`).
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("syb")?.split('-').next()?.parse().ok()
+}
+
+/// Removes what killed benchmark runs left behind, by name (`syb<pid>-…`
+/// of a process that no longer exists): their servers and clients, their
+/// datapath pins (which detaches the programs), network namespaces and
+/// cgroups. Runs of live processes are not touched.
+pub fn sweep_stale() {
+    let dead = |name: &str| {
+        owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut removed = 0usize;
+    // Children of a killed run: `switchyard-bench serve|client --netns /run/netns/syb<pid>-…`.
+    for pid in names(Path::new("/proc")) {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let orphan = args
+            .windows(2)
+            .any(|w| w[0] == "--netns" && w[1].strip_prefix("/run/netns/").is_some_and(&dead));
+        if orphan && let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: kill(2) has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            removed += 1;
+        }
+    }
+    if let Ok(bpffs) = bpffs_mount() {
+        for name in names(&bpffs).into_iter().filter(|n| dead(n)) {
+            let dir = bpffs.join(&name);
+            if let Err(e) = switchyard_node_datapath::off(&dir) {
+                warn!(dir = %dir.display(), error = %e, "sweep: datapath off");
+            }
+            removed += 1;
+        }
+    }
+    for ns in names(Path::new("/run/netns"))
+        .into_iter()
+        .filter(|n| dead(n))
+    {
+        if let Err(e) = run("ip", &["netns", "del", &ns]) {
+            warn!(ns, error = %e, "sweep: netns del");
+        }
+        removed += 1;
+    }
+    if let Ok(cg) = cgroup2_mount() {
+        for name in names(&cg).into_iter().filter(|n| dead(n)) {
+            if let Err(e) = std::fs::remove_dir(cg.join(&name)) {
+                warn!(cgroup = name, error = %e, "sweep: rmdir cgroup");
+            }
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        info!(removed, "removed what killed benchmark runs left behind");
+    }
 }
 
 /// A bare network namespace, deleted on drop (for timing rule loads away
@@ -325,5 +397,20 @@ impl Drop for Topo {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_pid_is_read_from_the_benchmark_names_only() {
+        assert_eq!(owner_pid("syb23061-15-pod"), Some(23061));
+        assert_eq!(owner_pid("syb23061-8-scratch"), Some(23061));
+        assert_eq!(owner_pid("syb42-0-bench"), Some(42));
+        assert_eq!(owner_pid("syl16728a-n1"), None, "a lab cluster's namespace");
+        assert_eq!(owner_pid("sybx-1-pod"), None);
+        assert_eq!(owner_pid("switchyard"), None);
     }
 }
