@@ -435,12 +435,9 @@ async fn measure_on(
     {
         Ok(done2) => ((done2 - started).as_secs_f64(), false),
         Err(Error::Timeout { .. }) => {
-            tracing::warn!(
-                n,
-                secs = started.elapsed().as_secs_f64(),
-                "resync unfinished"
-            );
-            (started.elapsed().as_secs_f64(), true)
+            let waited = started.elapsed().as_secs_f64();
+            tracing::warn!(n, secs = waited, "resync unfinished");
+            (waited, true)
         }
         Err(e) => return Err(e),
     };

@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use switchyard_agent::store::{self, Event, Key, Services, Slices, Store};
 use switchyard_agent::sync::{Syncer, Touched};
-use switchyard_lb::{LbMaps, NodeContext};
+use switchyard_lb::LbMaps;
 
 use crate::{
     BenchError,
@@ -117,10 +117,7 @@ pub fn agent_path(
         store::slice_entry(&slice_object(sc, i))
     });
     let rss_stores_kib = rss_kib();
-    let node = NodeContext {
-        name: "bench-node".into(),
-        ..Default::default()
-    };
+    let node = crate::ebpf::node_context();
     let mut syncer = Syncer::new(node);
     syncer
         .adopt(bpffs_dir)

@@ -30,6 +30,15 @@ use crate::{
     model::{ENDPOINTS, NAMESPACE, Scenario, endpoint, service_name, vip},
 };
 
+/// The node every benchmark sync and check runs as (one definition, so a
+/// verification computes the same desired state as the sync it checks).
+pub fn node_context() -> NodeContext {
+    NodeContext {
+        name: "bench-node".into(),
+        ..Default::default()
+    }
+}
+
 /// The Service and EndpointSlice objects of a scenario.
 pub fn objects(sc: &Scenario) -> (Vec<Service>, Vec<EndpointSlice>) {
     (0..sc.services)
@@ -177,10 +186,7 @@ pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchErr
     let t0 = Instant::now();
     let snapshot = maps.snapshot()?;
     let t1 = Instant::now();
-    let node = NodeContext {
-        name: "bench-node".into(),
-        ..Default::default()
-    };
+    let node = node_context();
     let mut lb = LbState::new(node, Options::default());
     lb.reset(
         services
@@ -238,10 +244,7 @@ mod tests {
     fn objects_become_one_frontend_per_port_with_ten_backends() {
         let sc = Scenario::new(5).unwrap();
         let (svcs, slices) = objects(&sc);
-        let node = NodeContext {
-            name: "bench-node".into(),
-            ..Default::default()
-        };
+        let node = node_context();
         let d = desired_state(&svcs, &slices, &node, &Options::default());
         assert!(d.findings.is_empty(), "{:?}", d.findings);
         let ports: usize = (0..5).map(|i| sc.ports(i).len()).sum();

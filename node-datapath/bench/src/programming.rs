@@ -8,7 +8,7 @@
 use std::io::Write as _;
 
 use serde::de::DeserializeOwned;
-use switchyard_lb::{IdAllocator, LbMaps, NodeContext, Options, desired_state, diff};
+use switchyard_lb::{IdAllocator, LbMaps, Options, desired_state, diff};
 use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, PinnedLbMaps};
 use tracing::info;
 
@@ -135,10 +135,7 @@ pub fn program_ebpf(
 fn verify_maps(bpffs_dir: &std::path::Path, sc: &Scenario) -> Result<(), BenchError> {
     let snapshot = PinnedLbMaps::open(bpffs_dir)?.snapshot()?;
     let (services, slices) = crate::ebpf::objects(sc);
-    let node = NodeContext {
-        name: "bench-node".into(),
-        ..Default::default()
-    };
+    let node = crate::ebpf::node_context();
     let want = desired_state(&services, &slices, &node, &Options::default());
     let mut ids = IdAllocator::from_snapshot(&snapshot);
     let ops = diff(&snapshot, &want.state, &mut ids)?;

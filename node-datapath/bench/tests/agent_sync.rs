@@ -11,22 +11,14 @@
 use switchyard_agent::store::{self, Event, Services, Slices};
 use switchyard_agent::sync::{Syncer, Touched};
 use switchyard_bench::{
-    ebpf::{service_object, slice_name, slice_object},
+    ebpf::{node_context, service_object, slice_name, slice_object},
     model::{NAMESPACE, Scenario, endpoint, service_name},
     topo::Topo,
 };
 use switchyard_lb::{
-    IdAllocator, LbMaps, NodeContext, Options, consistent, desired_state, desired_state_of_views,
-    diff,
+    IdAllocator, LbMaps, Options, consistent, desired_state, desired_state_of_views, diff,
 };
 use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, PinnedLbMaps};
-
-fn node() -> NodeContext {
-    NodeContext {
-        name: "bench-node".into(),
-        ..Default::default()
-    }
-}
 
 /// The maps under `topo` hold exactly the desired state of the stores.
 fn assert_maps_match(topo: &Topo, services: &Services, slices: &Slices) {
@@ -39,7 +31,7 @@ fn assert_maps_match(topo: &Topo, services: &Services, slices: &Slices) {
     let want = desired_state_of_views(
         svcs.iter().map(|(_, s)| s.as_ref()),
         sls.iter().map(|(_, s)| s.as_ref()),
-        &node(),
+        &node_context(),
         &Options::default(),
     );
     assert!(!want.state.frontends.is_empty());
@@ -91,7 +83,7 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
         &(0..sc.services)
             .map(|i| slice_object(&sc, i))
             .collect::<Vec<_>>(),
-        &node(),
+        &node_context(),
         &Options::default(),
     );
     {
@@ -99,13 +91,13 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
         let views = desired_state_of_views(
             svcs.iter().map(|(_, s)| s.as_ref()),
             sls.iter().map(|(_, s)| s.as_ref()),
-            &node(),
+            &node_context(),
             &Options::default(),
         );
         assert_eq!(views, objects);
     }
 
-    let mut syncer = Syncer::new(node());
+    let mut syncer = Syncer::new(node_context());
     syncer.adopt(&topo.bpffs_dir).unwrap();
     syncer
         .sync(&services, &slices, vec![Touched::Relisted])
@@ -151,7 +143,7 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
     assert_maps_match(&topo, &services, &slices);
 
     // A restarted agent adopts the maps and finds nothing to write.
-    let mut again = Syncer::new(node());
+    let mut again = Syncer::new(node_context());
     again.adopt(&topo.bpffs_dir).unwrap();
     again
         .sync(&services, &slices, vec![Touched::Relisted])
