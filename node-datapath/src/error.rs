@@ -21,8 +21,13 @@ pub enum DatapathError {
          CAP_NET_ADMIN, or CAP_SYS_ADMIN ({0})"
     )]
     MissingCapability(String),
-    /// The verifier refused a program; `log` is its full output.
-    #[error("the verifier rejected program {program}: {source}\nverifier log:\n{log}")]
+    /// The verifier refused a program. The message ends with the log's
+    /// last lines, where the verifier says why; `log` is all of it (up to
+    /// megabytes: too much for a status condition or a CI summary).
+    #[error(
+        "the verifier rejected program {program}: {source}; the verifier log ends with:\n{}",
+        log_tail(.log)
+    )]
     VerifierRejected {
         /// Program name in the object.
         program: &'static str,
@@ -117,7 +122,45 @@ pub enum DatapathError {
     },
 }
 
+/// Lines of a verifier log shown in [`DatapathError::VerifierRejected`]'s
+/// message, and the longest line kept.
+const LOG_TAIL_LINES: usize = 8;
+const LOG_LINE_CHARS: usize = 240;
+
+/// The last [`LOG_TAIL_LINES`] non-empty lines of a verifier log, each cut
+/// to [`LOG_LINE_CHARS`], with a note of how many lines came before.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let skipped = lines.len().saturating_sub(LOG_TAIL_LINES);
+    let mut out = String::new();
+    if skipped > 0 {
+        out.push_str(&format!("  [{skipped} earlier lines]\n"));
+    }
+    for line in &lines[skipped..] {
+        let cut: String = line.chars().take(LOG_LINE_CHARS).collect();
+        out.push_str("  ");
+        out.push_str(&cut);
+        if cut.len() < line.len() {
+            out.push('…');
+        }
+        out.push('\n');
+    }
+    if lines.is_empty() {
+        out.push_str("  (empty)\n");
+    }
+    out.pop();
+    out
+}
+
 impl DatapathError {
+    /// The verifier's whole log, for a rejection.
+    pub fn verifier_log(&self) -> Option<&str> {
+        match self {
+            Self::VerifierRejected { log, .. } => Some(log),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self::Io {
             op,
@@ -135,5 +178,55 @@ impl DatapathError {
 
     pub(crate) fn syscall(op: &'static str, source: io::Error) -> Self {
         Self::Syscall { op, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(log: &str) -> DatapathError {
+        DatapathError::VerifierRejected {
+            program: "sy_connect4",
+            source: io::Error::from_raw_os_error(libc::EACCES),
+            log: log.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_rejection_message_shows_the_end_of_the_log_only() {
+        let mut log: String = (0..10_000).map(|i| format!("{i}: (b7) r0 = 0\n")).collect();
+        log.push_str("\nR1 invalid mem access 'scalar'\nprocessed 10001 insns\n\n");
+        let msg = rejected(&log).to_string();
+        assert!(
+            msg.starts_with("the verifier rejected program sy_connect4: "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("R1 invalid mem access 'scalar'\n  processed 10001 insns"),
+            "{msg}"
+        );
+        assert!(msg.contains("[9994 earlier lines]"), "{msg}");
+        assert!(!msg.contains("9993: "), "{msg}");
+        assert!(msg.len() < 1_000, "{} bytes", msg.len());
+        assert_eq!(rejected(&log).verifier_log(), Some(log.as_str()));
+    }
+
+    #[test]
+    fn short_empty_and_long_line_logs() {
+        let msg = rejected("one\ntwo").to_string();
+        assert!(msg.ends_with(":\n  one\n  two"), "{msg}");
+        assert!(!msg.contains("earlier"), "{msg}");
+        assert!(rejected("").to_string().ends_with("  (empty)"));
+        let long = "x".repeat(1_000);
+        let msg = rejected(&long).to_string();
+        assert!(
+            msg.ends_with(&format!("  {}…", "x".repeat(LOG_LINE_CHARS))),
+            "{msg}"
+        );
+        assert_eq!(
+            DatapathError::MissingObject("sy_connect4").verifier_log(),
+            None
+        );
     }
 }

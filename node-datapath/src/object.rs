@@ -165,6 +165,34 @@ impl HookProgram<'_> {
     }
 }
 
+/// Attempts of one program load. The verifier gives up with `EAGAIN` when
+/// a signal arrives while it runs (the agent's runtime handles SIGTERM and
+/// SIGCHLD); libbpf retries such a load the same way.
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Whether a program load failed only because the verifier was interrupted.
+fn interrupted(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::LoadError { io_error, .. } if io_error.raw_os_error() == Some(libc::EAGAIN))
+}
+
+/// Runs `load` until it succeeds, fails otherwise than `is_interrupted`,
+/// or [`LOAD_ATTEMPTS`] attempts were made.
+fn retry_interrupted<E>(
+    mut load: impl FnMut() -> Result<(), E>,
+    is_interrupted: impl Fn(&E) -> bool,
+) -> Result<(), E> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e) if attempt < LOAD_ATTEMPTS && is_interrupted(&e) => {
+                tracing::debug!(attempt, "program load interrupted by a signal; retrying");
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Loads `hook`'s program in `ebpf` and returns it.
 pub(crate) fn load_program(
     ebpf: &mut aya::Ebpf,
@@ -180,11 +208,11 @@ pub(crate) fn load_program(
         .ok_or(DatapathError::MissingObject(program))?;
     if hook == Hook::SockRelease {
         let prog: &mut CgroupSock = prog.try_into().map_err(perr)?;
-        prog.load().map_err(|e| classify_prog(program, e))?;
+        retry_interrupted(|| prog.load(), interrupted).map_err(|e| classify_prog(program, e))?;
         Ok(HookProgram::Sock(prog))
     } else {
         let prog: &mut CgroupSockAddr = prog.try_into().map_err(perr)?;
-        prog.load().map_err(|e| classify_prog(program, e))?;
+        retry_interrupted(|| prog.load(), interrupted).map_err(|e| classify_prog(program, e))?;
         Ok(HookProgram::SockAddr(prog))
     }
 }
@@ -269,5 +297,48 @@ mod tests {
         bytes.copy_from_slice(&variant);
         let (variant_tag, _) = tag_and_maps(bytes, Hook::Connect4);
         assert_ne!(tag1, variant_tag);
+    }
+
+    #[test]
+    fn an_interrupted_load_is_retried_and_other_errors_are_not() {
+        use std::io::{Error, ErrorKind};
+        let eagain = |e: &Error| e.raw_os_error() == Some(libc::EAGAIN);
+        // Interrupted four times, then loaded.
+        let mut calls = 0;
+        let r = retry_interrupted(
+            || {
+                calls += 1;
+                if calls < LOAD_ATTEMPTS {
+                    Err(Error::from_raw_os_error(libc::EAGAIN))
+                } else {
+                    Ok(())
+                }
+            },
+            eagain,
+        );
+        assert!(r.is_ok());
+        assert_eq!(calls, LOAD_ATTEMPTS);
+        // Interrupted every time: the last EAGAIN is returned.
+        let mut calls = 0;
+        let r = retry_interrupted(
+            || {
+                calls += 1;
+                Err(Error::from_raw_os_error(libc::EAGAIN))
+            },
+            eagain,
+        );
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EAGAIN));
+        assert_eq!(calls, LOAD_ATTEMPTS);
+        // A rejection is final.
+        let mut calls = 0;
+        let r = retry_interrupted(
+            || {
+                calls += 1;
+                Err(Error::from(ErrorKind::PermissionDenied))
+            },
+            eagain,
+        );
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
     }
 }

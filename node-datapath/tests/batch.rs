@@ -10,7 +10,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::Lab;
+use common::{Lab, started};
 use switchyard_abi::{IPPROTO_TCP, SCOPE_EXTERNAL, SvcKey, SvcValue, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
 use switchyard_lb::{
@@ -62,7 +62,7 @@ fn state(services: u8, shift: u8) -> DesiredState {
 fn batched_writes_leave_the_maps_as_per_op_writes_do() {
     require_privileged!();
     let lab = Lab::new(0);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
     assert!(maps.batching());
     let mut mirror = FakeMaps::new();
@@ -86,7 +86,7 @@ fn batched_writes_leave_the_maps_as_per_op_writes_do() {
 fn absent_keys_in_a_delete_batch_are_skipped() {
     require_privileged!();
     let lab = Lab::new(0);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
     let key = |i: u16| {
         SvcKey::new(
@@ -123,7 +123,7 @@ fn a_full_map_fails_the_batch_at_the_first_refused_op() {
     let lab = Lab::new(0);
     let config = lab.config();
     let capacity = config.capacities.services as usize;
-    let dp = Datapath::start(&config).unwrap();
+    let dp = started(Datapath::start(&config));
     let mut maps = dp.lb_maps().unwrap();
     let ops: Vec<MapOp> = (0..capacity as u32 + 10)
         .map(|i| {

@@ -8,7 +8,8 @@
 mod common;
 
 use common::{
-    Lab, VIP, err_total, ok_count, ok_total, serve_vip_on_backend_1, service_ops, wait_counter,
+    Lab, VIP, err_total, ok_count, ok_total, serve_vip_on_backend_1, service_ops, started,
+    wait_counter,
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, SvcKey};
 use switchyard_lb::maps::{LbMaps, MapOp};
@@ -21,7 +22,7 @@ fn restart_adopts_pins_without_a_failed_request() {
     lab.serve(1, 8080);
     lab.serve(2, 8080);
     let config = lab.config();
-    let dp = Datapath::start(&config).unwrap();
+    let dp = started(Datapath::start(&config));
     let ops = service_ops(
         VIP,
         80,
@@ -48,7 +49,7 @@ fn restart_adopts_pins_without_a_failed_request() {
         assert!(v >= c0);
         v
     };
-    let dp = Datapath::start(&config).unwrap();
+    let dp = started(Datapath::start(&config));
     let r = dp.report();
     assert_eq!(r.adopted_maps.len(), 6, "{r:?}");
     assert!(r.links.iter().all(|(_, a)| *a == LinkAction::Kept), "{r:?}");
@@ -68,9 +69,9 @@ fn off_restores_the_node_and_is_idempotent() {
     require_privileged!();
     let mut lab = Lab::new(1);
     lab.serve(1, 8080);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     // Start is idempotent too.
-    let again = Datapath::start(&lab.config()).unwrap();
+    let again = lab.start();
     assert!(
         again
             .report()
@@ -127,14 +128,14 @@ fn clear_errors_for_a_bad_environment() {
     assert!(matches!(Datapath::start(&c), Err(E::BpffsNotMounted(_))));
 
     // Pins from a build with other capacities are refused, not reused.
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     drop(dp);
     let mut bigger = lab.config();
     bigger.capacities.services *= 2;
     let err = Datapath::start(&bigger).unwrap_err();
     assert!(matches!(err, E::IncompatiblePin { .. }), "{err}");
     // The failed start left the running datapath alone.
-    let again = Datapath::start(&lab.config()).unwrap();
+    let again = lab.start();
     assert!(
         again
             .report()
@@ -164,7 +165,10 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
     let config = lab.config();
     // An "older agent" with other programs is running.
     let variant = common::test_object("sock_lb_variant.o");
-    let old = Datapath::start_object(&config, common::object_bytes(&variant)).unwrap();
+    let old = started(Datapath::start_object(
+        &config,
+        common::object_bytes(&variant),
+    ));
     let ops = service_ops(
         VIP,
         80,
@@ -183,7 +187,7 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
     let ids_before = common::run("bpftool", &["cgroup", "show", lab.cgroup.to_str().unwrap()]);
     drop(old);
 
-    let new = Datapath::start(&config).unwrap();
+    let new = started(Datapath::start(&config));
     let r = new.report();
     assert!(
         r.links.iter().all(|(_, a)| *a == LinkAction::Replaced),
@@ -205,7 +209,7 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
         "a request failed during the replacement: {s}"
     );
     // A second start with the same object keeps everything.
-    let again = Datapath::start(&config).unwrap();
+    let again = started(Datapath::start(&config));
     assert!(
         again
             .report()
@@ -230,8 +234,8 @@ fn a_new_cgroup_path_moves_the_links() {
     let _first = Rmdir(first.clone());
     let mut c = lab.config();
     c.cgroup = first.clone();
-    Datapath::start(&c).unwrap();
-    let r = Datapath::start(&lab.config()).unwrap();
+    started(Datapath::start(&c));
+    let r = lab.start();
     assert!(
         r.report()
             .links
@@ -253,7 +257,7 @@ fn a_new_cgroup_path_moves_the_links() {
 fn lb_maps_round_trip_and_occupancy() {
     require_privileged!();
     let lab = Lab::new(0);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
     let ops = service_ops(
         VIP,
@@ -323,6 +327,10 @@ fn verifier_rejection_is_reported_with_its_log_and_leaves_nothing() {
         switchyard_node_datapath::DatapathError::VerifierRejected { program, log, .. } => {
             assert_eq!(*program, "sy_connect4");
             assert!(log.contains("invalid mem access"), "verifier log: {log}");
+            // The message (what a status condition carries) keeps the reason.
+            let msg = err.to_string();
+            assert!(msg.contains("invalid mem access"), "{msg}");
+            assert!(msg.lines().count() <= 10, "{msg}");
         }
         other => panic!("expected VerifierRejected, got {other}"),
     }

@@ -13,7 +13,7 @@ use common::{
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SvcKey, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
-use switchyard_node_datapath::{Datapath, Hook, LinkAction, ProgramRunTime, RunTimeStats};
+use switchyard_node_datapath::{Hook, LinkAction, ProgramRunTime, RunTimeStats};
 
 #[test]
 fn clusterip_tcp_spreads_over_backends_and_getpeername_sees_vip() {
@@ -21,7 +21,7 @@ fn clusterip_tcp_spreads_over_backends_and_getpeername_sees_vip() {
     let mut lab = Lab::new(2);
     lab.serve(1, 8080);
     lab.serve(2, 8080);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     assert!(
         dp.report()
             .links
@@ -71,7 +71,7 @@ fn clusterip_udp_connected_and_unconnected_see_the_vip() {
     let mut lab = Lab::new(2);
     lab.serve(1, 5353);
     lab.serve(2, 5353);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let ops = service_ops(
         VIP,
         53,
@@ -124,7 +124,7 @@ fn backends_added_and_removed_while_a_client_loops() {
     for i in 1..=3 {
         lab.serve(i, 8080);
     }
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
     let b = |i: u8| (u32::from(i), Lab::backend_addr(i), 8080);
     maps.apply_all(&service_ops(VIP, 80, IPPROTO_TCP, 1, 0, 0, &[b(1), b(2)]))
@@ -185,7 +185,7 @@ fn zero_backends_and_unknown_ports_are_refused_fast() {
     require_privileged!();
     let mut lab = Lab::new(1);
     lab.serve(1, 8080);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
     maps.apply_all(&service_ops(VIP, 80, IPPROTO_TCP, 1, 0, 0, &[]))
         .unwrap();
@@ -224,7 +224,7 @@ fn session_affinity_keeps_a_client_on_one_backend() {
     let mut lab = Lab::new(2);
     lab.serve(1, 8080);
     lab.serve(2, 8080);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let ops = service_ops(
         VIP,
         80,
@@ -255,7 +255,7 @@ fn measure_attach_time_and_connect_overhead() {
     lab.serve(1, 8080);
     let n = 2000;
     let direct_before = lab.client("tcp", "10.1.1.2:8080", n);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     let attach = dp.report().elapsed;
     serve_vip_on_backend_1(&dp);
     let _accounting = RunTimeStats::enable().unwrap();
@@ -291,7 +291,7 @@ fn nodeport_on_a_node_address_is_served_like_any_frontend() {
     require_privileged!();
     let mut lab = Lab::new(2);
     lab.serve(2, 8080);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     // The node's own address 10.1.1.1, port 30080 (a NodePort frontend: no
     // VIP marker, so the node's other ports stay untouched).
     let node_ip = std::net::Ipv4Addr::new(10, 1, 1, 1);
@@ -321,7 +321,7 @@ fn a_closed_socket_leaves_no_rev_nat_entry() {
     require_privileged!();
     let mut lab = Lab::new(1);
     lab.serve(1, 8080);
-    let dp = Datapath::start(&lab.config()).unwrap();
+    let dp = lab.start();
     serve_vip_on_backend_1(&dp);
     let sock_entries = || {
         dp.stats()

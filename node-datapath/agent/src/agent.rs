@@ -350,7 +350,14 @@ impl State {
                 self.status.active_mode = Some(DatapathMode::Active);
                 self.sync();
             }
-            Ok(Err(e)) => self.degraded("StartFailed", &e.to_string()),
+            Ok(Err(e)) => {
+                // The condition carries the log's last lines; all of it
+                // goes to the agent's own log.
+                if let Some(log) = e.verifier_log() {
+                    warn!(%log, "the verifier's whole log");
+                }
+                self.degraded("StartFailed", &e.to_string());
+            }
             Err(e) => self.degraded("StartFailed", &e.to_string()),
         }
     }

@@ -17,10 +17,18 @@ use std::{
 
 use switchyard_abi::{Backend, Counter, IPPROTO_TCP, RevNat, SvcKey, SvcValue, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, capabilities};
+use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, DatapathError, capabilities};
 
 /// The ClusterIP the tests program.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// The datapath a start returned. On error, panics with the error's
+/// message: `unwrap` prints the Debug form, which for a verifier rejection
+/// is the whole log and buries the cause.
+#[track_caller]
+pub fn started(r: Result<Datapath, DatapathError>) -> Datapath {
+    r.unwrap_or_else(|e| panic!("datapath start failed: {e}"))
+}
 
 /// One counter of the running datapath, summed over CPUs.
 pub fn counter(dp: &Datapath, c: Counter) -> u64 {
@@ -234,6 +242,12 @@ impl Lab {
             );
         }
         lab
+    }
+
+    /// Starts the datapath on this node with [`Lab::config`].
+    #[track_caller]
+    pub fn start(&self) -> Datapath {
+        started(Datapath::start(&self.config()))
     }
 
     /// A datapath config for this node with small maps.
