@@ -11,6 +11,15 @@ use super::RunResult;
 /// The operator RSS target from issue #7 (MiB, 1 000 nodes).
 pub const RSS_TARGET_MIB: f64 = 48.0;
 
+/// etcd's default `--max-request-bytes`: no object, the plan with its
+/// status included, can be written larger.
+pub const ETCD_REQUEST_LIMIT_BYTES: f64 = 1.5 * 1024.0 * 1024.0;
+
+/// The plan status's JSON bytes per node of a summary.
+fn status_bytes_per_node(s: &Summary) -> f64 {
+    s.plan_status_kib * 1024.0 / s.nodes.max(1) as f64
+}
+
 /// Medians over the runs of one node count.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Summary {
@@ -171,8 +180,9 @@ pub fn markdown(
              {:.1} MiB of file pages (the binary's code and read-only data, `RssFile`) and {:.1} MiB of \
              anonymous memory (malloc's heap, `RssAnon`); before the plan is applied the operator holds \
              {:.1} MiB (its caches of {n} Nodes and NodeDatapaths, without status, annotations or managed \
-             fields). The plan's status, every node with its step history, is {:.0} KiB of JSON at {n} \
-             nodes. Profiled once at 300 nodes with a counting global allocator (a scratch build): the \
+             fields). The plan's status (every node with its wave, step, start and finish; a step history \
+             only while a node is in flight or failed) is {:.0} KiB of JSON at {n} nodes, {:.0} bytes a \
+             node: etcd's default 1.5 MiB request limit would be reached at about {:.0} nodes. Profiled once at 300 nodes with a counting global allocator (a scratch build): the \
              live heap never exceeded 12 MiB and a reconcile briefly took it to 21 MiB (8 MiB of that was \
              one page of 250 kube-proxy Pods decoded whole), yet glibc's malloc held 52 MiB (62 MiB RSS): \
              what a reconcile frees stays in the arena of the worker thread that allocated it. The operator \
@@ -185,6 +195,8 @@ pub fn markdown(
             big.operator_peak_anon_mib,
             big.operator_idle_rss_mib,
             big.plan_status_kib,
+            status_bytes_per_node(big),
+            ETCD_REQUEST_LIMIT_BYTES / status_bytes_per_node(big).max(1.0),
             n = big.nodes,
         ));
         let per_node_kinds = [
@@ -292,5 +304,8 @@ mod tests {
         let md = markdown(&s, 10, 10, "make bench-operator");
         assert!(md.contains("| 1000 | 2 | 35.0 s |"));
         assert!(md.contains("missed by 3.0 MiB"), "{md}");
+        // 800 KiB over 1 000 nodes: 819 bytes a node, 1 920 nodes to 1.5 MiB.
+        assert!(md.contains("800 KiB of JSON at 1000 nodes, 819 bytes a node"), "{md}");
+        assert!(md.contains("at about 1920 nodes"), "{md}");
     }
 }

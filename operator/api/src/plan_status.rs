@@ -193,14 +193,22 @@ pub struct NodeProgress {
     /// node is never uncordoned by the plan). Recorded before cordoning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub was_cordoned: Option<bool>,
-    /// When the current step started.
+    /// When the plan started on the node (it left `Pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the current step started (for `Done` and `RolledBack`: when
+    /// the node finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Time>,
-    /// Completed steps with their completion time, oldest first.
+    /// Completed steps with their completion time, oldest first. Emptied
+    /// when the node reaches `Done` or `RolledBack`: the `NodeMigrated` /
+    /// `NodeRolledBack` event then lists each step's duration, and the
+    /// status of a plan over thousands of nodes stays far below the API
+    /// server's object size limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<StepRecord>,
     /// The furthest forward step the node reached (what a rollback undoes).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_pending")]
     pub reached: NodeStep,
     /// The step that failed, when `step` is `Failed` or rolling back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,14 +217,22 @@ pub struct NodeProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     /// Generation of the cleanup request sent to the node's agent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cleanup_generation: i64,
     /// Generation of the probe request sent to the node's agent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub probe_generation: i64,
     /// Last message (why it waits, why it failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+fn is_pending(step: &NodeStep) -> bool {
+    *step == NodeStep::Pending
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A completed step.

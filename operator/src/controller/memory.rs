@@ -2,7 +2,7 @@
 //!
 //! A reconcile allocates megabytes for a moment and frees them again: the
 //! pages of kube-proxy's pods, the plan read from the cache and its new
-//! status (every node with its step history), the status apply body and the
+//! status (a line of progress per node), the status apply body and the
 //! API server's answer. glibc's malloc keeps what is freed in the middle of
 //! each arena (one per worker thread that allocated), so the resident set
 //! ratchets up to a multiple of what is live. Measured with 300 simulated

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use switchyard_api::{DatapathMode, MigrationPlanSpec, MigrationPlanStatus, NodeStep, Phase};
 
 use crate::planner::{
-    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Input, KubeProxyObs, NodeObs,
+    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Event, Input, KubeProxyObs, NodeObs,
     PodObs, RequestOutcome, Snapshot, plan,
 };
 
@@ -45,6 +45,8 @@ pub struct Sim {
     pub now: i64,
     pub violations: Vec<String>,
     pub max_in_flight_seen: usize,
+    /// Every event the applied decisions emitted, in order.
+    pub events: Vec<Event>,
     pub status: MigrationPlanStatus,
     pub spec: MigrationPlanSpec,
 }
@@ -79,6 +81,7 @@ impl Sim {
             backup: false,
             now: 1_700_000_000,
             violations: Vec::new(),
+            events: Vec::new(),
             max_in_flight_seen: 0,
             status: MigrationPlanStatus::default(),
             spec,
@@ -228,7 +231,7 @@ impl Sim {
                     self.cm = true;
                 }
             }
-            Action::Event(_) => {}
+            Action::Event(e) => self.events.push(e.clone()),
         }
         self.check_serving("after an action");
     }

@@ -53,21 +53,40 @@ fn full_run_walks_every_forward_step_in_order() {
     assert_eq!(sim.phase(), Phase::Succeeded, "{:?}", sim.status.message);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
     for n in &sim.status.nodes {
-        let steps: Vec<NodeStep> = n.history.iter().map(|r| r.step).collect();
+        assert_eq!(n.step, NodeStep::Done);
+        // The status keeps when the node started and finished; the steps
+        // and their durations went to its NodeMigrated event.
+        assert!(n.history.is_empty(), "{n:?}");
+        let (started, done) = (n.started_at.clone().unwrap().0, n.step_started_at.clone().unwrap().0);
+        assert!(started < done, "{n:?}");
+        let migrated: Vec<&str> = sim
+            .events
+            .iter()
+            .filter(|e| e.reason == "NodeMigrated" && e.node.as_deref() == Some(n.name.as_str()))
+            .map(|e| e.message.as_str())
+            .collect();
+        let [msg] = migrated[..] else {
+            panic!("{}: NodeMigrated events {migrated:?}", n.name);
+        };
+        let took = msg.split_once(" after ").map(|(_, t)| t).unwrap_or_default();
+        let steps: Vec<&str> = took
+            .split_once(": ")
+            .map(|(_, l)| l.split(", ").filter_map(|s| s.split(' ').next()).collect())
+            .unwrap_or_default();
         assert_eq!(
             steps,
-            vec![
-                NodeStep::Cordon,
-                NodeStep::ActivateDatapath,
-                NodeStep::RemoveKubeProxy,
-                NodeStep::FlushRules,
-                NodeStep::Verify,
-                NodeStep::Uncordon,
+            [
+                "Cordon",
+                "ActivateDatapath",
+                "RemoveKubeProxy",
+                "FlushRules",
+                "Verify",
+                "Uncordon"
             ],
-            "node {}",
-            n.name
+            "{msg}"
         );
-        assert_eq!(n.step, NodeStep::Done);
+        let total = (done.as_millisecond() - started.as_millisecond()) as f64 / 1000.0;
+        assert!(took.starts_with(&format!("{total:.1}s: ")), "{msg}");
     }
     assert_eq!(
         sim.status.waves,
@@ -398,17 +417,21 @@ fn whole_plan_rollback_restores_kube_proxy_from_backup() {
         assert_eq!(n.unschedulable, name == "node-02", "{name}");
     }
     // Reverse order: the last wave was rolled back first.
-    let t = |name: &str| {
-        let n = sim.progress(name);
-        n.history
-            .iter()
-            .rev()
-            .find(|r| r.step == NodeStep::RestoreKubeProxy)
-            .unwrap()
-            .completed_at
-            .0
-    };
-    assert!(t("node-01") <= t("node-00"));
+    let rolled_back: Vec<&str> = sim
+        .events
+        .iter()
+        .filter(|e| e.reason == "NodeRolledBack")
+        .filter_map(|e| e.node.as_deref())
+        .collect();
+    assert_eq!(rolled_back.len(), 3, "{rolled_back:?}");
+    assert_eq!(rolled_back.last(), Some(&"node-00"), "{rolled_back:?}");
+    // A migrated node's rollback is timed from when it left Done.
+    let msg = &sim.events.iter().rfind(|e| e.reason == "NodeRolledBack").unwrap().message;
+    assert!(
+        msg.contains(" after ") && msg.contains(": RestoreKubeProxy ") && !msg.contains("Done "),
+        "{msg}"
+    );
+    assert!(sim.status.nodes.iter().all(|n| n.history.is_empty()));
 }
 
 #[test]
