@@ -305,7 +305,10 @@ mod tests {
         assert!(md.contains("| 1000 | 2 | 35.0 s |"));
         assert!(md.contains("missed by 3.0 MiB"), "{md}");
         // 800 KiB over 1 000 nodes: 819 bytes a node, 1 920 nodes to 1.5 MiB.
-        assert!(md.contains("800 KiB of JSON at 1000 nodes, 819 bytes a node"), "{md}");
+        assert!(
+            md.contains("800 KiB of JSON at 1000 nodes, 819 bytes a node"),
+            "{md}"
+        );
         assert!(md.contains("at about 1920 nodes"), "{md}");
     }
 }

@@ -57,7 +57,10 @@ fn full_run_walks_every_forward_step_in_order() {
         // The status keeps when the node started and finished; the steps
         // and their durations went to its NodeMigrated event.
         assert!(n.history.is_empty(), "{n:?}");
-        let (started, done) = (n.started_at.clone().unwrap().0, n.step_started_at.clone().unwrap().0);
+        let (started, done) = (
+            n.started_at.clone().unwrap().0,
+            n.step_started_at.clone().unwrap().0,
+        );
         assert!(started < done, "{n:?}");
         let migrated: Vec<&str> = sim
             .events
@@ -68,7 +71,10 @@ fn full_run_walks_every_forward_step_in_order() {
         let [msg] = migrated[..] else {
             panic!("{}: NodeMigrated events {migrated:?}", n.name);
         };
-        let took = msg.split_once(" after ").map(|(_, t)| t).unwrap_or_default();
+        let took = msg
+            .split_once(" after ")
+            .map(|(_, t)| t)
+            .unwrap_or_default();
         let steps: Vec<&str> = took
             .split_once(": ")
             .map(|(_, l)| l.split(", ").filter_map(|s| s.split(' ').next()).collect())
@@ -426,7 +432,12 @@ fn whole_plan_rollback_restores_kube_proxy_from_backup() {
     assert_eq!(rolled_back.len(), 3, "{rolled_back:?}");
     assert_eq!(rolled_back.last(), Some(&"node-00"), "{rolled_back:?}");
     // A migrated node's rollback is timed from when it left Done.
-    let msg = &sim.events.iter().rfind(|e| e.reason == "NodeRolledBack").unwrap().message;
+    let msg = &sim
+        .events
+        .iter()
+        .rfind(|e| e.reason == "NodeRolledBack")
+        .unwrap()
+        .message;
     assert!(
         msg.contains(" after ") && msg.contains(": RestoreKubeProxy ") && !msg.contains("Done "),
         "{msg}"
