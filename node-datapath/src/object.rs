@@ -166,8 +166,8 @@ impl HookProgram<'_> {
 }
 
 /// Attempts of one program load. The verifier gives up with `EAGAIN` when
-/// a signal arrives while it runs (the agent's runtime handles SIGTERM and
-/// SIGCHLD); libbpf retries such a load the same way.
+/// a handled signal arrives while it runs (the agent handles SIGTERM and
+/// SIGINT); libbpf retries such a load the same way.
 const LOAD_ATTEMPTS: usize = 5;
 
 /// Whether a program load failed only because the verifier was interrupted.
@@ -299,46 +299,35 @@ mod tests {
         assert_ne!(tag1, variant_tag);
     }
 
-    #[test]
-    fn an_interrupted_load_is_retried_and_other_errors_are_not() {
-        use std::io::{Error, ErrorKind};
-        let eagain = |e: &Error| e.raw_os_error() == Some(libc::EAGAIN);
-        // Interrupted four times, then loaded.
+    /// `retry_interrupted` over loads that fail with `errnos` in turn and
+    /// then succeed: its result and how many loads it made.
+    fn retried(errnos: &[i32]) -> (Result<(), std::io::Error>, usize) {
         let mut calls = 0;
         let r = retry_interrupted(
             || {
                 calls += 1;
-                if calls < LOAD_ATTEMPTS {
-                    Err(Error::from_raw_os_error(libc::EAGAIN))
-                } else {
-                    Ok(())
-                }
+                errnos
+                    .get(calls - 1)
+                    .map_or(Ok(()), |e| Err(std::io::Error::from_raw_os_error(*e)))
             },
-            eagain,
+            |e| e.raw_os_error() == Some(libc::EAGAIN),
         );
+        (r, calls)
+    }
+
+    #[test]
+    fn an_interrupted_load_is_retried_and_other_errors_are_not() {
+        // Interrupted four times, then loaded.
+        let (r, calls) = retried(&[libc::EAGAIN; LOAD_ATTEMPTS - 1]);
         assert!(r.is_ok());
         assert_eq!(calls, LOAD_ATTEMPTS);
         // Interrupted every time: the last EAGAIN is returned.
-        let mut calls = 0;
-        let r = retry_interrupted(
-            || {
-                calls += 1;
-                Err(Error::from_raw_os_error(libc::EAGAIN))
-            },
-            eagain,
-        );
+        let (r, calls) = retried(&[libc::EAGAIN; LOAD_ATTEMPTS + 1]);
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EAGAIN));
         assert_eq!(calls, LOAD_ATTEMPTS);
         // A rejection is final.
-        let mut calls = 0;
-        let r = retry_interrupted(
-            || {
-                calls += 1;
-                Err(Error::from(ErrorKind::PermissionDenied))
-            },
-            eagain,
-        );
-        assert!(r.is_err());
+        let (r, calls) = retried(&[libc::EACCES, libc::EAGAIN]);
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EACCES));
         assert_eq!(calls, 1);
     }
 }
