@@ -1,12 +1,19 @@
-//! Compiles the BPF programs in `bpf/` with clang into `OUT_DIR`. The crate
-//! embeds `sock_lb.o` with `aya::include_bytes_aligned!`; the two test
-//! builds (`sock_lb_variant.o`: one extra instruction per program;
-//! `sock_lb_unverifiable.o`: rejected by the verifier) are read from
-//! `OUT_DIR` by the integration tests only.
+//! Compiles the BPF programs in `bpf/` (one object, `bpf/datapath.c`) with
+//! clang into `OUT_DIR`. The crate embeds `datapath.o` with
+//! `aya::include_bytes_aligned!`; the two test builds (`datapath_variant.o`:
+//! one extra instruction per program; `datapath_unverifiable.o`: rejected by
+//! the verifier) are read from `OUT_DIR` by the integration tests only.
 
 use std::{env, path::Path, process::Command};
 
-const SOURCES: &[&str] = &["bpf/sock_lb.c", "bpf/lb.h"];
+const SOURCES: &[&str] = &[
+    "bpf/datapath.c",
+    "bpf/lb.h",
+    "bpf/maps.h",
+    "bpf/kfunc.h",
+    "bpf/sock_lb.h",
+    "bpf/nodeport.h",
+];
 
 fn compile(clang: &str, out: &Path, defines: &[&str]) {
     let status = Command::new(clang)
@@ -22,12 +29,12 @@ fn compile(clang: &str, out: &Path, defines: &[&str]) {
             "-Werror",
         ])
         .args(defines)
-        .args(["-c", "bpf/sock_lb.c", "-o"])
+        .args(["-c", "bpf/datapath.c", "-o"])
         .arg(out)
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("clang failed to compile bpf/sock_lb.c ({s}); see the diagnostics above"),
+        Ok(s) => panic!("clang failed to compile bpf/datapath.c ({s}); see the diagnostics above"),
         Err(e) => panic!(
             "cannot run `{clang}` to compile the BPF programs ({e}): clang and libbpf-dev are \
              required; run e2e/hack/install-deps.sh"
@@ -49,15 +56,15 @@ fn main() {
     }
     let out_dir = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let out_dir = Path::new(&out_dir);
-    compile(&clang, &out_dir.join("sock_lb.o"), &[]);
+    compile(&clang, &out_dir.join("datapath.o"), &[]);
     compile(
         &clang,
-        &out_dir.join("sock_lb_variant.o"),
+        &out_dir.join("datapath_variant.o"),
         &["-DSY_OBJECT_VARIANT"],
     );
     compile(
         &clang,
-        &out_dir.join("sock_lb_unverifiable.o"),
+        &out_dir.join("datapath_unverifiable.o"),
         &["-DSY_OBJECT_UNVERIFIABLE"],
     );
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * switchyard socket load-balancer: map layouts shared by the BPF programs and
- * the agent. THIS FILE IS THE SOURCE OF TRUTH for every key/value layout; the
+ * switchyard load balancer: map layouts shared by the BPF programs and the
+ * agent. THIS FILE IS THE SOURCE OF TRUTH for every key/value layout; the
  * Rust mirror lives in node-datapath/abi/src/lib.rs and asserts the sizes.
  *
  * Design (after Cilium's lb4 maps): a service frontend (VIP, port, proto) owns
@@ -14,11 +14,17 @@
  * (value all zero): a lookup miss on a port that is not a service port then
  * finds the marker, counts SY_CNT_DROP_UNKNOWN_PORT and is refused.
  *
- * How the socket programs (sock_lb.c) read these maps:
- * - every socket is local, so they look up scope SY_SCOPE_EXTERNAL only:
- *   the slots under it must hold the backends that apply to in-node
- *   clients (node-local ones for internalTrafficPolicy: Local);
- *   SY_SCOPE_INTERNAL is reserved;
+ * How the programs read these maps:
+ * - scope SY_SCOPE_NODE holds every frontend with the backends that apply
+ *   to clients on this node (node-local ones for internalTrafficPolicy:
+ *   Local); the socket programs (sock_lb.h) look up nothing else;
+ * - the ingress program (nodeport.h) serves packets that arrive from
+ *   outside the node for a NodePort, ExternalIP or LoadBalancer frontend.
+ *   It reads the same SY_SCOPE_NODE master; where external clients get
+ *   other backends than local ones (externalTrafficPolicy: Local, which
+ *   kube-proxy does not apply to traffic from the node itself) the master
+ *   carries SY_SVC_F_INGRESS_SCOPE and the external clients' master and
+ *   slots live under SY_SCOPE_INGRESS;
  * - every frontend needs its rev-NAT entry (sy_revnat_v4[rev_nat_index] =
  *   frontend address and port): recvmsg4/getpeername4 restore the frontend
  *   only while it matches, so stale socket entries are never applied;
@@ -46,8 +52,8 @@
 #define SY_AFFINITY_MAP_MAX 65536
 
 /* sy_svc_key.scope */
-#define SY_SCOPE_EXTERNAL 0
-#define SY_SCOPE_INTERNAL 1
+#define SY_SCOPE_NODE 0    /* clients on this node: every frontend */
+#define SY_SCOPE_INGRESS 1 /* clients outside it, where they differ */
 
 /* sy_svc_value.flags */
 #define SY_SVC_F_CLUSTER_IP (1 << 0)
@@ -56,6 +62,7 @@
 #define SY_SVC_F_LOADBALANCER (1 << 3)
 #define SY_SVC_F_AFFINITY (1 << 4)  /* sessionAffinity: ClientIP */
 #define SY_SVC_F_LOCAL_ONLY (1 << 5) /* slots hold node-local endpoints only */
+#define SY_SVC_F_INGRESS_SCOPE (1 << 6) /* external clients: see SY_SCOPE_INGRESS */
 
 /* sy_backend.flags */
 #define SY_BACKEND_F_TERMINATING (1 << 0) /* serving but terminating */
@@ -106,11 +113,16 @@ struct sy_sock_rev_nat {
 };                             /* 8 bytes */
 
 struct sy_affinity_key {
-	__u64 client_cookie;   /* netns cookie of the client */
+	__u64 client_cookie;   /* netns cookie of a local client; for an external
+	                        * one SY_AFFINITY_EXTERNAL | its IPv4 address */
 	__u16 rev_nat_index;   /* the frontend */
 	__u16 pad;
 	__u32 pad2;
 };                             /* 16 bytes */
+
+/* Marks an external client's address in sy_affinity_key.client_cookie (netns
+ * cookies are small counters, never this large). */
+#define SY_AFFINITY_EXTERNAL (1ULL << 63)
 
 struct sy_affinity_value {
 	__u64 last_used_ns;    /* bpf_ktime_get_ns() of the last use */
@@ -130,7 +142,13 @@ enum sy_counter {
 	SY_CNT_SOCK_REVNAT_FULL = 7,   /* sock rev-NAT update failed */
 	SY_CNT_AFFINITY_HIT = 8,       /* session affinity reused a backend */
 	SY_CNT_DROP_UNKNOWN_PORT = 9,  /* known ClusterIP, port not a service port */
-	SY_CNT_MAX = 10,
+	SY_CNT_INGRESS_TRANSLATED = 10, /* ingress: new flow handed to conntrack NAT */
+	SY_CNT_INGRESS_TRACKED = 11,   /* ingress: flow conntrack already tracks, passed */
+	SY_CNT_INGRESS_UNTRACKED = 12, /* ingress: mid-flow TCP packet nobody tracks, passed */
+	SY_CNT_DROP_NO_LOCAL_BACKEND = 13, /* ingress, eTP=Local: no endpoint on this node */
+	SY_CNT_DROP_CT_FAILED = 14,    /* ingress: conntrack entry not created */
+	SY_CNT_INGRESS_FRAGMENT = 15,  /* ingress: IPv4 fragment, passed untranslated */
+	SY_CNT_MAX = 16,
 };
 
 #endif /* SWITCHYARD_LB_H */

@@ -157,7 +157,7 @@ fn probe_hooks(cgroup2: &Path) -> Vec<HookProbe> {
         sock_rev_nat: 16,
         affinity: 16,
     };
-    let mut ebpf = match load_object(OBJECT, &small, None) {
+    let mut ebpf = match load_object(OBJECT, &small, None, false) {
         Ok(o) => o,
         Err(e) => return fail_all(e.to_string()),
     };

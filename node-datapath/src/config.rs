@@ -47,7 +47,7 @@ impl Hook {
         }
     }
 
-    /// The program's function name in `sock_lb.c`.
+    /// The program's function name in `bpf/sock_lb.h`.
     pub fn program(self) -> &'static str {
         match self {
             Hook::Connect4 => "sy_connect4",
@@ -107,6 +107,10 @@ pub struct DatapathConfig {
     pub cgroup: PathBuf,
     /// Map sizes.
     pub capacities: Capacities,
+    /// The node's external interfaces: each runs the ingress program that
+    /// serves NodePort, ExternalIP and LoadBalancer traffic from outside
+    /// the node. Empty: only the socket programs run.
+    pub ingress_interfaces: Vec<String>,
 }
 
 impl DatapathConfig {
@@ -116,6 +120,7 @@ impl DatapathConfig {
             bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
             cgroup: cgroup.into(),
             capacities: Capacities::default(),
+            ingress_interfaces: Vec::new(),
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct StartReport {
     pub adopted_maps: Vec<&'static str>,
     /// Per hook, what happened to its link.
     pub links: Vec<(Hook, LinkAction)>,
+    /// Per external interface, what happened to its ingress link.
+    pub ingress: Vec<(String, LinkAction)>,
     /// Wall time of the whole start (load + attach).
     pub elapsed: Duration,
 }

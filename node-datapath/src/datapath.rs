@@ -23,9 +23,12 @@
 
 use std::{
     fs::File,
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
     time::Instant,
 };
+
+use aya::programs::links::FdLink;
 
 use tracing::{info, warn};
 
@@ -61,7 +64,7 @@ pub(crate) fn links_dir(bpffs_dir: &Path) -> PathBuf {
 }
 
 /// Undoes what a failed start created (and only that).
-struct StartGuard {
+pub(crate) struct StartGuard {
     new_map_pins: Vec<PathBuf>,
     new_link_pins: Vec<PathBuf>,
     /// Parents first.
@@ -90,7 +93,7 @@ impl Drop for StartGuard {
 
 /// Detaches a pinned link (even if someone else holds it) and removes the
 /// pin. Returns whether a pin was there.
-fn detach_and_unpin(pin: &Path) -> bool {
+pub(crate) fn detach_and_unpin(pin: &Path) -> bool {
     match sys::obj_get(pin) {
         Ok(fd) => {
             if let Err(e) = sys::link_detach(std::os::fd::AsFd::as_fd(&fd)) {
@@ -139,54 +142,72 @@ pub(crate) fn check_cgroup2(path: &Path) -> Result<(), DatapathError> {
     }
 }
 
-/// Makes `hook`'s pinned link on the cgroup run `prog` (see the module doc).
-fn ensure_link(
-    prog: &mut HookProgram<'_>,
-    hook: Hook,
+/// Where a pinned link must be attached to be adopted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LinkTarget {
+    /// A cgroup link of `attach_type` on the cgroup with this id.
+    Cgroup { id: u64, attach_type: u32 },
+    /// A tcx ingress link on the interface with this index.
+    TcxIngress { ifindex: u32 },
+}
+
+impl LinkTarget {
+    fn holds(self, info: &sys::LinkInfo) -> bool {
+        let attached = match self {
+            LinkTarget::Cgroup { id, attach_type } => {
+                info.link_type == sys::BPF_LINK_TYPE_CGROUP
+                    && info.cgroup_id == id
+                    && info.attach_type == attach_type
+            }
+            LinkTarget::TcxIngress { ifindex } => {
+                info.link_type == sys::BPF_LINK_TYPE_TCX
+                    && info.tcx_ifindex == ifindex
+                    && info.tcx_attach_type == sys::BPF_TCX_INGRESS
+            }
+        };
+        attached && info.prog_id != 0
+    }
+}
+
+/// Adopts the link pinned at `pin` if it is live on `target`: keeps it when
+/// it runs `new_prog` already, else swaps the program in atomically.
+/// `None`: the pin is defunct or elsewhere, attach anew.
+pub(crate) fn adopt_link(
     pin: &Path,
-    cgroup: &File,
-    cgroup_id: u64,
+    target: LinkTarget,
+    new_prog: BorrowedFd<'_>,
+) -> Result<Option<LinkAction>, DatapathError> {
+    let link = sys::obj_get(pin).map_err(|e| DatapathError::syscall("BPF_OBJ_GET", e))?;
+    let info = sys::link_info(link.as_fd())
+        .map_err(|e| DatapathError::syscall("BPF_OBJ_GET_INFO_BY_FD", e))?;
+    if !target.holds(&info) {
+        info!(pin = %pin.display(), ?info, "pinned link is defunct or elsewhere; re-attaching");
+        return Ok(None);
+    }
+    let new = sys::prog_tag_and_maps(new_prog)
+        .map_err(|e| DatapathError::syscall("BPF_OBJ_GET_INFO_BY_FD", e))?;
+    let old = sys::prog_fd_by_id(info.prog_id)
+        .and_then(|fd| sys::prog_tag_and_maps(fd.as_fd()))
+        .map_err(|e| DatapathError::syscall("BPF_PROG_GET_FD_BY_ID", e))?;
+    // Same instructions on the same (pinned) maps: nothing to do. Equal
+    // tags on other maps means the map pins were replaced under a live
+    // link: swap so the program reads the pinned maps.
+    if old == new {
+        return Ok(Some(LinkAction::Kept));
+    }
+    sys::link_update(link.as_fd(), new_prog)
+        .map_err(|e| DatapathError::syscall("BPF_LINK_UPDATE", e))?;
+    Ok(Some(LinkAction::Replaced))
+}
+
+/// Pins a freshly attached `link` at `pin`, retiring a stale link pinned
+/// there only now, so the hook is never empty.
+pub(crate) fn pin_new_link(
+    link: FdLink,
+    pin: &Path,
+    stale: bool,
     guard: &mut StartGuard,
 ) -> Result<LinkAction, DatapathError> {
-    use std::os::fd::AsFd;
-    let mut stale = false;
-    if pin.exists() {
-        let link = sys::obj_get(pin).map_err(|e| DatapathError::syscall("BPF_OBJ_GET", e))?;
-        let info = sys::link_info(link.as_fd())
-            .map_err(|e| DatapathError::syscall("BPF_OBJ_GET_INFO_BY_FD", e))?;
-        let live = info.link_type == sys::BPF_LINK_TYPE_CGROUP
-            && info.cgroup_id == cgroup_id
-            && info.attach_type == hook.attach_type()
-            && info.prog_id != 0;
-        if live {
-            let new_fd = prog.fd().map_err(|e| DatapathError::Program {
-                program: hook.program(),
-                source: Box::new(e),
-            })?;
-            let new = sys::prog_tag_and_maps(new_fd.as_fd())
-                .map_err(|e| DatapathError::syscall("BPF_OBJ_GET_INFO_BY_FD", e))?;
-            let old = sys::prog_fd_by_id(info.prog_id)
-                .and_then(|fd| sys::prog_tag_and_maps(fd.as_fd()))
-                .map_err(|e| DatapathError::syscall("BPF_PROG_GET_FD_BY_ID", e))?;
-            // Same instructions on the same (pinned) maps: nothing to do.
-            // Equal tags on other maps means the map pins were replaced
-            // under a live link: swap so the program reads the pinned maps.
-            if old == new {
-                return Ok(LinkAction::Kept);
-            }
-            sys::link_update(link.as_fd(), new_fd.as_fd())
-                .map_err(|e| DatapathError::syscall("BPF_LINK_UPDATE", e))?;
-            return Ok(LinkAction::Replaced);
-        }
-        info!(
-            hook = hook.name(),
-            ?info,
-            "pinned link is defunct or on another cgroup; re-attaching"
-        );
-        stale = true;
-    }
-    // Attach first, then retire the old link: the hook is never empty.
-    let link = attach_link(prog, hook, cgroup)?;
     if stale {
         detach_and_unpin(pin);
     }
@@ -200,6 +221,33 @@ fn ensure_link(
     } else {
         LinkAction::Attached
     })
+}
+
+/// Makes `hook`'s pinned link on the cgroup run `prog` (see the module doc).
+fn ensure_link(
+    prog: &mut HookProgram<'_>,
+    hook: Hook,
+    pin: &Path,
+    cgroup: &File,
+    cgroup_id: u64,
+    guard: &mut StartGuard,
+) -> Result<LinkAction, DatapathError> {
+    let stale = pin.exists();
+    if stale {
+        let target = LinkTarget::Cgroup {
+            id: cgroup_id,
+            attach_type: hook.attach_type(),
+        };
+        let new_fd = prog.fd().map_err(|e| DatapathError::Program {
+            program: hook.program(),
+            source: Box::new(e),
+        })?;
+        if let Some(action) = adopt_link(pin, target, new_fd.as_fd())? {
+            return Ok(action);
+        }
+    }
+    let link = attach_link(prog, hook, cgroup)?;
+    pin_new_link(link, pin, stale, guard)
 }
 
 fn mkdir_all(p: &Path) -> Result<(), DatapathError> {
@@ -247,7 +295,8 @@ impl Datapath {
                 guard.new_map_pins.push(pin);
             }
         }
-        let mut ebpf = load_object(object, &config.capacities, Some(&maps))?;
+        let resolve_kfuncs = !config.ingress_interfaces.is_empty();
+        let mut ebpf = load_object(object, &config.capacities, Some(&maps), resolve_kfuncs)?;
 
         let cgroup = File::open(&config.cgroup)
             .map_err(|e| DatapathError::io("open cgroup", &config.cgroup, e))?;
@@ -260,10 +309,13 @@ impl Datapath {
             let action = ensure_link(&mut prog, hook, &pin, &cgroup, cgroup_id, &mut guard)?;
             actions.push((hook, action));
         }
+        let ingress =
+            crate::ingress::ensure(&mut ebpf, &config.ingress_interfaces, &links, &mut guard)?;
         guard.armed = false;
         let report = StartReport {
             adopted_maps,
             links: actions,
+            ingress,
             elapsed: t0.elapsed(),
         };
         info!(
@@ -318,6 +370,11 @@ pub fn off(bpffs_dir: &Path) -> Result<OffReport, DatapathError> {
     for hook in Hook::ALL {
         if detach_and_unpin(&links.join(hook.name())) {
             report.links_removed.push(hook.name().to_owned());
+        }
+    }
+    for (_, pin) in crate::ingress::pinned(&links) {
+        if detach_and_unpin(&pin) {
+            report.links_removed.push(pin.display().to_string());
         }
     }
     let maps = maps_dir(bpffs_dir);

@@ -49,6 +49,19 @@ pub enum DatapathError {
         detail: String,
     },
     /// The embedded object lacks a program or map this code expects.
+    #[error("the embedded BPF object: {0}")]
+    Object(String),
+
+    #[error(
+        "this kernel lacks the conntrack kfuncs {missing:?} the ingress program calls \
+         (CONFIG_NF_CONNTRACK with BTF); NodePort, ExternalIP and LoadBalancer traffic from \
+         outside the node cannot be served"
+    )]
+    MissingKfuncs { missing: Vec<&'static str> },
+
+    #[error("interface {name}: {detail}")]
+    Interface { name: String, detail: String },
+
     #[error("the embedded BPF object has no {0}")]
     MissingObject(&'static str),
     /// Parsing/creating the object (maps, relocations) failed.

@@ -1,16 +1,21 @@
-//! The node agent's datapath: the eBPF socket load balancer.
+//! The node agent's datapath: the eBPF socket and ingress load balancer.
 //!
 //! What this crate owns and how data flows:
 //!
-//! - `bpf/sock_lb.c` (C, compiled by `build.rs` with clang, embedded) holds
-//!   four cgroup sock_addr programs (`connect4`, `sendmsg4`, `recvmsg4`,
-//!   `getpeername4`) that translate service frontends to backends at the
-//!   socket layer, and a cgroup sock program (`sock_release`) that drops a
-//!   closing socket's rev-NAT entry, using the maps laid out in `bpf/lb.h`
-//!   (mirrored by `switchyard-abi`).
+//! - `bpf/datapath.c` (C, compiled by `build.rs` with clang, embedded) is
+//!   one object: `sock_lb.h` holds four cgroup sock_addr programs
+//!   (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`) that translate
+//!   service frontends to backends at the socket layer, and a cgroup sock
+//!   program (`sock_release`) that drops a closing socket's rev-NAT entry;
+//!   `nodeport.h` holds the tc ingress program that serves NodePort,
+//!   ExternalIP and LoadBalancer traffic arriving from outside the node by
+//!   creating conntrack NAT entries (kfuncs, resolved by [`mod@kfunc`]).
+//!   All use the maps laid out in `bpf/lb.h` (mirrored by
+//!   `switchyard-abi`).
 //! - [`Datapath::start`] loads the object with aya, pins the maps and one
 //!   bpf_link per hook under a bpffs directory, attaches at a cgroup v2
-//!   path, and adopts what an earlier run pinned (restart without a gap);
+//!   path (and one tcx link per external interface, `ingress`), and adopts
+//!   what an earlier run pinned (restart without a gap);
 //!   [`off`] removes it all.
 //! - The sync loop (pure diff in `switchyard-lb`) writes the maps through
 //!   [`PinnedLbMaps`], the aya implementation of
@@ -26,6 +31,8 @@ pub mod capabilities;
 mod config;
 pub mod datapath;
 mod error;
+pub mod ingress;
+mod kfunc;
 pub mod maps;
 pub mod metrics;
 mod object;

@@ -21,12 +21,12 @@ use switchyard_abi::{
 
 use crate::{Capacities, DatapathError, Hook};
 
-/// The compiled `bpf/sock_lb.c`.
+/// The compiled `bpf/datapath.c`.
 pub(crate) static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.o"));
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
 
-/// Directory of the test builds of the object (`sock_lb_variant.o`,
-/// `sock_lb_unverifiable.o`, see build.rs), for integration tests.
+/// Directory of the test builds of the object (`datapath_variant.o`,
+/// `datapath_unverifiable.o`, see build.rs), for integration tests.
 #[doc(hidden)]
 pub const TEST_OBJECT_DIR: &str = env!("OUT_DIR");
 
@@ -99,7 +99,10 @@ fn classify_load(e: aya::EbpfError) -> DatapathError {
     DatapathError::Load(Box::new(e))
 }
 
-fn classify_prog(program: &'static str, e: aya::programs::ProgramError) -> DatapathError {
+pub(crate) fn classify_prog(
+    program: &'static str,
+    e: aya::programs::ProgramError,
+) -> DatapathError {
     match e {
         aya::programs::ProgramError::LoadError {
             io_error,
@@ -125,11 +128,14 @@ fn classify_prog(program: &'static str, e: aya::programs::ProgramError) -> Datap
 }
 
 /// A loader for the embedded object with the given capacities; `pins`
-/// gives each map its pin path (reused when it exists).
+/// gives each map its pin path (reused when it exists). With
+/// `resolve_kfuncs` the conntrack kfunc calls of the ingress program are
+/// resolved against the running kernel first (see [`crate::kfunc`]).
 pub(crate) fn load_object(
     object: &[u8],
     capacities: &Capacities,
     pins: Option<&Path>,
+    resolve_kfuncs: bool,
 ) -> Result<aya::Ebpf, DatapathError> {
     let specs = map_specs(capacities);
     let pin_paths: Vec<(&'static str, PathBuf)> = match pins {
@@ -145,7 +151,14 @@ pub(crate) fn load_object(
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    loader.load(object).map_err(classify_load)
+    if !resolve_kfuncs {
+        return loader.load(object).map_err(classify_load);
+    }
+    let (patched, missing) = crate::kfunc::resolve(object, crate::kfunc::kernel_ids()?)?;
+    if !missing.is_empty() {
+        return Err(DatapathError::MissingKfuncs { missing });
+    }
+    loader.load(patched.bytes()).map_err(classify_load)
 }
 
 /// A loaded program of one hook: the address hooks are cgroup sock_addr
@@ -171,13 +184,13 @@ impl HookProgram<'_> {
 const LOAD_ATTEMPTS: usize = 5;
 
 /// Whether a program load failed only because the verifier was interrupted.
-fn interrupted(e: &ProgramError) -> bool {
+pub(crate) fn interrupted(e: &ProgramError) -> bool {
     matches!(e, ProgramError::LoadError { io_error, .. } if io_error.raw_os_error() == Some(libc::EAGAIN))
 }
 
 /// Runs `load` until it succeeds, fails otherwise than `is_interrupted`,
 /// or [`LOAD_ATTEMPTS`] attempts were made.
-fn retry_interrupted<E>(
+pub(crate) fn retry_interrupted<E>(
     mut load: impl FnMut() -> Result<(), E>,
     is_interrupted: impl Fn(&E) -> bool,
 ) -> Result<(), E> {
@@ -265,7 +278,7 @@ mod tests {
     }
 
     fn tag_and_maps(object: &[u8], hook: Hook) -> ([u8; 8], Vec<u32>) {
-        let mut ebpf = load_object(object, &small(), None).unwrap();
+        let mut ebpf = load_object(object, &small(), None, false).unwrap();
         let prog = load_program(&mut ebpf, hook).unwrap();
         prog_tag_and_maps(prog.fd().unwrap().as_fd()).unwrap()
     }
@@ -287,7 +300,7 @@ mod tests {
         // counter maps; recvmsg4 the sock rev-NAT, rev-NAT and counters.
         assert_eq!(maps1.len(), 5, "{maps1:?}");
         assert_eq!(tag_and_maps(OBJECT, Hook::Recvmsg4).1.len(), 3);
-        let variant = std::fs::read(format!("{TEST_OBJECT_DIR}/sock_lb_variant.o")).unwrap();
+        let variant = std::fs::read(format!("{TEST_OBJECT_DIR}/datapath_variant.o")).unwrap();
         // Copy into 8-byte aligned storage, as aya expects.
         let mut words = vec![0u64; variant.len().div_ceil(8)];
         // SAFETY: `words` has at least `variant.len()` bytes.

@@ -28,6 +28,10 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `BPF_LINK_TYPE_CGROUP` in `enum bpf_link_type`.
 pub(crate) const BPF_LINK_TYPE_CGROUP: u32 = 3;
+/// `BPF_LINK_TYPE_TCX` in `enum bpf_link_type`.
+pub(crate) const BPF_LINK_TYPE_TCX: u32 = 11;
+/// `BPF_TCX_INGRESS` in `enum bpf_attach_type`.
+pub(crate) const BPF_TCX_INGRESS: u32 = 46;
 
 /// Calls `bpf(cmd, attr, sizeof attr)`.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
@@ -101,10 +105,14 @@ pub(crate) struct LinkInfo {
     /// the cgroup is gone.
     pub(crate) cgroup_id: u64,
     pub(crate) attach_type: u32,
+    /// For tcx links: the interface index (0 once it is gone) and attach type.
+    pub(crate) tcx_ifindex: u32,
+    pub(crate) tcx_attach_type: u32,
 }
 
 /// `struct bpf_link_info`: type, id, prog_id, then (8-aligned) the union
-/// whose cgroup member is `{ __u64 cgroup_id; __u32 attach_type; }`.
+/// whose cgroup member is `{ __u64 cgroup_id; __u32 attach_type; }` and
+/// whose tcx member is `{ __u32 ifindex; __u32 attach_type; }`.
 pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     let mut buf = [0u64; 16];
     obj_info(fd, &mut buf)?;
@@ -113,6 +121,8 @@ pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         prog_id: buf[1] as u32,
         cgroup_id: buf[2],
         attach_type: buf[3] as u32,
+        tcx_ifindex: buf[2] as u32,
+        tcx_attach_type: (buf[2] >> 32) as u32,
     })
 }
 

@@ -11,7 +11,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::{Lab, started};
-use switchyard_abi::{IPPROTO_TCP, SCOPE_EXTERNAL, SvcKey, SvcValue, svc_flags};
+use switchyard_abi::{IPPROTO_TCP, SCOPE_NODE, SvcKey, SvcValue, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
 use switchyard_lb::{
     BackendKey, DesiredBackend, DesiredState, FakeMaps, Frontend, FrontendState, IdAllocator,
@@ -25,11 +25,7 @@ use switchyard_node_datapath::Datapath;
 fn state(services: u8, shift: u8) -> DesiredState {
     let mut s = DesiredState::default();
     for i in 0..services {
-        let fe = Frontend {
-            ip: Ipv4Addr::new(10, 96, 1, i + 1),
-            port: 80,
-            proto: Proto::Tcp,
-        };
+        let fe = Frontend::new(Ipv4Addr::new(10, 96, 1, i + 1), 80, Proto::Tcp);
         let backends = (0..(i + shift) % 7)
             .map(|k| DesiredBackend {
                 key: BackendKey {
@@ -88,15 +84,7 @@ fn absent_keys_in_a_delete_batch_are_skipped() {
     let lab = Lab::new(0);
     let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
-    let key = |i: u16| {
-        SvcKey::new(
-            Ipv4Addr::new(10, 96, 2, 1),
-            80,
-            IPPROTO_TCP,
-            SCOPE_EXTERNAL,
-            i,
-        )
-    };
+    let key = |i: u16| SvcKey::new(Ipv4Addr::new(10, 96, 2, 1), 80, IPPROTO_TCP, SCOPE_NODE, i);
     let ups: Vec<MapOp> = (0..6)
         .map(|i| MapOp::UpsertService(key(i), SvcValue::default()))
         .collect();
@@ -128,7 +116,7 @@ fn a_full_map_fails_the_batch_at_the_first_refused_op() {
     let ops: Vec<MapOp> = (0..capacity as u32 + 10)
         .map(|i| {
             let ip = Ipv4Addr::from(0x0a60_0000 + i);
-            let key = SvcKey::new(ip, 80, IPPROTO_TCP, SCOPE_EXTERNAL, 1);
+            let key = SvcKey::new(ip, 80, IPPROTO_TCP, SCOPE_NODE, 1);
             MapOp::UpsertService(key, SvcValue::default())
         })
         .collect();

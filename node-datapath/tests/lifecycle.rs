@@ -164,7 +164,7 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
     lab.serve(2, 8080);
     let config = lab.config();
     // An "older agent" with other programs is running.
-    let variant = common::test_object("sock_lb_variant.o");
+    let variant = common::test_object("datapath_variant.o");
     let old = started(Datapath::start_object(
         &config,
         common::object_bytes(&variant),
@@ -321,7 +321,7 @@ fn lb_maps_round_trip_and_occupancy() {
 fn verifier_rejection_is_reported_with_its_log_and_leaves_nothing() {
     require_privileged!();
     let lab = Lab::new(0);
-    let broken = common::test_object("sock_lb_unverifiable.o");
+    let broken = common::test_object("datapath_unverifiable.o");
     let err = Datapath::start_object(&lab.config(), common::object_bytes(&broken)).unwrap_err();
     match &err {
         switchyard_node_datapath::DatapathError::VerifierRejected { program, log, .. } => {

@@ -31,8 +31,11 @@ pub mod capacity {
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-pub const SCOPE_EXTERNAL: u8 = 0;
-pub const SCOPE_INTERNAL: u8 = 1;
+/// `SY_SCOPE_NODE`: every frontend, with the backends for clients on this node.
+pub const SCOPE_NODE: u8 = 0;
+/// `SY_SCOPE_INGRESS`: a frontend's backends for clients outside the node,
+/// where they differ (its node-scope master carries `svc_flags::INGRESS_SCOPE`).
+pub const SCOPE_INGRESS: u8 = 1;
 
 /// `sy_svc_value.flags`.
 pub mod svc_flags {
@@ -42,6 +45,7 @@ pub mod svc_flags {
     pub const LOADBALANCER: u8 = 1 << 3;
     pub const AFFINITY: u8 = 1 << 4;
     pub const LOCAL_ONLY: u8 = 1 << 5;
+    pub const INGRESS_SCOPE: u8 = 1 << 6;
 }
 
 /// `sy_backend.flags`.
@@ -81,7 +85,7 @@ impl SvcKey {
 
     /// The VIP marker key of a ClusterIP (port 0, proto 0, slot 0).
     pub fn vip_marker(address: Ipv4Addr) -> Self {
-        Self::new(address, 0, 0, SCOPE_EXTERNAL, 0)
+        Self::new(address, 0, 0, SCOPE_NODE, 0)
     }
 
     pub fn ip(&self) -> Ipv4Addr {
@@ -214,11 +218,17 @@ pub enum Counter {
     SockRevNatFull = 7,
     AffinityHit = 8,
     DropUnknownPort = 9,
+    IngressTranslated = 10,
+    IngressTracked = 11,
+    IngressUntracked = 12,
+    DropNoLocalBackend = 13,
+    DropCtFailed = 14,
+    IngressFragment = 15,
 }
 
 impl Counter {
     /// Every counter, in index order (`SY_CNT_MAX` entries).
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 16] = [
         Counter::ConnectTranslated,
         Counter::SendmsgTranslated,
         Counter::RecvmsgRevNat,
@@ -229,6 +239,12 @@ impl Counter {
         Counter::SockRevNatFull,
         Counter::AffinityHit,
         Counter::DropUnknownPort,
+        Counter::IngressTranslated,
+        Counter::IngressTracked,
+        Counter::IngressUntracked,
+        Counter::DropNoLocalBackend,
+        Counter::DropCtFailed,
+        Counter::IngressFragment,
     ];
 
     /// Whether this counter counts a packet the datapath could not serve.
@@ -240,6 +256,9 @@ impl Counter {
                 | Counter::DropSlotMissing
                 | Counter::SockRevNatFull
                 | Counter::DropUnknownPort
+                | Counter::DropNoLocalBackend
+                | Counter::DropCtFailed
+                | Counter::IngressFragment
         )
     }
 
@@ -256,6 +275,12 @@ impl Counter {
             Counter::SockRevNatFull => "sock_revnat_map_full",
             Counter::AffinityHit => "affinity_hit",
             Counter::DropUnknownPort => "unknown_service_port",
+            Counter::IngressTranslated => "ingress_translated",
+            Counter::IngressTracked => "ingress_tracked",
+            Counter::IngressUntracked => "ingress_untracked",
+            Counter::DropNoLocalBackend => "no_local_backend",
+            Counter::DropCtFailed => "conntrack_failed",
+            Counter::IngressFragment => "ingress_fragment",
         }
     }
 }
@@ -295,13 +320,7 @@ mod tests {
 
     #[test]
     fn keys_store_network_byte_order() {
-        let k = SvcKey::new(
-            Ipv4Addr::new(10, 96, 0, 10),
-            53,
-            IPPROTO_UDP,
-            SCOPE_EXTERNAL,
-            0,
-        );
+        let k = SvcKey::new(Ipv4Addr::new(10, 96, 0, 10), 53, IPPROTO_UDP, SCOPE_NODE, 0);
         assert_eq!(k.address.to_ne_bytes(), [10, 96, 0, 10]);
         assert_eq!(k.dport.to_ne_bytes(), [0, 53]);
         assert_eq!(k.ip(), Ipv4Addr::new(10, 96, 0, 10));

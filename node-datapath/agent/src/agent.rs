@@ -23,12 +23,27 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::health::{Health, HealthState};
 use crate::kube_proxy;
 use crate::probe::{self, Target};
 use crate::server::Shared;
 use crate::status;
 use crate::store::{self as cache, Applied, Services, Slices, Store};
 use crate::sync::{Pending, Syncer, Touched, node_context};
+
+/// The configured ingress interfaces, or those holding `node`'s addresses.
+fn ingress_interfaces(cfg: &AgentConfig, node: &Node) -> Vec<String> {
+    if let Some(names) = &cfg.ingress_interfaces {
+        return names.clone();
+    }
+    match crate::ingress::local_addresses() {
+        Ok(local) => crate::ingress::interfaces_of(&node_context(node).addresses, &local),
+        Err(e) => {
+            warn!(error = %e, "cannot list the node's addresses; no ingress program");
+            Vec::new()
+        }
+    }
+}
 
 /// Field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "switchyard-agent";
@@ -42,6 +57,9 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Wait after a Service/EndpointSlice change for the rest of a burst.
     pub debounce: Duration,
+    /// Interfaces that run the ingress program; `None`: those holding the
+    /// Node's addresses ([`crate::ingress`]).
+    pub ingress_interfaces: Option<Vec<String>>,
 }
 
 struct State {
@@ -52,6 +70,12 @@ struct State {
     pending: Pending,
     syncer: Syncer,
     datapath: Option<Datapath>,
+    /// The external interfaces the ingress program runs on.
+    ingress: Vec<String>,
+    /// kube-proxy's health ports, answered while the datapath serves.
+    health: Arc<Health>,
+    /// The last Service sync succeeded.
+    sync_ok: bool,
     /// `spec.mode` is Off but the datapath stays until kube-proxy serves.
     off_pending: bool,
     status: NodeDatapathStatus,
@@ -135,7 +159,14 @@ pub async fn run(
         }
     });
 
+    let ingress = ingress_interfaces(&cfg, &node);
+    info!(interfaces = ?ingress, "north-south: ingress interfaces");
+    let health = Arc::new(Health::default());
+    let health_task = tokio::spawn(health.clone().run());
     let mut st = State {
+        ingress,
+        health,
+        sync_ok: true,
         syncer: Syncer::new(node_context(&node)),
         cfg: cfg.clone(),
         api,
@@ -202,6 +233,7 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
+    health_task.abort();
     info!("agent stopping; the datapath stays pinned and serving");
     Ok(())
 }
@@ -333,9 +365,19 @@ impl State {
     }
 
     async fn activate(&mut self) {
+        let mut ingress = self.ingress.clone();
+        if !ingress.is_empty()
+            && let Err(e) = crate::ingress::ensure_conntrack_hooks()
+        {
+            // Without conntrack's hooks the ingress program's NAT entries
+            // would translate nothing: serve local clients only, say so.
+            self.degraded("IngressUnavailable", &e.to_string());
+            ingress.clear();
+        }
         let config = DatapathConfig {
             bpffs_dir: self.cfg.bpffs_dir.clone(),
             cgroup: self.cfg.cgroup.clone(),
+            ingress_interfaces: ingress,
             ..DatapathConfig::new(&self.cfg.cgroup)
         };
         let started = tokio::task::spawn_blocking(move || Datapath::start(&config)).await;
@@ -440,9 +482,23 @@ impl State {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        self.sync_ok = true;
         if let Err(e) = self.syncer.sync(&self.services, &self.slices, touched) {
+            self.sync_ok = false;
             self.degraded("SyncFailed", &e.to_string());
         }
+    }
+
+    /// What kube-proxy's health ports answer now ([`crate::health`]): they
+    /// are served while the datapath is on and not being switched off
+    /// (then kube-proxy takes them back).
+    fn publish_health(&self) {
+        self.health.set(HealthState {
+            serving: self.datapath.is_some() && !self.off_pending,
+            healthy: self.sync_ok,
+            last_updated: Some(std::time::SystemTime::now()),
+            services: crate::health::service_ports(&self.services, self.syncer.state()),
+        });
     }
 
     fn degraded(&mut self, reason: &str, message: &str) {
@@ -555,6 +611,7 @@ impl State {
 
     /// Writes the status (server-side apply, status subresource).
     async fn report(&mut self) {
+        self.publish_health();
         self.status.sync = self.syncer.status.clone();
         if self.datapath.is_some() {
             match read_stats(&self.cfg.bpffs_dir) {

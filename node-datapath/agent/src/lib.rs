@@ -12,11 +12,17 @@
 //! ```
 //!
 //! - [`agent`]: the loop; [`store`]: compact caches of Services and
-//!   EndpointSlices; [`sync`]: Service sync with an in-memory map mirror; [`probe`]: connectivity probes; [`status`]: pure conversions;
+//!   EndpointSlices; [`sync`]: Service sync with an in-memory map mirror;
+//!   [`ingress`]: the interfaces of the ingress program (north-south) and
+//!   the conntrack hooks it needs; [`probe`]: connectivity probes;
+//!   [`health`]: kube-proxy's health ports once kube-proxy has left;
+//!   [`status`]: pure conversions;
 //!   [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod agent;
 pub mod error;
+pub mod health;
+pub mod ingress;
 pub mod kube_proxy;
 pub mod probe;
 pub mod server;

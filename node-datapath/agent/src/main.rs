@@ -34,6 +34,10 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
+    /// Interfaces where NodePort/ExternalIP/LoadBalancer traffic arrives
+    /// (comma-separated); default: those holding the Node's addresses.
+    #[arg(long, env = "SWITCHYARD_INGRESS_INTERFACES", value_delimiter = ',')]
+    ingress_interfaces: Option<Vec<String>>,
     /// Seconds between status heartbeats.
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
@@ -79,6 +83,7 @@ async fn run(args: Args) -> Result<(), Error> {
         node: args.node,
         heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
         debounce: Duration::from_millis(50),
+        ingress_interfaces: args.ingress_interfaces,
     };
     let result = agent::run(client, cfg, shared, stop_rx).await;
     server.abort();

@@ -151,6 +151,11 @@ impl Syncer {
         }
     }
 
+    /// The desired state of the last sync.
+    pub fn state(&self) -> &switchyard_lb::DesiredState {
+        self.lb.state()
+    }
+
     /// Adopts the maps under `bpffs_dir` (restart: ids stay stable).
     pub fn adopt(&mut self, bpffs_dir: &Path) -> Result<()> {
         let maps = PinnedLbMaps::open(bpffs_dir)?;

@@ -79,6 +79,7 @@ pub fn program_ebpf(
         bpffs_dir: topo.bpffs_dir.clone(),
         cgroup: topo.cgroup.clone(),
         capacities: Capacities::default(),
+        ingress_interfaces: Vec::new(),
     };
     let dp = Datapath::start(&config)?;
     push(row("ebpf_start_s", 0, dp.report().elapsed.as_secs_f64()))?;

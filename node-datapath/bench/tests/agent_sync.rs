@@ -55,6 +55,7 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
         bpffs_dir: topo.bpffs_dir.clone(),
         cgroup: topo.cgroup.clone(),
         capacities: Capacities::default(),
+        ingress_interfaces: Vec::new(),
     })
     .unwrap();
     let sc = Scenario::new(50).unwrap();

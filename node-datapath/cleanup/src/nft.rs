@@ -145,6 +145,13 @@ fn nat_keepalive(family: &str) -> String {
     out
 }
 
+/// `nft -f -` input creating (idempotently) the keepalive table of the
+/// `ip` family: what the ingress program's conntrack NAT needs on a node
+/// whatever kube-proxy left (see [`NAT_KEEPALIVE_TABLE`]).
+pub fn keepalive_script() -> String {
+    nat_keepalive("ip")
+}
+
 /// `nft -f -` input deleting the planned tables in one transaction, after
 /// making sure connection tracking and the NAT hooks of their families stay
 /// registered (see [`NAT_KEEPALIVE_TABLE`]).

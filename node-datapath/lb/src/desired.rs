@@ -14,8 +14,11 @@
 //!   on the node (host processes, and pods) to external frontends to the
 //!   *cluster-wide* endpoints ("short-circuit pod/local traffic"), and the
 //!   socket LB only ever sees such traffic, so by default external frontends
-//!   use cluster endpoints. [`ExternalPolicyMode::Strict`] restricts them to
-//!   local endpoints instead (LOCAL_ONLY);
+//!   use cluster endpoints, and clients outside the node (the ingress
+//!   program) get a second, [`Scope::Ingress`] entry of the frontend with the
+//!   local endpoints only (LOCAL_ONLY; the node-scope master carries
+//!   INGRESS_SCOPE). [`ExternalPolicyMode::Strict`] restricts the node-scope
+//!   entry to local endpoints too (LOCAL_ONLY, no second entry);
 //! * `sessionAffinity: ClientIP` sets AFFINITY with `timeoutSeconds`
 //!   (default 10800) on every frontend of the Service;
 //! * a ClusterIP with at least one TCP/UDP port gets a VIP marker (other
@@ -39,9 +42,9 @@ use switchyard_abi::svc_flags;
 
 use crate::endpoints::{Policy, ServiceSlices, Topology, select};
 use crate::model::{
-    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,
+    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, Scope, ServicePortRef,
 };
-use crate::view::{ServiceView, SliceView};
+use crate::view::{PortView, ServiceView, SliceView};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -123,7 +126,9 @@ pub enum FindingKind {
         frontend: Frontend,
         owner: ServicePortRef,
     },
-    /// `loadBalancerSourceRanges` are not enforced by the socket LB.
+    /// `loadBalancerSourceRanges` are not enforced (neither for clients on
+    /// the node nor for external ones): the LoadBalancer IP accepts every
+    /// source.
     SourceRangesNotEnforced,
 }
 
@@ -149,7 +154,7 @@ impl fmt::Display for Finding {
                 write!(f, "frontend {frontend} is already served for {owner}")
             }
             FindingKind::SourceRangesNotEnforced => {
-                f.write_str("loadBalancerSourceRanges are not enforced for node-local clients")
+                f.write_str("loadBalancerSourceRanges are not enforced: every source may connect")
             }
         }
     }
@@ -250,102 +255,134 @@ impl Builder<'_> {
         let Some(cluster_ip) = self.cluster_ip(svc, ns, name) else {
             return;
         };
-        let affinity = svc.affinity;
-        let has_node_ports = svc.has_node_ports;
-        let internal_local = svc.internal_local;
-        let external_local = has_node_ports
-            && svc.external_local
-            && self.opts.external_policy == ExternalPolicyMode::Strict;
-        let (external_ips, lb_ips) = (&svc.external_ips, &svc.lb_ips);
-        if !lb_ips.is_empty() && svc.source_ranges {
+        if !svc.lb_ips.is_empty() && svc.source_ranges {
             self.finding(ns, name, FindingKind::SourceRangesNotEnforced);
         }
-
         let mut any_port = false;
         for sp in &svc.ports {
-            let proto_name = &*sp.protocol;
-            let proto = match proto_name {
-                "TCP" => Proto::Tcp,
-                "UDP" => Proto::Udp,
-                "SCTP" => {
-                    self.finding(ns, name, FindingKind::SctpPort { port: sp.port });
-                    continue;
-                }
-                other => {
-                    let kind = FindingKind::UnknownProtocol {
-                        port: sp.port,
-                        protocol: other.to_string(),
-                    };
-                    self.finding(ns, name, kind);
-                    continue;
-                }
-            };
-            let Some(port) = u16::try_from(sp.port).ok().filter(|p| *p != 0) else {
-                self.finding(ns, name, FindingKind::InvalidPort { port: sp.port });
-                continue;
-            };
-            any_port = true;
-            let port_name = sp.name.clone();
-            let ctx = PortCtx {
-                endpoints: slices.endpoints_for(&port_name, proto_name, &self.node.name),
-                svc_ref: ServicePortRef {
-                    namespace: svc.namespace.clone(),
-                    name: svc.name.clone(),
-                    port_name,
-                },
-                proto,
-                affinity,
-            };
-            let internal = if internal_local {
-                Policy::Local
-            } else {
-                Policy::Cluster
-            };
-            let external = if external_local {
-                Policy::Local
-            } else {
-                Policy::Cluster
-            };
-            let chosen = self.select(&ctx, internal);
-            self.frontend(
-                &ctx,
-                cluster_ip,
-                port,
-                svc_flags::CLUSTER_IP,
-                internal,
-                &chosen,
-            );
-            let node_port = sp
-                .node_port
-                .filter(|_| has_node_ports)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0);
-            let mut external_fes: Vec<(Ipv4Addr, u16, u8)> = Vec::new();
-            if let Some(np) = node_port {
-                let mut addrs = self.node.addresses.clone();
-                addrs.sort_unstable();
-                addrs.dedup();
-                external_fes.extend(addrs.into_iter().map(|a| (a, np, svc_flags::NODEPORT)));
-            }
-            external_fes.extend(
-                external_ips
-                    .iter()
-                    .map(|ip| (*ip, port, svc_flags::EXTERNAL_IP)),
-            );
-            external_fes.extend(lb_ips.iter().map(|ip| (*ip, port, svc_flags::LOADBALANCER)));
-            if !external_fes.is_empty() {
-                let chosen = if external == internal {
-                    chosen
-                } else {
-                    self.select(&ctx, external)
-                };
-                for (ip, p, kind) in external_fes {
-                    self.frontend(&ctx, ip, p, kind, external, &chosen);
-                }
-            }
+            any_port |= self.service_port(svc, sp, cluster_ip, slices);
         }
         if any_port {
             self.out.state.vips.insert(cluster_ip);
+        }
+    }
+
+    /// The frontends of one Service port; false if the port is not served.
+    fn service_port(
+        &mut self,
+        svc: &ServiceView,
+        sp: &PortView,
+        cluster_ip: Ipv4Addr,
+        slices: &ServiceSlices<'_>,
+    ) -> bool {
+        let (ns, name) = (&*svc.namespace, &*svc.name);
+        let proto_name = &*sp.protocol;
+        let proto = match proto_name {
+            "TCP" => Proto::Tcp,
+            "UDP" => Proto::Udp,
+            "SCTP" => {
+                self.finding(ns, name, FindingKind::SctpPort { port: sp.port });
+                return false;
+            }
+            other => {
+                let kind = FindingKind::UnknownProtocol {
+                    port: sp.port,
+                    protocol: other.to_string(),
+                };
+                self.finding(ns, name, kind);
+                return false;
+            }
+        };
+        let Some(port) = u16::try_from(sp.port).ok().filter(|p| *p != 0) else {
+            self.finding(ns, name, FindingKind::InvalidPort { port: sp.port });
+            return false;
+        };
+        let port_name = sp.name.clone();
+        let ctx = PortCtx {
+            endpoints: slices.endpoints_for(&port_name, proto_name, &self.node.name),
+            svc_ref: ServicePortRef {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                port_name,
+            },
+            proto,
+            affinity: svc.affinity,
+        };
+        let internal = if svc.internal_local {
+            Policy::Local
+        } else {
+            Policy::Cluster
+        };
+        let chosen = self.select(&ctx, internal);
+        let fe = Frontend::new(cluster_ip, port, proto);
+        self.frontend(&ctx, fe, svc_flags::CLUSTER_IP, internal, &chosen);
+        self.external_frontends(svc, sp, &ctx, port, (internal, &chosen));
+        true
+    }
+
+    /// NodePort, ExternalIP and LoadBalancer frontends of one Service port.
+    /// `internal` is the ClusterIP's policy and backends (reused when the
+    /// external policy selects the same).
+    fn external_frontends(
+        &mut self,
+        svc: &ServiceView,
+        sp: &PortView,
+        ctx: &PortCtx,
+        port: u16,
+        internal: (Policy, &[DesiredBackend]),
+    ) {
+        let node_port = sp
+            .node_port
+            .filter(|_| svc.has_node_ports)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
+        let mut fes: Vec<(Ipv4Addr, u16, u8)> = Vec::new();
+        if let Some(np) = node_port {
+            let mut addrs = self.node.addresses.clone();
+            addrs.sort_unstable();
+            addrs.dedup();
+            fes.extend(addrs.into_iter().map(|a| (a, np, svc_flags::NODEPORT)));
+        }
+        fes.extend(
+            svc.external_ips
+                .iter()
+                .map(|ip| (*ip, port, svc_flags::EXTERNAL_IP)),
+        );
+        fes.extend(
+            svc.lb_ips
+                .iter()
+                .map(|ip| (*ip, port, svc_flags::LOADBALANCER)),
+        );
+        if fes.is_empty() {
+            return;
+        }
+        let external_local = svc.has_node_ports && svc.external_local;
+        let strict = self.opts.external_policy == ExternalPolicyMode::Strict;
+        let external = if external_local && strict {
+            Policy::Local
+        } else {
+            Policy::Cluster
+        };
+        let chosen = if external == internal.0 {
+            internal.1.to_vec()
+        } else {
+            self.select(ctx, external)
+        };
+        // kube-proxy sends node-originated traffic of an eTP=Local Service
+        // to cluster-wide endpoints but external clients only to local
+        // ones: the latter get their own (ingress-scope) entries.
+        let ingress = (external_local && !strict).then(|| self.select(ctx, Policy::Local));
+        for (ip, p, kind) in fes {
+            let fe = Frontend::new(ip, p, ctx.proto);
+            let Some(local) = &ingress else {
+                self.frontend(ctx, fe, kind, external, &chosen);
+                continue;
+            };
+            let flags = kind | svc_flags::INGRESS_SCOPE;
+            if self.frontend(ctx, fe, flags, external, &chosen) {
+                let fe = fe.in_scope(Scope::Ingress);
+                self.frontend(ctx, fe, kind, Policy::Local, local);
+            }
         }
     }
 
@@ -409,20 +446,17 @@ impl Builder<'_> {
             .collect()
     }
 
+    /// Inserts frontend `fe` with `flags` (its kind plus extras) and the
+    /// chosen backends; false (and a finding) if another Service port
+    /// owns it already.
     fn frontend(
         &mut self,
         ctx: &PortCtx,
-        ip: Ipv4Addr,
-        port: u16,
-        kind: u8,
+        fe: Frontend,
+        flags: u8,
         policy: Policy,
         chosen: &[DesiredBackend],
-    ) {
-        let fe = Frontend {
-            ip,
-            port,
-            proto: ctx.proto,
-        };
+    ) -> bool {
         let (ns, name) = (&ctx.svc_ref.namespace, &ctx.svc_ref.name);
         if let Some(owner) = self.out.state.frontends.get(&fe) {
             let finding = FindingKind::FrontendConflict {
@@ -430,7 +464,7 @@ impl Builder<'_> {
                 owner: owner.service.clone(),
             };
             self.finding(ns, name, finding);
-            return;
+            return false;
         }
         if chosen.len() > MAX_BACKENDS_PER_FRONTEND {
             let finding = FindingKind::TooManyBackends {
@@ -440,7 +474,7 @@ impl Builder<'_> {
             self.finding(ns, name, finding);
         }
         let backends = chosen[..chosen.len().min(MAX_BACKENDS_PER_FRONTEND)].to_vec();
-        let mut flags = kind;
+        let mut flags = flags;
         if ctx.affinity.is_some() {
             flags |= svc_flags::AFFINITY;
         }
@@ -454,5 +488,6 @@ impl Builder<'_> {
             service: ctx.svc_ref.clone(),
         };
         self.out.state.frontends.insert(fe, state);
+        true
     }
 }

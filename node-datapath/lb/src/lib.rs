@@ -45,7 +45,7 @@ pub use ids::IdAllocator;
 pub use incremental::{LbState, ServiceId};
 pub use maps::{LbMaps, MapOp, MapsSnapshot};
 pub use model::{
-    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, ServicePortRef,
+    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, Scope, ServicePortRef,
 };
 pub use sync::{SyncPlan, SyncStats, plan_sync};
 pub use view::{EndpointView, ServiceView, SliceView};

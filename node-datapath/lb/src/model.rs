@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use switchyard_abi::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SvcKey};
+use switchyard_abi::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, SvcKey};
 
 /// A transport protocol the socket load balancer serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,7 +49,39 @@ impl fmt::Display for Proto {
     }
 }
 
-/// A service frontend: what a client connects to.
+/// Which clients a frontend's map entries serve (`sy_svc_key.scope`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Clients on this node (the socket programs), and clients outside it
+    /// unless the frontend also has an [`Scope::Ingress`] entry. Every
+    /// frontend has this one.
+    #[default]
+    Node,
+    /// Clients outside the node, where they get other backends than local
+    /// ones (`externalTrafficPolicy: Local`); the node-scope master then
+    /// carries `svc_flags::INGRESS_SCOPE`.
+    Ingress,
+}
+
+impl Scope {
+    /// The key's scope number (lb.h `SY_SCOPE_*`).
+    pub fn number(self) -> u8 {
+        match self {
+            Scope::Node => SCOPE_NODE,
+            Scope::Ingress => SCOPE_INGRESS,
+        }
+    }
+
+    fn from_number(n: u8) -> Option<Self> {
+        match n {
+            SCOPE_NODE => Some(Scope::Node),
+            SCOPE_INGRESS => Some(Scope::Ingress),
+            _ => None,
+        }
+    }
+}
+
+/// A service frontend: what a client connects to, and for which clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
     /// Frontend address (ClusterIP, node address, external or LB IP).
@@ -58,34 +90,57 @@ pub struct Frontend {
     pub port: u16,
     /// Transport protocol.
     pub proto: Proto,
+    /// Which clients these entries serve.
+    pub scope: Scope,
 }
 
 impl Frontend {
-    /// The service-map key of this frontend's master entry (slot 0). All
-    /// entries are written in `SCOPE_EXTERNAL`, the scope VIP markers use.
+    /// The node-scope frontend `ip:port/proto`.
+    pub fn new(ip: Ipv4Addr, port: u16, proto: Proto) -> Self {
+        Self {
+            ip,
+            port,
+            proto,
+            scope: Scope::Node,
+        }
+    }
+
+    /// The same frontend in another scope.
+    pub fn in_scope(self, scope: Scope) -> Self {
+        Self { scope, ..self }
+    }
+
+    /// The service-map key of this frontend's master entry (slot 0).
     pub fn master_key(&self) -> SvcKey {
-        SvcKey::new(self.ip, self.port, self.proto.number(), SCOPE_EXTERNAL, 0)
+        SvcKey::new(
+            self.ip,
+            self.port,
+            self.proto.number(),
+            self.scope.number(),
+            0,
+        )
     }
 
     /// The frontend a service-map key belongs to, if it is a frontend key of
-    /// ours (TCP/UDP, external scope, non-zero port); `None` for VIP markers
+    /// ours (TCP/UDP, a known scope, non-zero port); `None` for VIP markers
     /// and foreign keys.
     pub fn from_key(key: &SvcKey) -> Option<Self> {
         let proto = Proto::from_number(key.proto)?;
-        if key.scope != SCOPE_EXTERNAL || key.port() == 0 {
+        let scope = Scope::from_number(key.scope)?;
+        if key.port() == 0 {
             return None;
         }
-        Some(Self {
-            ip: key.ip(),
-            port: key.port(),
-            proto,
-        })
+        Some(Self::new(key.ip(), key.port(), proto).in_scope(scope))
     }
 }
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)?;
+        if self.scope == Scope::Ingress {
+            f.write_str(" (external clients)")?;
+        }
+        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@ pub fn flag_names(flags: u8, affinity_timeout: u32) -> String {
         (svc_flags::EXTERNAL_IP, "external-ip"),
         (svc_flags::LOADBALANCER, "loadbalancer"),
         (svc_flags::LOCAL_ONLY, "local-only"),
+        (svc_flags::INGRESS_SCOPE, "ingress-scope"),
     ] {
         if flags & bit != 0 {
             out.push(name.to_string());

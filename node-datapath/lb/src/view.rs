@@ -53,6 +53,8 @@ pub struct ServiceView {
     pub lb_ips: Box<[Ipv4Addr]>,
     /// `loadBalancerSourceRanges` is not empty.
     pub source_ranges: bool,
+    /// `healthCheckNodePort` (externalTrafficPolicy: Local Services).
+    pub health_check_node_port: Option<u16>,
     pub ports: Box<[PortView]>,
 }
 
@@ -159,6 +161,10 @@ impl From<&Service> for ServiceView {
                 .load_balancer_source_ranges
                 .as_ref()
                 .is_some_and(|r| !r.is_empty()),
+            health_check_node_port: spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
             ports: spec
                 .ports
                 .iter()

@@ -42,11 +42,7 @@ fn node() -> NodeContext {
 }
 
 fn fe(ip: [u8; 4]) -> Frontend {
-    Frontend {
-        ip: Ipv4Addr::from(ip),
-        port: 80,
-        proto: Proto::Tcp,
-    }
+    Frontend::new(Ipv4Addr::from(ip), 80, Proto::Tcp)
 }
 
 #[test]

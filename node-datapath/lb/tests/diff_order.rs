@@ -18,11 +18,7 @@ use switchyard_lb::{
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 
 fn fe() -> Frontend {
-    Frontend {
-        ip: VIP,
-        port: 80,
-        proto: Proto::Tcp,
-    }
+    Frontend::new(VIP, 80, Proto::Tcp)
 }
 
 fn be(last: u8) -> BackendKey {

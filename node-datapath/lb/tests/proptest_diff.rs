@@ -26,11 +26,7 @@ fn arb_frontend() -> impl Strategy<Value = Frontend> {
         prop_oneof![Just(53u16), Just(80), Just(443)],
         arb_proto(),
     )
-        .prop_map(|(last, port, proto)| Frontend {
-            ip: Ipv4Addr::new(10, 96, 0, last),
-            port,
-            proto,
-        })
+        .prop_map(|(last, port, proto)| Frontend::new(Ipv4Addr::new(10, 96, 0, last), port, proto))
 }
 
 fn arb_backend() -> impl Strategy<Value = DesiredBackend> {

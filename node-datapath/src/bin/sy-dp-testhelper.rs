@@ -5,12 +5,16 @@
 //!
 //! ```text
 //! sy-dp-testhelper serve  --netns /run/netns/X --name b1 --listen 10.1.1.2:8080
-//!     TCP: answers each connection with "b1\n" and closes; UDP: echoes
-//!     "b1\n" to each datagram's sender. Prints "ready" once bound.
-//! sy-dp-testhelper client --netns /run/netns/N --cgroup /sys/fs/cgroup/.../t
-//!     --mode tcp|udp-connect|udp-sendto --target 10.96.0.10:80
-//!     [--count N] [--stop-file PATH] [--timeout-ms T]
+//!     [--tell-source true] [--hold true]
+//!     TCP: answers each connection with "b1\n" and closes (with --hold:
+//!     answers each message with "b1\n" until the client closes); UDP:
+//!     echoes "b1\n" to each datagram's sender. With --tell-source the
+//!     reply is "b1@<source address seen>". Prints "ready" once bound.
+//! sy-dp-testhelper client --netns /run/netns/N [--cgroup /sys/fs/cgroup/.../t]
+//!     --mode tcp|udp-connect|udp-sendto|tcp-hold|udp-hold --target 10.96.0.10:80
+//!     [--count N] [--stop-file PATH] [--timeout-ms T] [--interval-ms I]
 //!     Prints "running" after the first attempt, then one JSON summary line.
+//!     The hold modes keep one socket for every request (a long-lived flow).
 //! ```
 
 use std::{
@@ -70,25 +74,47 @@ fn serve(f: &BTreeMap<String, String>) -> Result<(), String> {
     }
     let tcp = TcpListener::bind(listen).map_err(|e| format!("bind tcp {listen}: {e}"))?;
     let udp = UdpSocket::bind(listen).map_err(|e| format!("bind udp {listen}: {e}"))?;
-    let reply = format!("{name}\n");
+    let tell = f.get("tell-source").is_some_and(|v| v == "true");
+    let hold = f.get("hold").is_some_and(|v| v == "true");
+    let reply = move |from: SocketAddr| match tell {
+        true => format!("{name}@{}\n", from.ip()),
+        false => format!("{name}\n"),
+    };
     let udp_reply = reply.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while let Ok((_, from)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(udp_reply.as_bytes(), from);
+            let _ = udp.send_to(udp_reply(from).as_bytes(), from);
         }
     });
     println!("ready");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     for conn in tcp.incoming() {
         match conn {
+            Ok(s) if hold => {
+                let reply = reply.clone();
+                std::thread::spawn(move || answer_each(s, reply));
+            }
             Ok(mut s) => {
-                let _ = s.write_all(reply.as_bytes());
+                if let Ok(from) = s.peer_addr() {
+                    let _ = s.write_all(reply(from).as_bytes());
+                }
             }
             Err(e) => eprintln!("accept: {e}"),
         }
     }
     Ok(())
+}
+
+/// Answers each message of a long-lived TCP client until it closes.
+fn answer_each(mut s: TcpStream, reply: impl Fn(SocketAddr) -> String) {
+    let Ok(from) = s.peer_addr() else { return };
+    let mut buf = [0u8; 512];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(reply(from).as_bytes()).is_err() {
+            return;
+        }
+    }
 }
 
 fn errno_name(e: &std::io::Error) -> String {
@@ -101,6 +127,58 @@ fn errno_name(e: &std::io::Error) -> String {
         Some(n) => format!("errno{n}"),
         None => format!("{:?}", e.kind()),
     }
+}
+
+/// The socket a hold mode keeps across requests.
+#[derive(Default)]
+struct Held {
+    tcp: Option<TcpStream>,
+    udp: Option<UdpSocket>,
+}
+
+/// One request on the long-lived socket of a hold mode (opened at the
+/// first request, and again after a failure).
+fn attempt_held(
+    mode: &str,
+    target: SocketAddr,
+    timeout: Duration,
+    held: &mut Held,
+) -> std::io::Result<(String, String)> {
+    let mut buf = [0u8; 512];
+    let n = if mode == "tcp-hold" {
+        if held.tcp.is_none() {
+            let s = TcpStream::connect_timeout(&target, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            held.tcp = Some(s);
+        }
+        let s = held
+            .tcp
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no socket"))?;
+        let r = s.write_all(b"ping").and_then(|()| s.read(&mut buf));
+        if !matches!(r, Ok(n) if n > 0) {
+            held.tcp = None;
+        }
+        r?
+    } else {
+        if held.udp.is_none() {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(timeout))?;
+            s.connect(target)?;
+            held.udp = Some(s);
+        }
+        let s = held
+            .udp
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no socket"))?;
+        s.send(b"ping")?;
+        s.recv(&mut buf)?
+    };
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let name = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    Ok((name, target.to_string()))
 }
 
 /// One request; returns (backend name, peer address the socket reports).
@@ -158,6 +236,12 @@ fn client(f: &BTreeMap<String, String>) -> Result<(), String> {
             .map_err(|e| format!("--timeout-ms: {e}"))?,
     );
     let stop_file = f.get("stop-file").cloned();
+    let interval = Duration::from_millis(
+        f.get("interval-ms")
+            .map_or(Ok(0), |c| c.parse())
+            .map_err(|e| format!("--interval-ms: {e}"))?,
+    );
+    let mut held = Held::default();
     if count == 0 && stop_file.is_none() {
         return Err("need --count or --stop-file".into());
     }
@@ -182,8 +266,14 @@ fn client(f: &BTreeMap<String, String>) -> Result<(), String> {
         {
             break;
         }
+        if n > 0 {
+            std::thread::sleep(interval);
+        }
         let t = Instant::now();
-        let r = attempt(&mode, target, timeout);
+        let r = match mode.as_str() {
+            "tcp-hold" | "udp-hold" => attempt_held(&mode, target, timeout, &mut held),
+            _ => attempt(&mode, target, timeout),
+        };
         let us = t.elapsed().as_micros();
         total_us += us;
         max_us = max_us.max(us);

@@ -1,6 +1,6 @@
-// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * switchyard socket load balancer (IPv4).
+ * switchyard socket load balancer (IPv4), part of datapath.c.
  *
  * Four cgroup sock_addr programs translate service frontends to backends at
  * the socket layer, before netfilter sees a packet, and one cgroup sock
@@ -18,14 +18,15 @@
  * -ECONNREFUSED and returns 0, so connect()/sendto() fail like kube-proxy's
  * REJECT instead of hanging. Anything not a frontend passes untouched.
  *
- * Map layouts: lb.h. Only scope SY_SCOPE_EXTERNAL is looked up here (see
- * lb.h). No global data sections: everything lives in the pinned maps.
+ * Every socket is on this node, so only scope SY_SCOPE_NODE is looked up
+ * (see lb.h).
  */
-#include <linux/bpf.h>
-#include <linux/in.h>
-#include <bpf/bpf_helpers.h>
+#ifndef SWITCHYARD_SOCK_LB_H
+#define SWITCHYARD_SOCK_LB_H
 
-#include "lb.h"
+#include <linux/in.h>
+
+#include "maps.h"
 
 #define SY_ECONNREFUSED 111
 #define SY_AF_INET 2
@@ -33,78 +34,11 @@
 /* Slots scanned to confirm an affine backend still serves the frontend. */
 #define SY_AFFINITY_SCAN_MAX 256
 
-/*
- * Test builds (build.rs, never embedded): -DSY_OBJECT_VARIANT adds one
- * helper call to each program (a different program tag, to exercise
- * replacing attached programs); -DSY_OBJECT_UNVERIFIABLE makes connect4
- * dereference a possibly-NULL map value, which the verifier must reject.
- */
-#ifdef SY_OBJECT_VARIANT
-#define SY_VARIANT_MARK() bpf_get_prandom_u32()
-#else
-#define SY_VARIANT_MARK() 0
-#endif
-
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct sy_svc_key);
-	__type(value, struct sy_svc_value);
-	__uint(max_entries, SY_SVC_MAP_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} sy_svc_v4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, struct sy_backend);
-	__uint(max_entries, SY_BACKEND_MAP_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} sy_backend_v4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u16);
-	__type(value, struct sy_rev_nat);
-	__uint(max_entries, SY_REVNAT_MAP_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} sy_revnat_v4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct sy_sock_key);
-	__type(value, struct sy_sock_rev_nat);
-	__uint(max_entries, SY_SOCK_REVNAT_MAP_MAX);
-} sy_sock_rnat4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct sy_affinity_key);
-	__type(value, struct sy_affinity_value);
-	__uint(max_entries, SY_AFFINITY_MAP_MAX);
-} sy_affinity4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, SY_CNT_MAX);
-} sy_counters SEC(".maps");
-
 enum sy_verdict {
 	SY_PASS = 0,   /* not a frontend: leave the address alone */
 	SY_XLATED = 1, /* rewritten to a backend */
 	SY_REFUSE = 2, /* fail the syscall with ECONNREFUSED */
 };
-
-static __always_inline void sy_count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&sy_counters, &idx);
-
-	if (v)
-		*v += 1;
-}
 
 static __always_inline int sy_is_lb_proto(__u32 proto)
 {
@@ -174,7 +108,7 @@ static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, _
 	key.address = ctx->user_ip4;
 	key.dport = (__be16)ctx->user_port;
 	key.proto = (__u8)proto;
-	key.scope = SY_SCOPE_EXTERNAL;
+	key.scope = SY_SCOPE_NODE;
 	key.backend_slot = 0;
 
 	svc = bpf_map_lookup_elem(&sy_svc_v4, &key);
@@ -361,3 +295,5 @@ int sy_sock_release(struct bpf_sock *ctx)
 	bpf_map_delete_elem(&sy_sock_rnat4, &sk);
 	return 1;
 }
+
+#endif /* SWITCHYARD_SOCK_LB_H */

@@ -1,0 +1,265 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * switchyard ingress load balancer (IPv4), part of datapath.c: the tc
+ * program on the node's external interfaces that serves what arrives from
+ * outside the node for a NodePort (on the node's addresses), an ExternalIP
+ * or a LoadBalancer ingress IP — the traffic kube-proxy's KUBE-NODEPORTS
+ * and KUBE-EXT-* rules served.
+ *
+ * It decides, per new flow, which backend serves it, and leaves the
+ * translation to the kernel's own connection tracking and NAT: for the
+ * first packet of a flow it creates the conntrack entry with its NAT
+ * bindings (DNAT to the backend; for externalTrafficPolicy: Cluster also
+ * SNAT to the node's address on the route to the backend, with a source
+ * port the kernel makes unique, as kube-proxy's MASQUERADE does) and
+ * inserts it; netfilter then translates that packet, every later one and
+ * every reply, ICMP errors included (their embedded headers too, so path
+ * MTU discovery keeps working).
+ *
+ * A packet of a flow conntrack already tracks is passed untouched. That
+ * single rule is what makes the switch lossless in both directions:
+ * connections kube-proxy's rules translated keep their conntrack NAT
+ * binding after the rules are gone, and connections this program
+ * translated keep theirs after it is detached (rollback). It needs the
+ * netns to have conntrack and NAT hooks registered, which the agent keeps
+ * (the keepalive nftables table) while this program is attached.
+ *
+ * Everything else passes: packets that are not IPv4 TCP/UDP to a frontend,
+ * ClusterIPs (served for local clients by the socket programs), and a
+ * mid-flow TCP packet no one tracks (the kernel answers it as it would
+ * without kube-proxy). IPv4 fragments pass untranslated and are counted:
+ * conntrack reassembles only after this hook.
+ */
+#ifndef SWITCHYARD_NODEPORT_H
+#define SWITCHYARD_NODEPORT_H
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+
+#include "kfunc.h"
+#include "maps.h"
+#include "sock_lb.h"
+
+#define SY_ETH_P_IP 0x0008 /* htons(ETH_P_IP) */
+#define SY_IP_MF 0x0020    /* htons(IP_MF) */
+#define SY_IP_OFFSET 0xff1f /* htons(IP_OFFSET) */
+#define SY_TCP_FLAGS_OFF 13
+#define SY_TCP_SYN 0x02
+#define SY_TCP_ACK 0x10
+#define SY_AF_INET_FIB 2
+#define SY_FIB_LOOKUP_SKIP_NEIGH (1U << 2)
+#define SY_FIB_LOOKUP_SRC (1U << 4)
+
+#define SY_EXTERNAL_FRONTEND (SY_SVC_F_NODEPORT | SY_SVC_F_EXTERNAL_IP | SY_SVC_F_LOADBALANCER)
+
+/* The parts of a packet the ingress program decides on. */
+struct sy_pkt {
+	struct bpf_sock_tuple tuple; /* ipv4: saddr, daddr, sport, dport */
+	__u8 proto;
+	__u8 new_flow; /* may open a flow: UDP, or TCP SYN without ACK */
+};
+
+/* Parses an IPv4 TCP/UDP packet; 0 when it is not one we look at. */
+static __always_inline int sy_parse(struct __sk_buff *skb, struct sy_pkt *p)
+{
+	struct iphdr ip;
+	__u32 l4;
+	__u8 flags = 0;
+
+	if (skb->protocol != SY_ETH_P_IP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return 0;
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
+		return 0;
+	if (ip.frag_off & (SY_IP_MF | SY_IP_OFFSET))
+		return -1;
+	l4 = ETH_HLEN + ip.ihl * 4;
+	if (bpf_skb_load_bytes(skb, l4, &p->tuple.ipv4.sport, 4) < 0)
+		return 0;
+	p->tuple.ipv4.saddr = ip.saddr;
+	p->tuple.ipv4.daddr = ip.daddr;
+	p->proto = ip.protocol;
+	p->new_flow = 1;
+	if (ip.protocol == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, l4 + SY_TCP_FLAGS_OFF, &flags, 1) < 0)
+			return 0;
+		p->new_flow = (flags & (SY_TCP_SYN | SY_TCP_ACK)) == SY_TCP_SYN;
+	}
+	return 1;
+}
+
+/* Whether conntrack already tracks the packet's flow (in either direction). */
+static __always_inline int sy_ct_tracked(struct __sk_buff *skb, struct sy_pkt *p)
+{
+	struct sy_ct_opts opts = { .netns_id = -1, .l4proto = p->proto };
+	struct sy_ct *ct = sy_ct_lookup(skb, &p->tuple, &opts);
+
+	if (!ct)
+		return 0;
+	sy_ct_release(ct);
+	return 1;
+}
+
+/* The backend for an external client of the frontend `key` (its master
+ * `svc`): affinity by client address, else a random slot. */
+static __always_inline struct sy_backend *sy_ingress_backend(struct sy_svc_key *key,
+							     const struct sy_svc_value *svc,
+							     __be32 client)
+{
+	struct sy_affinity_key ak = {};
+	struct sy_svc_value *slot;
+	__u32 backend_id = 0;
+	__u64 now = 0;
+	struct sy_backend *backend;
+
+	if (svc->flags & SY_SVC_F_AFFINITY) {
+		now = bpf_ktime_get_ns();
+		ak.client_cookie = SY_AFFINITY_EXTERNAL | client;
+		ak.rev_nat_index = svc->rev_nat_index;
+		backend_id = sy_affinity_backend(&ak, key, svc->count, svc->affinity_timeout, now);
+		if (backend_id)
+			sy_count(SY_CNT_AFFINITY_HIT);
+	}
+	if (!backend_id) {
+		key->backend_slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
+		slot = bpf_map_lookup_elem(&sy_svc_v4, key);
+		if (!slot) {
+			sy_count(SY_CNT_DROP_SLOT_MISSING);
+			return 0;
+		}
+		backend_id = slot->backend_id;
+	}
+	backend = bpf_map_lookup_elem(&sy_backend_v4, &backend_id);
+	if (!backend) {
+		sy_count(SY_CNT_DROP_BACKEND_MISSING);
+		return 0;
+	}
+	if (svc->flags & SY_SVC_F_AFFINITY) {
+		struct sy_affinity_value av = { .last_used_ns = now, .backend_id = backend_id };
+
+		bpf_map_update_elem(&sy_affinity4, &ak, &av, BPF_ANY);
+	}
+	return backend;
+}
+
+/* The node's source address on the route to `dst`, as MASQUERADE picks it:
+ * the preferred source of the forwarding route the packet will take. */
+static __always_inline __be32 sy_masquerade_addr(struct __sk_buff *skb, __be32 dst)
+{
+	struct bpf_fib_lookup fib = {};
+
+	fib.family = SY_AF_INET_FIB;
+	fib.ipv4_dst = dst;
+	fib.ifindex = skb->ingress_ifindex;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib),
+			   SY_FIB_LOOKUP_SKIP_NEIGH | SY_FIB_LOOKUP_SRC) != 0)
+		return 0;
+	return fib.ipv4_src;
+}
+
+/* Creates the conntrack entry that translates the flow to `backend`,
+ * masqueraded to `snat` unless that is 0; 0 on success. */
+static __always_inline int sy_ct_translate(struct __sk_buff *skb, struct sy_pkt *p,
+					   const struct sy_backend *backend, __be32 snat)
+{
+	struct sy_ct_opts opts = { .netns_id = -1, .l4proto = p->proto };
+	union sy_inet_addr addr = {};
+	struct sy_ct_init *init;
+	struct sy_ct *ct;
+	int err;
+
+	init = sy_ct_alloc(skb, &p->tuple, &opts);
+	if (!init)
+		return -1;
+	addr.ip = backend->address;
+	err = sy_ct_set_nat(init, &addr, bpf_ntohs(backend->port), SY_NAT_MANIP_DST);
+	if (!err && snat) {
+		addr.ip = snat;
+		err = sy_ct_set_nat(init, &addr, 0, SY_NAT_MANIP_SRC);
+	}
+	/* The kernel offers no way to free an allocated entry but to insert
+	 * it. After a failed binding (out of memory only) the entry translates
+	 * nothing; the packet is dropped and the client's retry finds it. */
+	ct = sy_ct_insert(init);
+	/* NULL: another CPU inserted the same flow first; conntrack finds it. */
+	if (ct)
+		sy_ct_release(ct);
+	return err ? -1 : 0;
+}
+
+/* The master external clients of frontend `key` use, switching `key` to
+ * its scope. */
+static __always_inline const struct sy_svc_value *sy_ingress_master(struct sy_svc_key *key,
+								    const struct sy_svc_value *svc)
+{
+	if (!(svc->flags & SY_SVC_F_INGRESS_SCOPE))
+		return svc;
+	key->scope = SY_SCOPE_INGRESS;
+	svc = bpf_map_lookup_elem(&sy_svc_v4, key);
+	if (!svc)
+		sy_count(SY_CNT_DROP_SLOT_MISSING);
+	return svc;
+}
+
+SEC("classifier")
+int sy_ingress(struct __sk_buff *skb)
+{
+	struct sy_pkt p = {};
+	struct sy_svc_key key = {};
+	const struct sy_svc_value *svc;
+	struct sy_backend *backend;
+	__be32 snat;
+	int parsed;
+
+	SY_VARIANT_MARK();
+	parsed = sy_parse(skb, &p);
+	if (parsed < 0)
+		sy_count(SY_CNT_INGRESS_FRAGMENT);
+	if (parsed <= 0)
+		return TC_ACT_OK;
+	key.address = p.tuple.ipv4.daddr;
+	key.dport = p.tuple.ipv4.dport;
+	key.proto = p.proto;
+	key.scope = SY_SCOPE_NODE;
+	svc = bpf_map_lookup_elem(&sy_svc_v4, &key);
+	if (!svc || !(svc->flags & SY_EXTERNAL_FRONTEND))
+		return TC_ACT_OK;
+	if (sy_ct_tracked(skb, &p)) {
+		sy_count(SY_CNT_INGRESS_TRACKED);
+		return TC_ACT_OK;
+	}
+	if (!p.new_flow) {
+		sy_count(SY_CNT_INGRESS_UNTRACKED);
+		return TC_ACT_OK;
+	}
+	svc = sy_ingress_master(&key, svc);
+	if (!svc)
+		return TC_ACT_SHOT;
+	if (svc->count == 0) {
+		sy_count(svc->flags & SY_SVC_F_LOCAL_ONLY ? SY_CNT_DROP_NO_LOCAL_BACKEND
+							  : SY_CNT_DROP_NO_BACKEND);
+		return TC_ACT_SHOT;
+	}
+	backend = sy_ingress_backend(&key, svc, p.tuple.ipv4.saddr);
+	if (!backend)
+		return TC_ACT_SHOT;
+	/* externalTrafficPolicy: Local keeps the client's address. */
+	snat = 0;
+	if (!(svc->flags & SY_SVC_F_LOCAL_ONLY)) {
+		snat = sy_masquerade_addr(skb, backend->address);
+		if (!snat) {
+			sy_count(SY_CNT_DROP_CT_FAILED);
+			return TC_ACT_SHOT;
+		}
+	}
+	if (sy_ct_translate(skb, &p, backend, snat)) {
+		sy_count(SY_CNT_DROP_CT_FAILED);
+		return TC_ACT_SHOT;
+	}
+	sy_count(SY_CNT_INGRESS_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+#endif /* SWITCHYARD_NODEPORT_H */

@@ -1,0 +1,140 @@
+//! The ingress program (`bpf/nodeport.h`) on the node's external
+//! interfaces: one tcx ingress link per interface, pinned as
+//! `<dir>/links/ingress-<interface>` and adopted on restart like the cgroup
+//! links (kept when it runs the same program, swapped atomically when not,
+//! re-attached when its interface is gone). Links of interfaces no longer
+//! configured are detached.
+//!
+//! tcx links coexist with other programs on the interface (a CNI's, the
+//! lab's), appended after them; the program only ever passes or drops, so
+//! their order does not matter to it.
+
+use std::{
+    ffi::CString,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
+
+use crate::{
+    DatapathError,
+    config::LinkAction,
+    datapath::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, pin_new_link},
+    object::{classify_prog, interrupted, retry_interrupted},
+};
+
+/// The program's function name in `bpf/nodeport.h`.
+pub const PROGRAM: &str = "sy_ingress";
+const PIN_PREFIX: &str = "ingress-";
+
+/// The pin of the ingress link on `interface`.
+pub(crate) fn pin_path(links: &Path, interface: &str) -> PathBuf {
+    links.join(format!("{PIN_PREFIX}{interface}"))
+}
+
+/// The pinned ingress links under `links`, by interface name.
+pub(crate) fn pinned(links: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(links) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let interface = name.strip_prefix(PIN_PREFIX)?.to_owned();
+            Some((interface, e.path()))
+        })
+        .collect()
+}
+
+fn ifindex(interface: &str) -> Result<u32, DatapathError> {
+    let err = |detail: String| DatapathError::Interface {
+        name: interface.to_owned(),
+        detail,
+    };
+    let name = CString::new(interface).map_err(|e| err(e.to_string()))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(err(std::io::Error::last_os_error().to_string())),
+        i => Ok(i),
+    }
+}
+
+/// Loads the ingress program of `ebpf` (the kfuncs must be resolved).
+fn load(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    let perr = |e| DatapathError::Program {
+        program: PROGRAM,
+        source: Box::new(e),
+    };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(DatapathError::MissingObject(PROGRAM))?
+        .try_into()
+        .map_err(perr)?;
+    retry_interrupted(|| prog.load(), interrupted).map_err(|e| classify_prog(PROGRAM, e))?;
+    Ok(prog)
+}
+
+fn attach(prog: &mut SchedClassifier, interface: &str) -> Result<FdLink, DatapathError> {
+    let perr = |e| DatapathError::Program {
+        program: PROGRAM,
+        source: Box::new(e),
+    };
+    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+    let id = prog
+        .attach_with_options(interface, TcAttachType::Ingress, options)
+        .map_err(perr)?;
+    FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| DatapathError::Link {
+        program: PROGRAM,
+        source: Box::new(e),
+    })
+}
+
+/// Makes every interface of `interfaces` run the ingress program and
+/// detaches it from pinned interfaces not listed (see the module doc).
+pub(crate) fn ensure(
+    ebpf: &mut aya::Ebpf,
+    interfaces: &[String],
+    links: &Path,
+    guard: &mut StartGuard,
+) -> Result<Vec<(String, LinkAction)>, DatapathError> {
+    let mut actions = Vec::new();
+    if !interfaces.is_empty() {
+        let prog = load(ebpf)?;
+        for interface in interfaces {
+            let action = ensure_one(prog, interface, links, guard)?;
+            actions.push((interface.clone(), action));
+        }
+    }
+    for (interface, pin) in pinned(links) {
+        if !interfaces.contains(&interface) {
+            detach_and_unpin(&pin);
+        }
+    }
+    Ok(actions)
+}
+
+fn ensure_one(
+    prog: &mut SchedClassifier,
+    interface: &str,
+    links: &Path,
+    guard: &mut StartGuard,
+) -> Result<LinkAction, DatapathError> {
+    let target = LinkTarget::TcxIngress {
+        ifindex: ifindex(interface)?,
+    };
+    let pin = pin_path(links, interface);
+    let stale = pin.exists();
+    if stale {
+        let fd = prog.fd().map_err(|e| DatapathError::Program {
+            program: PROGRAM,
+            source: Box::new(e),
+        })?;
+        if let Some(action) = adopt_link(&pin, target, fd.as_fd())? {
+            return Ok(action);
+        }
+    }
+    let link = attach(prog, interface)?;
+    pin_new_link(link, &pin, stale, guard)
+}

@@ -1,0 +1,245 @@
+//! Privileged tests of the ingress program (`bpf/nodeport.h`): real
+//! packets from a client outside the node, through the tc program on the
+//! node's external interface and the kernel's conntrack NAT, to backend
+//! namespaces. Run as root; skipped with a message otherwise:
+//! `cargo test -p switchyard-node-datapath --test ingress`.
+
+#![allow(clippy::unwrap_used)] // test code (helpers outside #[test] fns)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Lab, NODE_EXTERNAL_IP, OUTSIDE_CLIENT_IP, Outside, counter, err_total, frontend_ops, in_netns,
+    ok_count, ok_total, run, started,
+};
+use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, svc_flags};
+use switchyard_lb::maps::LbMaps;
+use switchyard_node_datapath::{Datapath, DatapathConfig};
+
+const NODE_PORT: u16 = 30080;
+
+fn nodeport() -> String {
+    format!("{NODE_EXTERNAL_IP}:{NODE_PORT}")
+}
+
+/// The lab's datapath with the ingress program on `ext0`, started inside
+/// the node's namespace.
+fn start_with_ingress(lab: &Lab) -> Datapath {
+    let config = DatapathConfig {
+        ingress_interfaces: vec!["ext0".into()],
+        ..lab.config()
+    };
+    in_netns(&lab.node_ns, || started(Datapath::start(&config)))
+}
+
+/// NodePort `NODE_PORT` (TCP and UDP) on the node's external address,
+/// served by backends 1 and 2 on 8080, with `flags` on the node-scope
+/// master.
+fn program_nodeport(dp: &Datapath, flags: u8) {
+    let mut maps = dp.lb_maps().unwrap();
+    let backends = [
+        (1, Lab::backend_addr(1), 8080),
+        (2, Lab::backend_addr(2), 8080),
+    ];
+    for (proto, rev_nat) in [(IPPROTO_TCP, 1), (IPPROTO_UDP, 2)] {
+        let scope = (SCOPE_NODE, rev_nat, svc_flags::NODEPORT | flags);
+        maps.apply_all(&frontend_ops(
+            NODE_EXTERNAL_IP,
+            NODE_PORT,
+            proto,
+            scope,
+            &backends,
+        ))
+        .unwrap();
+    }
+}
+
+fn names(summary: &serde_json::Value) -> Vec<String> {
+    summary["ok"].as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn nodeport_traffic_from_outside_reaches_every_backend_masqueraded() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    lab.serve_with(1, 8080, &["--tell-source", "true"]);
+    lab.serve_with(2, 8080, &["--tell-source", "true"]);
+    let dp = start_with_ingress(&lab);
+    program_nodeport(&dp, 0);
+    let before = counter(&dp, Counter::IngressTranslated);
+
+    for mode in ["tcp", "udp-connect"] {
+        let s = out.client(mode, &nodeport(), 40);
+        assert_eq!(err_total(&s), 0, "{mode}: {s}");
+        assert_eq!(ok_total(&s), 40, "{mode}: {s}");
+        // externalTrafficPolicy: Cluster masquerades: each backend sees the
+        // node's address on the route to it, as kube-proxy's MASQUERADE does.
+        let mut seen = names(&s);
+        seen.sort();
+        assert_eq!(seen, ["b1@10.1.1.1", "b2@10.1.2.1"], "{mode}: {s}");
+    }
+    assert!(counter(&dp, Counter::IngressTranslated) >= before + 41);
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_local_endpoints() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    lab.serve_with(1, 8080, &["--tell-source", "true"]);
+    lab.serve_with(2, 8080, &["--tell-source", "true"]);
+    let dp = start_with_ingress(&lab);
+    // Node clients get both backends; external ones backend 1 only.
+    program_nodeport(&dp, svc_flags::INGRESS_SCOPE);
+    let mut maps = dp.lb_maps().unwrap();
+    let local = (
+        SCOPE_INGRESS,
+        3,
+        svc_flags::NODEPORT | svc_flags::LOCAL_ONLY,
+    );
+    let b1 = [(1, Lab::backend_addr(1), 8080)];
+    maps.apply_all(&frontend_ops(
+        NODE_EXTERNAL_IP,
+        NODE_PORT,
+        IPPROTO_TCP,
+        local,
+        &b1,
+    ))
+    .unwrap();
+
+    let s = out.client("tcp", &nodeport(), 20);
+    assert_eq!(ok_count(&s, &format!("b1@{OUTSIDE_CLIENT_IP}")), 20, "{s}");
+
+    // No local endpoint: dropped and counted, as kube-proxy drops.
+    maps.apply_all(&frontend_ops(
+        NODE_EXTERNAL_IP,
+        NODE_PORT,
+        IPPROTO_TCP,
+        local,
+        &[],
+    ))
+    .unwrap();
+    let drops = counter(&dp, Counter::DropNoLocalBackend);
+    let s = out.client("tcp", &nodeport(), 2);
+    assert_eq!(ok_total(&s), 0, "{s}");
+    assert!(counter(&dp, Counter::DropNoLocalBackend) > drops);
+}
+
+/// kube-proxy's translation of a NodePort, as its rules do it.
+const KUBE_PROXY_LIKE: &str = "table ip sy-test-kube-proxy {
+  chain prerouting { type nat hook prerouting priority -100; policy accept;
+    ip daddr 10.2.0.1 tcp dport 30080 dnat to 10.1.1.2:8080
+    ip daddr 10.2.0.1 udp dport 30080 dnat to 10.1.1.2:8080
+  }
+  chain postrouting { type nat hook postrouting priority 100; policy accept;
+    ip daddr 10.1.1.2 masquerade
+  }
+}";
+
+/// Counts the packets the node forwards for established flows (both
+/// directions), so a test can wait for held flows to make progress.
+const FORWARD_COUNTER: &str = "table ip sy-test-count {
+  chain forward { type filter hook forward priority 0; policy accept;
+    ct state established counter
+  }
+}";
+
+fn forwarded(lab: &Lab) -> u64 {
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.node_ns,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "sy-test-count",
+        ],
+    );
+    let at = out.find("packets ").expect("a counter");
+    out[at + 8..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until held flows had `n` more packets forwarded.
+fn wait_forwarded(lab: &Lab, n: u64) {
+    let from = forwarded(lab);
+    common::wait_for(
+        "held flows to make progress",
+        Duration::from_secs(10),
+        || (forwarded(lab) >= from + n).then_some(()),
+    );
+}
+
+#[test]
+fn flows_kube_proxy_translated_stay_on_their_backend_through_the_switch_and_back() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    lab.serve_with(1, 8080, &["--hold", "true"]);
+    lab.serve_with(2, 8080, &["--hold", "true"]);
+    common::nft(&lab.node_ns, KUBE_PROXY_LIKE);
+    common::nft(&lab.node_ns, FORWARD_COUNTER);
+    let tcp = out.hold(&lab, "tcp-hold", &nodeport());
+    let udp = out.hold(&lab, "udp-hold", &nodeport());
+
+    // The switch: the datapath serves the NodePort from backend 2 only,
+    // then kube-proxy's rules go.
+    let dp = start_with_ingress(&lab);
+    let mut maps = dp.lb_maps().unwrap();
+    for (proto, rev_nat) in [(IPPROTO_TCP, 1), (IPPROTO_UDP, 2)] {
+        let scope = (SCOPE_NODE, rev_nat, svc_flags::NODEPORT);
+        let b2 = [(2, Lab::backend_addr(2), 8080)];
+        maps.apply_all(&frontend_ops(
+            NODE_EXTERNAL_IP,
+            NODE_PORT,
+            proto,
+            scope,
+            &b2,
+        ))
+        .unwrap();
+    }
+    let tracked = counter(&dp, Counter::IngressTracked);
+    let node = lab.node_ns.clone();
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node,
+            "nft",
+            "delete",
+            "table",
+            "ip",
+            "sy-test-kube-proxy",
+        ],
+    );
+    // Packets of the held flows pass to conntrack untouched.
+    common::wait_counter(&dp, Counter::IngressTracked, tracked, 20);
+    // New connections are the datapath's; the held ones stay kube-proxy's.
+    for _ in 0..5 {
+        let s = out.client("tcp-hold", &nodeport(), 1);
+        assert_eq!(ok_count(&s, "b2"), 1, "{s}");
+    }
+    let ours = out.hold(&lab, "tcp-hold", &nodeport());
+    wait_forwarded(&lab, 40);
+
+    // Rollback: the ingress program goes; every flow keeps its backend.
+    switchyard_node_datapath::off(&lab.bpffs_dir).unwrap();
+    wait_forwarded(&lab, 60);
+    for (held, backend) in [(tcp, "b1"), (udp, "b1"), (ours, "b2")] {
+        let s = held.stop();
+        assert_eq!(err_total(&s), 0, "{s}");
+        assert_eq!(names(&s), [backend], "one backend for the whole flow: {s}");
+        assert!(ok_total(&s) >= 10, "{s}");
+    }
+}
