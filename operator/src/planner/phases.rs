@@ -21,7 +21,9 @@ const POLL_SECS: u64 = 5;
 /// Requeue of a finished plan (the kube-proxy guard).
 const GUARD_SECS: u64 = 60;
 
-struct Step {
+/// The plan-level decision being drafted: the status to record, the
+/// actions to apply and what the conditions and the requeue will say.
+struct Draft {
     st: MigrationPlanStatus,
     actions: Vec<Action>,
     moved: bool,
@@ -35,7 +37,7 @@ pub(super) fn decide(
     generation: Option<i64>,
     status: MigrationPlanStatus,
 ) -> Result<Decision, PlanError> {
-    let mut s = Step {
+    let mut s = Draft {
         st: status,
         actions: Vec::new(),
         moved: false,
@@ -91,7 +93,7 @@ pub(super) fn decide(
     })
 }
 
-fn set_phase(ctx: &Ctx<'_>, s: &mut Step, phase: Phase) {
+fn set_phase(ctx: &Ctx<'_>, s: &mut Draft, phase: Phase) {
     if s.st.phase == phase {
         return;
     }
@@ -139,7 +141,7 @@ fn progress_for(waves: &[Vec<String>]) -> Vec<NodeProgress> {
         .collect()
 }
 
-fn preflight_phase(ctx: &Ctx<'_>, s: &mut Step) -> Result<(), PlanError> {
+fn preflight_phase(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
     let sel = selected(ctx)?;
     s.st.waves = waves::compute(&ctx.spec.strategy, &sel)?;
     s.st.nodes = progress_for(&s.st.waves);
@@ -185,7 +187,7 @@ fn failure_message(st: &MigrationPlanStatus) -> String {
     msgs.join("; ")
 }
 
-fn migrate(ctx: &Ctx<'_>, s: &mut Step) -> Result<(), PlanError> {
+fn migrate(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
     // Nodes that joined the selection after planning go in a last wave,
     // so none is left on kube-proxy when kube-proxy is deleted.
     let planned: BTreeSet<String> = s.st.nodes.iter().map(|n| n.name.clone()).collect();
@@ -287,7 +289,7 @@ fn migrate(ctx: &Ctx<'_>, s: &mut Step) -> Result<(), PlanError> {
     Ok(())
 }
 
-fn finalize(ctx: &Ctx<'_>, s: &mut Step) {
+fn finalize(ctx: &Ctx<'_>, s: &mut Draft) {
     let kp = &ctx.snap.kube_proxy;
     let name = super::backup_name(ctx.plan_name);
     if !ctx.snap.backup_exists {
@@ -316,7 +318,7 @@ fn finalize(ctx: &Ctx<'_>, s: &mut Step) {
     set_phase(ctx, s, Phase::Succeeded);
 }
 
-fn guard(ctx: &Ctx<'_>, s: &mut Step) {
+fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
     s.requeue = GUARD_SECS;
     let kp = &ctx.snap.kube_proxy;
     let reappeared =
@@ -361,7 +363,7 @@ fn guard(ctx: &Ctx<'_>, s: &mut Step) {
     }
 }
 
-fn rollback(ctx: &Ctx<'_>, s: &mut Step) {
+fn rollback(ctx: &Ctx<'_>, s: &mut Draft) {
     let kp = &ctx.snap.kube_proxy;
     if kp.daemon_set.is_none() || kp.config_map.is_none() {
         if ctx.snap.backup_exists {
@@ -431,7 +433,7 @@ fn summarize(st: &mut MigrationPlanStatus) {
     st.summary = sum;
 }
 
-fn set_conditions(ctx: &Ctx<'_>, generation: Option<i64>, s: &mut Step) {
+fn set_conditions(ctx: &Ctx<'_>, generation: Option<i64>, s: &mut Draft) {
     let now = Time(ctx.now);
     let st = &mut s.st;
     let phase = st.phase;
