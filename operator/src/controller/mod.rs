@@ -11,7 +11,6 @@ pub mod observe;
 pub mod pods;
 pub mod triggers;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -370,12 +369,11 @@ async fn record(
 
 /// Applies the decided actions, in the planner's order.
 async fn act(plan: &MigrationPlan, ctx: &Context, actions: &[planner::Action]) -> Result<()> {
-    let mut applier = apply::Applier {
+    let applier = apply::Applier {
         client: ctx.client.clone(),
         plan,
         namespace: &ctx.settings.namespace,
         recorder: &ctx.recorder,
-        specs: BTreeMap::new(),
     };
     applier.apply_all(actions).await
 }

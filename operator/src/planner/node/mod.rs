@@ -3,6 +3,7 @@
 //! derived from a step already recorded in the plan's status ("record, then
 //! act"). A node that did not move gets the idempotent actions of its step.
 
+mod spec;
 mod steps;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

@@ -1,12 +1,11 @@
 //! One function per in-flight [`NodeStep`]: each looks at the node and says
 //! what happens next; the bookkeeping is the caller's (see the parent module).
 
-use switchyard_api::{
-    DatapathMode, NodeProgress, NodeStep, Probe, ProbeProtocol, ProbeRequest, ServiceRef,
-};
+use switchyard_api::{DatapathMode, NodeProgress, NodeStep};
 
 use super::super::actions::Action;
 use super::super::{AGENT_STALE_AFTER_SECS, Ctx, DatapathObs, NodeObs};
+use super::spec::datapath_spec;
 
 /// What a step decides for its node.
 #[derive(Debug)]
@@ -49,6 +48,14 @@ impl Seen<'_> {
     fn serving(&self) -> bool {
         self.dp.is_some_and(|d| d.serving())
     }
+
+    /// The node's whole NodeDatapath spec in `mode`, as an action.
+    fn datapath(&self, mode: DatapathMode) -> Action {
+        Action::ApplyDatapath {
+            node: self.name(),
+            spec: datapath_spec(self, mode),
+        }
+    }
 }
 
 pub(super) fn cordon(s: &Seen<'_>) -> Next {
@@ -77,12 +84,7 @@ pub(super) fn activate_datapath(s: &Seen<'_>) -> Next {
             if fresh { "reporting" } else { "silent" }
         ),
     };
-    let set = Action::SetDatapath {
-        node: s.name(),
-        mode: DatapathMode::Active,
-        api_server: s.ctx.api_server.clone(),
-    };
-    Next::wait(reason, vec![set])
+    Next::wait(reason, vec![s.datapath(DatapathMode::Active)])
 }
 
 pub(super) fn remove_kube_proxy(s: &Seen<'_>) -> Next {
@@ -126,10 +128,7 @@ pub(super) fn flush_rules(s: &Seen<'_>) -> Next {
         ),
         None => Next::wait(
             format!("waiting for the agent to remove kube-proxy's rules (request {generation})"),
-            vec![Action::RequestCleanup {
-                node: s.name(),
-                generation,
-            }],
+            vec![s.datapath(DatapathMode::Active)],
         ),
     }
 }
@@ -152,10 +151,7 @@ pub(super) fn verify(s: &Seen<'_>) -> Next {
         )),
         None => Next::wait(
             format!("waiting for probe results (request {generation})"),
-            vec![Action::RequestProbe {
-                node: s.name(),
-                request: probe_request(s.ctx, generation),
-            }],
+            vec![s.datapath(DatapathMode::Active)],
         ),
     }
 }
@@ -202,47 +198,8 @@ pub(super) fn deactivate_datapath(s: &Seen<'_>) -> Next {
             vec![],
         );
     }
-    let set = Action::SetDatapath {
-        node: s.name(),
-        mode: DatapathMode::Off,
-        api_server: s.ctx.api_server.clone(),
-    };
-    Next::wait("waiting for the datapath to turn off", vec![set])
-}
-
-/// The probes a node runs in its Verify step (and in the baseline).
-pub fn probe_request(ctx: &Ctx<'_>, generation: i64) -> ProbeRequest {
-    let v = &ctx.spec.verification;
-    let mut probes = Vec::new();
-    if v.api_server_probe {
-        probes.push(Probe {
-            name: "api-server".into(),
-            service: ServiceRef {
-                namespace: "default".into(),
-                name: "kubernetes".into(),
-            },
-            port: 443,
-            protocol: ProbeProtocol::TCP,
-            http_path: None,
-        });
-    }
-    if v.dns_probe && ctx.snap.cluster_dns {
-        probes.push(Probe {
-            name: "cluster-dns".into(),
-            service: ServiceRef {
-                namespace: "kube-system".into(),
-                name: "kube-dns".into(),
-            },
-            port: 53,
-            protocol: ProbeProtocol::UDP,
-            http_path: None,
-        });
-    }
-    probes.extend(v.probes.iter().cloned());
-    ProbeRequest {
-        generation,
-        probes,
-        timeout_seconds: v.timeout_seconds,
-        consecutive_successes: v.consecutive_successes,
-    }
+    Next::wait(
+        "waiting for the datapath to turn off",
+        vec![s.datapath(DatapathMode::Off)],
+    )
 }
