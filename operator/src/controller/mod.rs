@@ -27,7 +27,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::IgnoredAny;
-use switchyard_api::{FIELD_MANAGER, MigrationPlan, MigrationPlanStatus, NodeDatapath};
+use switchyard_api::{
+    API_VERSION, FIELD_MANAGER, MigrationPlan, MigrationPlanStatus, NodeDatapath,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::{Error, Result};
@@ -346,7 +348,7 @@ async fn record(
     // Serialized straight from the typed status: with a thousand nodes
     // it is most of a MiB, too big to build a `serde_json::Value` for.
     let body = StatusBody {
-        api_version: "switchyard.dev/v1alpha1",
+        api_version: API_VERSION,
         kind: "MigrationPlan",
         status: decided,
     };
