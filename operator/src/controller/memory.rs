@@ -5,11 +5,9 @@
 //! status (a line of progress per node), the status apply body and the
 //! API server's answer. glibc's malloc keeps what is freed in the middle of
 //! each arena (one per worker thread that allocated), so the resident set
-//! ratchets up to a multiple of what is live. Measured with 300 simulated
-//! nodes (`make bench-operator`, a counting allocator in a scratch build):
-//! at most 12 MiB live, 21 MiB at the top of a reconcile, 52 MiB held by
-//! malloc. `malloc_trim(0)` returns the free pages of every arena: trimming
-//! after each reconcile took the peak RSS there from 62.2 to 45.8 MiB.
+//! ratchets up to a multiple of what is live. `malloc_trim(0)` returns the
+//! free pages of every arena. The measurements (`make bench-operator`) are in
+//! `BENCHMARKS.md`, "Operator at scale (simulated nodes)".
 
 /// Returns the heap's free pages to the kernel (glibc only; elsewhere a no-op).
 pub fn release_freed_memory() {
