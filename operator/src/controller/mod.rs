@@ -6,7 +6,6 @@
 pub mod apply;
 pub mod kube_proxy;
 pub mod leader;
-pub mod memory;
 pub mod observe;
 pub mod pods;
 pub mod triggers;
@@ -166,7 +165,7 @@ pub async fn run(
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
         if nodes.wait_until_ready().await.is_ok() && datapaths.wait_until_ready().await.is_ok() {
-            memory::release_freed_memory();
+            switchyard_endpoint::release_freed_memory();
             ready_metrics
                 .ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -179,7 +178,7 @@ pub async fn run(
             if let Err(e) = r {
                 warn!(error = %e, "reconcile failed");
             }
-            memory::release_freed_memory();
+            switchyard_endpoint::release_freed_memory();
             future::ready(())
         })
         .await;
