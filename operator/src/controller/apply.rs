@@ -179,10 +179,6 @@ impl Applier<'_> {
         if scope(action).is_some() {
             return self.apply_node_action(action).await;
         }
-        let kp = &self.plan.spec.kube_proxy;
-        let daemon_sets: Api<DaemonSet> = Api::namespaced(self.client.clone(), &kp.namespace);
-        let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &kp.namespace);
-        let backups: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
         match action {
             Action::Cordon { .. }
             | Action::Uncordon { .. }
@@ -192,57 +188,87 @@ impl Applier<'_> {
                 // Reached only without a node (never: these all name one).
                 self.apply_node_action(action).await?
             }
-            Action::EnsureKubeProxyAffinity => {
-                let ds = daemon_sets.get(&kp.daemon_set).await?;
-                let updated = kube_proxy::with_exclusion(ds.clone());
-                if updated != ds {
-                    info!(daemonset = %kp.daemon_set, "excluding switchyard-migrated nodes from kube-proxy");
-                    daemon_sets
-                        .replace(&kp.daemon_set, &PostParams::default(), &updated)
-                        .await?;
-                }
-            }
-            Action::BackupKubeProxy { name } => {
-                let ds = daemon_sets.get(&kp.daemon_set).await?;
-                let cm = config_maps.get(&kp.config_map).await?;
-                let backup =
-                    kube_proxy::backup(name, self.namespace, &self.plan.name_any(), &ds, &cm)?;
-                backups
-                    .patch(name, &Self::ssa(), &Patch::Apply(&backup))
-                    .await?;
-            }
-            Action::DeleteKubeProxy => {
-                for r in [
-                    daemon_sets
-                        .delete(&kp.daemon_set, &DeleteParams::background())
-                        .await
-                        .map(|_| ()),
-                    config_maps
-                        .delete(&kp.config_map, &DeleteParams::background())
-                        .await
-                        .map(|_| ()),
-                ] {
-                    match r {
-                        Err(e) if !is_not_found(&e) => return Err(e.into()),
-                        _ => {}
-                    }
-                }
-            }
-            Action::RestoreKubeProxy { backup } => {
-                let b = backups
-                    .get_opt(backup)
-                    .await?
-                    .ok_or_else(|| Error::BackupMissing(backup.clone()))?;
-                let (ds, cm) = kube_proxy::restore(&b)?;
-                config_maps
-                    .patch(&kp.config_map, &Self::ssa(), &Patch::Apply(&cm))
-                    .await?;
-                daemon_sets
-                    .patch(&kp.daemon_set, &Self::ssa(), &Patch::Apply(&ds))
-                    .await?;
-            }
+            Action::EnsureKubeProxyAffinity => self.ensure_kube_proxy_affinity().await?,
+            Action::BackupKubeProxy { name } => self.backup_kube_proxy(name).await?,
+            Action::DeleteKubeProxy => self.delete_kube_proxy().await?,
+            Action::RestoreKubeProxy { backup } => self.restore_kube_proxy(backup).await?,
             Action::Event(e) => self.event(e).await,
         }
+        Ok(())
+    }
+
+    fn daemon_sets(&self) -> Api<DaemonSet> {
+        Api::namespaced(self.client.clone(), &self.plan.spec.kube_proxy.namespace)
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.plan.spec.kube_proxy.namespace)
+    }
+
+    /// The operator's namespace's ConfigMaps, where backups live.
+    fn backups(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), self.namespace)
+    }
+
+    async fn ensure_kube_proxy_affinity(&self) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        let daemon_sets = self.daemon_sets();
+        let ds = daemon_sets.get(&kp.daemon_set).await?;
+        let updated = kube_proxy::with_exclusion(ds.clone());
+        if updated != ds {
+            info!(daemonset = %kp.daemon_set, "excluding switchyard-migrated nodes from kube-proxy");
+            daemon_sets
+                .replace(&kp.daemon_set, &PostParams::default(), &updated)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn backup_kube_proxy(&self, name: &str) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        let ds = self.daemon_sets().get(&kp.daemon_set).await?;
+        let cm = self.config_maps().get(&kp.config_map).await?;
+        let backup = kube_proxy::backup(name, self.namespace, &self.plan.name_any(), &ds, &cm)?;
+        self.backups()
+            .patch(name, &Self::ssa(), &Patch::Apply(&backup))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_kube_proxy(&self) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        for r in [
+            self.daemon_sets()
+                .delete(&kp.daemon_set, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+            self.config_maps()
+                .delete(&kp.config_map, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+        ] {
+            match r {
+                Err(e) if !is_not_found(&e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore_kube_proxy(&self, backup: &str) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        let b = self
+            .backups()
+            .get_opt(backup)
+            .await?
+            .ok_or_else(|| Error::BackupMissing(backup.to_string()))?;
+        let (ds, cm) = kube_proxy::restore(&b)?;
+        self.config_maps()
+            .patch(&kp.config_map, &Self::ssa(), &Patch::Apply(&cm))
+            .await?;
+        self.daemon_sets()
+            .patch(&kp.daemon_set, &Self::ssa(), &Patch::Apply(&ds))
+            .await?;
         Ok(())
     }
 
