@@ -96,6 +96,59 @@ pub async fn run(
     // The server ends each watch after 45 s, inside the client's 60 s read
     // timeout, so an idle watch is never mistaken for a dead connection.
     let wc = watcher::Config::default().timeout(45);
+    let triggers = watch_inputs(&client, &settings, &wc, nodes_w, datapaths_w);
+
+    // The plans' own watch, slimmed like the others: the server-side applied
+    // status leaves managed fields as big as the status (every node's entry).
+    let (plans, plans_w) = reflector::store();
+    let plan_events = watcher(Api::<MigrationPlan>::all(client.clone()), wc)
+        .default_backoff()
+        .modify(|p: &mut MigrationPlan| p.managed_fields_mut().clear())
+        .reflect(plans_w)
+        .applied_objects();
+    let controller = Controller::for_stream(plan_events, plans.clone())
+        .reconcile_all_on(triggers)
+        .graceful_shutdown_on(shutdown);
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        settings,
+        metrics: metrics.clone(),
+        nodes: nodes.clone(),
+        datapaths: datapaths.clone(),
+        plans,
+    });
+    spawn_readiness(nodes, datapaths, metrics);
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!(error = %e, "reconcile failed");
+            }
+            switchyard_endpoint::release_freed_memory();
+            future::ready(())
+        })
+        .await;
+    Ok(())
+}
+
+/// The watches of what the planner reads besides the plans (Nodes and
+/// NodeDatapaths into the caches, kube-proxy's DaemonSet and pods), as one
+/// stream of triggers: each change worth a decision reconciles every plan.
+fn watch_inputs(
+    client: &Client,
+    settings: &Settings,
+    wc: &watcher::Config,
+    nodes_w: reflector::store::Writer<Node>,
+    datapaths_w: reflector::store::Writer<NodeDatapath>,
+) -> futures::stream::SelectAll<futures::stream::BoxStream<'static, ()>> {
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(triggers::slim_node)
@@ -125,64 +178,26 @@ pub async fn run(
     .default_backoff()
     .touched_objects()
     .filter_map(ok_unit);
-    let triggers = futures::stream::select_all([
+    futures::stream::select_all([
         node_events.boxed(),
         datapath_events.boxed(),
         ds_events.boxed(),
         pod_events.boxed(),
-    ]);
+    ])
+}
 
-    // The plans' own watch, slimmed like the others: the server-side applied
-    // status leaves managed fields as big as the status (every node's entry).
-    let (plans, plans_w) = reflector::store();
-    let plan_events = watcher(Api::<MigrationPlan>::all(client.clone()), wc)
-        .default_backoff()
-        .modify(|p: &mut MigrationPlan| p.managed_fields_mut().clear())
-        .reflect(plans_w)
-        .applied_objects();
-    let controller = Controller::for_stream(plan_events, plans.clone())
-        .reconcile_all_on(triggers)
-        .graceful_shutdown_on(shutdown);
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
-        client,
-        settings,
-        metrics: metrics.clone(),
-        nodes: nodes.clone(),
-        datapaths: datapaths.clone(),
-        plans,
-    });
-
-    // Ready once the node and datapath caches are filled. The initial lists
-    // were decoded whole before being slimmed: give that heap back at once,
-    // not at the first reconcile (there is none until a plan exists).
-    let ready_metrics = metrics.clone();
+/// Ready once the node and datapath caches are filled. The initial lists
+/// were decoded whole before being slimmed: give that heap back at once,
+/// not at the first reconcile (there is none until a plan exists).
+fn spawn_readiness(nodes: Store<Node>, datapaths: Store<NodeDatapath>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         if nodes.wait_until_ready().await.is_ok() && datapaths.wait_until_ready().await.is_ok() {
             switchyard_endpoint::release_freed_memory();
-            ready_metrics
+            metrics
                 .ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
-
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            if let Err(e) = r {
-                warn!(error = %e, "reconcile failed");
-            }
-            switchyard_endpoint::release_freed_memory();
-            future::ready(())
-        })
-        .await;
-    Ok(())
 }
 
 /// The status subresource apply body.
