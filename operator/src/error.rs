@@ -6,7 +6,8 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(
-        "the switchyard CRDs are not installed (MigrationPlan/NodeDatapath in switchyard.dev/v1alpha1 unknown to the API server); apply crds/ or `kubectl apply -k config/` first"
+        "the switchyard CRDs are not installed (MigrationPlan/NodeDatapath in {} unknown to the API server); apply crds/ or `kubectl apply -k config/` first",
+        switchyard_api::API_VERSION
     )]
     CrdsMissing,
     #[error("plan: {0}")]

@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use switchyard_api::conditions;
+use switchyard_api::conditions::{self, DEGRADED, WAITING_FOR_KUBE_PROXY};
 use switchyard_api::{
     DatapathMode, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus, ProbeRequest, ProbeResult,
 };
@@ -424,12 +424,12 @@ impl State {
                 let msg = format!(
                     "mode Off requested; the datapath stays on until kube-proxy serves {missing} on this node"
                 );
-                if !conditions::is_true(&self.status.conditions, "WaitingForKubeProxy") {
+                if !conditions::is_true(&self.status.conditions, WAITING_FOR_KUBE_PROXY) {
                     info!("{msg}");
                 }
                 conditions::set(
                     &mut self.status.conditions,
-                    "WaitingForKubeProxy",
+                    WAITING_FOR_KUBE_PROXY,
                     true,
                     "RulesMissing",
                     msg,
@@ -462,7 +462,7 @@ impl State {
                 self.status.drops.clear();
                 conditions::set(
                     &mut self.status.conditions,
-                    "WaitingForKubeProxy",
+                    WAITING_FOR_KUBE_PROXY,
                     false,
                     "Off",
                     "the datapath is off",
@@ -505,7 +505,7 @@ impl State {
         warn!(%reason, %message, "datapath degraded");
         conditions::set(
             &mut self.status.conditions,
-            "Degraded",
+            DEGRADED,
             true,
             reason,
             message,
@@ -642,12 +642,12 @@ impl State {
             None,
             now.clone(),
         );
-        if conditions::is_true(&self.status.conditions, "Degraded")
+        if conditions::is_true(&self.status.conditions, DEGRADED)
             && (synced && self.datapath.is_some() == (mode == DatapathMode::Active))
         {
             conditions::set(
                 &mut self.status.conditions,
-                "Degraded",
+                DEGRADED,
                 false,
                 "Recovered",
                 "the datapath is in its requested mode",
@@ -657,7 +657,7 @@ impl State {
         }
         self.status.heartbeat = Some(now);
         let body = serde_json::json!({
-            "apiVersion": "switchyard.dev/v1alpha1",
+            "apiVersion": switchyard_api::API_VERSION,
             "kind": "NodeDatapath",
             "status": self.status,
         });

@@ -46,17 +46,6 @@ pub fn node_context(node: &Node) -> NodeContext {
     }
 }
 
-/// Returns freed heap pages to the kernel after a full sync, whose
-/// transient plan (every map operation and the whole target) would
-/// otherwise stay in the resident set.
-fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory of the allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// One object a watch applied or deleted, or a completed relist.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Touched {
@@ -254,7 +243,7 @@ impl Syncer {
             self.last_ops = ops.len();
             if full {
                 drop(ops);
-                release_free_memory();
+                switchyard_endpoint::release_freed_memory();
             }
             self.status.services_programmed = self.status.services_seen;
             self.status.backends_programmed = self.ids.backend_count() as u32;

@@ -1,5 +1,7 @@
-//! kstatus conditions: `Ready` (normal-true), `Reconciling` and `Stalled`
-//! (abnormal-true), so Argo CD, Flux and `kstatus` read a plan's health.
+//! Condition types and helpers. A plan carries kstatus conditions: `Ready`
+//! (normal-true), `Reconciling` and `Stalled` (abnormal-true), so Argo CD,
+//! Flux and `kstatus` read its health. A NodeDatapath carries `Ready`,
+//! `Degraded` and `WaitingForKubeProxy`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -8,6 +10,11 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const PREFLIGHT_PASSED: &str = "PreflightPassed";
 pub const KUBE_PROXY_REAPPEARED: &str = "KubeProxyReappeared";
+/// NodeDatapath: the datapath failed to start, sync or stop.
+pub const DEGRADED: &str = "Degraded";
+/// NodeDatapath: mode Off was requested; the datapath stays until
+/// kube-proxy serves the node.
+pub const WAITING_FOR_KUBE_PROXY: &str = "WaitingForKubeProxy";
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime`
 /// when the status does not change (as the API conventions require).

@@ -24,6 +24,9 @@ pub use plan_status::*;
 /// The API group.
 pub const GROUP: &str = "switchyard.dev";
 
+/// The `apiVersion` of every object of the API (group and version).
+pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
+
 /// Label the operator sets on a node whose kube-proxy it removed; the
 /// kube-proxy DaemonSet gets a nodeAffinity excluding nodes that carry it.
 pub const KUBE_PROXY_EXCLUDED_LABEL: &str = "switchyard.dev/kube-proxy-excluded";
@@ -66,4 +69,18 @@ pub fn crds_kustomization() -> String {
         out.push_str(&format!("  - {}\n", crd_file_name(&crd)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::Resource;
+
+    use super::*;
+
+    #[test]
+    fn api_version_is_the_resources_own() {
+        assert_eq!(MigrationPlan::api_version(&()), API_VERSION);
+        assert_eq!(NodeDatapath::api_version(&()), API_VERSION);
+        assert_eq!(MigrationPlan::group(&()), GROUP);
+    }
 }

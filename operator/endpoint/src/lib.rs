@@ -1,7 +1,11 @@
 //! What switchyard's two binaries (operator and agent) share around their
 //! main loop: the `/metrics`, `/healthz`, `/readyz` HTTP endpoint, logging
-//! setup and the shutdown signal. The binaries supply the content through
-//! [`Health`]; this crate only serves it.
+//! setup, the shutdown signal and giving freed heap back to the kernel. The
+//! binaries supply the content through [`Health`]; this crate only serves it.
+
+mod memory;
+
+pub use memory::release_freed_memory;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,13 +1,12 @@
 //! Applies the planner's actions to the cluster. Each is idempotent; the
-//! NodeDatapath spec is written with server-side apply under one field
-//! manager, always whole (SSA drops fields a manager stops sending).
+//! NodeDatapath spec comes whole from the planner and is written with
+//! server-side apply under one field manager (which drops what a manager
+//! stops sending, so nothing is read back to merge).
 //!
 //! Actions keep the planner's order, except that a run of consecutive
 //! per-node actions is applied for up to [`NODE_CONCURRENCY`] nodes at once
 //! (each node's own actions still in order): a wave of a hundred nodes
 //! then costs a few round trips of wall time instead of hundreds.
-
-use std::collections::BTreeMap;
 
 use futures::StreamExt;
 
@@ -18,8 +17,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use switchyard_api::{
-    CleanupRequest, FIELD_MANAGER, KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath,
-    NodeDatapathSpec,
+    FIELD_MANAGER, KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, NodeDatapathSpec,
 };
 use tracing::info;
 
@@ -34,9 +32,6 @@ pub struct Applier<'a> {
     /// The operator's namespace (backups live there).
     pub namespace: &'a str,
     pub recorder: &'a Recorder,
-    /// NodeDatapath specs read live in this decision, updated as actions
-    /// are applied (start empty).
-    pub specs: BTreeMap<String, NodeDatapathSpec>,
 }
 
 impl std::fmt::Debug for Applier<'_> {
@@ -95,28 +90,11 @@ impl Applier<'_> {
         PatchParams::apply(FIELD_MANAGER).force()
     }
 
-    async fn apply_datapath(
-        &self,
-        cached: &mut Option<NodeDatapathSpec>,
-        node: &str,
-        change: impl FnOnce(&mut NodeDatapathSpec),
-    ) -> Result<()> {
-        let api = Api::<NodeDatapath>::all(self.client.clone());
-        if cached.is_none() {
-            // The whole spec is applied (SSA drops fields a manager stops
-            // sending), so start from the live object, never a lagging cache.
-            let live = api.get_opt(node).await?.map(|d| d.spec).unwrap_or_default();
-            *cached = Some(live);
-        }
-        let spec = cached.get_or_insert_with(NodeDatapathSpec::default);
-        change(spec);
-        let body = json!({
-            "apiVersion": "switchyard.dev/v1alpha1",
-            "kind": "NodeDatapath",
-            "metadata": { "name": node },
-            "spec": spec,
-        });
-        api.patch(node, &Self::ssa(), &Patch::Apply(body)).await?;
+    async fn apply_datapath(&self, node: &str, spec: &NodeDatapathSpec) -> Result<()> {
+        let object = NodeDatapath::new(node, spec.clone());
+        Api::<NodeDatapath>::all(self.client.clone())
+            .patch(node, &Self::ssa(), &Patch::Apply(&object))
+            .await?;
         Ok(())
     }
 
@@ -127,9 +105,8 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Applies one action.
     /// Applies every action (see the module doc for the order).
-    pub async fn apply_all(&mut self, actions: &[Action]) -> Result<()> {
+    pub async fn apply_all(&self, actions: &[Action]) -> Result<()> {
         for segment in segments(actions) {
             match segment {
                 Segment::Single(a) => self.apply(a).await?,
@@ -139,60 +116,29 @@ impl Applier<'_> {
         Ok(())
     }
 
-    async fn apply_nodes(&mut self, groups: Vec<(&str, Vec<&Action>)>) -> Result<()> {
-        let jobs: Vec<_> = groups
+    async fn apply_nodes(&self, groups: Vec<(&str, Vec<&Action>)>) -> Result<()> {
+        let runs: Vec<_> = groups
             .into_iter()
-            .map(|(node, acts)| {
-                let cached = self.specs.remove(node);
-                (node, acts, cached)
-            })
+            .map(|(_, acts)| self.run_node(acts))
             .collect();
-        let this = &*self;
-        let runs: Vec<_> = jobs
-            .into_iter()
-            .map(|(node, acts, cached)| this.run_node(node, acts, cached))
-            .collect();
-        let done: Vec<(String, Option<NodeDatapathSpec>, Result<()>)> = futures::stream::iter(runs)
+        let done: Vec<Result<()>> = futures::stream::iter(runs)
             .buffer_unordered(NODE_CONCURRENCY)
             .collect()
             .await;
-        let mut first_err = None;
-        for (node, cached, result) in done {
-            if let Some(spec) = cached {
-                self.specs.insert(node, spec);
-            }
-            if let Err(e) = result {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        done.into_iter().collect()
     }
 
     /// One node's actions in order, stopping at the first error.
-    async fn run_node(
-        &self,
-        node: &str,
-        acts: Vec<&Action>,
-        mut cached: Option<NodeDatapathSpec>,
-    ) -> (String, Option<NodeDatapathSpec>, Result<()>) {
-        let mut result = Ok(());
+    async fn run_node(&self, acts: Vec<&Action>) -> Result<()> {
         for a in acts {
             tracing::debug!(action = ?a, "applying");
-            result = self.apply_node_action(&mut cached, a).await;
-            if result.is_err() {
-                break;
-            }
+            self.apply_node_action(a).await?;
         }
-        (node.to_string(), cached, result)
+        Ok(())
     }
 
-    /// Applies one per-node action; `cached` holds the node's NodeDatapath
-    /// spec as last written in this reconcile (read live the first time).
-    async fn apply_node_action(
-        &self,
-        cached: &mut Option<NodeDatapathSpec>,
-        action: &Action,
-    ) -> Result<()> {
+    /// Applies one per-node action.
+    async fn apply_node_action(&self, action: &Action) -> Result<()> {
         match action {
             Action::Cordon { node } => {
                 self.patch_node(node, json!({"spec": {"unschedulable": true}}))
@@ -216,33 +162,7 @@ impl Applier<'_> {
                 )
                 .await?
             }
-            Action::SetDatapath {
-                node,
-                mode,
-                api_server,
-            } => {
-                let (mode, api_server) = (*mode, api_server.clone());
-                self.apply_datapath(cached, node, |s| {
-                    s.mode = mode;
-                    s.api_server = api_server;
-                })
-                .await?
-            }
-            Action::RequestCleanup { node, generation } => {
-                let generation = *generation;
-                self.apply_datapath(cached, node, |s| {
-                    s.cleanup = Some(CleanupRequest {
-                        generation,
-                        dry_run: false,
-                    })
-                })
-                .await?
-            }
-            Action::RequestProbe { node, request } => {
-                let request = request.clone();
-                self.apply_datapath(cached, node, |s| s.probe = Some(request))
-                    .await?
-            }
+            Action::ApplyDatapath { node, spec } => self.apply_datapath(node, spec).await?,
             Action::Event(e) => self.event(e).await,
             Action::EnsureKubeProxyAffinity
             | Action::BackupKubeProxy { .. }
@@ -255,81 +175,100 @@ impl Applier<'_> {
     }
 
     /// Applies one action.
-    pub async fn apply(&mut self, action: &Action) -> Result<()> {
-        if let Some(node) = scope(action) {
-            let mut cached = self.specs.remove(node);
-            let result = self.apply_node_action(&mut cached, action).await;
-            if let Some(spec) = cached {
-                self.specs.insert(node.to_string(), spec);
-            }
-            return result;
+    pub async fn apply(&self, action: &Action) -> Result<()> {
+        if scope(action).is_some() {
+            return self.apply_node_action(action).await;
         }
-        let kp = &self.plan.spec.kube_proxy;
-        let daemon_sets: Api<DaemonSet> = Api::namespaced(self.client.clone(), &kp.namespace);
-        let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &kp.namespace);
-        let backups: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
         match action {
             Action::Cordon { .. }
             | Action::Uncordon { .. }
             | Action::ExcludeKubeProxy { .. }
             | Action::IncludeKubeProxy { .. }
-            | Action::SetDatapath { .. }
-            | Action::RequestCleanup { .. }
-            | Action::RequestProbe { .. } => {
+            | Action::ApplyDatapath { .. } => {
                 // Reached only without a node (never: these all name one).
-                self.apply_node_action(&mut None, action).await?
+                self.apply_node_action(action).await?
             }
-            Action::EnsureKubeProxyAffinity => {
-                let ds = daemon_sets.get(&kp.daemon_set).await?;
-                let updated = kube_proxy::with_exclusion(ds.clone());
-                if updated != ds {
-                    info!(daemonset = %kp.daemon_set, "excluding switchyard-migrated nodes from kube-proxy");
-                    daemon_sets
-                        .replace(&kp.daemon_set, &PostParams::default(), &updated)
-                        .await?;
-                }
-            }
-            Action::BackupKubeProxy { name } => {
-                let ds = daemon_sets.get(&kp.daemon_set).await?;
-                let cm = config_maps.get(&kp.config_map).await?;
-                let backup =
-                    kube_proxy::backup(name, self.namespace, &self.plan.name_any(), &ds, &cm)?;
-                backups
-                    .patch(name, &Self::ssa(), &Patch::Apply(&backup))
-                    .await?;
-            }
-            Action::DeleteKubeProxy => {
-                for r in [
-                    daemon_sets
-                        .delete(&kp.daemon_set, &DeleteParams::background())
-                        .await
-                        .map(|_| ()),
-                    config_maps
-                        .delete(&kp.config_map, &DeleteParams::background())
-                        .await
-                        .map(|_| ()),
-                ] {
-                    match r {
-                        Err(e) if !is_not_found(&e) => return Err(e.into()),
-                        _ => {}
-                    }
-                }
-            }
-            Action::RestoreKubeProxy { backup } => {
-                let b = backups
-                    .get_opt(backup)
-                    .await?
-                    .ok_or_else(|| Error::BackupMissing(backup.clone()))?;
-                let (ds, cm) = kube_proxy::restore(&b)?;
-                config_maps
-                    .patch(&kp.config_map, &Self::ssa(), &Patch::Apply(&cm))
-                    .await?;
-                daemon_sets
-                    .patch(&kp.daemon_set, &Self::ssa(), &Patch::Apply(&ds))
-                    .await?;
-            }
+            Action::EnsureKubeProxyAffinity => self.ensure_kube_proxy_affinity().await?,
+            Action::BackupKubeProxy { name } => self.backup_kube_proxy(name).await?,
+            Action::DeleteKubeProxy => self.delete_kube_proxy().await?,
+            Action::RestoreKubeProxy { backup } => self.restore_kube_proxy(backup).await?,
             Action::Event(e) => self.event(e).await,
         }
+        Ok(())
+    }
+
+    fn daemon_sets(&self) -> Api<DaemonSet> {
+        Api::namespaced(self.client.clone(), &self.plan.spec.kube_proxy.namespace)
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.plan.spec.kube_proxy.namespace)
+    }
+
+    /// The operator's namespace's ConfigMaps, where backups live.
+    fn backups(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), self.namespace)
+    }
+
+    async fn ensure_kube_proxy_affinity(&self) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        let daemon_sets = self.daemon_sets();
+        let ds = daemon_sets.get(&kp.daemon_set).await?;
+        let updated = kube_proxy::with_exclusion(ds.clone());
+        if updated != ds {
+            info!(daemonset = %kp.daemon_set, "excluding switchyard-migrated nodes from kube-proxy");
+            daemon_sets
+                .replace(&kp.daemon_set, &PostParams::default(), &updated)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn backup_kube_proxy(&self, name: &str) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        let ds = self.daemon_sets().get(&kp.daemon_set).await?;
+        let cm = self.config_maps().get(&kp.config_map).await?;
+        let backup = kube_proxy::backup(name, self.namespace, &self.plan.name_any(), &ds, &cm)?;
+        self.backups()
+            .patch(name, &Self::ssa(), &Patch::Apply(&backup))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_kube_proxy(&self) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        for r in [
+            self.daemon_sets()
+                .delete(&kp.daemon_set, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+            self.config_maps()
+                .delete(&kp.config_map, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+        ] {
+            match r {
+                Err(e) if !is_not_found(&e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore_kube_proxy(&self, backup: &str) -> Result<()> {
+        let kp = &self.plan.spec.kube_proxy;
+        let b = self
+            .backups()
+            .get_opt(backup)
+            .await?
+            .ok_or_else(|| Error::BackupMissing(backup.to_string()))?;
+        let (ds, cm) = kube_proxy::restore(&b)?;
+        self.config_maps()
+            .patch(&kp.config_map, &Self::ssa(), &Patch::Apply(&cm))
+            .await?;
+        self.daemon_sets()
+            .patch(&kp.daemon_set, &Self::ssa(), &Patch::Apply(&ds))
+            .await?;
         Ok(())
     }
 
@@ -366,7 +305,7 @@ impl Applier<'_> {
 mod tests {
     use super::*;
     use crate::planner::Event;
-    use switchyard_api::DatapathMode;
+    use switchyard_api::{DatapathMode, NodeDatapathSpec};
 
     fn cordon(n: &str) -> Action {
         Action::Cordon { node: n.into() }
@@ -382,10 +321,12 @@ mod tests {
 
     #[test]
     fn node_actions_group_per_node_between_cluster_wide_barriers() {
-        let set = Action::SetDatapath {
+        let set = Action::ApplyDatapath {
             node: "a".into(),
-            mode: DatapathMode::Active,
-            api_server: None,
+            spec: NodeDatapathSpec {
+                mode: DatapathMode::Active,
+                ..NodeDatapathSpec::default()
+            },
         };
         let actions = vec![
             cordon("a"),
@@ -412,5 +353,24 @@ mod tests {
             ]
         );
         assert!(segments(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_datapath_spec_is_applied_as_the_whole_object_without_status() {
+        let spec = NodeDatapathSpec {
+            mode: DatapathMode::Active,
+            api_server: Some("10.0.0.1:6443".into()),
+            ..NodeDatapathSpec::default()
+        };
+        let body = serde_json::to_value(NodeDatapath::new("n1", spec)).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "switchyard.dev/v1alpha1",
+                "kind": "NodeDatapath",
+                "metadata": {"name": "n1"},
+                "spec": {"mode": "Active", "apiServer": "10.0.0.1:6443"},
+            })
+        );
     }
 }

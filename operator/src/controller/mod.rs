@@ -6,12 +6,10 @@
 pub mod apply;
 pub mod kube_proxy;
 pub mod leader;
-pub mod memory;
 pub mod observe;
 pub mod pods;
 pub mod triggers;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::IgnoredAny;
-use switchyard_api::{FIELD_MANAGER, MigrationPlan, NodeDatapath};
+use switchyard_api::{
+    API_VERSION, FIELD_MANAGER, MigrationPlan, MigrationPlanStatus, NodeDatapath,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::{Error, Result};
@@ -96,6 +96,59 @@ pub async fn run(
     // The server ends each watch after 45 s, inside the client's 60 s read
     // timeout, so an idle watch is never mistaken for a dead connection.
     let wc = watcher::Config::default().timeout(45);
+    let triggers = watch_inputs(&client, &settings, &wc, nodes_w, datapaths_w);
+
+    // The plans' own watch, slimmed like the others: the server-side applied
+    // status leaves managed fields as big as the status (every node's entry).
+    let (plans, plans_w) = reflector::store();
+    let plan_events = watcher(Api::<MigrationPlan>::all(client.clone()), wc)
+        .default_backoff()
+        .modify(|p: &mut MigrationPlan| p.managed_fields_mut().clear())
+        .reflect(plans_w)
+        .applied_objects();
+    let controller = Controller::for_stream(plan_events, plans.clone())
+        .reconcile_all_on(triggers)
+        .graceful_shutdown_on(shutdown);
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        settings,
+        metrics: metrics.clone(),
+        nodes: nodes.clone(),
+        datapaths: datapaths.clone(),
+        plans,
+    });
+    spawn_readiness(nodes, datapaths, metrics);
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!(error = %e, "reconcile failed");
+            }
+            switchyard_endpoint::release_freed_memory();
+            future::ready(())
+        })
+        .await;
+    Ok(())
+}
+
+/// The watches of what the planner reads besides the plans (Nodes and
+/// NodeDatapaths into the caches, kube-proxy's DaemonSet and pods), as one
+/// stream of triggers: each change worth a decision reconciles every plan.
+fn watch_inputs(
+    client: &Client,
+    settings: &Settings,
+    wc: &watcher::Config,
+    nodes_w: reflector::store::Writer<Node>,
+    datapaths_w: reflector::store::Writer<NodeDatapath>,
+) -> futures::stream::SelectAll<futures::stream::BoxStream<'static, ()>> {
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(triggers::slim_node)
@@ -125,64 +178,26 @@ pub async fn run(
     .default_backoff()
     .touched_objects()
     .filter_map(ok_unit);
-    let triggers = futures::stream::select_all([
+    futures::stream::select_all([
         node_events.boxed(),
         datapath_events.boxed(),
         ds_events.boxed(),
         pod_events.boxed(),
-    ]);
+    ])
+}
 
-    // The plans' own watch, slimmed like the others: the server-side applied
-    // status leaves managed fields as big as the status (every node's entry).
-    let (plans, plans_w) = reflector::store();
-    let plan_events = watcher(Api::<MigrationPlan>::all(client.clone()), wc)
-        .default_backoff()
-        .modify(|p: &mut MigrationPlan| p.managed_fields_mut().clear())
-        .reflect(plans_w)
-        .applied_objects();
-    let controller = Controller::for_stream(plan_events, plans.clone())
-        .reconcile_all_on(triggers)
-        .graceful_shutdown_on(shutdown);
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
-        client,
-        settings,
-        metrics: metrics.clone(),
-        nodes: nodes.clone(),
-        datapaths: datapaths.clone(),
-        plans,
-    });
-
-    // Ready once the node and datapath caches are filled. The initial lists
-    // were decoded whole before being slimmed: give that heap back at once,
-    // not at the first reconcile (there is none until a plan exists).
-    let ready_metrics = metrics.clone();
+/// Ready once the node and datapath caches are filled. The initial lists
+/// were decoded whole before being slimmed: give that heap back at once,
+/// not at the first reconcile (there is none until a plan exists).
+fn spawn_readiness(nodes: Store<Node>, datapaths: Store<NodeDatapath>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         if nodes.wait_until_ready().await.is_ok() && datapaths.wait_until_ready().await.is_ok() {
-            memory::release_freed_memory();
-            ready_metrics
+            switchyard_endpoint::release_freed_memory();
+            metrics
                 .ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
-
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            if let Err(e) = r {
-                warn!(error = %e, "reconcile failed");
-            }
-            memory::release_freed_memory();
-            future::ready(())
-        })
-        .await;
-    Ok(())
 }
 
 /// The status subresource apply body.
@@ -191,7 +206,7 @@ pub async fn run(
 struct StatusBody<'a> {
     api_version: &'static str,
     kind: &'static str,
-    status: &'a switchyard_api::MigrationPlanStatus,
+    status: &'a MigrationPlanStatus,
 }
 
 /// A watch event as a bare trigger; watch errors are retried by the backoff.
@@ -212,11 +227,34 @@ async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Requeu
 }
 
 async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Requeue> {
-    // Never decide on a partial view: a node missing from a cache that is
-    // still filling would look gone, a NodeDatapath missing would look
-    // unprogrammed (a freshly started or restarted operator).
-    let synced = ctx
-        .nodes
+    if !caches_synced(&ctx) {
+        tracing::debug!("caches not synced yet; waiting");
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
+    let started = Instant::now();
+    let name = plan.name_any();
+    let snapshot = gather(&plan, &ctx).await?;
+    let current = plan.status.clone().unwrap_or_default();
+    let decision = decide(&plan, &current, &snapshot)?;
+    record(&ctx.client, &name, &current, &decision.status).await?;
+    act(&plan, &ctx, &decision.actions).await?;
+    ctx.metrics.observe(
+        &name,
+        &decision.status,
+        started.elapsed().as_secs_f64(),
+        decision.actions.len(),
+    );
+    Ok(match decision.requeue_after_secs {
+        0 => Requeue::requeue(Duration::from_millis(50)),
+        s => Requeue::requeue(Duration::from_secs(s)),
+    })
+}
+
+/// Never decide on a partial view: a node missing from a cache that is
+/// still filling would look gone, a NodeDatapath missing would look
+/// unprogrammed (a freshly started or restarted operator).
+fn caches_synced(ctx: &Context) -> bool {
+    ctx.nodes
         .wait_until_ready()
         .now_or_never()
         .is_some_and(|r| r.is_ok())
@@ -224,43 +262,28 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
             .datapaths
             .wait_until_ready()
             .now_or_never()
-            .is_some_and(|r| r.is_ok());
-    if !synced {
-        tracing::debug!("caches not synced yet; waiting");
-        return Ok(Requeue::requeue(Duration::from_millis(200)));
-    }
-    let started = Instant::now();
-    let name = plan.name_any();
-    let client = ctx.client.clone();
-    let kp = &plan.spec.kube_proxy;
+            .is_some_and(|r| r.is_ok())
+}
 
-    // Gather. Cached: nodes, datapaths, plans. Read fresh: kube-proxy's
-    // objects and the few single objects the planner needs.
-    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &kp.namespace);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &kp.namespace);
-    let ds = daemon_sets.get_opt(&kp.daemon_set).await?;
-    let cm = config_maps.get_opt(&kp.config_map).await?;
+/// The snapshot the planner decides on. Cached: nodes, datapaths, plans.
+/// Read fresh: kube-proxy's objects and the few single objects the planner
+/// needs.
+async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot> {
+    let client = &ctx.client;
+    let kp = &plan.spec.kube_proxy;
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), &kp.namespace)
+        .get_opt(&kp.daemon_set)
+        .await?;
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &kp.namespace)
+        .get_opt(&kp.config_map)
+        .await?;
     let kubeadm = Api::<ConfigMap>::namespaced(client.clone(), "kube-system")
         .get_metadata_opt("kubeadm-config")
         .await?
         .is_some();
-    let pods = match ds
-        .as_ref()
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.selector.match_labels.as_ref())
-    {
-        Some(labels) => {
-            let selector = labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            pods::list(&client, &kp.namespace, &selector).await?
-        }
-        None => Vec::new(),
-    };
+    let pods = kube_proxy_pods(client, &kp.namespace, ds.as_ref()).await?;
     let backup = Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.namespace)
-        .get_opt(&planner::backup_name(&name))
+        .get_opt(&planner::backup_name(&plan.name_any()))
         .await?;
     let endpoints = Api::<EndpointSlice>::namespaced(client.clone(), "default")
         .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
@@ -285,59 +308,88 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
         kubernetes_endpoints: endpoints.iter().collect(),
         cluster_dns: dns,
     };
-    let snapshot = observe::snapshot(&plan, &observed);
+    Ok(observe::snapshot(plan, &observed))
+}
 
-    // Decide.
-    let current = plan.status.clone().unwrap_or_default();
-    let decision = planner::plan(Input {
-        plan_name: &name,
+/// kube-proxy's pods: those its DaemonSet's selector matches (none without
+/// a DaemonSet or a label selector).
+async fn kube_proxy_pods(
+    client: &Client,
+    namespace: &str,
+    ds: Option<&DaemonSet>,
+) -> Result<Vec<Pod>> {
+    let labels = ds
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.selector.match_labels.as_ref());
+    let Some(labels) = labels else {
+        return Ok(Vec::new());
+    };
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    pods::list(client, namespace, &selector).await
+}
+
+/// The planner's decision, at the current time.
+fn decide(
+    plan: &MigrationPlan,
+    current: &MigrationPlanStatus,
+    snapshot: &planner::Snapshot,
+) -> Result<planner::Decision> {
+    Ok(planner::plan(Input {
+        plan_name: &plan.name_any(),
         generation: plan.metadata.generation,
         spec: &plan.spec,
-        status: &current,
-        snapshot: &snapshot,
+        status: current,
+        snapshot,
         now: Timestamp::now(),
-    })?;
+    })?)
+}
 
-    // Record, then act.
-    if decision.status != current {
-        // Serialized straight from the typed status: with a thousand nodes
-        // it is most of a MiB, too big to build a `serde_json::Value` for.
-        let body = StatusBody {
-            api_version: "switchyard.dev/v1alpha1",
-            kind: "MigrationPlan",
-            status: &decision.status,
-        };
-        // The answer is the whole plan again (status and managed fields):
-        // only its success matters, so it is parsed without being kept.
-        let request = kube::core::Request::new(MigrationPlan::url_path(&(), None))
-            .patch_subresource(
-                "status",
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .map_err(kube::Error::BuildRequest)?;
-        client.request::<IgnoredAny>(request).await?;
-        if decision.status.phase != current.phase {
-            info!(from = ?current.phase, to = ?decision.status.phase, "phase changed");
-        }
+/// Records the decided status (status subresource, server-side apply)
+/// when it differs from the current one: before any action is applied.
+async fn record(
+    client: &Client,
+    name: &str,
+    current: &MigrationPlanStatus,
+    decided: &MigrationPlanStatus,
+) -> Result<()> {
+    if decided == current {
+        return Ok(());
     }
-    let mut applier = apply::Applier {
-        client,
-        plan: &plan,
+    // Serialized straight from the typed status: with a thousand nodes
+    // it is most of a MiB, too big to build a `serde_json::Value` for.
+    let body = StatusBody {
+        api_version: API_VERSION,
+        kind: "MigrationPlan",
+        status: decided,
+    };
+    // The answer is the whole plan again (status and managed fields):
+    // only its success matters, so it is parsed without being kept.
+    let request = kube::core::Request::new(MigrationPlan::url_path(&(), None))
+        .patch_subresource(
+            "status",
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    client.request::<IgnoredAny>(request).await?;
+    if decided.phase != current.phase {
+        info!(from = ?current.phase, to = ?decided.phase, "phase changed");
+    }
+    Ok(())
+}
+
+/// Applies the decided actions, in the planner's order.
+async fn act(plan: &MigrationPlan, ctx: &Context, actions: &[planner::Action]) -> Result<()> {
+    let applier = apply::Applier {
+        client: ctx.client.clone(),
+        plan,
         namespace: &ctx.settings.namespace,
         recorder: &ctx.recorder,
-        specs: BTreeMap::new(),
     };
-    applier.apply_all(&decision.actions).await?;
-    ctx.metrics.observe(
-        &name,
-        &decision.status,
-        started.elapsed().as_secs_f64(),
-        decision.actions.len(),
-    );
-    Ok(match decision.requeue_after_secs {
-        0 => Requeue::requeue(Duration::from_millis(50)),
-        s => Requeue::requeue(Duration::from_secs(s)),
-    })
+    applier.apply_all(actions).await
 }

@@ -1,10 +1,11 @@
 //! kube-proxy's pods, listed a page at a time and decoded straight into the
 //! few fields the snapshot reads.
 //!
-//! A page of 250 full Pods decoded whole (containers, volumes, tolerations,
-//! managed fields) was the largest allocation of a reconcile: 8 MiB for a
-//! moment, measured at 300 simulated nodes. Decoding into [`PodWire`] skips every other field while parsing
-//! (peak RSS at 300 nodes, with the trim of [`super::memory`]: 45.8 → 33.7 MiB).
+//! A page of full Pods decoded whole (containers, volumes, tolerations,
+//! managed fields) would be the largest allocation of a reconcile, for a
+//! moment, and it would stay in malloc's arenas; decoding into [`PodWire`]
+//! skips every other field while parsing. The measurements are in
+//! `BENCHMARKS.md`, "Operator at scale (simulated nodes)".
 
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};

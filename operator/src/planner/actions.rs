@@ -1,7 +1,7 @@
 //! What the planner asks the controller to do. Every action is idempotent
 //! ("ensure"), so repeating one after a crash is harmless.
 
-use switchyard_api::{DatapathMode, ProbeRequest};
+use switchyard_api::NodeDatapathSpec;
 
 /// One change to make in the cluster.
 #[derive(Clone, Debug, PartialEq)]
@@ -10,11 +10,11 @@ pub enum Action {
     Cordon { node: String },
     /// `spec.unschedulable = false`.
     Uncordon { node: String },
-    /// Apply the NodeDatapath spec mode (and API server address).
-    SetDatapath {
+    /// Write the node's whole NodeDatapath spec (server-side apply: a
+    /// request the spec no longer carries is withdrawn).
+    ApplyDatapath {
         node: String,
-        mode: DatapathMode,
-        api_server: Option<String>,
+        spec: NodeDatapathSpec,
     },
     /// Label the node so the kube-proxy DaemonSet no longer runs there.
     ExcludeKubeProxy { node: String },
@@ -22,10 +22,6 @@ pub enum Action {
     IncludeKubeProxy { node: String },
     /// Give the kube-proxy DaemonSet the nodeAffinity excluding the label.
     EnsureKubeProxyAffinity,
-    /// Ask the node's agent to remove kube-proxy's leftovers.
-    RequestCleanup { node: String, generation: i64 },
-    /// Ask the node's agent to probe Services.
-    RequestProbe { node: String, request: ProbeRequest },
     /// Write the backup ConfigMap of the kube-proxy DaemonSet + ConfigMap.
     BackupKubeProxy { name: String },
     /// Delete the kube-proxy DaemonSet and ConfigMap (backup exists).
@@ -52,11 +48,9 @@ impl Action {
         match self {
             Action::Cordon { node }
             | Action::Uncordon { node }
-            | Action::SetDatapath { node, .. }
+            | Action::ApplyDatapath { node, .. }
             | Action::ExcludeKubeProxy { node }
-            | Action::IncludeKubeProxy { node }
-            | Action::RequestCleanup { node, .. }
-            | Action::RequestProbe { node, .. } => Some(node),
+            | Action::IncludeKubeProxy { node } => Some(node),
             _ => None,
         }
     }

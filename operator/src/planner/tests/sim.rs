@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{DatapathMode, MigrationPlanSpec, MigrationPlanStatus, NodeStep, Phase};
+use switchyard_api::{
+    DatapathMode, MigrationPlanSpec, MigrationPlanStatus, NodeDatapathSpec, NodeStep, Phase,
+};
 
 use crate::planner::{
     Action, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Event, Input, KubeProxyObs, NodeObs,
@@ -49,6 +51,8 @@ pub struct Sim {
     pub events: Vec<Event>,
     pub status: MigrationPlanStatus,
     pub spec: MigrationPlanSpec,
+    /// Each node's NodeDatapath spec as last written.
+    pub written: BTreeMap<String, NodeDatapathSpec>,
 }
 
 impl Sim {
@@ -85,6 +89,7 @@ impl Sim {
             max_in_flight_seen: 0,
             status: MigrationPlanStatus::default(),
             spec,
+            written: BTreeMap::new(),
         }
     }
 
@@ -184,16 +189,7 @@ impl Sim {
                 }
                 self.node(node).unschedulable = false;
             }
-            Action::SetDatapath { node, mode, .. } => {
-                let n = self.node(node);
-                let unsafe_off = *mode == DatapathMode::Off && n.dp_active && !n.kp_ready;
-                n.dp_spec = *mode;
-                if unsafe_off {
-                    self.violations.push(format!(
-                        "datapath turned off on {node} while kube-proxy is absent"
-                    ));
-                }
-            }
+            Action::ApplyDatapath { node, spec } => self.write_datapath(node, spec),
             Action::ExcludeKubeProxy { node } => {
                 let n = self.node(node);
                 let serving = n.dp_active && n.programmed;
@@ -209,12 +205,6 @@ impl Sim {
                 if let Some(e) = self.ds.as_mut() {
                     *e = true;
                 }
-            }
-            Action::RequestCleanup { node, generation } => {
-                self.node(node).cleanup_req = *generation
-            }
-            Action::RequestProbe { node, request } => {
-                self.node(node).probe_req = request.generation
             }
             Action::BackupKubeProxy { .. } => self.backup = self.ds.is_some() || self.cm,
             Action::DeleteKubeProxy => {
@@ -234,6 +224,48 @@ impl Sim {
             Action::Event(e) => self.events.push(e.clone()),
         }
         self.check_serving("after an action");
+    }
+
+    /// Writes a node's whole NodeDatapath spec, as server-side apply does.
+    /// Each write changes one thing at most, the step's own: the mode, the
+    /// cleanup request or the probe request. Besides, it may withdraw a
+    /// request the agent never answered.
+    fn write_datapath(&mut self, node: &str, spec: &NodeDatapathSpec) {
+        let before = self.written.insert(node.into(), spec.clone());
+        let before = before.unwrap_or_default();
+        let n = &self.nodes[node];
+        let answered = |req: i64, obs: Option<(i64, bool)>| obs.is_some_and(|o| o.0 >= req);
+        let withdrawn = |was: bool, is: bool, answered: bool| was && !is && !answered;
+        let changed = [
+            (before.mode, &before.api_server) != (spec.mode, &spec.api_server),
+            before.cleanup != spec.cleanup
+                && !withdrawn(
+                    before.cleanup.is_some(),
+                    spec.cleanup.is_some(),
+                    answered(n.cleanup_req, n.cleanup_obs),
+                ),
+            before.probe != spec.probe
+                && !withdrawn(
+                    before.probe.is_some(),
+                    spec.probe.is_some(),
+                    answered(n.probe_req, n.probe_obs),
+                ),
+        ];
+        if changed.iter().filter(|c| **c).count() > 1 {
+            self.violations.push(format!(
+                "one write changed more than one part of {node}'s spec: {before:?} -> {spec:?}"
+            ));
+        }
+        let n = self.node(node);
+        let unsafe_off = spec.mode == DatapathMode::Off && n.dp_active && !n.kp_ready;
+        n.dp_spec = spec.mode;
+        n.cleanup_req = spec.cleanup.as_ref().map_or(0, |c| c.generation);
+        n.probe_req = spec.probe.as_ref().map_or(0, |r| r.generation);
+        if unsafe_off {
+            self.violations.push(format!(
+                "datapath turned off on {node} while kube-proxy is absent"
+            ));
+        }
     }
 
     fn node(&mut self, name: &str) -> &mut SimNode {

@@ -3,13 +3,14 @@
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use switchyard_api::conditions::{self, READY, STALLED};
 use switchyard_api::{
-    DatapathMode, FailureAction, KubeProxyDisposition, MigrationPlanSpec, NodeStep, Phase, Severity,
+    CleanupRequest, DatapathMode, FailureAction, KubeProxyDisposition, MigrationPlanSpec,
+    NodeDatapathSpec, NodeStep, Phase, Severity,
 };
 
 use super::sim::Sim;
 use crate::planner::{Action, OtherPlan};
 
-fn spec(canary: u32, wave: i32) -> MigrationPlanSpec {
+pub(super) fn spec(canary: u32, wave: i32) -> MigrationPlanSpec {
     let mut s = MigrationPlanSpec::default();
     s.strategy.canary_nodes = canary;
     s.strategy.wave_size = IntOrString::Int(wave);
@@ -25,7 +26,7 @@ fn step_of(sim: &Sim, node: &str) -> NodeStep {
 }
 
 /// Reconciles (with ticks) until `node` reaches `step`; panics after 100 rounds.
-fn until(sim: &mut Sim, node: &str, step: NodeStep) -> Vec<Action> {
+pub(super) fn until(sim: &mut Sim, node: &str, step: NodeStep) -> Vec<Action> {
     for _ in 0..100 {
         sim.reconcile(None);
         if sim
@@ -153,6 +154,14 @@ fn a_node_cordoned_before_the_plan_stays_cordoned() {
     assert_eq!(n1.was_cordoned, Some(true));
 }
 
+/// The one NodeDatapath spec write among `actions`, for `node`.
+pub(super) fn datapath_spec(actions: &[Action], node: &str) -> NodeDatapathSpec {
+    match actions {
+        [Action::ApplyDatapath { node: n, spec }] if n == node => spec.clone(),
+        other => panic!("expected one NodeDatapath spec for {node}, got {other:?}"),
+    }
+}
+
 #[test]
 fn each_step_emits_its_actions() {
     let mut sim = Sim::new(1, &[], spec(1, 1));
@@ -160,9 +169,13 @@ fn each_step_emits_its_actions() {
     assert!(
         matches!(
             &a[..],
-            [Action::SetDatapath {
-                mode: DatapathMode::Active,
-                api_server: Some(_),
+            [Action::ApplyDatapath {
+                spec: NodeDatapathSpec {
+                    mode: DatapathMode::Active,
+                    api_server: Some(_),
+                    cleanup: None,
+                    probe: None,
+                },
                 ..
             }]
         ),
@@ -179,22 +192,23 @@ fn each_step_emits_its_actions() {
         ]
     );
     let a = until(&mut sim, "node-00", NodeStep::FlushRules);
+    let s = datapath_spec(&a, "node-00");
     assert_eq!(
-        a,
-        vec![Action::RequestCleanup {
-            node: "node-00".into(),
-            generation: 1
-        }]
+        s.cleanup,
+        Some(CleanupRequest {
+            generation: 1,
+            dry_run: false
+        })
     );
+    assert_eq!((s.mode, s.probe.as_ref()), (DatapathMode::Active, None));
     let a = until(&mut sim, "node-00", NodeStep::Verify);
-    match &a[..] {
-        [Action::RequestProbe { node, request }] => {
-            assert_eq!(node, "node-00");
-            assert_eq!(request.generation, 1);
-            assert_eq!(request.probes[0].name, "api-server");
-        }
-        other => panic!("expected a probe request, got {other:?}"),
-    }
+    let s = datapath_spec(&a, "node-00");
+    let request = s.probe.expect("a probe request");
+    assert_eq!(request.generation, 1);
+    assert_eq!(request.probes[0].name, "api-server");
+    // The requests of the steps before stay, unchanged.
+    assert_eq!(s.mode, DatapathMode::Active);
+    assert_eq!(s.cleanup.map(|c| c.generation), Some(1));
     let a = until(&mut sim, "node-00", NodeStep::Uncordon);
     assert_eq!(
         a,

@@ -1,0 +1,132 @@
+//! The end of a plan: finalisation after the last wave (backup, then
+//! kube-proxy's deletion), the guard against kube-proxy's return after
+//! success, and the whole-plan rollback.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use switchyard_api::conditions::{self, KUBE_PROXY_REAPPEARED};
+use switchyard_api::{KubeProxyDisposition, NodeProgress, NodeStep, Phase};
+
+use super::super::actions::{Action, Event};
+use super::super::{backup_name, node};
+use super::{Ctx, Draft, GUARD_SECS, set_phase, step_nodes};
+
+pub(super) fn finalize(ctx: &Ctx<'_>, s: &mut Draft) {
+    let kp = &ctx.snap.kube_proxy;
+    let name = backup_name(ctx.plan_name);
+    if !ctx.snap.backup_exists {
+        if kp.daemon_set.is_none() && kp.config_map.is_none() {
+            s.stall = Some((
+                "BackupImpossible".into(),
+                "kube-proxy's DaemonSet and ConfigMap vanished before they were backed up".into(),
+            ));
+            return;
+        }
+        s.actions.push(Action::BackupKubeProxy { name });
+        s.st.message = Some("backing up kube-proxy's DaemonSet and ConfigMap".into());
+        return;
+    }
+    s.st.kube_proxy_backup = Some(name);
+    if ctx.spec.kube_proxy.on_success == KubeProxyDisposition::Delete {
+        if kp.daemon_set.is_some() || kp.config_map.is_some() {
+            s.actions.push(Action::DeleteKubeProxy);
+            s.st.message =
+                Some("deleting kube-proxy's DaemonSet and ConfigMap (backup written)".into());
+            return;
+        }
+        s.st.kube_proxy_deleted = true;
+    }
+    s.st.message = Some("every node serves Services through the eBPF datapath".into());
+    set_phase(ctx, s, Phase::Succeeded);
+}
+
+pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
+    s.requeue = GUARD_SECS;
+    let kp = &ctx.snap.kube_proxy;
+    let reappeared =
+        s.st.kube_proxy_deleted && (kp.daemon_set.is_some() || kp.config_map.is_some());
+    let was = conditions::is_true(&s.st.conditions, KUBE_PROXY_REAPPEARED);
+    if reappeared && !was {
+        s.actions.push(Action::Event(Event {
+            node: None,
+            warning: true,
+            reason: "KubeProxyReappeared".into(),
+            message: "kube-proxy was re-created after the migration (kubeadm upgrade or an addon manager?); re-excluding it from migrated nodes".into(),
+        }));
+    }
+    conditions::set(
+        &mut s.st.conditions,
+        KUBE_PROXY_REAPPEARED,
+        reappeared,
+        if reappeared { "Recreated" } else { "Absent" },
+        if reappeared {
+            "kube-proxy's DaemonSet or ConfigMap exists again; it is kept off migrated nodes"
+        } else {
+            "kube-proxy has not come back"
+        },
+        s.st.observed_generation,
+        Time(ctx.now),
+    );
+    if kp.daemon_set.as_ref().is_some_and(|ds| !ds.excludes_label) {
+        s.actions.push(Action::EnsureKubeProxyAffinity);
+    }
+
+    for p in s.st.nodes.iter().filter(|p| p.step == NodeStep::Done) {
+        if ctx
+            .snap
+            .nodes
+            .get(&p.name)
+            .is_some_and(|n| !n.kube_proxy_excluded)
+        {
+            s.actions.push(Action::ExcludeKubeProxy {
+                node: p.name.clone(),
+            });
+        }
+    }
+}
+
+pub(super) fn rollback(ctx: &Ctx<'_>, s: &mut Draft) {
+    let kp = &ctx.snap.kube_proxy;
+    if kp.daemon_set.is_none() || kp.config_map.is_none() {
+        if ctx.snap.backup_exists {
+            s.actions.push(Action::RestoreKubeProxy {
+                backup: backup_name(ctx.plan_name),
+            });
+            s.st.message = Some("re-creating kube-proxy from the backup".into());
+        } else {
+            s.stall = Some((
+                "BackupMissing".into(),
+                format!(
+                    "kube-proxy is missing and backup ConfigMap {} does not exist; restore kube-proxy by hand",
+                    backup_name(ctx.plan_name)
+                ),
+            ));
+        }
+        return;
+    }
+    s.st.kube_proxy_deleted = false;
+
+    step_nodes(ctx, s, NodeStep::is_rollback);
+    if s.st.nodes.iter().any(|p| p.step.is_rollback()) {
+        return;
+    }
+    // Roll back the latest touched wave next (reverse order), all its nodes.
+    let needs = |p: &NodeProgress| {
+        !matches!(
+            p.step,
+            NodeStep::Pending | NodeStep::RolledBack | NodeStep::Gone
+        )
+    };
+    match s.st.nodes.iter().filter(|p| needs(p)).map(|p| p.wave).max() {
+        Some(wave) => {
+            for p in s.st.nodes.iter_mut().filter(|p| p.wave == wave && needs(p)) {
+                node::begin_rollback(ctx, p);
+            }
+            s.st.current_wave = Some(wave);
+            s.moved = true;
+        }
+        None => {
+            s.st.message = Some("every touched node is back on kube-proxy".into());
+            set_phase(ctx, s, Phase::RolledBack);
+        }
+    }
+}

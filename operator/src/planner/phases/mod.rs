@@ -1,0 +1,198 @@
+//! Plan-level phases: preflight, waves, finalisation, whole-plan rollback,
+//! the guard after success, and the status summary and kstatus conditions.
+
+mod finish;
+mod migrate;
+mod report;
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use switchyard_api::{MigrationPlanStatus, NodeProgress, NodeStep, Phase};
+
+use super::actions::{Action, Event};
+use super::node::{self, Moved};
+use super::{Ctx, Decision, PlanError, preflight, waves};
+use finish::{finalize, guard, rollback};
+use migrate::migrate;
+use report::{set_conditions, summarize};
+
+/// Requeue while waiting on the cluster (watches usually wake us sooner).
+const POLL_SECS: u64 = 5;
+/// Requeue of a finished plan (the kube-proxy guard).
+const GUARD_SECS: u64 = 60;
+
+/// The plan-level decision being drafted: the status to record, the
+/// actions to apply and what the conditions and the requeue will say.
+struct Draft {
+    st: MigrationPlanStatus,
+    actions: Vec<Action>,
+    moved: bool,
+    /// `(reason, message)` when the plan needs a human.
+    stall: Option<(String, String)>,
+    requeue: u64,
+}
+
+pub(super) fn decide(
+    ctx: &Ctx<'_>,
+    generation: Option<i64>,
+    status: MigrationPlanStatus,
+) -> Result<Decision, PlanError> {
+    let mut s = Draft {
+        st: status,
+        actions: Vec::new(),
+        moved: false,
+        stall: None,
+        requeue: POLL_SECS,
+    };
+    s.st.observed_generation = generation;
+    s.st.message = None;
+    s.st.api_server = ctx.api_server.clone();
+    s.st.kube_proxy_mode = preflight::kube_proxy_mode(ctx.snap).or(s.st.kube_proxy_mode.take());
+
+    if ctx.spec.rollback && !matches!(s.st.phase, Phase::RollingBack | Phase::RolledBack) {
+        let touched =
+            s.st.kube_proxy_deleted || s.st.nodes.iter().any(|n| n.step != NodeStep::Pending);
+        set_phase(
+            ctx,
+            &mut s,
+            if touched {
+                Phase::RollingBack
+            } else {
+                Phase::RolledBack
+            },
+        );
+    }
+
+    match s.st.phase {
+        Phase::Pending => set_phase(ctx, &mut s, Phase::Preflight),
+        Phase::Preflight => preflight_phase(ctx, &mut s)?,
+        Phase::Planned => {
+            if !ctx.spec.dry_run {
+                set_phase(ctx, &mut s, Phase::Preflight);
+            } else {
+                s.requeue = GUARD_SECS;
+            }
+        }
+        Phase::Migrating | Phase::Paused => migrate(ctx, &mut s)?,
+        Phase::Finalizing => finalize(ctx, &mut s),
+        Phase::Succeeded => guard(ctx, &mut s),
+        Phase::Failed => {
+            s.stall = Some(("NodesFailed".into(), failure_message(&s.st)));
+            s.requeue = GUARD_SECS;
+        }
+        Phase::RollingBack => rollback(ctx, &mut s),
+        Phase::RolledBack => s.requeue = GUARD_SECS,
+    }
+
+    summarize(&mut s.st);
+    set_conditions(ctx, generation, &mut s);
+    Ok(Decision {
+        status: s.st,
+        actions: s.actions,
+        requeue_after_secs: if s.moved { 0 } else { s.requeue },
+    })
+}
+
+fn set_phase(ctx: &Ctx<'_>, s: &mut Draft, phase: Phase) {
+    if s.st.phase == phase {
+        return;
+    }
+    s.actions.push(Action::Event(Event {
+        node: None,
+        warning: matches!(phase, Phase::Failed | Phase::RollingBack),
+        reason: format!("Phase{phase:?}"),
+        message: format!(
+            "plan {} moved from {:?} to {phase:?}",
+            ctx.plan_name, s.st.phase
+        ),
+    }));
+    if matches!(
+        phase,
+        Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Planned
+    ) {
+        s.st.completed_at = Some(Time(ctx.now));
+    }
+    s.st.phase = phase;
+    s.moved = true;
+}
+
+/// The selected nodes, in a set.
+fn selected(ctx: &Ctx<'_>) -> Result<BTreeSet<String>, PlanError> {
+    let mut out = BTreeSet::new();
+    for (name, node) in &ctx.snap.nodes {
+        if waves::selects(ctx.spec.node_selector.as_ref(), &node.labels)? {
+            out.insert(name.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn progress_for(waves: &[Vec<String>]) -> Vec<NodeProgress> {
+    waves
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| {
+            w.iter().map(move |name| NodeProgress {
+                name: name.clone(),
+                wave: i as u32,
+                ..NodeProgress::default()
+            })
+        })
+        .collect()
+}
+
+fn preflight_phase(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
+    let sel = selected(ctx)?;
+    s.st.waves = waves::compute(&ctx.spec.strategy, &sel)?;
+    s.st.nodes = progress_for(&s.st.waves);
+    let targets: Vec<String> = s.st.waves.concat();
+    s.st.preflight = preflight::check(ctx.spec, ctx.snap, &targets, ctx.now);
+    let blocked = preflight::blocking(&s.st.preflight);
+    if ctx.spec.dry_run {
+        set_phase(ctx, s, Phase::Planned);
+        return Ok(());
+    }
+    if blocked {
+        let errors: Vec<String> =
+            s.st.preflight
+                .iter()
+                .filter(|f| f.severity == switchyard_api::Severity::Error)
+                .map(|f| format!("{}: {}", f.reason, f.message))
+                .collect();
+        s.stall = Some(("PreflightFailed".into(), errors.join("; ")));
+        s.requeue = POLL_SECS;
+        return Ok(());
+    }
+    s.st.started_at = Some(Time(ctx.now));
+    s.st.current_wave = None;
+    set_phase(ctx, s, Phase::Migrating);
+    Ok(())
+}
+
+fn failed_count(st: &MigrationPlanStatus) -> usize {
+    st.nodes.iter().filter(|n| n.failed_step.is_some()).count()
+}
+
+fn failure_message(st: &MigrationPlanStatus) -> String {
+    let msgs: Vec<String> = st
+        .nodes
+        .iter()
+        .filter(|n| n.failed_step.is_some())
+        .map(|n| {
+            n.failure
+                .clone()
+                .unwrap_or_else(|| format!("node {} failed", n.name))
+        })
+        .collect();
+    msgs.join("; ")
+}
+
+/// Steps every node whose step passes `which`.
+fn step_nodes(ctx: &Ctx<'_>, s: &mut Draft, which: fn(NodeStep) -> bool) {
+    for p in s.st.nodes.iter_mut().filter(|p| which(p.step)) {
+        if node::step(ctx, p, &mut s.actions) == Moved::Yes {
+            s.moved = true;
+        }
+    }
+}
