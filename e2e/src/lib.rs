@@ -18,6 +18,9 @@
 //!   does; [`runtime`] is the kubelet stand-in that turns the pods bound to
 //!   each node into processes (image → program table in
 //!   [`runtime::images`]) and reports their status.
+//! - [`outside`]: the outside of the cluster (external router and client
+//!   namespaces, the lab's LoadBalancer implementation, external load and
+//!   long-lived flows as plain processes).
 //! - [`teardown`] removes a cluster by name (also a killed run's).
 //! - [`scenario`]: building blocks of the migration scenarios (switchyard
 //!   installed from `config/`, workload, load, `MigrationPlan`).
@@ -39,6 +42,7 @@ pub mod error;
 pub mod forward;
 pub mod load;
 pub mod network;
+pub mod outside;
 pub mod pki;
 pub mod request;
 pub mod runtime;
