@@ -4,12 +4,14 @@
 //!   on the external clients' subnet (created by
 //!   [`crate::network::create_outside`]);
 //! - an external client namespace behind it, where external traffic runs as
-//!   plain processes (not pods);
+//!   plain processes (not pods): [`traffic`] starts the load generator and
+//!   the long-lived flows there;
 //! - the lab's LoadBalancer implementation ([`lb`], pure core in
 //!   [`model`]), a task of the lab torn down with it.
 
 pub mod lb;
 pub mod model;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
