@@ -116,23 +116,24 @@ async fn start_traffic(c: &Cluster, ingress: &Ingress) -> (ExternalLoad, Flows) 
     (load, flows)
 }
 
-/// Prints the totals (the closing note quotes them) and returns the
-/// number of failed requests.
-fn report_load(scenario: &str, totals: &[Totals]) -> u64 {
+/// Prints the totals (the closing note quotes them).
+fn report_load(scenario: &str, totals: &[Totals]) {
     let ok: u64 = totals.iter().map(|t| t.ok).sum();
     let failed: u64 = totals.iter().map(|t| t.failed).sum();
     eprintln!("  [{scenario}] external requests: {ok} ok, {failed} failed");
     for t in totals.iter().filter(|t| t.failed > 0) {
         eprintln!(
-            "    {}: {} failed, last errors {:?}",
-            t.target, t.failed, t.errors
+            "    {}: {} ok, {} failed, last error {:?}",
+            t.target,
+            t.ok,
+            t.failed,
+            t.errors.last()
         );
     }
-    failed
 }
 
 fn assert_no_failures(scenario: &str, totals: &[Totals], min_ok: u64) {
-    let failed = report_load(scenario, totals);
+    let failed: u64 = totals.iter().map(|t| t.failed).sum();
     assert_eq!(failed, 0, "[{scenario}] failed external requests");
     for t in totals {
         assert!(
@@ -153,8 +154,26 @@ fn report_flows(scenario: &str, flows: &[FlowTotals]) {
     }
 }
 
-fn assert_flows_intact(scenario: &str, flows: &[FlowTotals], min_sent: u64) {
+/// Prints what the external load, the long-lived flows and the
+/// LoadBalancer's health checks saw (before any assertion, so a failing run
+/// reports all of it).
+fn report(c: &Cluster, scenario: &str, totals: &[Totals], flows: &[FlowTotals]) {
+    report_load(scenario, totals);
     report_flows(scenario, flows);
+    let take_outs = c.outside().unwrap().load_balancer().take_outs();
+    eprintln!("  [{scenario}] LoadBalancer take-outs: {}", take_outs.len());
+    for t in &take_outs {
+        eprintln!(
+            "    {} {} out of {}: {:?}",
+            t.at.format("%H:%M:%S%.3f"),
+            t.node,
+            t.service,
+            t.failures.last()
+        );
+    }
+}
+
+fn assert_flows_intact(scenario: &str, flows: &[FlowTotals], min_sent: u64) {
     for f in flows {
         assert!(f.sent >= min_sent, "[{scenario}] {}: too short", f.target);
         assert_eq!(
@@ -226,8 +245,10 @@ async fn external_traffic_is_served_by_kube_proxy_and_the_lb_sees_every_node_hea
     assert_pod_uses_other_nodes_node_port(&c, &ingress).await;
     load.wait_for_more(60).await.unwrap();
     flows.wait_for_more(30).await.unwrap();
-    assert_no_failures("kube-proxy", &load.stop().await.unwrap(), 60);
-    assert_flows_intact("kube-proxy", &flows.stop().await.unwrap(), 30);
+    let (totals, flow_totals) = (load.stop().await.unwrap(), flows.stop().await.unwrap());
+    report(&c, "kube-proxy", &totals, &flow_totals);
+    assert_no_failures("kube-proxy", &totals, 60);
+    assert_flows_intact("kube-proxy", &flow_totals, 30);
     assert_no_take_outs(&c, "kube-proxy");
     assert_exclusion_label_drains_a_node(&c, &ingress).await;
 }
@@ -324,8 +345,8 @@ async fn migrate_under_external_load(mode: ProxyMode, label: &str) -> (Cluster, 
     // Traffic covers the last switch and the time after it.
     flows.wait_for_more(20).await.unwrap();
     load.wait_for_more(20).await.unwrap();
-    let totals = load.stop().await.unwrap();
-    let flow_totals = flows.stop().await.unwrap();
+    let (totals, flow_totals) = (load.stop().await.unwrap(), flows.stop().await.unwrap());
+    report(&c, label, &totals, &flow_totals);
     assert_no_failures(label, &totals, 50);
     assert_flows_intact(label, &flow_totals, 50);
     assert_no_take_outs(&c, label);
@@ -368,8 +389,10 @@ async fn iptables_migration_serves_external_traffic_without_a_failure_then_rolls
     );
     flows.wait_for_more(20).await.unwrap();
     load.wait_for_more(20).await.unwrap();
-    assert_no_failures("rollback", &load.stop().await.unwrap(), 50);
-    assert_flows_intact("rollback", &flows.stop().await.unwrap(), 50);
+    let (totals, flow_totals) = (load.stop().await.unwrap(), flows.stop().await.unwrap());
+    report(&c, "rollback", &totals, &flow_totals);
+    assert_no_failures("rollback", &totals, 50);
+    assert_flows_intact("rollback", &flow_totals, 50);
     assert_no_take_outs(&c, "rollback");
     let ndp: Api<NodeDatapath> = Api::all(c.client());
     for d in ndp.list(&ListParams::default()).await.unwrap().items {
@@ -405,15 +428,13 @@ async fn the_manual_procedure_cuts_external_traffic_for_contrast() {
     let switched = t0.elapsed();
     load.wait_for_more(40).await.unwrap();
     flows.wait_for_more(20).await.unwrap();
-    let totals = load.stop().await.unwrap();
-    let failed = report_load("manual procedure", &totals);
-    report_flows("manual procedure", &flows.stop().await.unwrap());
-    let take_outs = c.outside().unwrap().load_balancer().take_outs();
+    let (totals, flow_totals) = (load.stop().await.unwrap(), flows.stop().await.unwrap());
     eprintln!(
-        "  [manual procedure] switch took {:.1}s; the LoadBalancer took {} node(s) out",
-        switched.as_secs_f64(),
-        take_outs.len()
+        "  [manual procedure] the switch took {:.1}s",
+        switched.as_secs_f64()
     );
+    report(&c, "manual procedure", &totals, &flow_totals);
+    let failed: u64 = totals.iter().map(|t| t.failed).sum();
     assert!(
         failed > 0,
         "the manual procedure is expected to fail external requests between the flush and the new datapath"

@@ -120,7 +120,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     step(
         2,
-        "deploying nginx (2 replicas) and its Services; starting client traffic from every node",
+        "deploying nginx (2 replicas), its Services and NodePort/LoadBalancer Services; starting client traffic from every node and from outside",
     );
     let targets = scenario::deploy_workload(&c)
         .await
@@ -206,7 +206,9 @@ async fn run(args: Args) -> Result<(), String> {
     let (ext_ok, ext_failed) = sums(&external);
     let take_outs = outside.load_balancer().take_outs().len();
     println!(
-        "  migration took {secs:.1}s; {ok} requests in all, {failed} failed; from outside {ext_ok} requests, {ext_failed} failed; LoadBalancer health checks took {take_outs} node(s) out"
+        "  migration took {secs:.1}s; {} requests in all, {failed} failed; from outside {} requests, {ext_failed} failed; the LoadBalancer's health checks took {take_outs} node(s) out",
+        ok + failed,
+        ext_ok + ext_failed
     );
     let failed = failed + ext_failed;
     show_rules(&c, "after").await;

@@ -248,7 +248,7 @@ impl Controller {
                 .entry((service.clone(), node.clone()))
                 .or_default();
             if let Some(Change::TakeOut(failures)) = health.observe(result) {
-                tracing::warn!(%service, %node, ?failures, "LoadBalancer took a node out");
+                tracing::info!(%service, %node, ?failures, "LoadBalancer took a node out");
                 if let Ok(mut st) = self.state.lock() {
                     st.take_outs.push(TakeOut {
                         node,
