@@ -24,6 +24,7 @@ use crate::binaries::Binaries;
 use crate::control_plane::ControlPlane;
 use crate::error::{Error, Result};
 use crate::forward::{self, Forwarder};
+use crate::outside::Outside;
 use crate::pki::Pki;
 use crate::request;
 use crate::runtime::images::ImageTable;
@@ -56,6 +57,10 @@ pub struct ClusterConfig {
     pub kube_proxy: bool,
     /// Extra kube-apiserver flags (for instance an audit policy).
     pub apiserver_extra_args: Vec<String>,
+    /// Also model the outside of the cluster: an external router and
+    /// client, and the lab's LoadBalancer implementation (see
+    /// [`crate::outside`]).
+    pub outside: bool,
 }
 
 impl Default for ClusterConfig {
@@ -69,6 +74,7 @@ impl Default for ClusterConfig {
             images: None,
             kube_proxy: true,
             apiserver_extra_args: Vec::new(),
+            outside: false,
         }
     }
 }
@@ -85,6 +91,7 @@ pub struct Cluster {
     registry: PodRegistry,
     runtimes: Vec<JoinHandle<()>>,
     bins: Binaries,
+    outside: Option<Outside>,
     torn_down: bool,
 }
 
@@ -173,12 +180,17 @@ impl Cluster {
         let pki_dir = state.join("pki");
         let pki = blocking(move || Pki::generate(&pki_dir)).await?;
         let plan2 = plan.clone();
+        let with_outside = cfg.outside;
         blocking(move || {
             crate::network::create_control_plane(&plan2)?;
             plan2
                 .nodes
                 .iter()
-                .try_for_each(|n| crate::network::create_node(&plan2, n))
+                .try_for_each(|n| crate::network::create_node(&plan2, n))?;
+            if with_outside {
+                crate::network::create_outside(&plan2)?;
+            }
+            Ok(())
         })
         .await?;
         let cp_place = Placement {
@@ -205,7 +217,7 @@ impl Cluster {
         pki.write_kubeconfig("admin", &format!("https://{}", fwd.local), &kubeconfig)?;
         let client = client_from(&kubeconfig).await?;
         let started = Instant::now();
-        wait_ready(&client, &mut cp).await?;
+        crate::control_plane::wait_ready(&client, &mut cp).await?;
         tracing::info!(
             secs = started.elapsed().as_secs_f32(),
             "kube-apiserver ready"
@@ -255,6 +267,12 @@ impl Cluster {
             });
             runtimes.push(tokio::spawn(runtime::run_node(shared)));
         }
+        let outside = if cfg.outside {
+            let cg = cgroup.child("outside")?;
+            Some(Outside::start(&plan, client.clone(), cg, &state)?)
+        } else {
+            None
+        };
         let cluster = Cluster {
             plan,
             state,
@@ -266,6 +284,7 @@ impl Cluster {
             registry,
             runtimes,
             bins,
+            outside,
             torn_down: false,
         };
         partial.armed = false;
@@ -299,6 +318,14 @@ impl Cluster {
     /// The address plan (node names, IPs, namespaces).
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The outside of the cluster (external client, router, LoadBalancer),
+    /// if it was started with [`ClusterConfig::outside`].
+    pub fn outside(&self) -> Result<&Outside> {
+        self.outside.as_ref().ok_or_else(|| {
+            Error::NotFound("the cluster's outside (start it with ClusterConfig::outside)".into())
+        })
     }
 
     /// The pid of a running control-plane program (`kube-apiserver`, …).
@@ -484,6 +511,7 @@ impl Cluster {
         for t in &self.runtimes {
             t.abort();
         }
+        self.outside.take();
         self.forwarder.take();
         self.control_plane.take();
         crate::teardown::keep_logs(&self.plan.name, &self.state);
@@ -521,32 +549,6 @@ pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
             .await
             .map_err(|e| Error::Kubeconfig(e.to_string()))?;
     Ok(kube::Client::try_from(config)?)
-}
-
-async fn wait_ready(client: &kube::Client, cp: &mut ControlPlane) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        cp.check()?;
-        let req = http_request("/readyz");
-        if let Ok(body) = client.request_text(req).await
-            && body.trim() == "ok"
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: "kube-apiserver /readyz".into(),
-                seconds: 90,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn http_request(path: &str) -> http::Request<Vec<u8>> {
-    let mut req = http::Request::new(Vec::new());
-    *req.uri_mut() = path.parse().unwrap_or_default();
-    req
 }
 
 async fn exec(place: &Placement, argv: &[&str]) -> Result<std::process::Output> {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::binaries::Binaries;
 use crate::error::{Error, Result};
@@ -218,6 +219,34 @@ impl ControlPlane {
             .iter_mut()
             .try_for_each(Process::check_running)
     }
+}
+
+/// Waits until kube-apiserver answers `/readyz` with `ok` (or a control-plane
+/// process dies).
+pub(crate) async fn wait_ready(client: &kube::Client, cp: &mut ControlPlane) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        cp.check()?;
+        let req = http_request("/readyz");
+        if let Ok(body) = client.request_text(req).await
+            && body.trim() == "ok"
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: "kube-apiserver /readyz".into(),
+                seconds: 90,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn http_request(path: &str) -> http::Request<Vec<u8>> {
+    let mut req = http::Request::new(Vec::new());
+    *req.uri_mut() = path.parse().unwrap_or_default();
+    req
 }
 
 #[cfg(test)]

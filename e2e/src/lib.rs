@@ -18,6 +18,10 @@
 //!   does; [`runtime`] is the kubelet stand-in that turns the pods bound to
 //!   each node into processes (image → program table in
 //!   [`runtime::images`]) and reports their status.
+//! - [`outside`]: the outside of the cluster (external router and client
+//!   namespaces, the lab's LoadBalancer implementation, external load and
+//!   long-lived flows as plain processes); [`ingress`] deploys the
+//!   north-south workload it sends to.
 //! - [`teardown`] removes a cluster by name (also a killed run's).
 //! - [`scenario`]: building blocks of the migration scenarios (switchyard
 //!   installed from `config/`, workload, load, `MigrationPlan`).
@@ -37,8 +41,10 @@ pub mod cluster;
 pub mod control_plane;
 pub mod error;
 pub mod forward;
+pub mod ingress;
 pub mod load;
 pub mod network;
+pub mod outside;
 pub mod pki;
 pub mod request;
 pub mod runtime;

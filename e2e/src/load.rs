@@ -1,7 +1,7 @@
 //! Steady client traffic for the scenarios: one `switchyard-loadgen` pod per
 //! node, each sending requests to every target Service, and their totals.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -27,13 +27,20 @@ pub struct Totals {
     pub errors: Vec<String>,
 }
 
+/// A load generator's report file.
 #[derive(Clone, Debug, Deserialize)]
-struct LoadReport {
-    pod: String,
+pub(crate) struct LoadReport {
+    pub(crate) pod: String,
     #[serde(default)]
-    started_ms: u128,
-    running: bool,
-    targets: Vec<Totals>,
+    pub(crate) started_ms: u128,
+    pub(crate) running: bool,
+    pub(crate) targets: Vec<Totals>,
+}
+
+/// Reads a JSON report a generator wrote (atomically) to `f`.
+pub(crate) fn read_report<T: serde::de::DeserializeOwned>(f: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(f).map_err(Error::io("reading", f))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", f.display())))
 }
 
 /// Load generators, one pod per node, each sending `rate` requests per
@@ -101,12 +108,7 @@ impl Load {
     fn read(&self) -> Result<Vec<LoadReport>> {
         self.pods
             .iter()
-            .map(|p| {
-                let f = self.dir.join(format!("{p}.json"));
-                let text = std::fs::read_to_string(&f).map_err(Error::io("reading", &f))?;
-                serde_json::from_str(&text)
-                    .map_err(|e| Error::Config(format!("{}: {e}", f.display())))
-            })
+            .map(|p| read_report(&self.dir.join(format!("{p}.json"))))
             .collect()
     }
 

@@ -1,14 +1,16 @@
 //! Builds the lab's networks from a [`Plan`]: the control-plane namespace
 //! with the underlay bridge, one namespace per node (veth to the bridge, a
-//! pod bridge, routes to every other node's pod CIDR), and per-pod
-//! namespaces behind a node's pod bridge.
+//! pod bridge, routes to every other node's pod CIDR), per-pod
+//! namespaces behind a node's pod bridge, and the outside of the cluster
+//! (an external router on the underlay and an external client behind it).
 
 use std::net::Ipv4Addr;
 
 use crate::error::Result;
 use crate::sys::{ip, netns_add, netns_sysctl};
 use crate::topology::{
-    CONTROL_PLANE_IP, NodePlan, POD_BRIDGE, Plan, UNDERLAY_BRIDGE, UNDERLAY_PREFIX,
+    CLIENT_IP, CLIENT_NET, CLIENT_PREFIX, CONTROL_PLANE_IP, NodePlan, POD_BRIDGE, Plan,
+    ROUTER_CLIENT_IP, ROUTER_UNDERLAY_IP, UNDERLAY_BRIDGE, UNDERLAY_PREFIX,
 };
 
 /// A fixed, locally administered MAC for the bridge of node `index` (0: the
@@ -85,6 +87,60 @@ pub fn create_node(plan: &Plan, node: &NodePlan) -> Result<()> {
         node.pod_cidr(),
         node.ip
     ))?;
+    Ok(())
+}
+
+/// Name of the router's veth end inside the control-plane namespace.
+const ROUTER_CP_VETH: &str = "vrt";
+
+/// Creates the outside of the cluster: a router namespace with a leg on the
+/// underlay bridge and one on the external clients' subnet, and the
+/// external client namespace behind it. The router forwards without NAT,
+/// so packets reach a node's `eth0` with the client's own source address;
+/// every node routes the clients' subnet back through the router. L4 ECMP
+/// hashing spreads the flows to a LoadBalancer IP over its nodes as a
+/// cloud load balancer does.
+pub fn create_outside(plan: &Plan) -> Result<()> {
+    let (cp, rt, ext) = (&plan.cp_netns, &plan.router_netns, &plan.client_netns);
+    netns_add(rt)?;
+    netns_add(ext)?;
+    ip(&format!(
+        "-n {cp} link add {ROUTER_CP_VETH} type veth peer name eth0 netns {rt}"
+    ))?;
+    ip(&format!(
+        "-n {cp} link set {ROUTER_CP_VETH} master {UNDERLAY_BRIDGE} up"
+    ))?;
+    ip(&format!(
+        "-n {rt} addr add {ROUTER_UNDERLAY_IP}/{UNDERLAY_PREFIX} dev eth0"
+    ))?;
+    ip(&format!("-n {rt} link set eth0 up"))?;
+    ip(&format!(
+        "-n {rt} link add ext0 type veth peer name eth0 netns {ext}"
+    ))?;
+    ip(&format!(
+        "-n {rt} addr add {ROUTER_CLIENT_IP}/{CLIENT_PREFIX} dev ext0"
+    ))?;
+    ip(&format!("-n {rt} link set ext0 up"))?;
+    ip(&format!(
+        "-n {ext} addr add {CLIENT_IP}/{CLIENT_PREFIX} dev eth0"
+    ))?;
+    ip(&format!("-n {ext} link set eth0 up"))?;
+    ip(&format!(
+        "-n {ext} route add default via {ROUTER_CLIENT_IP}"
+    ))?;
+    netns_sysctl(rt, "net.ipv4.ip_forward", "1")?;
+    netns_sysctl(rt, "net.ipv4.fib_multipath_hash_policy", "1")?;
+    // Replies to a LoadBalancer IP come back from whichever node served
+    // them; loose or strict source validation is the network's business,
+    // not the lab's.
+    netns_sysctl(rt, "net.ipv4.conf.all.rp_filter", "0")?;
+    netns_sysctl(rt, "net.ipv4.conf.eth0.rp_filter", "0")?;
+    for n in &plan.nodes {
+        ip(&format!(
+            "-n {} route add {CLIENT_NET} via {ROUTER_UNDERLAY_IP}",
+            n.netns
+        ))?;
+    }
     Ok(())
 }
 

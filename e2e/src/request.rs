@@ -48,12 +48,23 @@ fn request_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
 
 /// HTTP GET `path` on `target` from inside `netns`.
 pub async fn http_get(netns: PathBuf, target: SocketAddr, path: String) -> Result<HttpResponse> {
+    http_get_within(netns, target, path, REQUEST_TIMEOUT).await
+}
+
+/// HTTP GET `path` on `target` from inside `netns`, connecting, sending and
+/// receiving each within `timeout`.
+pub async fn http_get_within(
+    netns: PathBuf,
+    target: SocketAddr,
+    path: String,
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let what = format!("GET http://{target}{path}");
     tokio::task::spawn_blocking(move || {
         in_netns(&netns, move || -> Result<HttpResponse> {
-            let mut s = TcpStream::connect_timeout(&target, REQUEST_TIMEOUT)
+            let mut s = TcpStream::connect_timeout(&target, timeout)
                 .map_err(request_error(what.clone()))?;
-            s.set_read_timeout(Some(REQUEST_TIMEOUT))
+            s.set_read_timeout(Some(timeout))
                 .map_err(request_error(what.clone()))?;
             write!(
                 s,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_api::{MigrationPlan, NodeDatapath, Phase};
 
@@ -280,11 +280,28 @@ pub async fn wait_kube_proxy_programmed(c: &Cluster, targets: &[Target]) -> Resu
     Ok(())
 }
 
-fn pod_ready(p: &Pod) -> bool {
+/// Whether the pod reports the Ready condition.
+pub fn pod_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The scenarios' MigrationPlan `name`: canary 1 node, then waves of 1,
+/// probes of `nginx` (HTTP) and `nginx-udp`, rollback of a failed node;
+/// `extra` replaces top-level `spec` fields.
+pub fn migration_plan(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut p = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name},
+        "spec": {"strategy": {"canaryNodes": 1, "waveSize": 1, "stepTimeoutSeconds": 120},
+            "verification": {"consecutiveSuccesses": 3, "timeoutSeconds": 2, "probes": [
+                {"name": "nginx", "service": {"namespace": "default", "name": "nginx"}, "port": 80, "protocol": "TCP", "httpPath": "/"},
+                {"name": "nginx-udp", "service": {"namespace": "default", "name": "nginx-udp"}, "port": 5353, "protocol": "UDP"}]},
+            "failurePolicy": {"action": "Rollback"}}});
+    if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    p
 }
 
 /// Applies a MigrationPlan.
@@ -335,6 +352,55 @@ pub fn settled(p: &MigrationPlan) -> bool {
             Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Planned | Phase::Paused
         )
     })
+}
+
+/// The published manual recipe, on every node at once: delete kube-proxy's
+/// DaemonSet and ConfigMap, strip every `KUBE` rule with `iptables-save |
+/// grep -v KUBE | iptables-restore`, then turn the datapath on; returns
+/// once every node's datapath serves.
+pub async fn manual_procedure(c: &Cluster) -> Result<()> {
+    for kind in ["daemonset", "configmap"] {
+        kubectl(c, &["-n", "kube-system", "delete", kind, "kube-proxy"]).await?;
+    }
+    let flush = "iptables-save | grep -v KUBE | iptables-restore";
+    for n in &c.plan().nodes {
+        let out = c.exec_on_node(&n.name, &["sh", "-c", flush]).await?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: format!("{flush} on {}", n.name),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+    }
+    let ndp: Api<NodeDatapath> = Api::all(c.client());
+    for n in &c.plan().nodes {
+        let body = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "NodeDatapath",
+            "metadata": {"name": n.name}, "spec": {"mode": "Active"}});
+        ndp.patch(
+            &n.name,
+            &PatchParams::apply("manual").force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    }
+    wait_for(
+        "the datapath serving on every node",
+        Duration::from_secs(60),
+        || async {
+            let list = ndp.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|d| {
+                    d.status.as_ref().is_some_and(|s| {
+                        s.active_mode == Some(switchyard_api::DatapathMode::Active)
+                            && s.sync.services_programmed >= s.sync.services_seen
+                            && s.sync.services_seen > 0
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await
 }
 
 /// kube-proxy's rules on a node, per table: lines of `iptables-save` that

@@ -7,7 +7,11 @@
 //!   node *i* (1-based) is `172.31.255.(10+i)`;
 //! - pod CIDR `10.244.0.0/16`, node *i* owns `10.244.i.0/24` with its pod
 //!   bridge `cbr0` at `.1`;
-//! - service CIDR `10.96.0.0/16`, the `kubernetes` Service is `10.96.0.1`.
+//! - service CIDR `10.96.0.0/16`, the `kubernetes` Service is `10.96.0.1`;
+//! - the outside of the cluster: a router namespace on the underlay at
+//!   `172.31.255.254` and an external client namespace on `172.30.0.0/24`
+//!   (router `.1`, client `.10`) behind it; LoadBalancer IPs come from
+//!   `172.29.0.0/24` and are routed by the router to the nodes.
 
 use std::net::Ipv4Addr;
 
@@ -29,6 +33,18 @@ pub const UNDERLAY_BRIDGE: &str = "sybr0";
 pub const POD_BRIDGE: &str = "cbr0";
 /// Most nodes a cluster may have (addresses and CIDRs are derived from it).
 pub const MAX_NODES: usize = 200;
+/// The external router's address on the underlay (above every node's).
+pub const ROUTER_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 254);
+/// The external clients' subnet (behind the router, outside the cluster).
+pub const CLIENT_NET: &str = "172.30.0.0/24";
+/// The router's address on the external clients' subnet.
+pub const ROUTER_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+/// The external client's address.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
+/// Prefix length of the external clients' subnet.
+pub const CLIENT_PREFIX: u8 = 24;
+/// The LoadBalancer IP pool, a /24: `.1`–`.254` are handed out.
+pub const LB_POOL: Ipv4Addr = Ipv4Addr::new(172, 29, 0, 0);
 
 /// One node's addresses and names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +79,11 @@ pub struct Plan {
     pub name: String,
     /// The control-plane network namespace.
     pub cp_netns: String,
+    /// The external router's network namespace (exists when the cluster
+    /// was started with its outside).
+    pub router_netns: String,
+    /// The external client's network namespace (idem).
+    pub client_netns: String,
     /// The nodes.
     pub nodes: Vec<NodePlan>,
 }
@@ -85,6 +106,8 @@ impl Plan {
         Self {
             name: name.to_string(),
             cp_netns: format!("{name}-cp"),
+            router_netns: format!("{name}-rt"),
+            client_netns: format!("{name}-ext"),
             nodes,
         }
     }
@@ -153,6 +176,9 @@ mod tests {
         assert_eq!(p.nodes[0].ip, Ipv4Addr::new(172, 31, 255, 11));
         assert_eq!(p.nodes[2].pod_cidr(), "10.244.3.0/24");
         assert_eq!(p.nodes[1].netns, "sy1a-n2");
+        assert_eq!(p.router_netns, "sy1a-rt");
+        let last = Plan::new("x", MAX_NODES);
+        assert!(last.nodes.iter().all(|n| n.ip < ROUTER_UNDERLAY_IP));
         assert_eq!(p.node("node2").map(|n| n.index), Some(2));
         assert!(p.nodes.iter().all(|n| n.cp_veth.len() <= 15));
     }

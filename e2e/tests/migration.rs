@@ -60,18 +60,7 @@ async fn setup(mode: ProxyMode) -> (Cluster, Vec<Target>, Load) {
 }
 
 fn plan(name: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut p = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name},
-        "spec": {"strategy": {"canaryNodes": 1, "waveSize": 1, "stepTimeoutSeconds": 120},
-            "verification": {"consecutiveSuccesses": 3, "timeoutSeconds": 2, "probes": [
-                {"name": "nginx", "service": {"namespace": "default", "name": "nginx"}, "port": 80, "protocol": "TCP", "httpPath": "/"},
-                {"name": "nginx-udp", "service": {"namespace": "default", "name": "nginx-udp"}, "port": 5353, "protocol": "UDP"}]},
-            "failurePolicy": {"action": "Rollback"}}});
-    if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            spec.insert(k.clone(), v.clone());
-        }
-    }
-    p
+    scenario::migration_plan(name, extra)
 }
 
 fn progress(p: &MigrationPlan) {
@@ -407,58 +396,7 @@ async fn the_manual_procedure_fails_requests_for_contrast() {
     let _serial = SERIAL.lock().await;
     let (c, _targets, load) = setup(ProxyMode::Iptables).await;
     let t0 = Instant::now();
-    // The published recipe: delete kube-proxy, strip KUBE rules, start the datapath.
-    scenario::kubectl(
-        &c,
-        &["-n", "kube-system", "delete", "daemonset", "kube-proxy"],
-    )
-    .await
-    .unwrap();
-    scenario::kubectl(
-        &c,
-        &["-n", "kube-system", "delete", "configmap", "kube-proxy"],
-    )
-    .await
-    .unwrap();
-    for n in &c.plan().nodes {
-        let out = c
-            .exec_on_node(
-                &n.name,
-                &[
-                    "sh",
-                    "-c",
-                    "iptables-save | grep -v KUBE | iptables-restore",
-                ],
-            )
-            .await
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
-    let ndp: Api<NodeDatapath> = Api::all(c.client());
-    for n in &c.plan().nodes {
-        ndp.patch(&n.name, &PatchParams::apply("manual").force(), &Patch::Apply(json!({
-            "apiVersion": "switchyard.dev/v1alpha1", "kind": "NodeDatapath", "metadata": {"name": n.name},
-            "spec": {"mode": "Active"}}))).await.unwrap();
-    }
-    wait_for(
-        "the datapath serving on every node",
-        Duration::from_secs(60),
-        || async {
-            let list = ndp.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .all(|d| {
-                    d.status.as_ref().is_some_and(|s| {
-                        s.active_mode == Some(switchyard_api::DatapathMode::Active)
-                            && s.sync.services_programmed >= s.sync.services_seen
-                            && s.sync.services_seen > 0
-                    })
-                })
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    scenario::manual_procedure(&c).await.unwrap();
     let switched = t0.elapsed();
     // Let traffic run on the new datapath for a moment, measured by requests.
     let before: u64 = load.totals().unwrap().iter().map(|t| t.ok).sum();

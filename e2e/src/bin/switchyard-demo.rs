@@ -1,17 +1,23 @@
 //! `make demo`: a live migration off kube-proxy on the local real cluster.
 //!
-//! Starts 3 nodes with kube-proxy (iptables mode), deploys the classic nginx
-//! Services with client traffic from every node, installs switchyard from
-//! `config/`, applies a MigrationPlan and shows its progress live (per-node
-//! steps, requests ok/failed), prints each node's `iptables -t nat -L
-//! KUBE-SERVICES` before and after, then tears everything down.
+//! Starts 3 nodes with kube-proxy (iptables mode) and the outside of the
+//! cluster (an external client behind a router, the lab's LoadBalancer),
+//! deploys the classic nginx Services with client traffic from every node,
+//! and NodePort and LoadBalancer Services with external traffic from the
+//! external client (every node's NodePort, the LoadBalancer IPs), installs
+//! switchyard from `config/`, applies a MigrationPlan and shows its
+//! progress live (per-node steps, requests ok/failed inside and from
+//! outside), prints each node's `iptables -t nat -L KUBE-SERVICES` before
+//! and after, then tears everything down.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::json;
 use switchyard_api::{MigrationPlan, Phase};
-use switchyard_e2e::scenario::{self, Load};
+use switchyard_e2e::ingress;
+use switchyard_e2e::outside::traffic::{self, ExternalLoad};
+use switchyard_e2e::scenario::{self, Load, Totals};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode};
 
 #[derive(Debug, Parser)]
@@ -60,19 +66,19 @@ async fn show_rules(c: &Cluster, when: &str) {
     }
 }
 
-fn table(p: &MigrationPlan, load: &Load) {
+fn sums(totals: &[Totals]) -> (u64, u64) {
+    (
+        totals.iter().map(|x| x.ok).sum(),
+        totals.iter().map(|x| x.failed).sum(),
+    )
+}
+
+fn table(p: &MigrationPlan, load: &Load, external: &ExternalLoad) {
     let Some(s) = &p.status else { return };
-    let (ok, failed) = load
-        .totals()
-        .map(|t| {
-            (
-                t.iter().map(|x| x.ok).sum::<u64>(),
-                t.iter().map(|x| x.failed).sum::<u64>(),
-            )
-        })
-        .unwrap_or_default();
+    let (ok, failed) = load.totals().map(|t| sums(&t)).unwrap_or_default();
+    let (ext_ok, ext_failed) = external.totals().map(|t| sums(&t)).unwrap_or_default();
     println!(
-        "  phase {:<11} migrated {:<5} requests ok {ok:<6} failed {failed}",
+        "  phase {:<11} migrated {:<5} requests ok {ok:<6} failed {failed:<4} external ok {ext_ok:<6} failed {ext_failed}",
         format!("{:?}", s.phase),
         s.summary.progress
     );
@@ -101,6 +107,7 @@ async fn run(args: Args) -> Result<(), String> {
         nodes: 3,
         proxy_mode: args.proxy_mode,
         images: Some(scenario::images(&bins.project_bin)),
+        outside: true,
         ..Default::default()
     })
     .await
@@ -113,7 +120,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     step(
         2,
-        "deploying nginx (2 replicas) and its Services; starting client traffic from every node",
+        "deploying nginx (2 replicas), its Services and NodePort/LoadBalancer Services; starting client traffic from every node and from outside",
     );
     let targets = scenario::deploy_workload(&c)
         .await
@@ -125,6 +132,27 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!("  {} req/s to each Service from each of 3 nodes", args.rate);
+    let ingress = ingress::deploy_ingress(&c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let outside = c.outside().map_err(|e| e.to_string())?;
+    let external = traffic::start_load(
+        outside,
+        &bins.project_bin.join("switchyard-loadgen"),
+        &ingress.load_targets(),
+        args.rate,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "  from the external client ({}): NodePort {} (TCP) and {} (UDP) on every node, LoadBalancer IPs {} (eTP=Local) and {} (eTP=Cluster), {} req/s each",
+        switchyard_e2e::topology::CLIENT_IP,
+        ingress.node_port,
+        ingress.udp_node_port,
+        ingress.lb_local.ip,
+        ingress.lb_cluster.ip,
+        args.rate
+    );
     show_rules(&c, "before").await;
 
     step(
@@ -155,7 +183,7 @@ async fn run(args: Args) -> Result<(), String> {
         &c,
         "leave-kube-proxy",
         Duration::from_secs(600),
-        |p| table(p, &load),
+        |p| table(p, &load, &external),
         scenario::settled,
     )
     .await
@@ -170,12 +198,19 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?
     );
     let totals = load.stop(&c).await.map_err(|e| e.to_string())?;
-    for t in &totals {
+    let external = external.stop().await.map_err(|e| e.to_string())?;
+    for t in totals.iter().chain(&external) {
         println!("  {:<24} ok {:<6} failed {}", t.target, t.ok, t.failed);
     }
-    let failed: u64 = totals.iter().map(|t| t.failed).sum();
-    let ok: u64 = totals.iter().map(|t| t.ok).sum();
-    println!("  migration took {secs:.1}s; {ok} requests in all, {failed} failed");
+    let (ok, failed) = sums(&totals);
+    let (ext_ok, ext_failed) = sums(&external);
+    let take_outs = outside.load_balancer().take_outs().len();
+    println!(
+        "  migration took {secs:.1}s; {} requests in all, {failed} failed; from outside {} requests, {ext_failed} failed; the LoadBalancer's health checks took {take_outs} node(s) out",
+        ok + failed,
+        ext_ok + ext_failed
+    );
+    let failed = failed + ext_failed;
     show_rules(&c, "after").await;
     println!(
         "{}",

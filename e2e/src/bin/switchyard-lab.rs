@@ -46,11 +46,15 @@ enum Cmd {
     },
     /// Show whether the cluster runs, its kubeconfig, nodes and pods.
     Status,
-    /// Run a command in a node's or a pod's network namespace and cgroup.
+    /// Run a command in a node's, a pod's or the external client's network
+    /// namespace and cgroup.
     Exec {
         /// Node name (node1, node2, …).
         #[arg(long, conflicts_with = "pod")]
         node: Option<String>,
+        /// The external client outside the cluster (behind the router).
+        #[arg(long, conflicts_with_all = ["node", "pod"])]
+        external: bool,
         /// Pod as NAMESPACE/NAME.
         #[arg(long)]
         pod: Option<String>,
@@ -136,7 +140,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Status => status(&name).await,
-        Cmd::Exec { node, pod, command } => exec(&name, node, pod, command).await,
+        Cmd::Exec {
+            node,
+            external,
+            pod,
+            command,
+        } => {
+            let node = if external {
+                Some(EXTERNAL.to_string())
+            } else {
+                node
+            };
+            exec(&name, node, pod, command).await
+        }
         Cmd::Down => down(&name),
     }
 }
@@ -147,6 +163,7 @@ async fn supervise(name: &str, nodes: usize, mode: ProxyMode, port: u16) -> Resu
         proxy_mode: mode,
         name: Some(name.to_string()),
         api_listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        outside: true,
         ..Default::default()
     };
     let started = Instant::now();
@@ -242,6 +259,9 @@ fn up_detached(name: &str, nodes: usize, mode: &str, port: u16) -> Result<ExitCo
         switchyard_e2e::binaries::K8S_VERSION
     );
     println!("  switchyard-lab exec --node node1 -- iptables -t nat -L KUBE-SERVICES -n");
+    println!(
+        "  switchyard-lab exec --external -- curl -s http://<LoadBalancer IP or node IP:NodePort>/"
+    );
     println!("  switchyard-lab down");
     Ok(ExitCode::SUCCESS)
 }
@@ -319,6 +339,11 @@ async fn exec(
     let state = state_dir(name);
     let cg = sys::cgroup2_root()?.join("switchyard-lab").join(name);
     let placement = match (node, pod) {
+        (Some(node), None) if node == EXTERNAL => Placement {
+            netns: Some(sys::netns_path(&Plan::new(name, 0).client_netns)),
+            cgroup: Some(cg.join("outside")),
+            ..Default::default()
+        },
         (Some(node), None) => {
             let plan = Plan::new(name, crate_max_nodes());
             let n = plan
@@ -358,6 +383,9 @@ async fn exec(
         status.code().unwrap_or(1).clamp(0, 255) as u8
     ))
 }
+
+/// `exec --external`: the external client's namespace.
+const EXTERNAL: &str = "<external>";
 
 fn crate_max_nodes() -> usize {
     switchyard_e2e::topology::MAX_NODES
