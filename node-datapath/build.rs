@@ -13,6 +13,7 @@ const SOURCES: &[&str] = &[
     "bpf/kfunc.h",
     "bpf/sock_lb.h",
     "bpf/nodeport.h",
+    "bpf/health.h",
 ];
 
 fn compile(clang: &str, out: &Path, defines: &[&str]) {

@@ -6,6 +6,7 @@
  *   sock_lb.h   cgroup socket programs: clients on this node
  *   nodeport.h  tc ingress program: clients outside it (NodePort,
  *               ExternalIP, LoadBalancer)
+ *   health.h    sk_lookup program: kube-proxy's health ports to the agent
  *
  * No global data sections: everything lives in the pinned maps.
  */
@@ -29,3 +30,4 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #include "sock_lb.h"
 #include "nodeport.h"
+#include "health.h"

@@ -43,6 +43,7 @@
 #define SY_SOCK_REVNAT_MAP_NAME "sy_sock_rnat4"
 #define SY_AFFINITY_MAP_NAME "sy_affinity4"
 #define SY_COUNTERS_MAP_NAME "sy_counters"
+#define SY_HEALTH_SOCKS_MAP_NAME "sy_health_socks"
 
 /* Default capacities; the loader may override max_entries. */
 #define SY_SVC_MAP_MAX 524288
@@ -50,6 +51,7 @@
 #define SY_REVNAT_MAP_MAX 65536
 #define SY_SOCK_REVNAT_MAP_MAX 262144
 #define SY_AFFINITY_MAP_MAX 65536
+#define SY_HEALTH_SOCKS_MAX 1024 /* :10256 and every healthCheckNodePort */
 
 /* sy_svc_key.scope */
 #define SY_SCOPE_NODE 0    /* clients on this node: every frontend */

@@ -109,7 +109,8 @@ pub struct DatapathConfig {
     pub capacities: Capacities,
     /// The node's external interfaces: each runs the ingress program that
     /// serves NodePort, ExternalIP and LoadBalancer traffic from outside
-    /// the node. Empty: only the socket programs run.
+    /// the node, and the namespace gets the health-port steering program.
+    /// Empty: only the socket programs run.
     pub ingress_interfaces: Vec<String>,
 }
 
@@ -148,6 +149,8 @@ pub struct StartReport {
     pub links: Vec<(Hook, LinkAction)>,
     /// Per external interface, what happened to its ingress link.
     pub ingress: Vec<(String, LinkAction)>,
+    /// What happened to the health-port steering link (with ingress only).
+    pub health: Option<LinkAction>,
     /// Wall time of the whole start (load + attach).
     pub elapsed: Duration,
 }

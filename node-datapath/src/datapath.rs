@@ -149,6 +149,8 @@ pub(crate) enum LinkTarget {
     Cgroup { id: u64, attach_type: u32 },
     /// A tcx ingress link on the interface with this index.
     TcxIngress { ifindex: u32 },
+    /// An sk_lookup link on the network namespace with this inode.
+    Netns { ino: u64 },
 }
 
 impl LinkTarget {
@@ -163,6 +165,11 @@ impl LinkTarget {
                 info.link_type == sys::BPF_LINK_TYPE_TCX
                     && info.tcx_ifindex == ifindex
                     && info.tcx_attach_type == sys::BPF_TCX_INGRESS
+            }
+            LinkTarget::Netns { ino } => {
+                info.link_type == sys::BPF_LINK_TYPE_NETNS
+                    && u64::from(info.tcx_ifindex) == ino
+                    && info.tcx_attach_type == sys::BPF_SK_LOOKUP
             }
         };
         attached && info.prog_id != 0
@@ -311,11 +318,14 @@ impl Datapath {
         }
         let ingress =
             crate::ingress::ensure(&mut ebpf, &config.ingress_interfaces, &links, &mut guard)?;
+        let north_south = !config.ingress_interfaces.is_empty();
+        let health = crate::health::ensure(&mut ebpf, north_south, &links, &mut guard)?;
         guard.armed = false;
         let report = StartReport {
             adopted_maps,
             links: actions,
             ingress,
+            health,
             elapsed: t0.elapsed(),
         };
         info!(
@@ -338,6 +348,11 @@ impl Datapath {
     /// The configuration it runs with.
     pub fn config(&self) -> &DatapathConfig {
         &self.config
+    }
+
+    /// The health-port steering map ([`crate::health`]).
+    pub fn health_sockets(&self) -> Result<crate::HealthSockets, DatapathError> {
+        crate::HealthSockets::open(&self.config.bpffs_dir)
     }
 
     /// The load-balancer maps, for the sync loop ([`switchyard_lb::maps::LbMaps`]).
@@ -372,7 +387,8 @@ pub fn off(bpffs_dir: &Path) -> Result<OffReport, DatapathError> {
             report.links_removed.push(hook.name().to_owned());
         }
     }
-    for (_, pin) in crate::ingress::pinned(&links) {
+    let pins = crate::ingress::pinned(&links).into_iter().map(|(_, p)| p);
+    for pin in pins.chain([crate::health::pin_path(&links)]) {
         if detach_and_unpin(&pin) {
             report.links_removed.push(pin.display().to_string());
         }

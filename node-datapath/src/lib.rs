@@ -14,7 +14,9 @@
 //!   `switchyard-abi`).
 //! - [`Datapath::start`] loads the object with aya, pins the maps and one
 //!   bpf_link per hook under a bpffs directory, attaches at a cgroup v2
-//!   path (and one tcx link per external interface, `ingress`), and adopts
+//!   path (and one tcx link per external interface, [`mod@ingress`], plus
+//!   the sk_lookup link steering kube-proxy's health ports, [`mod@health`]),
+//!   and adopts
 //!   what an earlier run pinned (restart without a gap);
 //!   [`off`] removes it all.
 //! - The sync loop (pure diff in `switchyard-lb`) writes the maps through
@@ -31,6 +33,7 @@ pub mod capabilities;
 mod config;
 pub mod datapath;
 mod error;
+pub mod health;
 pub mod ingress;
 mod kfunc;
 pub mod maps;
@@ -44,6 +47,7 @@ pub use datapath::{
     StartReport, off,
 };
 pub use error::DatapathError;
+pub use health::HealthSockets;
 pub use maps::{PinnedLbMaps, read_stats};
 pub use metrics::{DatapathStats, MapOccupancy};
 pub use runtime::{ProgramRunTime, RunTimeStats};

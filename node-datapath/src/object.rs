@@ -16,7 +16,7 @@ use aya::{
 };
 use switchyard_abi::{
     AffinityKey, AffinityValue, Backend, COUNTER_MAX, RevNat, SockKey, SockRevNat, SvcKey,
-    SvcValue, map_names,
+    SvcValue, capacity, map_names,
 };
 
 use crate::{Capacities, DatapathError, Hook};
@@ -39,7 +39,7 @@ pub(crate) struct MapSpec {
     pub(crate) max_entries: u32,
 }
 
-pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 6] {
+pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 7] {
     fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> MapSpec {
         MapSpec {
             name,
@@ -56,6 +56,11 @@ pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 6] {
         spec::<SockKey, SockRevNat>(map_names::SOCK_REV_NAT, MapType::LruHash, c.sock_rev_nat),
         spec::<AffinityKey, AffinityValue>(map_names::AFFINITY, MapType::LruHash, c.affinity),
         spec::<u32, u64>(map_names::COUNTERS, MapType::PerCpuArray, COUNTER_MAX),
+        spec::<u32, u32>(
+            map_names::HEALTH_SOCKS,
+            MapType::SockHash,
+            capacity::HEALTH_SOCKS,
+        ),
     ]
 }
 

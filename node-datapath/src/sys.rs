@@ -32,6 +32,10 @@ pub(crate) const BPF_LINK_TYPE_CGROUP: u32 = 3;
 pub(crate) const BPF_LINK_TYPE_TCX: u32 = 11;
 /// `BPF_TCX_INGRESS` in `enum bpf_attach_type`.
 pub(crate) const BPF_TCX_INGRESS: u32 = 46;
+/// `BPF_LINK_TYPE_NETNS` in `enum bpf_link_type`.
+pub(crate) const BPF_LINK_TYPE_NETNS: u32 = 5;
+/// `BPF_SK_LOOKUP` in `enum bpf_attach_type`.
+pub(crate) const BPF_SK_LOOKUP: u32 = 36;
 
 /// Calls `bpf(cmd, attr, sizeof attr)`.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
@@ -105,14 +109,17 @@ pub(crate) struct LinkInfo {
     /// the cgroup is gone.
     pub(crate) cgroup_id: u64,
     pub(crate) attach_type: u32,
-    /// For tcx links: the interface index (0 once it is gone) and attach type.
+    /// For tcx links: the interface index (0 once it is gone) and attach
+    /// type; for netns links the same two words are the namespace's inode
+    /// and the attach type.
     pub(crate) tcx_ifindex: u32,
     pub(crate) tcx_attach_type: u32,
 }
 
 /// `struct bpf_link_info`: type, id, prog_id, then (8-aligned) the union
 /// whose cgroup member is `{ __u64 cgroup_id; __u32 attach_type; }` and
-/// whose tcx member is `{ __u32 ifindex; __u32 attach_type; }`.
+/// whose tcx and netns members are `{ __u32 ifindex|netns_ino; __u32
+/// attach_type; }`.
 pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     let mut buf = [0u64; 16];
     obj_info(fd, &mut buf)?;

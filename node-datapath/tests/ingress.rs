@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
@@ -242,4 +244,103 @@ fn flows_kube_proxy_translated_stay_on_their_backend_through_the_switch_and_back
         assert_eq!(names(&s), [backend], "one backend for the whole flow: {s}");
         assert!(ok_total(&s) >= 10, "{s}");
     }
+}
+
+/// A TCP listener in the node's namespace answering each connection with
+/// its name and counting them; it stops listening when dropped.
+struct Answerer {
+    listener: std::net::TcpListener,
+    answered: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Answerer {
+    fn new(lab: &Lab, name: &'static str, listen: &str) -> Self {
+        let listener = in_netns(&lab.node_ns, || {
+            std::net::TcpListener::bind(listen).unwrap()
+        });
+        listener.set_nonblocking(true).unwrap();
+        let (answered, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (l, n, s) = (
+            listener.try_clone().unwrap(),
+            answered.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ =
+                            std::io::Write::write_all(&mut conn, format!("{name}\n").as_bytes());
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Nonblocking: poll, so the thread sees `stop`.
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            listener,
+            answered,
+            stop,
+        }
+    }
+
+    /// Waits until it answered `n` more connections.
+    fn wait_answers(&self, n: u64) {
+        let from = self.answered.load(Ordering::Relaxed);
+        common::wait_for(
+            "connections to be answered",
+            Duration::from_secs(10),
+            || (self.answered.load(Ordering::Relaxed) >= from + n).then_some(()),
+        );
+    }
+}
+
+impl Drop for Answerer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn health_ports_change_hands_without_a_refused_connection() {
+    require_privileged!();
+    let lab = Lab::new(1);
+    let out = Outside::new(&lab);
+    let kube_proxy = Answerer::new(&lab, "kube-proxy", "0.0.0.0:10256");
+    // The agent listens on a port of its own.
+    let agent = Answerer::new(&lab, "agent", "0.0.0.0:0");
+    let health = format!("{NODE_EXTERNAL_IP}:10256");
+    let dp = start_with_ingress(&lab);
+    let mut sockets = dp.health_sockets().unwrap();
+    // Health checks back to back, across every change of hands.
+    let checks = out.looping(&lab, "tcp", &health, 0);
+    kube_proxy.wait_answers(10);
+    // Take over while kube-proxy still listens, give back, take over again.
+    for _ in 0..2 {
+        sockets.steer(10256, &agent.listener).unwrap();
+        agent.wait_answers(10);
+        sockets.release(10256).unwrap();
+        kube_proxy.wait_answers(10);
+    }
+    let s = checks.stop();
+    assert_eq!(err_total(&s), 0, "a health check was refused: {s}");
+    let seq: Vec<&str> = s["sequence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let hands = ["kube-proxy", "agent", "kube-proxy", "agent", "kube-proxy"];
+    assert_eq!(seq, hands, "who answered, in order: {s}");
+
+    // Once kube-proxy is gone, the steering alone answers the port.
+    drop(kube_proxy);
+    sockets.steer(10256, &agent.listener).unwrap();
+    let s = out.client("tcp", &health, 3);
+    assert_eq!(ok_count(&s, "agent"), 3, "{s}");
 }

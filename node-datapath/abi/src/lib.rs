@@ -17,6 +17,7 @@ pub mod map_names {
     pub const SOCK_REV_NAT: &str = "sy_sock_rnat4";
     pub const AFFINITY: &str = "sy_affinity4";
     pub const COUNTERS: &str = "sy_counters";
+    pub const HEALTH_SOCKS: &str = "sy_health_socks";
 }
 
 /// Default map capacities (lb.h `SY_*_MAP_MAX`).
@@ -26,6 +27,7 @@ pub mod capacity {
     pub const REV_NAT: u32 = 65_536;
     pub const SOCK_REV_NAT: u32 = 262_144;
     pub const AFFINITY: u32 = 65_536;
+    pub const HEALTH_SOCKS: u32 = 1_024;
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -356,6 +358,7 @@ mod tests {
             map_names::SOCK_REV_NAT,
             map_names::AFFINITY,
             map_names::COUNTERS,
+            map_names::HEALTH_SOCKS,
         ] {
             assert!(h.contains(&format!("\"{name}\"")), "map {name} not in lb.h");
             assert!(name.len() <= 15, "map name {name} too long for the kernel");
@@ -363,5 +366,6 @@ mod tests {
         assert!(h.contains(&format!("SY_CNT_MAX = {},", COUNTER_MAX)));
         assert!(h.contains(&format!("SY_SVC_MAP_MAX {}", capacity::SERVICES)));
         assert!(h.contains(&format!("SY_BACKEND_MAP_MAX {}", capacity::BACKENDS)));
+        assert!(h.contains(&format!("SY_HEALTH_SOCKS_MAX {}", capacity::HEALTH_SOCKS)));
     }
 }

@@ -161,7 +161,7 @@ pub async fn run(
 
     let ingress = ingress_interfaces(&cfg, &node);
     info!(interfaces = ?ingress, "north-south: ingress interfaces");
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(cfg.bpffs_dir.clone()));
     let health_task = tokio::spawn(health.clone().run());
     let mut st = State {
         ingress,
@@ -490,11 +490,11 @@ impl State {
     }
 
     /// What kube-proxy's health ports answer now ([`crate::health`]): they
-    /// are served while the datapath is on and not being switched off
-    /// (then kube-proxy takes them back).
+    /// are served while the datapath serves north-south and is not being
+    /// switched off (then kube-proxy takes them back).
     fn publish_health(&self) {
         self.health.set(HealthState {
-            serving: self.datapath.is_some() && !self.off_pending,
+            serving: self.datapath.is_some() && !self.off_pending && !self.ingress.is_empty(),
             healthy: self.sync_ok,
             last_updated: Some(std::time::SystemTime::now()),
             services: crate::health::service_ports(&self.services, self.syncer.state()),

@@ -10,22 +10,29 @@
 //!   `{"service": {"namespace", "name"}, "localEndpoints",
 //!   "serviceProxyHealthy"}`.
 //!
-//! The agent binds a port only while its datapath serves, and only once
-//! kube-proxy released it: a bind that fails (kube-proxy still listens) is
-//! retried every [`RECONCILE`]; the listeners close when the datapath goes
-//! off, so kube-proxy can take the ports back.
+//! The ports are handed over without a moment of refused connections: the
+//! agent listens on ports of its own and the datapath's sk_lookup program
+//! steers new connections of each health port to them
+//! ([`switchyard_node_datapath::HealthSockets`]), whether kube-proxy still
+//! listens there or not. While the datapath serves (north-south on), the
+//! agent answers; when it is being switched off (kube-proxy is back by
+//! then), each steering entry is removed before its listener closes, so the
+//! next connection reaches kube-proxy's listener.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use switchyard_lb::{DesiredState, Scope};
+use switchyard_node_datapath::HealthSockets;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use crate::error::{Error, Result};
 use crate::store::Services;
 
 /// kube-proxy's default `healthzBindAddress` port.
@@ -54,10 +61,18 @@ pub struct HealthState {
 }
 
 /// The shared state and the listeners answering from it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
+    bpffs_dir: PathBuf,
     state: Mutex<HealthState>,
-    listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
+    steering: Mutex<Steering>,
+}
+
+/// The steering map and the listener serving each port.
+#[derive(Debug, Default)]
+struct Steering {
+    sockets: Option<HealthSockets>,
+    listeners: BTreeMap<u16, JoinHandle<()>>,
 }
 
 /// The health ports of `services` with this node's local endpoint counts
@@ -121,6 +136,15 @@ pub fn answer(state: &HealthState, port: u16, now: SystemTime) -> (u16, serde_js
 }
 
 impl Health {
+    /// Health ports steered through the datapath pinned under `bpffs_dir`.
+    pub fn new(bpffs_dir: PathBuf) -> Self {
+        Self {
+            bpffs_dir,
+            state: Mutex::default(),
+            steering: Mutex::default(),
+        }
+    }
+
     /// Replaces what the ports answer.
     pub fn set(&self, state: HealthState) {
         *self
@@ -153,34 +177,66 @@ impl Health {
             want.insert(PROXY_HEALTH_PORT);
             want.extend(state.services.keys());
         }
-        let mut listeners = std::mem::take(
+        let mut steering = std::mem::take(
             &mut *self
-                .listeners
+                .steering
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        listeners.retain(|port, task| {
-            let keep = want.contains(port) && !task.is_finished();
-            if !keep {
-                info!(port, "health port released");
-                task.abort();
+        self.release_unwanted(&mut steering, &want);
+        if state.serving && steering.sockets.is_none() {
+            match HealthSockets::open(&self.bpffs_dir) {
+                Ok(s) => steering.sockets = Some(s),
+                Err(e) => debug!(error = %e, "health-port steering not available yet"),
             }
-            keep
-        });
-        want.retain(|p| !listeners.contains_key(p));
+        }
+        if !state.serving {
+            steering.sockets = None;
+        }
+        want.retain(|p| !steering.listeners.contains_key(p));
         for port in want {
-            match TcpListener::bind(("0.0.0.0", port)).await {
-                Ok(l) => {
-                    info!(port, "health port taken over");
-                    listeners.insert(port, tokio::spawn(self.clone().serve(l, port)));
-                }
-                Err(e) => debug!(port, error = %e, "health port busy; retrying"),
+            if let Err(e) = self.take_over(&mut steering, port).await {
+                warn!(port, error = %e, "cannot take the health port over; retrying");
             }
         }
         *self
-            .listeners
+            .steering
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = listeners;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = steering;
+    }
+
+    /// Gives back every port not in `want`: its steering entry first, then
+    /// its listener.
+    fn release_unwanted(&self, steering: &mut Steering, want: &BTreeSet<u16>) {
+        let Steering { sockets, listeners } = steering;
+        listeners.retain(|port, task| {
+            if want.contains(port) && !task.is_finished() {
+                return true;
+            }
+            if let Some(s) = sockets.as_mut()
+                && let Err(e) = s.release(*port)
+            {
+                warn!(port, error = %e, "cannot remove the health port's steering");
+            }
+            info!(port, "health port given back");
+            task.abort();
+            false
+        });
+    }
+
+    /// Listens on a port of our own and steers `port` to it.
+    async fn take_over(self: &Arc<Self>, steering: &mut Steering, port: u16) -> Result<()> {
+        let Some(sockets) = steering.sockets.as_mut() else {
+            return Ok(());
+        };
+        let listener = TcpListener::bind(("0.0.0.0", 0))
+            .await
+            .map_err(|e| Error::Config(format!("listening for health port {port}: {e}")))?;
+        sockets.steer(port, &listener)?;
+        info!(port, "health port taken over");
+        let task = tokio::spawn(self.clone().serve(listener, port));
+        steering.listeners.insert(port, task);
+        Ok(())
     }
 
     async fn serve(self: Arc<Self>, listener: TcpListener, port: u16) {

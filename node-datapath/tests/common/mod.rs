@@ -118,6 +118,22 @@ impl Drop for Server {
     }
 }
 
+/// Starts `sy-dp-testhelper serve` with `args`; returns once it is bound.
+fn spawn_server(args: &[&str]) -> Child {
+    let mut child = Command::new(HELPER)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "server {args:?} did not start");
+    child
+}
+
 /// A running looping client.
 pub struct LoopingClient {
     child: Option<Child>,
@@ -280,25 +296,10 @@ impl Lab {
         let name = format!("b{i}");
         let addr = Self::backend_addr(i);
         let ns = format!("/run/netns/{}", self.backend_ns[usize::from(i) - 1]);
-        let mut child = Command::new(HELPER)
-            .args([
-                "serve",
-                "--netns",
-                &ns,
-                "--name",
-                &name,
-                "--listen",
-                &format!("{addr}:{port}"),
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "server {name} did not start");
+        let listen = format!("{addr}:{port}");
+        let mut args = vec!["--netns", &ns, "--name", &name, "--listen", &listen];
+        args.extend(extra);
+        let child = spawn_server(&args);
         self.servers.push(Server {
             name: name.clone(),
             addr,
@@ -579,6 +580,12 @@ impl Outside {
     /// A long-lived flow (`tcp-hold` or `udp-hold`): one socket, a request
     /// every 20 ms until stopped; returns once the first request was made.
     pub fn hold(&self, lab: &Lab, mode: &str, target: &str) -> LoopingClient {
+        self.looping(lab, mode, target, 20)
+    }
+
+    /// A client making a request of `mode` every `interval_ms` until
+    /// stopped; returns once the first request was made.
+    pub fn looping(&self, lab: &Lab, mode: &str, target: &str, interval_ms: u32) -> LoopingClient {
         let stop_file = std::env::temp_dir().join(format!(
             "{}-hold-{}",
             lab.id,
@@ -586,12 +593,8 @@ impl Outside {
         ));
         let mut child = self
             .client_cmd(mode, target)
-            .args([
-                "--interval-ms",
-                "20",
-                "--stop-file",
-                stop_file.to_str().unwrap(),
-            ])
+            .args(["--interval-ms", &interval_ms.to_string()])
+            .args(["--stop-file", stop_file.to_str().unwrap()])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
