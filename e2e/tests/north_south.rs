@@ -121,12 +121,20 @@ fn report_load(scenario: &str, totals: &[Totals]) {
     let ok: u64 = totals.iter().map(|t| t.ok).sum();
     let failed: u64 = totals.iter().map(|t| t.failed).sum();
     eprintln!("  [{scenario}] external requests: {ok} ok, {failed} failed");
+    let at = |ms: Option<u128>| {
+        let ms = ms.and_then(|m| i64::try_from(m).ok()).unwrap_or_default();
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.format("%H:%M:%S%.3f").to_string())
+            .unwrap_or_default()
+    };
     for t in totals.iter().filter(|t| t.failed > 0) {
         eprintln!(
-            "    {}: {} ok, {} failed, last error {:?}",
+            "    {}: {} ok, {} failed from {} to {}, last error {:?}",
             t.target,
             t.ok,
             t.failed,
+            at(t.first_failure_ms),
+            at(t.last_failure_ms),
             t.errors.last()
         );
     }
@@ -160,8 +168,21 @@ fn report_flows(scenario: &str, flows: &[FlowTotals]) {
 fn report(c: &Cluster, scenario: &str, totals: &[Totals], flows: &[FlowTotals]) {
     report_load(scenario, totals);
     report_flows(scenario, flows);
-    let take_outs = c.outside().unwrap().load_balancer().take_outs();
-    eprintln!("  [{scenario}] LoadBalancer take-outs: {}", take_outs.len());
+    let lb = c.outside().unwrap().load_balancer();
+    let (take_outs, (strikes, strikes_total)) = (lb.take_outs(), lb.strikes());
+    eprintln!(
+        "  [{scenario}] LoadBalancer: {strikes_total} failed check(s) of nodes in rotation, {} take-out(s)",
+        take_outs.len()
+    );
+    for s in strikes.iter().take(10) {
+        eprintln!(
+            "    {} {} failed a check for {}: {}",
+            s.at.format("%H:%M:%S%.3f"),
+            s.node,
+            s.service,
+            s.failure
+        );
+    }
     for t in &take_outs {
         eprintln!(
             "    {} {} out of {}: {:?}",
@@ -209,6 +230,8 @@ async fn assert_pod_uses_other_nodes_node_port(c: &Cluster, ingress: &Ingress) {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// The LoadBalancer never took a node out (single failed checks are
+/// reported by [`report`], not asserted: a take-out is what cuts traffic).
 fn assert_no_take_outs(c: &Cluster, scenario: &str) {
     let take_outs = c.outside().unwrap().load_balancer().take_outs();
     assert!(
@@ -225,7 +248,8 @@ fn progress(p: &MigrationPlan) {
             .map(|n| format!("{}={:?}", n.name, n.step))
             .collect();
         eprintln!(
-            "  plan {:?} {} [{}]",
+            "  {} plan {:?} {} [{}]",
+            chrono::Utc::now().format("%H:%M:%S%.3f"),
             s.phase,
             s.summary.progress,
             nodes.join(" ")

@@ -42,6 +42,23 @@ pub struct TakeOut {
     pub failures: Vec<String>,
 }
 
+/// A check that failed while its node was in rotation: the load balancer
+/// saw a healthy node fail (not yet a take-out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Strike {
+    /// The node.
+    pub node: String,
+    /// The Service (`namespace/name`).
+    pub service: String,
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// What the check saw.
+    pub failure: String,
+}
+
+/// Most strikes kept (the oldest are dropped; `strikes_total` counts all).
+const STRIKES_KEPT: usize = 1000;
+
 /// What the LoadBalancer currently does for one Service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceState {
@@ -58,6 +75,11 @@ pub struct LbState {
     pub services: BTreeMap<String, ServiceState>,
     /// Every take-out since the start, oldest first.
     pub take_outs: Vec<TakeOut>,
+    /// Checks failed by nodes in rotation, oldest first (the last
+    /// [`STRIKES_KEPT`]).
+    pub strikes: Vec<Strike>,
+    /// Every strike since the start.
+    pub strikes_total: u64,
     /// Health-check rounds completed.
     pub rounds: u64,
 }
@@ -109,6 +131,12 @@ impl LoadBalancer {
     /// Every take-out so far.
     pub fn take_outs(&self) -> Vec<TakeOut> {
         self.state().take_outs
+    }
+
+    /// Checks failed by nodes in rotation, and how many there were in all.
+    pub fn strikes(&self) -> (Vec<Strike>, u64) {
+        let st = self.state();
+        (st.strikes, st.strikes_total)
     }
 
     /// The state of Service `namespace/name`.
@@ -247,6 +275,9 @@ impl Controller {
                 .health
                 .entry((service.clone(), node.clone()))
                 .or_default();
+            if let (true, Err(failure)) = (health.in_rotation(), &result) {
+                strike(&self.state, &service, &node, failure);
+            }
             if let Some(Change::TakeOut(failures)) = health.observe(result) {
                 tracing::info!(%service, %node, ?failures, "LoadBalancer took a node out");
                 if let Ok(mut st) = self.state.lock() {
@@ -328,6 +359,22 @@ impl Controller {
         if let Ok(mut st) = self.state.lock() {
             st.services = services;
             st.rounds += 1;
+        }
+    }
+}
+
+/// Records a check failed by a node in rotation.
+fn strike(state: &Mutex<LbState>, service: &str, node: &str, failure: &str) {
+    if let Ok(mut st) = state.lock() {
+        st.strikes_total += 1;
+        st.strikes.push(Strike {
+            node: node.to_string(),
+            service: service.to_string(),
+            at: chrono::Utc::now(),
+            failure: failure.to_string(),
+        });
+        if st.strikes.len() > STRIKES_KEPT {
+            st.strikes.remove(0);
         }
     }
 }
