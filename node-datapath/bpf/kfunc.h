@@ -26,6 +26,7 @@
 #define SY_KFUNC_SKB_CT_ALLOC 0x53590003
 #define SY_KFUNC_CT_INSERT_ENTRY 0x53590004
 #define SY_KFUNC_CT_SET_NAT_INFO 0x53590005
+#define SY_KFUNC_CT_CHANGE_TIMEOUT 0x53590006
 
 /* `call imm` with src_reg = BPF_PSEUDO_KFUNC_CALL (2), little endian. */
 #define SY_STR(x) #x
@@ -116,6 +117,16 @@ static __always_inline struct sy_ct *sy_ct_insert(struct sy_ct_init *ct)
 
 	SY_KFUNC5(SY_KFUNC_CT_INSERT_ENTRY, ct, 0, 0, 0, 0, ret);
 	return (struct sy_ct *)ret;
+}
+
+/* bpf_ct_change_timeout: an inserted entry expires `msecs` from now (0:
+ * now; the next lookup that meets it removes it). */
+static __always_inline void sy_ct_expire(struct sy_ct *ct)
+{
+	__u64 ret;
+
+	SY_KFUNC5(SY_KFUNC_CT_CHANGE_TIMEOUT, ct, 0, 0, 0, 0, ret);
+	(void)ret;
 }
 
 /* bpf_ct_release. */

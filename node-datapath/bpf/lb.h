@@ -150,7 +150,9 @@ enum sy_counter {
 	SY_CNT_DROP_NO_LOCAL_BACKEND = 13, /* ingress, eTP=Local: no endpoint on this node */
 	SY_CNT_DROP_CT_FAILED = 14,    /* ingress: conntrack entry not created */
 	SY_CNT_INGRESS_FRAGMENT = 15,  /* ingress: IPv4 fragment, passed untranslated */
-	SY_CNT_MAX = 16,
+	SY_CNT_INGRESS_CT_CLASH = 16,  /* ingress: reply tuple taken, SNAT port drawn anew */
+	SY_CNT_INGRESS_REOPENED = 17,  /* ingress: SYN on a tracked tuple, entry expired */
+	SY_CNT_MAX = 18,
 };
 
 #endif /* SWITCHYARD_LB_H */

@@ -20,9 +20,13 @@
  * single rule is what makes the switch lossless in both directions:
  * connections kube-proxy's rules translated keep their conntrack NAT
  * binding after the rules are gone, and connections this program
- * translated keep theirs after it is detached (rollback). It needs the
- * netns to have conntrack and NAT hooks registered, which the agent keeps
- * (the keepalive nftables table) while this program is attached.
+ * translated keep theirs after it is detached (rollback). The exception is
+ * a TCP SYN: it opens a new connection even on a tuple conntrack still
+ * holds (a client reusing a port whose last connection is in TIME_WAIT),
+ * so that entry is expired and the connection translated anew. All this
+ * needs the netns to have conntrack and NAT hooks registered, which the
+ * agent keeps (the keepalive nftables table) while this program is
+ * attached.
  *
  * Everything else passes: packets that are not IPv4 TCP/UDP to a frontend,
  * ClusterIPs (served for local clients by the socket programs), and a
@@ -102,6 +106,31 @@ static __always_inline int sy_ct_tracked(struct __sk_buff *skb, struct sy_pkt *p
 	return 1;
 }
 
+/*
+ * Whether the packet belongs to a flow conntrack tracks and must be left
+ * to it. A TCP SYN never does: a tracked tuple it opens is one whose last
+ * connection is closing or closed (TIME_WAIT: a client reusing its port,
+ * which conntrack would reopen without any NAT binding) or a handshake
+ * being retried; its entry is expired now, and the flow translated anew.
+ */
+static __always_inline int sy_ct_keeps(struct __sk_buff *skb, struct sy_pkt *p)
+{
+	struct sy_ct_opts opts = { .netns_id = -1, .l4proto = p->proto };
+	struct sy_ct *ct = sy_ct_lookup(skb, &p->tuple, &opts);
+
+	if (!ct)
+		return 0;
+	if (p->proto == IPPROTO_TCP && p->new_flow) {
+		sy_ct_expire(ct);
+		sy_ct_release(ct);
+		sy_count(SY_CNT_INGRESS_REOPENED);
+		/* The lookup removes the expired entry from the table. */
+		return sy_ct_tracked(skb, p);
+	}
+	sy_ct_release(ct);
+	return 1;
+}
+
 /* The backend for an external client of the frontend `key` (its master
  * `svc`): affinity by client address, else a random slot. */
 static __always_inline struct sy_backend *sy_ingress_backend(struct sy_svc_key *key,
@@ -159,10 +188,22 @@ static __always_inline __be32 sy_masquerade_addr(struct __sk_buff *skb, __be32 d
 	return fib.ipv4_src;
 }
 
+enum sy_ct_result {
+	SY_CT_INSERTED = 0, /* the flow is ours to translate (or another CPU's) */
+	SY_CT_FAILED = 1,   /* no entry: allocation or a NAT binding failed */
+	SY_CT_CLASH = 2,    /* its reply tuple clashes with a tracked flow */
+};
+
+/* First SNAT port tried again after a clash (the ephemeral range). */
+#define SY_SNAT_PORT_MIN 32768
+#define SY_SNAT_PORT_SPAN 28232
+
 /* Creates the conntrack entry that translates the flow to `backend`,
- * masqueraded to `snat` unless that is 0; 0 on success. */
-static __always_inline int sy_ct_translate(struct __sk_buff *skb, struct sy_pkt *p,
-					   const struct sy_backend *backend, __be32 snat)
+ * masqueraded to `snat` unless that is 0, from `snat_port` (0: the kernel
+ * chooses, keeping the client's port where it is free). */
+static __always_inline enum sy_ct_result sy_ct_translate(struct __sk_buff *skb, struct sy_pkt *p,
+							 const struct sy_backend *backend,
+							 __be32 snat, int snat_port)
 {
 	struct sy_ct_opts opts = { .netns_id = -1, .l4proto = p->proto };
 	union sy_inet_addr addr = {};
@@ -172,21 +213,41 @@ static __always_inline int sy_ct_translate(struct __sk_buff *skb, struct sy_pkt 
 
 	init = sy_ct_alloc(skb, &p->tuple, &opts);
 	if (!init)
-		return -1;
+		return SY_CT_FAILED;
 	addr.ip = backend->address;
 	err = sy_ct_set_nat(init, &addr, bpf_ntohs(backend->port), SY_NAT_MANIP_DST);
 	if (!err && snat) {
 		addr.ip = snat;
-		err = sy_ct_set_nat(init, &addr, 0, SY_NAT_MANIP_SRC);
+		err = sy_ct_set_nat(init, &addr, snat_port, SY_NAT_MANIP_SRC);
 	}
 	/* The kernel offers no way to free an allocated entry but to insert
 	 * it. After a failed binding (out of memory only) the entry translates
 	 * nothing; the packet is dropped and the client's retry finds it. */
 	ct = sy_ct_insert(init);
-	/* NULL: another CPU inserted the same flow first; conntrack finds it. */
-	if (ct)
+	if (ct) {
 		sy_ct_release(ct);
-	return err ? -1 : 0;
+		return err ? SY_CT_FAILED : SY_CT_INSERTED;
+	}
+	/* Not inserted: either another CPU inserted this very flow first
+	 * (conntrack finds it), or the translated reply tuple is taken by a
+	 * flow the NAT binding did not see as taken (one being torn down). */
+	return sy_ct_tracked(skb, p) ? SY_CT_INSERTED : SY_CT_CLASH;
+}
+
+/* Translates the flow; after a clash of a masqueraded flow once more
+ * from a random source port. 0 on success. */
+static __always_inline int sy_ct_translate_flow(struct __sk_buff *skb, struct sy_pkt *p,
+						const struct sy_backend *backend, __be32 snat)
+{
+	enum sy_ct_result r = sy_ct_translate(skb, p, backend, snat, 0);
+
+	if (r == SY_CT_CLASH && snat) {
+		int port = SY_SNAT_PORT_MIN + bpf_get_prandom_u32() % SY_SNAT_PORT_SPAN;
+
+		sy_count(SY_CNT_INGRESS_CT_CLASH);
+		r = sy_ct_translate(skb, p, backend, snat, port);
+	}
+	return r == SY_CT_INSERTED ? 0 : -1;
 }
 
 /* The master external clients of frontend `key` use, switching `key` to
@@ -226,7 +287,7 @@ int sy_ingress(struct __sk_buff *skb)
 	svc = bpf_map_lookup_elem(&sy_svc_v4, &key);
 	if (!svc || !(svc->flags & SY_EXTERNAL_FRONTEND))
 		return TC_ACT_OK;
-	if (sy_ct_tracked(skb, &p)) {
+	if (sy_ct_keeps(skb, &p)) {
 		sy_count(SY_CNT_INGRESS_TRACKED);
 		return TC_ACT_OK;
 	}
@@ -254,7 +315,7 @@ int sy_ingress(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		}
 	}
-	if (sy_ct_translate(skb, &p, backend, snat)) {
+	if (sy_ct_translate_flow(skb, &p, backend, snat)) {
 		sy_count(SY_CNT_DROP_CT_FAILED);
 		return TC_ACT_SHOT;
 	}

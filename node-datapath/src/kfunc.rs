@@ -12,12 +12,13 @@
 use crate::DatapathError;
 
 /// Placeholder immediate → kfunc name (bpf/kfunc.h `SY_KFUNC_*`).
-pub(crate) const KFUNCS: [(u32, &str); 5] = [
+pub(crate) const KFUNCS: [(u32, &str); 6] = [
     (0x5359_0001, "bpf_skb_ct_lookup"),
     (0x5359_0002, "bpf_ct_release"),
     (0x5359_0003, "bpf_skb_ct_alloc"),
     (0x5359_0004, "bpf_ct_insert_entry"),
     (0x5359_0005, "bpf_ct_set_nat_info"),
+    (0x5359_0006, "bpf_ct_change_timeout"),
 ];
 
 const BPF_JMP_CALL: u8 = 0x85;

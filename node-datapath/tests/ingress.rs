@@ -18,7 +18,7 @@ use common::{
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, svc_flags};
 use switchyard_lb::maps::LbMaps;
-use switchyard_node_datapath::{Datapath, DatapathConfig};
+use switchyard_node_datapath::{Datapath, DatapathConfig, LinkAction};
 
 const NODE_PORT: u16 = 30080;
 
@@ -343,4 +343,71 @@ fn health_ports_change_hands_without_a_refused_connection() {
     sockets.steer(10256, &agent.listener).unwrap();
     let s = out.client("tcp", &health, 3);
     assert_eq!(ok_count(&s, "agent"), 3, "{s}");
+}
+
+#[test]
+fn a_client_port_reused_while_its_last_connection_is_in_time_wait_is_translated_anew() {
+    require_privileged!();
+    let mut lab = Lab::new(1);
+    let out = Outside::new(&lab);
+    lab.serve(1, 8080);
+    let dp = start_with_ingress(&lab);
+    // Two NodePorts with the same backend: masquerading a client port
+    // used for both would also yield the same translated reply tuple.
+    let mut maps = dp.lb_maps().unwrap();
+    let b1 = [(1, Lab::backend_addr(1), 8080)];
+    for (port, rev_nat) in [(NODE_PORT, 1), (NODE_PORT + 1, 2)] {
+        let scope = (SCOPE_NODE, rev_nat, svc_flags::NODEPORT);
+        maps.apply_all(&frontend_ops(
+            NODE_EXTERNAL_IP,
+            port,
+            IPPROTO_TCP,
+            scope,
+            &b1,
+        ))
+        .unwrap();
+    }
+    // Each round reuses a tuple whose last connection is in TIME_WAIT.
+    for round in 0..3 {
+        for port in [NODE_PORT, NODE_PORT + 1] {
+            let s = out.client("tcp-from-40000", &format!("{NODE_EXTERNAL_IP}:{port}"), 1);
+            assert_eq!(ok_count(&s, "b1"), 1, "round {round}, NodePort {port}: {s}");
+        }
+    }
+    assert_eq!(counter(&dp, Counter::IngressReopened), 4);
+}
+
+#[test]
+fn a_restart_adopts_the_ingress_and_health_links_and_off_removes_them() {
+    require_privileged!();
+    let lab = Lab::new(1);
+    let _out = Outside::new(&lab);
+    let first = start_with_ingress(&lab);
+    let attached = Some(LinkAction::Attached);
+    assert_eq!(
+        first.report().ingress,
+        [("ext0".to_string(), LinkAction::Attached)]
+    );
+    assert_eq!(first.report().health, attached);
+    drop(first);
+    let again = start_with_ingress(&lab);
+    assert_eq!(
+        again.report().ingress,
+        [("ext0".to_string(), LinkAction::Kept)]
+    );
+    assert_eq!(again.report().health, Some(LinkAction::Kept));
+    // Without ingress interfaces both links go.
+    let plain = in_netns(&lab.node_ns, || started(Datapath::start(&lab.config())));
+    assert!(plain.report().ingress.is_empty());
+    assert_eq!(plain.report().health, None);
+    let links = lab.bpffs_dir.join("links");
+    assert!(!links.join("ingress-ext0").exists() && !links.join("health-lookup").exists());
+    let again = start_with_ingress(&lab);
+    assert_eq!(again.report().health, attached);
+    let off = switchyard_node_datapath::off(&lab.bpffs_dir).unwrap();
+    let removed = off.links_removed.join(" ");
+    assert!(
+        removed.contains("ingress-ext0") && removed.contains("health-lookup"),
+        "{off:?}"
+    );
 }

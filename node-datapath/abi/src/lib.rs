@@ -226,11 +226,13 @@ pub enum Counter {
     DropNoLocalBackend = 13,
     DropCtFailed = 14,
     IngressFragment = 15,
+    IngressCtClash = 16,
+    IngressReopened = 17,
 }
 
 impl Counter {
     /// Every counter, in index order (`SY_CNT_MAX` entries).
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 18] = [
         Counter::ConnectTranslated,
         Counter::SendmsgTranslated,
         Counter::RecvmsgRevNat,
@@ -247,6 +249,8 @@ impl Counter {
         Counter::DropNoLocalBackend,
         Counter::DropCtFailed,
         Counter::IngressFragment,
+        Counter::IngressCtClash,
+        Counter::IngressReopened,
     ];
 
     /// Whether this counter counts a packet the datapath could not serve.
@@ -283,6 +287,8 @@ impl Counter {
             Counter::DropNoLocalBackend => "no_local_backend",
             Counter::DropCtFailed => "conntrack_failed",
             Counter::IngressFragment => "ingress_fragment",
+            Counter::IngressCtClash => "ingress_conntrack_clash",
+            Counter::IngressReopened => "ingress_reopened",
         }
     }
 }

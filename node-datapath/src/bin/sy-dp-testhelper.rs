@@ -11,10 +11,12 @@
 //!     echoes "b1\n" to each datagram's sender. With --tell-source the
 //!     reply is "b1@<source address seen>". Prints "ready" once bound.
 //! sy-dp-testhelper client --netns /run/netns/N [--cgroup /sys/fs/cgroup/.../t]
-//!     --mode tcp|udp-connect|udp-sendto|tcp-hold|udp-hold --target 10.96.0.10:80
+//!     --mode tcp|tcp-from-<port>|udp-connect|udp-sendto|tcp-hold|udp-hold
+//!     --target 10.96.0.10:80
 //!     [--count N] [--stop-file PATH] [--timeout-ms T] [--interval-ms I]
 //!     Prints "running" after the first attempt, then one JSON summary line.
-//!     The hold modes keep one socket for every request (a long-lived flow).
+//!     The hold modes keep one socket for every request (a long-lived flow);
+//!     tcp-from-<port> connects from that local port.
 //! ```
 
 use std::{
@@ -181,9 +183,52 @@ fn attempt_held(
     Ok((name, target.to_string()))
 }
 
+/// A TCP connection to `target` from local port `port`.
+fn connect_from(port: u16, target: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(t) = target else {
+        return Err(std::io::Error::other("IPv4 targets only"));
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns (the
+    // TcpStream closes it on every path).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(std::net::Ipv4Addr::UNSPECIFIED, port);
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sin(*t.ip(), t.port());
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
 /// One request; returns (backend name, peer address the socket reports).
 fn attempt(mode: &str, target: SocketAddr, timeout: Duration) -> std::io::Result<(String, String)> {
     let mut buf = [0u8; 512];
+    if let Some(port) = mode.strip_prefix("tcp-from-") {
+        let port = port.parse().map_err(std::io::Error::other)?;
+        let mut s = connect_from(port, target)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut name = String::new();
+        s.read_to_string(&mut name)?;
+        return Ok((name.trim().to_owned(), target.to_string()));
+    }
     match mode {
         "tcp" => {
             let mut s = TcpStream::connect_timeout(&target, timeout)?;
