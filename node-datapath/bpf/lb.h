@@ -25,6 +25,13 @@
  *   kube-proxy does not apply to traffic from the node itself) the master
  *   carries SY_SVC_F_INGRESS_SCOPE and the external clients' master and
  *   slots live under SY_SCOPE_INGRESS;
+ * - a LoadBalancer frontend with loadBalancerSourceRanges carries
+ *   SY_SVC_F_SOURCE_RANGES on its SY_SCOPE_NODE master, and its ranges
+ *   sit at slots 1..=n of the same frontend under SY_SCOPE_SOURCE_RANGE,
+ *   one a slot, in the value: backend_id = the network (network byte
+ *   order), count = the prefix length, the end marked by a missing slot;
+ *   the ingress program admits an external client only from one of them
+ *   (at most SY_SOURCE_RANGES_MAX are looked at);
  * - every frontend needs its rev-NAT entry (sy_revnat_v4[rev_nat_index] =
  *   frontend address and port): recvmsg4/getpeername4 restore the frontend
  *   only while it matches, so stale socket entries are never applied;
@@ -56,6 +63,7 @@
 /* sy_svc_key.scope */
 #define SY_SCOPE_NODE 0    /* clients on this node: every frontend */
 #define SY_SCOPE_INGRESS 1 /* clients outside it, where they differ */
+#define SY_SCOPE_SOURCE_RANGE 2 /* loadBalancerSourceRanges of a frontend */
 
 /* sy_svc_value.flags */
 #define SY_SVC_F_CLUSTER_IP (1 << 0)
@@ -65,6 +73,10 @@
 #define SY_SVC_F_AFFINITY (1 << 4)  /* sessionAffinity: ClientIP */
 #define SY_SVC_F_LOCAL_ONLY (1 << 5) /* slots hold node-local endpoints only */
 #define SY_SVC_F_INGRESS_SCOPE (1 << 6) /* external clients: see SY_SCOPE_INGRESS */
+#define SY_SVC_F_SOURCE_RANGES (1 << 7) /* external clients: see SY_SCOPE_SOURCE_RANGE */
+
+/* The most loadBalancerSourceRanges of one frontend the datapath enforces. */
+#define SY_SOURCE_RANGES_MAX 64
 
 /* sy_backend.flags */
 #define SY_BACKEND_F_TERMINATING (1 << 0) /* serving but terminating */
@@ -152,7 +164,8 @@ enum sy_counter {
 	SY_CNT_INGRESS_FRAGMENT = 15,  /* ingress: IPv4 fragment, passed untranslated */
 	SY_CNT_INGRESS_CT_CLASH = 16,  /* ingress: reply tuple taken, SNAT port drawn anew */
 	SY_CNT_INGRESS_REOPENED = 17,  /* ingress: SYN on a tracked tuple, entry expired */
-	SY_CNT_MAX = 18,
+	SY_CNT_DROP_SOURCE_RANGE = 18, /* ingress: source outside loadBalancerSourceRanges */
+	SY_CNT_MAX = 19,
 };
 
 #endif /* SWITCHYARD_LB_H */

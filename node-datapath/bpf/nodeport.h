@@ -28,6 +28,10 @@
  * agent keeps (the keepalive nftables table) while this program is
  * attached.
  *
+ * A new flow to a LoadBalancer IP with loadBalancerSourceRanges is admitted
+ * only from those networks (dropped and counted otherwise, as kube-proxy
+ * does); NodePorts of the same Service are not filtered, as in kube-proxy.
+ *
  * Everything else passes: packets that are not IPv4 TCP/UDP to a frontend,
  * ClusterIPs (served for local clients by the socket programs), and a
  * mid-flow TCP packet no one tracks (the kernel answers it as it would
@@ -250,6 +254,34 @@ static __always_inline int sy_ct_translate_flow(struct __sk_buff *skb, struct sy
 	return r == SY_CT_INSERTED ? 0 : -1;
 }
 
+/* Whether `client` may reach the frontend `key` (its node-scope master
+ * `svc`): always, unless the frontend lists loadBalancerSourceRanges. */
+static __always_inline int sy_source_allowed(const struct sy_svc_key *key,
+					     const struct sy_svc_value *svc, __be32 client)
+{
+	struct sy_svc_key rk = *key;
+	__u32 i;
+
+	if (!(svc->flags & SY_SVC_F_SOURCE_RANGES))
+		return 1;
+	rk.scope = SY_SCOPE_SOURCE_RANGE;
+#pragma clang loop unroll(disable)
+	for (i = 1; i <= SY_SOURCE_RANGES_MAX; i++) {
+		const struct sy_svc_value *r;
+		__u32 bits;
+
+		rk.backend_slot = (__u16)i;
+		r = bpf_map_lookup_elem(&sy_svc_v4, &rk);
+		if (!r)
+			break;
+		bits = r->count > 32 ? 32 : r->count;
+		if (!bits || !((client ^ r->backend_id) & bpf_htonl(~0U << (32 - bits))))
+			return 1;
+	}
+	sy_count(SY_CNT_DROP_SOURCE_RANGE);
+	return 0;
+}
+
 /* The master external clients of frontend `key` use, switching `key` to
  * its scope. */
 static __always_inline const struct sy_svc_value *sy_ingress_master(struct sy_svc_key *key,
@@ -295,6 +327,8 @@ int sy_ingress(struct __sk_buff *skb)
 		sy_count(SY_CNT_INGRESS_UNTRACKED);
 		return TC_ACT_OK;
 	}
+	if (!sy_source_allowed(&key, svc, p.tuple.ipv4.saddr))
+		return TC_ACT_SHOT;
 	svc = sy_ingress_master(&key, svc);
 	if (!svc)
 		return TC_ACT_SHOT;

@@ -39,6 +39,7 @@ fn state(services: u8, shift: u8) -> DesiredState {
         s.frontends.insert(
             fe,
             FrontendState {
+                source_ranges: Vec::new(),
                 flags: svc_flags::CLUSTER_IP,
                 affinity_timeout: 0,
                 backends,

@@ -411,3 +411,55 @@ fn a_restart_adopts_the_ingress_and_health_links_and_off_removes_them() {
         "{off:?}"
     );
 }
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    require_privileged!();
+    let mut lab = Lab::new(1);
+    let out = Outside::new(&lab);
+    lab.serve(1, 8080);
+    let dp = start_with_ingress(&lab);
+    let mut maps = dp.lb_maps().unwrap();
+    // The LoadBalancer IP is routed to the node; its frontend lists ranges.
+    let lb_ip = std::net::Ipv4Addr::new(10, 2, 0, 100);
+    let b1 = [(1, Lab::backend_addr(1), 8080)];
+    let flags = svc_flags::LOADBALANCER | svc_flags::SOURCE_RANGES;
+    let set_ranges = |maps: &mut switchyard_node_datapath::PinnedLbMaps, ranges: &[(u32, u16)]| {
+        let mut ops = common::source_range_ops(lb_ip, 80, IPPROTO_TCP, ranges);
+        ops.extend(frontend_ops(
+            lb_ip,
+            80,
+            IPPROTO_TCP,
+            (SCOPE_NODE, 1, flags),
+            &b1,
+        ));
+        maps.apply_all(&ops).unwrap();
+    };
+    run(
+        "ip",
+        &[
+            "-n",
+            &out.ns,
+            "route",
+            "add",
+            "10.2.0.100/32",
+            "via",
+            "10.2.0.1",
+        ],
+    );
+    let target = format!("{lb_ip}:80");
+    // The client (10.2.0.2) is in the second range.
+    set_ranges(&mut maps, &[(0xc000_0200, 24), (0x0a02_0000, 16)]);
+    let s = out.client("tcp", &target, 5);
+    assert_eq!(ok_count(&s, "b1"), 5, "{s}");
+    // Not in any range any more: dropped, counted by reason.
+    let denied = counter(&dp, Counter::DropSourceRange);
+    set_ranges(&mut maps, &[(0xc000_0200, 24)]);
+    let s = out.client("tcp", &target, 2);
+    assert_eq!(ok_total(&s), 0, "{s}");
+    let dropped = counter(&dp, Counter::DropSourceRange);
+    assert!(
+        dropped >= denied + 2,
+        "each attempt's SYN is dropped: {dropped}"
+    );
+}

@@ -38,6 +38,11 @@ pub const SCOPE_NODE: u8 = 0;
 /// `SY_SCOPE_INGRESS`: a frontend's backends for clients outside the node,
 /// where they differ (its node-scope master carries `svc_flags::INGRESS_SCOPE`).
 pub const SCOPE_INGRESS: u8 = 1;
+/// `SY_SCOPE_SOURCE_RANGE`: a frontend's loadBalancerSourceRanges, one per
+/// slot (its node-scope master carries `svc_flags::SOURCE_RANGES`).
+pub const SCOPE_SOURCE_RANGE: u8 = 2;
+/// `SY_SOURCE_RANGES_MAX`: the most ranges of one frontend enforced.
+pub const SOURCE_RANGES_MAX: usize = 64;
 
 /// `sy_svc_value.flags`.
 pub mod svc_flags {
@@ -48,6 +53,7 @@ pub mod svc_flags {
     pub const AFFINITY: u8 = 1 << 4;
     pub const LOCAL_ONLY: u8 = 1 << 5;
     pub const INGRESS_SCOPE: u8 = 1 << 6;
+    pub const SOURCE_RANGES: u8 = 1 << 7;
 }
 
 /// `sy_backend.flags`.
@@ -104,6 +110,11 @@ impl SvcKey {
             backend_slot: slot,
             ..self
         }
+    }
+
+    /// The same frontend and slot in another scope.
+    pub fn with_scope(self, scope: u8) -> Self {
+        Self { scope, ..self }
     }
 }
 
@@ -228,11 +239,12 @@ pub enum Counter {
     IngressFragment = 15,
     IngressCtClash = 16,
     IngressReopened = 17,
+    DropSourceRange = 18,
 }
 
 impl Counter {
     /// Every counter, in index order (`SY_CNT_MAX` entries).
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::ConnectTranslated,
         Counter::SendmsgTranslated,
         Counter::RecvmsgRevNat,
@@ -251,6 +263,7 @@ impl Counter {
         Counter::IngressFragment,
         Counter::IngressCtClash,
         Counter::IngressReopened,
+        Counter::DropSourceRange,
     ];
 
     /// Whether this counter counts a packet the datapath could not serve.
@@ -265,6 +278,7 @@ impl Counter {
                 | Counter::DropNoLocalBackend
                 | Counter::DropCtFailed
                 | Counter::IngressFragment
+                | Counter::DropSourceRange
         )
     }
 
@@ -289,6 +303,7 @@ impl Counter {
             Counter::IngressFragment => "ingress_fragment",
             Counter::IngressCtClash => "ingress_conntrack_clash",
             Counter::IngressReopened => "ingress_reopened",
+            Counter::DropSourceRange => "denied_by_lb_source_range",
         }
     }
 }
@@ -373,5 +388,7 @@ mod tests {
         assert!(h.contains(&format!("SY_SVC_MAP_MAX {}", capacity::SERVICES)));
         assert!(h.contains(&format!("SY_BACKEND_MAP_MAX {}", capacity::BACKENDS)));
         assert!(h.contains(&format!("SY_HEALTH_SOCKS_MAX {}", capacity::HEALTH_SOCKS)));
+        assert!(h.contains(&format!("SY_SOURCE_RANGES_MAX {SOURCE_RANGES_MAX}")));
+        assert!(h.contains(&format!("SY_SCOPE_SOURCE_RANGE {SCOPE_SOURCE_RANGE}")));
     }
 }

@@ -247,10 +247,11 @@ impl Health {
     }
 
     async fn respond(&self, mut conn: TcpStream, port: u16) {
-        // The request itself does not matter (kube-proxy answers every
-        // path alike); read its head so the client sees a clean close.
-        let mut buf = [0u8; 2048];
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
+        // The path does not matter (kube-proxy answers every path alike),
+        // but the whole request head is read first: closing a socket with
+        // unread data resets the connection, and a client still writing
+        // its request would see a broken pipe instead of the answer.
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await;
         let (code, body) = answer(&self.snapshot(), port, SystemTime::now());
         let body = body.to_string();
         let reason = if code == 200 {
@@ -265,6 +266,28 @@ impl Health {
         let _ = conn.write_all(head.as_bytes()).await;
         let _ = conn.write_all(body.as_bytes()).await;
         let _ = conn.shutdown().await;
+        // Until the client closes, so nothing it sent is left unread.
+        let mut sink = [0u8; 512];
+        let drain = async { while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
+    }
+}
+
+/// How long a health check may take to send its request (and to close).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest request head read.
+const MAX_HEAD: usize = 8192;
+
+/// Reads an HTTP request head: up to the blank line, the end of the
+/// stream, or [`MAX_HEAD`] bytes.
+async fn read_head(conn: &mut TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
     }
 }
 
@@ -278,6 +301,41 @@ mod tests {
             name: "ingress".into(),
             local_endpoints,
         }
+    }
+
+    /// A client that sends its request in two writes gets the answer, not
+    /// a reset (the head is read whole before the socket closes).
+    #[tokio::test]
+    async fn a_request_written_in_pieces_is_answered() {
+        let health = Arc::new(Health::new(PathBuf::from("/nonexistent")));
+        health.set(HealthState {
+            serving: true,
+            healthy: true,
+            last_updated: None,
+            services: BTreeMap::new(),
+        });
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(health.serve(listener, PROXY_HEALTH_PORT));
+        let mut conn = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut answer = String::new();
+        conn.write_all(b"GET /healthz HTTP/1.0\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The rest of the head comes later, as from a slow client.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.write_all(b"Connection: close\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        conn.read_to_string(&mut answer)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("\"nodeEligible\":true"), "{answer}");
     }
 
     #[test]

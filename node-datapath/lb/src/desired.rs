@@ -38,7 +38,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use switchyard_abi::svc_flags;
+use switchyard_abi::{SOURCE_RANGES_MAX, svc_flags};
 
 use crate::endpoints::{Policy, ServiceSlices, Topology, select};
 use crate::model::{
@@ -126,10 +126,9 @@ pub enum FindingKind {
         frontend: Frontend,
         owner: ServicePortRef,
     },
-    /// `loadBalancerSourceRanges` are not enforced (neither for clients on
-    /// the node nor for external ones): the LoadBalancer IP accepts every
-    /// source.
-    SourceRangesNotEnforced,
+    /// More `loadBalancerSourceRanges` than the datapath enforces; the
+    /// LoadBalancer IPs admit clients from the first ones only.
+    TooManySourceRanges { count: usize },
 }
 
 impl fmt::Display for Finding {
@@ -153,9 +152,10 @@ impl fmt::Display for Finding {
             FindingKind::FrontendConflict { frontend, owner } => {
                 write!(f, "frontend {frontend} is already served for {owner}")
             }
-            FindingKind::SourceRangesNotEnforced => {
-                f.write_str("loadBalancerSourceRanges are not enforced: every source may connect")
-            }
+            FindingKind::TooManySourceRanges { count } => write!(
+                f,
+                "{count} loadBalancerSourceRanges, only the first {SOURCE_RANGES_MAX} are enforced"
+            ),
         }
     }
 }
@@ -237,6 +237,8 @@ struct PortCtx {
     svc_ref: ServicePortRef,
     proto: Proto,
     affinity: Option<u32>,
+    /// `loadBalancerSourceRanges` (for LoadBalancer frontends).
+    source_ranges: Option<Box<[(Ipv4Addr, u8)]>>,
     endpoints: Vec<crate::endpoints::Endpoint>,
 }
 
@@ -255,8 +257,16 @@ impl Builder<'_> {
         let Some(cluster_ip) = self.cluster_ip(svc, ns, name) else {
             return;
         };
-        if !svc.lb_ips.is_empty() && svc.source_ranges {
-            self.finding(ns, name, FindingKind::SourceRangesNotEnforced);
+        if let Some(ranges) = svc
+            .source_ranges
+            .as_ref()
+            .filter(|_| !svc.lb_ips.is_empty())
+            && ranges.len() > SOURCE_RANGES_MAX
+        {
+            let kind = FindingKind::TooManySourceRanges {
+                count: ranges.len(),
+            };
+            self.finding(ns, name, kind);
         }
         let mut any_port = false;
         for sp in &svc.ports {
@@ -307,6 +317,7 @@ impl Builder<'_> {
             },
             proto,
             affinity: svc.affinity,
+            source_ranges: svc.source_ranges.clone(),
         };
         let internal = if svc.internal_local {
             Policy::Local
@@ -481,10 +492,23 @@ impl Builder<'_> {
         if policy == Policy::Local {
             flags |= svc_flags::LOCAL_ONLY;
         }
+        // kube-proxy filters LoadBalancer IPs only; the ranges are checked
+        // before an external client's scope is chosen.
+        let ranges = ctx
+            .source_ranges
+            .as_ref()
+            .filter(|_| flags & svc_flags::LOADBALANCER != 0 && fe.scope == Scope::Node);
+        if ranges.is_some() {
+            flags |= svc_flags::SOURCE_RANGES;
+        }
+        let source_ranges = ranges.map_or_else(Vec::new, |r| {
+            r.iter().take(SOURCE_RANGES_MAX).copied().collect()
+        });
         let state = FrontendState {
             flags,
             affinity_timeout: ctx.affinity.unwrap_or(0),
             backends,
+            source_ranges,
             service: ctx.svc_ref.clone(),
         };
         self.out.state.frontends.insert(fe, state);

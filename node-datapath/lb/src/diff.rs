@@ -22,12 +22,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use switchyard_abi::{Backend, SvcKey, SvcValue, backend_flags};
+use switchyard_abi::{Backend, SCOPE_SOURCE_RANGE, SvcKey, SvcValue, backend_flags};
 
 use crate::LbError;
 use crate::ids::{IdAllocator, rev_nat_of};
 use crate::maps::{MapOp, MapsSnapshot};
-use crate::model::{BackendKey, DesiredState, Frontend, FrontendState};
+use crate::model::{BackendKey, DesiredState, Frontend, FrontendState, Scope};
 
 /// Assigns ids for `desired` (see [`IdAllocator::assign`]) and returns the
 /// ordered operations that turn `current` into it.
@@ -117,6 +117,15 @@ fn frontend_entries(
         };
         services.push((master.with_slot(slot), value));
     }
+    let ranges = master.with_scope(SCOPE_SOURCE_RANGE);
+    for (slot, (net, len)) in (1..).zip(&st.source_ranges) {
+        let value = SvcValue {
+            backend_id: u32::from(*net).to_be(),
+            count: u16::from(*len),
+            ..SvcValue::default()
+        };
+        services.push((ranges.with_slot(slot), value));
+    }
     let value = SvcValue {
         count,
         rev_nat_index: rev,
@@ -201,8 +210,11 @@ pub fn diff_dirty(
             pad: [u8::MAX; 2],
             ..master
         };
+        // A node-scope frontend also owns its source ranges' entries.
+        let ranges = (fe.scope == Scope::Node).then(|| master.with_scope(SCOPE_SOURCE_RANGE));
         for (k, v) in current.services.range(lo..=hi) {
-            if k.with_slot(0) == master {
+            let owner = k.with_slot(0);
+            if owner == master || Some(owner) == ranges {
                 cur.services.insert(*k, *v);
             }
         }

@@ -30,7 +30,7 @@ use crate::diff::{Dirty, diff_dirty};
 use crate::endpoints::LABEL_SERVICE_NAME;
 use crate::ids::IdAllocator;
 use crate::maps::{MapOp, MapsSnapshot};
-use crate::model::{BackendKey, DesiredState, Frontend, FrontendState};
+use crate::model::{BackendKey, DesiredState, Frontend, FrontendState, Scope};
 use crate::view::{ServiceView, SliceView};
 
 /// A Service's `(namespace, name)` (shared strings: a Service's id is
@@ -42,6 +42,11 @@ pub type ServiceId = (Arc<str>, Arc<str>);
 struct Uses {
     all: u32,
     serving: u32,
+}
+
+/// A frontend in both of its scopes (a Service may own either).
+fn both_scopes(fe: &Frontend) -> [Frontend; 2] {
+    [fe.in_scope(Scope::Node), fe.in_scope(Scope::Ingress)]
 }
 
 /// A small sorted set (most have one element; a `BTreeSet` would allocate
@@ -93,7 +98,8 @@ pub struct LbState {
     node: NodeContext,
     opts: Options,
     per_service: HashMap<ServiceId, ServiceDesired>,
-    /// frontend → the Services claiming it (the first one owns it).
+    /// frontend (node scope) → the Services claiming it (the first one owns
+    /// it, in both scopes).
     claims: HashMap<Frontend, Sorted<ServiceId>>,
     vip_refs: HashMap<Ipv4Addr, u32>,
     backend_uses: HashMap<BackendKey, Uses>,
@@ -301,20 +307,22 @@ impl LbState {
                 self.services_with_frontends -= 1;
             }
             for (fe, _) in &old.frontends {
-                if let Some(c) = self.claims.get_mut(fe) {
+                let claim = fe.in_scope(Scope::Node);
+                if let Some(c) = self.claims.get_mut(&claim) {
                     sorted_remove(c, &id);
                     if c.is_empty() {
-                        self.claims.remove(fe);
+                        self.claims.remove(&claim);
                     }
                 }
-                touched.push(*fe);
+                touched.extend(both_scopes(fe));
             }
         }
         self.with_findings.remove(&id);
         if let Some(new) = new.filter(|d| !d.frontends.is_empty() || !d.findings.is_empty()) {
             for (fe, _) in &new.frontends {
-                sorted_insert(self.claims.entry(*fe).or_default(), id.clone());
-                touched.push(*fe);
+                let claim = fe.in_scope(Scope::Node);
+                sorted_insert(self.claims.entry(claim).or_default(), id.clone());
+                touched.extend(both_scopes(fe));
             }
             for vip in &new.vips {
                 let n = self.vip_refs.entry(*vip).or_default();
@@ -351,14 +359,17 @@ impl LbState {
         touched.sort_unstable();
         touched.dedup();
         for fe in touched {
-            if self.claims.get(&fe).is_some_and(|c| c.len() > 1) {
-                self.conflicted.insert(fe);
+            // Claims are per address, port and protocol: the Service owning
+            // a frontend's node scope owns its ingress scope too.
+            let claim = fe.in_scope(Scope::Node);
+            if self.claims.get(&claim).is_some_and(|c| c.len() > 1) {
+                self.conflicted.insert(claim);
             } else {
-                self.conflicted.remove(&fe);
+                self.conflicted.remove(&claim);
             }
             let owner = self
                 .claims
-                .get(&fe)
+                .get(&claim)
                 .and_then(|c| c.first())
                 .and_then(|o| self.per_service.get(o))
                 .and_then(|d| d.frontend(&fe))

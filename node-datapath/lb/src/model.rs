@@ -216,6 +216,9 @@ pub struct FrontendState {
     /// Backends in slot order (slot `i + 1` holds `backends[i]`). Empty means
     /// the service has no usable endpoint and connections are refused.
     pub backends: Vec<DesiredBackend>,
+    /// With `SOURCE_RANGES` in `flags`: the only networks external clients
+    /// may come from (at most `switchyard_abi::SOURCE_RANGES_MAX`).
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
     /// The owning Service port.
     pub service: ServicePortRef,
 }

@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 
-use switchyard_abi::{backend_flags, svc_flags};
+use std::net::Ipv4Addr;
+
+use switchyard_abi::{SCOPE_NODE, SCOPE_SOURCE_RANGE, backend_flags, svc_flags};
 
 use crate::diff::is_vip_marker;
 use crate::maps::MapsSnapshot;
@@ -20,6 +22,7 @@ pub fn flag_names(flags: u8, affinity_timeout: u32) -> String {
         (svc_flags::LOADBALANCER, "loadbalancer"),
         (svc_flags::LOCAL_ONLY, "local-only"),
         (svc_flags::INGRESS_SCOPE, "ingress-scope"),
+        (svc_flags::SOURCE_RANGES, "source-ranges"),
     ] {
         if flags & bit != 0 {
             out.push(name.to_string());
@@ -74,6 +77,14 @@ pub fn render(maps: &MapsSnapshot, desired: Option<&DesiredState>) -> String {
                 "  slot {} -> backend {} {target}",
                 slot_key.backend_slot, sv.backend_id
             );
+        }
+        let ranges = maps
+            .services
+            .range(k.with_slot(1)..=k.with_slot(u16::MAX))
+            .filter(|(rk, _)| rk.proto == k.proto && rk.scope == SCOPE_SOURCE_RANGE);
+        for (_, rv) in ranges.filter(|_| k.scope == SCOPE_NODE) {
+            let net = Ipv4Addr::from(u32::from_be(rv.backend_id));
+            let _ = writeln!(s, "  source-range {net}/{}", rv.count);
         }
     }
     let mut vips: Vec<_> = maps

@@ -51,8 +51,10 @@ pub struct ServiceView {
     pub external_ips: Box<[Ipv4Addr]>,
     /// IPv4 LoadBalancer ingress IPs in VIP mode, sorted and deduplicated.
     pub lb_ips: Box<[Ipv4Addr]>,
-    /// `loadBalancerSourceRanges` is not empty.
-    pub source_ranges: bool,
+    /// `loadBalancerSourceRanges`, when set: its IPv4 networks (masked,
+    /// sorted, deduplicated; empty when it lists only IPv6 ones, which then
+    /// admits no IPv4 client). `None`: every source is admitted.
+    pub source_ranges: Option<Box<[(Ipv4Addr, u8)]>>,
     /// `healthCheckNodePort` (externalTrafficPolicy: Local Services).
     pub health_check_node_port: Option<u16>,
     pub ports: Box<[PortView]>,
@@ -112,6 +114,24 @@ fn v4_list<'a>(items: impl Iterator<Item = &'a String>) -> Box<[Ipv4Addr]> {
     v.into()
 }
 
+/// The IPv4 networks among CIDR strings (host bits cleared), sorted and
+/// deduplicated; other entries (IPv6, unparsable) are left out.
+pub fn v4_networks(cidrs: &[String]) -> Box<[(Ipv4Addr, u8)]> {
+    let mut v: Vec<(Ipv4Addr, u8)> = cidrs
+        .iter()
+        .filter_map(|c| {
+            let (addr, len) = c.trim().split_once('/')?;
+            let (addr, len): (Ipv4Addr, u8) = (addr.parse().ok()?, len.parse().ok()?);
+            let host_bits = 32u32.checked_sub(u32::from(len))?;
+            let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
+            Some((Ipv4Addr::from(u32::from(addr) & mask), len))
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v.into()
+}
+
 impl From<&Service> for ServiceView {
     fn from(svc: &Service) -> Self {
         let m = &svc.metadata;
@@ -160,7 +180,8 @@ impl From<&Service> for ServiceView {
             source_ranges: spec
                 .load_balancer_source_ranges
                 .as_ref()
-                .is_some_and(|r| !r.is_empty()),
+                .filter(|r| !r.is_empty())
+                .map(|r| v4_networks(r)),
             health_check_node_port: spec
                 .health_check_node_port
                 .and_then(|p| u16::try_from(p).ok())
@@ -238,6 +259,32 @@ mod tests {
     use super::*;
     use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointHints, ForZone};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn source_ranges_keep_ipv4_networks_masked_sorted_once() {
+        let cidrs: Vec<String> = [
+            " 10.1.2.3/8",
+            "192.168.7.9/24",
+            "fd00::/8",
+            "10.0.0.0/8",
+            "x/3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let ip = |a, b, c, d| Ipv4Addr::new(a, b, c, d);
+        assert_eq!(
+            &*v4_networks(&cidrs),
+            [(ip(10, 0, 0, 0), 8), (ip(192, 168, 7, 0), 24)]
+        );
+        assert_eq!(
+            &*v4_networks(&["0.0.0.0/0".to_string()]),
+            [(ip(0, 0, 0, 0), 0)]
+        );
+        // IPv6 ranges only: set, but no IPv4 client is admitted.
+        assert!(v4_networks(&["fd00::/8".to_string()]).is_empty());
+        assert!(v4_networks(&["10.0.0.0/33".to_string()]).is_empty());
+    }
 
     #[test]
     fn slice_view_keeps_first_ipv4_address_and_defaulted_conditions() {

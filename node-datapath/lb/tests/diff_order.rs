@@ -35,6 +35,7 @@ fn state(backends: &[u8]) -> DesiredState {
     s.frontends.insert(
         fe(),
         FrontendState {
+            source_ranges: Vec::new(),
             flags: svc_flags::CLUSTER_IP,
             affinity_timeout: 0,
             backends: backends

@@ -85,6 +85,7 @@ fn arb_state() -> impl Strategy<Value = DesiredState> {
                 s.frontends.insert(
                     fe,
                     FrontendState {
+                        source_ranges: Vec::new(),
                         flags,
                         affinity_timeout: affinity.unwrap_or(0),
                         backends,

@@ -24,7 +24,9 @@ use switchyard_lb::{
 
 /// A Service: ClusterIP from a small pool (so Services collide on
 /// frontends), TCP 80 and/or UDP 53, optionally NodePort, affinity,
-/// `internalTrafficPolicy: Local`.
+/// `internalTrafficPolicy: Local`, and optionally a LoadBalancer (with a
+/// NodePort) whose IP comes from a pool of two, with
+/// `externalTrafficPolicy: Local` and `loadBalancerSourceRanges` at random.
 #[derive(Clone, Debug)]
 struct SvcSpec {
     ip: u8,
@@ -33,6 +35,29 @@ struct SvcSpec {
     node_port: Option<u16>,
     affinity: bool,
     local: bool,
+    lb: Option<LbSpec>,
+}
+
+#[derive(Clone, Debug)]
+struct LbSpec {
+    ip: u8,
+    external_local: bool,
+    ranges: Vec<&'static str>,
+}
+
+const RANGES: [&str; 4] = ["10.0.0.0/8", "192.168.7.9/24", "fd00::/8", "0.0.0.0/0"];
+
+fn arb_lb() -> impl Strategy<Value = LbSpec> {
+    (
+        1u8..=2,
+        any::<bool>(),
+        prop::sample::subsequence(RANGES.to_vec(), 0..=3),
+    )
+        .prop_map(|(ip, external_local, ranges)| LbSpec {
+            ip,
+            external_local,
+            ranges,
+        })
 }
 
 /// An EndpointSlice: owning Service, endpoints (address, ready,
@@ -61,14 +86,16 @@ fn arb_svc() -> impl Strategy<Value = SvcSpec> {
         prop::option::of(prop_oneof![Just(30080u16), Just(30081)]),
         any::<bool>(),
         any::<bool>(),
+        prop::option::of(arb_lb()),
     )
-        .prop_map(|(ip, tcp, udp, node_port, affinity, local)| SvcSpec {
+        .prop_map(|(ip, tcp, udp, node_port, affinity, local, lb)| SvcSpec {
             ip,
             tcp,
             udp: udp || !tcp,
-            node_port,
+            node_port: node_port.or(lb.as_ref().map(|_| 30082)),
             affinity,
             local,
+            lb,
         })
 }
 
@@ -110,11 +137,22 @@ fn service(i: u8, s: &SvcSpec) -> Service {
     if s.local {
         spec["internalTrafficPolicy"] = json!("Local");
     }
+    let mut status = json!({});
+    if let Some(lb) = &s.lb {
+        spec["type"] = json!("LoadBalancer");
+        spec["loadBalancerSourceRanges"] = json!(lb.ranges);
+        if lb.external_local {
+            spec["externalTrafficPolicy"] = json!("Local");
+        }
+        let ip = format!("198.51.100.{}", lb.ip);
+        status = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+    }
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("s{i}"), "namespace": "ns",
                      "labels": {"app": "x"}, "annotations": {"note": "y"}},
         "spec": spec,
+        "status": status,
     }))
     .unwrap()
 }

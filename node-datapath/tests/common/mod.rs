@@ -687,3 +687,23 @@ pub fn frontend_ops(
     ops.push(MapOp::UpsertService(key, master));
     ops
 }
+
+/// Service-map entries of a frontend's loadBalancerSourceRanges
+/// (`(network as a host-order u32, prefix length)`, one a slot).
+pub fn source_range_ops(addr: Ipv4Addr, port: u16, proto: u8, ranges: &[(u32, u16)]) -> Vec<MapOp> {
+    let key = SvcKey::new(addr, port, proto, switchyard_abi::SCOPE_SOURCE_RANGE, 0);
+    let mut ops: Vec<MapOp> = (1..)
+        .zip(ranges)
+        .map(|(slot, (net, len))| {
+            let value = SvcValue {
+                backend_id: net.to_be(),
+                count: *len,
+                ..Default::default()
+            };
+            MapOp::UpsertService(key.with_slot(slot), value)
+        })
+        .collect();
+    // A shorter list: the next slot must go (the list ends at a gap).
+    ops.push(MapOp::DeleteService(key.with_slot(ranges.len() as u16 + 1)));
+    ops
+}
