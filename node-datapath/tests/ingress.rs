@@ -463,3 +463,22 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
         "each attempt's SYN is dropped: {dropped}"
     );
 }
+
+#[test]
+fn path_mtu_discovery_works_through_the_translation() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    // Replies larger than the node's link to the client: the node answers
+    // the backends' full-size segments with ICMP "fragmentation needed",
+    // which reaches a backend only if translated back (inner header too).
+    lab.serve_with(1, 8080, &["--reply-size", "20000"]);
+    lab.serve_with(2, 8080, &["--reply-size", "20000"]);
+    let ext0 = ["-n", &lab.node_ns, "link", "set", "ext0", "mtu", "1280"];
+    run("ip", &ext0);
+    let dp = start_with_ingress(&lab);
+    program_nodeport(&dp, 0);
+    let s = out.client("tcp", &nodeport(), 10);
+    assert_eq!(err_total(&s), 0, "a reply was black-holed: {s}");
+    assert_eq!(ok_total(&s), 10, "{s}");
+}

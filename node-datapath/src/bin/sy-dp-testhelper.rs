@@ -5,11 +5,12 @@
 //!
 //! ```text
 //! sy-dp-testhelper serve  --netns /run/netns/X --name b1 --listen 10.1.1.2:8080
-//!     [--tell-source true] [--hold true]
+//!     [--tell-source true] [--hold true] [--reply-size N]
 //!     TCP: answers each connection with "b1\n" and closes (with --hold:
 //!     answers each message with "b1\n" until the client closes); UDP:
 //!     echoes "b1\n" to each datagram's sender. With --tell-source the
-//!     reply is "b1@<source address seen>". Prints "ready" once bound.
+//!     reply is "b1@<source address seen>"; --reply-size pads TCP replies
+//!     with N more bytes (a second line). Prints "ready" once bound.
 //! sy-dp-testhelper client --netns /run/netns/N [--cgroup /sys/fs/cgroup/.../t]
 //!     --mode tcp|tcp-from-<port>|udp-connect|udp-sendto|tcp-hold|udp-hold
 //!     --target 10.96.0.10:80
@@ -83,6 +84,12 @@ fn serve(f: &BTreeMap<String, String>) -> Result<(), String> {
         false => format!("{name}\n"),
     };
     let udp_reply = reply.clone();
+    // TCP replies padded to --reply-size bytes after the name's line.
+    let size: usize = f
+        .get("reply-size")
+        .map_or(Ok(0), |v| v.parse())
+        .map_err(|e| format!("--reply-size: {e}"))?;
+    let padding = vec![b'.'; size];
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while let Ok((_, from)) = udp.recv_from(&mut buf) {
@@ -100,6 +107,7 @@ fn serve(f: &BTreeMap<String, String>) -> Result<(), String> {
             Ok(mut s) => {
                 if let Ok(from) = s.peer_addr() {
                     let _ = s.write_all(reply(from).as_bytes());
+                    let _ = s.write_all(&padding);
                 }
             }
             Err(e) => eprintln!("accept: {e}"),
@@ -236,7 +244,8 @@ fn attempt(mode: &str, target: SocketAddr, timeout: Duration) -> std::io::Result
             let peer = s.peer_addr()?;
             let mut name = String::new();
             s.read_to_string(&mut name)?;
-            Ok((name.trim().to_owned(), peer.to_string()))
+            let first = name.lines().next().unwrap_or_default();
+            Ok((first.trim().to_owned(), peer.to_string()))
         }
         "udp-connect" => {
             let s = UdpSocket::bind("0.0.0.0:0")?;
