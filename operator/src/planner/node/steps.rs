@@ -150,7 +150,7 @@ pub(super) fn verify(s: &Seen<'_>) -> Next {
             "verification failed: {}",
             r.message.as_deref().unwrap_or("a probe failed")
         )),
-        (_, PeerCheck::Failed(why)) => Next::Fail(format!("verification failed: {why}")),
+        (Some(_), PeerCheck::Failed(why)) => Next::Fail(format!("verification failed: {why}")),
         (Some(_), PeerCheck::Passed | PeerCheck::Skipped) => Next::Advance(NodeStep::Uncordon),
         (result, peer) => Next::wait(verify_reason(s, result.is_some(), peer), verify_actions(s)),
     }
@@ -173,7 +173,10 @@ fn verify_reason(s: &Seen<'_>, own_done: bool, peer: PeerCheck) -> String {
                 .err()
                 .unwrap_or_else(|| "no peer node was available when the node entered Verify".into())
         )),
-        PeerCheck::Passed | PeerCheck::Failed(_) => {}
+        // Decided once the node's own probes answered too: the outcome
+        // does not depend on which answer came first.
+        PeerCheck::Failed(why) => parts.push(why),
+        PeerCheck::Passed => {}
     }
     parts.join("; ")
 }
