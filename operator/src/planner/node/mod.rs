@@ -218,7 +218,8 @@ fn advance(
 }
 
 /// Records the node that probes `p`'s ingress in its Verify step, or why
-/// none can (an event says so: the node is then verified from itself only).
+/// none can (an event says so: the node is then verified from itself only;
+/// none when no Service is reached from outside the nodes).
 fn choose_peer(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
     match peer::choose(ctx, &p.name) {
         Ok((node, generation)) => {
@@ -227,6 +228,9 @@ fn choose_peer(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
         }
         Err(why) => {
             p.verify_peer = None;
+            if !peer::needed(ctx) {
+                return;
+            }
             out.push(event(
                 Some(&p.name),
                 true,

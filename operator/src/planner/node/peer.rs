@@ -1,7 +1,9 @@
 //! The peer probe of a node's Verify step: another node's agent dials the
 //! node's InternalIP at a NodePort and at kube-proxy's health port, as a
 //! client outside the node does, so a node is never marked done while
-//! traffic from outside it dies there.
+//! traffic from outside it dies there. Only when some Service is reached
+//! from outside the nodes (as preflight, which then requires every node to
+//! serve them).
 //!
 //! The peer is chosen when the node enters Verify and recorded in its
 //! progress (`verifyPeer`, `peerProbeGeneration`): a node of the plan that
@@ -42,6 +44,9 @@ pub(super) enum PeerCheck {
 /// The peer for node `x` entering Verify and the generation of the
 /// request covering it; else why no node can probe it.
 pub(super) fn choose(ctx: &Ctx<'_>, x: &str) -> Result<(String, i64), String> {
+    if !needed(ctx) {
+        return Err("no Service is reached from outside the nodes".into());
+    }
     if ctx
         .snap
         .nodes
@@ -75,6 +80,13 @@ pub(super) fn choose(ctx: &Ctx<'_>, x: &str) -> Result<(String, i64), String> {
         .max()
         .unwrap_or(0);
     Ok((peer.clone(), answered.max(requested).max(recorded) + 1))
+}
+
+/// Whether anything reaches the nodes from outside (a Service with an
+/// external frontend): else nothing depends on the ingress program, nor on
+/// kube-proxy's health port, and no peer probes them.
+pub(super) fn needed(ctx: &Ctx<'_>) -> bool {
+    !ctx.snap.external_services.is_empty()
 }
 
 /// A usable peer's preference (lower first): done, then on kube-proxy.

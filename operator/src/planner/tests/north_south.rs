@@ -268,3 +268,23 @@ fn nodes_verifying_together_share_one_request_of_their_peer() {
     assert_eq!(sim.phase(), Phase::Succeeded);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
 }
+
+#[test]
+fn without_external_services_no_peer_is_asked_and_no_event_warns() {
+    let mut sim = Sim::new(2, &[], spec(1, 1));
+    sim.external_services.clear();
+    until(&mut sim, "node-00", NodeStep::Verify);
+    assert_eq!(sim.progress("node-00").verify_peer, None);
+    let actions = sim.decide().actions;
+    assert!(peer_request(&actions, "node-01").is_none());
+    sim.reconcile(None);
+    let message = sim.progress("node-00").message.clone().unwrap_or_default();
+    assert!(
+        message.contains("no Service is reached from outside"),
+        "{message}"
+    );
+    sim.run(400, |_| None, &|_, _| false);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert!(sim.events.iter().all(|e| e.reason != "PeerProbeSkipped"));
+    assert!(sim.written.values().all(|s| s.peer_probe.is_none()));
+}
