@@ -1,7 +1,8 @@
-//! What this node can run: kernel, BTF, mounts, privileges, and whether each
+//! What this node can run: kernel, BTF, mounts, privileges, whether each
 //! socket hook's program actually loads and attaches (tried on a temporary
-//! cgroup that is removed again). The result is plain data for the
-//! `NodeDatapath` status.
+//! cgroup that is removed again), and whether the ingress program loads
+//! with its conntrack kfuncs (not attached). The result is plain data for
+//! the `NodeDatapath` status.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,8 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::{
     DatapathError,
     config::{Capacities, Hook},
-    object::{OBJECT, attach_link, load_object, load_program},
+    object::{
+        OBJECT, attach_link, classify_prog, interrupted, load_object, load_program,
+        retry_interrupted,
+    },
 };
+use aya::programs::SchedClassifier;
 
 /// One hook's probe result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +47,10 @@ pub struct Capabilities {
     pub bpf_privileges: bool,
     /// Per hook: loadable and attachable.
     pub hooks: Vec<HookProbe>,
+    /// The ingress program (traffic from outside the node): loadable with
+    /// its conntrack kfuncs resolved (`attachable` means loaded; it is not
+    /// attached anywhere). `None` when not tried (no privileges).
+    pub ingress: Option<HookProbe>,
     /// iptables backends found (`nft`, `legacy`).
     pub iptables_backends: Vec<String>,
 }
@@ -181,6 +190,35 @@ fn probe_hooks(cgroup2: &Path) -> Vec<HookProbe> {
     out
 }
 
+/// Loads the ingress program with its kfuncs resolved against this kernel,
+/// without attaching it; everything is released before returning.
+fn probe_ingress() -> HookProbe {
+    let small = Capacities {
+        services: 16,
+        backends: 16,
+        rev_nat: 16,
+        sock_rev_nat: 16,
+        affinity: 16,
+    };
+    let loaded = load_object(OBJECT, &small, None, true).and_then(|mut ebpf| {
+        let program = crate::ingress::PROGRAM;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .ok_or(DatapathError::MissingObject(program))?
+            .try_into()
+            .map_err(|e| DatapathError::Program {
+                program,
+                source: Box::new(e),
+            })?;
+        retry_interrupted(|| prog.load(), interrupted).map_err(|e| classify_prog(program, e))
+    });
+    HookProbe {
+        hook: "ingress".to_owned(),
+        attachable: loaded.is_ok(),
+        error: loaded.err().map(|e| e.to_string()),
+    }
+}
+
 /// Probes the node, trying the hooks under the first cgroup v2 mount.
 /// Never fails: what is missing is reported as such.
 pub fn probe() -> Capabilities {
@@ -203,6 +241,7 @@ pub fn probe_at(cgroup: Option<&Path>) -> Capabilities {
         (None, _) => Vec::new(),
         (Some(_), false) => Vec::new(),
     };
+    let ingress = bpf_privileges.then(probe_ingress);
     let mut iptables_backends = Vec::new();
     if on_path("iptables-nft") {
         iptables_backends.push("nft".to_owned());
@@ -217,6 +256,7 @@ pub fn probe_at(cgroup: Option<&Path>) -> Capabilities {
         bpffs_mount,
         bpf_privileges,
         hooks,
+        ingress,
         iptables_backends,
     }
 }

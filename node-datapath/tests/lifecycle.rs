@@ -146,13 +146,19 @@ fn clear_errors_for_a_bad_environment() {
 }
 
 #[test]
-fn capability_probe_finds_every_hook_attachable() {
+fn capability_probe_finds_every_hook_attachable_and_the_ingress_program_loadable() {
     require_privileged!();
     let caps = switchyard_node_datapath::capabilities::probe();
     assert!(!caps.kernel_release.is_empty());
     assert!(caps.bpf_privileges);
     assert_eq!(caps.hooks.len(), 5, "{caps:?}");
     assert!(caps.datapath_ready(), "{caps:#?}");
+    // This kernel has the conntrack kfuncs: the ingress program loads.
+    let ingress = caps
+        .ingress
+        .as_ref()
+        .expect("ingress probed with privileges");
+    assert!(ingress.attachable, "{ingress:?}");
     serde_json::to_string(&caps).unwrap();
 }
 

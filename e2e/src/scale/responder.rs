@@ -21,8 +21,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_api::{
-    Capabilities, CleanupResult, DatapathMode, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus,
-    ProbeOutcome, ProbeResult,
+    Capabilities, CleanupResult, DatapathMode, INGRESS_ATTACH_TYPE, IngressStatus, NodeDatapath,
+    NodeDatapathSpec, NodeDatapathStatus, ProbeOutcome, ProbeResult,
 };
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -64,8 +64,10 @@ pub fn capable(kernel: &str) -> Capabilities {
         ]
         .iter()
         .map(|h| format!("cgroup/{h}"))
+        .chain([INGRESS_ATTACH_TYPE.to_string()])
         .collect(),
         missing: Vec::new(),
+        ingress_missing: Vec::new(),
         iptables_backends: vec!["nft".into()],
         nftables: true,
         ipvs: false,
@@ -79,6 +81,10 @@ pub fn initial(services: u32, now: Timestamp) -> NodeDatapathStatus {
         capabilities: Some(capable("simulated")),
         active_mode: Some(DatapathMode::Off),
         heartbeat: Some(Time(now)),
+        ingress: Some(IngressStatus {
+            interfaces: vec!["eth0".into()],
+            ..IngressStatus::default()
+        }),
         ..NodeDatapathStatus::default()
     };
     set_sync(&mut s, services, now);
@@ -158,6 +164,29 @@ pub fn answer(
                     passed: true,
                     successes: req.consecutive_successes,
                     failures: 0,
+                    ..ProbeOutcome::default()
+                })
+                .collect(),
+            completed_at: Some(Time(now)),
+        });
+    }
+    if let Some(req) = &spec.peer_probe
+        && s.peer_probe
+            .as_ref()
+            .is_none_or(|p| p.observed_generation < req.generation)
+    {
+        s.peer_probe = Some(ProbeResult {
+            observed_generation: req.generation,
+            passed: true,
+            results: req
+                .targets
+                .iter()
+                .map(|t| ProbeOutcome {
+                    name: t.name.clone(),
+                    node: Some(t.node.clone()),
+                    target: format!("{}:{}/{:?}", t.address, t.port, t.protocol),
+                    passed: true,
+                    successes: req.consecutive_successes,
                     ..ProbeOutcome::default()
                 })
                 .collect(),

@@ -72,6 +72,9 @@ struct State {
     datapath: Option<Datapath>,
     /// The external interfaces the ingress program runs on.
     ingress: Vec<String>,
+    /// Why the ingress program is not attached although the datapath is
+    /// (conntrack's hooks could not be kept), as `status.ingress` says.
+    ingress_blocked: Option<String>,
     /// kube-proxy's health ports, answered while the datapath serves.
     health: Arc<Health>,
     /// The last Service sync succeeded.
@@ -165,6 +168,7 @@ pub async fn run(
     let health_task = tokio::spawn(health.clone().run());
     let mut st = State {
         ingress,
+        ingress_blocked: None,
         health,
         sync_ok: true,
         syncer: Syncer::new(node_context(&node)),
@@ -194,6 +198,8 @@ pub async fn run(
 
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4);
     let mut probing: Option<i64> = None;
+    let (peer_tx, mut peer_rx) = mpsc::channel::<ProbeResult>(4);
+    let mut peer_probing: Option<i64> = None;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     let mut off_retry = tokio::time::interval(Duration::from_millis(250));
     let mut beats: u64 = 0;
@@ -205,6 +211,17 @@ pub async fn run(
                     probing = Some(req.generation);
                     st.start_probes(req, probe_tx.clone());
                 }
+                if let Some(req) = spec.peer_probe.filter(|r| Some(r.generation) != peer_probing && st.peer_probe_pending(r.generation)) {
+                    peer_probing = Some(req.generation);
+                    let tx = peer_tx.clone();
+                    tokio::spawn(async move { tx.send(probe::run_peer(req).await).await });
+                }
+                st.report().await;
+            }
+            Some(result) = peer_rx.recv() => {
+                info!(generation = result.observed_generation, passed = result.passed, "peer probes done");
+                st.status.peer_probe = Some(result);
+                peer_probing = None;
                 st.report().await;
             }
             () = wake.notified() => {
@@ -337,6 +354,13 @@ impl State {
             .is_none_or(|p| p.observed_generation < generation)
     }
 
+    fn peer_probe_pending(&self, generation: i64) -> bool {
+        self.status
+            .peer_probe
+            .as_ref()
+            .is_none_or(|p| p.observed_generation < generation)
+    }
+
     async fn apply_spec(&mut self, spec: NodeDatapathSpec) {
         match spec.mode {
             DatapathMode::Active => {
@@ -366,12 +390,26 @@ impl State {
 
     async fn activate(&mut self) {
         let mut ingress = self.ingress.clone();
+        self.ingress_blocked = None;
+        let caps = self.status.capabilities.as_ref();
         if !ingress.is_empty()
+            && let Some(missing) = caps.filter(|c| !c.ingress_loads())
+        {
+            // The socket datapath runs without it; preflight names the node.
+            let why = format!(
+                "the ingress program does not load: {}",
+                missing.ingress_missing.join(", ")
+            );
+            self.degraded("IngressUnavailable", &why);
+            self.ingress_blocked = Some(why);
+            ingress.clear();
+        } else if !ingress.is_empty()
             && let Err(e) = crate::ingress::ensure_conntrack_hooks()
         {
             // Without conntrack's hooks the ingress program's NAT entries
             // would translate nothing: serve local clients only, say so.
             self.degraded("IngressUnavailable", &e.to_string());
+            self.ingress_blocked = Some(e.to_string());
             ingress.clear();
         }
         let config = DatapathConfig {
@@ -612,6 +650,12 @@ impl State {
     /// Writes the status (server-side apply, status subresource).
     async fn report(&mut self) {
         self.publish_health();
+        let attached =
+            self.datapath.is_some() && self.ingress_blocked.is_none() && !self.ingress.is_empty();
+        if let Some(caps) = &self.status.capabilities {
+            let blocked = self.ingress_blocked.as_deref();
+            self.status.ingress = Some(status::ingress(&self.ingress, attached, blocked, caps));
+        }
         self.status.sync = self.syncer.status.clone();
         if self.datapath.is_some() {
             match read_stats(&self.cfg.bpffs_dir) {

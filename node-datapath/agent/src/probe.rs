@@ -1,11 +1,15 @@
 //! Connectivity probes: connect to Services through the node's own datapath
 //! (the agent runs in the node's cgroup, so its sockets are translated like
-//! any pod's) and report results with latencies.
+//! any pod's) and report results with latencies; and peer probes: other
+//! nodes' addresses dialled directly (their NodePorts and health port), as
+//! a client outside them does, for the operator's Verify of those nodes.
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use switchyard_api::{ProbeOutcome, ProbeProtocol};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use switchyard_api::{PeerProbeRequest, ProbeOutcome, ProbeProtocol, ProbeResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -31,6 +35,11 @@ pub enum AttemptError {
     #[error("malformed reply: {0}")]
     Malformed(String),
 }
+
+/// Pause after a failed attempt (at most the attempt timeout): a port
+/// being taken over (the health port kube-proxy just released) gets a
+/// moment, instead of every attempt failing within microseconds.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Runs `target` until `needed` consecutive attempts succeed, giving up
 /// after `needed * 3` attempts (at least 3).
@@ -62,6 +71,7 @@ pub async fn run(target: &Target, needed: u32, timeout: Duration) -> ProbeOutcom
                 out.failures += 1;
                 streak = 0;
                 out.last_error = Some(e.to_string());
+                tokio::time::sleep(RETRY_PAUSE.min(timeout)).await;
             }
         }
     }
@@ -69,6 +79,42 @@ pub async fn run(target: &Target, needed: u32, timeout: Duration) -> ProbeOutcom
     out.latency_p50_micros = latencies.get(latencies.len() / 2).copied().unwrap_or(0);
     out.latency_max_micros = latencies.last().copied().unwrap_or(0);
     out
+}
+
+/// Runs every target of a peer probe request at once; each outcome names
+/// the node it probed. An address that does not parse fails its probe.
+pub async fn run_peer(req: PeerProbeRequest) -> ProbeResult {
+    let timeout = Duration::from_secs(u64::from(req.timeout_seconds));
+    let needed = req.consecutive_successes;
+    let runs = req.targets.iter().map(|t| async move {
+        let mut out = match t.address.parse() {
+            Ok(ip) => {
+                let target = Target {
+                    name: t.name.clone(),
+                    addr: SocketAddrV4::new(ip, t.port as u16),
+                    protocol: t.protocol,
+                    http_path: t.http_path.clone(),
+                };
+                run(&target, needed, timeout).await
+            }
+            Err(e) => ProbeOutcome {
+                name: t.name.clone(),
+                target: format!("{}:{}/{:?}", t.address, t.port, t.protocol),
+                failures: 1,
+                last_error: Some(format!("address {:?}: {e}", t.address)),
+                ..ProbeOutcome::default()
+            },
+        };
+        out.node = Some(t.node.clone());
+        out
+    });
+    let results = futures::future::join_all(runs).await;
+    ProbeResult {
+        observed_generation: req.generation,
+        passed: results.iter().all(|r| r.passed),
+        results,
+        completed_at: Some(Time(Timestamp::now())),
+    }
 }
 
 async fn attempt(t: &Target) -> Result<(), AttemptError> {
@@ -255,6 +301,48 @@ mod tests {
         let r = run(&t, 1, Duration::from_millis(100)).await;
         assert!(!r.passed);
         assert!(r.last_error.unwrap().contains("timed out"));
+    }
+
+    #[tokio::test]
+    async fn peer_probes_name_their_node_and_fail_on_their_own() {
+        let up = local_http("200 OK").await;
+        let down = local_http("503 Service Unavailable").await;
+        let probe = |node: &str, addr: &SocketAddrV4| switchyard_api::AddressProbe {
+            name: "healthz".into(),
+            node: node.into(),
+            address: addr.ip().to_string(),
+            port: i32::from(addr.port()),
+            protocol: ProbeProtocol::TCP,
+            http_path: Some("/healthz".into()),
+        };
+        let mut bad_address = probe("c", &up);
+        bad_address.address = "node-c".into();
+        let r = run_peer(PeerProbeRequest {
+            generation: 7,
+            targets: vec![probe("a", &up), probe("b", &down), bad_address],
+            timeout_seconds: 1,
+            consecutive_successes: 2,
+        })
+        .await;
+        assert_eq!(r.observed_generation, 7);
+        assert!(!r.passed);
+        let by_node: Vec<(Option<&str>, bool)> = r
+            .results
+            .iter()
+            .map(|o| (o.node.as_deref(), o.passed))
+            .collect();
+        assert_eq!(
+            by_node,
+            [(Some("a"), true), (Some("b"), false), (Some("c"), false)]
+        );
+        assert_eq!(r.results[1].last_error.as_deref(), Some("HTTP status 503"));
+        assert!(
+            r.results[2]
+                .last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("node-c")
+        );
     }
 
     #[tokio::test]

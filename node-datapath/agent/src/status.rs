@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use switchyard_abi::Counter;
-use switchyard_api::{Capabilities, CleanupResult, LeftoverSummary};
+use switchyard_api::{
+    Capabilities, CleanupResult, INGRESS_ATTACH_TYPE, IngressStatus, LeftoverSummary,
+};
 use switchyard_cleanup::Report;
 use switchyard_node_datapath::DatapathStats;
 use switchyard_node_datapath::capabilities::Capabilities as Probed;
@@ -31,6 +33,15 @@ pub fn capabilities(c: &Probed, nftables: bool) -> Capabilities {
             h.error.as_deref().unwrap_or("not attachable")
         ));
     }
+    let ingress_loads = c.ingress.as_ref().is_some_and(|i| i.attachable);
+    let ingress_missing = match &c.ingress {
+        None => vec!["not tried: CAP_BPF+CAP_NET_ADMIN (or CAP_SYS_ADMIN)".to_string()],
+        Some(i) if !i.attachable => vec![format!(
+            "tc/ingress load ({})",
+            i.error.as_deref().unwrap_or("not loadable")
+        )],
+        Some(_) => Vec::new(),
+    };
     Capabilities {
         kernel: c.kernel_release.clone(),
         btf: c.btf,
@@ -41,11 +52,42 @@ pub fn capabilities(c: &Probed, nftables: bool) -> Capabilities {
             .iter()
             .filter(|h| h.attachable)
             .map(|h| format!("cgroup/{}", h.hook))
+            .chain(ingress_loads.then(|| INGRESS_ATTACH_TYPE.to_string()))
             .collect(),
         missing,
+        ingress_missing,
         iptables_backends: c.iptables_backends.clone(),
         nftables,
         ipvs: std::path::Path::new("/proc/net/ip_vs").exists(),
+    }
+}
+
+/// Traffic from outside the node as the agent can serve it: the ingress
+/// program's `interfaces`, whether it is `attached` to them, and why it
+/// cannot serve, when it cannot: `blocked` (conntrack's hooks could not be
+/// kept), no interface, or a program that does not load here.
+pub fn ingress(
+    interfaces: &[String],
+    attached: bool,
+    blocked: Option<&str>,
+    caps: &Capabilities,
+) -> IngressStatus {
+    let unavailable = if let Some(why) = blocked {
+        Some(why.to_string())
+    } else if interfaces.is_empty() {
+        Some("no interface holds the Node's addresses (set --ingress-interfaces)".to_string())
+    } else if !caps.ingress_loads() {
+        Some(format!(
+            "the ingress program does not load: {}",
+            caps.ingress_missing.join(", ")
+        ))
+    } else {
+        None
+    };
+    IngressStatus {
+        interfaces: interfaces.to_vec(),
+        attached,
+        unavailable,
     }
 }
 
@@ -132,6 +174,11 @@ mod tests {
                     error: Some("EINVAL".into()),
                 },
             ],
+            ingress: Some(HookProbe {
+                hook: "ingress".into(),
+                attachable: false,
+                error: Some("kfunc bpf_skb_ct_alloc not found".into()),
+            }),
             iptables_backends: vec!["nft".into()],
         }
     }
@@ -148,6 +195,34 @@ mod tests {
             ]
         );
         assert!(!c.capable());
+        assert!(!c.ingress_loads());
+        assert_eq!(
+            c.ingress_missing,
+            vec!["tc/ingress load (kfunc bpf_skb_ct_alloc not found)"]
+        );
+    }
+
+    #[test]
+    fn ingress_says_why_it_cannot_serve() {
+        let mut p = probed();
+        let blocked = capabilities(&p, true);
+        let eth0 = vec!["eth0".to_string()];
+        let st = ingress(&eth0, false, None, &blocked);
+        assert!(st.unavailable.unwrap().contains("bpf_skb_ct_alloc"));
+        p.ingress = Some(HookProbe {
+            hook: "ingress".into(),
+            attachable: true,
+            error: None,
+        });
+        let caps = capabilities(&p, true);
+        assert!(caps.ingress_loads() && caps.ingress_missing.is_empty());
+        assert!(caps.attach_types.contains(&INGRESS_ATTACH_TYPE.to_string()));
+        let ok = ingress(&eth0, true, None, &caps);
+        assert_eq!((ok.attached, ok.unavailable), (true, None));
+        let none = ingress(&[], false, None, &caps);
+        assert!(none.unavailable.unwrap().contains("no interface"));
+        let nft = ingress(&eth0, false, Some("nft -f -: no such file"), &caps);
+        assert_eq!(nft.unavailable.as_deref(), Some("nft -f -: no such file"));
     }
 
     fn backend(b: Backend, found: &[&str], removed: &[&str], errors: &[&str]) -> BackendReport {

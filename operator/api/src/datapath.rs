@@ -9,7 +9,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Probe;
+use crate::{Probe, ProbeProtocol};
 
 /// The eBPF service datapath of one node, named after the node.
 ///
@@ -52,6 +52,14 @@ pub struct NodeDatapathSpec {
     /// per generation; the result is reported in `status.probe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeRequest>,
+
+    /// Probe other nodes from this one, for their Verify step: their
+    /// NodePorts and kube-proxy's health port, as a client outside them
+    /// sees them. Independent of this node's own migration (the other
+    /// fields stay as its own progress says). Acted on once per
+    /// generation; the result is reported in `status.peerProbe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_probe: Option<PeerProbeRequest>,
 }
 
 /// Datapath mode.
@@ -91,6 +99,65 @@ pub struct ProbeRequest {
     pub consecutive_successes: u32,
 }
 
+/// A request to probe other nodes' addresses from this node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerProbeRequest {
+    /// Bumped by the operator for each new request.
+    #[schemars(range(min = 1))]
+    pub generation: i64,
+    /// The addresses to probe (of one or more other nodes).
+    #[schemars(length(max = 256))]
+    pub targets: Vec<AddressProbe>,
+    /// Seconds each attempt may take.
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: u32,
+    /// Consecutive successes each probe needs.
+    #[schemars(range(min = 1, max = 100))]
+    pub consecutive_successes: u32,
+}
+
+/// A probe of one address of another node, dialled directly.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.httpPath) || self.protocol == 'TCP'").message("httpPath needs protocol TCP"))]
+#[serde(rename_all = "camelCase")]
+pub struct AddressProbe {
+    /// Name reported in the result (`nodeport:<namespace>/<name>`, `healthz`).
+    pub name: String,
+    /// The node the address belongs to.
+    pub node: String,
+    /// The IPv4 address dialled (the node's InternalIP).
+    pub address: String,
+    /// The port dialled (a NodePort, kube-proxy's health port).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// `TCP` (connect, or HTTP GET with `httpPath`) or `UDP` (request/reply).
+    #[serde(default)]
+    pub protocol: ProbeProtocol,
+    /// For TCP: send `GET <httpPath>` and require a 2xx/3xx answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+}
+
+/// Traffic from outside the node (NodePort, ExternalIP, LoadBalancer):
+/// where the agent runs the ingress program, or why it cannot.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressStatus {
+    /// The interfaces the ingress program runs on while the datapath is
+    /// active: configured, or those holding the Node's addresses.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Whether it is attached to them now.
+    #[serde(default)]
+    pub attached: bool,
+    /// Why this node cannot serve traffic from outside it, when it cannot
+    /// (no interface holds the Node's addresses, the ingress program does
+    /// not load, conntrack's hooks could not be kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
 /// What the agent reports.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -116,6 +183,12 @@ pub struct NodeDatapathStatus {
     /// Result of the last probe request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeResult>,
+    /// Result of the last peer probe request (`spec.peerProbe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_probe: Option<ProbeResult>,
+    /// Traffic from outside the node: the ingress program's interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressStatus>,
     /// Datapath drop counters by reason since the datapath was activated.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drops: BTreeMap<String, u64>,
@@ -127,6 +200,9 @@ pub struct NodeDatapathStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
+
+/// The entry of [`Capabilities::attach_types`] saying the ingress program loads.
+pub const INGRESS_ATTACH_TYPE: &str = "tc/ingress";
 
 /// Kernel and host capabilities the datapath needs.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -142,12 +218,19 @@ pub struct Capabilities {
     /// bpffs mounted (and where).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bpffs: Option<String>,
-    /// Attach types verified loadable and attachable.
+    /// Attach types verified loadable and attachable (`cgroup/<hook>`),
+    /// and `tc/ingress` when the ingress program loads on this kernel (its
+    /// conntrack kfuncs resolved; loaded, not attached).
     #[serde(default)]
     pub attach_types: Vec<String>,
     /// What is missing for the datapath to run; empty when capable.
     #[serde(default)]
     pub missing: Vec<String>,
+    /// Why the ingress program (traffic from outside the node) does not
+    /// load, when it does not. Not part of `missing`: the socket datapath
+    /// runs without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_missing: Vec<String>,
     /// iptables backends present (`nft`, `legacy`), nftables, ipvs.
     #[serde(default)]
     pub iptables_backends: Vec<String>,
@@ -161,6 +244,11 @@ impl Capabilities {
     /// Whether the datapath can run on this node.
     pub fn capable(&self) -> bool {
         self.missing.is_empty()
+    }
+
+    /// Whether the ingress program loads on this node.
+    pub fn ingress_loads(&self) -> bool {
+        self.attach_types.iter().any(|t| t == INGRESS_ATTACH_TYPE)
     }
 }
 
@@ -245,6 +333,9 @@ pub struct ProbeOutcome {
     pub name: String,
     /// The address dialled (`ip:port/proto`).
     pub target: String,
+    /// The node probed (peer probes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub passed: bool,
     pub successes: u32,
     pub failures: u32,

@@ -222,6 +222,16 @@ pub struct NodeProgress {
     /// Generation of the probe request sent to the node's agent.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub probe_generation: i64,
+    /// The other node whose agent probes this node's NodePort and health
+    /// port in its Verify step (traffic from outside the node). Chosen on
+    /// entering Verify; absent when no node could (then the node's
+    /// message and a `PeerProbeSkipped` event say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_peer: Option<String>,
+    /// Generation of the peer probe request that covers this node in the
+    /// peer's NodeDatapath.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub peer_probe_generation: i64,
     /// Last message (why it waits, why it failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -262,7 +272,7 @@ pub struct Summary {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
-    /// `Error` blocks the plan; `Warning` does not.
+    /// `Error` blocks the plan; `Warning` and `Info` do not.
     pub severity: Severity,
     /// Machine-readable reason (CamelCase), e.g. `AgentMissing`.
     pub reason: String,
@@ -280,4 +290,6 @@ pub struct Finding {
 pub enum Severity {
     Error,
     Warning,
+    /// For the record (what the plan will have to handle).
+    Info,
 }

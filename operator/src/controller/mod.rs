@@ -4,6 +4,7 @@
 //! applies the actions.
 
 pub mod apply;
+pub mod external;
 pub mod kube_proxy;
 pub mod leader;
 pub mod observe;
@@ -53,6 +54,8 @@ pub struct Context {
     nodes: Store<Node>,
     datapaths: Store<NodeDatapath>,
     plans: Store<MigrationPlan>,
+    /// Every Service, slimmed to its external frontends' fields.
+    services: Store<Service>,
 }
 
 impl std::fmt::Debug for Context {
@@ -93,10 +96,12 @@ pub async fn run(
 ) -> Result<()> {
     let (nodes, nodes_w) = reflector::store();
     let (datapaths, datapaths_w) = reflector::store();
+    let (services, services_w) = reflector::store();
     // The server ends each watch after 45 s, inside the client's 60 s read
     // timeout, so an idle watch is never mistaken for a dead connection.
     let wc = watcher::Config::default().timeout(45);
-    let triggers = watch_inputs(&client, &settings, &wc, nodes_w, datapaths_w);
+    let mut triggers = watch_inputs(&client, &settings, &wc, nodes_w, datapaths_w);
+    triggers.push(watch_services(&client, &wc, services_w));
 
     // The plans' own watch, slimmed like the others: the server-side applied
     // status leaves managed fields as big as the status (every node's entry).
@@ -123,6 +128,7 @@ pub async fn run(
         nodes: nodes.clone(),
         datapaths: datapaths.clone(),
         plans,
+        services,
     });
     spawn_readiness(nodes, datapaths, metrics);
 
@@ -184,6 +190,21 @@ fn watch_inputs(
         ds_events.boxed(),
         pod_events.boxed(),
     ])
+}
+
+/// The Services' watch into their cache (slimmed). It triggers nothing:
+/// preflight and Verify, which read it, look again on their own requeue.
+fn watch_services(
+    client: &Client,
+    wc: &watcher::Config,
+    services_w: reflector::store::Writer<Service>,
+) -> futures::stream::BoxStream<'static, ()> {
+    watcher(Api::<Service>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .modify(external::slim_service)
+        .reflect(services_w)
+        .filter_map(|_| future::ready(None))
+        .boxed()
 }
 
 /// Ready once the node and datapath caches are filled. The initial lists
@@ -263,6 +284,11 @@ fn caches_synced(ctx: &Context) -> bool {
             .wait_until_ready()
             .now_or_never()
             .is_some_and(|r| r.is_ok())
+        && ctx
+            .services
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
 }
 
 /// The snapshot the planner decides on. Cached: nodes, datapaths, plans.
@@ -296,6 +322,7 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
     let nodes = ctx.nodes.state();
     let datapaths = ctx.datapaths.state();
     let plans = ctx.plans.state();
+    let services = ctx.services.state();
     let observed = observe::Observed {
         nodes: nodes.iter().map(|n| n.as_ref()).collect(),
         datapaths: datapaths.iter().map(|d| d.as_ref()).collect(),
@@ -307,6 +334,7 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
         backup: backup.as_ref(),
         kubernetes_endpoints: endpoints.iter().collect(),
         cluster_dns: dns,
+        services: services.iter().map(|s| s.as_ref()).collect(),
     };
     Ok(observe::snapshot(plan, &observed))
 }

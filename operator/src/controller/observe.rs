@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::{KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, Phase};
 
+use super::external;
 use crate::planner::{
     ConfigMapObs, DaemonSetObs, DatapathObs, KubeProxyObs, NodeObs, OtherPlan, PodObs,
     RequestOutcome, Snapshot,
@@ -33,6 +34,8 @@ pub struct Observed<'a> {
     pub backup: Option<&'a ConfigMap>,
     pub kubernetes_endpoints: Vec<&'a EndpointSlice>,
     pub cluster_dns: bool,
+    /// Every Service (slimmed: see [`super::external::slim_service`]).
+    pub services: Vec<&'a Service>,
 }
 
 /// Builds the planner's view for plan `me`.
@@ -50,6 +53,7 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
                     .and_then(|s| s.unschedulable)
                     .unwrap_or(false),
                 labels,
+                internal_ip: external::internal_ip(n),
             };
             (n.name_any(), obs)
         })
@@ -87,6 +91,7 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
         .iter()
         .map(|d| {
             let st = d.status.clone().unwrap_or_default();
+            let ingress = external::ingress(&st);
             unsupported.extend(st.sync.unsupported.iter().cloned());
             let obs = DatapathObs {
                 spec_mode: d.spec.mode,
@@ -111,6 +116,9 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
                     .filter(|(reason, _)| !SAME_AS_KUBE_PROXY.contains(&reason.as_str()))
                     .map(|(_, n)| n)
                     .sum(),
+                ingress,
+                peer_probe_requested: d.spec.peer_probe.as_ref().map_or(0, |r| r.generation),
+                peer_probe: st.peer_probe.as_ref().map(external::peer_probe),
             };
             (d.name_any(), obs)
         })
@@ -133,6 +141,7 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
         api_server_endpoints: api_endpoints(&o.kubernetes_endpoints),
         unsupported_services: unsupported,
         cluster_dns: o.cluster_dns,
+        external_services: external::external_services(&o.services),
     }
 }
 

@@ -7,22 +7,28 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::ResourceExt;
 use switchyard_api::NodeDatapath;
 
-/// Drops what the operator never reads from a cached Node (status, which
-/// real kubelets fill with image lists; annotations; managed fields).
+/// Drops what the operator never reads from a cached Node (its status but
+/// the addresses: real kubelets fill it with image lists; annotations;
+/// managed fields).
 pub fn slim_node(n: &mut Node) {
-    n.status = None;
+    n.status = n.status.take().map(|s| NodeStatus {
+        addresses: s.addresses,
+        ..NodeStatus::default()
+    });
     n.metadata.annotations = None;
     n.metadata.managed_fields = None;
 }
 
-/// Hash of a Node's labels and cordon state (all the planner reads).
+/// Hash of a Node's labels, cordon state and InternalIP (all the planner
+/// reads).
 pub fn node_inputs(n: &Node) -> Option<u64> {
     let mut h = DefaultHasher::new();
     n.labels().hash(&mut h);
+    super::external::internal_ip(n).hash(&mut h);
     n.spec
         .as_ref()
         .and_then(|s| s.unschedulable)
@@ -44,7 +50,7 @@ pub fn datapath_inputs(d: &NodeDatapath) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+    use k8s_openapi::api::core::v1::NodeSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
     use switchyard_api::{DatapathMode, NodeDatapathSpec, NodeDatapathStatus};

@@ -18,7 +18,7 @@ pub use actions::{Action, Event};
 pub use snapshot::*;
 
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{MigrationPlanSpec, MigrationPlanStatus};
+use switchyard_api::{MigrationPlanSpec, MigrationPlanStatus, NodeProgress};
 
 /// An agent whose NodeDatapath heartbeat is older than this is stale.
 pub const AGENT_STALE_AFTER_SECS: i64 = 60;
@@ -63,6 +63,9 @@ pub(crate) struct Ctx<'a> {
     pub snap: &'a Snapshot,
     pub now: Timestamp,
     pub api_server: Option<String>,
+    /// Every node's progress as the decision found it (what one node's
+    /// step knows of the others: the peer probes).
+    pub nodes: &'a [NodeProgress],
 }
 
 /// Decides the next step of a plan. Deterministic: the same input always
@@ -74,6 +77,7 @@ pub fn plan(input: Input<'_>) -> Result<Decision, PlanError> {
         snap: input.snapshot,
         now: input.now,
         api_server: preflight::api_server(input.spec, input.snapshot),
+        nodes: &input.status.nodes,
     };
     phases::decide(&ctx, input.generation, input.status.clone())
 }

@@ -6,7 +6,10 @@ use k8s_openapi::jiff::Timestamp;
 use switchyard_api::{Finding, MigrationPlanSpec, Phase, Severity};
 
 use super::AGENT_STALE_AFTER_SECS;
-use super::snapshot::Snapshot;
+use super::snapshot::{IngressObs, Snapshot};
+
+/// Services named in a finding's message before "and N more".
+const LISTED_SERVICES: usize = 10;
 
 fn finding(severity: Severity, reason: &str, object: Option<String>, message: String) -> Finding {
     Finding {
@@ -93,6 +96,7 @@ pub fn check(
             },
         }
     }
+    out.extend(external_frontends(snap, targets, now));
     if !snap.unsupported_services.is_empty() {
         let severity = if spec.allow_unsupported {
             Warning
@@ -129,6 +133,68 @@ pub fn check(
         }
     }
     out.sort();
+    out
+}
+
+/// `a/x, b/y, … and 3 more`: the first [`LISTED_SERVICES`] names.
+fn listed(names: &[String]) -> String {
+    let shown = names.len().min(LISTED_SERVICES);
+    let mut text = names[..shown].join(", ");
+    if names.len() > shown {
+        text.push_str(&format!(" and {} more", names.len() - shown));
+    }
+    text
+}
+
+/// Traffic from outside the nodes: the Services it reaches (for the
+/// record), and an error for each target node that could not serve them
+/// once kube-proxy left it (no interface for the ingress program, or the
+/// program does not load there). Nothing when no Service has an external
+/// frontend. Nodes whose agent is missing or stale have their own finding.
+fn external_frontends(snap: &Snapshot, targets: &[String], now: Timestamp) -> Vec<Finding> {
+    if snap.external_services.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<String> = snap
+        .external_services
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.kinds.join(", ")))
+        .collect();
+    let mut out = vec![finding(
+        Severity::Info,
+        "ExternalServices",
+        None,
+        format!(
+            "{} Services are reached from outside the nodes: {}; each node serves them through its ingress program once kube-proxy left it, and Verify probes a NodePort and the health port from another node",
+            names.len(),
+            listed(&names)
+        ),
+    )];
+    for node in targets {
+        let Some(dp) = snap.datapaths.get(node) else {
+            continue;
+        };
+        if !dp.fresh(now, AGENT_STALE_AFTER_SECS) {
+            continue;
+        }
+        let why = match &dp.ingress {
+            IngressObs::Ready => continue,
+            IngressObs::Unknown => {
+                "its agent has not reported whether it can serve traffic from outside the node"
+                    .to_string()
+            }
+            IngressObs::Unavailable(why) => why.clone(),
+        };
+        out.push(finding(
+            Severity::Error,
+            "IngressUnavailable",
+            Some(format!("Node/{node}")),
+            format!(
+                "node {node} cannot serve the {} Services reached from outside it once kube-proxy leaves it: {why}",
+                names.len()
+            ),
+        ));
+    }
     out
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{DatapathMode, Phase};
+use switchyard_api::{DatapathMode, Phase, ProbeProtocol};
 
 /// Everything the planner needs to know about the cluster right now.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -26,6 +26,31 @@ pub struct Snapshot {
     pub unsupported_services: Vec<String>,
     /// Whether `kube-system/kube-dns` exists (the built-in DNS probe).
     pub cluster_dns: bool,
+    /// Services with frontends reached from outside the node (NodePort and
+    /// LoadBalancer types, externalIPs), by `namespace/name`.
+    pub external_services: Vec<ExternalService>,
+}
+
+/// A Service with frontends that traffic from outside a node reaches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalService {
+    /// `namespace/name`.
+    pub name: String,
+    /// What makes it external: `NodePort`, `LoadBalancer`, `externalIPs`.
+    pub kinds: Vec<&'static str>,
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+    /// Its NodePorts.
+    pub node_ports: Vec<NodePortObs>,
+}
+
+/// One NodePort of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodePortObs {
+    /// The Service port it serves.
+    pub port: i32,
+    pub node_port: i32,
+    pub protocol: ProbeProtocol,
 }
 
 /// One Node.
@@ -36,6 +61,8 @@ pub struct NodeObs {
     pub unschedulable: bool,
     /// Carries [`switchyard_api::KUBE_PROXY_EXCLUDED_LABEL`].
     pub kube_proxy_excluded: bool,
+    /// Its first `InternalIP` (IPv4), where a peer probes its ingress.
+    pub internal_ip: Option<String>,
 }
 
 /// kube-proxy as installed.
@@ -88,6 +115,32 @@ pub struct DatapathObs {
     pub probe: Option<RequestOutcome>,
     /// Sum of the drop counters.
     pub drops: u64,
+    /// Whether the node can serve traffic from outside it.
+    pub ingress: IngressObs,
+    /// `spec.peerProbe.generation` as written (0: none).
+    pub peer_probe_requested: i64,
+    /// The agent's answer to the last peer probe request.
+    pub peer_probe: Option<PeerProbeObs>,
+}
+
+/// Whether a node can serve traffic from outside it (the ingress program).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum IngressObs {
+    /// The agent has not said (not reported yet, or an older agent).
+    #[default]
+    Unknown,
+    /// The ingress program loads and has interfaces to run on.
+    Ready,
+    /// It cannot, for this reason.
+    Unavailable(String),
+}
+
+/// A peer's answer to a peer probe request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerProbeObs {
+    pub observed_generation: i64,
+    /// Per probed node: `None` when every probe of it passed, else what failed.
+    pub nodes: BTreeMap<String, Option<String>>,
 }
 
 /// The agent's answer to a generation-stamped request.

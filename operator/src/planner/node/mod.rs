@@ -3,6 +3,7 @@
 //! derived from a step already recorded in the plan's status ("record, then
 //! act"). A node that did not move gets the idempotent actions of its step.
 
+mod peer;
 mod spec;
 mod steps;
 
@@ -196,6 +197,7 @@ fn advance(
             .and_then(|d| d.probe.as_ref())
             .map_or(0, |r| r.observed_generation);
         p.probe_generation = p.probe_generation.max(seen) + 1;
+        choose_peer(ctx, p, out);
     }
     enter(ctx, p, to);
     let (reason, outcome) = match to {
@@ -213,6 +215,30 @@ fn advance(
         reason,
         format!("node {} {outcome} (plan {}){took}", p.name, ctx.plan_name),
     ));
+}
+
+/// Records the node that probes `p`'s ingress in its Verify step, or why
+/// none can (an event says so: the node is then verified from itself only;
+/// none when no Service is reached from outside the nodes).
+fn choose_peer(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
+    match peer::choose(ctx, &p.name) {
+        Ok((node, generation)) => {
+            p.verify_peer = Some(node);
+            p.peer_probe_generation = generation;
+        }
+        Err(why) => {
+            p.verify_peer = None;
+            if !peer::needed(ctx) {
+                return;
+            }
+            out.push(event(
+                Some(&p.name),
+                true,
+                "PeerProbeSkipped",
+                format!("traffic from outside node {} is not probed: {why}", p.name),
+            ));
+        }
+    }
 }
 
 /// Keeps `p` in its step: fails it once the step has taken longer than the

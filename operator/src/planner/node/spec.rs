@@ -2,7 +2,8 @@
 //! the node's progress. The agent acts on a request once per generation, so
 //! the spec keeps carrying the requests of the steps the node went through:
 //! what changes from one write to the next is only what the current step
-//! asks for (the mode, the cleanup request or the probe request).
+//! asks for (the mode, the cleanup request or the probe request), or the
+//! peer probe request other nodes' Verify makes of this node (`peer`).
 
 use switchyard_api::{
     CleanupRequest, DatapathMode, NodeDatapathSpec, NodeProgress, NodeStep, Probe, ProbeProtocol,
@@ -28,6 +29,7 @@ pub(super) fn datapath_spec(s: &Seen<'_>, mode: DatapathMode) -> NodeDatapathSpe
         ),
         probe: carries(p, NodeStep::Verify, p.probe_generation, probe)
             .then(|| probe_request(s.ctx, p.probe_generation)),
+        peer_probe: super::peer::request(s.ctx, &p.name),
     }
 }
 

@@ -5,6 +5,7 @@ use switchyard_api::{DatapathMode, NodeProgress, NodeStep};
 
 use super::super::actions::Action;
 use super::super::{AGENT_STALE_AFTER_SECS, Ctx, DatapathObs, NodeObs};
+use super::peer::{self, PeerCheck};
 use super::spec::datapath_spec;
 
 /// What a step decides for its node.
@@ -140,20 +141,56 @@ pub(super) fn verify(s: &Seen<'_>) -> Next {
             .filter(|r| r.observed_generation >= generation);
     let drops = s.dp.map_or(0, |d| d.drops);
     let max_drops = s.ctx.spec.verification.max_datapath_drops;
-    match result {
-        Some(_) if drops > max_drops => Next::Fail(format!(
+    let peer = peer::check(s.ctx, s.p);
+    match (result, peer) {
+        (Some(_), _) if drops > max_drops => Next::Fail(format!(
             "{drops} datapath drops (at most {max_drops} tolerated)"
         )),
-        Some(r) if r.succeeded => Next::Advance(NodeStep::Uncordon),
-        Some(r) => Next::Fail(format!(
+        (Some(r), _) if !r.succeeded => Next::Fail(format!(
             "verification failed: {}",
             r.message.as_deref().unwrap_or("a probe failed")
         )),
-        None => Next::wait(
-            format!("waiting for probe results (request {generation})"),
-            vec![s.datapath(DatapathMode::Active)],
-        ),
+        (Some(_), PeerCheck::Failed(why)) => Next::Fail(format!("verification failed: {why}")),
+        (Some(_), PeerCheck::Passed | PeerCheck::Skipped) => Next::Advance(NodeStep::Uncordon),
+        (result, peer) => Next::wait(verify_reason(s, result.is_some(), peer), verify_actions(s)),
     }
+}
+
+/// What a node in Verify waits for: its own probes, its peer's.
+fn verify_reason(s: &Seen<'_>, own_done: bool, peer: PeerCheck) -> String {
+    let mut parts = Vec::new();
+    if !own_done {
+        parts.push(format!(
+            "waiting for probe results (request {})",
+            s.p.probe_generation
+        ));
+    }
+    match peer {
+        PeerCheck::Waiting(why) => parts.push(why),
+        PeerCheck::Skipped => parts.push(format!(
+            "traffic from outside the node is not probed: {}",
+            peer::choose(s.ctx, &s.p.name)
+                .err()
+                .unwrap_or_else(|| "no peer node was available when the node entered Verify".into())
+        )),
+        // Decided once the node's own probes answered too: the outcome
+        // does not depend on which answer came first.
+        PeerCheck::Failed(why) => parts.push(why),
+        PeerCheck::Passed => {}
+    }
+    parts.join("; ")
+}
+
+/// The node's own spec (its probe request) and its peer's (the peer
+/// probe request), while they are not answered.
+fn verify_actions(s: &Seen<'_>) -> Vec<Action> {
+    let mut actions = vec![s.datapath(DatapathMode::Active)];
+    actions.extend(
+        s.p.verify_peer
+            .as_deref()
+            .and_then(|peer| peer::action(s.ctx, peer)),
+    );
+    actions
 }
 
 /// `Uncordon` and `RollbackUncordon`: uncordons only a node the plan

@@ -188,11 +188,18 @@ fn failure_message(st: &MigrationPlanStatus) -> String {
     msgs.join("; ")
 }
 
-/// Steps every node whose step passes `which`.
+/// Steps every node whose step passes `which`. Nodes in Verify that
+/// chose the same peer each emit its (same) spec: it is written once.
 fn step_nodes(ctx: &Ctx<'_>, s: &mut Draft, which: fn(NodeStep) -> bool) {
+    let mut actions = Vec::new();
     for p in s.st.nodes.iter_mut().filter(|p| which(p.step)) {
-        if node::step(ctx, p, &mut s.actions) == Moved::Yes {
+        if node::step(ctx, p, &mut actions) == Moved::Yes {
             s.moved = true;
+        }
+    }
+    for a in actions {
+        if !matches!(a, Action::ApplyDatapath { .. }) || !s.actions.contains(&a) {
+            s.actions.push(a);
         }
     }
 }

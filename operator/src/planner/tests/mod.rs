@@ -1,7 +1,9 @@
 //! Planner tests: a small simulated cluster (`sim`), unit tests of each
 //! transition (`unit`), the NodeDatapath spec a rollback leaves
-//! (`rollback_spec`) and property tests of the invariants (`props`).
+//! (`rollback_spec`), traffic from outside the nodes in preflight and
+//! Verify (`north_south`) and property tests of the invariants (`props`).
 
+mod north_south;
 mod props;
 mod rollback_spec;
 mod sim;

@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::jiff::Timestamp;
 use switchyard_api::{
     DatapathMode, MigrationPlanSpec, MigrationPlanStatus, NodeDatapathSpec, NodeStep, Phase,
+    ProbeProtocol,
 };
 
 use crate::planner::{
-    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Event, Input, KubeProxyObs, NodeObs,
-    PodObs, RequestOutcome, Snapshot, plan,
+    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Event, ExternalService, IngressObs,
+    Input, KubeProxyObs, NodeObs, NodePortObs, PeerProbeObs, PodObs, RequestOutcome, Snapshot,
+    plan,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +37,13 @@ pub struct SimNode {
     pub cleanup_fails: bool,
     /// Probe passed since the last time the node was cordoned.
     pub verified: bool,
+    /// `spec.peerProbe` as last written: its generation and the nodes it
+    /// probes.
+    pub peer_req: Option<(i64, BTreeSet<String>)>,
+    /// The agent's answer: generation, and per probed node whether it passed.
+    pub peer_obs: Option<(i64, BTreeMap<String, bool>)>,
+    /// Traffic from outside the node dies there once kube-proxy left it.
+    pub ingress_dead: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +62,8 @@ pub struct Sim {
     pub spec: MigrationPlanSpec,
     /// Each node's NodeDatapath spec as last written.
     pub written: BTreeMap<String, NodeDatapathSpec>,
+    /// Services reached from outside the nodes.
+    pub external_services: Vec<ExternalService>,
 }
 
 impl Sim {
@@ -90,6 +101,16 @@ impl Sim {
             status: MigrationPlanStatus::default(),
             spec,
             written: BTreeMap::new(),
+            external_services: vec![ExternalService {
+                name: "web/np".into(),
+                kinds: vec!["NodePort"],
+                local: false,
+                node_ports: vec![NodePortObs {
+                    port: 80,
+                    node_port: 30080,
+                    protocol: ProbeProtocol::TCP,
+                }],
+            }],
         }
     }
 
@@ -101,6 +122,7 @@ impl Sim {
         let mut snap = Snapshot {
             backup_exists: self.backup,
             api_server_endpoints: vec!["172.31.255.1:6443".into()],
+            external_services: self.external_services.clone(),
             ..Snapshot::default()
         };
         snap.kube_proxy = KubeProxyObs {
@@ -113,13 +135,14 @@ impl Sim {
             }),
             pods: BTreeMap::new(),
         };
-        for (name, n) in &self.nodes {
+        for (i, (name, n)) in self.nodes.iter().enumerate() {
             snap.nodes.insert(
                 name.clone(),
                 NodeObs {
                     labels: BTreeMap::new(),
                     unschedulable: n.unschedulable,
                     kube_proxy_excluded: n.excluded,
+                    internal_ip: Some(format!("172.31.0.{}", i + 10)),
                 },
             );
             if n.kp_pod {
@@ -150,6 +173,17 @@ impl Sim {
                     cleanup: outcome(n.cleanup_obs),
                     probe: outcome(n.probe_obs),
                     drops: 0,
+                    ingress: IngressObs::Ready,
+                    peer_probe_requested: n.peer_req.as_ref().map_or(0, |r| r.0),
+                    peer_probe: n.peer_obs.as_ref().map(|(g, nodes)| PeerProbeObs {
+                        observed_generation: *g,
+                        nodes: nodes
+                            .iter()
+                            .map(|(t, ok)| {
+                                (t.clone(), (!ok).then(|| format!("nodeport of {t} refused")))
+                            })
+                            .collect(),
+                    }),
                 },
             );
         }
@@ -180,11 +214,20 @@ impl Sim {
                         "uncordoned {node}, which was cordoned before the plan"
                     ));
                 }
+                let skipped = self.events.iter().any(|e| {
+                    e.reason == "PeerProbeSkipped" && e.node.as_deref() == Some(node.as_str())
+                });
                 let n = self.node(node);
                 let back_on_kube_proxy = n.kp_ready && !n.dp_active;
-                if !n.verified && !back_on_kube_proxy {
+                let (verified, ingress_dead) = (n.verified, n.ingress_dead);
+                if !verified && !back_on_kube_proxy {
                     self.violations.push(format!(
                         "uncordoned {node} before it was verified or rolled back"
+                    ));
+                }
+                if ingress_dead && !back_on_kube_proxy && !skipped {
+                    self.violations.push(format!(
+                        "uncordoned {node} while traffic from outside dies there, and no peer probed it"
                     ));
                 }
                 self.node(node).unschedulable = false;
@@ -229,7 +272,8 @@ impl Sim {
     /// Writes a node's whole NodeDatapath spec, as server-side apply does.
     /// Each write changes one thing at most, the step's own: the mode, the
     /// cleanup request or the probe request. Besides, it may withdraw a
-    /// request the agent never answered.
+    /// request the agent never answered. A write that makes a peer probe
+    /// request changes nothing of the node's own migration.
     fn write_datapath(&mut self, node: &str, spec: &NodeDatapathSpec) {
         let before = self.written.insert(node.into(), spec.clone());
         let before = before.unwrap_or_default();
@@ -237,7 +281,7 @@ impl Sim {
         let answered = |req: i64, obs: Option<(i64, bool)>| obs.is_some_and(|o| o.0 >= req);
         let withdrawn = |was: bool, is: bool, answered: bool| was && !is && !answered;
         let changed = [
-            (before.mode, &before.api_server) != (spec.mode, &spec.api_server),
+            before.mode != spec.mode,
             before.cleanup != spec.cleanup
                 && !withdrawn(
                     before.cleanup.is_some(),
@@ -251,9 +295,17 @@ impl Sim {
                     answered(n.probe_req, n.probe_obs),
                 ),
         ];
-        if changed.iter().filter(|c| **c).count() > 1 {
+        let own_changes = changed.iter().filter(|c| **c).count()
+            + usize::from(before.api_server != spec.api_server && !changed[0]);
+        if own_changes > 1 {
             self.violations.push(format!(
                 "one write changed more than one part of {node}'s spec: {before:?} -> {spec:?}"
+            ));
+        }
+        let peer_requested = spec.peer_probe.is_some() && before.peer_probe != spec.peer_probe;
+        if peer_requested && changed.iter().any(|c| *c) {
+            self.violations.push(format!(
+                "a peer probe request changed {node}'s own migration: {before:?} -> {spec:?}"
             ));
         }
         let n = self.node(node);
@@ -261,6 +313,10 @@ impl Sim {
         n.dp_spec = spec.mode;
         n.cleanup_req = spec.cleanup.as_ref().map_or(0, |c| c.generation);
         n.probe_req = spec.probe.as_ref().map_or(0, |r| r.generation);
+        n.peer_req = spec.peer_probe.as_ref().map(|r| {
+            let nodes = r.targets.iter().map(|t| t.node.clone()).collect();
+            (r.generation, nodes)
+        });
         if unsafe_off {
             self.violations.push(format!(
                 "datapath turned off on {node} while kube-proxy is absent"
@@ -319,7 +375,36 @@ impl Sim {
                 n.verified = ok;
             }
         }
+        self.answer_peer_probes(lag);
         self.check_serving("after a tick");
+    }
+
+    /// Live agents answer new peer probe requests: a probed node passes
+    /// when traffic from outside reaches a serving datapath there.
+    fn answer_peer_probes(&mut self, lag: &dyn Fn(&str) -> bool) {
+        let ingress_ok: BTreeMap<String, bool> = self
+            .nodes
+            .iter()
+            .map(|(name, n)| {
+                let serves = n.kp_rules || (n.dp_active && n.programmed && !n.ingress_dead);
+                (name.clone(), serves)
+            })
+            .collect();
+        for (name, n) in self.nodes.iter_mut() {
+            if lag(name) || !n.agent_alive {
+                continue;
+            }
+            let Some((generation, targets)) = &n.peer_req else {
+                continue;
+            };
+            if *generation > n.peer_obs.as_ref().map_or(0, |o| o.0) {
+                let results = targets
+                    .iter()
+                    .map(|t| (t.clone(), ingress_ok.get(t).copied().unwrap_or(false)))
+                    .collect();
+                n.peer_obs = Some((*generation, results));
+            }
+        }
     }
 
     /// The planner's decision for the current state (changes nothing).
@@ -347,6 +432,16 @@ impl Sim {
         }
         let in_flight = d.status.nodes.iter().filter(|n| n.step.in_flight()).count();
         self.max_in_flight_seen = self.max_in_flight_seen.max(in_flight);
+        let mut written = BTreeSet::new();
+        for a in &d.actions {
+            if let Action::ApplyDatapath { node, .. } = a
+                && !written.insert(node.clone())
+            {
+                self.violations.push(format!(
+                    "two writes of {node}'s NodeDatapath in one decision"
+                ));
+            }
+        }
         let applied = crash.unwrap_or(d.actions.len()).min(d.actions.len());
         for a in &d.actions[..applied] {
             self.apply(a);

@@ -175,6 +175,7 @@ fn each_step_emits_its_actions() {
                     api_server: Some(_),
                     cleanup: None,
                     probe: None,
+                    peer_probe: None,
                 },
                 ..
             }]
@@ -488,7 +489,8 @@ fn preflight_blocks_until_fixed() {
 fn preflight_findings() {
     use crate::planner::preflight::check;
     let sim = Sim::new(1, &[], spec(1, 1));
-    let base = sim.snapshot();
+    let mut base = sim.snapshot();
+    base.external_services.clear();
     let targets = vec!["node-00".to_string()];
     assert!(check(&sim.spec, &base, &targets, sim.ts()).is_empty());
 
