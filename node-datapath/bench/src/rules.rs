@@ -489,10 +489,7 @@ mod tests {
         let ports: usize = (0..3).map(|i| sc.ports(i).len()).sum();
         assert_eq!(count(&text, "-A KUBE-NODEPORTS "), ports);
         // The last NodePort rule is the last Service's TCP port.
-        let last = text
-            .lines()
-            .filter(|l| l.starts_with("-A KUBE-NODEPORTS "))
-            .last();
+        let last = text.lines().rfind(|l| l.starts_with("-A KUBE-NODEPORTS "));
         assert!(last.unwrap().contains("-p tcp --dport 20002 "));
         // East-west scenarios have none.
         let ew = iptables_restore(&Scenario::new(3).unwrap());
