@@ -366,6 +366,15 @@ impl Datapath {
         crate::runtime::program_run_time(&self.config.bpffs_dir, hook)
     }
 
+    /// The kernel's run count and run time of the ingress program on
+    /// `interface` (counted only while a [`crate::RunTimeStats`] is held).
+    pub fn ingress_run_time(
+        &self,
+        interface: &str,
+    ) -> Result<crate::ProgramRunTime, DatapathError> {
+        crate::runtime::ingress_run_time(&self.config.bpffs_dir, interface)
+    }
+
     /// Counters (summed over CPUs) and map occupancy.
     pub fn stats(&self) -> Result<DatapathStats, DatapathError> {
         crate::maps::read_stats(&self.config.bpffs_dir)

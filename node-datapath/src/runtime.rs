@@ -45,13 +45,28 @@ impl ProgramRunTime {
 /// `bpffs_dir`.
 pub fn program_run_time(bpffs_dir: &Path, hook: Hook) -> Result<ProgramRunTime, DatapathError> {
     let pin = links_dir(bpffs_dir).join(hook.name());
-    let link = sys::obj_get(&pin).map_err(|e| DatapathError::io("open link", &pin, e))?;
+    link_run_time(&pin, hook.program())
+}
+
+/// The counters of the ingress program behind the pinned tcx link on
+/// `interface` (`links/ingress-<interface>`) under `bpffs_dir`.
+pub fn ingress_run_time(
+    bpffs_dir: &Path,
+    interface: &str,
+) -> Result<ProgramRunTime, DatapathError> {
+    let pin = crate::ingress::pin_path(&links_dir(bpffs_dir), interface);
+    link_run_time(&pin, crate::ingress::PROGRAM)
+}
+
+/// The counters of the program attached by the link pinned at `pin`.
+fn link_run_time(pin: &Path, program: &'static str) -> Result<ProgramRunTime, DatapathError> {
+    let link = sys::obj_get(pin).map_err(|e| DatapathError::io("open link", pin, e))?;
     let prog_id = sys::link_info(std::os::fd::AsFd::as_fd(&link))
         .map_err(|e| DatapathError::syscall("BPF_OBJ_GET_INFO_BY_FD", e))?
         .prog_id;
     for info in aya::programs::loaded_programs() {
         let info = info.map_err(|e| DatapathError::Program {
-            program: hook.program(),
+            program,
             source: Box::new(e),
         })?;
         if info.id() == prog_id {

@@ -27,7 +27,7 @@ use switchyard_node_datapath::PinnedLbMaps;
 
 use crate::{
     BenchError,
-    model::{ENDPOINTS, NAMESPACE, Scenario, endpoint, service_name, vip},
+    model::{ENDPOINTS, NAMESPACE, NODE_IP, Scenario, endpoint, service_name, vip},
 };
 
 /// The node every benchmark sync and check runs as (one definition, so a
@@ -36,6 +36,19 @@ pub fn node_context() -> NodeContext {
     NodeContext {
         name: "bench-node".into(),
         ..Default::default()
+    }
+}
+
+/// [`node_context`] for `sc`: in north-south scenarios the node serves its
+/// NodePorts on [`NODE_IP`].
+pub fn node_context_for(sc: &Scenario) -> NodeContext {
+    NodeContext {
+        addresses: if sc.node_ports {
+            vec![NODE_IP]
+        } else {
+            Vec::new()
+        },
+        ..node_context()
     }
 }
 
@@ -56,7 +69,15 @@ pub fn service_object(sc: &Scenario, i: usize) -> Service {
             ..Default::default()
         },
         spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
+            type_: Some(
+                if sc.node_ports {
+                    "NodePort"
+                } else {
+                    "ClusterIP"
+                }
+                .into(),
+            ),
+            external_traffic_policy: sc.node_ports.then(|| "Cluster".into()),
             cluster_ip: Some(vip(i).to_string()),
             cluster_ips: Some(vec![vip(i).to_string()]),
             ip_families: Some(vec!["IPv4".into()]),
@@ -68,6 +89,7 @@ pub fn service_object(sc: &Scenario, i: usize) -> Service {
                         port: i32::from(p.port),
                         protocol: Some(p.proto.to_uppercase()),
                         target_port: Some(IntOrString::Int(i32::from(p.target_port))),
+                        node_port: sc.node_port(i).map(i32::from),
                         ..Default::default()
                     })
                     .collect(),
@@ -186,7 +208,7 @@ pub fn full_sync(bpffs_dir: &Path, sc: &Scenario) -> Result<SyncResult, BenchErr
     let t0 = Instant::now();
     let snapshot = maps.snapshot()?;
     let t1 = Instant::now();
-    let node = node_context();
+    let node = node_context_for(sc);
     let mut lb = LbState::new(node, Options::default());
     lb.reset(
         services
@@ -254,5 +276,22 @@ mod tests {
             let want = if fe.proto == Proto::Tcp { 8080 } else { 5353 };
             assert!(st.backends.iter().all(|b| b.key.port == want));
         }
+    }
+
+    #[test]
+    fn north_south_services_add_a_node_port_frontend_on_the_node_address() {
+        let sc = Scenario::north_south(3).unwrap();
+        let (svcs, slices) = objects(&sc);
+        let d = desired_state(&svcs, &slices, &node_context_for(&sc), &Options::default());
+        assert!(d.findings.is_empty(), "{:?}", d.findings);
+        let ports: usize = (0..3).map(|i| sc.ports(i).len()).sum();
+        assert_eq!(d.state.frontends.len(), 2 * ports);
+        let fe = d
+            .state
+            .frontends
+            .iter()
+            .find(|(fe, _)| fe.ip == NODE_IP && fe.port == 20_002 && fe.proto == Proto::Tcp);
+        let (_, st) = fe.expect("NodePort frontend of the last Service");
+        assert_eq!(st.backends.len(), ENDPOINTS);
     }
 }

@@ -5,7 +5,9 @@
 //! for N Services × 10 endpoints on four datapaths: kube-proxy's iptables
 //! shapes (both the nft and the legacy backend), kube-proxy's nftables
 //! shapes, switchyard's eBPF socket load balancer, and a direct connect to
-//! the backend (the floor).
+//! the backend (the floor). The north-south part does the same for an
+//! external client to a NodePort (N NodePort Services; the eBPF datapath's
+//! tc ingress program), with the endpoints on the node or behind another.
 //!
 //! Data flows:
 //!
@@ -20,21 +22,31 @@
 //! runner → per N: every datapath prepared, measured interleaved, then the
 //!          eBPF connect4 program's own time (kernel run-time accounting);
 //!          run_facts → facts.json (machine, versions, options, load)
+//! ns_runner → north-south: per N and datapath an ns_topo (outside client,
+//!          node, second node), rules (rules, rules_nft with node ports)
+//!          or the eBPF datapath with its ingress program, measured
+//!          interleaved per placement, then the tc program's own time;
+//!          report_ns renders it
 //! ```
 //!
-//! Pure parts (`model`, `rules`, `stats`, `report`) are unit-tested; the
-//! I/O shell (`topo`, `load`, `ebpf`, `runner`) is exercised by running the
+//! Pure parts (`model`, `rules`, `rules_nft`, `stats`, `report`,
+//! `report_ebpf`, `report_ns`) are unit-tested; the I/O shell (`topo`,
+//! `ns_topo`, `load`, `ebpf`, `runner`, `ns_runner`) is exercised by running the
 //! benchmark (`node-datapath/bench/run.sh`, root).
 
 pub mod agent_path;
 pub mod ebpf;
 pub mod load;
 pub mod model;
+pub mod ns_runner;
+pub mod ns_topo;
 pub mod programming;
 pub mod report;
 pub mod report_ebpf;
+pub mod report_ns;
 pub mod rules;
-mod run_facts;
+pub mod rules_nft;
+pub mod run_facts;
 pub mod runner;
 pub mod stats;
 pub mod topo;

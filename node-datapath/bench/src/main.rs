@@ -50,6 +50,9 @@ enum Cmd {
         kind: RuleKind,
         #[arg(long, short)]
         n: usize,
+        /// Every Service a NodePort (the north-south scenario).
+        #[arg(long)]
+        north_south: bool,
     },
     /// Internal: a backend server (TCP accept+close, UDP echo).
     #[command(hide = true)]
@@ -64,8 +67,9 @@ enum Cmd {
     Client {
         #[arg(long)]
         netns: PathBuf,
+        /// The cgroup to run in (none: stay in the caller's).
         #[arg(long)]
-        cgroup: PathBuf,
+        cgroup: Option<PathBuf>,
         #[arg(long)]
         cpu: usize,
         #[arg(long)]
@@ -91,6 +95,9 @@ enum Cmd {
         bpffs_dir: PathBuf,
         #[arg(long, short)]
         n: usize,
+        /// Every Service a NodePort (the north-south scenario).
+        #[arg(long)]
+        north_south: bool,
     },
     /// Internal: the agent's sync path (reflector stores, full sync,
     /// single-endpoint changes, memory) for N Services; prints one JSON line.
@@ -120,6 +127,15 @@ fn scenario(n: usize) -> Result<model::Scenario, BenchError> {
         .ok_or_else(|| BenchError::Arg(format!("N must be in 1..={}", model::MAX_SERVICES)))
 }
 
+fn scenario_of(n: usize, north_south: bool) -> Result<model::Scenario, BenchError> {
+    if !north_south {
+        return scenario(n);
+    }
+    let max = model::MAX_NODE_PORT_SERVICES;
+    model::Scenario::north_south(n)
+        .ok_or_else(|| BenchError::Arg(format!("N must be in 1..={max}")))
+}
+
 fn real_main(cli: Cli) -> Result<(), BenchError> {
     match cli.cmd {
         Cmd::Run(args) => runner::run(&args),
@@ -130,8 +146,12 @@ fn real_main(cli: Cli) -> Result<(), BenchError> {
             analysis,
             include,
         } => report::write_markdown(&csv, &facts, analysis.as_deref(), &include, &out),
-        Cmd::Rules { kind, n } => {
-            let sc = scenario(n)?;
+        Cmd::Rules {
+            kind,
+            n,
+            north_south,
+        } => {
+            let sc = scenario_of(n, north_south)?;
             let text = match kind {
                 RuleKind::Iptables => rules::iptables_restore(&sc),
                 RuleKind::IptablesJumps => rules::iptables_jumps(),
@@ -157,7 +177,9 @@ fn real_main(cli: Cli) -> Result<(), BenchError> {
             threads,
             millis,
         } => {
-            load::enter_cgroup(&cgroup)?;
+            if let Some(cgroup) = &cgroup {
+                load::enter_cgroup(cgroup)?;
+            }
             load::enter_netns(&netns)?;
             load::pin_cpu(cpu)?;
             let d = Duration::from_millis(millis);
@@ -173,7 +195,11 @@ fn real_main(cli: Cli) -> Result<(), BenchError> {
                 other => Err(BenchError::Arg(format!("unknown client mode {other}"))),
             }
         }
-        Cmd::Sync { bpffs_dir, n } => json_line(&ebpf::full_sync(&bpffs_dir, &scenario(n)?)?),
+        Cmd::Sync {
+            bpffs_dir,
+            n,
+            north_south,
+        } => json_line(&ebpf::full_sync(&bpffs_dir, &scenario_of(n, north_south)?)?),
         Cmd::Agent {
             bpffs_dir,
             n,

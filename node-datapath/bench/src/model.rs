@@ -12,6 +12,12 @@
 //! cluster CIDR        10.192.0.0/10 (pod + backends: kube-proxy's
 //!                     "local traffic" detector, so no masquerading)
 //! ```
+//!
+//! North-south scenarios ([`Scenario::north_south`]) make every Service
+//! `type: NodePort` (`externalTrafficPolicy: Cluster`), Service i on node
+//! port [`NODE_PORT_BASE`] + i for TCP and UDP (a cluster with
+//! `--service-node-port-range` widened to hold them), served on the node's
+//! address [`NODE_IP`] (see [`crate::ns_topo`]).
 
 use std::net::Ipv4Addr;
 
@@ -37,6 +43,15 @@ pub const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 pub const NODE_POD_GW: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// The most Services the address plan holds (a /16 per endpoint slot).
 pub const MAX_SERVICES: usize = 65_000;
+/// Node port of Service 0 in north-south scenarios.
+pub const NODE_PORT_BASE: u16 = 20_000;
+/// The most NodePort Services (node ports stay below 65 000).
+pub const MAX_NODE_PORT_SERVICES: usize = 45_000;
+/// The node's address on its external interface (NodePorts are served
+/// here; kube-proxy nftables mode's `nodeport-ips`).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
+/// The outside client's address (the node's external network).
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 
 /// Which Service a measurement targets, in kube-proxy's rule order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -99,6 +114,8 @@ const DNS: PortSpec = PortSpec {
 pub struct Scenario {
     /// Number of Services.
     pub services: usize,
+    /// Every Service is `type: NodePort` (north-south), else `ClusterIP`.
+    pub node_ports: bool,
 }
 
 /// splitmix64: a tiny deterministic mixer (no RNG dependency needed).
@@ -112,9 +129,27 @@ pub fn mix64(mut z: u64) -> u64 {
 impl Scenario {
     /// A scenario with `services` Services (1..=[`MAX_SERVICES`]).
     pub fn new(services: usize) -> Option<Self> {
-        (1..=MAX_SERVICES)
+        (1..=MAX_SERVICES).contains(&services).then_some(Self {
+            services,
+            node_ports: false,
+        })
+    }
+
+    /// A north-south scenario: `services` NodePort Services
+    /// (1..=[`MAX_NODE_PORT_SERVICES`]).
+    pub fn north_south(services: usize) -> Option<Self> {
+        (1..=MAX_NODE_PORT_SERVICES)
             .contains(&services)
-            .then_some(Self { services })
+            .then_some(Self {
+                services,
+                node_ports: true,
+            })
+    }
+
+    /// The node port of Service `i` (TCP and UDP), in north-south scenarios.
+    pub fn node_port(&self, i: usize) -> Option<u16> {
+        let i = u16::try_from(i).ok().filter(|_| self.node_ports)?;
+        NODE_PORT_BASE.checked_add(i)
     }
 
     /// Index (= position in kube-proxy's order) of the target Service.
@@ -202,5 +237,20 @@ mod tests {
         }
         assert!(Scenario::new(0).is_none());
         assert!(Scenario::new(MAX_SERVICES + 1).is_none());
+    }
+
+    #[test]
+    fn node_ports_only_in_north_south_scenarios_and_distinct() {
+        assert_eq!(Scenario::new(10).unwrap().node_port(3), None);
+        let sc = Scenario::north_south(MAX_NODE_PORT_SERVICES).unwrap();
+        assert_eq!(sc.node_port(0), Some(NODE_PORT_BASE));
+        let last = sc.node_port(MAX_NODE_PORT_SERVICES - 1).unwrap();
+        assert_eq!(
+            usize::from(last - NODE_PORT_BASE),
+            MAX_NODE_PORT_SERVICES - 1
+        );
+        assert!(last < 65_000);
+        assert!(Scenario::north_south(MAX_NODE_PORT_SERVICES + 1).is_none());
+        assert!(Scenario::north_south(0).is_none());
     }
 }

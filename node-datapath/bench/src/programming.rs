@@ -133,10 +133,10 @@ pub fn program_ebpf(
 
 /// The maps hold exactly the scenario's desired state (what the traffic
 /// measurements expect), or the run stops here with what differs.
-fn verify_maps(bpffs_dir: &std::path::Path, sc: &Scenario) -> Result<(), BenchError> {
+pub(crate) fn verify_maps(bpffs_dir: &std::path::Path, sc: &Scenario) -> Result<(), BenchError> {
     let snapshot = PinnedLbMaps::open(bpffs_dir)?.snapshot()?;
     let (services, slices) = crate::ebpf::objects(sc);
-    let node = crate::ebpf::node_context();
+    let node = crate::ebpf::node_context_for(sc);
     let want = desired_state(&services, &slices, &node, &Options::default());
     let mut ids = IdAllocator::from_snapshot(&snapshot);
     let ops = diff(&snapshot, &want.state, &mut ids)?;

@@ -7,8 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::run_facts::{Facts, NsFacts};
 use crate::{BenchError, stats::median};
 
 /// One measured value of one run.
@@ -58,58 +57,6 @@ impl Row {
             value: f[6].parse().ok()?,
         })
     }
-}
-
-/// Facts about the machine and the run, written next to the CSV.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Facts {
-    /// The command line.
-    pub command: String,
-    /// Start time (UTC).
-    pub started_utc: String,
-    /// Wall time of the whole run.
-    pub duration_s: f64,
-    /// `uname -r`.
-    pub kernel: String,
-    /// Online CPUs.
-    pub cpus: usize,
-    /// `/proc/cpuinfo` model name.
-    pub cpu_model: String,
-    /// `iptables-nft --version`.
-    pub iptables_nft: String,
-    /// `iptables-legacy --version`.
-    pub iptables_legacy: String,
-    /// `nft --version`.
-    pub nft: String,
-    /// The N list.
-    pub services: Vec<usize>,
-    /// The datapaths measured.
-    pub datapaths: Vec<String>,
-    /// Runs per point.
-    pub runs: u32,
-    /// Requested connects per latency run.
-    pub connects: usize,
-    /// Minimum connects per latency run.
-    pub min_connects: usize,
-    /// Latency time budget per run (ms).
-    pub latency_budget_ms: u64,
-    /// Warm-up connects.
-    pub warmup: usize,
-    /// Rate run duration (ms).
-    pub rate_ms: u64,
-    /// Largest N with kube-proxy's exact `--noflush` restore timed.
-    pub noflush_max: usize,
-    /// Services per `nft -f` transaction for the measured node.
-    pub nft_chunk: usize,
-    /// Largest N with kube-proxy's single-transaction `nft -f` timed.
-    pub nft_single_max: usize,
-    /// `/proc/loadavg` (1, 5, 15 min) at the start and at the end of the
-    /// run: other work on the machine shows here.
-    #[serde(default)]
-    pub loadavg_start: String,
-    /// See [`Facts::loadavg_start`].
-    #[serde(default)]
-    pub loadavg_end: String,
 }
 
 /// Key of an aggregated value: (N, datapath, metric, target).
@@ -418,6 +365,7 @@ pub fn render_markdown(rows: &[Row], facts: &Facts, included: &[String], analysi
         facts.rate_ms, facts.rate_ms
     );
     rate_table(&t, &mut s);
+    crate::report_ns::section(&t, facts.north_south.as_ref(), &mut s);
     let _ = writeln!(
         s,
         "\n## Programming time and agent memory\n\n\

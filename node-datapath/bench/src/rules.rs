@@ -3,8 +3,10 @@
 //!
 //! Shapes follow `pkg/proxy/iptables/proxier.go` and
 //! `pkg/proxy/nftables/proxier.go` of Kubernetes v1.34 (read, not copied):
-//! a full sync of ClusterIP Services with `Cluster` traffic policy, no
-//! session affinity, `--cluster-cidr` set (local-traffic detector),
+//! a full sync of ClusterIP Services with `Cluster` traffic policy (in
+//! north-south scenarios NodePort Services with `externalTrafficPolicy:
+//! Cluster`: `KUBE-NODEPORTS` → `KUBE-EXT-*` → masquerade mark →
+//! `KUBE-SVC-*`), no session affinity, `--cluster-cidr` set (local-traffic detector),
 //! `localhostNodePorts` on, `nodePortAddresses` unset. Not reproduced: the
 //! `nfacct` match on the INVALID-drop rule (needs the nfacct module; the
 //! rule is kept without it).
@@ -13,10 +15,7 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{
-    CLUSTER_CIDR, ENDPOINTS, NAMESPACE, PortSpec, SERVICE_CIDR, Scenario, endpoint, service_name,
-    service_port_name, vip,
-};
+use crate::model::{CLUSTER_CIDR, ENDPOINTS, PortSpec, Scenario, endpoint, service_port_name, vip};
 
 /// kube-proxy's masquerade mark (`--iptables-masquerade-bit` 14, `%#08x`).
 pub const MASQ_MARK: &str = "0x004000";
@@ -54,6 +53,15 @@ fn hash16(input: &str) -> String {
 pub fn svc_chain(service_port_name: &str, proto: &str) -> String {
     format!(
         "KUBE-SVC-{}",
+        hash16(&format!("{service_port_name}{proto}"))
+    )
+}
+
+/// `KUBE-EXT-` + the same hash as [`svc_chain`] (kube-proxy's external
+/// traffic chain of a Service port).
+pub fn ext_chain(service_port_name: &str, proto: &str) -> String {
+    format!(
+        "KUBE-EXT-{}",
         hash16(&format!("{service_port_name}{proto}"))
     )
 }
@@ -259,7 +267,8 @@ pub fn iptables_restore(sc: &Scenario) -> String {
     );
     for i in 0..sc.services {
         for p in sc.ports(i) {
-            iptables_service(&mut chains, &mut rules, i, &p, large);
+            let np = sc.node_port(i);
+            iptables_service(&mut chains, &mut rules, (i, np), &p, large);
         }
     }
     let _ = writeln!(
@@ -274,7 +283,29 @@ pub fn iptables_restore(sc: &Scenario) -> String {
     s
 }
 
-fn iptables_service(chains: &mut String, rules: &mut String, i: usize, p: &PortSpec, large: bool) {
+/// kube-proxy's NodePort capture (eTP=Cluster): the `KUBE-NODEPORTS` rule,
+/// and the `KUBE-EXT-*` chain that marks for masquerade and goes on to the
+/// Service's cluster policy chain.
+fn iptables_node_port(chains: &mut String, rules: &mut String, spn: &str, proto: &str, np: u16) {
+    let ext = ext_chain(spn, proto);
+    let svc = svc_chain(spn, proto);
+    let _ = writeln!(chains, ":{ext} - [0:0]");
+    let _ = writeln!(
+        rules,
+        "-A KUBE-NODEPORTS -m comment --comment {spn} -m {proto} -p {proto} --dport {np} -j {ext}\n\
+         -A {ext} -m comment --comment \"masquerade traffic for {spn} external destinations\" \
+         -j KUBE-MARK-MASQ\n\
+         -A {ext} -j {svc}"
+    );
+}
+
+fn iptables_service(
+    chains: &mut String,
+    rules: &mut String,
+    (i, node_port): (usize, Option<u16>),
+    p: &PortSpec,
+    large: bool,
+) {
     let spn = service_port_name(i, p);
     let proto = p.proto;
     let svc = svc_chain(&spn, proto);
@@ -285,6 +316,9 @@ fn iptables_service(chains: &mut String, rules: &mut String, i: usize, p: &PortS
     );
     let _ = writeln!(rules, "-A KUBE-SERVICES {match_args} -j {svc}");
     let _ = writeln!(chains, ":{svc} - [0:0]");
+    if let Some(np) = node_port {
+        iptables_node_port(chains, rules, &spn, proto, np);
+    }
     let _ = writeln!(
         rules,
         "-A {svc} {match_args} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
@@ -326,189 +360,7 @@ fn iptables_service(chains: &mut String, rules: &mut String, i: usize, p: &PortS
     }
 }
 
-/// kube-proxy nftables' `hashAndTruncate`: base32(sha256(name))[:8] + "-" + name.
-fn nft_name_base(name: &str) -> String {
-    let mut h = base32(&Sha256::digest(name.as_bytes()));
-    h.truncate(8);
-    format!("{h}-{name}")
-}
-
-/// `service-<hash>-ns/name/proto/port`.
-pub fn nft_service_chain(i: usize, p: &PortSpec) -> String {
-    let name = format!("{NAMESPACE}/{}/{}/{}", service_name(i), p.proto, p.name);
-    format!("service-{}", nft_name_base(&name))
-}
-
-/// `endpoint-<hash>-ns/name/proto/port__ip/port`.
-pub fn nft_endpoint_chain(i: usize, p: &PortSpec, slot: usize) -> String {
-    let name = format!(
-        "{NAMESPACE}/{}/{}/{}__{}/{}",
-        service_name(i),
-        p.proto,
-        p.name,
-        endpoint(i, slot),
-        p.target_port
-    );
-    format!("endpoint-{}", nft_name_base(&name))
-}
-
-/// The `nft -f` input of kube-proxy nftables mode's first full sync: the
-/// `ip kube-proxy` table, base chains, dispatch maps, and per Service port
-/// a service chain (`numgen random` vmap) and one chain per endpoint, as
-/// one transaction.
-pub fn nft_script(sc: &Scenario) -> String {
-    let mut s = nft_header();
-    s.push_str(&nft_services(sc, 0..sc.services));
-    s
-}
-
-/// The same ruleset as [`nft_script`], split into transactions of at most
-/// `per` Services each (the first also creates the table).
-pub fn nft_script_chunks(sc: &Scenario, per: usize) -> Vec<String> {
-    let per = per.max(1);
-    (0..sc.services)
-        .step_by(per)
-        .map(|start| {
-            let mut s = if start == 0 {
-                nft_header()
-            } else {
-                String::new()
-            };
-            s.push_str(&nft_services(sc, start..(start + per).min(sc.services)));
-            s
-        })
-        .collect()
-}
-
-const T: &str = "ip kube-proxy";
-
-fn nft_header() -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "add table {T} {{ comment \"rules for kube-proxy\" ; }}");
-    for (name, ty, hook, prio) in [
-        // knftables writes the named priorities (dstnat-10, filter, dstnat,
-        // srcnat); nft 1.0.6 accepts `dstnat` only on prerouting, so the
-        // numeric values (dstnat = -100, filter = 0, srcnat = 100) are used.
-        ("filter-prerouting-pre-dnat", "filter", "prerouting", "-110"),
-        ("filter-output-pre-dnat", "filter", "output", "-110"),
-        ("filter-input", "filter", "input", "0"),
-        ("filter-forward", "filter", "forward", "0"),
-        ("filter-output", "filter", "output", "0"),
-        ("nat-prerouting", "nat", "prerouting", "-100"),
-        ("nat-output", "nat", "output", "-100"),
-        ("nat-postrouting", "nat", "postrouting", "100"),
-    ] {
-        let _ = writeln!(
-            s,
-            "add chain {T} {name} {{ type {ty} hook {hook} priority {prio} ; }}"
-        );
-    }
-    for c in [
-        "nodeport-endpoints-check",
-        "service-endpoints-check",
-        "firewall-check",
-        "services",
-        "masquerading",
-        "cluster-ips-check",
-        "mark-for-masquerade",
-        "reject-chain",
-    ] {
-        let _ = writeln!(s, "add chain {T} {c}");
-    }
-    for (dst, src, extra) in [
-        ("nodeport-endpoints-check", "filter-input", "ct state new "),
-        ("service-endpoints-check", "filter-input", "ct state new "),
-        ("service-endpoints-check", "filter-forward", "ct state new "),
-        ("service-endpoints-check", "filter-output", "ct state new "),
-        (
-            "firewall-check",
-            "filter-prerouting-pre-dnat",
-            "ct state new ",
-        ),
-        ("firewall-check", "filter-output-pre-dnat", "ct state new "),
-        ("services", "nat-output", ""),
-        ("services", "nat-prerouting", ""),
-        ("masquerading", "nat-postrouting", ""),
-        ("cluster-ips-check", "filter-forward", "ct state new "),
-        ("cluster-ips-check", "filter-output", "ct state new "),
-    ] {
-        let _ = writeln!(s, "add rule {T} {src} {extra}jump {dst}");
-    }
-    let vmap = "ipv4_addr . inet_proto . inet_service : verdict";
-    let _ = writeln!(
-        s,
-        "add rule {T} mark-for-masquerade mark set mark or {MASQ_MARK}\n\
-         add rule {T} masquerading mark and {MASQ_MARK} == 0 return\n\
-         add rule {T} masquerading mark set mark xor {MASQ_MARK}\n\
-         add rule {T} masquerading masquerade fully-random\n\
-         add set {T} cluster-ips {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}\n\
-         add rule {T} cluster-ips-check ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"\n\
-         add rule {T} cluster-ips-check ip daddr {{ {SERVICE_CIDR} }} drop comment \"Drop traffic to unallocated ClusterIPs\"\n\
-         add map {T} no-endpoint-services {{ type {vmap} ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}\n\
-         add map {T} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ; }}\n\
-         add rule {T} reject-chain reject\n\
-         add rule {T} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n\
-         add rule {T} nodeport-endpoints-check ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports\n\
-         add map {T} firewall-ips {{ type {vmap} ; comment \"destinations that are subject to LoadBalancerSourceRanges\" ; }}\n\
-         add rule {T} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips\n\
-         add map {T} service-ips {{ type {vmap} ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}\n\
-         add map {T} service-nodeports {{ type inet_proto . inet_service : verdict ; comment \"NodePort traffic\" ; }}\n\
-         add rule {T} services ip daddr . meta l4proto . th dport vmap @service-ips\n\
-         add rule {T} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
-    );
-    s
-}
-
-/// The `nft -f` lines of Services `range` (their chains, then their
-/// `service-ips` elements).
-fn nft_services(sc: &Scenario, range: std::ops::Range<usize>) -> String {
-    let mut s = String::with_capacity(range.len() * 3000);
-    for i in range {
-        let _ = writeln!(s, "add element {T} cluster-ips {{ {} }}", vip(i));
-        for p in sc.ports(i) {
-            let svc = nft_service_chain(i, &p);
-            let eps: Vec<String> = (0..ENDPOINTS)
-                .map(|k| nft_endpoint_chain(i, &p, k))
-                .collect();
-            for (k, ep) in eps.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "add chain {T} {ep}\n\
-                     add rule {T} {ep} ip saddr {} jump mark-for-masquerade\n\
-                     add rule {T} {ep} meta l4proto {} dnat to {}:{}",
-                    endpoint(i, k),
-                    p.proto,
-                    endpoint(i, k),
-                    p.target_port
-                );
-            }
-            let _ = writeln!(
-                s,
-                "add chain {T} {svc}\n\
-                 add rule {T} {svc} ip daddr {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
-                vip(i)
-            );
-            let elems: Vec<String> = eps
-                .iter()
-                .enumerate()
-                .map(|(k, c)| format!("{k} : goto {c}"))
-                .collect();
-            let _ = writeln!(
-                s,
-                "add rule {T} {svc} numgen random mod {ENDPOINTS} vmap {{ {} }}",
-                elems.join(" , ")
-            );
-            let _ = writeln!(
-                s,
-                "add element {T} service-ips {{ {} . {} . {} : goto {svc} }}",
-                vip(i),
-                p.proto,
-                p.port
-            );
-        }
-    }
-    s
-}
+pub use crate::rules_nft::{nft_endpoint_chain, nft_script, nft_script_chunks, nft_service_chain};
 
 #[cfg(test)]
 mod tests {
@@ -618,6 +470,33 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_go_through_kube_nodeports_and_an_ext_chain_that_masquerades() {
+        let sc = Scenario::north_south(3).unwrap();
+        let text = iptables_restore(&sc);
+        let spn = "bench/svc-00002:http";
+        let (ext, svc) = (ext_chain(spn, "tcp"), svc_chain(spn, "tcp"));
+        assert!(
+            ext.starts_with("KUBE-EXT-") && ext[9..] == svc[9..],
+            "{ext}"
+        );
+        assert!(text.contains(&format!(":{ext} - [0:0]\n")));
+        assert!(text.contains(&format!(
+            "-A KUBE-NODEPORTS -m comment --comment {spn} -m tcp -p tcp --dport 20002 -j {ext}\n"
+        )));
+        assert!(text.contains(&format!(
+            "-A {ext} -m comment --comment \"masquerade traffic for {spn} external destinations\" -j KUBE-MARK-MASQ\n-A {ext} -j {svc}\n"
+        )));
+        let ports: usize = (0..3).map(|i| sc.ports(i).len()).sum();
+        assert_eq!(count(&text, "-A KUBE-NODEPORTS "), ports);
+        // The last NodePort rule is the last Service's TCP port.
+        let last = text.lines().rfind(|l| l.starts_with("-A KUBE-NODEPORTS "));
+        assert!(last.unwrap().contains("-p tcp --dport 20002 "));
+        // East-west scenarios have none.
+        let ew = iptables_restore(&Scenario::new(3).unwrap());
+        assert!(!ew.contains("KUBE-EXT-") && !ew.contains("-A KUBE-NODEPORTS"));
+    }
+
+    #[test]
     fn iptables_comments_dropped_in_large_cluster_mode() {
         let small = iptables_restore(&Scenario::new(1).unwrap());
         assert!(small.contains("-> 10.200.0.1:8080\""));
@@ -626,43 +505,5 @@ mod tests {
         assert!(!large.contains(" -> "));
         // KUBE-SERVICES keeps its "cluster IP" comments.
         assert!(large.contains("\"bench/svc-00100:http cluster IP\""));
-    }
-
-    #[test]
-    fn nft_chunks_concatenate_to_the_single_transaction() {
-        let sc = Scenario::new(25).unwrap();
-        let chunks = nft_script_chunks(&sc, 10);
-        assert_eq!(chunks.len(), 3);
-        assert!(chunks[0].starts_with("add table ip kube-proxy"));
-        assert!(!chunks[1].contains("add table"));
-        assert_eq!(chunks.concat(), nft_script(&sc));
-    }
-
-    #[test]
-    fn nft_script_dispatches_every_port_through_the_vmap() {
-        let n = 30;
-        let sc = Scenario::new(n).unwrap();
-        let text = nft_script(&sc);
-        let ports: usize = (0..n).map(|i| sc.ports(i).len()).sum();
-        assert_eq!(
-            text.matches("add element ip kube-proxy service-ips")
-                .count(),
-            ports
-        );
-        assert_eq!(text.matches("numgen random mod 10 vmap").count(), ports);
-        assert_eq!(text.matches(" dnat to ").count(), ports * ENDPOINTS);
-        let svc = nft_service_chain(3, &sc.ports(3)[0]);
-        assert!(svc.starts_with("service-") && svc.ends_with("-bench/svc-00003/tcp/http"));
-        let ep = nft_endpoint_chain(3, &sc.ports(3)[0], 2);
-        assert!(
-            ep.ends_with("-bench/svc-00003/tcp/http__10.202.0.4/8080"),
-            "{ep}"
-        );
-        // Chains are declared before the rules and vmaps that use them.
-        let decl = text
-            .find(&format!("add chain ip kube-proxy {ep}\n"))
-            .unwrap();
-        let used = text.find(&format!("goto {ep}")).unwrap();
-        assert!(decl < used);
     }
 }

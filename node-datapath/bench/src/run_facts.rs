@@ -4,7 +4,90 @@
 
 use std::path::Path;
 
-use crate::{BenchError, report::Facts, runner::RunArgs, topo};
+use serde::{Deserialize, Serialize};
+
+use crate::{BenchError, runner::RunArgs, topo};
+
+/// Facts about the machine and the run, written next to the CSV.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Facts {
+    /// The command line.
+    pub command: String,
+    /// Start time (UTC).
+    pub started_utc: String,
+    /// Wall time of the whole run.
+    pub duration_s: f64,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// `/proc/cpuinfo` model name.
+    pub cpu_model: String,
+    /// `iptables-nft --version`.
+    pub iptables_nft: String,
+    /// `iptables-legacy --version`.
+    pub iptables_legacy: String,
+    /// `nft --version`.
+    pub nft: String,
+    /// The N list.
+    pub services: Vec<usize>,
+    /// The datapaths measured.
+    pub datapaths: Vec<String>,
+    /// Runs per point.
+    pub runs: u32,
+    /// Requested connects per latency run.
+    pub connects: usize,
+    /// Minimum connects per latency run.
+    pub min_connects: usize,
+    /// Latency time budget per run (ms).
+    pub latency_budget_ms: u64,
+    /// Warm-up connects.
+    pub warmup: usize,
+    /// Rate run duration (ms).
+    pub rate_ms: u64,
+    /// Largest N with kube-proxy's exact `--noflush` restore timed.
+    pub noflush_max: usize,
+    /// Services per `nft -f` transaction for the measured node.
+    pub nft_chunk: usize,
+    /// Largest N with kube-proxy's single-transaction `nft -f` timed.
+    pub nft_single_max: usize,
+    /// `/proc/loadavg` (1, 5, 15 min) at the start and at the end of the
+    /// run: other work on the machine shows here.
+    #[serde(default)]
+    pub loadavg_start: String,
+    /// See [`Facts::loadavg_start`].
+    #[serde(default)]
+    pub loadavg_end: String,
+    /// The north-south part's own facts, when it ran (in this run or
+    /// alone, `run --only north-south`).
+    #[serde(default)]
+    pub north_south: Option<NsFacts>,
+}
+
+/// Facts of the north-south part.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NsFacts {
+    /// The command line.
+    pub command: String,
+    /// Start time (UTC).
+    pub started_utc: String,
+    /// Wall time of the part.
+    pub duration_s: f64,
+    /// The N list.
+    pub services: Vec<usize>,
+    /// The datapaths measured.
+    pub datapaths: Vec<String>,
+    /// Runs per point.
+    pub runs: u32,
+    /// Requested connects per latency run.
+    pub connects: usize,
+    /// Rate run duration (ms).
+    pub rate_ms: u64,
+    /// `/proc/loadavg` at the start of the part.
+    pub loadavg_start: String,
+    /// `/proc/loadavg` at its end.
+    pub loadavg_end: String,
+}
 
 fn version(cmd: &str, args: &[&str]) -> String {
     topo::run(cmd, args)
@@ -46,7 +129,35 @@ pub(crate) fn collect(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> Fac
         nft_single_max: args.nft_single_max,
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
+        north_south: None,
     }
+}
+
+/// The north-south part's facts known at its start.
+pub(crate) fn collect_ns(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> NsFacts {
+    NsFacts {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_utc: version("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        duration_s: 0.0,
+        services: ns.to_vec(),
+        datapaths: datapaths.to_vec(),
+        runs: args.runs,
+        connects: args.connects,
+        rate_ms: args.rate_ms,
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+    }
+}
+
+/// Sets the north-south facts in the facts file at `path` (created with
+/// only those if missing).
+pub(crate) fn set_north_south(path: &Path, ns: NsFacts) -> Result<(), BenchError> {
+    let mut f: Facts = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    f.north_south = Some(ns);
+    write(path, &f)
 }
 
 /// `/proc/loadavg`'s 1, 5 and 15 minute figures.

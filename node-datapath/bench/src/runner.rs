@@ -91,8 +91,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300)]
     pub changes: usize,
     /// Run only one part: `programming` measures the eBPF full sync
-    /// (batched and per-op), incremental updates and agent memory, and
-    /// replaces those rows in an existing raw.csv (no traffic, no rules).
+    /// (batched and per-op), incremental updates and agent memory;
+    /// `north-south` an external client to NodePorts on every datapath.
+    /// Either replaces its rows in an existing raw.csv.
     #[arg(long, value_enum)]
     pub only: Option<Part>,
     /// Output directory (raw.csv, facts.json).
@@ -105,10 +106,12 @@ pub struct RunArgs {
 pub enum Part {
     /// eBPF programming time, incremental updates, agent memory.
     Programming,
+    /// External client → NodePort (`ns_runner`), every datapath.
+    NorthSouth,
 }
 
 /// Backend servers of one topology; killed on drop.
-struct Servers(Vec<Child>);
+pub(crate) struct Servers(Vec<Child>);
 
 impl Drop for Servers {
     fn drop(&mut self) {
@@ -124,9 +127,14 @@ pub(crate) fn self_exe() -> Result<PathBuf, BenchError> {
 }
 
 fn start_servers(topo: &Topo) -> Result<Servers, BenchError> {
+    start_servers_in(&topo.backend_ns)
+}
+
+/// One backend server in each of the namespaces `backend_ns`.
+pub(crate) fn start_servers_in(backend_ns: &[String]) -> Result<Servers, BenchError> {
     let exe = self_exe()?;
     let mut servers = Servers(Vec::new());
-    for ns in &topo.backend_ns {
+    for ns in backend_ns {
         let child = Command::new(&exe)
             .arg("serve")
             .arg("--netns")
@@ -155,14 +163,24 @@ fn start_servers(topo: &Topo) -> Result<Servers, BenchError> {
     Ok(servers)
 }
 
-/// Runs a client child and parses its JSON line.
+/// Runs a client child in the topology's pod and parses its JSON line.
 fn client<T: DeserializeOwned>(topo: &Topo, args: &[String]) -> Result<T, BenchError> {
-    let out = Command::new(self_exe()?)
-        .arg("client")
-        .arg("--netns")
-        .arg(Topo::ns_path(&topo.pod_ns))
-        .arg("--cgroup")
-        .arg(&topo.cgroup)
+    client_in(&Topo::ns_path(&topo.pod_ns), Some(&topo.cgroup), args)
+}
+
+/// Runs a client child in `netns` (and `cgroup`, if any) and parses its
+/// JSON line.
+pub(crate) fn client_in<T: DeserializeOwned>(
+    netns: &std::path::Path,
+    cgroup: Option<&std::path::Path>,
+    args: &[String],
+) -> Result<T, BenchError> {
+    let mut cmd = Command::new(self_exe()?);
+    cmd.arg("client").arg("--netns").arg(netns);
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    let out = cmd
         .args(["--cpu", &CLIENT_CPU.to_string()])
         .args(args)
         .output()
@@ -182,7 +200,7 @@ fn client<T: DeserializeOwned>(topo: &Topo, args: &[String]) -> Result<T, BenchE
     })
 }
 
-fn join(addrs: &[SocketAddrV4]) -> String {
+pub(crate) fn join(addrs: &[SocketAddrV4]) -> String {
     addrs
         .iter()
         .map(ToString::to_string)
@@ -240,7 +258,7 @@ impl Sink {
 /// Removes a datapath's rules from namespace `ns` synchronously, so the
 /// kernel does not tear a large ruleset down in the background of the next
 /// measurement (untimed).
-fn clear_rules(ns: &str, datapath: &str) -> Result<(), BenchError> {
+pub(crate) fn clear_rules(ns: &str, datapath: &str) -> Result<(), BenchError> {
     match datapath {
         "iptables-nft" | "iptables-legacy" => {
             // A whole-table restore of empty tables flushes and deletes
@@ -514,8 +532,10 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         .map(|n| Scenario::new(*n).ok_or_else(|| BenchError::Arg(format!("bad service count {n}"))))
         .collect::<Result<Vec<_>, _>>()?;
     topo::sweep_stale();
-    if args.only == Some(Part::Programming) {
-        return programming::run(args, &scenarios);
+    match args.only {
+        Some(Part::Programming) => return programming::run(args, &scenarios),
+        Some(Part::NorthSouth) => return crate::ns_runner::run_only(args, &ns, &datapaths),
+        None => {}
     }
     std::fs::create_dir_all(&args.out)
         .map_err(|e| BenchError::io(format!("mkdir {}", args.out.display()), e))?;
@@ -556,6 +576,7 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         drop(prepared);
         info!(n = sc.services, secs = t.elapsed().as_secs_f64(), "N done");
     }
+    f.north_south = Some(crate::ns_runner::measure(args, &ns, &datapaths, &mut sink)?);
     f.duration_s = t0.elapsed().as_secs_f64();
     f.loadavg_end = run_facts::loadavg();
     run_facts::write(&facts_path, &f)?;
