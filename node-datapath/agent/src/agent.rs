@@ -6,17 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use switchyard_api::conditions::{self, DEGRADED, WAITING_FOR_KUBE_PROXY};
 use switchyard_api::{
-    DatapathMode, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus, ProbeRequest, ProbeResult,
+    DatapathMode, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus, ProbeResult,
 };
 use switchyard_node_datapath::{Datapath, DatapathConfig, capabilities, off, read_stats};
 use tokio::sync::{Notify, mpsc, watch};
@@ -25,25 +21,13 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::health::{Health, HealthState};
 use crate::kube_proxy;
-use crate::probe::{self, Target};
 use crate::server::Shared;
 use crate::status;
-use crate::store::{self as cache, Applied, Services, Slices, Store};
-use crate::sync::{Pending, Syncer, Touched, node_context};
+use crate::store::{Services, Slices};
+use crate::sync::{Pending, Syncer, node_context};
 
-/// The configured ingress interfaces, or those holding `node`'s addresses.
-fn ingress_interfaces(cfg: &AgentConfig, node: &Node) -> Vec<String> {
-    if let Some(names) = &cfg.ingress_interfaces {
-        return names.clone();
-    }
-    match crate::ingress::local_addresses() {
-        Ok(local) => crate::ingress::interfaces_of(&node_context(node).addresses, &local),
-        Err(e) => {
-            warn!(error = %e, "cannot list the node's addresses; no ingress program");
-            Vec::new()
-        }
-    }
-}
+mod probing;
+use probing::Probing;
 
 /// Field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "switchyard-agent";
@@ -91,98 +75,63 @@ pub async fn run(
     client: Client,
     cfg: AgentConfig,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let api: Api<NodeDatapath> = Api::all(client.clone());
-    let node = match Api::<Node>::all(client.clone()).get_opt(&cfg.node).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return Err(Error::NodeMissing(cfg.node.clone())),
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            return Err(Error::NodeMissing(cfg.node.clone()));
-        }
-        Err(e) if !matches!(e, kube::Error::Api(_)) => {
-            return Err(Error::ApiUnreachable(e.to_string()));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let existing = ensure_object(&api, &cfg.node).await?;
+    let (mut st, inputs) = start(client, cfg, shared).await?;
+    let health_task = tokio::spawn(st.health.clone().run());
+    st.report().await;
+    st.shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(node = %st.cfg.node, "agent ready");
+    event_loop(&mut st, inputs, shutdown).await;
+    health_task.abort();
+    info!("agent stopping; the datapath stays pinned and serving");
+    Ok(())
+}
 
+/// What wakes the event loop besides timers.
+struct Inputs {
+    /// Our own NodeDatapath's spec, on every change.
+    specs: mpsc::Receiver<NodeDatapathSpec>,
+    /// A Service or EndpointSlice changed.
+    wake: Arc<Notify>,
+}
+
+/// Reads the Node, makes sure our NodeDatapath exists, probes what this
+/// node can run, starts the watches and waits for their first lists, and
+/// applies the current spec.
+async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<(State, Inputs)> {
+    let api: Api<NodeDatapath> = Api::all(client.clone());
+    let node = crate::watch::get_node(&client, &cfg.node).await?;
+    let existing = crate::watch::ensure_object(&api, &cfg.node).await?;
     let cgroup = cfg.cgroup.clone();
     let probed = tokio::task::spawn_blocking(move || capabilities::probe_at(Some(&cgroup))).await?;
-    let nftables = which("nft");
     let mut status = existing.status.clone().unwrap_or_default();
     status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
-    status.capabilities = Some(status::capabilities(&probed, nftables));
-
-    // Watches of what the datapath serves, projected into compact stores
-    // on arrival; every change is recorded in `pending` and wakes the sync.
-    let wake = Arc::new(Notify::new());
-    let pending = Pending::default();
-    let (services, slices) = (Services::default(), Slices::default());
-    let services_ready = spawn_watch(
-        Api::<Service>::all(client.clone()),
-        Project {
-            store: services.clone(),
-            wake: wake.clone(),
-            pending: pending.clone(),
-            project: cache::service_entry,
-            touched: Touched::of_service,
-        },
-    );
-    let slices_ready = spawn_watch(
-        Api::<EndpointSlice>::all(client.clone()),
-        Project {
-            store: slices.clone(),
-            wake: wake.clone(),
-            pending: pending.clone(),
-            project: cache::slice_entry,
-            touched: Touched::of_slice,
-        },
-    );
-
-    // Our own NodeDatapath's spec.
-    let (spec_tx, mut spec_rx) = mpsc::channel::<NodeDatapathSpec>(8);
-    let own = watcher::Config::default()
-        .timeout(45)
-        .fields(&format!("metadata.name={}", cfg.node));
-    let spec_stream = watcher(api.clone(), own)
-        .default_backoff()
-        .applied_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(spec_stream);
-        while let Some(ev) = spec_stream.next().await {
-            match ev {
-                Ok(ndp) => {
-                    if spec_tx.send(ndp.spec).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => warn!(error = %e, "watching own NodeDatapath"),
-            }
-        }
-    });
-
-    let ingress = ingress_interfaces(&cfg, &node);
+    status.capabilities = Some(status::capabilities(&probed, which("nft")));
+    let (watches, ready) = crate::watch::services_and_slices(&client);
+    let specs = crate::watch::own_spec(api.clone(), &cfg.node);
+    let configured = cfg.ingress_interfaces.as_deref();
+    let ingress = crate::ingress::interfaces_for(configured, &node_context(&node).addresses);
     info!(interfaces = ?ingress, "north-south: ingress interfaces");
-    let health = Arc::new(Health::new(cfg.bpffs_dir.clone()));
-    let health_task = tokio::spawn(health.clone().run());
     let mut st = State {
         ingress,
         ingress_blocked: None,
-        health,
+        health: Arc::new(Health::new(cfg.bpffs_dir.clone())),
         sync_ok: true,
         syncer: Syncer::new(node_context(&node)),
-        cfg: cfg.clone(),
+        cfg,
         api,
-        services,
-        slices,
-        pending,
+        services: watches.services,
+        slices: watches.slices,
+        pending: watches.pending,
         datapath: None,
         off_pending: false,
         status,
         shared,
     };
-    for mut ready in [services_ready, slices_ready] {
+    for mut ready in ready {
         ready
             .wait_for(|r| *r)
             .await
@@ -190,49 +139,42 @@ pub async fn run(
     }
     st.apply_spec(existing.spec.clone()).await;
     st.scan_leftovers().await;
-    st.report().await;
-    st.shared
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    info!(node = %cfg.node, "agent ready");
+    let wake = watches.wake;
+    Ok((st, Inputs { specs, wake }))
+}
 
-    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4);
-    let mut probing: Option<i64> = None;
+/// Reacts to spec changes, Service changes, probe results and timers until
+/// `shutdown` fires.
+async fn event_loop(st: &mut State, mut inputs: Inputs, mut shutdown: watch::Receiver<bool>) {
+    let (own_tx, mut own_rx) = mpsc::channel::<ProbeResult>(4);
     let (peer_tx, mut peer_rx) = mpsc::channel::<ProbeResult>(4);
-    let mut peer_probing: Option<i64> = None;
-    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    let mut probing = Probing {
+        own: None,
+        own_tx,
+        peer: None,
+        peer_tx,
+    };
+    let mut heartbeat = tokio::time::interval(st.cfg.heartbeat);
     let mut off_retry = tokio::time::interval(Duration::from_millis(250));
     let mut beats: u64 = 0;
     loop {
         tokio::select! {
-            Some(spec) = spec_rx.recv() => {
-                st.apply_spec(spec.clone()).await;
-                if let Some(req) = spec.probe.filter(|r| Some(r.generation) != probing && st.probe_pending(r.generation)) {
-                    probing = Some(req.generation);
-                    st.start_probes(req, probe_tx.clone());
-                }
-                if let Some(req) = spec.peer_probe.filter(|r| Some(r.generation) != peer_probing && st.peer_probe_pending(r.generation)) {
-                    peer_probing = Some(req.generation);
-                    let tx = peer_tx.clone();
-                    tokio::spawn(async move { tx.send(probe::run_peer(req).await).await });
-                }
-                st.report().await;
-            }
+            Some(spec) = inputs.specs.recv() => st.on_spec(spec, &mut probing).await,
             Some(result) = peer_rx.recv() => {
                 info!(generation = result.observed_generation, passed = result.passed, "peer probes done");
                 st.status.peer_probe = Some(result);
-                peer_probing = None;
+                probing.peer = None;
                 st.report().await;
             }
-            () = wake.notified() => {
-                tokio::time::sleep(cfg.debounce).await;
+            () = inputs.wake.notified() => {
+                tokio::time::sleep(st.cfg.debounce).await;
                 st.sync();
                 st.report().await;
             }
-            Some(result) = probe_rx.recv() => {
+            Some(result) = own_rx.recv() => {
                 info!(generation = result.observed_generation, passed = result.passed, "probes done");
                 st.status.probe = Some(result);
-                probing = None;
+                probing.own = None;
                 st.report().await;
             }
             _ = off_retry.tick(), if st.off_pending => {
@@ -250,9 +192,6 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
-    health_task.abort();
-    info!("agent stopping; the datapath stays pinned and serving");
-    Ok(())
 }
 
 fn which(tool: &str) -> bool {
@@ -260,107 +199,7 @@ fn which(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-/// How a watch projects objects into its store and reports what it
-/// touched.
-struct Project<K, T> {
-    store: Store<T>,
-    wake: Arc<Notify>,
-    pending: Pending,
-    project: fn(&K) -> (cache::Key, T),
-    touched: fn(&Applied<T>) -> Option<Touched>,
-}
-
-/// Watches `api`, keeping `p.store` equal to its objects (projected; the
-/// object itself is dropped after its event). The receiver turns true at
-/// the first complete list.
-fn spawn_watch<K, T>(api: Api<K>, p: Project<K, T>) -> watch::Receiver<bool>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
-    T: Send + Sync + 'static,
-{
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let stream = watcher(api, watcher::Config::default().timeout(45)).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(watcher::Event::Apply(o)) => {
-                    let (k, v) = (p.project)(&o);
-                    cache::Event::Apply(k, v)
-                }
-                Ok(watcher::Event::Delete(o)) => cache::Event::Delete(cache::key(o.meta())),
-                Ok(watcher::Event::Init) => cache::Event::Init,
-                Ok(watcher::Event::InitApply(o)) => {
-                    let (k, v) = (p.project)(&o);
-                    cache::Event::InitApply(k, v)
-                }
-                Ok(watcher::Event::InitDone) => cache::Event::InitDone,
-                Err(e) => {
-                    warn!(error = %e, "watch failed; retrying");
-                    continue;
-                }
-            };
-            let applied = p.store.apply(ev);
-            if matches!(applied, Applied::Relisted) {
-                ready_tx.send_replace(true);
-            }
-            let Some(t) = (p.touched)(&applied) else {
-                continue;
-            };
-            p.pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(t);
-            p.wake.notify_one();
-        }
-    });
-    ready_rx
-}
-
-/// Creates our NodeDatapath if it does not exist (mode Off), returns it.
-async fn ensure_object(api: &Api<NodeDatapath>, node: &str) -> Result<NodeDatapath> {
-    if let Some(n) = api.get_opt(node).await? {
-        return Ok(n);
-    }
-    let obj = NodeDatapath::new(node, NodeDatapathSpec::default());
-    match api
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &obj,
-        )
-        .await
-    {
-        Ok(n) => Ok(n),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(api.get(node).await?),
-        // Creating into a resource type the API server does not know.
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdMissing),
-        Err(e) => Err(e.into()),
-    }
-}
-
 impl State {
-    fn probe_pending(&self, generation: i64) -> bool {
-        self.status
-            .probe
-            .as_ref()
-            .is_none_or(|p| p.observed_generation < generation)
-    }
-
-    fn peer_probe_pending(&self, generation: i64) -> bool {
-        self.status
-            .peer_probe
-            .as_ref()
-            .is_none_or(|p| p.observed_generation < generation)
-    }
-
     async fn apply_spec(&mut self, spec: NodeDatapathSpec) {
         match spec.mode {
             DatapathMode::Active => {
@@ -598,55 +437,6 @@ impl State {
         }
     }
 
-    fn start_probes(&self, req: ProbeRequest, tx: mpsc::Sender<ProbeResult>) {
-        let targets: Vec<Result<Target, (String, String)>> = req
-            .probes
-            .iter()
-            .map(|p| {
-                match Syncer::cluster_ip(&self.services, &p.service.namespace, &p.service.name) {
-                    Some(ip) => Ok(Target {
-                        name: p.name.clone(),
-                        addr: std::net::SocketAddrV4::new(ip, p.port as u16),
-                        protocol: p.protocol,
-                        http_path: p.http_path.clone(),
-                    }),
-                    None => Err((
-                        p.name.clone(),
-                        format!(
-                            "Service {}/{} not found or has no ClusterIP",
-                            p.service.namespace, p.service.name
-                        ),
-                    )),
-                }
-            })
-            .collect();
-        let timeout = Duration::from_secs(u64::from(req.timeout_seconds));
-        let needed = req.consecutive_successes;
-        tokio::spawn(async move {
-            let runs = targets.into_iter().map(|t| async move {
-                match t {
-                    Ok(t) => probe::run(&t, needed, timeout).await,
-                    Err((name, why)) => switchyard_api::ProbeOutcome {
-                        name,
-                        failures: 1,
-                        last_error: Some(why),
-                        ..Default::default()
-                    },
-                }
-            });
-            let results = futures::future::join_all(runs).await;
-            let passed = results.iter().all(|r| r.passed);
-            let _ = tx
-                .send(ProbeResult {
-                    observed_generation: req.generation,
-                    passed,
-                    results,
-                    completed_at: Some(Time(Timestamp::now())),
-                })
-                .await;
-        });
-    }
-
     /// Writes the status (server-side apply, status subresource).
     async fn report(&mut self) {
         self.publish_health();
@@ -670,6 +460,13 @@ impl State {
             self.shared.set_datapath_metrics(String::new());
         }
         self.shared.set_sync(&self.status.sync);
+        self.set_conditions();
+        self.write_status().await;
+    }
+
+    /// Ready (every Service programmed in the active mode) and, once the
+    /// datapath is in its requested mode again, Degraded cleared.
+    fn set_conditions(&mut self) {
         let mode = self.status.active_mode.unwrap_or_default();
         let synced = mode == DatapathMode::Off
             || self.status.sync.services_programmed >= self.status.sync.services_seen;
@@ -700,6 +497,10 @@ impl State {
             );
         }
         self.status.heartbeat = Some(now);
+    }
+
+    /// Writes the whole status (server-side apply).
+    async fn write_status(&mut self) {
         let body = serde_json::json!({
             "apiVersion": switchyard_api::API_VERSION,
             "kind": "NodeDatapath",

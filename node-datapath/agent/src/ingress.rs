@@ -28,6 +28,21 @@ pub fn interfaces_of(addresses: &[Ipv4Addr], local: &[(String, Ipv4Addr)]) -> Ve
     out
 }
 
+/// The `configured` interfaces, or those holding one of the node's
+/// `addresses` in this network namespace.
+pub fn interfaces_for(configured: Option<&[String]>, addresses: &[Ipv4Addr]) -> Vec<String> {
+    if let Some(names) = configured {
+        return names.to_vec();
+    }
+    match local_addresses() {
+        Ok(local) => interfaces_of(addresses, &local),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the node's addresses; no ingress program");
+            Vec::new()
+        }
+    }
+}
+
 /// This network namespace's IPv4 addresses by interface (`getifaddrs`).
 pub fn local_addresses() -> std::io::Result<Vec<(String, Ipv4Addr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

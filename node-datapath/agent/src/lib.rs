@@ -11,7 +11,7 @@
 //!   (switchyard-cleanup), probes (probe) ─▶ NodeDatapath status
 //! ```
 //!
-//! - [`agent`]: the loop; [`store`]: compact caches of Services and
+//! - [`agent`]: the loop (its API inputs: `watch`); [`store`]: compact caches of Services and
 //!   EndpointSlices; [`sync`]: Service sync with an in-memory map mirror;
 //!   [`ingress`]: the interfaces of the ingress program (north-south) and
 //!   the conntrack hooks it needs; [`probe`]: connectivity probes;
@@ -29,3 +29,4 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod sync;
+mod watch;
