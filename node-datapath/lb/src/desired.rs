@@ -129,6 +129,10 @@ pub enum FindingKind {
     /// More `loadBalancerSourceRanges` than the datapath enforces; the
     /// LoadBalancer IPs admit clients from the first ones only.
     TooManySourceRanges { count: usize },
+    /// `loadBalancerSourceRanges` are enforced for clients outside the
+    /// node only: a client on the node connecting to the LoadBalancer IP is
+    /// not filtered (the socket programs do not know its source address).
+    SourceRangesNotForNodeClients,
 }
 
 impl fmt::Display for Finding {
@@ -152,6 +156,9 @@ impl fmt::Display for Finding {
             FindingKind::FrontendConflict { frontend, owner } => {
                 write!(f, "frontend {frontend} is already served for {owner}")
             }
+            FindingKind::SourceRangesNotForNodeClients => f.write_str(
+                "loadBalancerSourceRanges are not enforced for clients on the node itself",
+            ),
             FindingKind::TooManySourceRanges { count } => write!(
                 f,
                 "{count} loadBalancerSourceRanges, only the first {SOURCE_RANGES_MAX} are enforced"
@@ -261,12 +268,8 @@ impl Builder<'_> {
             .source_ranges
             .as_ref()
             .filter(|_| !svc.lb_ips.is_empty())
-            && ranges.len() > SOURCE_RANGES_MAX
         {
-            let kind = FindingKind::TooManySourceRanges {
-                count: ranges.len(),
-            };
-            self.finding(ns, name, kind);
+            self.source_range_findings(ns, name, ranges.len());
         }
         let mut any_port = false;
         for sp in &svc.ports {
@@ -274,6 +277,14 @@ impl Builder<'_> {
         }
         if any_port {
             self.out.state.vips.insert(cluster_ip);
+        }
+    }
+
+    /// What the datapath does not enforce of `count` source ranges.
+    fn source_range_findings(&mut self, ns: &str, name: &str, count: usize) {
+        self.finding(ns, name, FindingKind::SourceRangesNotForNodeClients);
+        if count > SOURCE_RANGES_MAX {
+            self.finding(ns, name, FindingKind::TooManySourceRanges { count });
         }
     }
 
