@@ -14,12 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     DatapathError,
     config::{Capacities, Hook},
-    object::{
-        OBJECT, attach_link, classify_prog, interrupted, load_object, load_program,
-        retry_interrupted,
-    },
+    object::{OBJECT, attach_link, load_object, load_program},
 };
-use aya::programs::SchedClassifier;
 
 /// One hook's probe result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,14 +155,7 @@ fn probe_hooks(cgroup2: &Path) -> Vec<HookProbe> {
         return fail_all(format!("creating probe cgroup {}: {e}", dir.display()));
     }
     let tmp = TempCgroup(dir);
-    let small = Capacities {
-        services: 16,
-        backends: 16,
-        rev_nat: 16,
-        sock_rev_nat: 16,
-        affinity: 16,
-    };
-    let mut ebpf = match load_object(OBJECT, &small, None, false) {
+    let mut ebpf = match load_object(OBJECT, &PROBE_CAPACITIES, None, false) {
         Ok(o) => o,
         Err(e) => return fail_all(e.to_string()),
     };
@@ -190,28 +179,20 @@ fn probe_hooks(cgroup2: &Path) -> Vec<HookProbe> {
     out
 }
 
+/// Map sizes of the probes' throwaway loads.
+const PROBE_CAPACITIES: Capacities = Capacities {
+    services: 16,
+    backends: 16,
+    rev_nat: 16,
+    sock_rev_nat: 16,
+    affinity: 16,
+};
+
 /// Loads the ingress program with its kfuncs resolved against this kernel,
 /// without attaching it; everything is released before returning.
 fn probe_ingress() -> HookProbe {
-    let small = Capacities {
-        services: 16,
-        backends: 16,
-        rev_nat: 16,
-        sock_rev_nat: 16,
-        affinity: 16,
-    };
-    let loaded = load_object(OBJECT, &small, None, true).and_then(|mut ebpf| {
-        let program = crate::ingress::PROGRAM;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program)
-            .ok_or(DatapathError::MissingObject(program))?
-            .try_into()
-            .map_err(|e| DatapathError::Program {
-                program,
-                source: Box::new(e),
-            })?;
-        retry_interrupted(|| prog.load(), interrupted).map_err(|e| classify_prog(program, e))
-    });
+    let loaded = load_object(OBJECT, &PROBE_CAPACITIES, None, true)
+        .and_then(|mut ebpf| crate::ingress::load(&mut ebpf).map(|_| ()));
     HookProbe {
         hook: "ingress".to_owned(),
         attachable: loaded.is_ok(),

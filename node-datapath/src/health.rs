@@ -23,7 +23,7 @@ use crate::{
     DatapathError,
     config::LinkAction,
     datapath::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, maps_dir, pin_new_link},
-    object::{classify_prog, interrupted, retry_interrupted},
+    object::load_named,
 };
 
 /// The program's function name in `bpf/health.h`.
@@ -42,17 +42,7 @@ fn own_netns() -> Result<(File, u64), DatapathError> {
 }
 
 fn load(ebpf: &mut aya::Ebpf) -> Result<&mut SkLookup, DatapathError> {
-    let perr = |e| DatapathError::Program {
-        program: PROGRAM,
-        source: Box::new(e),
-    };
-    let prog: &mut SkLookup = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(DatapathError::MissingObject(PROGRAM))?
-        .try_into()
-        .map_err(perr)?;
-    retry_interrupted(|| prog.load(), interrupted).map_err(|e| classify_prog(PROGRAM, e))?;
-    Ok(prog)
+    load_named(ebpf, PROGRAM, SkLookup::load)
 }
 
 /// Attaches (or adopts) the steering program on the calling thread's

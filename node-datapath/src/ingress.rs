@@ -21,7 +21,7 @@ use crate::{
     DatapathError,
     config::LinkAction,
     datapath::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, pin_new_link},
-    object::{classify_prog, interrupted, retry_interrupted},
+    object::load_named,
 };
 
 /// The program's function name in `bpf/nodeport.h`.
@@ -62,18 +62,8 @@ fn ifindex(interface: &str) -> Result<u32, DatapathError> {
 }
 
 /// Loads the ingress program of `ebpf` (the kfuncs must be resolved).
-fn load(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
-    let perr = |e| DatapathError::Program {
-        program: PROGRAM,
-        source: Box::new(e),
-    };
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(DatapathError::MissingObject(PROGRAM))?
-        .try_into()
-        .map_err(perr)?;
-    retry_interrupted(|| prog.load(), interrupted).map_err(|e| classify_prog(PROGRAM, e))?;
-    Ok(prog)
+pub(crate) fn load(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    load_named(ebpf, PROGRAM, SchedClassifier::load)
 }
 
 fn attach(prog: &mut SchedClassifier, interface: &str) -> Result<FdLink, DatapathError> {

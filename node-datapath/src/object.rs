@@ -211,6 +211,28 @@ pub(crate) fn retry_interrupted<E>(
     }
 }
 
+/// Loads the program `program` of `ebpf` as a `P` with `load` (its
+/// type's own load), retrying a load a signal interrupted.
+pub(crate) fn load_named<'a, P>(
+    ebpf: &'a mut aya::Ebpf,
+    program: &'static str,
+    mut load: impl FnMut(&mut P) -> Result<(), ProgramError>,
+) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog: &mut P = ebpf
+        .program_mut(program)
+        .ok_or(DatapathError::MissingObject(program))?
+        .try_into()
+        .map_err(|e| DatapathError::Program {
+            program,
+            source: Box::new(e),
+        })?;
+    retry_interrupted(|| load(&mut *prog), interrupted).map_err(|e| classify_prog(program, e))?;
+    Ok(prog)
+}
+
 /// Loads `hook`'s program in `ebpf` and returns it.
 pub(crate) fn load_program(
     ebpf: &mut aya::Ebpf,
