@@ -9,27 +9,28 @@
 //!   └─ desired::desired_state ──▶ Desired { state: DesiredState, findings }
 //! MapsSnapshot (current maps) + DesiredState + IdAllocator
 //!   └─ sync::plan_sync / diff::diff ──▶ ordered Vec<MapOp> (+ stats)
-//!        └─ maps::LbMaps::apply_all (aya maps in the agent, FakeMaps here)
+//!        └─ maps::LbMaps::apply_all (aya maps in the agent, MirrorMaps here)
 //! ```
 //!
 //! * [`desired`] implements kube-proxy 1.34's Service/EndpointSlice semantics;
 //! * [`ids`] keeps backend and rev-NAT ids stable across syncs and restarts;
 //! * [`mod@diff`] orders operations so a concurrent BPF reader never sees a
-//!   half-written service ([`fake::consistent`] states that invariant);
+//!   half-written service ([`mirror::consistent`] states that invariant);
 //! * [`incremental`] keeps the desired state per Service so one change is
 //!   recomputed and diffed in O(that Service) ([`LbState`]);
 //! * [`view`] projects Services and EndpointSlices to what is read, so
 //!   caches of them stay small;
-//! * [`fake`] is the in-memory map implementation; [`render`] prints map
+//! * [`mirror`] is the in-memory map implementation (the agent's mirror of
+//!   the pinned maps, and the tests' maps); [`render`] prints map
 //!   contents for golden tests and debugging.
 
 pub mod desired;
 pub mod diff;
 mod endpoints;
-pub mod fake;
 pub mod ids;
 pub mod incremental;
 pub mod maps;
+pub mod mirror;
 pub mod model;
 pub mod render;
 pub mod sync;
@@ -40,10 +41,10 @@ pub use desired::{
     desired_state_of_views,
 };
 pub use diff::{Dirty, diff, diff_dirty};
-pub use fake::{FakeCapacity, FakeMaps, Inconsistency, consistent};
 pub use ids::IdAllocator;
 pub use incremental::{LbState, ServiceId};
 pub use maps::{LbMaps, MapOp, MapsSnapshot};
+pub use mirror::{Inconsistency, MirrorCapacity, MirrorMaps, consistent};
 pub use model::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, Scope, ServicePortRef,
 };
@@ -65,7 +66,7 @@ pub enum LbError {
     /// A frontend of the desired state has no rev-NAT id.
     #[error("frontend {frontend} has no rev-NAT id; assign ids before building the target maps")]
     MissingRevNatId { frontend: Frontend },
-    /// A map is full (raised by [`FakeMaps`]).
+    /// A map is full (raised by [`MirrorMaps`]).
     #[error("map {map} is full ({capacity} entries)")]
     MapFull { map: &'static str, capacity: usize },
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, NodeContext, Options, consistent, desired_state, plan_sync,
+    IdAllocator, LbMaps, MirrorMaps, NodeContext, Options, consistent, desired_state, plan_sync,
 };
 
 const SERVICES: u32 = 10_000;
@@ -65,7 +65,7 @@ fn full_sync_10k_services_10_endpoints() {
     let desired = desired_state(&svcs, &slices, &node, &Options::default());
     let t_desired = t0.elapsed();
     let mut ids = IdAllocator::new();
-    let mut maps = FakeMaps::new();
+    let mut maps = MirrorMaps::new();
     let t1 = Instant::now();
     let plan = plan_sync(maps.contents(), &desired.state, &mut ids).unwrap();
     let t_diff = t1.elapsed();
@@ -99,7 +99,7 @@ fn full_sync_10k_services_10_endpoints() {
     assert_eq!(plan.stats.backends, (SERVICES * ENDPOINTS) as usize);
     println!(
         "10k services x 10 endpoints: desired {t_desired:?}, diff from empty {t_diff:?} \
-         ({} ops), fake apply {t_apply:?}, no-op resync (diff only) {t_noop:?}",
+         ({} ops), mirror apply {t_apply:?}, no-op resync (diff only) {t_noop:?}",
         plan.ops.len()
     );
 }

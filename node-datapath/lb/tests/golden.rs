@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, consistent, desired_state, plan_sync, render::render,
+    IdAllocator, LbMaps, MirrorMaps, consistent, desired_state, plan_sync, render::render,
 };
 
 /// `cargo test` names the checkout at run time (a target dir shared between
@@ -25,12 +25,12 @@ fn golden_dir() -> PathBuf {
         .join("tests/golden")
 }
 
-/// Runs one fixture through desired → plan → FakeMaps and renders the result.
+/// Runs one fixture through desired → plan → MirrorMaps and renders the result.
 fn run_case(yaml: &Path) -> String {
     let fx = common::load(yaml);
     let desired = desired_state(&fx.services, &fx.slices, &fx.node, &fx.options);
     let mut ids = IdAllocator::new();
-    let mut maps = FakeMaps::new();
+    let mut maps = MirrorMaps::new();
     let plan = plan_sync(maps.contents(), &desired.state, &mut ids).unwrap();
     for (i, op) in plan.ops.iter().enumerate() {
         maps.apply(op).unwrap();
