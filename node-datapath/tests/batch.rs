@@ -15,7 +15,7 @@ use switchyard_abi::{IPPROTO_TCP, SCOPE_NODE, SvcKey, SvcValue, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
 use switchyard_lb::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, IdAllocator, MirrorMaps,
-    Proto, ServicePortRef, plan_sync,
+    Proto, ServicePortRef, diff,
 };
 use switchyard_node_datapath::Datapath;
 
@@ -65,10 +65,10 @@ fn batched_writes_leave_the_maps_as_per_op_writes_do() {
     let mut mirror = MirrorMaps::new();
     let mut ids = IdAllocator::new();
     for (services, shift) in [(20, 0), (25, 1), (25, 4), (10, 2), (30, 5), (0, 0)] {
-        let plan = plan_sync(mirror.contents(), &state(services, shift), &mut ids).unwrap();
-        assert!(!plan.ops.is_empty());
-        maps.apply_all(&plan.ops).unwrap();
-        mirror.apply_all(&plan.ops).unwrap();
+        let ops = diff(mirror.contents(), &state(services, shift), &mut ids).unwrap();
+        assert!(!ops.is_empty());
+        maps.apply_all(&ops).unwrap();
+        mirror.apply_all(&ops).unwrap();
         assert!(maps.batching(), "this kernel supports batched writes");
         assert_eq!(
             &maps.snapshot().unwrap(),
