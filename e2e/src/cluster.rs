@@ -113,25 +113,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, failing after
-/// `timeout` with `what` in the message.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+/// `timeout` with `what` in the message ([`switchyard_testkit::wait_for_async`]
+/// with this crate's error).
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: what.to_string(),
-                seconds: timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(switchyard_testkit::wait_for_async(what, timeout, check).await?)
 }
 
 impl Cluster {

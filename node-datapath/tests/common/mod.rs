@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use switchyard_abi::{Backend, Counter, IPPROTO_TCP, RevNat, SvcKey, SvcValue, svc_flags};
@@ -53,8 +53,7 @@ const HELPER: &str = env!("CARGO_BIN_EXE_sy-dp-testhelper");
 
 /// Why this host cannot run the privileged tests, if it cannot.
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !switchyard_testkit::is_root() {
         return Some("not root".into());
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -73,7 +72,10 @@ pub fn skip_reason() -> Option<String> {
 macro_rules! require_privileged {
     () => {
         if let Some(reason) = common::skip_reason() {
-            eprintln!("SKIPPED: privileged datapath test needs root, cgroup2 and bpffs: {reason}");
+            switchyard_testkit::skip(
+                &switchyard_testkit::current_test(),
+                &format!("the privileged datapath tests need root, cgroup2 and bpffs: {reason}"),
+            );
             return;
         }
     };
@@ -89,20 +91,7 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `f` until it returns `Some`, failing with `what` at the deadline.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use switchyard_testkit::wait_for;
 
 /// A backend server process.
 pub struct Server {
