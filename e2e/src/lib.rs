@@ -50,6 +50,7 @@ pub mod request;
 pub mod runtime;
 pub mod scale;
 pub mod scenario;
+mod startup;
 pub mod sys;
 pub mod teardown;
 pub mod topology;
