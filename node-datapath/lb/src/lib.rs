@@ -28,6 +28,8 @@
 //!   half-written service ([`mirror::consistent`] states that invariant);
 //! * [`incremental`] is [`LbState`]: the desired state kept per Service, so
 //!   one change is recomputed and diffed in O(that Service);
+//! * [`sync`] is one full diff with its counts ([`plan_sync`]), for the
+//!   datapath benchmark, which times a whole sync;
 //! * [`mirror`] is the in-memory map implementation (the agent's mirror of
 //!   the pinned maps, and the tests' maps); [`render`] prints map contents
 //!   for golden tests and debugging.
@@ -41,6 +43,7 @@ pub mod maps;
 pub mod mirror;
 pub mod model;
 pub mod render;
+pub mod sync;
 pub mod view;
 
 pub use desired::{
@@ -55,6 +58,7 @@ pub use mirror::{Inconsistency, MirrorCapacity, MirrorMaps, consistent};
 pub use model::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, Scope, ServicePortRef,
 };
+pub use sync::{SyncPlan, SyncStats, plan_sync};
 pub use view::{EndpointView, ServiceView, SliceView};
 
 /// Errors of this crate.

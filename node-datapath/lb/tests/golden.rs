@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_lb::{
     DesiredState, IdAllocator, LbMaps, LbState, MapsSnapshot, MirrorMaps, ServiceView, SliceView,
-    consistent, desired_state, diff, render::render,
+    consistent, desired_state, diff, plan_sync, render::render,
 };
 
 /// `cargo test` names the checkout at run time (a target dir shared between
@@ -118,6 +118,26 @@ fn run_case(yaml: &Path) -> String {
 
     let [services, frontends, backends, slots, vips, without] =
         header_counts(&desired.state, maps.contents());
+    let full = plan_sync(
+        &MapsSnapshot::default(),
+        &desired.state,
+        &mut IdAllocator::new(),
+    )
+    .unwrap()
+    .stats;
+    assert_eq!(
+        [
+            full.services,
+            full.frontends,
+            full.backends,
+            full.slots,
+            full.vips,
+            full.frontends_without_backends
+        ],
+        [services, frontends, backends, slots, vips, without],
+        "{}: plan_sync's counts",
+        yaml.display()
+    );
     let mut out = format!(
         "# node {} addresses {:?} zone {:?} external-policy {:?}\n\
          # services={} frontends={} backends={} slots={} vips={} without-backends={}\n",
