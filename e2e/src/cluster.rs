@@ -10,9 +10,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -23,16 +21,16 @@ use crate::addons::{self, ProxyMode};
 use crate::binaries::Binaries;
 use crate::control_plane::ControlPlane;
 use crate::error::{Error, Result};
-use crate::forward::{self, Forwarder};
+use crate::forward::Forwarder;
 use crate::outside::Outside;
 use crate::pki::Pki;
 use crate::request;
 use crate::runtime::images::ImageTable;
-use crate::runtime::volumes::NodeView;
-use crate::runtime::{self, NodeShared, PodRecord, PodRegistry};
+use crate::runtime::{PodRecord, PodRegistry};
+use crate::startup;
 use crate::sys::{self, Cgroup, Placement};
-use crate::teardown::{cleanup_stale, lab_cgroup_root, owner, teardown_by_name};
-use crate::topology::{API_PORT, CONTROL_PLANE_IP, Plan, PodIpAllocator};
+use crate::teardown::{lab_cgroup_root, teardown_by_name};
+use crate::topology::Plan;
 
 /// Default directory holding every cluster's state.
 pub const STATE_ROOT: &str = "/dev/shm/switchyard-lab";
@@ -104,34 +102,23 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Config(format!("blocking task failed: {e}")))?
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, failing after
-/// `timeout` with `what` in the message.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+/// `timeout` with `what` in the message ([`switchyard_testkit::wait_for_async`]
+/// with this crate's error).
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: what.to_string(),
-                seconds: timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(switchyard_testkit::wait_for_async(what, timeout, check).await?)
 }
 
 impl Cluster {
@@ -139,36 +126,7 @@ impl Cluster {
     /// the namespaces, control plane and nodes, installs kube-proxy and
     /// waits until every node runs it.
     pub async fn start(cfg: ClusterConfig) -> Result<Self> {
-        if cfg.nodes > crate::topology::MAX_NODES || (cfg.nodes == 0 && cfg.kube_proxy) {
-            return Err(Error::Config(format!(
-                "nodes must be 1..={} (0 only without kube-proxy)",
-                crate::topology::MAX_NODES
-            )));
-        }
-        let root = cfg.state_root.clone();
-        blocking(move || {
-            cleanup_stale(&root);
-            Ok(())
-        })
-        .await?;
-        blocking(crate::binaries::ensure_host_setup).await?;
-        let bins = blocking(Binaries::locate).await?;
-        let name = cfg.name.clone().unwrap_or_else(|| {
-            let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            format!(
-                "syl{}{}",
-                std::process::id(),
-                (b'a' + (n % 26) as u8) as char
-            )
-        });
-        let state = cfg.state_root.join(&name);
-        if let Some(pid) = owner(&state).filter(|p| sys::pid_alive(*p)) {
-            return Err(Error::AlreadyRunning { name, pid });
-        }
-        teardown_by_name(&name, &state);
-        std::fs::create_dir_all(&state).map_err(Error::io("creating", &state))?;
-        std::fs::write(state.join("owner"), std::process::id().to_string())
-            .map_err(Error::io("writing", &state))?;
+        let (bins, name, state) = startup::claim(&cfg).await?;
         let cgroup = Cgroup::create(lab_cgroup_root()?.join(&name))?;
         let plan = Plan::new(&name, cfg.nodes);
         // From here on, a failure tears down what exists.
@@ -179,97 +137,13 @@ impl Cluster {
         };
         let pki_dir = state.join("pki");
         let pki = blocking(move || Pki::generate(&pki_dir)).await?;
-        let plan2 = plan.clone();
-        let with_outside = cfg.outside;
-        blocking(move || {
-            crate::network::create_control_plane(&plan2)?;
-            plan2
-                .nodes
-                .iter()
-                .try_for_each(|n| crate::network::create_node(&plan2, n))?;
-            if with_outside {
-                crate::network::create_outside(&plan2)?;
-            }
-            Ok(())
-        })
-        .await?;
-        let cp_place = Placement {
-            netns: Some(sys::netns_path(&plan.cp_netns)),
-            cgroup: Some(cgroup.child("control-plane")?.path),
-            ..Default::default()
-        };
-        let mut cp = ControlPlane::start_storage_and_api(
-            &bins,
-            &pki,
-            &state,
-            &cp_place,
-            &cfg.apiserver_extra_args,
-        )?;
-        let fwd = forward::start(
-            cfg.api_listen,
-            &sys::netns_path(&plan.cp_netns),
-            SocketAddr::from((CONTROL_PLANE_IP, API_PORT)),
-        )
-        .await?;
-        let kubeconfig = state.join("admin.kubeconfig");
-        // The matching kubectl, next to the kubeconfig.
-        let _ = std::os::unix::fs::symlink(bins.k8s("kubectl"), state.join("kubectl"));
-        pki.write_kubeconfig("admin", &format!("https://{}", fwd.local), &kubeconfig)?;
-        let client = client_from(&kubeconfig).await?;
-        let started = Instant::now();
-        crate::control_plane::wait_ready(&client, &mut cp).await?;
-        tracing::info!(
-            secs = started.elapsed().as_secs_f32(),
-            "kube-apiserver ready"
-        );
-        cp.start_controllers(&bins, &pki, &state, &cp_place)?;
-        for n in &plan.nodes {
-            addons::register_node(&client, n).await?;
-        }
-        let registry: PodRegistry = Arc::default();
-        let images = cfg
-            .images
-            .clone()
-            .unwrap_or_else(|| ImageTable::with_defaults(&bins.project_bin));
-        let pods_dir = state.join("pods");
-        std::fs::create_dir_all(&pods_dir).map_err(Error::io("creating", &pods_dir))?;
-        let mut runtimes = Vec::new();
-        let cgroup_root = sys::cgroup2_root()?;
-        let bpffs = sys::bpffs_root().map(|b| b.join("switchyard-lab").join(&name));
-        for n in &plan.nodes {
-            let node_cgroup = cgroup.child(&n.name)?;
-            let node_bpffs = match &bpffs {
-                Some(b) => {
-                    let d = b.join(&n.name);
-                    std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
-                    Some(d)
-                }
-                None => None,
-            };
-            let view = NodeView {
-                cgroup_root: cgroup_root.clone(),
-                node_cgroup: node_cgroup.path.clone(),
-                node_bpffs,
-            };
-            let shared = Arc::new(NodeShared {
-                client: client.clone(),
-                cluster: name.clone(),
-                node: n.clone(),
-                bins: bins.clone(),
-                images: images.clone(),
-                pods_dir: pods_dir.clone(),
-                cgroup: node_cgroup,
-                ips: Mutex::new(PodIpAllocator::new(n.pod_net)),
-                seq: AtomicU32::new(0),
-                registry: registry.clone(),
-                state: state.clone(),
-                view,
-            });
-            runtimes.push(tokio::spawn(runtime::run_node(shared)));
-        }
+        startup::create_networks(&plan, cfg.outside).await?;
+        let api = startup::ApiServer::start(&cfg, &bins, &pki, &state, &plan, &cgroup).await?;
+        let started = api.started;
+        let nodes = startup::spawn_node_runtimes(&cfg, &bins, &api.client, &state, &plan, &cgroup)?;
         let outside = if cfg.outside {
             let cg = cgroup.child("outside")?;
-            Some(Outside::start(&plan, client.clone(), cg, &state)?)
+            Some(Outside::start(&plan, api.client.clone(), cg, &state)?)
         } else {
             None
         };
@@ -277,12 +151,12 @@ impl Cluster {
             plan,
             state,
             cgroup,
-            control_plane: Some(cp),
-            forwarder: Some(fwd),
-            client,
-            kubeconfig,
-            registry,
-            runtimes,
+            control_plane: Some(api.control_plane),
+            forwarder: Some(api.forwarder),
+            client: api.client,
+            kubeconfig: api.kubeconfig,
+            registry: nodes.0,
+            runtimes: nodes.1,
             bins,
             outside,
             torn_down: false,

@@ -88,6 +88,15 @@ pub enum Error {
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<switchyard_testkit::Timeout> for Error {
+    fn from(t: switchyard_testkit::Timeout) -> Self {
+        Error::Timeout {
+            what: t.what,
+            seconds: t.seconds,
+        }
+    }
+}
+
 impl Error {
     /// Wraps an I/O error with the operation and path.
     pub fn io(

@@ -50,11 +50,18 @@ pub mod request;
 pub mod runtime;
 pub mod scale;
 pub mod scenario;
+mod startup;
 pub mod sys;
 pub mod teardown;
 pub mod topology;
 
 pub use addons::ProxyMode;
+
+/// Whether the running test must skip: the lab cluster needs root (it
+/// creates network namespaces, cgroups and BPF programs). Prints why.
+pub fn skip_unless_root() -> bool {
+    switchyard_testkit::skip_unless_root("the lab cluster: network namespaces, cgroups, BPF")
+}
 pub use cluster::{Cluster, ClusterConfig, wait_for};
 pub use error::{Error, Result};
 pub use request::HttpResponse;

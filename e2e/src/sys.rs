@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sched::CloneFlags;
+use switchyard_testkit::procfs;
 
 use crate::error::{Error, Result};
 
@@ -322,10 +323,6 @@ pub fn pid_alive(pid: i32) -> bool {
     if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
         return false;
     }
-    // `/proc/<pid>/stat`: "pid (comm) S ..."; the state follows the last ')'.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
+    let stat = procfs::read_stat(pid).unwrap_or_default();
+    !matches!(procfs::stat_state(&stat), Some("Z" | "X") | None)
 }

@@ -11,18 +11,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, wait_for};
+use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_for};
 
 /// One cluster at a time per test binary (cargo runs binaries one by one).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn skip_unless_root() -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIP: the lab cluster needs root (network namespaces, cgroups)");
-        return true;
-    }
-    false
-}
 
 async fn start(nodes: usize, mode: ProxyMode) -> Cluster {
     let started = std::time::Instant::now();

@@ -11,18 +11,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use switchyard_e2e::sys;
-use switchyard_e2e::{Cluster, ClusterConfig, wait_for};
+use switchyard_e2e::{Cluster, ClusterConfig, skip_unless_root, wait_for};
 
 /// One cluster at a time per test binary (cargo runs binaries one by one).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn skip_unless_root() -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIP: the lab cluster needs root (network namespaces, cgroups)");
-        return true;
-    }
-    false
-}
 
 fn pod_json(name: &str, image: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},

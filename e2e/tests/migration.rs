@@ -13,17 +13,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_api::{MigrationPlan, NodeDatapath, NodeStep, Phase};
 use switchyard_e2e::scenario::{self, Load, Target, Totals};
-use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, wait_for};
+use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_for};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn skip_unless_root() -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIP: the lab cluster needs root (network namespaces, cgroups, BPF)");
-        return true;
-    }
-    false
-}
 
 /// A 3-node cluster with switchyard installed, the workload deployed and
 /// load running from every node.

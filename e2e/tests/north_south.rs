@@ -18,7 +18,7 @@ use switchyard_e2e::outside::model::EXCLUDE_LABEL;
 use switchyard_e2e::outside::traffic::{self, ExternalLoad, FlowTotals, Flows};
 use switchyard_e2e::scenario::{self, Totals};
 use switchyard_e2e::topology::CLIENT_IP;
-use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, wait_for};
+use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_for};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -26,14 +26,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const RATE: u32 = 20;
 /// The pod on node1 that uses another node's NodePort.
 const CLIENT_POD: &str = "client-node1";
-
-fn skip_unless_root() -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIP: the lab cluster needs root (network namespaces, cgroups, BPF)");
-        return true;
-    }
-    false
-}
 
 fn project_bin(name: &str) -> std::path::PathBuf {
     let bins = switchyard_e2e::binaries::Binaries::locate().unwrap();

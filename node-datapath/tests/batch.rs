@@ -1,6 +1,6 @@
 //! Privileged tests of the batched map writes of `PinnedLbMaps::apply_all`
 //! on real pinned maps: the result equals the per-operation writes of the
-//! in-memory `FakeMaps`, absent keys in a delete batch are skipped, and a
+//! in-memory `MirrorMaps`, absent keys in a delete batch are skipped, and a
 //! failing batch reports exactly how many operations reached the kernel.
 //! Run as root: `cargo test -p switchyard-node-datapath --test batch`.
 
@@ -14,8 +14,8 @@ use common::{Lab, started};
 use switchyard_abi::{IPPROTO_TCP, SCOPE_NODE, SvcKey, SvcValue, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
 use switchyard_lb::{
-    BackendKey, DesiredBackend, DesiredState, FakeMaps, Frontend, FrontendState, IdAllocator,
-    Proto, ServicePortRef, plan_sync,
+    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, IdAllocator, MirrorMaps,
+    Proto, ServicePortRef, diff,
 };
 use switchyard_node_datapath::Datapath;
 
@@ -62,13 +62,13 @@ fn batched_writes_leave_the_maps_as_per_op_writes_do() {
     let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
     assert!(maps.batching());
-    let mut mirror = FakeMaps::new();
+    let mut mirror = MirrorMaps::new();
     let mut ids = IdAllocator::new();
     for (services, shift) in [(20, 0), (25, 1), (25, 4), (10, 2), (30, 5), (0, 0)] {
-        let plan = plan_sync(mirror.contents(), &state(services, shift), &mut ids).unwrap();
-        assert!(!plan.ops.is_empty());
-        maps.apply_all(&plan.ops).unwrap();
-        mirror.apply_all(&plan.ops).unwrap();
+        let ops = diff(mirror.contents(), &state(services, shift), &mut ids).unwrap();
+        assert!(!ops.is_empty());
+        maps.apply_all(&ops).unwrap();
+        mirror.apply_all(&ops).unwrap();
         assert!(maps.batching(), "this kernel supports batched writes");
         assert_eq!(
             &maps.snapshot().unwrap(),

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
-    Lab, NODE_EXTERNAL_IP, OUTSIDE_CLIENT_IP, Outside, counter, err_total, frontend_ops, in_netns,
-    ok_count, ok_total, run, started,
+    Lab, NODE_EXTERNAL_IP, OUTSIDE_CLIENT_IP, Outside, Svc, counter, err_total, in_netns, ok_count,
+    ok_total, run, started,
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, svc_flags};
 use switchyard_lb::maps::LbMaps;
@@ -47,13 +47,12 @@ fn program_nodeport(dp: &Datapath, flags: u8) {
     ];
     for (proto, rev_nat) in [(IPPROTO_TCP, 1), (IPPROTO_UDP, 2)] {
         let scope = (SCOPE_NODE, rev_nat, svc_flags::NODEPORT | flags);
-        maps.apply_all(&frontend_ops(
-            NODE_EXTERNAL_IP,
-            NODE_PORT,
-            proto,
-            scope,
-            &backends,
-        ))
+        maps.apply_all(
+            &Svc::new(NODE_EXTERNAL_IP, NODE_PORT, proto)
+                .at(scope)
+                .backends(&backends)
+                .ops(),
+        )
         .unwrap();
     }
 }
@@ -103,26 +102,23 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_loca
         svc_flags::NODEPORT | svc_flags::LOCAL_ONLY,
     );
     let b1 = [(1, Lab::backend_addr(1), 8080)];
-    maps.apply_all(&frontend_ops(
-        NODE_EXTERNAL_IP,
-        NODE_PORT,
-        IPPROTO_TCP,
-        local,
-        &b1,
-    ))
+    maps.apply_all(
+        &Svc::new(NODE_EXTERNAL_IP, NODE_PORT, IPPROTO_TCP)
+            .at(local)
+            .backends(&b1)
+            .ops(),
+    )
     .unwrap();
 
     let s = out.client("tcp", &nodeport(), 20);
     assert_eq!(ok_count(&s, &format!("b1@{OUTSIDE_CLIENT_IP}")), 20, "{s}");
 
     // No local endpoint: dropped and counted, as kube-proxy drops.
-    maps.apply_all(&frontend_ops(
-        NODE_EXTERNAL_IP,
-        NODE_PORT,
-        IPPROTO_TCP,
-        local,
-        &[],
-    ))
+    maps.apply_all(
+        &Svc::new(NODE_EXTERNAL_IP, NODE_PORT, IPPROTO_TCP)
+            .at(local)
+            .ops(),
+    )
     .unwrap();
     let drops = counter(&dp, Counter::DropNoLocalBackend);
     let s = out.client("tcp", &nodeport(), 2);
@@ -201,13 +197,12 @@ fn flows_kube_proxy_translated_stay_on_their_backend_through_the_switch_and_back
     for (proto, rev_nat) in [(IPPROTO_TCP, 1), (IPPROTO_UDP, 2)] {
         let scope = (SCOPE_NODE, rev_nat, svc_flags::NODEPORT);
         let b2 = [(2, Lab::backend_addr(2), 8080)];
-        maps.apply_all(&frontend_ops(
-            NODE_EXTERNAL_IP,
-            NODE_PORT,
-            proto,
-            scope,
-            &b2,
-        ))
+        maps.apply_all(
+            &Svc::new(NODE_EXTERNAL_IP, NODE_PORT, proto)
+                .at(scope)
+                .backends(&b2)
+                .ops(),
+        )
         .unwrap();
     }
     let tracked = counter(&dp, Counter::IngressTracked);
@@ -358,13 +353,12 @@ fn a_client_port_reused_while_its_last_connection_is_in_time_wait_is_translated_
     let b1 = [(1, Lab::backend_addr(1), 8080)];
     for (port, rev_nat) in [(NODE_PORT, 1), (NODE_PORT + 1, 2)] {
         let scope = (SCOPE_NODE, rev_nat, svc_flags::NODEPORT);
-        maps.apply_all(&frontend_ops(
-            NODE_EXTERNAL_IP,
-            port,
-            IPPROTO_TCP,
-            scope,
-            &b1,
-        ))
+        maps.apply_all(
+            &Svc::new(NODE_EXTERNAL_IP, port, IPPROTO_TCP)
+                .at(scope)
+                .backends(&b1)
+                .ops(),
+        )
         .unwrap();
     }
     // Each round reuses a tuple whose last connection is in TIME_WAIT.
@@ -425,14 +419,13 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
     let b1 = [(1, Lab::backend_addr(1), 8080)];
     let flags = svc_flags::LOADBALANCER | svc_flags::SOURCE_RANGES;
     let set_ranges = |maps: &mut switchyard_node_datapath::PinnedLbMaps, ranges: &[(u32, u16)]| {
-        let mut ops = common::source_range_ops(lb_ip, 80, IPPROTO_TCP, ranges);
-        ops.extend(frontend_ops(
-            lb_ip,
-            80,
-            IPPROTO_TCP,
-            (SCOPE_NODE, 1, flags),
-            &b1,
-        ));
+        let mut ops = Svc::new(lb_ip, 80, IPPROTO_TCP).source_range_ops(ranges);
+        ops.extend(
+            Svc::new(lb_ip, 80, IPPROTO_TCP)
+                .at((SCOPE_NODE, 1, flags))
+                .backends(&b1)
+                .ops(),
+        );
         maps.apply_all(&ops).unwrap();
     };
     run(

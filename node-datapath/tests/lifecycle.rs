@@ -8,8 +8,7 @@
 mod common;
 
 use common::{
-    Lab, VIP, err_total, ok_count, ok_total, serve_vip_on_backend_1, service_ops, started,
-    wait_counter,
+    Lab, Svc, VIP, err_total, ok_count, ok_total, serve_vip_on_backend_1, started, wait_counter,
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, SvcKey};
 use switchyard_lb::maps::{LbMaps, MapOp};
@@ -23,18 +22,13 @@ fn restart_adopts_pins_without_a_failed_request() {
     lab.serve(2, 8080);
     let config = lab.config();
     let dp = started(Datapath::start(&config));
-    let ops = service_ops(
-        VIP,
-        80,
-        IPPROTO_TCP,
-        1,
-        0,
-        0,
-        &[
+    let ops = Svc::new(VIP, 80, IPPROTO_TCP)
+        .rev_nat(1)
+        .backends(&[
             (1, Lab::backend_addr(1), 8080),
             (2, Lab::backend_addr(2), 8080),
-        ],
-    );
+        ])
+        .cluster_ip_ops();
     dp.lb_maps().unwrap().apply_all(&ops).unwrap();
     let snapshot = dp.lb_maps().unwrap().snapshot().unwrap();
     assert_eq!(snapshot.services.len(), 4, "{snapshot:?}");
@@ -175,18 +169,13 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
         &config,
         common::object_bytes(&variant),
     ));
-    let ops = service_ops(
-        VIP,
-        80,
-        IPPROTO_TCP,
-        1,
-        0,
-        0,
-        &[
+    let ops = Svc::new(VIP, 80, IPPROTO_TCP)
+        .rev_nat(1)
+        .backends(&[
             (1, Lab::backend_addr(1), 8080),
             (2, Lab::backend_addr(2), 8080),
-        ],
-    );
+        ])
+        .cluster_ip_ops();
     old.lb_maps().unwrap().apply_all(&ops).unwrap();
     let client = lab.looping_client("tcp", "10.96.0.10:80");
     let c0 = wait_counter(&old, Counter::ConnectTranslated, 0, 100);
@@ -265,18 +254,13 @@ fn lb_maps_round_trip_and_occupancy() {
     let lab = Lab::new(0);
     let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
-    let ops = service_ops(
-        VIP,
-        80,
-        IPPROTO_TCP,
-        5,
-        0,
-        0,
-        &[
+    let ops = Svc::new(VIP, 80, IPPROTO_TCP)
+        .rev_nat(5)
+        .backends(&[
             (1, Lab::backend_addr(1), 8080),
             (2, Lab::backend_addr(2), 8080),
-        ],
-    );
+        ])
+        .cluster_ip_ops();
     maps.apply_all(&ops).unwrap();
     let snap = maps.snapshot().unwrap();
     assert_eq!(

@@ -8,8 +8,7 @@
 mod common;
 
 use common::{
-    Lab, VIP, counter, err_total, ok_count, ok_total, serve_vip_on_backend_1, service_ops,
-    wait_counter,
+    Lab, Svc, VIP, counter, err_total, ok_count, ok_total, serve_vip_on_backend_1, wait_counter,
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SvcKey, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
@@ -28,18 +27,13 @@ fn clusterip_tcp_spreads_over_backends_and_getpeername_sees_vip() {
             .iter()
             .all(|(_, a)| *a == LinkAction::Attached)
     );
-    let ops = service_ops(
-        VIP,
-        80,
-        IPPROTO_TCP,
-        1,
-        0,
-        0,
-        &[
+    let ops = Svc::new(VIP, 80, IPPROTO_TCP)
+        .rev_nat(1)
+        .backends(&[
             (1, Lab::backend_addr(1), 8080),
             (2, Lab::backend_addr(2), 8080),
-        ],
-    );
+        ])
+        .cluster_ip_ops();
     dp.lb_maps()
         .unwrap()
         .apply_all(&ops)
@@ -72,18 +66,13 @@ fn clusterip_udp_connected_and_unconnected_see_the_vip() {
     lab.serve(1, 5353);
     lab.serve(2, 5353);
     let dp = lab.start();
-    let ops = service_ops(
-        VIP,
-        53,
-        IPPROTO_UDP,
-        7,
-        0,
-        0,
-        &[
+    let ops = Svc::new(VIP, 53, IPPROTO_UDP)
+        .rev_nat(7)
+        .backends(&[
             (11, Lab::backend_addr(1), 5353),
             (12, Lab::backend_addr(2), 5353),
-        ],
-    );
+        ])
+        .cluster_ip_ops();
     dp.lb_maps()
         .unwrap()
         .apply_all(&ops)
@@ -127,27 +116,32 @@ fn backends_added_and_removed_while_a_client_loops() {
     let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
     let b = |i: u8| (u32::from(i), Lab::backend_addr(i), 8080);
-    maps.apply_all(&service_ops(VIP, 80, IPPROTO_TCP, 1, 0, 0, &[b(1), b(2)]))
-        .unwrap();
+    maps.apply_all(
+        &Svc::new(VIP, 80, IPPROTO_TCP)
+            .rev_nat(1)
+            .backends(&[b(1), b(2)])
+            .cluster_ip_ops(),
+    )
+    .unwrap();
 
     let client = lab.looping_client("tcp", "10.96.0.10:80");
     let c0 = counter(&dp, Counter::ConnectTranslated);
     let c1 = wait_counter(&dp, Counter::ConnectTranslated, c0, 100);
     // Add b3: backend, slot 3, then the master with count 3.
-    maps.apply_all(&service_ops(
-        VIP,
-        80,
-        IPPROTO_TCP,
-        1,
-        0,
-        0,
-        &[b(1), b(2), b(3)],
-    ))
+    maps.apply_all(
+        &Svc::new(VIP, 80, IPPROTO_TCP)
+            .rev_nat(1)
+            .backends(&[b(1), b(2), b(3)])
+            .cluster_ip_ops(),
+    )
     .unwrap();
     let c2 = wait_counter(&dp, Counter::ConnectTranslated, c1, 300);
     // Remove b1: rewrite slots [b2, b3], shrink the master, delete the
     // orphaned slot 3 and backend 1 (the order the LB diff emits).
-    let mut ops = service_ops(VIP, 80, IPPROTO_TCP, 1, 0, 0, &[b(2), b(3)]);
+    let mut ops = Svc::new(VIP, 80, IPPROTO_TCP)
+        .rev_nat(1)
+        .backends(&[b(2), b(3)])
+        .cluster_ip_ops();
     ops.push(MapOp::DeleteService(SvcKey::new(
         VIP,
         80,
@@ -187,9 +181,9 @@ fn zero_backends_and_unknown_ports_are_refused_fast() {
     lab.serve(1, 8080);
     let dp = lab.start();
     let mut maps = dp.lb_maps().unwrap();
-    maps.apply_all(&service_ops(VIP, 80, IPPROTO_TCP, 1, 0, 0, &[]))
+    maps.apply_all(&Svc::new(VIP, 80, IPPROTO_TCP).rev_nat(1).cluster_ip_ops())
         .unwrap();
-    maps.apply_all(&service_ops(VIP, 53, IPPROTO_UDP, 2, 0, 0, &[]))
+    maps.apply_all(&Svc::new(VIP, 53, IPPROTO_UDP).rev_nat(2).cluster_ip_ops())
         .unwrap();
 
     let s = lab.client("tcp", "10.96.0.10:80", 5);
@@ -225,18 +219,15 @@ fn session_affinity_keeps_a_client_on_one_backend() {
     lab.serve(1, 8080);
     lab.serve(2, 8080);
     let dp = lab.start();
-    let ops = service_ops(
-        VIP,
-        80,
-        IPPROTO_TCP,
-        3,
-        svc_flags::AFFINITY,
-        600,
-        &[
+    let ops = Svc::new(VIP, 80, IPPROTO_TCP)
+        .rev_nat(3)
+        .flags(svc_flags::AFFINITY)
+        .affinity(600)
+        .backends(&[
             (1, Lab::backend_addr(1), 8080),
             (2, Lab::backend_addr(2), 8080),
-        ],
-    );
+        ])
+        .cluster_ip_ops();
     dp.lb_maps().unwrap().apply_all(&ops).unwrap();
     let s = lab.client("tcp", "10.96.0.10:80", 40);
     assert_eq!(err_total(&s), 0, "{s}");
@@ -295,15 +286,11 @@ fn nodeport_on_a_node_address_is_served_like_any_frontend() {
     // The node's own address 10.1.1.1, port 30080 (a NodePort frontend: no
     // VIP marker, so the node's other ports stay untouched).
     let node_ip = std::net::Ipv4Addr::new(10, 1, 1, 1);
-    let mut ops: Vec<MapOp> = service_ops(
-        node_ip,
-        30080,
-        IPPROTO_TCP,
-        9,
-        svc_flags::NODEPORT,
-        0,
-        &[(2, Lab::backend_addr(2), 8080)],
-    );
+    let mut ops: Vec<MapOp> = Svc::new(node_ip, 30080, IPPROTO_TCP)
+        .rev_nat(9)
+        .flags(svc_flags::NODEPORT)
+        .backends(&[(2, Lab::backend_addr(2), 8080)])
+        .cluster_ip_ops();
     ops.retain(|op| !matches!(op, MapOp::UpsertService(k, _) if k.port() == 0));
     dp.lb_maps().unwrap().apply_all(&ops).unwrap();
     let s = lab.client("tcp", "10.1.1.1:30080", 10);

@@ -1,7 +1,7 @@
 //! What the kube-proxy programming benchmark reads, parsed purely: the
 //! addresses in kube-proxy's rules (`iptables-save` / `nft list table`),
-//! the Prometheus text of its metrics endpoint, and a process's start time
-//! from `/proc/<pid>/stat`.
+//! and the Prometheus text of its metrics endpoint (a process's start time
+//! is `switchyard_testkit::procfs`'s).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -94,18 +94,6 @@ pub fn sync_histograms(m: &BTreeMap<String, f64>) -> BTreeMap<String, Histogram>
     out
 }
 
-/// Process start in clock ticks after boot (`/proc/<pid>/stat` field 22).
-pub fn stat_start_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3: field 22 is index 19.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Seconds since boot from `/proc/uptime`.
-pub fn uptime_secs(uptime: &str) -> Option<f64> {
-    uptime.split_whitespace().next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,13 +160,5 @@ rest_client_requests_total{code=\"200\",host=\"a b\",method=\"GET\"} 12\n";
             }
         );
         assert_eq!(Histogram::default().mean(), 0.0);
-    }
-
-    #[test]
-    fn process_start_and_uptime() {
-        let stat = "77 (kube proxy) S 1 77 77 0 -1 4194560 900 0 0 0 153 47 0 0 20 0 9 0 123456 1000000 2000";
-        assert_eq!(stat_start_ticks(stat), Some(123456));
-        assert_eq!(stat_start_ticks("x"), None);
-        assert_eq!(uptime_secs("3512.25 7000.00\n"), Some(3512.25));
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::kp_parse::Histogram;
 use super::kube_proxy::{CONCURRENCY, ENDPOINTS, KpResult};
-use super::report::median;
+use super::report::median0;
 
 /// The all-syncs histogram kube-proxy 1.34 exports.
 pub const SYNC: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
@@ -118,7 +118,7 @@ pub fn markdown(
             r.create_cpu_secs,
             resync(r),
             r.resync_cpu_secs,
-            median(r.incremental_secs.clone()),
+            median0(&r.incremental_secs),
             r.incremental_secs.len(),
             r.peak_rss_mib,
             r.resync_peak_rss_mib,
@@ -149,7 +149,7 @@ pub fn markdown(
             resync(r),
             r.create_syncs.get(SYNC).copied().unwrap_or_default().mean(),
             fig("agent_full_sync_s").map_or("—".into(), |v| format!("{v:.3} s")),
-            median(r.incremental_secs.clone()),
+            median0(&r.incremental_secs),
             fig("change_event_p50_us").map_or("—".into(), |v| format!("{v:.0} µs")),
         ));
     }

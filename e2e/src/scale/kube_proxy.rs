@@ -19,6 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use switchyard_testkit::procfs;
 
 use super::kp_parse::{self, Histogram};
 use super::measure;
@@ -227,13 +228,11 @@ fn delta(
 
 /// How long ago process `pid` started.
 fn age(pid: i32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = procfs::read_stat(pid)?;
     let up = std::fs::read_to_string("/proc/uptime").ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let started = kp_parse::stat_start_ticks(&stat)? as f64 / hz;
+    let started = procfs::stat_start_ticks(&stat)? as f64 / procfs::ticks_per_sec();
     Some(Duration::from_secs_f64(
-        (kp_parse::uptime_secs(&up)? - started).max(0.0),
+        (procfs::uptime_secs(&up)? - started).max(0.0),
     ))
 }
 

@@ -1,11 +1,12 @@
 //! What the operator scale benchmark reads: a process's CPU time and peak
-//! RSS from `/proc`, and the API server's audit log (one JSON event per
+//! RSS from `/proc` (parsed by `switchyard_testkit::procfs`), and the API server's audit log (one JSON event per
 //! line) counted per verb and resource. The parsers are pure.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use switchyard_testkit::procfs;
 
 /// CPU time and memory of one process at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -22,37 +23,16 @@ pub struct ProcSample {
     pub file_kib: u64,
 }
 
-/// utime + stime in clock ticks from `/proc/<pid>/stat` (fields 14 and 15;
-/// the command name in field 2 may contain spaces and parentheses).
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, index 11.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// A `kB` field of `/proc/<pid>/status`.
-pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|l| {
-        let v = l.strip_prefix(field)?.strip_prefix(':')?;
-        v.split_whitespace().next()?.parse().ok()
-    })
-}
-
 /// Samples process `pid` (None once it is gone).
 pub fn sample(pid: i32) -> Option<ProcSample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = procfs::read_stat(pid)?;
+    let status = procfs::read_status(pid)?;
     Some(ProcSample {
-        cpu_secs: parse_stat_ticks(&stat)? as f64 / hz,
-        rss_kib: parse_status_kib(&status, "VmRSS")?,
-        hwm_kib: parse_status_kib(&status, "VmHWM")?,
-        anon_kib: parse_status_kib(&status, "RssAnon")?,
-        file_kib: parse_status_kib(&status, "RssFile")?,
+        cpu_secs: procfs::stat_cpu_ticks(&stat)? as f64 / procfs::ticks_per_sec(),
+        rss_kib: procfs::status_kib(&status, "VmRSS")?,
+        hwm_kib: procfs::status_kib(&status, "VmHWM")?,
+        anon_kib: procfs::status_kib(&status, "RssAnon")?,
+        file_kib: procfs::status_kib(&status, "RssFile")?,
     })
 }
 
@@ -143,23 +123,6 @@ pub fn audit_policy(user: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_survives_odd_command_names() {
-        let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 153 47 0 0 20 0 9 0 1234 1000000 2000 18446744073709551615";
-        assert_eq!(parse_stat_ticks(stat), Some(200));
-        assert_eq!(parse_stat_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn status_fields_in_kib() {
-        let s = "Name:\top\nVmHWM:\t   40960 kB\nVmRSS:\t   30000 kB\nRssAnon:\t   19000 kB\nRssFile:\t   11000 kB\n";
-        assert_eq!(parse_status_kib(s, "VmHWM"), Some(40960));
-        assert_eq!(parse_status_kib(s, "VmRSS"), Some(30000));
-        assert_eq!(parse_status_kib(s, "RssAnon"), Some(19000));
-        assert_eq!(parse_status_kib(s, "RssFile"), Some(11000));
-        assert_eq!(parse_status_kib(s, "VmSwap"), None);
-    }
 
     fn ev(id: &str, user: &str, verb: &str, res: &str, sub: Option<&str>, at: &str) -> String {
         serde_json::json!({"kind": "Event", "level": "Metadata", "auditID": id, "stage": "ResponseComplete",

@@ -44,18 +44,9 @@ pub struct Summary {
     pub requests_per_node_by_kind: BTreeMap<String, f64>,
 }
 
-/// The median (mean of the middle two for an even count); 0 when empty.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+/// The median of `v` (`switchyard_testkit::stats::median`); 0 when empty.
+pub fn median0(v: &[f64]) -> f64 {
+    switchyard_testkit::stats::median(v).unwrap_or(0.0)
 }
 
 /// One summary per node count, in node order.
@@ -66,7 +57,8 @@ pub fn summarize(runs: &[RunResult]) -> Vec<Summary> {
     }
     by_n.into_iter()
         .map(|(nodes, rs)| {
-            let m = |f: fn(&RunResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            let m =
+                |f: fn(&RunResult) -> f64| median0(&rs.iter().map(|r| f(r)).collect::<Vec<_>>());
             let total = m(|r| r.total_secs);
             let typical = rs
                 .iter()
@@ -80,10 +72,10 @@ pub fn summarize(runs: &[RunResult]) -> Vec<Summary> {
                 nodes,
                 runs: rs.len(),
                 total_secs: total,
-                wave_secs: median(
-                    rs.iter()
+                wave_secs: median0(
+                    &rs.iter()
                         .flat_map(|r| r.wave_secs.iter().copied())
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 ),
                 operator_cpu_ms_per_node: m(|r| r.operator_cpu_ms_per_node),
                 wall_ms_per_node: m(|r| r.wall_ms_per_node),
@@ -281,9 +273,9 @@ mod tests {
 
     #[test]
     fn medians() {
-        assert_eq!(median(vec![]), 0.0);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median0(&[]), 0.0);
+        assert_eq!(median0(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median0(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 
     #[test]

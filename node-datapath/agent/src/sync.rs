@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use switchyard_api::SyncStatus;
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, ServiceView, SliceView,
+    IdAllocator, LbMaps, LbState, MirrorMaps, NodeContext, Options, ServiceView, SliceView,
 };
 use switchyard_node_datapath::PinnedLbMaps;
 
@@ -115,7 +115,7 @@ pub struct Syncer {
     full_diff: bool,
     ids: IdAllocator,
     /// What the maps hold (after adoption, kept up to date by every write).
-    mirror: Option<FakeMaps>,
+    mirror: Option<MirrorMaps>,
     /// The pinned maps, opened at adoption.
     maps: Option<PinnedLbMaps>,
     pub status: SyncStatus,
@@ -150,7 +150,7 @@ impl Syncer {
         let maps = PinnedLbMaps::open(bpffs_dir)?;
         let snapshot = maps.snapshot()?;
         self.ids = IdAllocator::from_snapshot(&snapshot);
-        self.mirror = Some(FakeMaps::from_snapshot(snapshot));
+        self.mirror = Some(MirrorMaps::from_snapshot(snapshot));
         self.maps = Some(maps);
         self.full_diff = true;
         Ok(())

@@ -44,10 +44,9 @@ use crate::endpoints::{Policy, ServiceSlices, Topology, select};
 use crate::model::{
     BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, Proto, Scope, ServicePortRef,
 };
+pub use crate::view::DEFAULT_AFFINITY_TIMEOUT;
 use crate::view::{PortView, ServiceView, SliceView};
 
-/// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
-pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 /// The most slots one frontend can hold (`sy_svc_value.count` is a `u16`).
 pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
 

@@ -10,13 +10,6 @@ use std::net::Ipv4Addr;
 
 use crate::view::{EndpointView, SliceView};
 
-/// The EndpointSlice label naming the owning Service.
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// Services (and their slices) with this label belong to another proxy.
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-/// Slices of headless Services carry this label; kube-proxy ignores them.
-pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
-
 /// One endpoint of one Service port, after merging slices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Endpoint {

@@ -27,11 +27,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::LbError;
 use crate::desired::{Desired, Finding, FindingKind, NodeContext, Options, desired_state_of_views};
 use crate::diff::{Dirty, diff_dirty};
-use crate::endpoints::LABEL_SERVICE_NAME;
 use crate::ids::IdAllocator;
 use crate::maps::{MapOp, MapsSnapshot};
 use crate::model::{BackendKey, DesiredState, Frontend, FrontendState, Scope};
-use crate::view::{ServiceView, SliceView};
+use crate::view::{LABEL_SERVICE_NAME, ServiceView, SliceView};
 
 /// A Service's `(namespace, name)` (shared strings: a Service's id is
 /// cloned into every frontend it claims).

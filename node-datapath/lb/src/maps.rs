@@ -1,7 +1,7 @@
 //! The seam between the pure diff and the kernel: ordered map operations and
 //! the trait that applies them. The aya implementation lives in the agent
-//! crate (`switchyard-node-datapath`); `FakeMaps` (in this crate) is the
-//! in-memory one used by golden tests.
+//! crate (`switchyard-node-datapath`); `MirrorMaps` (in this crate) is the
+//! in-memory one: the agent's mirror of the pinned maps, and the tests' maps.
 
 use switchyard_abi::{Backend, BackendId, RevNat, RevNatId, SvcKey, SvcValue};
 

@@ -1,4 +1,6 @@
-//! One sync step, still pure: desired state + current maps → a plan.
+//! One full sync, still pure: desired state + current maps → a plan with
+//! its counts. The agent goes through [`crate::LbState::plan`]; this is the
+//! whole-state diff the datapath benchmark times.
 
 use crate::LbError;
 use crate::diff::plan;

@@ -3,6 +3,9 @@
 //! fraction of what the k8s-openapi objects take (an `Endpoint` alone is
 //! 352 bytes inline); convert each object at arrival with
 //! [`ServiceView::from`] / [`SliceView::from`] and drop it.
+//!
+//! The bottom of the crate's imports: it reads only the API objects, and
+//! [`crate::desired`] and the endpoint selection read it.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -10,8 +13,14 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
-use crate::desired::DEFAULT_AFFINITY_TIMEOUT;
-use crate::endpoints::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
+/// The EndpointSlice label naming the owning Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Services (and their slices) with this label belong to another proxy.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Slices of headless Services carry this label; kube-proxy ignores them.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
 /// One Service port as the Service declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, NodeContext, Options, consistent, desired_state, plan_sync,
+    IdAllocator, LbMaps, MirrorMaps, NodeContext, Options, consistent, desired_state, diff,
 };
 
 const SERVICES: u32 = 10_000;
@@ -65,18 +65,18 @@ fn full_sync_10k_services_10_endpoints() {
     let desired = desired_state(&svcs, &slices, &node, &Options::default());
     let t_desired = t0.elapsed();
     let mut ids = IdAllocator::new();
-    let mut maps = FakeMaps::new();
+    let mut maps = MirrorMaps::new();
     let t1 = Instant::now();
-    let plan = plan_sync(maps.contents(), &desired.state, &mut ids).unwrap();
+    let ops = diff(maps.contents(), &desired.state, &mut ids).unwrap();
     let t_diff = t1.elapsed();
     let t2 = Instant::now();
-    maps.apply_all(&plan.ops).unwrap();
+    maps.apply_all(&ops).unwrap();
     let t_apply = t2.elapsed();
     assert!(consistent(maps.contents()).is_ok());
     let t3 = Instant::now();
-    let again = plan_sync(maps.contents(), &desired.state, &mut ids).unwrap();
+    let again = diff(maps.contents(), &desired.state, &mut ids).unwrap();
     let t_noop = t3.elapsed();
-    assert!(again.ops.is_empty());
+    assert!(again.is_empty());
     // Phases of the no-op resync.
     let t4 = Instant::now();
     let wanted = desired.state.backends();
@@ -95,11 +95,14 @@ fn full_sync_10k_services_10_endpoints() {
          target maps {t_target:?}, compare {t_cmp:?}",
         wanted.len()
     );
-    assert_eq!(plan.stats.frontends, SERVICES as usize);
-    assert_eq!(plan.stats.backends, (SERVICES * ENDPOINTS) as usize);
+    assert_eq!(desired.state.frontends.len(), SERVICES as usize);
+    assert_eq!(
+        maps.contents().backends.len(),
+        (SERVICES * ENDPOINTS) as usize
+    );
     println!(
         "10k services x 10 endpoints: desired {t_desired:?}, diff from empty {t_diff:?} \
-         ({} ops), fake apply {t_apply:?}, no-op resync (diff only) {t_noop:?}",
-        plan.ops.len()
+         ({} ops), mirror apply {t_apply:?}, no-op resync (diff only) {t_noop:?}",
+        ops.len()
     );
 }

@@ -11,8 +11,8 @@ use switchyard_lb::MapOp::{
     DeleteBackend, DeleteRevNat, DeleteService, UpsertBackend, UpsertRevNat, UpsertService,
 };
 use switchyard_lb::{
-    BackendKey, DesiredBackend, DesiredState, FakeCapacity, FakeMaps, Frontend, FrontendState,
-    IdAllocator, LbError, LbMaps, MapOp, Proto, ServicePortRef, consistent, diff,
+    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, IdAllocator, LbError,
+    LbMaps, MapOp, MirrorCapacity, MirrorMaps, Proto, ServicePortRef, consistent, diff,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
@@ -88,7 +88,7 @@ fn count(n: u16) -> MapOp {
 }
 
 /// Applies `ops` one by one, asserting consistency after each.
-fn apply(maps: &mut FakeMaps, ops: &[MapOp]) {
+fn apply(maps: &mut MirrorMaps, ops: &[MapOp]) {
     for (i, op) in ops.iter().enumerate() {
         maps.apply(op).unwrap();
         if let Err(e) = consistent(maps.contents()) {
@@ -98,13 +98,13 @@ fn apply(maps: &mut FakeMaps, ops: &[MapOp]) {
 }
 
 /// Plans `desired` against `maps` and applies it op by op.
-fn sync(maps: &mut FakeMaps, desired: &DesiredState, ids: &mut IdAllocator) {
+fn sync(maps: &mut MirrorMaps, desired: &DesiredState, ids: &mut IdAllocator) {
     let ops = diff(maps.contents(), desired, ids).unwrap();
     apply(maps, &ops);
 }
 
 /// Syncs `from` into fresh maps, then returns the ops for `to`.
-fn transition(from: &[u8], to: &[u8]) -> (Vec<MapOp>, FakeMaps, IdAllocator) {
+fn transition(from: &[u8], to: &[u8]) -> (Vec<MapOp>, MirrorMaps, IdAllocator) {
     transition_states(&state(from), &state(to))
 }
 
@@ -113,9 +113,9 @@ fn transition(from: &[u8], to: &[u8]) -> (Vec<MapOp>, FakeMaps, IdAllocator) {
 fn transition_states(
     from: &DesiredState,
     to: &DesiredState,
-) -> (Vec<MapOp>, FakeMaps, IdAllocator) {
+) -> (Vec<MapOp>, MirrorMaps, IdAllocator) {
     let mut ids = IdAllocator::new();
-    let mut maps = FakeMaps::new();
+    let mut maps = MirrorMaps::new();
     sync(&mut maps, from, &mut ids);
     let ops = diff(maps.contents(), to, &mut ids).unwrap();
     let mut after = maps.clone();
@@ -231,7 +231,7 @@ fn deleted_service_removes_master_then_slots_marker_revnat_backends() {
 
 #[test]
 fn restarted_agent_adopts_ids_and_has_nothing_to_do() {
-    let mut maps = FakeMaps::new();
+    let mut maps = MirrorMaps::new();
     sync(&mut maps, &state(&[5, 6, 7]), &mut IdAllocator::new());
     let pinned = maps.contents().clone();
     let mut restored = IdAllocator::from_snapshot(&pinned);
@@ -253,7 +253,7 @@ fn restarted_agent_adopts_ids_and_has_nothing_to_do() {
 #[test]
 fn freed_ids_are_reused_only_after_their_deletion() {
     let mut ids = IdAllocator::with_limits(3, 10);
-    let mut maps = FakeMaps::new();
+    let mut maps = MirrorMaps::new();
     sync(&mut maps, &state(&[1, 2]), &mut ids);
     // 1 and 2 are still in the maps: the new backend must not take them.
     let ops = diff(maps.contents(), &state(&[3]), &mut ids).unwrap();
@@ -287,10 +287,10 @@ fn exhausted_ids_are_an_error() {
 }
 
 #[test]
-fn full_fake_map_fails_and_reports_the_position() {
-    let mut maps = FakeMaps::with_capacity(FakeCapacity {
+fn full_mirror_map_fails_and_reports_the_position() {
+    let mut maps = MirrorMaps::with_capacity(MirrorCapacity {
         backends: Some(1),
-        ..FakeCapacity::default()
+        ..MirrorCapacity::default()
     });
     let ops = diff(maps.contents(), &state(&[1, 2]), &mut IdAllocator::new()).unwrap();
     let (at, err) = maps.apply_all(&ops).unwrap_err();
@@ -306,7 +306,7 @@ fn contradicting_pinned_backend_is_not_trusted() {
     let mut pinned = maps.contents().clone();
     pinned.backends.insert(1, backend(9));
     let ops = diff(&pinned, &state(&[1]), &mut ids).unwrap();
-    let mut m = FakeMaps::from_snapshot(pinned);
+    let mut m = MirrorMaps::from_snapshot(pinned);
     m.apply_all(&ops).unwrap();
     let id = ids.backend(&be(1)).unwrap();
     assert_eq!(m.contents().backends.get(&id), Some(&backend(1)));

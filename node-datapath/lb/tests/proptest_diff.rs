@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use switchyard_abi::{Backend, IPPROTO_TCP, RevNat, backend_flags, svc_flags};
 use switchyard_lb::diff::is_vip_marker;
 use switchyard_lb::{
-    BackendKey, DesiredBackend, DesiredState, FakeMaps, Frontend, FrontendState, IdAllocator,
-    LbMaps, MapsSnapshot, Proto, ServicePortRef, consistent, diff,
+    BackendKey, DesiredBackend, DesiredState, Frontend, FrontendState, IdAllocator, LbMaps,
+    MapsSnapshot, MirrorMaps, Proto, ServicePortRef, consistent, diff,
 };
 
 fn arb_proto() -> impl Strategy<Value = Proto> {
@@ -157,7 +157,7 @@ fn assert_serves(maps: &MapsSnapshot, desired: &DesiredState) {
 }
 
 /// Applies the diff to `to` one op at a time, checking consistency after each.
-fn step(maps: &mut FakeMaps, to: &DesiredState, ids: &mut IdAllocator) -> usize {
+fn step(maps: &mut MirrorMaps, to: &DesiredState, ids: &mut IdAllocator) -> usize {
     let ops = diff(maps.contents(), to, ids).unwrap();
     for (i, op) in ops.iter().enumerate() {
         maps.apply(op).unwrap();
@@ -189,7 +189,7 @@ proptest! {
         garbage in prop::collection::btree_map(1000u32..1010, 1u8..=9, 0..3),
     ) {
         let mut ids = IdAllocator::new();
-        let mut maps = FakeMaps::new();
+        let mut maps = MirrorMaps::new();
         // Unreferenced entries (e.g. left by an interrupted sync) are legal.
         for (id, last) in &garbage {
             let be = Backend::new(Ipv4Addr::new(10, 244, 9, *last), 80, IPPROTO_TCP, 0);
@@ -236,7 +236,7 @@ proptest! {
         restart in any::<bool>(),
     ) {
         let mut ids = IdAllocator::new();
-        let mut maps = FakeMaps::new();
+        let mut maps = MirrorMaps::new();
         step(&mut maps, &a, &mut ids);
         // The sync to `b` stops after an arbitrary prefix (agent killed, map
         // error); every prefix must itself be consistent.

@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use switchyard_lb::diff::target_maps;
 use switchyard_lb::{
-    FakeMaps, IdAllocator, LbMaps, LbState, NodeContext, Options, ServiceView, SliceView,
+    IdAllocator, LbMaps, LbState, MirrorMaps, NodeContext, Options, ServiceView, SliceView,
     consistent, desired_state, diff,
 };
 
@@ -198,7 +198,7 @@ proptest! {
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
         let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
         let mut lb = LbState::new(node(), Options::default());
-        let mut maps = FakeMaps::new();
+        let mut maps = MirrorMaps::new();
         let mut ids = IdAllocator::new();
         for change in &changes {
             match change {

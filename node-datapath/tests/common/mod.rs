@@ -12,11 +12,18 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use switchyard_abi::{Backend, Counter, IPPROTO_TCP, RevNat, SvcKey, SvcValue, svc_flags};
-use switchyard_lb::maps::{LbMaps, MapOp};
+mod ops;
+mod outside;
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use ops::Svc;
+#[allow(unused_imports)]
+pub use outside::{KEEPALIVE, NODE_EXTERNAL_IP, OUTSIDE_CLIENT_IP, Outside, in_netns, nft};
+
+use switchyard_abi::{Counter, IPPROTO_TCP};
+use switchyard_lb::maps::LbMaps;
 use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, DatapathError, capabilities};
 
 /// The ClusterIP the tests program.
@@ -53,8 +60,7 @@ const HELPER: &str = env!("CARGO_BIN_EXE_sy-dp-testhelper");
 
 /// Why this host cannot run the privileged tests, if it cannot.
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !switchyard_testkit::is_root() {
         return Some("not root".into());
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -73,7 +79,10 @@ pub fn skip_reason() -> Option<String> {
 macro_rules! require_privileged {
     () => {
         if let Some(reason) = common::skip_reason() {
-            eprintln!("SKIPPED: privileged datapath test needs root, cgroup2 and bpffs: {reason}");
+            switchyard_testkit::skip(
+                &switchyard_testkit::current_test(),
+                &format!("the privileged datapath tests need root, cgroup2 and bpffs: {reason}"),
+            );
             return;
         }
     };
@@ -89,20 +98,7 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `f` until it returns `Some`, failing with `what` at the deadline.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use switchyard_testkit::wait_for;
 
 /// A backend server process.
 pub struct Server {
@@ -385,53 +381,6 @@ impl Drop for Lab {
     }
 }
 
-/// Map operations for one service frontend, in the documented order:
-/// backends, rev-NAT, slots, master, VIP marker.
-pub fn service_ops(
-    vip: Ipv4Addr,
-    port: u16,
-    proto: u8,
-    rev_nat: u16,
-    flags: u8,
-    affinity_timeout: u32,
-    backends: &[(u32, Ipv4Addr, u16)],
-) -> Vec<MapOp> {
-    let mut ops = Vec::new();
-    for (id, addr, bport) in backends {
-        ops.push(MapOp::UpsertBackend(
-            *id,
-            Backend::new(*addr, *bport, proto, 0),
-        ));
-    }
-    ops.push(MapOp::UpsertRevNat(rev_nat, RevNat::new(vip, port)));
-    let key = SvcKey::new(vip, port, proto, switchyard_abi::SCOPE_NODE, 0);
-    for (i, (id, _, _)) in backends.iter().enumerate() {
-        ops.push(MapOp::UpsertService(
-            key.with_slot(i as u16 + 1),
-            SvcValue {
-                backend_id: *id,
-                rev_nat_index: rev_nat,
-                ..Default::default()
-            },
-        ));
-    }
-    ops.push(MapOp::UpsertService(
-        key,
-        SvcValue {
-            count: backends.len() as u16,
-            rev_nat_index: rev_nat,
-            flags: flags | svc_flags::CLUSTER_IP,
-            affinity_timeout,
-            ..Default::default()
-        },
-    ));
-    ops.push(MapOp::UpsertService(
-        SvcKey::vip_marker(vip),
-        SvcValue::default(),
-    ));
-    ops
-}
-
 /// `summary["ok"][name]` as a number (0 when absent).
 pub fn ok_count(summary: &serde_json::Value, name: &str) -> u64 {
     summary["ok"][name].as_u64().unwrap_or(0)
@@ -485,225 +434,11 @@ pub fn object_bytes(obj: &(Vec<u64>, usize)) -> &[u8] {
 pub fn serve_vip_on_backend_1(dp: &Datapath) {
     dp.lb_maps()
         .unwrap()
-        .apply_all(&service_ops(
-            VIP,
-            80,
-            IPPROTO_TCP,
-            1,
-            0,
-            0,
-            &[(1, Lab::backend_addr(1), 8080)],
-        ))
+        .apply_all(
+            &Svc::new(VIP, 80, IPPROTO_TCP)
+                .rev_nat(1)
+                .backends(&[(1, Lab::backend_addr(1), 8080)])
+                .cluster_ip_ops(),
+        )
         .unwrap();
-}
-
-/// The node's address on its external interface (`ext0`), where the
-/// outside client ([`Outside`]) reaches it.
-pub const NODE_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
-/// The outside client's address.
-pub const OUTSIDE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
-
-/// A client network outside a [`Lab`] node: namespace `<id>-out` whose
-/// `eth0` (10.2.0.2) is wired to the node's `ext0` (10.2.0.1); the node
-/// forwards, and holds the conntrack and NAT hooks the ingress program
-/// relies on (the agent's keepalive table does that on a real node).
-pub struct Outside {
-    pub ns: String,
-}
-
-impl Outside {
-    pub fn new(lab: &Lab) -> Self {
-        let ns = format!("{}-out", lab.id);
-        run("ip", &["netns", "add", &ns]);
-        let node = lab.node_ns.as_str();
-        run(
-            "ip",
-            &[
-                "link", "add", "ext0", "netns", node, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ],
-        );
-        run(
-            "ip",
-            &["-n", node, "addr", "add", "10.2.0.1/24", "dev", "ext0"],
-        );
-        run("ip", &["-n", node, "link", "set", "ext0", "up"]);
-        run(
-            "ip",
-            &["-n", &ns, "addr", "add", "10.2.0.2/24", "dev", "eth0"],
-        );
-        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        run(
-            "ip",
-            &["-n", &ns, "route", "add", "default", "via", "10.2.0.1"],
-        );
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                node,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        );
-        nft(node, KEEPALIVE);
-        Self { ns }
-    }
-
-    fn client_cmd(&self, mode: &str, target: &str) -> Command {
-        let mut c = Command::new(HELPER);
-        let ns = format!("/run/netns/{}", self.ns);
-        c.args(["client", "--netns", &ns, "--mode", mode, "--target", target]);
-        c.args(["--timeout-ms", "1000"]);
-        c
-    }
-
-    /// Runs `count` requests from the outside client.
-    pub fn client(&self, mode: &str, target: &str, count: u32) -> serde_json::Value {
-        let out = self
-            .client_cmd(mode, target)
-            .args(["--count", &count.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-    }
-
-    /// A long-lived flow (`tcp-hold` or `udp-hold`): one socket, a request
-    /// every 20 ms until stopped; returns once the first request was made.
-    pub fn hold(&self, lab: &Lab, mode: &str, target: &str) -> LoopingClient {
-        self.looping(lab, mode, target, 20)
-    }
-
-    /// A client making a request of `mode` every `interval_ms` until
-    /// stopped; returns once the first request was made.
-    pub fn looping(&self, lab: &Lab, mode: &str, target: &str, interval_ms: u32) -> LoopingClient {
-        let stop_file = std::env::temp_dir().join(format!(
-            "{}-hold-{}",
-            lab.id,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut child = self
-            .client_cmd(mode, target)
-            .args(["--interval-ms", &interval_ms.to_string()])
-            .args(["--stop-file", stop_file.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "running", "hold client did not start");
-        LoopingClient {
-            child: Some(child),
-            stdout,
-            stop_file,
-        }
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-/// What the agent's keepalive table holds: NAT base chains (the NAT hooks)
-/// and one rule that needs connection tracking (its hooks).
-pub const KEEPALIVE: &str = "table ip sy-test-keepalive {
-  chain prerouting { type nat hook prerouting priority -100; policy accept; }
-  chain postrouting { type nat hook postrouting priority 100; policy accept; }
-  chain conntrack { ct state established counter; }
-}";
-
-/// Applies an nft script in namespace `ns`.
-pub fn nft(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft -f - in {ns}: {script}"
-    );
-}
-
-/// Runs `f` on a thread inside network namespace `ns` (interface names
-/// resolve there; the tc attach of the ingress program needs that).
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            // SAFETY: setns on a valid namespace fd affects only this thread.
-            let r =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
-/// Map operations for an external frontend `addr:port` (flags: its kind
-/// plus extras) with `backends`, in scope `scope`, in the documented order.
-pub fn frontend_ops(
-    addr: Ipv4Addr,
-    port: u16,
-    proto: u8,
-    (scope, rev_nat, flags): (u8, u16, u8),
-    backends: &[(u32, Ipv4Addr, u16)],
-) -> Vec<MapOp> {
-    let mut ops: Vec<MapOp> = backends
-        .iter()
-        .map(|(id, a, p)| MapOp::UpsertBackend(*id, Backend::new(*a, *p, proto, 0)))
-        .collect();
-    ops.push(MapOp::UpsertRevNat(rev_nat, RevNat::new(addr, port)));
-    let key = SvcKey::new(addr, port, proto, scope, 0);
-    for (i, (id, _, _)) in backends.iter().enumerate() {
-        let value = SvcValue {
-            backend_id: *id,
-            rev_nat_index: rev_nat,
-            ..Default::default()
-        };
-        ops.push(MapOp::UpsertService(key.with_slot(i as u16 + 1), value));
-    }
-    let master = SvcValue {
-        count: backends.len() as u16,
-        rev_nat_index: rev_nat,
-        flags,
-        ..Default::default()
-    };
-    ops.push(MapOp::UpsertService(key, master));
-    ops
-}
-
-/// Service-map entries of a frontend's loadBalancerSourceRanges
-/// (`(network as a host-order u32, prefix length)`, one a slot).
-pub fn source_range_ops(addr: Ipv4Addr, port: u16, proto: u8, ranges: &[(u32, u16)]) -> Vec<MapOp> {
-    let key = SvcKey::new(addr, port, proto, switchyard_abi::SCOPE_SOURCE_RANGE, 0);
-    let mut ops: Vec<MapOp> = (1..)
-        .zip(ranges)
-        .map(|(slot, (net, len))| {
-            let value = SvcValue {
-                backend_id: net.to_be(),
-                count: *len,
-                ..Default::default()
-            };
-            MapOp::UpsertService(key.with_slot(slot), value)
-        })
-        .collect();
-    // A shorter list: the next slot must go (the list ends at a gap).
-    ops.push(MapOp::DeleteService(key.with_slot(ranges.len() as u16 + 1)));
-    ops
 }

@@ -12,28 +12,17 @@ use switchyard_cleanup::Options;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+pub use switchyard_testkit::{have, is_root};
 
 /// Skips (with a printed reason) unless root and every tool is installed.
 pub fn preconditions(test: &str, tools: &[&str]) -> bool {
     if !is_root() {
-        eprintln!("SKIP {test}: needs root (network namespaces, iptables)");
+        switchyard_testkit::skip(test, "needs root (network namespaces, iptables)");
         return false;
     }
     if let Some(t) = tools.iter().find(|t| !have(t)) {
-        eprintln!("SKIP {test}: {t} is not installed (e2e/hack/install-deps.sh installs it)");
+        let why = format!("{t} is not installed (e2e/hack/install-deps.sh installs it)");
+        switchyard_testkit::skip(test, &why);
         return false;
     }
     true

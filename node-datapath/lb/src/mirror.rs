@@ -1,4 +1,6 @@
-//! An in-memory [`LbMaps`] and the consistency check a BPF reader relies on.
+//! The in-memory [`LbMaps`] — the agent's mirror of what it wrote to the
+//! pinned maps, and the maps of the pure tests — and the consistency check a
+//! BPF reader relies on.
 
 use std::fmt;
 
@@ -8,9 +10,9 @@ use crate::LbError;
 use crate::diff::is_vip_marker;
 use crate::maps::{LbMaps, MapOp, MapsSnapshot};
 
-/// Entry limits of the fake maps (`None`: unlimited), like `max_entries`.
+/// Entry limits of the in-memory maps (`None`: unlimited), like `max_entries`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FakeCapacity {
+pub struct MirrorCapacity {
     /// Service map entries (masters, slots and VIP markers).
     pub services: Option<usize>,
     /// Backend map entries.
@@ -23,20 +25,20 @@ pub struct FakeCapacity {
 /// [`LbError::MapFull`], as the kernel's `E2BIG` would; updating an existing
 /// key always succeeds.
 #[derive(Clone, Debug, Default)]
-pub struct FakeMaps {
+pub struct MirrorMaps {
     contents: MapsSnapshot,
-    capacity: FakeCapacity,
+    capacity: MirrorCapacity,
     applied: usize,
 }
 
-impl FakeMaps {
+impl MirrorMaps {
     /// Empty, unlimited maps.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Empty maps with entry limits.
-    pub fn with_capacity(capacity: FakeCapacity) -> Self {
+    pub fn with_capacity(capacity: MirrorCapacity) -> Self {
         Self {
             capacity,
             ..Self::default()
@@ -82,7 +84,7 @@ fn insert<K: Ord, V>(
     Ok(())
 }
 
-impl LbMaps for FakeMaps {
+impl LbMaps for MirrorMaps {
     type Error = LbError;
 
     fn apply(&mut self, op: &MapOp) -> Result<(), LbError> {
@@ -265,9 +267,9 @@ mod tests {
     #[test]
     fn full_map_refuses_new_keys_but_accepts_updates_and_deletes() {
         let (s, m) = base();
-        let mut maps = FakeMaps::with_capacity(FakeCapacity {
+        let mut maps = MirrorMaps::with_capacity(MirrorCapacity {
             services: Some(3),
-            ..FakeCapacity::default()
+            ..MirrorCapacity::default()
         });
         for (k, v) in &s.services {
             maps.apply(&MapOp::UpsertService(*k, *v)).unwrap();

@@ -1,0 +1,168 @@
+//! A client network outside the simulated node, for the ingress tests:
+//! traffic that arrives on an interface of the node from elsewhere.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use std::sync::atomic::Ordering;
+
+use super::{HELPER, Lab, LoopingClient, SEQ, run};
+
+/// The node's address on its external interface (`ext0`), where the
+/// outside client ([`Outside`]) reaches it.
+pub const NODE_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
+/// The outside client's address.
+pub const OUTSIDE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
+
+/// A client network outside a [`Lab`] node: namespace `<id>-out` whose
+/// `eth0` (10.2.0.2) is wired to the node's `ext0` (10.2.0.1); the node
+/// forwards, and holds the conntrack and NAT hooks the ingress program
+/// relies on (the agent's keepalive table does that on a real node).
+pub struct Outside {
+    pub ns: String,
+}
+
+impl Outside {
+    pub fn new(lab: &Lab) -> Self {
+        let ns = format!("{}-out", lab.id);
+        run("ip", &["netns", "add", &ns]);
+        let node = lab.node_ns.as_str();
+        run(
+            "ip",
+            &[
+                "link", "add", "ext0", "netns", node, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ],
+        );
+        run(
+            "ip",
+            &["-n", node, "addr", "add", "10.2.0.1/24", "dev", "ext0"],
+        );
+        run("ip", &["-n", node, "link", "set", "ext0", "up"]);
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", "10.2.0.2/24", "dev", "eth0"],
+        );
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &["-n", &ns, "route", "add", "default", "via", "10.2.0.1"],
+        );
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                node,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        );
+        nft(node, KEEPALIVE);
+        Self { ns }
+    }
+
+    fn client_cmd(&self, mode: &str, target: &str) -> Command {
+        let mut c = Command::new(HELPER);
+        let ns = format!("/run/netns/{}", self.ns);
+        c.args(["client", "--netns", &ns, "--mode", mode, "--target", target]);
+        c.args(["--timeout-ms", "1000"]);
+        c
+    }
+
+    /// Runs `count` requests from the outside client.
+    pub fn client(&self, mode: &str, target: &str, count: u32) -> serde_json::Value {
+        let out = self
+            .client_cmd(mode, target)
+            .args(["--count", &count.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    }
+
+    /// A long-lived flow (`tcp-hold` or `udp-hold`): one socket, a request
+    /// every 20 ms until stopped; returns once the first request was made.
+    pub fn hold(&self, lab: &Lab, mode: &str, target: &str) -> LoopingClient {
+        self.looping(lab, mode, target, 20)
+    }
+
+    /// A client making a request of `mode` every `interval_ms` until
+    /// stopped; returns once the first request was made.
+    pub fn looping(&self, lab: &Lab, mode: &str, target: &str, interval_ms: u32) -> LoopingClient {
+        let stop_file = std::env::temp_dir().join(format!(
+            "{}-hold-{}",
+            lab.id,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut child = self
+            .client_cmd(mode, target)
+            .args(["--interval-ms", &interval_ms.to_string()])
+            .args(["--stop-file", stop_file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "running", "hold client did not start");
+        LoopingClient {
+            child: Some(child),
+            stdout,
+            stop_file,
+        }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// What the agent's keepalive table holds: NAT base chains (the NAT hooks)
+/// and one rule that needs connection tracking (its hooks).
+pub const KEEPALIVE: &str = "table ip sy-test-keepalive {
+  chain prerouting { type nat hook prerouting priority -100; policy accept; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; }
+  chain conntrack { ct state established counter; }
+}";
+
+/// Applies an nft script in namespace `ns`.
+pub fn nft(ns: &str, script: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft -f - in {ns}: {script}"
+    );
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (interface names
+/// resolve there; the tc attach of the ingress program needs that).
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let r =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
