@@ -87,7 +87,12 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        let stat = read_stat(std::process::id() as i32).unwrap_or_default();
+        // The reading thread's own stat (`/proc/<tid>` works for any
+        // thread): it is running. The process's main thread may be asleep
+        // while a test harness thread runs this.
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let stat = read_stat(tid).unwrap_or_default();
         assert_eq!(stat_state(&stat), Some("R"));
         let status = read_status(std::process::id() as i32).unwrap_or_default();
         assert!(status_kib(&status, "VmRSS").is_some_and(|k| k > 0));
