@@ -257,6 +257,27 @@ fn ensure_link(
     pin_new_link(link, pin, stale, guard)
 }
 
+/// The maps already pinned under `maps` (checked against this build's
+/// layout; the load reuses them with their contents); the others are
+/// recorded in `guard` as this start's to remove on failure.
+fn check_map_pins(
+    config: &DatapathConfig,
+    maps: &Path,
+    guard: &mut StartGuard,
+) -> Result<Vec<&'static str>, DatapathError> {
+    let mut adopted = Vec::new();
+    for spec in map_specs(&config.capacities) {
+        let pin = maps.join(spec.name);
+        if pin.exists() {
+            check_pinned_map(&pin, &spec)?;
+            adopted.push(spec.name);
+        } else {
+            guard.new_map_pins.push(pin);
+        }
+    }
+    Ok(adopted)
+}
+
 fn mkdir_all(p: &Path) -> Result<(), DatapathError> {
     std::fs::create_dir_all(p).map_err(|e| DatapathError::io("mkdir", p, e))
 }
@@ -292,16 +313,7 @@ impl Datapath {
         };
         mkdir_all(&maps)?;
         mkdir_all(&links)?;
-        let mut adopted_maps = Vec::new();
-        for spec in map_specs(&config.capacities) {
-            let pin = maps.join(spec.name);
-            if pin.exists() {
-                check_pinned_map(&pin, &spec)?;
-                adopted_maps.push(spec.name);
-            } else {
-                guard.new_map_pins.push(pin);
-            }
-        }
+        let adopted_maps = check_map_pins(config, &maps, &mut guard)?;
         let resolve_kfuncs = !config.ingress_interfaces.is_empty();
         let mut ebpf = load_object(object, &config.capacities, Some(&maps), resolve_kfuncs)?;
 

@@ -341,17 +341,14 @@ impl Builder<'_> {
         true
     }
 
-    /// NodePort, ExternalIP and LoadBalancer frontends of one Service port.
-    /// `internal` is the ClusterIP's policy and backends (reused when the
-    /// external policy selects the same).
-    fn external_frontends(
-        &mut self,
+    /// (address, port, kind) of every NodePort, ExternalIP and LoadBalancer
+    /// frontend of one Service port.
+    fn external_addresses(
+        &self,
         svc: &ServiceView,
         sp: &PortView,
-        ctx: &PortCtx,
         port: u16,
-        internal: (Policy, &[DesiredBackend]),
-    ) {
+    ) -> Vec<(Ipv4Addr, u16, u8)> {
         let node_port = sp
             .node_port
             .filter(|_| svc.has_node_ports)
@@ -374,6 +371,21 @@ impl Builder<'_> {
                 .iter()
                 .map(|ip| (*ip, port, svc_flags::LOADBALANCER)),
         );
+        fes
+    }
+
+    /// NodePort, ExternalIP and LoadBalancer frontends of one Service port.
+    /// `internal` is the ClusterIP's policy and backends (reused when the
+    /// external policy selects the same).
+    fn external_frontends(
+        &mut self,
+        svc: &ServiceView,
+        sp: &PortView,
+        ctx: &PortCtx,
+        port: u16,
+        internal: (Policy, &[DesiredBackend]),
+    ) {
+        let fes = self.external_addresses(svc, sp, port);
         if fes.is_empty() {
             return;
         }

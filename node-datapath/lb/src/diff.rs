@@ -195,42 +195,7 @@ pub fn diff_dirty(
     }
     let mut services = Vec::new();
     for fe in &dirty.frontends {
-        let master = fe.master_key();
-        let lo = SvcKey {
-            backend_slot: 0,
-            proto: 0,
-            scope: 0,
-            pad: [0; 2],
-            ..master
-        };
-        let hi = SvcKey {
-            backend_slot: u16::MAX,
-            proto: u8::MAX,
-            scope: u8::MAX,
-            pad: [u8::MAX; 2],
-            ..master
-        };
-        // A node-scope frontend also owns its source ranges' entries.
-        let ranges = (fe.scope == Scope::Node).then(|| master.with_scope(SCOPE_SOURCE_RANGE));
-        for (k, v) in current.services.range(lo..=hi) {
-            let owner = k.with_slot(0);
-            if owner == master || Some(owner) == ranges {
-                cur.services.insert(*k, *v);
-            }
-        }
-        if let Some(id) = ids.rev_nat(fe)
-            && let Some(r) = current.rev_nat.get(&id)
-        {
-            cur.rev_nat.insert(id, *r);
-        }
-        match desired.frontends.get(fe) {
-            Some(st) => {
-                let rev = ids.ensure_rev_nat(*fe, current)?;
-                tgt.rev_nat.insert(rev, rev_nat_of(fe));
-                frontend_entries(fe, st, rev, ids, &mut services)?;
-            }
-            None => ids.release_rev_nat(fe),
-        }
+        dirty_frontend(fe, current, desired, ids, &mut cur, &mut tgt, &mut services)?;
     }
     for vip in &dirty.vips {
         let key = SvcKey::vip_marker(*vip);
@@ -243,6 +208,57 @@ pub fn diff_dirty(
     }
     tgt.services = services.into_iter().collect();
     Ok(diff_snapshots(&cur, &tgt))
+}
+
+/// The current entries (into `cur`) and the desired ones (its rev-NAT
+/// into `tgt`, its service-map entries into `services`) of one dirty
+/// frontend; allocates or frees its rev-NAT id.
+fn dirty_frontend(
+    fe: &Frontend,
+    current: &MapsSnapshot,
+    desired: &DesiredState,
+    ids: &mut IdAllocator,
+    cur: &mut MapsSnapshot,
+    tgt: &mut MapsSnapshot,
+    services: &mut Vec<(SvcKey, SvcValue)>,
+) -> Result<(), LbError> {
+    let master = fe.master_key();
+    let lo = SvcKey {
+        backend_slot: 0,
+        proto: 0,
+        scope: 0,
+        pad: [0; 2],
+        ..master
+    };
+    let hi = SvcKey {
+        backend_slot: u16::MAX,
+        proto: u8::MAX,
+        scope: u8::MAX,
+        pad: [u8::MAX; 2],
+        ..master
+    };
+    // A node-scope frontend also owns its source ranges' entries.
+    let ranges = (fe.scope == Scope::Node).then(|| master.with_scope(SCOPE_SOURCE_RANGE));
+    for (k, v) in current.services.range(lo..=hi) {
+        let owner = k.with_slot(0);
+        if owner == master || Some(owner) == ranges {
+            cur.services.insert(*k, *v);
+        }
+    }
+    if let Some(id) = ids.rev_nat(fe)
+        && let Some(r) = current.rev_nat.get(&id)
+    {
+        cur.rev_nat.insert(id, *r);
+    }
+    match desired.frontends.get(fe) {
+        Some(st) => {
+            let rev = ids.ensure_rev_nat(*fe, current)?;
+            tgt.rev_nat.insert(rev, rev_nat_of(fe));
+            frontend_entries(fe, st, rev, ids, services)?;
+        }
+        None => ids.release_rev_nat(fe),
+    }
+    Ok(())
 }
 
 /// Whether a service-map key is a VIP marker (port 0, proto 0, slot 0).

@@ -355,6 +355,11 @@ impl LbState {
                 }
             }
         }
+        self.remerge(touched);
+    }
+
+    /// Re-merges the `touched` frontends from their owners' contributions.
+    fn remerge(&mut self, mut touched: Vec<Frontend>) {
         touched.sort_unstable();
         touched.dedup();
         for fe in touched {

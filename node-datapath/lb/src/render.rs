@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use std::net::Ipv4Addr;
 
-use switchyard_abi::{SCOPE_NODE, SCOPE_SOURCE_RANGE, backend_flags, svc_flags};
+use switchyard_abi::{SCOPE_NODE, SCOPE_SOURCE_RANGE, SvcKey, backend_flags, svc_flags};
 
 use crate::diff::is_vip_marker;
 use crate::maps::MapsSnapshot;
@@ -61,31 +61,7 @@ pub fn render(maps: &MapsSnapshot, desired: Option<&DesiredState>) -> String {
             let _ = write!(s, " ({})", st.service);
         }
         s.push('\n');
-        // Key order is (address, port, slot, proto, scope): filter the range
-        // down to this frontend's protocol and scope.
-        let slots = maps
-            .services
-            .range(k.with_slot(1)..=k.with_slot(u16::MAX))
-            .filter(|(sk, _)| sk.proto == k.proto && sk.scope == k.scope);
-        for (slot_key, sv) in slots {
-            let target = maps.backends.get(&sv.backend_id).map_or_else(
-                || "MISSING".to_string(),
-                |b| format!("{}:{}", b.ip(), b.host_port()),
-            );
-            let _ = writeln!(
-                s,
-                "  slot {} -> backend {} {target}",
-                slot_key.backend_slot, sv.backend_id
-            );
-        }
-        let ranges = maps
-            .services
-            .range(k.with_slot(1)..=k.with_slot(u16::MAX))
-            .filter(|(rk, _)| rk.proto == k.proto && rk.scope == SCOPE_SOURCE_RANGE);
-        for (_, rv) in ranges.filter(|_| k.scope == SCOPE_NODE) {
-            let net = Ipv4Addr::from(u32::from_be(rv.backend_id));
-            let _ = writeln!(s, "  source-range {net}/{}", rv.count);
-        }
+        render_entries(&mut s, maps, k);
     }
     let mut vips: Vec<_> = maps
         .services
@@ -117,4 +93,33 @@ pub fn render(maps: &MapsSnapshot, desired: Option<&DesiredState>) -> String {
         );
     }
     s
+}
+
+/// The slots (with their backends) and source ranges of the master `k`.
+fn render_entries(s: &mut String, maps: &MapsSnapshot, k: &SvcKey) {
+    // Key order is (address, port, slot, proto, scope): filter the range
+    // down to this frontend's protocol and scope.
+    let slots = maps
+        .services
+        .range(k.with_slot(1)..=k.with_slot(u16::MAX))
+        .filter(|(sk, _)| sk.proto == k.proto && sk.scope == k.scope);
+    for (slot_key, sv) in slots {
+        let target = maps.backends.get(&sv.backend_id).map_or_else(
+            || "MISSING".to_string(),
+            |b| format!("{}:{}", b.ip(), b.host_port()),
+        );
+        let _ = writeln!(
+            s,
+            "  slot {} -> backend {} {target}",
+            slot_key.backend_slot, sv.backend_id
+        );
+    }
+    let ranges = maps
+        .services
+        .range(k.with_slot(1)..=k.with_slot(u16::MAX))
+        .filter(|(rk, _)| rk.proto == k.proto && rk.scope == SCOPE_SOURCE_RANGE);
+    for (_, rv) in ranges.filter(|_| k.scope == SCOPE_NODE) {
+        let net = Ipv4Addr::from(u32::from_be(rv.backend_id));
+        let _ = writeln!(s, "  source-range {net}/{}", rv.count);
+    }
 }

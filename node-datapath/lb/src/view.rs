@@ -195,18 +195,17 @@ impl From<&Service> for ServiceView {
                 .health_check_node_port
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p != 0),
-            ports: spec
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| PortView {
-                    name: p.name.as_deref().unwrap_or_default().into(),
-                    protocol: boxed(p.protocol.as_deref().unwrap_or("TCP")),
-                    port: p.port,
-                    node_port: p.node_port,
-                })
-                .collect(),
+            ports: spec.ports.iter().flatten().map(port_view).collect(),
         }
+    }
+}
+
+fn port_view(p: &k8s_openapi::api::core::v1::ServicePort) -> PortView {
+    PortView {
+        name: p.name.as_deref().unwrap_or_default().into(),
+        protocol: boxed(p.protocol.as_deref().unwrap_or("TCP")),
+        port: p.port,
+        node_port: p.node_port,
     }
 }
 
