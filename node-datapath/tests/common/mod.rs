@@ -130,6 +130,18 @@ fn spawn_server(args: &[&str]) -> Child {
     child
 }
 
+/// Runs a prepared helper client for `count` requests; its JSON summary.
+pub fn run_client(mut cmd: Command, count: u32) -> serde_json::Value {
+    let out = cmd.args(["--count", &count.to_string()]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 /// A running looping client.
 pub struct LoopingClient {
     child: Option<Child>,
@@ -324,19 +336,7 @@ impl Lab {
 
     /// Runs `count` requests from a client in the node's netns and cgroup.
     pub fn client(&self, mode: &str, target: &str, count: u32) -> serde_json::Value {
-        let out = self
-            .client_cmd(mode, target)
-            .args(["--count", &count.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let last = stdout.lines().last().unwrap();
-        serde_json::from_str(last).unwrap()
+        run_client(self.client_cmd(mode, target), count)
     }
 
     /// Starts a client that loops until stopped; returns once it has made

@@ -75,18 +75,7 @@ impl Outside {
 
     /// Runs `count` requests from the outside client.
     pub fn client(&self, mode: &str, target: &str, count: u32) -> serde_json::Value {
-        let out = self
-            .client_cmd(mode, target)
-            .args(["--count", &count.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+        super::run_client(self.client_cmd(mode, target), count)
     }
 
     /// A long-lived flow (`tcp-hold` or `udp-hold`): one socket, a request
