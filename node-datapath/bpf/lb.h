@@ -161,7 +161,7 @@ enum sy_counter {
 	SY_CNT_INGRESS_UNTRACKED = 12, /* ingress: mid-flow TCP packet nobody tracks, passed */
 	SY_CNT_DROP_NO_LOCAL_BACKEND = 13, /* ingress, eTP=Local: no endpoint on this node */
 	SY_CNT_DROP_CT_FAILED = 14,    /* ingress: conntrack entry not created */
-	SY_CNT_INGRESS_FRAGMENT = 15,  /* ingress: IPv4 fragment, passed untranslated */
+	SY_CNT_INGRESS_FRAGMENT = 15,  /* ingress: IPv4 fragment after the first, passed to reassembly */
 	SY_CNT_INGRESS_CT_CLASH = 16,  /* ingress: reply tuple taken, SNAT port drawn anew */
 	SY_CNT_INGRESS_REOPENED = 17,  /* ingress: SYN on a tracked tuple, entry expired */
 	SY_CNT_DROP_SOURCE_RANGE = 18, /* ingress: source outside loadBalancerSourceRanges */

@@ -35,8 +35,14 @@
  * Everything else passes: packets that are not IPv4 TCP/UDP to a frontend,
  * ClusterIPs (served for local clients by the socket programs), and a
  * mid-flow TCP packet no one tracks (the kernel answers it as it would
- * without kube-proxy). IPv4 fragments pass untranslated and are counted:
- * conntrack reassembles only after this hook.
+ * without kube-proxy).
+ *
+ * IPv4 fragments: conntrack reassembles a datagram only after this hook,
+ * and looks the whole datagram up. The first fragment carries the ports,
+ * so it is decided like any packet (its flow's entry is in the table
+ * before reassembly can complete, whatever order the fragments arrive
+ * in); the later ones carry no ports and pass (counted) to be reassembled
+ * with it and translated by that entry.
  */
 #ifndef SWITCHYARD_NODEPORT_H
 #define SWITCHYARD_NODEPORT_H
@@ -50,7 +56,6 @@
 #include "sock_lb.h"
 
 #define SY_ETH_P_IP 0x0008 /* htons(ETH_P_IP) */
-#define SY_IP_MF 0x0020    /* htons(IP_MF) */
 #define SY_IP_OFFSET 0xff1f /* htons(IP_OFFSET) */
 #define SY_TCP_FLAGS_OFF 13
 #define SY_TCP_SYN 0x02
@@ -68,7 +73,8 @@ struct sy_pkt {
 	__u8 new_flow; /* may open a flow: UDP, or TCP SYN without ACK */
 };
 
-/* Parses an IPv4 TCP/UDP packet; 0 when it is not one we look at. */
+/* Parses an IPv4 TCP/UDP packet; 0 when it is not one we look at, -1 for
+ * a fragment after the first (no ports to decide on). */
 static __always_inline int sy_parse(struct __sk_buff *skb, struct sy_pkt *p)
 {
 	struct iphdr ip;
@@ -81,7 +87,7 @@ static __always_inline int sy_parse(struct __sk_buff *skb, struct sy_pkt *p)
 		return 0;
 	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
 		return 0;
-	if (ip.frag_off & (SY_IP_MF | SY_IP_OFFSET))
+	if (ip.frag_off & SY_IP_OFFSET)
 		return -1;
 	l4 = ETH_HLEN + ip.ihl * 4;
 	if (bpf_skb_load_bytes(skb, l4, &p->tuple.ipv4.sport, 4) < 0)

@@ -475,3 +475,22 @@ fn path_mtu_discovery_works_through_the_translation() {
     assert_eq!(err_total(&s), 0, "a reply was black-holed: {s}");
     assert_eq!(ok_total(&s), 10, "{s}");
 }
+
+#[test]
+fn a_new_flow_whose_first_datagram_is_fragmented_is_translated() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    lab.serve(1, 8080);
+    lab.serve(2, 8080);
+    let dp = start_with_ingress(&lab);
+    program_nodeport(&dp, 0);
+    let before = counter(&dp, Counter::IngressFragment);
+    // Each request is a new flow (its own socket) whose first datagram
+    // arrives as three fragments: the first decides, the rest are
+    // reassembled with it by netfilter and translated by its entry.
+    let s = out.client("udp-fragmented", &nodeport(), 20);
+    assert_eq!(err_total(&s), 0, "{s}");
+    assert_eq!(ok_total(&s), 20, "{s}");
+    assert!(counter(&dp, Counter::IngressFragment) >= before + 40);
+}

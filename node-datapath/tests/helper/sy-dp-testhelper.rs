@@ -12,12 +12,13 @@
 //!     reply is "b1@<source address seen>"; --reply-size pads TCP replies
 //!     with N more bytes (a second line). Prints "ready" once bound.
 //! sy-dp-testhelper client --netns /run/netns/N [--cgroup /sys/fs/cgroup/.../t]
-//!     --mode tcp|tcp-from-<port>|udp-connect|udp-sendto|tcp-hold|udp-hold
+//!     --mode tcp|tcp-from-<port>|udp-connect|udp-sendto|udp-fragmented|tcp-hold|udp-hold
 //!     --target 10.96.0.10:80
 //!     [--count N] [--stop-file PATH] [--timeout-ms T] [--interval-ms I]
 //!     Prints "running" after the first attempt, then one JSON summary line.
 //!     The hold modes keep one socket for every request (a long-lived flow);
-//!     tcp-from-<port> connects from that local port.
+//!     tcp-from-<port> connects from that local port; udp-fragmented sends
+//!     a datagram larger than an Ethernet link (the kernel fragments it).
 //! ```
 
 use std::{
@@ -91,7 +92,7 @@ fn serve(f: &BTreeMap<String, String>) -> Result<(), String> {
         .map_err(|e| format!("--reply-size: {e}"))?;
     let padding = vec![b'.'; size];
     std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
+        let mut buf = vec![0u8; 65536];
         while let Ok((_, from)) = udp.recv_from(&mut buf) {
             let _ = udp.send_to(udp_reply(from).as_bytes(), from);
         }
@@ -226,6 +227,9 @@ fn connect_from(port: u16, target: SocketAddr) -> std::io::Result<TcpStream> {
     }
 }
 
+/// A datagram three Ethernet frames long.
+const FRAGMENTED_DATAGRAM: usize = 4000;
+
 /// One request; returns (backend name, peer address the socket reports).
 fn attempt(mode: &str, target: SocketAddr, timeout: Duration) -> std::io::Result<(String, String)> {
     let mut buf = [0u8; 512];
@@ -247,11 +251,14 @@ fn attempt(mode: &str, target: SocketAddr, timeout: Duration) -> std::io::Result
             let first = name.lines().next().unwrap_or_default();
             Ok((first.trim().to_owned(), peer.to_string()))
         }
-        "udp-connect" => {
+        "udp-connect" | "udp-fragmented" => {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.set_read_timeout(Some(timeout))?;
             s.connect(target)?;
-            s.send(b"ping")?;
+            match mode {
+                "udp-fragmented" => s.send(&[b'.'; FRAGMENTED_DATAGRAM])?,
+                _ => s.send(b"ping")?,
+            };
             let n = s.recv(&mut buf)?;
             let peer = s.peer_addr()?;
             Ok((
