@@ -222,6 +222,33 @@ async fn assert_pod_uses_other_nodes_node_port(c: &Cluster, ingress: &Ingress) {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// A client on node1 reaching `127.0.0.1:<nodePort>` (curl, in the node's
+/// network namespace and cgroup) gets an answer exactly when kube-proxy's
+/// `mode` serves localhost NodePorts (iptables mode does, nftables mode
+/// does not).
+async fn assert_localhost_node_port(c: &Cluster, ingress: &Ingress, mode: ProxyMode) {
+    let url = format!("http://127.0.0.1:{}/", ingress.node_port);
+    let argv = [
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "3",
+        &url,
+    ];
+    let out = c.exec_on_node("node1", &argv).await.unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let expected = if mode == ProxyMode::Iptables {
+        "200"
+    } else {
+        "000"
+    };
+    assert_eq!(code, expected, "localhost NodePort in {mode:?} mode");
+}
+
 /// The LoadBalancer never took a node out (single failed checks are
 /// reported by [`report`], not asserted: a take-out is what cuts traffic).
 fn assert_no_take_outs(c: &Cluster, scenario: &str) {
@@ -338,6 +365,7 @@ async fn assert_exclusion_label_drains_a_node(c: &Cluster, ingress: &Ingress) {
 async fn migrate_under_external_load(mode: ProxyMode, label: &str) -> (Cluster, Ingress) {
     let (c, ingress) = start(mode, true).await;
     assert_source_preserved(&c, &ingress).await;
+    assert_localhost_node_port(&c, &ingress, mode).await;
     let (load, flows) = start_traffic(&c, &ingress).await;
     let started = Instant::now();
     let body = scenario::migration_plan("to-ebpf", json!({}));
@@ -368,6 +396,7 @@ async fn migrate_under_external_load(mode: ProxyMode, label: &str) -> (Cluster, 
     assert_no_take_outs(&c, label);
     assert_source_preserved(&c, &ingress).await;
     assert_pod_uses_other_nodes_node_port(&c, &ingress).await;
+    assert_localhost_node_port(&c, &ingress, mode).await;
     (c, ingress)
 }
 

@@ -12,7 +12,7 @@ use common::{
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SvcKey, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
-use switchyard_node_datapath::{Hook, LinkAction, ProgramRunTime, RunTimeStats};
+use switchyard_node_datapath::{Datapath, Hook, LinkAction, ProgramRunTime, RunTimeStats};
 
 #[test]
 fn clusterip_tcp_spreads_over_backends_and_getpeername_sees_vip() {
@@ -277,22 +277,25 @@ fn measure_attach_time_and_connect_overhead() {
     );
 }
 
-#[test]
-fn nodeport_on_a_node_address_is_served_like_any_frontend() {
-    require_privileged!();
-    let mut lab = Lab::new(2);
-    lab.serve(2, 8080);
-    let dp = lab.start();
-    // The node's own address 10.1.1.1, port 30080 (a NodePort frontend: no
-    // VIP marker, so the node's other ports stay untouched).
-    let node_ip = std::net::Ipv4Addr::new(10, 1, 1, 1);
-    let mut ops: Vec<MapOp> = Svc::new(node_ip, 30080, IPPROTO_TCP)
+/// NodePort 30080 on `address`, served by backend 2 (a NodePort frontend:
+/// no VIP marker, so the address's other ports stay untouched).
+fn serve_nodeport_on(dp: &Datapath, address: std::net::Ipv4Addr) {
+    let mut ops: Vec<MapOp> = Svc::new(address, 30080, IPPROTO_TCP)
         .rev_nat(9)
         .flags(svc_flags::NODEPORT)
         .backends(&[(2, Lab::backend_addr(2), 8080)])
         .cluster_ip_ops();
     ops.retain(|op| !matches!(op, MapOp::UpsertService(k, _) if k.port() == 0));
     dp.lb_maps().unwrap().apply_all(&ops).unwrap();
+}
+
+#[test]
+fn nodeport_on_a_node_address_is_served_like_any_frontend() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    lab.serve(2, 8080);
+    let dp = lab.start();
+    serve_nodeport_on(&dp, std::net::Ipv4Addr::new(10, 1, 1, 1));
     let s = lab.client("tcp", "10.1.1.1:30080", 10);
     assert_eq!(ok_count(&s, "b2"), 10, "{s}");
     assert_eq!(s["peers"], serde_json::json!(["10.1.1.1:30080"]), "{s}");
@@ -301,6 +304,21 @@ fn nodeport_on_a_node_address_is_served_like_any_frontend() {
     let other = lab.client("tcp", "10.1.1.1:30081", 1);
     assert_eq!(other["errors"]["ECONNREFUSED"], 1, "{other}");
     assert_eq!(counter(&dp, Counter::DropUnknownPort), 0);
+}
+
+#[test]
+fn a_localhost_nodeport_is_served_to_clients_on_the_node() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    lab.serve(2, 8080);
+    let dp = lab.start();
+    // kube-proxy's iptables mode serves 127.0.0.1:<nodePort> (it DNATs and
+    // masquerades); here the connect goes straight to the backend, from an
+    // address the backend can answer.
+    serve_nodeport_on(&dp, std::net::Ipv4Addr::LOCALHOST);
+    let s = lab.client("tcp", "127.0.0.1:30080", 10);
+    assert_eq!(ok_count(&s, "b2"), 10, "{s}");
+    assert_eq!(s["peers"], serde_json::json!(["127.0.0.1:30080"]), "{s}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! and probe requests in, status (with a heartbeat) out; Service sync on
 //! every Service/EndpointSlice change, debounced.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use switchyard_api::conditions::{self, DEGRADED, WAITING_FOR_KUBE_PROXY};
 use switchyard_api::{
-    DatapathMode, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus, ProbeResult,
+    DatapathMode, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus, NodePortAddresses,
+    ProbeResult,
 };
 use switchyard_node_datapath::{Datapath, DatapathConfig, capabilities, off, read_stats};
 use tokio::sync::{Notify, mpsc, watch};
@@ -54,6 +56,10 @@ struct State {
     pending: Pending,
     syncer: Syncer,
     datapath: Option<Datapath>,
+    /// The Node's IPv4 addresses, primary first.
+    node_ips: Vec<Ipv4Addr>,
+    /// kube-proxy's NodePort addresses as the last spec gave them.
+    node_ports: Option<NodePortAddresses>,
     /// The external interfaces the ingress program runs on.
     ingress: Vec<String>,
     /// Why the ingress program is not attached although the datapath is
@@ -112,10 +118,12 @@ async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<
     status.capabilities = Some(status::capabilities(&probed, which("nft")));
     let (watches, ready) = crate::watch::services_and_slices(&client);
     let specs = crate::watch::own_spec(api.clone(), &cfg.node);
-    let configured = cfg.ingress_interfaces.as_deref();
-    let ingress = crate::ingress::interfaces_for(configured, &node_context(&node).addresses);
+    let node_ips = crate::node_ports::node_ips(&node);
+    let ingress = crate::ingress::interfaces_for(cfg.ingress_interfaces.as_deref(), &node_ips);
     info!(interfaces = ?ingress, "north-south: ingress interfaces");
     let mut st = State {
+        node_ips,
+        node_ports: None,
         ingress,
         ingress_blocked: None,
         health: Arc::new(Health::new(cfg.bpffs_dir.clone())),
@@ -201,6 +209,7 @@ fn which(tool: &str) -> bool {
 
 impl State {
     async fn apply_spec(&mut self, spec: NodeDatapathSpec) {
+        self.apply_node_ports(spec.node_port_addresses);
         match spec.mode {
             DatapathMode::Active => {
                 self.off_pending = false;
@@ -224,6 +233,31 @@ impl State {
                 .is_none_or(|r| r.observed_generation < c.generation)
         }) {
             self.cleanup(req.generation, req.dry_run).await;
+        }
+    }
+
+    /// Serves NodePorts where kube-proxy's configuration says (`setting`),
+    /// on the node's addresses now; the ingress program's interfaces, chosen
+    /// at activation, are those holding the Node's or a NodePort address.
+    fn apply_node_ports(&mut self, setting: Option<NodePortAddresses>) {
+        if setting == self.node_ports {
+            return;
+        }
+        let local = crate::ingress::local_addresses().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list the node's addresses");
+            Vec::new()
+        });
+        let addresses = crate::node_ports::resolve(setting.as_ref(), &self.node_ips, &local);
+        info!(?addresses, ?setting, "NodePort addresses");
+        let mut holders = self.node_ips.clone();
+        holders.extend(addresses.iter().filter(|a| !a.is_loopback()));
+        self.ingress = match self.cfg.ingress_interfaces.clone() {
+            Some(configured) => configured,
+            None => crate::ingress::interfaces_of(&holders, &local),
+        };
+        self.node_ports = setting;
+        if self.syncer.set_node_port_addresses(addresses) && self.datapath.is_some() {
+            self.sync();
         }
     }
 

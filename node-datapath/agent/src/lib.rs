@@ -14,7 +14,8 @@
 //! - [`agent`]: the loop (its API inputs: `watch`); [`store`]: compact caches of Services and
 //!   EndpointSlices; [`sync`]: Service sync with an in-memory map mirror;
 //!   [`ingress`]: the interfaces of the ingress program (north-south) and
-//!   the conntrack hooks it needs; [`probe`]: connectivity probes;
+//!   the conntrack hooks it needs; [`node_ports`]: the addresses that
+//!   serve NodePorts (kube-proxy's `nodePortAddresses`); [`probe`]: connectivity probes;
 //!   [`health`]: kube-proxy's health ports once kube-proxy has left;
 //!   [`status`]: pure conversions;
 //!   [`server`]: `/metrics`, `/healthz`, `/readyz`.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod health;
 pub mod ingress;
 pub mod kube_proxy;
+pub mod node_ports;
 pub mod probe;
 pub mod server;
 pub mod status;

@@ -25,15 +25,9 @@ use switchyard_node_datapath::PinnedLbMaps;
 use crate::error::{Error, Result};
 use crate::store::{Applied, Key, Services, Slices};
 
-/// The node's NodePort addresses: its IPv4 InternalIP and ExternalIP.
+/// The node's name, zone and default NodePort addresses (its IPv4
+/// InternalIP and ExternalIP: [`crate::node_ports::node_ips`]).
 pub fn node_context(node: &Node) -> NodeContext {
-    let addresses: Vec<Ipv4Addr> = node
-        .status
-        .iter()
-        .flat_map(|s| s.addresses.iter().flatten())
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
     let zone = node
         .metadata
         .labels
@@ -41,7 +35,7 @@ pub fn node_context(node: &Node) -> NodeContext {
         .and_then(|l| l.get("topology.kubernetes.io/zone").cloned());
     NodeContext {
         name: node.metadata.name.clone().unwrap_or_default(),
-        addresses,
+        addresses: crate::node_ports::node_ips(node),
         zone,
     }
 }
@@ -108,6 +102,8 @@ pub type Pending = Arc<Mutex<Vec<Touched>>>;
 /// Keeps the maps equal to the desired state.
 #[derive(Debug)]
 pub struct Syncer {
+    /// The node the state is computed for.
+    node: NodeContext,
     lb: LbState,
     /// The LB state was built from the stores (false: rebuild at next sync).
     indexed: bool,
@@ -128,7 +124,8 @@ pub struct Syncer {
 impl Syncer {
     pub fn new(node: NodeContext) -> Self {
         Self {
-            lb: LbState::new(node, Options::default()),
+            lb: LbState::new(node.clone(), Options::default()),
+            node,
             indexed: false,
             full_diff: true,
             ids: IdAllocator::new(),
@@ -138,6 +135,25 @@ impl Syncer {
             vips: Vec::new(),
             last_ops: 0,
         }
+    }
+
+    /// Serves NodePorts on `addresses` from the next sync on (every
+    /// Service recomputed, the maps diffed whole). Returns whether they
+    /// changed.
+    pub fn set_node_port_addresses(&mut self, addresses: Vec<Ipv4Addr>) -> bool {
+        if self.node.addresses == addresses {
+            return false;
+        }
+        self.node.addresses = addresses;
+        self.lb = LbState::new(self.node.clone(), Options::default());
+        self.indexed = false;
+        self.full_diff = true;
+        true
+    }
+
+    /// The addresses NodePorts are served on.
+    pub fn node_port_addresses(&self) -> &[Ipv4Addr] {
+        &self.node.addresses
     }
 
     /// The desired state of the last sync.

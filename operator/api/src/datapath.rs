@@ -60,6 +60,31 @@ pub struct NodeDatapathSpec {
     /// generation; the result is reported in `status.peerProbe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_probe: Option<PeerProbeRequest>,
+
+    /// Which of the node's addresses serve NodePorts, as kube-proxy's
+    /// configuration says (the operator reads it from kube-proxy's
+    /// ConfigMap). Absent: the Node's InternalIP and ExternalIP addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port_addresses: Option<NodePortAddresses>,
+}
+
+/// kube-proxy's `nodePortAddresses` and localhost NodePorts, resolved for
+/// its mode: the NodePort addresses the datapath must serve to be an exact
+/// replacement.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePortAddresses {
+    /// CIDRs whose local addresses serve NodePorts (IPv6 ones are ignored;
+    /// no IPv4 CIDR means every local IPv4 address), or the single value
+    /// `primary`: the Node's primary IPv4 address only (kube-proxy's
+    /// nftables-mode default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub cidrs: Vec<String>,
+    /// Also serve `127.0.0.1:<nodePort>` to clients on the node, as
+    /// kube-proxy's iptables mode does (`iptables.localhostNodePorts`).
+    #[serde(default)]
+    pub localhost: bool,
 }
 
 /// Datapath mode.

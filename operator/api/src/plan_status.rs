@@ -158,6 +158,10 @@ pub struct MigrationPlanStatus {
     /// kube-proxy's mode read from its ConfigMap (`iptables`, `nftables`, `ipvs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_proxy_mode: Option<String>,
+    /// The NodePort addresses kube-proxy's configuration gives (kept after
+    /// its ConfigMap is deleted, for the NodeDatapath specs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_node_ports: Option<crate::NodePortAddresses>,
     /// The direct API server address given to the agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_server: Option<String>,

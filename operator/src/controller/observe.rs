@@ -81,9 +81,7 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
                 .collect()
         })
         .unwrap_or_default();
-    let config_map = o.kube_proxy_config_map.map(|cm| ConfigMapObs {
-        mode: proxy_mode(cm),
-    });
+    let config_map = o.kube_proxy_config_map.map(config_map_obs);
 
     let mut unsupported = Vec::new();
     let datapaths = o
@@ -209,17 +207,39 @@ fn pod_ready(p: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// kube-proxy's `mode` from `config.conf` (a KubeProxyConfiguration).
-pub fn proxy_mode(cm: &ConfigMap) -> Option<String> {
-    let conf = cm.data.as_ref()?.get("config.conf")?;
-    let value: serde_yaml::Value = serde_yaml::from_str(conf).ok()?;
-    Some(
-        value
-            .get("mode")
-            .and_then(|m| m.as_str())
-            .unwrap_or("")
-            .to_string(),
-    )
+/// What the planner reads of kube-proxy's `config.conf` (a
+/// KubeProxyConfiguration); `mode: None` when there is none to read.
+pub fn config_map_obs(cm: &ConfigMap) -> ConfigMapObs {
+    let conf = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.conf"))
+        .and_then(|c| serde_yaml::from_str::<serde_yaml::Value>(c).ok());
+    let Some(conf) = conf else {
+        return ConfigMapObs::default();
+    };
+    let strings = |v: Option<&serde_yaml::Value>| -> Vec<String> {
+        v.and_then(|v| v.as_sequence())
+            .map(|s| {
+                s.iter()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ConfigMapObs {
+        mode: Some(
+            conf.get("mode")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string(),
+        ),
+        node_port_addresses: strings(conf.get("nodePortAddresses")),
+        localhost_node_ports: conf
+            .get("iptables")
+            .and_then(|i| i.get("localhostNodePorts"))
+            .and_then(|l| l.as_bool()),
+    }
 }
 
 /// Tools that manage the DaemonSet and would revert our changes.
@@ -409,7 +429,7 @@ mod tests {
             data: Some([("config.conf".to_string(), "mode: \"\"\n".to_string())].into()),
             ..ConfigMap::default()
         };
-        assert_eq!(proxy_mode(&empty).as_deref(), Some(""));
+        assert_eq!(config_map_obs(&empty).mode.as_deref(), Some(""));
     }
 
     #[test]

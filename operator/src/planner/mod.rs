@@ -18,7 +18,7 @@ pub use actions::{Action, Event};
 pub use snapshot::*;
 
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{MigrationPlanSpec, MigrationPlanStatus, NodeProgress};
+use switchyard_api::{MigrationPlanSpec, MigrationPlanStatus, NodePortAddresses, NodeProgress};
 
 /// An agent whose NodeDatapath heartbeat is older than this is stale.
 pub const AGENT_STALE_AFTER_SECS: i64 = 60;
@@ -63,6 +63,9 @@ pub(crate) struct Ctx<'a> {
     pub snap: &'a Snapshot,
     pub now: Timestamp,
     pub api_server: Option<String>,
+    /// Where nodes serve NodePorts (kube-proxy's configuration; recorded in
+    /// the status for when its ConfigMap is gone).
+    pub node_ports: Option<NodePortAddresses>,
     /// Every node's progress as the decision found it (what one node's
     /// step knows of the others: the peer probes).
     pub nodes: &'a [NodeProgress],
@@ -77,6 +80,8 @@ pub fn plan(input: Input<'_>) -> Result<Decision, PlanError> {
         snap: input.snapshot,
         now: input.now,
         api_server: preflight::api_server(input.spec, input.snapshot),
+        node_ports: preflight::node_port_addresses(input.snapshot)
+            .or_else(|| input.status.kube_proxy_node_ports.clone()),
         nodes: &input.status.nodes,
     };
     phases::decide(&ctx, input.generation, input.status.clone())

@@ -3,7 +3,7 @@
 //! warnings are reported and do not block.
 
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{Finding, MigrationPlanSpec, Phase, Severity};
+use switchyard_api::{Finding, MigrationPlanSpec, NodePortAddresses, Phase, Severity};
 
 use super::AGENT_STALE_AFTER_SECS;
 use super::snapshot::{IngressObs, Snapshot};
@@ -35,6 +35,50 @@ pub fn kube_proxy_mode(snap: &Snapshot) -> Option<String> {
         None | Some("") => "iptables".to_string(),
         Some(m) => m.to_string(),
     })
+}
+
+/// The NodePort addresses kube-proxy serves, from its ConfigMap, resolved
+/// for its mode as kube-proxy resolves them: nftables mode defaults to the
+/// node's primary address and never serves localhost NodePorts; iptables
+/// mode serves every local address by default, and `127.0.0.1` when
+/// `iptables.localhostNodePorts` (default true) is on and a CIDR (or the
+/// default, everything) contains the loopback network.
+pub fn node_port_addresses(snap: &Snapshot) -> Option<NodePortAddresses> {
+    let cm = snap.kube_proxy.config_map.as_ref()?;
+    cm.mode.as_ref()?;
+    let mode = kube_proxy_mode(snap).unwrap_or_default();
+    let mut cidrs = cm.node_port_addresses.clone();
+    if mode == "nftables" && cidrs.is_empty() {
+        cidrs.push(NODE_PORT_ADDRESSES_PRIMARY.to_string());
+    }
+    let localhost = mode == "iptables"
+        && cm.localhost_node_ports.unwrap_or(true)
+        && covers_ipv4_loopback(&cidrs);
+    Some(NodePortAddresses { cidrs, localhost })
+}
+
+/// `nodePortAddresses`' special value: the node's primary address only.
+pub const NODE_PORT_ADDRESSES_PRIMARY: &str = "primary";
+
+/// Whether `cidrs` (kube-proxy's `nodePortAddresses`) cover the loopback
+/// network as kube-proxy decides it: an IPv4 CIDR on a loopback address or
+/// containing 127.0.0.0, or no IPv4 CIDR at all (which means every
+/// address). `primary` is never loopback.
+fn covers_ipv4_loopback(cidrs: &[String]) -> bool {
+    if cidrs.iter().any(|c| c == NODE_PORT_ADDRESSES_PRIMARY) {
+        return false;
+    }
+    let v4: Vec<(std::net::Ipv4Addr, u8)> = cidrs
+        .iter()
+        .filter_map(|c| c.split_once('/'))
+        .filter_map(|(a, l)| Some((a.parse().ok()?, l.parse().ok().filter(|l| *l <= 32)?)))
+        .collect();
+    let loopback = u32::from(std::net::Ipv4Addr::new(127, 0, 0, 0));
+    v4.is_empty()
+        || v4.iter().any(|(a, l)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(*l)).unwrap_or(0);
+            a.is_loopback() || u32::from(*a) & mask == loopback & mask
+        })
 }
 
 /// Static preflight over the snapshot for the `targets` nodes.

@@ -90,6 +90,10 @@ pub struct DaemonSetObs {
 pub struct ConfigMapObs {
     /// `mode` from `config.conf` (`""` means iptables).
     pub mode: Option<String>,
+    /// `nodePortAddresses` from `config.conf`, as written.
+    pub node_port_addresses: Vec<String>,
+    /// `iptables.localhostNodePorts` from `config.conf` (unset: true).
+    pub localhost_node_ports: Option<bool>,
 }
 
 /// A kube-proxy pod.

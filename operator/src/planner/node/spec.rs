@@ -3,7 +3,8 @@
 //! the spec keeps carrying the requests of the steps the node went through:
 //! what changes from one write to the next is only what the current step
 //! asks for (the mode, the cleanup request or the probe request), or the
-//! peer probe request other nodes' Verify makes of this node (`peer`).
+//! peer probe request other nodes' Verify makes of this node (`peer`), or
+//! kube-proxy's NodePort addresses when its configuration changes.
 
 use switchyard_api::{
     CleanupRequest, DatapathMode, NodeDatapathSpec, NodeProgress, NodeStep, Probe, ProbeProtocol,
@@ -30,6 +31,7 @@ pub(super) fn datapath_spec(s: &Seen<'_>, mode: DatapathMode) -> NodeDatapathSpe
         probe: carries(p, NodeStep::Verify, p.probe_generation, probe)
             .then(|| probe_request(s.ctx, p.probe_generation)),
         peer_probe: super::peer::request(s.ctx, &p.name),
+        node_port_addresses: s.ctx.node_ports.clone(),
     }
 }
 

@@ -49,6 +49,7 @@ pub(super) fn decide(
     s.st.message = None;
     s.st.api_server = ctx.api_server.clone();
     s.st.kube_proxy_mode = preflight::kube_proxy_mode(ctx.snap).or(s.st.kube_proxy_mode.take());
+    s.st.kube_proxy_node_ports = ctx.node_ports.clone();
 
     if ctx.spec.rollback && !matches!(s.st.phase, Phase::RollingBack | Phase::RolledBack) {
         let touched =

@@ -3,6 +3,7 @@
 //! (`rollback_spec`), traffic from outside the nodes in preflight and
 //! Verify (`north_south`) and property tests of the invariants (`props`).
 
+mod node_ports;
 mod north_south;
 mod props;
 mod rollback_spec;

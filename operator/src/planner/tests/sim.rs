@@ -132,6 +132,7 @@ impl Sim {
             }),
             config_map: self.cm.then(|| ConfigMapObs {
                 mode: Some("iptables".into()),
+                ..ConfigMapObs::default()
             }),
             pods: BTreeMap::new(),
         };

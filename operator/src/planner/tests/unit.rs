@@ -176,6 +176,7 @@ fn each_step_emits_its_actions() {
                     cleanup: None,
                     probe: None,
                     peer_probe: None,
+                    node_port_addresses: Some(_),
                 },
                 ..
             }]
