@@ -9,7 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_api::{MigrationPlan, NodeDatapath, NodeStep, Phase};
@@ -249,6 +249,45 @@ async fn assert_localhost_node_port(c: &Cluster, ingress: &Ingress, mode: ProxyM
     assert_eq!(code, expected, "localhost NodePort in {mode:?} mode");
 }
 
+/// An outside client reaches `web-nodeport`'s ClusterIP through a route
+/// the router holds to node1, as routers do for BGP-advertised Service
+/// IPs: kube-proxy serves that, and so must its replacement.
+async fn assert_cluster_ip_from_outside(c: &Cluster, ingress: &Ingress) {
+    let svc: Service = Api::namespaced(c.client(), "default")
+        .get("web-nodeport")
+        .await
+        .unwrap();
+    let spec = svc.spec.unwrap();
+    let ip: Ipv4Addr = spec.cluster_ip.unwrap().parse().unwrap();
+    let port = u16::try_from(spec.ports.unwrap()[0].port).unwrap();
+    let node1 = ingress.node_ip("node1").unwrap().to_string();
+    let route = [
+        "-n",
+        &c.plan().router_netns,
+        "route",
+        "replace",
+        &format!("{ip}/32"),
+        "via",
+        &node1,
+    ];
+    let out = tokio::process::Command::new("ip")
+        .args(route)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = c.outside().unwrap().http_get((ip, port).into(), "/").await;
+    assert_eq!(
+        r.map(|r| r.status).ok(),
+        Some(200),
+        "ClusterIP {ip}:{port} from outside"
+    );
+}
+
 /// The LoadBalancer never took a node out (single failed checks are
 /// reported by [`report`], not asserted: a take-out is what cuts traffic).
 fn assert_no_take_outs(c: &Cluster, scenario: &str) {
@@ -366,6 +405,7 @@ async fn migrate_under_external_load(mode: ProxyMode, label: &str) -> (Cluster, 
     let (c, ingress) = start(mode, true).await;
     assert_source_preserved(&c, &ingress).await;
     assert_localhost_node_port(&c, &ingress, mode).await;
+    assert_cluster_ip_from_outside(&c, &ingress).await;
     let (load, flows) = start_traffic(&c, &ingress).await;
     let started = Instant::now();
     let body = scenario::migration_plan("to-ebpf", json!({}));
@@ -397,6 +437,7 @@ async fn migrate_under_external_load(mode: ProxyMode, label: &str) -> (Cluster, 
     assert_source_preserved(&c, &ingress).await;
     assert_pod_uses_other_nodes_node_port(&c, &ingress).await;
     assert_localhost_node_port(&c, &ingress, mode).await;
+    assert_cluster_ip_from_outside(&c, &ingress).await;
     (c, ingress)
 }
 

@@ -2,9 +2,9 @@
 /*
  * switchyard ingress load balancer (IPv4), part of datapath.c: the tc
  * program on the node's external interfaces that serves what arrives from
- * outside the node for a NodePort (on the node's addresses), an ExternalIP
- * or a LoadBalancer ingress IP — the traffic kube-proxy's KUBE-NODEPORTS
- * and KUBE-EXT-* rules served.
+ * outside the node for a NodePort (on the node's addresses), an ExternalIP,
+ * a LoadBalancer ingress IP or a ClusterIP — the traffic kube-proxy's
+ * KUBE-NODEPORTS, KUBE-EXT-* and KUBE-SERVICES rules served.
  *
  * It decides, per new flow, which backend serves it, and leaves the
  * translation to the kernel's own connection tracking and NAT: for the
@@ -28,13 +28,19 @@
  * agent keeps (the keepalive nftables table) while this program is
  * attached.
  *
+ * A ClusterIP reached from outside (a router that sends the Service
+ * network to the node, as BGP-advertised Service IPs do) is served too,
+ * always masqueraded: kube-proxy masquerades traffic to a ClusterIP from
+ * outside the cluster, and with internalTrafficPolicy: Local still picks
+ * a local endpoint. Pods' own connections never arrive here untranslated
+ * (the socket programs translate them at connect()).
+ *
  * A new flow to a LoadBalancer IP with loadBalancerSourceRanges is admitted
  * only from those networks (dropped and counted otherwise, as kube-proxy
  * does); NodePorts of the same Service are not filtered, as in kube-proxy.
  *
  * Everything else passes: packets that are not IPv4 TCP/UDP to a frontend,
- * ClusterIPs (served for local clients by the socket programs), and a
- * mid-flow TCP packet no one tracks (the kernel answers it as it would
+ * and a mid-flow TCP packet no one tracks (the kernel answers it as it would
  * without kube-proxy).
  *
  * IPv4 fragments: conntrack reassembles a datagram only after this hook,
@@ -64,7 +70,8 @@
 #define SY_FIB_LOOKUP_SKIP_NEIGH (1U << 2)
 #define SY_FIB_LOOKUP_SRC (1U << 4)
 
-#define SY_EXTERNAL_FRONTEND (SY_SVC_F_NODEPORT | SY_SVC_F_EXTERNAL_IP | SY_SVC_F_LOADBALANCER)
+#define SY_INGRESS_FRONTEND                                                                  \
+	(SY_SVC_F_CLUSTER_IP | SY_SVC_F_NODEPORT | SY_SVC_F_EXTERNAL_IP | SY_SVC_F_LOADBALANCER)
 
 /* The parts of a packet the ingress program decides on. */
 struct sy_pkt {
@@ -323,7 +330,7 @@ int sy_ingress(struct __sk_buff *skb)
 	key.proto = p.proto;
 	key.scope = SY_SCOPE_NODE;
 	svc = bpf_map_lookup_elem(&sy_svc_v4, &key);
-	if (!svc || !(svc->flags & SY_EXTERNAL_FRONTEND))
+	if (!svc || !(svc->flags & SY_INGRESS_FRONTEND))
 		return TC_ACT_OK;
 	if (sy_ct_keeps(skb, &p)) {
 		sy_count(SY_CNT_INGRESS_TRACKED);
@@ -348,7 +355,7 @@ int sy_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	/* externalTrafficPolicy: Local keeps the client's address. */
 	snat = 0;
-	if (!(svc->flags & SY_SVC_F_LOCAL_ONLY)) {
+	if (!(svc->flags & SY_SVC_F_LOCAL_ONLY) || (svc->flags & SY_SVC_F_CLUSTER_IP)) {
 		snat = sy_masquerade_addr(skb, backend->address);
 		if (!snat) {
 			sy_count(SY_CNT_DROP_CT_FAILED);

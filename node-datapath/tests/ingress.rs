@@ -494,3 +494,41 @@ fn a_new_flow_whose_first_datagram_is_fragmented_is_translated() {
     assert_eq!(ok_total(&s), 20, "{s}");
     assert!(counter(&dp, Counter::IngressFragment) >= before + 40);
 }
+
+#[test]
+fn a_cluster_ip_routed_to_the_node_from_outside_is_served_masqueraded() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    lab.serve_with(1, 8080, &["--tell-source", "true"]);
+    lab.serve_with(2, 8080, &["--tell-source", "true"]);
+    let dp = start_with_ingress(&lab);
+    let vip = std::net::Ipv4Addr::new(10, 96, 0, 10);
+    let backends = [
+        (1, Lab::backend_addr(1), 8080),
+        (2, Lab::backend_addr(2), 8080),
+    ];
+    let program = |flags: u8, backends: &[(u32, std::net::Ipv4Addr, u16)]| {
+        let mut maps = dp.lb_maps().unwrap();
+        for (proto, rev_nat) in [(IPPROTO_TCP, 1), (IPPROTO_UDP, 2)] {
+            let svc = Svc::new(vip, 80, proto).rev_nat(rev_nat);
+            let ops = svc.flags(svc_flags::CLUSTER_IP | flags).backends(backends);
+            maps.apply_all(&ops.cluster_ip_ops()).unwrap();
+        }
+    };
+    // The outside client's default route leads to the node, as a router
+    // sending the Service network to it would.
+    program(0, &backends);
+    for mode in ["tcp", "udp-connect"] {
+        let s = out.client(mode, &format!("{vip}:80"), 40);
+        assert_eq!(ok_total(&s), 40, "{mode}: {s}");
+        let mut seen = names(&s);
+        seen.sort();
+        assert_eq!(seen, ["b1@10.1.1.1", "b2@10.1.2.1"], "{mode}: {s}");
+    }
+    // internalTrafficPolicy: Local: the local endpoint, still masqueraded.
+    program(svc_flags::LOCAL_ONLY, &backends[..1]);
+    let s = out.client("tcp", &format!("{vip}:80"), 10);
+    assert_eq!(names(&s), ["b1@10.1.1.1"], "{s}");
+    assert_eq!(ok_total(&s), 10, "{s}");
+}
