@@ -51,25 +51,13 @@ pub struct AgentResult {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::ebpf::self_status_kib("VmRSS")
 }
 
 /// The `q`-th percentile (nearest rank) of `v`; 0 for no samples.
 fn pct(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
     v.sort_by(f64::total_cmp);
-    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
+    switchyard_testkit::stats::percentile(v, q / 100.0).unwrap_or(0.0)
 }
 
 /// Fills a store as a watch's initial list does, one projected object at
