@@ -47,7 +47,7 @@ pub fn config_dir() -> PathBuf {
 }
 
 /// A relative path from `from` to `to` (both absolute).
-pub(crate) fn relative(from: &Path, to: &Path) -> PathBuf {
+pub fn relative(from: &Path, to: &Path) -> PathBuf {
     let from: Vec<_> = from.components().collect();
     let to: Vec<_> = to.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();

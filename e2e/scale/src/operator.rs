@@ -7,8 +7,8 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
-use crate::scenario::config_dir;
+use switchyard_e2e::error::{Error, Result};
+use switchyard_e2e::scenario::config_dir;
 
 /// The `name`/`value` environment of the Deployment's container named
 /// `operator` (entries taken `valueFrom` the pod are left out). Pure.

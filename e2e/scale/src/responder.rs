@@ -27,7 +27,7 @@ use switchyard_api::{
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::error::Result;
+use switchyard_e2e::error::Result;
 
 /// Field manager of the simulated agents' status writes.
 pub const AGENT_MANAGER: &str = "switchyard-agent-sim";
@@ -277,7 +277,7 @@ impl Responder {
             nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (n.clone(), super::node_ip(i)))
+                .map(|(i, n)| (n.clone(), crate::node_ip(i)))
                 .collect(),
         );
         let tasks = vec![

@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchyard_testkit::procfs;
 
-use super::kp_parse::{self, Histogram};
-use super::measure;
-use crate::addons::ProxyMode;
-use crate::cluster::{Cluster, ClusterConfig, wait_for};
-use crate::error::{Error, Result};
+use crate::kp_parse::{self, Histogram};
+use crate::measure;
+use switchyard_e2e::addons::ProxyMode;
+use switchyard_e2e::cluster::{Cluster, ClusterConfig, wait_for};
+use switchyard_e2e::error::{Error, Result};
 
 /// `endpointslice.kubernetes.io/managed-by` of the benchmark's slices.
 pub const MANAGED_BY: &str = "kube-proxy-bench.switchyard.dev";

@@ -31,12 +31,12 @@ use serde_json::json;
 use switchyard_api::{MigrationPlan, NodeStep, Phase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::addons::{self, ProxyMode};
-use crate::cluster::{Cluster, ClusterConfig, wait_for};
-use crate::error::{Error, Result};
-use crate::scenario::{config_dir, kubectl, relative};
 use measure::RequestCounts;
 use responder::Responder;
+use switchyard_e2e::addons::{self, ProxyMode};
+use switchyard_e2e::cluster::{Cluster, ClusterConfig, wait_for};
+use switchyard_e2e::error::{Error, Result};
+use switchyard_e2e::scenario::{config_dir, kubectl, relative};
 
 /// The operator's API identity (its ServiceAccount).
 pub const OPERATOR_USER: &str = "system:serviceaccount:switchyard-system:switchyard-operator";
@@ -131,7 +131,7 @@ pub fn node_object(i: usize) -> Node {
                             "message": "simulated", "lastHeartbeatTime": now, "lastTransitionTime": now}],
             "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
                          "osImage": "simulated", "containerRuntimeVersion": "simulated://0",
-                         "kubeletVersion": crate::binaries::K8S_VERSION, "kubeProxyVersion": "",
+                         "kubeletVersion": switchyard_e2e::binaries::K8S_VERSION, "kubeProxyVersion": "",
                          "operatingSystem": "linux", "architecture": "amd64"}
         }
     });
@@ -346,7 +346,7 @@ async fn ready(port: u16) -> bool {
     }
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
-    crate::request::parse_response(&buf).is_some_and(|r| r.status == 200)
+    switchyard_e2e::request::parse_response(&buf).is_some_and(|r| r.status == 200)
 }
 
 fn free_port() -> Result<u16> {

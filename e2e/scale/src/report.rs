@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::RunResult;
+use crate::RunResult;
 
 /// The operator RSS target from issue #7 (MiB, 1 000 nodes).
 pub const RSS_TARGET_MIB: f64 = 48.0;
@@ -124,7 +124,7 @@ pub fn markdown(
          Operator CPU (utime+stime) and RSS from `/proc/<pid>`; API requests counted by audit ID from the \
          API server's audit log (Metadata level, the operator's user only) between apply and `Succeeded`. \
          Shared 2-core VM: the API server, etcd, controllers and responder run on the same cores.\n\n",
-        k8s = crate::binaries::K8S_VERSION.trim_start_matches('v'),
+        k8s = switchyard_e2e::binaries::K8S_VERSION.trim_start_matches('v'),
     ));
     s.push_str("| nodes | runs | total | per wave | operator CPU / node | wall / node | API requests / node | operator peak RSS | operator RSS before apply | kube-apiserver CPU |\n");
     s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -238,7 +238,7 @@ pub fn write_results(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scale::measure::RequestCounts;
+    use crate::measure::RequestCounts;
 
     fn run(nodes: usize, total: f64, rss: f64) -> RunResult {
         RunResult {

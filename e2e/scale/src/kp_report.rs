@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::kp_parse::Histogram;
-use super::kube_proxy::{CONCURRENCY, ENDPOINTS, KpResult};
-use super::report::median0;
+use crate::kp_parse::Histogram;
+use crate::kube_proxy::{CONCURRENCY, ENDPOINTS, KpResult};
+use crate::report::median0;
 
 /// The all-syncs histogram kube-proxy 1.34 exports.
 pub const SYNC: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
@@ -104,7 +104,7 @@ pub fn markdown(
            CPU (utime+stime) and peak RSS (`VmHWM`) from `/proc/<pid>`: kube-proxy's own, without the \
            `iptables-restore` / `nft` processes it runs to write the rules.\n\
          - Shared 2-core VM: the API server and etcd run on the same cores.\n\n",
-        k8s = crate::binaries::K8S_VERSION.trim_start_matches('v'),
+        k8s = switchyard_e2e::binaries::K8S_VERSION.trim_start_matches('v'),
     ));
     s.push_str("| mode | N | API writes | programmed | kube-proxy CPU | full resync | resync CPU | one slice update (runs) | peak RSS / after restart | rules read (lines) |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
