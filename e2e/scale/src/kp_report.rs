@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use crate::kp_parse::Histogram;
 use crate::kube_proxy::{CONCURRENCY, ENDPOINTS, KpResult};
 use crate::report::median0;
+use switchyard_e2e::binaries::K8S_VERSION;
+use switchyard_testkit::report::fill;
 
 /// The all-syncs histogram kube-proxy 1.34 exports.
 pub const SYNC: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
@@ -74,91 +76,79 @@ fn resync(r: &KpResult) -> String {
     }
 }
 
+/// How the kube-proxy benchmark measures, with its three tables.
+const TEMPLATE: &str = include_str!("../templates/kube-proxy-sync.md");
+
 /// The markdown section.
 pub fn markdown(
     results: &[KpResult],
     agent: &BTreeMap<usize, BTreeMap<String, f64>>,
     cmd: &str,
 ) -> String {
-    let mut s = String::from("## kube-proxy's own programming time\n\n");
-    s.push_str(&format!(
-        "Measured by `{cmd}`: a one-node lab cluster (real kube-apiserver, etcd, controllers, v{k8s}) running \
-         the real kube-proxy in the given mode, its metrics on `127.0.0.1:10249` in the node's namespace. \
-         The iptables mode uses the node's `iptables` (Debian's `iptables-nft` backend, rules in nf_tables). \
-         N selector-less ClusterIP Services are created, each with one EndpointSlice of {ENDPOINTS} ready \
-         endpoints (managed by the benchmark, not the EndpointSlice controller), {CONCURRENCY} creates in flight. \
-         Rules are read in the node's namespace every 20 ms after the previous read returns \
-         (`iptables-save -t nat` / `nft list table ip kube-proxy`), so a time includes up to one read \
-         (\"read\" column).\n\n\
-         - *programmed*: first Service create → every ClusterIP in the rules (one run). *API writes*: the 2N creates alone.\n\
-         - *full resync*: kube-proxy taken off the node (a nodeSelector on its DaemonSet), its rules flushed \
-           (it leaves them on exit), the selector removed: the new process's start (`/proc/<pid>/stat`) → every \
-           ClusterIP in the rules. One run. *> T s (unfinished)*: not done when the wait for it ended; \
-           its CPU and syncs are as of then.\n\
-         - *one slice update*: one EndpointSlice among N replaced with endpoint 0 at a new address: API write \
-           sent → the new address a DNAT destination in the rules. Median over the runs.\n\
-         - *syncs*: kube-proxy's own histograms (`{SYNC}` and the other `kubeproxy_sync_*duration_seconds` its \
-           endpoint exports, its `ip_family=\"IPv4\"` series) as count × mean (sum): during the create phase, of the \
-           new process up to its complete rules, during the slice updates. kube-proxy also runs its IPv6 \
-           proxier (no IPv6 Services here): its syncs are left out of these figures, not out of the CPU. \
-           CPU (utime+stime) and peak RSS (`VmHWM`) from `/proc/<pid>`: kube-proxy's own, without the \
-           `iptables-restore` / `nft` processes it runs to write the rules.\n\
-         - Shared 2-core VM: the API server and etcd run on the same cores.\n\n",
-        k8s = switchyard_e2e::binaries::K8S_VERSION.trim_start_matches('v'),
-    ));
-    s.push_str("| mode | N | API writes | programmed | kube-proxy CPU | full resync | resync CPU | one slice update (runs) | peak RSS / after restart | rules read (lines) |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
-    for r in results {
-        s.push_str(&format!(
-            "| {} | {} | {:.1} s | {:.1} s | {:.1} s | {} | {:.1} s | {:.3} s ({}) | {:.1} / {:.1} MiB | {:.2} s ({}) |\n",
-            r.mode,
-            r.services,
-            r.create_secs,
-            r.programmed_secs,
-            r.create_cpu_secs,
-            resync(r),
-            r.resync_cpu_secs,
-            median0(&r.incremental_secs),
-            r.incremental_secs.len(),
-            r.peak_rss_mib,
-            r.resync_peak_rss_mib,
-            r.rules_read_secs,
-            r.rules_lines,
-        ));
-    }
-    s.push_str("\nkube-proxy's sync metrics:\n\n| mode | N | create phase | full resync (new process) | slice updates |\n|---|---:|---|---|---|\n");
-    for r in results {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            r.mode,
-            r.services,
-            hist(&r.create_syncs),
-            hist(&r.resync_syncs),
-            hist(&r.incremental_syncs)
-        ));
-    }
-    s.push_str("\nAgainst the eBPF agent (\"Programming time and agent memory\" above, same machine, no API server in the loop):\n\n");
-    s.push_str("| mode | N | kube-proxy full resync | kube-proxy mean sync (create phase) | agent full sync | kube-proxy one slice update | agent one endpoint change, event→map p50 |\n|---|---:|---:|---:|---:|---:|---:|\n");
-    for r in results {
-        let a = agent.get(&r.services);
-        let fig = |k: &str| a.and_then(|a| a.get(k)).copied();
-        s.push_str(&format!(
-            "| {} | {} | {} | {:.3} s | {} | {:.3} s | {} |\n",
-            r.mode,
-            r.services,
-            resync(r),
-            r.create_syncs.get(SYNC).copied().unwrap_or_default().mean(),
-            fig("agent_full_sync_s").map_or("—".into(), |v| format!("{v:.3} s")),
-            median0(&r.incremental_secs),
-            fig("change_event_p50_us").map_or("—".into(), |v| format!("{v:.0} µs")),
-        ));
-    }
-    s.push_str("\nThe kube-proxy columns include its watch delivery, its sync loop's rate limiting (`minSyncPeriod`, 1 s by default) and the rules read; the agent's are in-process timings of the same work after an event arrives. \
-        Where the rules read takes seconds (nftables at 10 000 Services: the whole table is listed) a polled \
-        time can trail the rules by up to one read plus the read that sees them; kube-proxy's own sync \
-        histogram is then the closer figure for its work. A run is one sample on a shared machine: other \
-        builds and benchmarks may have run at the same time.\n");
-    s
+    fill(
+        TEMPLATE,
+        &[
+            ("cmd", cmd.to_string()),
+            ("k8s", K8S_VERSION.trim_start_matches('v').to_string()),
+            ("endpoints", ENDPOINTS.to_string()),
+            ("concurrency", CONCURRENCY.to_string()),
+            ("sync", SYNC.to_string()),
+            ("results", results.iter().map(result_row).collect()),
+            ("syncs", results.iter().map(sync_row).collect()),
+            (
+                "agent",
+                results.iter().map(|r| agent_row(r, agent)).collect(),
+            ),
+        ],
+    )
+}
+
+/// A run's row of the main table.
+fn result_row(r: &KpResult) -> String {
+    format!(
+        "| {} | {} | {:.1} s | {:.1} s | {:.1} s | {} | {:.1} s | {:.3} s ({}) | {:.1} / {:.1} MiB | {:.2} s ({}) |\n",
+        r.mode,
+        r.services,
+        r.create_secs,
+        r.programmed_secs,
+        r.create_cpu_secs,
+        resync(r),
+        r.resync_cpu_secs,
+        median0(&r.incremental_secs),
+        r.incremental_secs.len(),
+        r.peak_rss_mib,
+        r.resync_peak_rss_mib,
+        r.rules_read_secs,
+        r.rules_lines,
+    )
+}
+
+/// A run's row of kube-proxy's sync metrics.
+fn sync_row(r: &KpResult) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} |\n",
+        r.mode,
+        r.services,
+        hist(&r.create_syncs),
+        hist(&r.resync_syncs),
+        hist(&r.incremental_syncs)
+    )
+}
+
+/// A run's row against the eBPF agent's figures at the same N.
+fn agent_row(r: &KpResult, agent: &BTreeMap<usize, BTreeMap<String, f64>>) -> String {
+    let a = agent.get(&r.services);
+    let fig = |k: &str| a.and_then(|a| a.get(k)).copied();
+    format!(
+        "| {} | {} | {} | {:.3} s | {} | {:.3} s | {} |\n",
+        r.mode,
+        r.services,
+        resync(r),
+        r.create_syncs.get(SYNC).copied().unwrap_or_default().mean(),
+        fig("agent_full_sync_s").map_or("—".into(), |v| format!("{v:.3} s")),
+        median0(&r.incremental_secs),
+        fig("change_event_p50_us").map_or("—".into(), |v| format!("{v:.0} µs")),
+    )
 }
 
 #[cfg(test)]
