@@ -1,33 +1,28 @@
 //! Rendering the kube-proxy programming benchmark: the markdown section for
 //! `BENCHMARKS.md`, compared with the eBPF agent's figures read from the
-//! datapath benchmark's `raw.csv` (same machine). Pure.
+//! datapath benchmark's rows (same machine). Pure.
 
 use std::collections::BTreeMap;
 
 use crate::kp_parse::Histogram;
 use crate::kube_proxy::{CONCURRENCY, ENDPOINTS, KpResult};
 use crate::report::median0;
+use switchyard_bench::report::Row;
 use switchyard_e2e::binaries::K8S_VERSION;
 use switchyard_testkit::report::fill;
 
 /// The all-syncs histogram kube-proxy 1.34 exports.
 pub const SYNC: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
 
-/// eBPF agent figures per N from the datapath benchmark's `raw.csv`
-/// (`n,datapath,metric,…,value`): `metric → value` for the `ebpf` rows.
-pub fn agent_figures(csv: &str) -> BTreeMap<usize, BTreeMap<String, f64>> {
+/// eBPF agent figures per N from the datapath benchmark's rows (its
+/// `raw.csv`, read with its own parser): `metric → value` for the `ebpf`
+/// rows.
+pub fn agent_figures(rows: &[Row]) -> BTreeMap<usize, BTreeMap<String, f64>> {
     let mut out: BTreeMap<usize, BTreeMap<String, f64>> = BTreeMap::new();
-    for l in csv.lines().skip(1) {
-        let f: Vec<&str> = l.split(',').collect();
-        let (Some(n), Some("ebpf"), Some(metric), Some(v)) = (
-            f.first().and_then(|n| n.parse().ok()),
-            f.get(1).copied(),
-            f.get(2),
-            f.last().and_then(|v| v.parse().ok()),
-        ) else {
-            continue;
-        };
-        out.entry(n).or_default().insert(metric.to_string(), v);
+    for r in rows.iter().filter(|r| r.datapath == "ebpf") {
+        out.entry(r.n)
+            .or_default()
+            .insert(r.metric.clone(), r.value);
     }
     out
 }
@@ -154,11 +149,12 @@ fn agent_row(r: &KpResult, agent: &BTreeMap<usize, BTreeMap<String, f64>>) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_bench::report::parse_csv;
 
     #[test]
     fn agent_rows_by_n() {
         let csv = "n,datapath,metric,target,run,samples,value\n1000,ebpf,agent_full_sync_s,-,0,1,0.028\n1000,iptables-nft,program_s,-,0,1,0.6\n1000,ebpf,change_event_p50_us,-,0,300,30.5\nbad\n";
-        let a = agent_figures(csv);
+        let a = agent_figures(&parse_csv(csv));
         assert_eq!(a[&1000]["agent_full_sync_s"], 0.028);
         assert_eq!(a[&1000]["change_event_p50_us"], 30.5);
         assert_eq!(a[&1000].len(), 2);
@@ -220,7 +216,7 @@ mod tests {
     #[test]
     fn markdown_tables() {
         let r = result("nftables", 1000);
-        let a = agent_figures("h\n1000,ebpf,agent_full_sync_s,-,0,1,0.028\n");
+        let a = agent_figures(&parse_csv("h\n1000,ebpf,agent_full_sync_s,-,0,1,0.028\n"));
         let md = markdown(&[r], &a, "make bench-kube-proxy");
         assert!(md.starts_with("## kube-proxy's own programming time\n"));
         assert!(

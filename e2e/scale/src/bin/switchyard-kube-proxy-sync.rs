@@ -84,7 +84,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn write_results(args: &Args, runs: Vec<kube_proxy::KpResult>) -> Result<(), String> {
     let csv = std::fs::read_to_string(args.out.join("raw.csv")).unwrap_or_default();
-    let agent = kp_report::agent_figures(&csv);
+    let agent = kp_report::agent_figures(&switchyard_bench::report::parse_csv(&csv));
     // The (mode, N) pairs measured, as invocations of this command.
     let pairs: Vec<String> = runs
         .iter()
