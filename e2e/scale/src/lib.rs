@@ -21,6 +21,7 @@
 pub mod kp_parse;
 pub mod kp_report;
 pub mod kube_proxy;
+pub mod kubelet;
 pub mod measure;
 pub mod operator;
 pub mod operator_scale;
