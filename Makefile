@@ -68,13 +68,13 @@ KPROXY_UPDATES ?= 5
 .PHONY: bench-operator
 bench-operator: deps ## Operator at scale: SCALE_NODES=100,1000 simulated nodes, waves of 10%, SCALE_RUNS=1 (writes node-datapath/bench/results/operator-scale.*)
 	$(CARGO) build --release --locked -p switchyard-operator --bin switchyard-operator
-	$(CARGO) build --locked -p switchyard-e2e --bins
+	$(CARGO) build --locked -p switchyard-e2e -p switchyard-scale-bench --bins
 	$(CARGO_TARGET_DIR)/debug/switchyard-operator-scale --nodes $(SCALE_NODES) --wave 10% --runs $(SCALE_RUNS) \
 		--operator $(CARGO_TARGET_DIR)/release/switchyard-operator --out node-datapath/bench/results
 
 .PHONY: bench-kube-proxy
 bench-kube-proxy: deps ## kube-proxy's own programming time: KPROXY_SERVICES=1000,10000 Services, iptables and nftables modes (writes node-datapath/bench/results/kube-proxy-sync.*)
-	$(CARGO) build --locked -p switchyard-e2e --bins
+	$(CARGO) build --locked -p switchyard-e2e -p switchyard-scale-bench --bins
 	$(CARGO_TARGET_DIR)/debug/switchyard-kube-proxy-sync --services $(KPROXY_SERVICES) --modes iptables,nftables \
 		--updates $(KPROXY_UPDATES) --out node-datapath/bench/results
 

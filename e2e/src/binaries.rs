@@ -74,13 +74,19 @@ fn project_bin_dir() -> PathBuf {
 /// This checkout's `e2e/` directory: `$SWITCHYARD_SOURCE/e2e` (the Makefile
 /// sets it), else what `cargo test`/`cargo run` name at run time, else where
 /// the binary was built. The shared target dir may hold a binary built from
-/// another checkout, whose compile-time path can be gone.
+/// another checkout, whose compile-time path can be gone. The crates built
+/// on the lab (`e2e/scale`) run with their own manifest directory, below
+/// this one: the nearest ancestor holding `e2e/hack` is the checkout.
 pub fn e2e_dir() -> PathBuf {
     if let Some(root) = std::env::var_os("SWITCHYARD_SOURCE") {
         return PathBuf::from(root).join("e2e");
     }
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
+        .ancestors()
+        .find(|d| d.join("e2e/hack").is_dir())
+        .map_or(manifest.clone(), |root| root.join("e2e"))
 }
 
 /// Runs `e2e/hack/host-setup.sh` (idempotent: mounts a cgroup v2

@@ -25,10 +25,9 @@
 //! - [`teardown`] removes a cluster by name (also a killed run's).
 //! - [`scenario`]: building blocks of the migration scenarios (switchyard
 //!   installed from `config/`, workload, load, `MigrationPlan`).
-//! - [`scale`]: the operator scale benchmark (a control plane without lab
-//!   nodes, simulated Nodes whose agents and kubelets a fake responder
-//!   plays, the real operator binary, an audit log of its requests; [`scale::kube_proxy`]: the real
-//!   kube-proxy programming N Services on a lab node (`make bench-kube-proxy`).
+//!   The control-plane benchmarks built on this lab (operator at scale,
+//!   kube-proxy's own sync) are the `switchyard-scale-bench` crate in
+//!   `e2e/scale`.
 //! - [`cluster::Cluster`] ties it together for tests and the
 //!   `switchyard-lab` command; [`request`] sends HTTP/UDP from inside pods
 //!   and nodes.
@@ -48,7 +47,6 @@ pub mod outside;
 pub mod pki;
 pub mod request;
 pub mod runtime;
-pub mod scale;
 pub mod scenario;
 mod startup;
 pub mod sys;

@@ -1,6 +1,7 @@
 //! Steady client traffic for the scenarios: one `switchyard-loadgen` pod per
 //! node, each sending requests to every target Service, and their totals.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +12,6 @@ use serde_json::json;
 
 use crate::cluster::{Cluster, wait_for};
 use crate::error::{Error, Result};
-use crate::scenario::Target;
 
 /// One load generator's totals for one target.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -41,6 +41,27 @@ pub(crate) struct LoadReport {
 pub(crate) fn read_report<T: serde::de::DeserializeOwned>(f: &Path) -> Result<T> {
     let text = std::fs::read_to_string(f).map_err(Error::io("reading", f))?;
     serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", f.display())))
+}
+
+/// A Service the load generator targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub service: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub udp: bool,
+}
+
+impl Target {
+    /// `tcp://ip:port` or `udp://ip:port`.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}:{}",
+            if self.udp { "udp" } else { "tcp" },
+            self.ip,
+            self.port
+        )
+    }
 }
 
 /// Load generators, one pod per node, each sending `rate` requests per

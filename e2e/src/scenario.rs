@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::runtime::images::{ImageProgram, ImageTable};
 use crate::topology::{API_PORT, CONTROL_PLANE_IP};
 
-pub use crate::load::{Load, Totals, start_load};
+pub use crate::load::{Load, Target, Totals, start_load};
 
 /// The lab's image table plus the project's images: operator, agent and
 /// the load generator, all from `project_bin`.
@@ -47,7 +47,7 @@ pub fn config_dir() -> PathBuf {
 }
 
 /// A relative path from `from` to `to` (both absolute).
-pub(crate) fn relative(from: &Path, to: &Path) -> PathBuf {
+pub fn relative(from: &Path, to: &Path) -> PathBuf {
     let from: Vec<_> = from.components().collect();
     let to: Vec<_> = to.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
@@ -167,27 +167,6 @@ patches:
         },
     )
     .await
-}
-
-/// A Service the load generator targets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub service: String,
-    pub ip: Ipv4Addr,
-    pub port: u16,
-    pub udp: bool,
-}
-
-impl Target {
-    /// `tcp://ip:port` or `udp://ip:port`.
-    pub fn url(&self) -> String {
-        format!(
-            "{}://{}:{}",
-            if self.udp { "udp" } else { "tcp" },
-            self.ip,
-            self.port
-        )
-    }
 }
 
 /// Deploys the classic `nginx` Deployment (2 replicas on different nodes,

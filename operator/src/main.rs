@@ -37,8 +37,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    switchyard_endpoint::init_logging();
-    switchyard_endpoint::exit_code("switchyard-operator", run(Args::parse()).await)
+    switchyard_daemon::init_logging();
+    switchyard_daemon::exit_code("switchyard-operator", run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -53,14 +53,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_from(config)?;
     controller::check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
-    let server = tokio::spawn(switchyard_endpoint::serve(
-        args.metrics_addr,
-        metrics.clone(),
-    ));
+    let server = tokio::spawn(switchyard_daemon::serve(args.metrics_addr, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        switchyard_endpoint::shutdown_signal().await;
+        switchyard_daemon::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });

@@ -1,5 +1,5 @@
 //! Operator metrics (Prometheus text), served with readiness by
-//! `switchyard-endpoint`.
+//! `switchyard-daemon`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -155,7 +155,7 @@ const STEPS: [&str; 14] = [
     "Gone",
 ];
 
-impl switchyard_endpoint::Health for Metrics {
+impl switchyard_daemon::Health for Metrics {
     fn metrics(&self) -> String {
         self.render()
     }

@@ -6,10 +6,12 @@
 //!   and the one shape of the message a skipped test prints;
 //! * [`wait`]: polling until a condition holds, blocking or async;
 //! * [`procfs`]: what a test or a benchmark reads of `/proc/<pid>/{stat,status}`;
-//! * [`stats`]: medians and percentiles of samples.
+//! * [`stats`]: medians and percentiles of samples;
+//! * [`report`]: the benchmarks' Markdown templates filled with figures.
 
 pub mod host;
 pub mod procfs;
+pub mod report;
 pub mod stats;
 pub mod wait;
 

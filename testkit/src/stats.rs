@@ -46,5 +46,15 @@ mod tests {
         assert_eq!(percentile(&v, 1.0), Some(10));
         assert_eq!(percentile(&v, 0.0), Some(1));
         assert_eq!(percentile::<u64>(&[], 0.5), None);
+        // Ten samples: p99 and p999 are the maximum.
+        assert_eq!(percentile(&v, 0.99), Some(10));
+        assert_eq!(percentile(&v, 0.999), Some(10));
+        let w: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&w, 0.5), Some(500));
+        assert_eq!(percentile(&w, 0.99), Some(990));
+        assert_eq!(percentile(&w, 0.999), Some(999));
+        assert_eq!(percentile(&w, 1.0), Some(1000));
+        assert_eq!(percentile(&w, 0.0), Some(1));
+        assert_eq!(percentile(&[7], 0.999), Some(7));
     }
 }

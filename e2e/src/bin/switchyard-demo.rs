@@ -93,9 +93,39 @@ fn table(p: &MigrationPlan, load: &Load, external: &ExternalLoad) {
     }
 }
 
+/// The client traffic inside the cluster and from outside it.
+struct Traffic {
+    load: Load,
+    external: ExternalLoad,
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let bins = switchyard_e2e::binaries::Binaries::locate().map_err(|e| e.to_string())?;
+    let c = start_cluster(&args, &bins, started).await?;
+    let traffic = start_traffic(&c, &args, &bins).await?;
+    install(&c).await?;
+    let (plan, secs) = migrate(&c, &traffic).await?;
+    let failed = result(&c, traffic, secs).await?;
+
+    step(6, "tearing down");
+    let phase = plan.status.map(|s| s.phase);
+    c.teardown();
+    println!("  done in {:.1}s total", started.elapsed().as_secs_f64());
+    if phase != Some(Phase::Succeeded) || failed > 0 {
+        return Err(format!(
+            "the migration ended {phase:?} with {failed} failed requests"
+        ));
+    }
+    Ok(())
+}
+
+/// Step 1: the 3-node cluster with kube-proxy and the outside.
+async fn start_cluster(
+    args: &Args,
+    bins: &switchyard_e2e::binaries::Binaries,
+    started: Instant,
+) -> Result<Cluster, String> {
     step(
         1,
         &format!(
@@ -117,22 +147,31 @@ async fn run(args: Args) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         c.kubeconfig().display()
     );
+    Ok(c)
+}
 
+/// Step 2: the workload and its Services, traffic from every node and from
+/// the external client; the rules before.
+async fn start_traffic(
+    c: &Cluster,
+    args: &Args,
+    bins: &switchyard_e2e::binaries::Binaries,
+) -> Result<Traffic, String> {
     step(
         2,
         "deploying nginx (2 replicas), its Services and NodePort/LoadBalancer Services; starting client traffic from every node and from outside",
     );
-    let targets = scenario::deploy_workload(&c)
+    let targets = scenario::deploy_workload(c)
         .await
         .map_err(|e| e.to_string())?;
     for t in &targets {
         println!("  {:<10} {}", t.service, t.url());
     }
-    let load = scenario::start_load(&c, &targets, args.rate)
+    let load = scenario::start_load(c, &targets, args.rate)
         .await
         .map_err(|e| e.to_string())?;
     println!("  {} req/s to each Service from each of 3 nodes", args.rate);
-    let ingress = ingress::deploy_ingress(&c)
+    let ingress = ingress::deploy_ingress(c)
         .await
         .map_err(|e| e.to_string())?;
     let outside = c.outside().map_err(|e| e.to_string())?;
@@ -153,25 +192,34 @@ async fn run(args: Args) -> Result<(), String> {
         ingress.lb_cluster.ip,
         args.rate
     );
-    show_rules(&c, "before").await;
+    show_rules(c, "before").await;
+    Ok(Traffic { load, external })
+}
 
+/// Step 3: switchyard from `config/`.
+async fn install(c: &Cluster) -> Result<(), String> {
     step(
         3,
         "installing switchyard: kubectl apply -k config/ (operator + agents)",
     );
-    scenario::install(&c).await.map_err(|e| e.to_string())?;
+    scenario::install(c).await.map_err(|e| e.to_string())?;
     println!(
         "{}",
-        scenario::kubectl(&c, &["get", "nodedatapaths"])
+        scenario::kubectl(c, &["get", "nodedatapaths"])
             .await
             .map_err(|e| e.to_string())?
     );
+    Ok(())
+}
 
+/// Step 4: the MigrationPlan, followed live until it settles; returns it
+/// and the seconds it took.
+async fn migrate(c: &Cluster, traffic: &Traffic) -> Result<(MigrationPlan, f64), String> {
     step(
         4,
         "applying MigrationPlan leave-kube-proxy (canary 1 node, then waves of 1)",
     );
-    scenario::apply_plan(&c, json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan",
+    scenario::apply_plan(c, json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan",
         "metadata": {"name": "leave-kube-proxy"},
         "spec": {"strategy": {"canaryNodes": 1, "waveSize": 1},
           "verification": {"probes": [{"name": "nginx", "service": {"namespace": "default", "name": "nginx"}, "port": 80, "protocol": "TCP", "httpPath": "/"}]},
@@ -180,55 +228,49 @@ async fn run(args: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let migration = Instant::now();
     let plan = scenario::follow_plan(
-        &c,
+        c,
         "leave-kube-proxy",
         Duration::from_secs(600),
-        |p| table(p, &load, &external),
+        |p| table(p, &traffic.load, &traffic.external),
         scenario::settled,
     )
     .await
     .map_err(|e| e.to_string())?;
-    let secs = migration.elapsed().as_secs_f64();
+    Ok((plan, migration.elapsed().as_secs_f64()))
+}
 
+/// Step 5: the plan, the traffic's totals, the rules after; returns the
+/// failed requests inside and from outside.
+async fn result(c: &Cluster, traffic: Traffic, secs: f64) -> Result<u64, String> {
     step(5, "result");
     println!(
         "{}",
-        scenario::kubectl(&c, &["get", "migrationplan"])
+        scenario::kubectl(c, &["get", "migrationplan"])
             .await
             .map_err(|e| e.to_string())?
     );
-    let totals = load.stop(&c).await.map_err(|e| e.to_string())?;
-    let external = external.stop().await.map_err(|e| e.to_string())?;
+    let totals = traffic.load.stop(c).await.map_err(|e| e.to_string())?;
+    let external = traffic.external.stop().await.map_err(|e| e.to_string())?;
     for t in totals.iter().chain(&external) {
         println!("  {:<24} ok {:<6} failed {}", t.target, t.ok, t.failed);
     }
     let (ok, failed) = sums(&totals);
     let (ext_ok, ext_failed) = sums(&external);
+    let outside = c.outside().map_err(|e| e.to_string())?;
     let take_outs = outside.load_balancer().take_outs().len();
     println!(
         "  migration took {secs:.1}s; {} requests in all, {failed} failed; from outside {} requests, {ext_failed} failed; the LoadBalancer's health checks took {take_outs} node(s) out",
         ok + failed,
         ext_ok + ext_failed
     );
-    let failed = failed + ext_failed;
-    show_rules(&c, "after").await;
+    show_rules(c, "after").await;
     println!(
         "{}",
-        scenario::kubectl(&c, &["-n", "kube-system", "get", "daemonsets,configmaps"])
+        scenario::kubectl(c, &["-n", "kube-system", "get", "daemonsets,configmaps"])
             .await
             .map_err(|e| e.to_string())?
     );
-
-    step(6, "tearing down");
-    let phase = plan.status.map(|s| s.phase);
-    c.teardown();
-    println!("  done in {:.1}s total", started.elapsed().as_secs_f64());
-    if phase != Some(Phase::Succeeded) || failed > 0 {
-        return Err(format!(
-            "the migration ended {phase:?} with {failed} failed requests"
-        ));
-    }
-    Ok(())
+    Ok(failed + ext_failed)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]

@@ -1,11 +1,13 @@
 //! The node runtime, standing in for the kubelet: one watcher per node on
 //! the pods bound to it; each pod gets a task (see [`pod`]) that builds its
 //! network namespace, files and processes, reports status and tears it all
-//! down on deletion.
+//! down on deletion; [`supervise`] keeps its containers running and
+//! their status true.
 
 pub mod images;
 pub mod pod;
 pub mod status;
+mod supervise;
 pub mod volumes;
 
 use std::collections::HashMap;

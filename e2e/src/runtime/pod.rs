@@ -3,7 +3,7 @@
 //! private mount and UTS namespace), truthful status, restarts per
 //! `restartPolicy`, and teardown on deletion.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,24 +23,24 @@ use crate::error::{Error, Result};
 use crate::network;
 use crate::sys::{self, Cgroup, Placement};
 
-fn now() -> String {
+pub(super) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn terminating(u: &PodUpdate) -> bool {
+pub(super) fn terminating(u: &PodUpdate) -> bool {
     u.gone || u.pod.metadata.deletion_timestamp.is_some()
 }
 
 /// The pod's resources on the node, released by [`Sandbox::release`].
 #[derive(Debug)]
-struct Sandbox {
+pub(super) struct Sandbox {
     key: String,
-    netns: PathBuf,
+    pub(super) netns: PathBuf,
     own_netns: Option<String>,
-    ip: Ipv4Addr,
+    pub(super) ip: Ipv4Addr,
     cgroup: Cgroup,
     dir: PathBuf,
-    started: String,
+    pub(super) started: String,
 }
 
 impl Sandbox {
@@ -61,15 +61,15 @@ impl Sandbox {
 
 /// A container's process and what is needed to start it again.
 #[derive(Debug)]
-struct Running {
-    report: ContainerReport,
+pub(super) struct Running {
+    pub(super) report: ContainerReport,
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
     placement: Placement,
     log: PathBuf,
-    tcp_ports: Vec<u16>,
-    process: Option<Process>,
+    pub(super) tcp_ports: Vec<u16>,
+    pub(super) process: Option<Process>,
 }
 
 /// Runs the pod until it is deleted.
@@ -87,7 +87,7 @@ pub async fn run(shared: Arc<NodeShared>, mut rx: watch::Receiver<PodUpdate>) {
     while !terminating(&rx.borrow()) {
         match start(&shared, &pod).await {
             Ok((sandbox, containers)) => {
-                supervise(&shared, &pod, &sandbox, containers, &mut rx).await;
+                super::supervise::supervise(&shared, &pod, &sandbox, containers, &mut rx).await;
                 sandbox.release(&shared);
                 break;
             }
@@ -346,7 +346,7 @@ fn ensure_mountpoint(
     Ok(())
 }
 
-fn spawn(r: &mut Running) -> Result<()> {
+pub(super) fn spawn(r: &mut Running) -> Result<()> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -375,26 +375,7 @@ fn spawn(r: &mut Running) -> Result<()> {
     Ok(())
 }
 
-/// Whether every declared TCP port of the container accepts a connection
-/// inside the pod's namespace.
-async fn ports_ready(netns: PathBuf, ip: Ipv4Addr, ports: Vec<u16>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        sys::in_netns(&netns, move || {
-            ports.iter().all(|p| {
-                std::net::TcpStream::connect_timeout(
-                    &SocketAddr::from((ip, *p)),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
-            })
-        })
-        .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
-}
-
-async fn patch_status(
+pub(super) async fn patch_status(
     shared: &NodeShared,
     pod: &Pod,
     containers: &[ContainerReport],
@@ -442,119 +423,9 @@ async fn report_failure(shared: &NodeShared, pod: &Pod, reason: &str, message: &
     patch_status(shared, pod, &reports, None, &now()).await;
 }
 
-async fn supervise(
-    shared: &NodeShared,
-    pod: &Pod,
-    sandbox: &Sandbox,
-    mut containers: Vec<Running>,
-    rx: &mut watch::Receiver<PodUpdate>,
-) {
-    let policy = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".into());
-    let ip = Some(sandbox.ip.to_string());
-    let reports = |cs: &[Running]| cs.iter().map(|c| c.report.clone()).collect::<Vec<_>>();
-    patch_status(
-        shared,
-        pod,
-        &reports(&containers),
-        ip.clone(),
-        &sandbox.started,
-    )
-    .await;
-    let mut backoff: Vec<Option<tokio::time::Instant>> = vec![None; containers.len()];
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        if terminating(&rx.borrow()) {
-            break;
-        }
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { break },
-            _ = tick.tick() => {}
-        }
-        let mut dirty = false;
-        for (i, c) in containers.iter_mut().enumerate() {
-            // Readiness: declared TCP ports accept connections.
-            if matches!(c.report.state, ContainerState::Running { .. })
-                && !c.report.ready
-                && ports_ready(sandbox.netns.clone(), sandbox.ip, c.tcp_ports.clone()).await
-            {
-                c.report.ready = true;
-                dirty = true;
-            }
-            // Exits and restarts.
-            let exited = c
-                .process
-                .as_mut()
-                .and_then(|p| p.child.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                c.process = None;
-                let code = status.code().unwrap_or_else(|| {
-                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-                });
-                let started_at = match &c.report.state {
-                    ContainerState::Running { started_at } => started_at.clone(),
-                    _ => now(),
-                };
-                let term = ContainerState::Terminated {
-                    exit_code: code,
-                    reason: if code == 0 {
-                        "Completed".into()
-                    } else {
-                        "Error".into()
-                    },
-                    started_at,
-                    finished_at: now(),
-                };
-                tracing::info!(container = %c.report.name, code, "container exited");
-                c.report.ready = false;
-                let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
-                if restart {
-                    c.report.last = Some(term);
-                    c.report.state = ContainerState::Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: String::new(),
-                    };
-                    let delay = Duration::from_secs(1 << c.report.restart_count.clamp(0, 3));
-                    backoff[i] = Some(tokio::time::Instant::now() + delay);
-                } else {
-                    c.report.state = term;
-                }
-                dirty = true;
-            }
-            if let Some(at) = backoff[i]
-                && tokio::time::Instant::now() >= at
-            {
-                backoff[i] = None;
-                c.report.restart_count += 1;
-                if let Err(e) = spawn(c) {
-                    c.report.state = ContainerState::Waiting {
-                        reason: "StartError".into(),
-                        message: e.to_string(),
-                    };
-                }
-                dirty = true;
-            }
-        }
-        if dirty {
-            patch_status(
-                shared,
-                pod,
-                &reports(&containers),
-                ip.clone(),
-                &sandbox.started,
-            )
-            .await;
-        }
-    }
-    stop(pod, &mut containers).await;
-}
-
 /// SIGTERM to every container, SIGKILL (via the cgroup) after the grace
 /// period (capped at 10 s).
-async fn stop(pod: &Pod, containers: &mut [Running]) {
+pub(super) async fn stop(pod: &Pod, containers: &mut [Running]) {
     for c in containers.iter() {
         if let Some(p) = &c.process {
             sys::signal_group(p.pid(), Signal::SIGTERM);

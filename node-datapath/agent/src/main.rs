@@ -45,8 +45,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    switchyard_endpoint::init_logging();
-    switchyard_endpoint::exit_code("switchyard-agent", run(Args::parse()).await)
+    switchyard_daemon::init_logging();
+    switchyard_daemon::exit_code("switchyard-agent", run(Args::parse()).await)
 }
 
 async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
@@ -67,13 +67,10 @@ async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
 async fn run(args: Args) -> Result<(), Error> {
     let client = client(args.api_server.as_deref()).await?;
     let shared = Arc::new(Shared::default());
-    let server = tokio::spawn(switchyard_endpoint::serve(
-        args.metrics_addr,
-        shared.clone(),
-    ));
+    let server = tokio::spawn(switchyard_daemon::serve(args.metrics_addr, shared.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        switchyard_endpoint::shutdown_signal().await;
+        switchyard_daemon::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });

@@ -1,5 +1,5 @@
 //! What the agent's `/metrics` and `/readyz` report (served by
-//! `switchyard-endpoint`).
+//! `switchyard-daemon`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,7 +84,7 @@ impl Shared {
     }
 }
 
-impl switchyard_endpoint::Health for Shared {
+impl switchyard_daemon::Health for Shared {
     fn metrics(&self) -> String {
         self.render()
     }

@@ -259,7 +259,7 @@ impl Syncer {
             self.last_ops = ops.len();
             if full {
                 drop(ops);
-                switchyard_endpoint::release_freed_memory();
+                switchyard_daemon::release_freed_memory();
             }
             self.status.services_programmed = self.status.services_seen;
             self.status.backends_programmed = self.ids.backend_count() as u32;

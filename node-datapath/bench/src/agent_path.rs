@@ -51,25 +51,13 @@ pub struct AgentResult {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::ebpf::self_status_kib("VmRSS")
 }
 
 /// The `q`-th percentile (nearest rank) of `v`; 0 for no samples.
 fn pct(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
     v.sort_by(f64::total_cmp);
-    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
+    switchyard_testkit::stats::percentile(v, q / 100.0).unwrap_or(0.0)
 }
 
 /// Fills a store as a watch's initial list does, one projected object at
@@ -103,12 +91,7 @@ pub fn agent_path(
 ) -> Result<AgentResult, BenchError> {
     let rss_base_kib = rss_kib();
     // Start from empty maps (the `sync` child filled them).
-    {
-        let mut maps = switchyard_node_datapath::PinnedLbMaps::open(bpffs_dir)?;
-        let ops = switchyard_lb::diff::diff_snapshots(&maps.snapshot()?, &Default::default());
-        maps.apply_all(&ops)
-            .map_err(|(i, e)| BenchError::Arg(format!("emptying maps, op {i}: {e}")))?;
-    }
+    empty_maps(bpffs_dir)?;
     let (services, slices) = (Services::default(), Slices::default());
     fill(&services, sc.services, |i| {
         store::service_entry(&service_object(sc, i))
@@ -126,7 +109,63 @@ pub fn agent_path(
     sync(&mut syncer, &services, &slices, vec![Touched::Relisted])?;
     let full_sync_s = t.elapsed().as_secs_f64();
 
-    let (mut sync_us, mut event_us, mut ops) = (Vec::new(), Vec::new(), Vec::new());
+    let Changes {
+        mut sync_us,
+        mut event_us,
+        mut ops,
+    } = endpoint_changes(sc, &mut syncer, &services, &slices, changes)?;
+    let mut noop_us = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        sync(&mut syncer, &services, &slices, Vec::new())?;
+        noop_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    restore_endpoints(sc, &mut syncer, &services, &slices)?;
+    let med = |v: &mut Vec<f64>| pct(v, 50.0);
+    let p99 = |v: &mut Vec<f64>| pct(v, 99.0);
+    Ok(AgentResult {
+        services: sc.services,
+        full_sync_s,
+        changes,
+        change_sync_p50_us: med(&mut sync_us),
+        change_sync_p99_us: p99(&mut sync_us),
+        change_event_p50_us: med(&mut event_us),
+        change_event_p99_us: p99(&mut event_us),
+        change_ops: med(&mut ops),
+        noop_sync_p50_us: med(&mut noop_us),
+        rss_base_kib,
+        rss_stores_kib,
+        rss_kib: rss_kib(),
+        rss_peak_kib: peak_rss_kib(),
+    })
+}
+
+/// Removes every entry of the maps pinned under `bpffs_dir`.
+fn empty_maps(bpffs_dir: &std::path::Path) -> Result<(), BenchError> {
+    let mut maps = switchyard_node_datapath::PinnedLbMaps::open(bpffs_dir)?;
+    let ops = switchyard_lb::diff::diff_snapshots(&maps.snapshot()?, &Default::default());
+    maps.apply_all(&ops)
+        .map_err(|(i, e)| BenchError::Arg(format!("emptying maps, op {i}: {e}")))
+}
+
+/// Per endpoint change: the sync alone and with the store work (µs), and
+/// the map operations it took.
+#[derive(Debug, Default)]
+struct Changes {
+    sync_us: Vec<f64>,
+    event_us: Vec<f64>,
+    ops: Vec<f64>,
+}
+
+/// `changes` single-endpoint changes, each handed to the sync alone.
+fn endpoint_changes(
+    sc: &Scenario,
+    syncer: &mut Syncer,
+    services: &Services,
+    slices: &Slices,
+    changes: usize,
+) -> Result<Changes, BenchError> {
+    let mut out = Changes::default();
     for j in 0..changes {
         // Spread over the Services; each change moves endpoint 0 of one
         // Service to a fresh address, or back.
@@ -149,21 +188,24 @@ pub fn agent_path(
         let applied = slices.apply(Event::Apply(k, v));
         let touched: Vec<Touched> = Touched::of_slice(&applied).into_iter().collect();
         let t1 = Instant::now();
-        sync(&mut syncer, &services, &slices, touched)?;
+        sync(syncer, services, slices, touched)?;
         let t2 = Instant::now();
-        event_us.push((t2 - t0).as_secs_f64() * 1e6);
-        sync_us.push((t2 - t1).as_secs_f64() * 1e6);
-        ops.push(syncer.last_ops as f64);
+        out.event_us.push((t2 - t0).as_secs_f64() * 1e6);
+        out.sync_us.push((t2 - t1).as_secs_f64() * 1e6);
+        out.ops.push(syncer.last_ops as f64);
     }
-    let mut noop_us = Vec::new();
-    for _ in 0..50 {
-        let t = Instant::now();
-        sync(&mut syncer, &services, &slices, Vec::new())?;
-        noop_us.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    // Untimed: every Service back at its scenario endpoints, through the
-    // same path, so that the traffic measurements on these maps reach the
-    // servers (a moved endpoint 0 points at an address nobody serves).
+    Ok(out)
+}
+
+/// Untimed: every Service back at its scenario endpoints, through the
+/// same path, so that the traffic measurements on these maps reach the
+/// servers (a moved endpoint 0 points at an address nobody serves).
+fn restore_endpoints(
+    sc: &Scenario,
+    syncer: &mut Syncer,
+    services: &Services,
+    slices: &Slices,
+) -> Result<(), BenchError> {
     for i in 0..sc.services {
         let moved = endpoint(i, ENDPOINTS);
         let Some(cur) = slices.get(NAMESPACE, &slice_name(i)) else {
@@ -173,28 +215,12 @@ pub fn agent_path(
             let (k, v) = store::slice_entry(&slice_object(sc, i));
             let applied = slices.apply(Event::Apply(k, v));
             sync(
-                &mut syncer,
-                &services,
-                &slices,
+                syncer,
+                services,
+                slices,
                 Touched::of_slice(&applied).into_iter().collect(),
             )?;
         }
     }
-    let med = |v: &mut Vec<f64>| pct(v, 50.0);
-    let p99 = |v: &mut Vec<f64>| pct(v, 99.0);
-    Ok(AgentResult {
-        services: sc.services,
-        full_sync_s,
-        changes,
-        change_sync_p50_us: med(&mut sync_us),
-        change_sync_p99_us: p99(&mut sync_us),
-        change_event_p50_us: med(&mut event_us),
-        change_event_p99_us: p99(&mut event_us),
-        change_ops: med(&mut ops),
-        noop_sync_p50_us: med(&mut noop_us),
-        rss_base_kib,
-        rss_stores_kib,
-        rss_kib: rss_kib(),
-        rss_peak_kib: peak_rss_kib(),
-    })
+    Ok(())
 }

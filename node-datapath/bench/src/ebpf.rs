@@ -177,14 +177,14 @@ fn secs(d: Duration) -> f64 {
 
 /// `VmHWM` of this process in KiB (0 if unreadable).
 pub fn peak_rss_kib() -> u64 {
+    self_status_kib("VmHWM")
+}
+
+/// A KiB field of this process's `/proc/self/status`; 0 when unreadable.
+pub fn self_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+        .and_then(|s| switchyard_testkit::procfs::status_kib(&s, field))
         .unwrap_or(0)
 }
 

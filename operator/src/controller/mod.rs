@@ -138,7 +138,7 @@ pub async fn run(
             if let Err(e) = r {
                 warn!(error = %e, "reconcile failed");
             }
-            switchyard_endpoint::release_freed_memory();
+            switchyard_daemon::release_freed_memory();
             future::ready(())
         })
         .await;
@@ -213,7 +213,7 @@ fn watch_services(
 fn spawn_readiness(nodes: Store<Node>, datapaths: Store<NodeDatapath>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         if nodes.wait_until_ready().await.is_ok() && datapaths.wait_until_ready().await.is_ok() {
-            switchyard_endpoint::release_freed_memory();
+            switchyard_daemon::release_freed_memory();
             metrics
                 .ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);

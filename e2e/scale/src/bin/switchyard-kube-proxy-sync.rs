@@ -1,5 +1,5 @@
 //! `make bench-kube-proxy`: the real kube-proxy programming N Services in
-//! each mode (see `switchyard_e2e::scale::kube_proxy`); writes
+//! each mode (see `switchyard_scale_bench::kube_proxy`); writes
 //! `kube-proxy-sync.json` and `kube-proxy-sync.md` into `--out`.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use switchyard_e2e::ProxyMode;
-use switchyard_e2e::scale::{kp_report, kube_proxy};
+use switchyard_scale_bench::{kp_report, kube_proxy};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -84,7 +84,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn write_results(args: &Args, runs: Vec<kube_proxy::KpResult>) -> Result<(), String> {
     let csv = std::fs::read_to_string(args.out.join("raw.csv")).unwrap_or_default();
-    let agent = kp_report::agent_figures(&csv);
+    let agent = kp_report::agent_figures(&switchyard_bench::report::parse_csv(&csv));
     // The (mode, N) pairs measured, as invocations of this command.
     let pairs: Vec<String> = runs
         .iter()
@@ -97,7 +97,7 @@ fn write_results(args: &Args, runs: Vec<kube_proxy::KpResult>) -> Result<(), Str
     );
     let md = kp_report::markdown(&runs, &agent, &cmd);
     let json = serde_json::json!({"command": cmd, "runs": runs});
-    switchyard_e2e::scale::report::write_results(&args.out, "kube-proxy-sync", &json, &md)?;
+    switchyard_scale_bench::report::write_results(&args.out, "kube-proxy-sync", &json, &md)?;
     println!("{md}");
     Ok(())
 }

@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchyard_testkit::procfs;
 
-use super::kp_parse::{self, Histogram};
-use super::measure;
-use crate::addons::ProxyMode;
-use crate::cluster::{Cluster, ClusterConfig, wait_for};
-use crate::error::{Error, Result};
+use crate::kp_parse::{self, Histogram};
+use crate::measure;
+use switchyard_e2e::addons::ProxyMode;
+use switchyard_e2e::cluster::{Cluster, ClusterConfig, wait_for};
+use switchyard_e2e::error::{Error, Result};
 
 /// `endpointslice.kubernetes.io/managed-by` of the benchmark's slices.
 pub const MANAGED_BY: &str = "kube-proxy-bench.switchyard.dev";
@@ -311,6 +311,46 @@ pub async fn run_once(
     r
 }
 
+/// The node and kube-proxy mode one measurement runs on, and the longest
+/// wait for kube-proxy.
+#[derive(Clone, Copy, Debug)]
+struct On<'a> {
+    c: &'a Cluster,
+    node: &'a str,
+    mode: ProxyMode,
+    timeout: Duration,
+}
+
+impl On<'_> {
+    /// Polls the node's rules until `done` holds.
+    async fn poll(&self, what: &str, done: impl Fn(&str) -> bool) -> Result<Instant> {
+        poll_rules(self.c, self.node, self.mode, what, self.timeout, done).await
+    }
+}
+
+/// The create phase: kube-proxy's samples before and after, the times.
+#[derive(Debug)]
+struct Created {
+    vips: Vec<Ipv4Addr>,
+    create_secs: f64,
+    programmed_secs: f64,
+    m0: BTreeMap<String, Histogram>,
+    m1: BTreeMap<String, Histogram>,
+    p0: measure::ProcSample,
+    p1: measure::ProcSample,
+    rules_read_secs: f64,
+    rules_lines: usize,
+}
+
+/// The full resync of a new kube-proxy process.
+#[derive(Debug)]
+struct Resynced {
+    secs: f64,
+    unfinished: bool,
+    syncs: BTreeMap<String, Histogram>,
+    p2: measure::ProcSample,
+}
+
 async fn measure_on(
     c: &Cluster,
     mode: ProxyMode,
@@ -324,12 +364,45 @@ async fn measure_on(
         .first()
         .map(|n| n.name.clone())
         .ok_or_else(|| Error::Config("no node".into()))?;
-    let node = node.as_str();
+    let on = On {
+        c,
+        node: node.as_str(),
+        mode,
+        timeout,
+    };
+    let pid = first_sync(c, on.node).await?;
+    let created = create_phase(on, n, pid).await?;
+    let incremental_secs = incremental(on, n, incr).await?;
+    let m2 = sync_metrics(c, on.node).await;
+    let peak_rss_mib = measure::sample(pid).unwrap_or_default().hwm_kib as f64 / 1024.0;
+    let resynced = full_resync(on, pid, &created.vips).await?;
+    Ok(KpResult {
+        mode: mode.as_str().into(),
+        services: n,
+        create_secs: created.create_secs,
+        programmed_secs: created.programmed_secs,
+        create_syncs: delta(&created.m1, &created.m0),
+        create_cpu_secs: created.p1.cpu_secs - created.p0.cpu_secs,
+        resync_secs: resynced.secs,
+        resync_unfinished: resynced.unfinished,
+        resync_syncs: resynced.syncs,
+        resync_cpu_secs: resynced.p2.cpu_secs,
+        peak_rss_mib,
+        resync_peak_rss_mib: resynced.p2.hwm_kib as f64 / 1024.0,
+        incremental_secs,
+        incremental_syncs: delta(&m2, &created.m1),
+        rules_read_secs: created.rules_read_secs,
+        rules_lines: created.rules_lines,
+    })
+}
+
+/// Waits for kube-proxy's process and its initial sync (the `kubernetes`
+/// Service); returns its process id.
+async fn first_sync(c: &Cluster, node: &str) -> Result<i32> {
     let (_, pid) = wait_for("kube-proxy's process", Duration::from_secs(60), || {
         kube_proxy_pid(c)
     })
     .await?;
-    // Its initial sync (the `kubernetes` Service) done.
     wait_for(
         "kube-proxy's first sync",
         Duration::from_secs(60),
@@ -341,6 +414,13 @@ async fn measure_on(
         },
     )
     .await?;
+    Ok(pid)
+}
+
+/// Creates the `n` Services and slices and waits for every ClusterIP in
+/// the rules; then times one rules read.
+async fn create_phase(on: On<'_>, n: usize, pid: i32) -> Result<Created> {
+    let (c, node) = (on.c, on.node);
     let m0 = sync_metrics(c, node).await;
     let p0 = measure::sample(pid).unwrap_or_default();
 
@@ -348,28 +428,38 @@ async fn measure_on(
     let vips = create_all(c, n).await?;
     let create_secs = t0.elapsed().as_secs_f64();
     tracing::info!(n, secs = create_secs, "Services and EndpointSlices created");
-    let done = poll_rules(
-        c,
-        node,
-        mode,
-        "every ClusterIP in kube-proxy's rules",
-        timeout,
-        |t| all_in(t, &vips),
-    )
-    .await?;
+    let done = on
+        .poll("every ClusterIP in kube-proxy's rules", |t| {
+            all_in(t, &vips)
+        })
+        .await?;
     let programmed_secs = (done - t0).as_secs_f64();
     let p1 = measure::sample(pid).unwrap_or_default();
     let m1 = sync_metrics(c, node).await;
     let read0 = Instant::now();
-    let text = rules(c, node, mode).await?;
+    let text = rules(c, node, on.mode).await?;
     let rules_read_secs = read0.elapsed().as_secs_f64();
     let rules_lines = text.lines().count();
     tracing::info!(n, secs = programmed_secs, "programmed");
+    Ok(Created {
+        vips,
+        create_secs,
+        programmed_secs,
+        m0,
+        m1,
+        p0,
+        p1,
+        rules_read_secs,
+        rules_lines,
+    })
+}
 
-    // Incremental: swap one endpoint of one slice among N.
-    let slices: Api<EndpointSlice> = Api::namespaced(c.client(), NAMESPACE);
+/// Incremental: swaps one endpoint of one slice among `n`, `runs` times;
+/// seconds from each write to the new endpoint in the rules.
+async fn incremental(on: On<'_>, n: usize, runs: usize) -> Result<Vec<f64>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(on.c.client(), NAMESPACE);
     let mut incremental_secs = Vec::new();
-    for r in 0..incr {
+    for r in 0..runs {
         let i = (r * 7919 + n / 2) % n;
         let fresh = Ipv4Addr::new(10, 222, r as u8, 1);
         let mut s = slice_object(i);
@@ -385,21 +475,20 @@ async fn measure_on(
                 cur
             })
             .await?;
-        let seen = poll_rules(
-            c,
-            node,
-            mode,
-            "the swapped endpoint in the rules",
-            timeout,
-            |txt| kp_parse::has_endpoint(txt, fresh),
-        )
-        .await?;
+        let seen = on
+            .poll("the swapped endpoint in the rules", |txt| {
+                kp_parse::has_endpoint(txt, fresh)
+            })
+            .await?;
         incremental_secs.push((seen - t).as_secs_f64());
     }
-    let m2 = sync_metrics(c, node).await;
-    let peak_rss_mib = measure::sample(pid).unwrap_or_default().hwm_kib as f64 / 1024.0;
+    Ok(incremental_secs)
+}
 
-    // Full resync: take kube-proxy off the node, flush its rules, start it again.
+/// Full resync: takes kube-proxy (process `pid`) off the node, flushes its
+/// rules, starts it again and times the new process to every ClusterIP.
+async fn full_resync(on: On<'_>, pid: i32, vips: &[Ipv4Addr]) -> Result<Resynced> {
+    let (c, node, mode, timeout) = (on.c, on.node, on.mode, on.timeout);
     set_paused(c, true).await?;
     wait_for("the old kube-proxy to exit", timeout, || async {
         (!Path::new(&format!("/proc/{pid}")).exists() && kube_proxy_pid(c).await.is_none())
@@ -422,43 +511,25 @@ async fn measure_on(
     // A resync that outlasts the timeout is a result too (kube-proxy's
     // iptables mode at 10 000 Services on the nft backend): recorded as
     // unfinished after the time waited, with what the process had done.
-    let (resync_secs, resync_unfinished) = match poll_rules(
-        c,
-        node,
-        mode,
-        "every ClusterIP after the restart",
-        timeout,
-        |t| all_in(t, &vips),
-    )
-    .await
+    let (secs, unfinished) = match on
+        .poll("every ClusterIP after the restart", |t| all_in(t, vips))
+        .await
     {
         Ok(done2) => ((done2 - started).as_secs_f64(), false),
         Err(Error::Timeout { .. }) => {
             let waited = started.elapsed().as_secs_f64();
-            tracing::warn!(n, secs = waited, "resync unfinished");
+            tracing::warn!(n = vips.len(), secs = waited, "resync unfinished");
             (waited, true)
         }
         Err(e) => return Err(e),
     };
     let p2 = measure::sample(pid2).unwrap_or_default();
-    let resync_syncs = sync_metrics(c, node).await;
-    Ok(KpResult {
-        mode: mode.as_str().into(),
-        services: n,
-        create_secs,
-        programmed_secs,
-        create_syncs: delta(&m1, &m0),
-        create_cpu_secs: p1.cpu_secs - p0.cpu_secs,
-        resync_secs,
-        resync_unfinished,
-        resync_syncs,
-        resync_cpu_secs: p2.cpu_secs,
-        peak_rss_mib,
-        resync_peak_rss_mib: p2.hwm_kib as f64 / 1024.0,
-        incremental_secs,
-        incremental_syncs: delta(&m2, &m1),
-        rules_read_secs,
-        rules_lines,
+    let syncs = sync_metrics(c, node).await;
+    Ok(Resynced {
+        secs,
+        unfinished,
+        syncs,
+        p2,
     })
 }
 

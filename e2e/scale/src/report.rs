@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use switchyard_e2e::binaries::K8S_VERSION;
+use switchyard_testkit::report::fill;
 
-use super::RunResult;
+use crate::RunResult;
 
 /// The operator RSS target from issue #7 (MiB, 1 000 nodes).
 pub const RSS_TARGET_MIB: f64 = 48.0;
@@ -103,6 +105,11 @@ pub fn summarize(runs: &[RunResult]) -> Vec<Summary> {
         .collect()
 }
 
+/// How the operator benchmark measures, with the table of the runs.
+const TEMPLATE: &str = include_str!("../templates/operator-scale.md");
+/// The request mix, memory and wall time of the largest run.
+const LARGEST: &str = include_str!("../templates/operator-scale-largest.md");
+
 /// The markdown fragment: how it was measured, the table, the request mix
 /// of the largest run, the RSS target verdict.
 pub fn markdown(
@@ -111,111 +118,109 @@ pub fn markdown(
     heartbeat_secs: u64,
     cmd: &str,
 ) -> String {
-    let mut s = String::new();
-    s.push_str("## Operator at scale (simulated nodes)\n\n");
-    s.push_str(&format!(
-        "Measured by `{cmd}`: a real kube-apiserver, etcd, kube-controller-manager and kube-scheduler \
-         (v{k8s}), N Node objects, kube-proxy's DaemonSet (iptables mode) whose pods the real DaemonSet \
-         controller and scheduler place on them; a fake responder plays every node's agent (answers each \
-         NodeDatapath spec change at once with a healthy status, heartbeats every {heartbeat_secs} s like the \
-         agent) and kubelet (kube-proxy pods Ready, graceful deletions finished). The real release \
-         `switchyard-operator` runs out of cluster with its own ServiceAccount token and `config/rbac` \
-         permissions; one MigrationPlan, no canary, waves of {wave_percent}%, applied → `Succeeded`. \
-         Operator CPU (utime+stime) and RSS from `/proc/<pid>`; API requests counted by audit ID from the \
-         API server's audit log (Metadata level, the operator's user only) between apply and `Succeeded`. \
-         Shared 2-core VM: the API server, etcd, controllers and responder run on the same cores.\n\n",
-        k8s = crate::binaries::K8S_VERSION.trim_start_matches('v'),
-    ));
-    s.push_str("| nodes | runs | total | per wave | operator CPU / node | wall / node | API requests / node | operator peak RSS | operator RSS before apply | kube-apiserver CPU |\n");
-    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for x in summaries {
-        s.push_str(&format!(
-            "| {} | {} | {:.1} s | {:.1} s | {:.2} ms | {:.0} ms | {:.1} | {:.1} MiB | {:.1} MiB | {:.1} s |\n",
-            x.nodes,
-            x.runs,
-            x.total_secs,
-            x.wave_secs,
-            x.operator_cpu_ms_per_node,
-            x.wall_ms_per_node,
-            x.requests_per_node,
-            x.operator_peak_rss_mib,
-            x.operator_idle_rss_mib,
-            x.apiserver_cpu_secs,
-        ));
-    }
-    s.push_str("\nMedians over the runs; \"per wave\" is the median over all waves of all runs (first node leaves Pending → last node Done, as a watch on the plan sees it).\n");
+    let rows: String = summaries.iter().map(table_row).collect();
+    let mut s = fill(
+        TEMPLATE,
+        &[
+            ("cmd", cmd.to_string()),
+            ("k8s", K8S_VERSION.trim_start_matches('v').to_string()),
+            ("heartbeat_secs", heartbeat_secs.to_string()),
+            ("wave_percent", wave_percent.to_string()),
+            ("rows", rows),
+        ],
+    );
     if let Some(big) = summaries.last() {
-        s.push_str(&format!(
-            "\nThe operator's requests per node at {} nodes, by verb and resource:\n\n| request | per node |\n|---|---:|\n",
-            big.nodes
-        ));
-        let mut kinds: Vec<_> = big.requests_per_node_by_kind.iter().collect();
-        kinds.sort_by(|a, b| b.1.total_cmp(a.1));
-        for (k, v) in kinds {
-            s.push_str(&format!("| `{k}` | {v:.2} |\n"));
-        }
-        let verdict = if big.operator_peak_rss_mib <= RSS_TARGET_MIB {
-            format!(
-                "met: {:.1} MiB ≤ {RSS_TARGET_MIB:.0} MiB",
-                big.operator_peak_rss_mib
-            )
-        } else {
-            format!(
-                "missed by {:.1} MiB ({:.1} MiB > {RSS_TARGET_MIB:.0} MiB)",
-                big.operator_peak_rss_mib - RSS_TARGET_MIB,
-                big.operator_peak_rss_mib
-            )
-        };
-        s.push_str(&format!(
-            "\nTarget operator RSS ≤ {RSS_TARGET_MIB:.0} MiB with 1 000 nodes: at {} nodes {verdict}. \
-             Where it is, sampled from `/proc/<pid>/status` every 250 ms during the migration: at most \
-             {:.1} MiB of file pages (the binary's code and read-only data, `RssFile`) and {:.1} MiB of \
-             anonymous memory (malloc's heap, `RssAnon`); before the plan is applied the operator holds \
-             {:.1} MiB (its caches of {n} Nodes and NodeDatapaths, without status, annotations or managed \
-             fields). The plan's status (every node with its wave, step, start and finish; a step history \
-             only while a node is in flight or failed) is {:.0} KiB of JSON at {n} nodes, {:.0} bytes a \
-             node: etcd's default 1.5 MiB request limit would be reached at about {:.0} nodes. Profiled once at 300 nodes with a counting global allocator (a scratch build): the \
-             live heap never exceeded 12 MiB and a reconcile briefly took it to 21 MiB (8 MiB of that was \
-             one page of 250 kube-proxy Pods decoded whole), yet glibc's malloc held 52 MiB (62 MiB RSS): \
-             what a reconcile frees stays in the arena of the worker thread that allocated it. The operator \
-             now returns freed pages after every reconcile and once its caches are filled (`malloc_trim`), \
-             decodes kube-proxy's pods straight into the fields it reads, keeps no managed fields in its \
-             plan cache either, discards the status apply's answer (the whole plan again) unread, and runs \
-             with `MALLOC_ARENA_MAX=2` (its Deployment sets it; so does this benchmark).\n",
-            big.nodes,
-            big.operator_peak_file_mib,
-            big.operator_peak_anon_mib,
-            big.operator_idle_rss_mib,
-            big.plan_status_kib,
-            status_bytes_per_node(big),
-            ETCD_REQUEST_LIMIT_BYTES / status_bytes_per_node(big).max(1.0),
-            n = big.nodes,
-        ));
-        let per_node_kinds = [
-            "get nodedatapaths",
-            "patch nodedatapaths",
-            "patch nodes",
-            "create events",
-        ];
-        let own: f64 = per_node_kinds
-            .iter()
-            .filter_map(|k| big.requests_per_node_by_kind.get(*k))
-            .sum();
-        s.push_str(&format!(
-            "\nWall time at {n} nodes is bound by the API server on the shared cores, not by the operator: \
-             kube-apiserver used {:.0} s of CPU during the {:.0} s migration against the operator's {:.0} s; \
-             the simulated agents' {heartbeat_secs}-second heartbeats alone are {:.0} NodeDatapath status writes per second. \
-             Of the operator's {:.1} requests per node, {own:.1} act on that node (NodeDatapath read + apply, \
-             Node patches, Events); the rest is the snapshot each reconcile reads, shared by the whole wave.\n",
-            big.apiserver_cpu_secs,
-            big.total_secs,
-            big.operator_cpu_ms_per_node * big.nodes as f64 / 1000.0,
-            big.heartbeats_per_sec,
-            big.requests_per_node,
-            n = big.nodes,
-        ));
+        s.push('\n');
+        s.push_str(&largest(big, heartbeat_secs));
     }
     s
+}
+
+/// One node count's row of the table.
+fn table_row(x: &Summary) -> String {
+    format!(
+        "| {} | {} | {:.1} s | {:.1} s | {:.2} ms | {:.0} ms | {:.1} | {:.1} MiB | {:.1} MiB | {:.1} s |\n",
+        x.nodes,
+        x.runs,
+        x.total_secs,
+        x.wave_secs,
+        x.operator_cpu_ms_per_node,
+        x.wall_ms_per_node,
+        x.requests_per_node,
+        x.operator_peak_rss_mib,
+        x.operator_idle_rss_mib,
+        x.apiserver_cpu_secs,
+    )
+}
+
+/// The RSS target verdict of the largest run.
+fn rss_verdict(big: &Summary) -> String {
+    if big.operator_peak_rss_mib <= RSS_TARGET_MIB {
+        format!(
+            "met: {:.1} MiB ≤ {RSS_TARGET_MIB:.0} MiB",
+            big.operator_peak_rss_mib
+        )
+    } else {
+        format!(
+            "missed by {:.1} MiB ({:.1} MiB > {RSS_TARGET_MIB:.0} MiB)",
+            big.operator_peak_rss_mib - RSS_TARGET_MIB,
+            big.operator_peak_rss_mib
+        )
+    }
+}
+
+/// Requests of the kinds that act on the node itself (NodeDatapath read +
+/// apply, Node patches, Events), per node.
+fn own_requests_per_node(big: &Summary) -> f64 {
+    [
+        "get nodedatapaths",
+        "patch nodedatapaths",
+        "patch nodes",
+        "create events",
+    ]
+    .iter()
+    .filter_map(|k| big.requests_per_node_by_kind.get(*k))
+    .sum()
+}
+
+/// The largest run's request mix, memory and wall time.
+fn largest(big: &Summary, heartbeat_secs: u64) -> String {
+    let mut kinds: Vec<_> = big.requests_per_node_by_kind.iter().collect();
+    kinds.sort_by(|a, b| b.1.total_cmp(a.1));
+    let kinds: String = kinds
+        .into_iter()
+        .map(|(k, v)| format!("| `{k}` | {v:.2} |\n"))
+        .collect();
+    let f1 = |v: f64| format!("{v:.1}");
+    let f0 = |v: f64| format!("{v:.0}");
+    fill(
+        LARGEST,
+        &[
+            ("nodes", big.nodes.to_string()),
+            ("kinds", kinds),
+            ("target", f0(RSS_TARGET_MIB)),
+            ("verdict", rss_verdict(big)),
+            ("file_mib", f1(big.operator_peak_file_mib)),
+            ("anon_mib", f1(big.operator_peak_anon_mib)),
+            ("idle_mib", f1(big.operator_idle_rss_mib)),
+            ("status_kib", f0(big.plan_status_kib)),
+            ("status_bytes_per_node", f0(status_bytes_per_node(big))),
+            (
+                "etcd_limit_nodes",
+                f0(ETCD_REQUEST_LIMIT_BYTES / status_bytes_per_node(big).max(1.0)),
+            ),
+            ("apiserver_cpu", f0(big.apiserver_cpu_secs)),
+            ("total", f0(big.total_secs)),
+            (
+                "operator_cpu",
+                f0(big.operator_cpu_ms_per_node * big.nodes as f64 / 1000.0),
+            ),
+            ("heartbeat_secs", heartbeat_secs.to_string()),
+            ("heartbeats_per_sec", f0(big.heartbeats_per_sec)),
+            ("requests_per_node", f1(big.requests_per_node)),
+            ("own", f1(own_requests_per_node(big))),
+        ],
+    )
 }
 
 /// Writes `<out>/<stem>.json` (pretty) and `<out>/<stem>.md`, creating
@@ -238,7 +243,7 @@ pub fn write_results(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scale::measure::RequestCounts;
+    use crate::measure::RequestCounts;
 
     fn run(nodes: usize, total: f64, rss: f64) -> RunResult {
         RunResult {

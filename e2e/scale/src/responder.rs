@@ -2,7 +2,7 @@
 //! every simulated node's switchyard agent (creates its `NodeDatapath`,
 //! answers spec changes with the status a healthy agent reports, heartbeats)
 //! and one plays the kubelet for the kube-proxy pods bound to simulated
-//! nodes (reports them Running and Ready, finishes their graceful deletion).
+//! nodes ([`crate::kubelet`]).
 //!
 //! The answers are decided by the pure [`answer`]; the tasks only move
 //! objects between it and the API server.
@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -27,12 +26,12 @@ use switchyard_api::{
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::error::Result;
+use switchyard_e2e::error::Result;
 
 /// Field manager of the simulated agents' status writes.
 pub const AGENT_MANAGER: &str = "switchyard-agent-sim";
 /// Requests the responder keeps in flight at once.
-const CONCURRENCY: usize = 32;
+pub(crate) const CONCURRENCY: usize = 32;
 
 /// Counters of what the responder wrote (its API traffic is not the
 /// operator's and is excluded from the operator's request counts).
@@ -277,7 +276,7 @@ impl Responder {
             nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (n.clone(), super::node_ip(i)))
+                .map(|(i, n)| (n.clone(), crate::node_ip(i)))
                 .collect(),
         );
         let tasks = vec![
@@ -294,7 +293,7 @@ impl Responder {
                 heartbeat,
                 counters.clone(),
             )),
-            tokio::spawn(kubelet(client, node_ips, counters.clone())),
+            tokio::spawn(crate::kubelet::run(client, node_ips, counters.clone())),
         ];
         Ok(Self { counters, tasks })
     }
@@ -387,122 +386,9 @@ async fn beat(api: Api<NodeDatapath>, statuses: Statuses, node: String, counters
     }
 }
 
-/// What the kubelet does next with a pod bound to a simulated node.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PodAction {
-    /// Nothing (ready, or not ours).
-    None,
-    /// Report it Running and Ready.
-    Ready,
-    /// Its graceful deletion started: the containers are gone, remove it.
-    Finish,
-}
-
-/// Pure: the kubelet's next move for `pod` (bound to one of `nodes`).
-pub fn pod_action(pod: &Pod, nodes: &BTreeMap<String, String>) -> PodAction {
-    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
-        return PodAction::None;
-    };
-    if !nodes.contains_key(node) {
-        return PodAction::None;
-    }
-    if pod.metadata.deletion_timestamp.is_some() {
-        return PodAction::Finish;
-    }
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if ready {
-        PodAction::None
-    } else {
-        PodAction::Ready
-    }
-}
-
-fn running_status(pod: &Pod, ip: &str, now: &str) -> serde_json::Value {
-    let containers: Vec<serde_json::Value> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| {
-            json!({"name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
-                   "restartCount": 0, "state": {"running": {"startedAt": now}}})
-        })
-        .collect();
-    let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-    json!({"status": {
-        "phase": "Running", "hostIP": ip, "hostIPs": [{"ip": ip}], "podIP": ip, "podIPs": [{"ip": ip}],
-        "startTime": now,
-        "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("Ready"),
-                       cond("ContainersReady"), cond("PodScheduled")],
-        "containerStatuses": containers,
-    }})
-}
-
-async fn kubelet(client: Client, nodes: Arc<BTreeMap<String, String>>, counters: Arc<Counters>) {
-    let pods: Api<Pod> = Api::namespaced(client, "kube-system");
-    watcher(pods.clone(), watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .for_each_concurrent(CONCURRENCY, |ev| {
-            let (pods, nodes, counters) = (pods.clone(), nodes.clone(), counters.clone());
-            async move {
-                let Ok(pod) = ev else { return };
-                let name = pod.name_any();
-                let result = match pod_action(&pod, &nodes) {
-                    PodAction::None => return,
-                    PodAction::Ready => {
-                        let node = pod
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.node_name.clone())
-                            .unwrap_or_default();
-                        let ip = nodes.get(&node).cloned().unwrap_or_default();
-                        let now =
-                            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                        pods.patch_status(
-                            &name,
-                            &PatchParams::default(),
-                            &Patch::Merge(running_status(&pod, &ip, &now)),
-                        )
-                        .await
-                        .map(|_| ())
-                    }
-                    PodAction::Finish => {
-                        let dp = DeleteParams {
-                            grace_period_seconds: Some(0),
-                            preconditions: Some(Preconditions {
-                                uid: pod.uid(),
-                                resource_version: None,
-                            }),
-                            ..DeleteParams::default()
-                        };
-                        match pods.delete(&name, &dp).await {
-                            Ok(_) => Ok(()),
-                            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-                            Err(e) => Err(e),
-                        }
-                    }
-                };
-                match result {
-                    Ok(()) => counters.pod_writes.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::warn!(pod = %name, error = %e, "simulated kubelet");
-                        counters.errors.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        })
-        .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PodSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use switchyard_api::{CleanupRequest, Probe, ProbeProtocol, ProbeRequest, ServiceRef};
 
     fn t(s: i64) -> Timestamp {
@@ -554,54 +440,5 @@ mod tests {
 
         let s3 = answer(&NodeDatapathSpec::default(), &s2, 3, t(106)).expect("turns off");
         assert_eq!(s3.active_mode, Some(DatapathMode::Off));
-    }
-
-    fn pod(node: Option<&str>, deleting: bool, ready: bool) -> Pod {
-        let mut p = Pod {
-            metadata: ObjectMeta {
-                name: Some("kube-proxy-x".into()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PodSpec {
-                node_name: node.map(str::to_string),
-                ..PodSpec::default()
-            }),
-            status: None,
-        };
-        if deleting {
-            p.metadata.deletion_timestamp = Some(Time(t(1)));
-        }
-        if ready {
-            let now = "2026-01-01T00:00:00Z";
-            p.status =
-                serde_json::from_value(running_status(&p, "10.0.0.1", now)["status"].clone()).ok();
-        }
-        p
-    }
-
-    #[test]
-    fn the_kubelet_readies_its_pods_and_finishes_their_deletion() {
-        let nodes: BTreeMap<String, String> =
-            [("sim-0001".to_string(), "10.0.0.1".to_string())].into();
-        assert_eq!(
-            pod_action(&pod(None, false, false), &nodes),
-            PodAction::None
-        );
-        assert_eq!(
-            pod_action(&pod(Some("real"), false, false), &nodes),
-            PodAction::None
-        );
-        assert_eq!(
-            pod_action(&pod(Some("sim-0001"), false, false), &nodes),
-            PodAction::Ready
-        );
-        assert_eq!(
-            pod_action(&pod(Some("sim-0001"), false, true), &nodes),
-            PodAction::None
-        );
-        assert_eq!(
-            pod_action(&pod(Some("sim-0001"), true, true), &nodes),
-            PodAction::Finish
-        );
     }
 }

@@ -1,5 +1,5 @@
 //! `make bench-operator`: the operator migrating N simulated nodes (see
-//! `switchyard_e2e::scale`), each node count `--runs` times; writes
+//! `switchyard_scale_bench`), each node count `--runs` times; writes
 //! `operator-scale.json` and `operator-scale.md` into `--out`.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use switchyard_e2e::scale::{self, ScaleConfig, report};
+use switchyard_scale_bench::{self as scale, ScaleConfig, report};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -114,7 +114,7 @@ async fn run(args: Args) -> Result<(), String> {
         "summaries": summaries,
         "runs": results,
     });
-    switchyard_e2e::scale::report::write_results(&args.out, "operator-scale", &json, &md)?;
+    report::write_results(&args.out, "operator-scale", &json, &md)?;
     println!("{md}");
     Ok(())
 }
