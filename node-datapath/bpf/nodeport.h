@@ -61,6 +61,11 @@
 #include "maps.h"
 #include "sock_lb.h"
 
+/* Passes the packet on to the next program or filter on the interface
+ * (a CNI's), and to the stack after the last: tcx's TCX_NEXT, and
+ * cls_bpf's "no verdict" in direct-action mode. */
+#define SY_TC_NEXT TC_ACT_UNSPEC
+
 #define SY_ETH_P_IP 0x0008 /* htons(ETH_P_IP) */
 #define SY_IP_OFFSET 0xff1f /* htons(IP_OFFSET) */
 #define SY_TCP_FLAGS_OFF 13
@@ -324,21 +329,21 @@ int sy_ingress(struct __sk_buff *skb)
 	if (parsed < 0)
 		sy_count(SY_CNT_INGRESS_FRAGMENT);
 	if (parsed <= 0)
-		return TC_ACT_OK;
+		return SY_TC_NEXT;
 	key.address = p.tuple.ipv4.daddr;
 	key.dport = p.tuple.ipv4.dport;
 	key.proto = p.proto;
 	key.scope = SY_SCOPE_NODE;
 	svc = bpf_map_lookup_elem(&sy_svc_v4, &key);
 	if (!svc || !(svc->flags & SY_INGRESS_FRONTEND))
-		return TC_ACT_OK;
+		return SY_TC_NEXT;
 	if (sy_ct_keeps(skb, &p)) {
 		sy_count(SY_CNT_INGRESS_TRACKED);
-		return TC_ACT_OK;
+		return SY_TC_NEXT;
 	}
 	if (!p.new_flow) {
 		sy_count(SY_CNT_INGRESS_UNTRACKED);
-		return TC_ACT_OK;
+		return SY_TC_NEXT;
 	}
 	if (!sy_source_allowed(&key, svc, p.tuple.ipv4.saddr))
 		return TC_ACT_SHOT;
@@ -367,7 +372,7 @@ int sy_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	sy_count(SY_CNT_INGRESS_TRANSLATED);
-	return TC_ACT_OK;
+	return SY_TC_NEXT;
 }
 
 #endif /* SWITCHYARD_NODEPORT_H */

@@ -112,6 +112,35 @@ pub struct DatapathConfig {
     /// the node, and the namespace gets the health-port steering program.
     /// Empty: only the socket programs run.
     pub ingress_interfaces: Vec<String>,
+    /// How the ingress program attaches to those interfaces.
+    pub tc_attach: TcAttach,
+}
+
+/// How the ingress program attaches to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum TcAttach {
+    /// tcx links where the kernel has them (6.6 and later), `clsact`
+    /// filters otherwise.
+    #[default]
+    Auto,
+    /// A pinned tcx link per interface.
+    Tcx,
+    /// A `cls_bpf` filter on the interface's `clsact` qdisc.
+    Clsact,
+}
+
+impl TcAttach {
+    /// Whether this attaches through `clsact` on the running kernel.
+    pub fn uses_clsact(self) -> bool {
+        match self {
+            Self::Auto => {
+                use aya::util::KernelVersion;
+                KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
+            }
+            Self::Tcx => false,
+            Self::Clsact => true,
+        }
+    }
 }
 
 impl DatapathConfig {
@@ -122,6 +151,7 @@ impl DatapathConfig {
             cgroup: cgroup.into(),
             capacities: Capacities::default(),
             ingress_interfaces: Vec::new(),
+            tc_attach: TcAttach::Auto,
         }
     }
 }

@@ -34,6 +34,7 @@ use tracing::{info, warn};
 
 pub use crate::config::{
     Capacities, DEFAULT_BPFFS_DIR, DatapathConfig, Hook, LinkAction, OffReport, StartReport,
+    TcAttach,
 };
 pub use crate::object::TEST_OBJECT_DIR;
 use crate::{
@@ -67,6 +68,8 @@ pub(crate) fn links_dir(bpffs_dir: &Path) -> PathBuf {
 pub(crate) struct StartGuard {
     new_map_pins: Vec<PathBuf>,
     new_link_pins: Vec<PathBuf>,
+    /// Interfaces given a `clsact` filter ([`crate::clsact`]).
+    pub(crate) new_tc_filters: Vec<String>,
     /// Parents first.
     new_dirs: Vec<PathBuf>,
     armed: bool,
@@ -79,6 +82,9 @@ impl Drop for StartGuard {
         }
         for pin in &self.new_link_pins {
             detach_and_unpin(pin);
+        }
+        for interface in &self.new_tc_filters {
+            crate::clsact::detach(interface);
         }
         for pin in &self.new_map_pins {
             if let Err(e) = std::fs::remove_file(pin) {
@@ -304,6 +310,7 @@ impl Datapath {
         let mut guard = StartGuard {
             new_map_pins: Vec::new(),
             new_link_pins: Vec::new(),
+            new_tc_filters: Vec::new(),
             new_dirs: [&config.bpffs_dir, &maps, &links]
                 .into_iter()
                 .filter(|d| !d.exists())
@@ -328,8 +335,7 @@ impl Datapath {
             let action = ensure_link(&mut prog, hook, &pin, &cgroup, cgroup_id, &mut guard)?;
             actions.push((hook, action));
         }
-        let ingress =
-            crate::ingress::ensure(&mut ebpf, &config.ingress_interfaces, &links, &mut guard)?;
+        let ingress = crate::ingress::ensure(&mut ebpf, config, &links, &mut guard)?;
         let north_south = !config.ingress_interfaces.is_empty();
         let health = crate::health::ensure(&mut ebpf, north_south, &links, &mut guard)?;
         guard.armed = false;
@@ -412,6 +418,13 @@ pub fn off(bpffs_dir: &Path) -> Result<OffReport, DatapathError> {
     for pin in pins.chain([crate::health::pin_path(&links)]) {
         if detach_and_unpin(&pin) {
             report.links_removed.push(pin.display().to_string());
+        }
+    }
+    for interface in crate::clsact::interfaces() {
+        if crate::clsact::detach(&interface) {
+            report
+                .links_removed
+                .push(format!("clsact filter on {interface}"));
         }
     }
     let maps = maps_dir(bpffs_dir);

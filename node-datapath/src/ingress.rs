@@ -3,11 +3,12 @@
 //! `<dir>/links/ingress-<interface>` and adopted on restart like the cgroup
 //! links (kept when it runs the same program, swapped atomically when not,
 //! re-attached when its interface is gone). Links of interfaces no longer
-//! configured are detached.
+//! configured are detached. Kernels without tcx get a `clsact` filter
+//! instead ([`crate::clsact`]).
 //!
 //! tcx links coexist with other programs on the interface (a CNI's, the
-//! lab's), appended after them; the program only ever passes or drops, so
-//! their order does not matter to it.
+//! lab's), appended after them; the program passes packets on to the next
+//! one, so their order does not matter to it.
 
 use std::{
     ffi::CString,
@@ -18,7 +19,7 @@ use std::{
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 
 use crate::{
-    DatapathError,
+    DatapathConfig, DatapathError,
     config::LinkAction,
     datapath::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, pin_new_link},
     object::load_named,
@@ -81,28 +82,52 @@ fn attach(prog: &mut SchedClassifier, interface: &str) -> Result<FdLink, Datapat
     })
 }
 
-/// Makes every interface of `interfaces` run the ingress program and
-/// detaches it from pinned interfaces not listed (see the module doc).
+/// Makes every one of the configured interfaces run the ingress program
+/// and detaches it from interfaces not listed (see the module doc).
 pub(crate) fn ensure(
     ebpf: &mut aya::Ebpf,
-    interfaces: &[String],
+    config: &DatapathConfig,
     links: &Path,
     guard: &mut StartGuard,
 ) -> Result<Vec<(String, LinkAction)>, DatapathError> {
+    let interfaces = &config.ingress_interfaces;
+    let clsact = config.tc_attach.uses_clsact();
     let mut actions = Vec::new();
     if !interfaces.is_empty() {
         let prog = load(ebpf)?;
         for interface in interfaces {
-            let action = ensure_one(prog, interface, links, guard)?;
+            let action = if clsact {
+                ensure_filter(prog, interface, guard)?
+            } else {
+                ensure_one(prog, interface, links, guard)?
+            };
             actions.push((interface.clone(), action));
         }
     }
     for (interface, pin) in pinned(links) {
-        if !interfaces.contains(&interface) {
+        if clsact || !interfaces.contains(&interface) {
             detach_and_unpin(&pin);
         }
     }
+    if clsact {
+        let others = crate::clsact::interfaces();
+        for interface in others.iter().filter(|i| !interfaces.contains(i)) {
+            crate::clsact::detach(interface);
+        }
+    }
     Ok(actions)
+}
+
+fn ensure_filter(
+    prog: &mut SchedClassifier,
+    interface: &str,
+    guard: &mut StartGuard,
+) -> Result<LinkAction, DatapathError> {
+    let action = crate::clsact::ensure(prog, interface)?;
+    if action == LinkAction::Attached {
+        guard.new_tc_filters.push(interface.to_owned());
+    }
+    Ok(action)
 }
 
 fn ensure_one(

@@ -30,6 +30,7 @@
 
 mod batch;
 pub mod capabilities;
+mod clsact;
 mod config;
 pub mod datapath;
 mod error;
@@ -44,7 +45,7 @@ mod sys;
 
 pub use datapath::{
     Capacities, DEFAULT_BPFFS_DIR, Datapath, DatapathConfig, Hook, LinkAction, OffReport,
-    StartReport, off,
+    StartReport, TcAttach, off,
 };
 pub use error::DatapathError;
 pub use health::HealthSockets;

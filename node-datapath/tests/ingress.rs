@@ -18,7 +18,7 @@ use common::{
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, svc_flags};
 use switchyard_lb::maps::LbMaps;
-use switchyard_node_datapath::{Datapath, DatapathConfig, LinkAction};
+use switchyard_node_datapath::{Datapath, DatapathConfig, LinkAction, TcAttach};
 
 const NODE_PORT: u16 = 30080;
 
@@ -34,6 +34,22 @@ fn start_with_ingress(lab: &Lab) -> Datapath {
         ..lab.config()
     };
     in_netns(&lab.node_ns, || started(Datapath::start(&config)))
+}
+
+/// `tc filter show` of `ext0`'s ingress in the lab node.
+fn ingress_filters(lab: &Lab) -> String {
+    run(
+        "tc",
+        &[
+            "-n",
+            &lab.node_ns,
+            "filter",
+            "show",
+            "dev",
+            "ext0",
+            "ingress",
+        ],
+    )
 }
 
 /// NodePort `NODE_PORT` (TCP and UDP) on the node's external address,
@@ -531,4 +547,65 @@ fn a_cluster_ip_routed_to_the_node_from_outside_is_served_masqueraded() {
     let s = out.client("tcp", &format!("{vip}:80"), 10);
     assert_eq!(names(&s), ["b1@10.1.1.1"], "{s}");
     assert_eq!(ok_total(&s), 10, "{s}");
+}
+
+#[test]
+fn without_tcx_a_clsact_filter_serves_is_swapped_by_a_restart_and_removed_by_off() {
+    require_privileged!();
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    lab.serve(1, 8080);
+    lab.serve(2, 8080);
+    let config = DatapathConfig {
+        ingress_interfaces: vec!["ext0".into()],
+        tc_attach: TcAttach::Clsact,
+        ..lab.config()
+    };
+    let start = || in_netns(&lab.node_ns, || started(Datapath::start(&config)));
+    let first = start();
+    assert_eq!(
+        first.report().ingress,
+        [("ext0".to_string(), LinkAction::Attached)]
+    );
+    assert!(
+        !lab.bpffs_dir.join("links/ingress-ext0").exists(),
+        "no tcx link"
+    );
+    let filters = ingress_filters(&lab);
+    assert!(
+        filters.contains("sy_ingress") && filters.contains("pref 49408"),
+        "{filters}"
+    );
+    program_nodeport(&first, 0);
+    drop(first);
+    // The filter outlives the process; a restart swaps its program in
+    // place while an outside client keeps connecting.
+    let client = out.looping(&lab, "tcp", &nodeport(), 5);
+    let again = start();
+    assert_eq!(
+        again.report().ingress,
+        [("ext0".to_string(), LinkAction::Replaced)]
+    );
+    let s = client.stop();
+    assert_eq!(err_total(&s), 0, "{s}");
+    assert!(ok_total(&s) > 0, "{s}");
+    let filters = ingress_filters(&lab);
+    assert_eq!(filters.matches("handle 0x53590001").count(), 1, "{filters}");
+    let off = in_netns(&lab.node_ns, || {
+        switchyard_node_datapath::off(&lab.bpffs_dir)
+    })
+    .unwrap();
+    assert!(
+        off.links_removed
+            .iter()
+            .any(|l| l == "clsact filter on ext0"),
+        "{off:?}"
+    );
+    assert!(!ingress_filters(&lab).contains("sy_ingress"));
+    let s = out.client("tcp", &nodeport(), 1);
+    assert_eq!(
+        ok_total(&s),
+        0,
+        "nothing serves the NodePort after Off: {s}"
+    );
 }

@@ -24,7 +24,9 @@ pub use outside::{KEEPALIVE, NODE_EXTERNAL_IP, OUTSIDE_CLIENT_IP, Outside, in_ne
 
 use switchyard_abi::{Counter, IPPROTO_TCP};
 use switchyard_lb::maps::LbMaps;
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, DatapathError, capabilities};
+use switchyard_node_datapath::{
+    Capacities, Datapath, DatapathConfig, DatapathError, TcAttach, capabilities,
+};
 
 /// The ClusterIP the tests program.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -287,6 +289,7 @@ impl Lab {
                 affinity: 256,
             },
             ingress_interfaces: Vec::new(),
+            tc_attach: TcAttach::Auto,
         }
     }
 
