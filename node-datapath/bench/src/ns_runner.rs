@@ -12,7 +12,7 @@
 
 use std::{io::Write as _, net::SocketAddrV4, time::Instant};
 
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, RunTimeStats};
+use switchyard_node_datapath::{Datapath, DatapathConfig, RunTimeStats};
 use tracing::info;
 
 use crate::{
@@ -77,8 +77,8 @@ fn start_ebpf(t: &NsTopo, sc: &Scenario) -> Result<Datapath, BenchError> {
     let config = DatapathConfig {
         bpffs_dir: t.topo.bpffs_dir.clone(),
         cgroup: t.topo.cgroup.clone(),
-        capacities: Capacities::default(),
         ingress_interfaces: vec![EXTERNAL_IF.to_string()],
+        ..DatapathConfig::new(&t.topo.cgroup)
     };
     let ns = topo::Topo::ns_path(&t.topo.node_ns);
     let dp = std::thread::scope(|s| {

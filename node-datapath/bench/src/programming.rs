@@ -9,7 +9,7 @@ use std::io::Write as _;
 
 use serde::de::DeserializeOwned;
 use switchyard_lb::{IdAllocator, LbMaps, Options, desired_state, diff};
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, PinnedLbMaps};
+use switchyard_node_datapath::{Datapath, DatapathConfig, PinnedLbMaps};
 use tracing::info;
 
 use crate::{
@@ -78,8 +78,7 @@ pub fn program_ebpf(
     let config = DatapathConfig {
         bpffs_dir: topo.bpffs_dir.clone(),
         cgroup: topo.cgroup.clone(),
-        capacities: Capacities::default(),
-        ingress_interfaces: Vec::new(),
+        ..DatapathConfig::new(&topo.cgroup)
     };
     let dp = Datapath::start(&config)?;
     push(row("ebpf_start_s", 0, dp.report().elapsed.as_secs_f64()))?;

@@ -54,8 +54,7 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
     let _dp = Datapath::start(&DatapathConfig {
         bpffs_dir: topo.bpffs_dir.clone(),
         cgroup: topo.cgroup.clone(),
-        capacities: Capacities::default(),
-        ingress_interfaces: Vec::new(),
+        ..DatapathConfig::new(&topo.cgroup)
     })
     .unwrap();
     let sc = Scenario::new(50).unwrap();
