@@ -18,7 +18,7 @@ use switchyard_bench::{
 use switchyard_lb::{
     IdAllocator, LbMaps, Options, consistent, desired_state, desired_state_of_views, diff,
 };
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, PinnedLbMaps};
+use switchyard_node_datapath::{Datapath, DatapathConfig, PinnedLbMaps};
 
 /// The maps under `topo` hold exactly the desired state of the stores.
 fn assert_maps_match(topo: &Topo, services: &Services, slices: &Slices) {
