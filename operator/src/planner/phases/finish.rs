@@ -1,6 +1,7 @@
 //! The end of a plan: finalisation after the last wave (backup, then
 //! kube-proxy's deletion), the guard against kube-proxy's return after
-//! success, and the whole-plan rollback.
+//! success, the whole-plan rollback, and the release of kube-proxy's
+//! rollout once the plan has ended.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use switchyard_api::conditions::{self, KUBE_PROXY_REAPPEARED};
@@ -66,8 +67,8 @@ pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
         s.st.observed_generation,
         Time(ctx.now),
     );
-    if kp.daemon_set.as_ref().is_some_and(|ds| !ds.excludes_label) {
-        s.actions.push(Action::EnsureKubeProxyAffinity);
+    if let Some(ds) = kp.daemon_set.as_ref() {
+        s.actions.extend(node::exclude_from_template(ds));
     }
 
     for p in s.st.nodes.iter().filter(|p| p.step == NodeStep::Done) {
@@ -127,6 +128,47 @@ pub(super) fn rollback(ctx: &Ctx<'_>, s: &mut Draft) {
         None => {
             s.st.message = Some("every touched node is back on kube-proxy".into());
             set_phase(ctx, s, Phase::RolledBack);
+        }
+    }
+}
+
+/// Once the plan has ended (`Succeeded`, `Failed`, `RolledBack`): gives
+/// kube-proxy's DaemonSet its own `updateStrategy` back, choosing the pod
+/// template that restarts no running kube-proxy pod.
+///
+/// - Every pod runs the current template (kube-proxy re-created from the
+///   backup, or no pod left): the strategy alone is restored; the
+///   exclusion stays in the template, inert while no node carries the label.
+/// - Some pods run another template (those created before the plan, on
+///   nodes it never migrated) and no node is excluded: the user's template
+///   comes back with the strategy, in one write, so those pods match it
+///   again and stay; only pods the rollback re-created from the excluding
+///   template are replaced, as the user's strategy says.
+/// - Otherwise (nodes still excluded and pods from before the plan: a plan
+///   that failed with migrated nodes) the hold stays: restoring the
+///   strategy now would restart kube-proxy on the nodes still using it.
+pub(super) fn release_rollout(ctx: &Ctx<'_>, s: &mut Draft) {
+    let Some(ds) = ctx.snap.kube_proxy.daemon_set.as_ref() else {
+        return;
+    };
+    if !ds.rollout_held {
+        return;
+    }
+    let excluded = ctx.snap.nodes.values().any(|n| n.kube_proxy_excluded);
+    match (ds.pods_current, excluded) {
+        (None, _) => {}
+        (Some(true), _) => s.actions.push(Action::ReleaseKubeProxyRollout {
+            restore_template: false,
+        }),
+        (Some(false), false) => s.actions.push(Action::ReleaseKubeProxyRollout {
+            restore_template: true,
+        }),
+        (Some(false), true) => {
+            if s.st.message.is_none() && s.stall.is_none() {
+                s.st.message = Some(
+                    "kube-proxy's DaemonSet stays at updateStrategy OnDelete while nodes are excluded from it: restoring its own strategy now would restart kube-proxy on the nodes that still use it".into(),
+                );
+            }
         }
     }
 }

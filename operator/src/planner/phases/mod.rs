@@ -13,7 +13,7 @@ use switchyard_api::{MigrationPlanStatus, NodeProgress, NodeStep, Phase};
 use super::actions::{Action, Event};
 use super::node::{self, Moved};
 use super::{Ctx, Decision, PlanError, preflight, waves};
-use finish::{finalize, guard, rollback};
+use finish::{finalize, guard, release_rollout, rollback};
 use migrate::migrate;
 use report::{set_conditions, summarize};
 
@@ -76,13 +76,20 @@ pub(super) fn decide(
         }
         Phase::Migrating | Phase::Paused => migrate(ctx, &mut s)?,
         Phase::Finalizing => finalize(ctx, &mut s),
-        Phase::Succeeded => guard(ctx, &mut s),
+        Phase::Succeeded => {
+            guard(ctx, &mut s);
+            release_rollout(ctx, &mut s);
+        }
         Phase::Failed => {
             s.stall = Some(("NodesFailed".into(), failure_message(&s.st)));
             s.requeue = GUARD_SECS;
+            release_rollout(ctx, &mut s);
         }
         Phase::RollingBack => rollback(ctx, &mut s),
-        Phase::RolledBack => s.requeue = GUARD_SECS,
+        Phase::RolledBack => {
+            s.requeue = GUARD_SECS;
+            release_rollout(ctx, &mut s);
+        }
     }
 
     summarize(&mut s.st);

@@ -22,6 +22,8 @@ pub struct SimNode {
     pub excluded: bool,
     pub kp_pod: bool,
     pub kp_ready: bool,
+    /// The pod was created from a template carrying the exclusion.
+    pub kp_excluding_template: bool,
     /// kube-proxy's rules are in the node's tables (they survive the pod).
     pub kp_rules: bool,
     pub dp_spec: DatapathMode,
@@ -51,6 +53,9 @@ pub struct Sim {
     pub nodes: BTreeMap<String, SimNode>,
     pub pre_cordoned: BTreeSet<String>,
     pub ds: Option<bool>, // Some(excludes_label)
+    /// The DaemonSet's rollout is held (`OnDelete`, the user's strategy
+    /// remembered); otherwise it rolls pods of another template.
+    pub ds_held: bool,
     pub cm: bool,
     pub backup: bool,
     pub now: i64,
@@ -92,6 +97,7 @@ impl Sim {
             nodes,
             pre_cordoned: pre,
             ds: Some(false),
+            ds_held: false,
             cm: true,
             backup: false,
             now: 1_700_000_000,
@@ -128,6 +134,13 @@ impl Sim {
         snap.kube_proxy = KubeProxyObs {
             daemon_set: self.ds.map(|excludes_label| DaemonSetObs {
                 excludes_label,
+                rollout_held: self.ds_held,
+                pods_current: Some(
+                    self.nodes
+                        .values()
+                        .filter(|n| n.kp_pod)
+                        .all(|n| n.kp_excluding_template == excludes_label),
+                ),
                 managed_by: vec![],
             }),
             config_map: self.cm.then(|| ConfigMapObs {
@@ -245,9 +258,29 @@ impl Sim {
             }
             Action::IncludeKubeProxy { node } => self.node(node).excluded = false,
             Action::EnsureKubeProxyAffinity => {
+                if self.ds == Some(false) && !self.ds_held {
+                    self.violations.push(
+                        "kube-proxy's pod template edited while its rollout is not held".into(),
+                    );
+                }
                 if let Some(e) = self.ds.as_mut() {
                     *e = true;
                 }
+            }
+            Action::HoldKubeProxyRollout => self.ds_held = self.ds.is_some(),
+            Action::ReleaseKubeProxyRollout { restore_template } => {
+                if *restore_template {
+                    if let Some(name) = self.nodes.iter().find(|(_, n)| n.excluded).map(|(k, _)| k)
+                    {
+                        self.violations.push(format!(
+                            "the exclusion left kube-proxy's template while {name} is excluded"
+                        ));
+                    }
+                    if self.ds.is_some() {
+                        self.ds = Some(false);
+                    }
+                }
+                self.ds_held = false;
             }
             Action::BackupKubeProxy { .. } => self.backup = self.ds.is_some() || self.cm,
             Action::DeleteKubeProxy => {
@@ -256,11 +289,13 @@ impl Sim {
                         .push("kube-proxy deleted before every node was done and backed up".into());
                 }
                 self.ds = None;
+                self.ds_held = false;
                 self.cm = false;
             }
             Action::RestoreKubeProxy { .. } => {
                 if self.backup {
                     self.ds = Some(true);
+                    self.ds_held = true;
                     self.cm = true;
                 }
             }
@@ -333,14 +368,21 @@ impl Sim {
     pub fn tick(&mut self, secs: i64, lag: &dyn Fn(&str) -> bool) {
         self.now += secs;
         let ds = self.ds;
+        let mut rolled = Vec::new();
         for (name, n) in self.nodes.iter_mut() {
             if lag(name) {
                 continue;
             }
             let wanted = ds.is_some_and(|excl| !(excl && n.excluded));
+            let template = ds == Some(true);
             if wanted && !n.kp_pod {
                 n.kp_pod = true;
                 n.kp_ready = false;
+                n.kp_excluding_template = template;
+            } else if wanted && !self.ds_held && n.kp_excluding_template != template {
+                // A rolling update replaces the pod (its rules stay meanwhile).
+                n.kp_excluding_template = template;
+                rolled.push(name.clone());
             } else if wanted && !n.kp_ready {
                 n.kp_ready = true;
                 n.kp_rules = true;
@@ -376,7 +418,32 @@ impl Sim {
             }
         }
         self.answer_peer_probes(lag);
+        self.check_rolled(&rolled);
         self.check_serving("after a tick");
+    }
+
+    /// kube-proxy is restarted by a rolling update only once the plan has
+    /// ended, and never on a node the plan left alone.
+    fn check_rolled(&mut self, rolled: &[String]) {
+        let ended = matches!(
+            self.phase(),
+            Phase::Succeeded | Phase::Failed | Phase::RolledBack
+        );
+        for name in rolled {
+            let untouched = self
+                .status
+                .nodes
+                .iter()
+                .find(|p| p.name == *name)
+                .is_none_or(|p| p.reached == NodeStep::Pending);
+            if !ended || untouched {
+                self.violations.push(format!(
+                    "a rolling update restarted kube-proxy on {name} (plan {:?}, node {})",
+                    self.phase(),
+                    if untouched { "untouched" } else { "touched" }
+                ));
+            }
+        }
     }
 
     /// Live agents answer new peer probe requests: a probed node passes
