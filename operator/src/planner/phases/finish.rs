@@ -132,21 +132,30 @@ pub(super) fn rollback(ctx: &Ctx<'_>, s: &mut Draft) {
     }
 }
 
-/// Once the plan has ended (`Succeeded`, `Failed`, `RolledBack`): gives
-/// kube-proxy's DaemonSet its own `updateStrategy` back, choosing the pod
-/// template that restarts no running kube-proxy pod.
+/// Gives kube-proxy's DaemonSet its own `updateStrategy` back once the plan
+/// no longer edits its template, choosing the pod template that restarts no
+/// running kube-proxy pod.
 ///
-/// - Every pod runs the current template (kube-proxy re-created from the
+/// Once the plan has ended (`Succeeded`, `Failed`, `RolledBack`):
+/// - every pod runs the current template (kube-proxy re-created from the
 ///   backup, or no pod left): the strategy alone is restored; the
-///   exclusion stays in the template, inert while no node carries the label.
-/// - Some pods run another template (those created before the plan, on
+///   exclusion stays in the template, inert while no node carries the label;
+/// - some pods run another template (those created before the plan, on
 ///   nodes it never migrated) and no node is excluded: the user's template
 ///   comes back with the strategy, in one write, so those pods match it
-///   again and stay; only pods the rollback re-created from the excluding
-///   template are replaced, as the user's strategy says.
-/// - Otherwise (nodes still excluded and pods from before the plan: a plan
+///   again and stay; only pods re-created from the excluding template are
+///   replaced, as the user's strategy says;
+/// - otherwise (nodes still excluded and pods from before the plan: a plan
 ///   that failed with migrated nodes) the hold stays: restoring the
 ///   strategy now would restart kube-proxy on the nodes still using it.
+///
+/// Earlier, while nodes are being rolled back: when pods from before the
+/// plan run, every excluded node is in `RestoreKubeProxy` and no node needs
+/// the exclusion, the user's template and strategy come back at once,
+/// before those nodes lose the label: their kube-proxy pods are then
+/// created from the template the other nodes' pods run, and nothing
+/// replaces them later. (The release goes first among the decision's
+/// actions for that reason; a later exclusion holds the rollout again.)
 pub(super) fn release_rollout(ctx: &Ctx<'_>, s: &mut Draft) {
     let Some(ds) = ctx.snap.kube_proxy.daemon_set.as_ref() else {
         return;
@@ -154,21 +163,50 @@ pub(super) fn release_rollout(ctx: &Ctx<'_>, s: &mut Draft) {
     if !ds.rollout_held {
         return;
     }
-    let excluded = ctx.snap.nodes.values().any(|n| n.kube_proxy_excluded);
-    match (ds.pods_current, excluded) {
-        (None, _) => {}
-        (Some(true), _) => s.actions.push(Action::ReleaseKubeProxyRollout {
-            restore_template: false,
-        }),
-        (Some(false), false) => s.actions.push(Action::ReleaseKubeProxyRollout {
-            restore_template: true,
-        }),
+    let ended = matches!(
+        s.st.phase,
+        Phase::Succeeded | Phase::Failed | Phase::RolledBack
+    );
+    let excluded: Vec<&str> = ctx
+        .snap
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.kube_proxy_excluded)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let step = |name: &str| s.st.nodes.iter().find(|p| p.name == name).map(|p| p.step);
+    let only_restoring = !excluded.is_empty()
+        && excluded
+            .iter()
+            .all(|n| step(n) == Some(NodeStep::RestoreKubeProxy))
+        && !s.st.nodes.iter().any(|p| needs_exclusion(p.step));
+    let restore_template = match (ds.pods_current, ended) {
+        (None, _) => return,
+        (Some(true), true) => false,
+        (Some(false), true) if excluded.is_empty() => true,
         (Some(false), true) => {
             if s.st.message.is_none() && s.stall.is_none() {
                 s.st.message = Some(
                     "kube-proxy's DaemonSet stays at updateStrategy OnDelete while nodes are excluded from it: restoring its own strategy now would restart kube-proxy on the nodes that still use it".into(),
                 );
             }
+            return;
         }
-    }
+        (Some(false), false) if only_restoring => true,
+        (_, false) => return,
+    };
+    s.actions
+        .insert(0, Action::ReleaseKubeProxyRollout { restore_template });
+}
+
+/// Whether a node in `step` needs kube-proxy kept off it (or is about to).
+fn needs_exclusion(step: NodeStep) -> bool {
+    matches!(
+        step,
+        NodeStep::RemoveKubeProxy
+            | NodeStep::FlushRules
+            | NodeStep::Verify
+            | NodeStep::Uncordon
+            | NodeStep::Done
+    )
 }

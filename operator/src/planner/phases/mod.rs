@@ -76,21 +76,15 @@ pub(super) fn decide(
         }
         Phase::Migrating | Phase::Paused => migrate(ctx, &mut s)?,
         Phase::Finalizing => finalize(ctx, &mut s),
-        Phase::Succeeded => {
-            guard(ctx, &mut s);
-            release_rollout(ctx, &mut s);
-        }
+        Phase::Succeeded => guard(ctx, &mut s),
         Phase::Failed => {
             s.stall = Some(("NodesFailed".into(), failure_message(&s.st)));
             s.requeue = GUARD_SECS;
-            release_rollout(ctx, &mut s);
         }
         Phase::RollingBack => rollback(ctx, &mut s),
-        Phase::RolledBack => {
-            s.requeue = GUARD_SECS;
-            release_rollout(ctx, &mut s);
-        }
+        Phase::RolledBack => s.requeue = GUARD_SECS,
     }
+    release_rollout(ctx, &mut s);
 
     summarize(&mut s.st);
     set_conditions(ctx, generation, &mut s);

@@ -56,6 +56,8 @@ pub struct Sim {
     /// The DaemonSet's rollout is held (`OnDelete`, the user's strategy
     /// remembered); otherwise it rolls pods of another template.
     pub ds_held: bool,
+    /// Nodes whose kube-proxy pod a rolling update replaced, in order.
+    pub rolled: Vec<String>,
     pub cm: bool,
     pub backup: bool,
     pub now: i64,
@@ -64,6 +66,8 @@ pub struct Sim {
     /// Every event the applied decisions emitted, in order.
     pub events: Vec<Event>,
     pub status: MigrationPlanStatus,
+    /// The status of the decision whose actions are being applied.
+    pub deciding: Option<MigrationPlanStatus>,
     pub spec: MigrationPlanSpec,
     /// Each node's NodeDatapath spec as last written.
     pub written: BTreeMap<String, NodeDatapathSpec>,
@@ -98,6 +102,7 @@ impl Sim {
             pre_cordoned: pre,
             ds: Some(false),
             ds_held: false,
+            rolled: Vec::new(),
             cm: true,
             backup: false,
             now: 1_700_000_000,
@@ -105,6 +110,7 @@ impl Sim {
             events: Vec::new(),
             max_in_flight_seen: 0,
             status: MigrationPlanStatus::default(),
+            deciding: None,
             spec,
             written: BTreeMap::new(),
             external_services: vec![ExternalService {
@@ -270,10 +276,23 @@ impl Sim {
             Action::HoldKubeProxyRollout => self.ds_held = self.ds.is_some(),
             Action::ReleaseKubeProxyRollout { restore_template } => {
                 if *restore_template {
-                    if let Some(name) = self.nodes.iter().find(|(_, n)| n.excluded).map(|(k, _)| k)
-                    {
+                    // Only nodes getting kube-proxy back may still be excluded
+                    // (as the decision being applied says).
+                    let deciding = self.deciding.as_ref().unwrap_or(&self.status);
+                    let restoring = |name: &str| {
+                        deciding
+                            .nodes
+                            .iter()
+                            .any(|p| p.name == name && p.step == NodeStep::RestoreKubeProxy)
+                    };
+                    let kept_off = self
+                        .nodes
+                        .iter()
+                        .find(|(name, n)| n.excluded && !restoring(name))
+                        .map(|(name, _)| name.clone());
+                    if let Some(name) = kept_off {
                         self.violations.push(format!(
-                            "the exclusion left kube-proxy's template while {name} is excluded"
+                            "the exclusion left kube-proxy's template while {name} is kept off"
                         ));
                     }
                     if self.ds.is_some() {
@@ -422,27 +441,25 @@ impl Sim {
         self.check_serving("after a tick");
     }
 
-    /// kube-proxy is restarted by a rolling update only once the plan has
-    /// ended, and never on a node the plan left alone.
+    /// A rolling update restarts kube-proxy only on a node the plan took
+    /// it from and gave it back (never on one it did not reach, nor on one
+    /// being migrated).
     fn check_rolled(&mut self, rolled: &[String]) {
-        let ended = matches!(
-            self.phase(),
-            Phase::Succeeded | Phase::Failed | Phase::RolledBack
-        );
         for name in rolled {
-            let untouched = self
-                .status
-                .nodes
-                .iter()
-                .find(|p| p.name == *name)
-                .is_none_or(|p| p.reached == NodeStep::Pending);
-            if !ended || untouched {
+            let p = self.status.nodes.iter().find(|p| p.name == *name);
+            let given_back = p.is_some_and(|p| {
+                p.reached >= NodeStep::RemoveKubeProxy
+                    && (p.step.is_rollback()
+                        || matches!(p.step, NodeStep::RolledBack | NodeStep::Failed))
+            });
+            if !given_back {
                 self.violations.push(format!(
-                    "a rolling update restarted kube-proxy on {name} (plan {:?}, node {})",
+                    "a rolling update restarted kube-proxy on {name} (plan {:?}, node {:?})",
                     self.phase(),
-                    if untouched { "untouched" } else { "touched" }
+                    p.map(|p| (p.step, p.reached))
                 ));
             }
+            self.rolled.push(name.clone());
         }
     }
 
@@ -510,9 +527,11 @@ impl Sim {
             }
         }
         let applied = crash.unwrap_or(d.actions.len()).min(d.actions.len());
+        self.deciding = Some(d.status.clone());
         for a in &d.actions[..applied] {
             self.apply(a);
         }
+        self.deciding = None;
         if crash.is_none() {
             self.status = d.status;
         }

@@ -294,11 +294,30 @@ fn probe_failure_with_rollback_returns_the_node_to_kube_proxy() {
         sim.ds.is_some(),
         "kube-proxy is never deleted when a node failed"
     );
-    // The user's template and strategy are back in one write: the pods of
-    // the nodes never migrated match it (the sim fails a run that restarts
-    // them), only the rolled-back node's pod is replaced.
+    // The user's template and strategy came back before node-00 lost the
+    // label: its pod was created from the template the other nodes' pods
+    // run, and no rolling update replaced any pod.
     assert_eq!((sim.ds, sim.ds_held), (Some(false), false));
     assert!(sim.nodes.values().all(|n| !n.kp_excluding_template));
+    assert!(sim.rolled.is_empty(), "{:?}", sim.rolled);
+}
+
+#[test]
+fn a_plan_failed_beside_migrated_nodes_keeps_the_rollout_held() {
+    let mut spec = spec(1, 1);
+    spec.failure_policy.action = FailureAction::Rollback;
+    let mut sim = Sim::new(3, &[], spec);
+    sim.nodes.get_mut("node-01").unwrap().probe_fails = true;
+    run(&mut sim);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert_eq!(sim.phase(), Phase::Failed);
+    assert_eq!(step_of(&sim, "node-00"), NodeStep::Done);
+    assert_eq!(step_of(&sim, "node-01"), NodeStep::RolledBack);
+    // node-00 stays excluded and node-02 runs its pod from before the
+    // plan: restoring the strategy would restart it, so the hold stays.
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), true));
+    assert!(!sim.nodes["node-02"].kp_excluding_template);
+    assert!(sim.rolled.is_empty(), "{:?}", sim.rolled);
 }
 
 #[test]
@@ -465,6 +484,7 @@ fn whole_plan_rollback_restores_kube_proxy_from_backup() {
     // Re-created from the backup, every pod runs the excluding template:
     // the user's strategy comes back alone, restarting none of them.
     assert_eq!((sim.ds, sim.ds_held), (Some(true), false));
+    assert!(sim.rolled.is_empty(), "{:?}", sim.rolled);
     for (name, n) in &sim.nodes {
         assert!(
             n.kp_ready && n.kp_rules && !n.excluded && !n.dp_active,
