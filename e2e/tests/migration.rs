@@ -359,13 +359,15 @@ async fn a_failing_probe_stops_the_plan_and_rolls_the_node_back() {
     .await
     .unwrap();
     // kube-proxy's own template and strategy are back; the nodes the plan
-    // never reached still run their pods from before it.
+    // never reached still run their pods from before it, and the returned
+    // pod came from that template: no rolling update replaces any of them.
     common::wait_rollout_released(&c).await;
     let after = common::kube_proxy_pods(&c).await;
     for n in c.plan().nodes.iter().filter(|n| n.name != bad) {
         assert_eq!(after.get(&n.name), before.get(&n.name), "{}", n.name);
     }
     load.wait_for_more(100).await.unwrap();
+    assert_eq!(common::kube_proxy_pods(&c).await, after);
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 100);
 }
