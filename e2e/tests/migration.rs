@@ -15,6 +15,9 @@ use switchyard_api::{MigrationPlan, NodeDatapath, NodeStep, Phase};
 use switchyard_e2e::scenario::{self, Load, Target, Totals};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_for};
 
+mod common;
+use common::{add_kubelet_chains, assert_kubelet_chains};
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A 3-node cluster with switchyard installed, the workload deployed and
@@ -113,38 +116,6 @@ async fn assert_no_kube_proxy_rules(c: &Cluster) {
     }
 }
 
-/// A kubelet-owned chain on every node, as kubelets >= 1.28 create it.
-async fn add_kubelet_chains(c: &Cluster) {
-    for n in &c.plan().nodes {
-        for table in ["mangle", "nat", "filter"] {
-            let out = c
-                .exec_on_node(
-                    &n.name,
-                    &["iptables", "-t", table, "-N", "KUBE-KUBELET-CANARY"],
-                )
-                .await
-                .unwrap();
-            assert!(
-                out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
-                "{out:?}"
-            );
-        }
-    }
-}
-
-async fn assert_kubelet_chains(c: &Cluster) {
-    for n in &c.plan().nodes {
-        for table in ["mangle", "nat", "filter"] {
-            let save = c.iptables_save(&n.name, table).await.unwrap();
-            assert!(
-                save.contains(":KUBE-KUBELET-CANARY"),
-                "the kubelet's chain is gone from {} {table}",
-                n.name
-            );
-        }
-    }
-}
-
 /// Every TCP Service answers from every node, asked by a process in the
 /// node's network namespace and cgroup (where the datapath attaches).
 async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
@@ -183,7 +154,17 @@ async fn migrate_with_zero_failures(mode: ProxyMode) -> (Cluster, Vec<Target>) {
     let (c, targets, load) = setup(mode).await;
     add_kubelet_chains(&c).await;
     let started = Instant::now();
-    let p = run_plan(&c, plan("to-ebpf", json!({})), Duration::from_secs(300)).await;
+    // kube-proxy keeps running untouched on each node until its turn.
+    let before = common::kube_proxy_pods(&c).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    scenario::apply_plan(&c, plan("to-ebpf", json!({})))
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(300);
+    let (p, seen) =
+        common::follow_plan_keeping_kube_proxy(&c, "to-ebpf", timeout, &before, progress).await;
+    eprintln!("  kube-proxy pods of unreached nodes unchanged: {seen:?}");
+    assert!(seen.beside_a_migrated_node > 0, "{seen:?}");
     let secs = started.elapsed().as_secs_f64();
     let s = p.status.clone().unwrap();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
@@ -274,6 +255,7 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
         3,
         "kube-proxy ready on every node"
     );
+    common::wait_rollout_released(&c).await;
     let ndp: Api<NodeDatapath> = Api::all(c.client());
     for d in ndp.list(&ListParams::default()).await.unwrap().items {
         assert_eq!(
@@ -310,6 +292,7 @@ async fn a_failing_probe_stops_the_plan_and_rolls_the_node_back() {
     }
     let _serial = SERIAL.lock().await;
     let (c, _targets, load) = setup(ProxyMode::Iptables).await;
+    let before = common::kube_proxy_pods(&c).await;
     // A Service served only node-locally: the node without an nginx pod has no
     // endpoint for it, so the probe fails there (and only there).
     let pods: Api<Pod> = Api::namespaced(c.client(), "default");
@@ -375,7 +358,16 @@ async fn a_failing_probe_stops_the_plan_and_rolls_the_node_back() {
     )
     .await
     .unwrap();
+    // kube-proxy's own template and strategy are back; the nodes the plan
+    // never reached still run their pods from before it, and the returned
+    // pod came from that template: no rolling update replaces any of them.
+    common::wait_rollout_released(&c).await;
+    let after = common::kube_proxy_pods(&c).await;
+    for n in c.plan().nodes.iter().filter(|n| n.name != bad) {
+        assert_eq!(after.get(&n.name), before.get(&n.name), "{}", n.name);
+    }
     load.wait_for_more(100).await.unwrap();
+    assert_eq!(common::kube_proxy_pods(&c).await, after);
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 100);
 }

@@ -17,6 +17,11 @@ pub enum Error {
         what: &'static str,
         source: serde_yaml::Error,
     },
+    #[error("annotation {name}: {source}")]
+    Annotation {
+        name: &'static str,
+        source: serde_json::Error,
+    },
     #[error("kube-proxy backup ConfigMap {0} is missing or incomplete")]
     BackupMissing(String),
     #[error("{kind} {name} has no {field}")]

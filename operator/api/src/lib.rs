@@ -31,6 +31,13 @@ pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 /// kube-proxy DaemonSet gets a nodeAffinity excluding nodes that carry it.
 pub const KUBE_PROXY_EXCLUDED_LABEL: &str = "switchyard.dev/kube-proxy-excluded";
 
+/// Annotation on the kube-proxy DaemonSet holding its own `updateStrategy`
+/// (JSON) while the operator keeps it at `OnDelete`: a plan's edits of the
+/// pod template then restart no kube-proxy pod on nodes not being migrated.
+/// The strategy is restored from it, and the annotation removed, when the
+/// plan ends.
+pub const KUBE_PROXY_STRATEGY_ANNOTATION: &str = "switchyard.dev/held-update-strategy";
+
 /// Field manager for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "switchyard-operator";
 

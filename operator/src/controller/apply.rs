@@ -165,6 +165,8 @@ impl Applier<'_> {
             Action::ApplyDatapath { node, spec } => self.apply_datapath(node, spec).await?,
             Action::Event(e) => self.event(e).await,
             Action::EnsureKubeProxyAffinity
+            | Action::HoldKubeProxyRollout
+            | Action::ReleaseKubeProxyRollout { .. }
             | Action::BackupKubeProxy { .. }
             | Action::DeleteKubeProxy
             | Action::RestoreKubeProxy { .. } => {
@@ -189,6 +191,10 @@ impl Applier<'_> {
                 self.apply_node_action(action).await?
             }
             Action::EnsureKubeProxyAffinity => self.ensure_kube_proxy_affinity().await?,
+            Action::HoldKubeProxyRollout => self.hold_kube_proxy_rollout().await?,
+            Action::ReleaseKubeProxyRollout { restore_template } => {
+                self.release_kube_proxy_rollout(*restore_template).await?
+            }
             Action::BackupKubeProxy { name } => self.backup_kube_proxy(name).await?,
             Action::DeleteKubeProxy => self.delete_kube_proxy().await?,
             Action::RestoreKubeProxy { backup } => self.restore_kube_proxy(backup).await?,
@@ -210,18 +216,53 @@ impl Applier<'_> {
         Api::namespaced(self.client.clone(), self.namespace)
     }
 
-    async fn ensure_kube_proxy_affinity(&self) -> Result<()> {
+    /// Reads kube-proxy's DaemonSet, changes it with `change` and writes it
+    /// back (a replace: a concurrent writer makes it fail and the next
+    /// reconcile retries) if that changed anything.
+    async fn update_kube_proxy_daemon_set(
+        &self,
+        what: &str,
+        change: impl FnOnce(DaemonSet) -> Result<DaemonSet>,
+    ) -> Result<()> {
         let kp = &self.plan.spec.kube_proxy;
         let daemon_sets = self.daemon_sets();
         let ds = daemon_sets.get(&kp.daemon_set).await?;
-        let updated = kube_proxy::with_exclusion(ds.clone());
+        let updated = change(ds.clone())?;
         if updated != ds {
-            info!(daemonset = %kp.daemon_set, "excluding switchyard-migrated nodes from kube-proxy");
+            info!(daemonset = %kp.daemon_set, "{what}");
             daemon_sets
                 .replace(&kp.daemon_set, &PostParams::default(), &updated)
                 .await?;
         }
         Ok(())
+    }
+
+    async fn ensure_kube_proxy_affinity(&self) -> Result<()> {
+        self.update_kube_proxy_daemon_set(
+            "excluding switchyard-migrated nodes from kube-proxy",
+            |ds| Ok(kube_proxy::with_exclusion(ds)),
+        )
+        .await
+    }
+
+    async fn hold_kube_proxy_rollout(&self) -> Result<()> {
+        self.update_kube_proxy_daemon_set(
+            "holding kube-proxy's rollout (updateStrategy OnDelete) while the plan runs",
+            kube_proxy::with_rollout_held,
+        )
+        .await
+    }
+
+    async fn release_kube_proxy_rollout(&self, restore_template: bool) -> Result<()> {
+        self.update_kube_proxy_daemon_set(
+            if restore_template {
+                "restoring kube-proxy's pod template and updateStrategy"
+            } else {
+                "restoring kube-proxy's updateStrategy"
+            },
+            |ds| kube_proxy::with_rollout_released(ds, restore_template),
+        )
+        .await
     }
 
     async fn backup_kube_proxy(&self, name: &str) -> Result<()> {

@@ -1,15 +1,19 @@
 //! Pure transformations of kube-proxy's objects: the per-node exclusion
-//! (a required nodeAffinity term on the DaemonSet) and the backup ConfigMap
-//! the operator writes before deleting kube-proxy and restores on rollback.
+//! (a required nodeAffinity term on the DaemonSet), the hold on its rollout
+//! (`OnDelete` while a plan edits the template, the user's strategy kept in
+//! an annotation) and the backup ConfigMap the operator writes before
+//! deleting kube-proxy and restores on rollback.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use switchyard_api::{BACKUP_PLAN_LABEL, KUBE_PROXY_EXCLUDED_LABEL};
+use switchyard_api::{
+    BACKUP_PLAN_LABEL, KUBE_PROXY_EXCLUDED_LABEL, KUBE_PROXY_STRATEGY_ANNOTATION,
+};
 
 use crate::error::{Error, Result};
 
@@ -123,6 +127,86 @@ pub fn without_exclusion(mut ds: DaemonSet) -> DaemonSet {
     ds
 }
 
+const ON_DELETE: &str = "OnDelete";
+
+fn held_strategy(ds: &DaemonSet) -> Option<&String> {
+    ds.metadata
+        .annotations
+        .as_ref()?
+        .get(KUBE_PROXY_STRATEGY_ANNOTATION)
+}
+
+/// Whether the rollout is held: the user's strategy is remembered and the
+/// DaemonSet updates `OnDelete`, so a template edit restarts no pod.
+pub fn rollout_held(ds: &DaemonSet) -> bool {
+    held_strategy(ds).is_some()
+        && ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.type_.as_deref())
+            == Some(ON_DELETE)
+}
+
+/// Whether every kube-proxy pod runs the DaemonSet's current template, as
+/// the DaemonSet controller last reported (`None`: it has not reported on
+/// the current generation yet).
+pub fn pods_current(ds: &DaemonSet) -> Option<bool> {
+    let status = ds.status.as_ref()?;
+    let seen = status.observed_generation?;
+    if seen < ds.metadata.generation.unwrap_or(0) {
+        return None;
+    }
+    Some(status.updated_number_scheduled.unwrap_or(0) >= status.current_number_scheduled)
+}
+
+/// The DaemonSet with its rollout held: its own strategy written to the
+/// annotation (unless one is there already: the first hold remembers the
+/// user's) and `OnDelete` set. Idempotent.
+pub fn with_rollout_held(mut ds: DaemonSet) -> Result<DaemonSet> {
+    let original = ds.spec.as_ref().and_then(|s| s.update_strategy.clone());
+    if held_strategy(&ds).is_none() {
+        let json = serde_json::to_string(&original).map_err(|source| Error::Annotation {
+            name: KUBE_PROXY_STRATEGY_ANNOTATION,
+            source,
+        })?;
+        ds.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(KUBE_PROXY_STRATEGY_ANNOTATION.into(), json);
+    }
+    ds.spec.get_or_insert_with(Default::default).update_strategy = Some(DaemonSetUpdateStrategy {
+        type_: Some(ON_DELETE.into()),
+        rolling_update: None,
+    });
+    Ok(ds)
+}
+
+/// The DaemonSet with the user's strategy back from the annotation (which
+/// is removed); without the annotation, the strategy is left as it is.
+/// `restore_template`: our exclusion leaves the pod template too.
+pub fn with_rollout_released(mut ds: DaemonSet, restore_template: bool) -> Result<DaemonSet> {
+    if let Some(json) = held_strategy(&ds).cloned() {
+        let original: Option<DaemonSetUpdateStrategy> =
+            serde_json::from_str(&json).map_err(|source| Error::Annotation {
+                name: KUBE_PROXY_STRATEGY_ANNOTATION,
+                source,
+            })?;
+        ds.spec.get_or_insert_with(Default::default).update_strategy = original;
+        if let Some(a) = ds.metadata.annotations.as_mut() {
+            a.remove(KUBE_PROXY_STRATEGY_ANNOTATION);
+            if a.is_empty() {
+                ds.metadata.annotations = None;
+            }
+        }
+    }
+    Ok(if restore_template {
+        without_exclusion(ds)
+    } else {
+        ds
+    })
+}
+
 /// Metadata fit to re-create an object: server-set fields dropped.
 fn portable(meta: &ObjectMeta) -> ObjectMeta {
     ObjectMeta {
@@ -142,8 +226,9 @@ fn yaml<T: serde::Serialize>(what: &'static str, v: &T) -> Result<String> {
     serde_yaml::to_string(v).map_err(|source| Error::Yaml { what, source })
 }
 
-/// The backup ConfigMap of kube-proxy's DaemonSet (without our exclusion)
-/// and ConfigMap, in the operator's namespace.
+/// The backup ConfigMap of kube-proxy's DaemonSet (as the user had it:
+/// without our exclusion, with its own update strategy) and ConfigMap, in
+/// the operator's namespace.
 pub fn backup(
     name: &str,
     namespace: &str,
@@ -156,7 +241,7 @@ pub fn backup(
         spec: ds.spec.clone(),
         status: None,
     };
-    let ds = without_exclusion(ds);
+    let ds = with_rollout_released(ds, true)?;
     let cm = ConfigMap {
         metadata: portable(&cm.metadata),
         data: cm.data.clone(),
@@ -192,8 +277,9 @@ pub fn backup_complete(cm: &ConfigMap) -> bool {
         .is_some_and(|d| d.contains_key(DS_KEY) && d.contains_key(CM_KEY))
 }
 
-/// The DaemonSet (with our exclusion, so kube-proxy returns node by node)
-/// and ConfigMap to re-create from a backup.
+/// The DaemonSet (with our exclusion, so kube-proxy returns node by node,
+/// and its rollout held, so a later release restarts no pod) and ConfigMap
+/// to re-create from a backup.
 pub fn restore(backup: &ConfigMap) -> Result<(DaemonSet, ConfigMap)> {
     let name = backup.metadata.name.clone().unwrap_or_default();
     let data = backup
@@ -212,14 +298,15 @@ pub fn restore(backup: &ConfigMap) -> Result<(DaemonSet, ConfigMap)> {
         what: "ConfigMap backup",
         source,
     })?;
-    Ok((with_exclusion(ds), cm))
+    Ok((with_rollout_held(with_exclusion(ds))?, cm))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::DaemonSetSpec;
+    use k8s_openapi::api::apps::v1::{DaemonSetSpec, DaemonSetStatus, RollingUpdateDaemonSet};
     use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn ds(affinity: Option<Affinity>) -> DaemonSet {
         DaemonSet {
@@ -353,7 +440,11 @@ mod tests {
         assert!(!text.contains("resourceVersion") && !text.contains("u-1"));
         let (ds2, cm2) = restore(&b).unwrap();
         assert!(excludes_label(&ds2));
-        assert_eq!(without_exclusion(ds2).spec, original.spec);
+        assert!(rollout_held(&ds2), "a restored DaemonSet comes back held");
+        assert_eq!(
+            with_rollout_released(ds2, true).unwrap().spec,
+            original.spec
+        );
         assert_eq!(cm2.data, cm.data);
         assert_eq!(cm2.metadata.uid, None);
 
@@ -361,5 +452,96 @@ mod tests {
         broken.data.as_mut().unwrap().remove(CM_KEY);
         assert!(!backup_complete(&broken));
         assert!(matches!(restore(&broken), Err(Error::BackupMissing(_))));
+    }
+
+    fn rolling(max_unavailable: i32) -> DaemonSetUpdateStrategy {
+        DaemonSetUpdateStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDaemonSet {
+                max_unavailable: Some(IntOrString::Int(max_unavailable)),
+                max_surge: Some(IntOrString::Int(0)),
+            }),
+        }
+    }
+
+    fn strategy(d: &DaemonSet) -> Option<&DaemonSetUpdateStrategy> {
+        d.spec.as_ref().unwrap().update_strategy.as_ref()
+    }
+
+    #[test]
+    fn the_hold_remembers_the_first_strategy_and_the_release_restores_it() {
+        let mut user = ds(with_terms(vec![user_term()]));
+        user.metadata.annotations = Some(BTreeMap::from([("team".into(), "net".into())]));
+        user.spec.as_mut().unwrap().update_strategy = Some(rolling(2));
+        assert!(!rollout_held(&user));
+
+        let held = with_rollout_held(user.clone()).unwrap();
+        assert!(rollout_held(&held));
+        assert_eq!(strategy(&held).unwrap().type_.as_deref(), Some("OnDelete"));
+        assert_eq!(strategy(&held).unwrap().rolling_update, None);
+        assert_eq!(with_rollout_held(held.clone()).unwrap(), held, "idempotent");
+
+        // Someone sets RollingUpdate meanwhile: holding again keeps the
+        // strategy remembered first.
+        let mut reverted = held.clone();
+        reverted.spec.as_mut().unwrap().update_strategy = Some(rolling(5));
+        assert!(!rollout_held(&reverted));
+        assert_eq!(with_rollout_held(reverted).unwrap(), held);
+
+        // Released with the template as it is (the exclusion stays) or with
+        // the user's template back; either way the user's strategy and
+        // annotations, and releasing twice changes nothing.
+        let excluded = with_exclusion(held);
+        let kept = with_rollout_released(excluded.clone(), false).unwrap();
+        assert!(excludes_label(&kept) && !rollout_held(&kept));
+        assert_eq!(strategy(&kept), Some(&rolling(2)));
+        assert_eq!(kept.metadata.annotations, user.metadata.annotations);
+        assert_eq!(with_rollout_released(kept.clone(), false).unwrap(), kept);
+        let restored = with_rollout_released(excluded, true).unwrap();
+        assert_eq!(restored, user);
+    }
+
+    #[test]
+    fn a_daemon_set_without_a_strategy_is_released_without_one() {
+        let plain = ds(None);
+        let held = with_rollout_held(plain.clone()).unwrap();
+        assert_eq!(
+            held.metadata.annotations.as_ref().unwrap()[KUBE_PROXY_STRATEGY_ANNOTATION],
+            "null"
+        );
+        assert_eq!(with_rollout_released(held, true).unwrap(), plain);
+
+        let mut broken = with_rollout_held(plain).unwrap();
+        broken
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(KUBE_PROXY_STRATEGY_ANNOTATION.into(), "{".into());
+        assert!(matches!(
+            with_rollout_released(broken, false),
+            Err(Error::Annotation { .. })
+        ));
+    }
+
+    #[test]
+    fn pods_are_current_only_as_reported_for_the_current_generation() {
+        let mut d = ds(None);
+        assert_eq!(pods_current(&d), None, "no status yet");
+        d.metadata.generation = Some(3);
+        let status = |observed, current, updated| DaemonSetStatus {
+            observed_generation: Some(observed),
+            current_number_scheduled: current,
+            updated_number_scheduled: Some(updated),
+            ..DaemonSetStatus::default()
+        };
+        d.status = Some(status(2, 3, 3));
+        assert_eq!(pods_current(&d), None, "status of an older generation");
+        d.status = Some(status(3, 3, 1));
+        assert_eq!(pods_current(&d), Some(false));
+        d.status = Some(status(3, 3, 3));
+        assert_eq!(pods_current(&d), Some(true));
+        d.status = Some(status(3, 0, 0));
+        assert_eq!(pods_current(&d), Some(true), "no pod at all");
     }
 }

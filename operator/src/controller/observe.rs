@@ -62,6 +62,8 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
     let ds = o.kube_proxy_daemon_set;
     let daemon_set = ds.map(|ds| DaemonSetObs {
         excludes_label: crate::controller::kube_proxy::excludes_label(ds),
+        rollout_held: crate::controller::kube_proxy::rollout_held(ds),
+        pods_current: crate::controller::kube_proxy::pods_current(ds),
         managed_by: managers(ds, o.kubeadm_config),
     });
     let pods = ds

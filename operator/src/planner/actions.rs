@@ -21,7 +21,16 @@ pub enum Action {
     /// Remove that label.
     IncludeKubeProxy { node: String },
     /// Give the kube-proxy DaemonSet the nodeAffinity excluding the label.
+    /// Emitted only after [`Action::HoldKubeProxyRollout`]: the template
+    /// edit then restarts no kube-proxy pod.
     EnsureKubeProxyAffinity,
+    /// Remember the kube-proxy DaemonSet's `updateStrategy` (in an
+    /// annotation on it) and set `OnDelete`. The first hold's memory wins.
+    HoldKubeProxyRollout,
+    /// Give the kube-proxy DaemonSet its remembered `updateStrategy` back;
+    /// `restore_template`: remove the exclusion from its pod template in
+    /// the same write (no node may carry the label then).
+    ReleaseKubeProxyRollout { restore_template: bool },
     /// Write the backup ConfigMap of the kube-proxy DaemonSet + ConfigMap.
     BackupKubeProxy { name: String },
     /// Delete the kube-proxy DaemonSet and ConfigMap (backup exists).

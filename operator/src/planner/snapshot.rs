@@ -80,6 +80,13 @@ pub struct DaemonSetObs {
     /// Its pod template carries the nodeAffinity excluding nodes labelled
     /// [`switchyard_api::KUBE_PROXY_EXCLUDED_LABEL`].
     pub excludes_label: bool,
+    /// Its rollout is held: `updateStrategy` is `OnDelete` and the user's
+    /// own strategy is remembered in an annotation, so a template edit
+    /// restarts no pod.
+    pub rollout_held: bool,
+    /// Every kube-proxy pod runs the current pod template (`None`: the
+    /// DaemonSet controller has not reported on the current generation).
+    pub pods_current: Option<bool>,
     /// Tools that manage it and would revert changes (Argo CD, Helm, addon
     /// manager, kubeadm), as human-readable names.
     pub managed_by: Vec<String>,

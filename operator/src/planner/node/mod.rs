@@ -12,6 +12,7 @@ use switchyard_api::{FailureAction, NodeProgress, NodeStep, StepRecord};
 
 use super::actions::{Action, Event};
 use super::{Ctx, DatapathObs};
+pub(super) use steps::exclude_from_template;
 use steps::{Next, Seen};
 
 /// What happened to a node in this decision.

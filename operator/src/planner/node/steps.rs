@@ -4,7 +4,7 @@
 use switchyard_api::{DatapathMode, NodeProgress, NodeStep};
 
 use super::super::actions::Action;
-use super::super::{AGENT_STALE_AFTER_SECS, Ctx, DatapathObs, NodeObs};
+use super::super::{AGENT_STALE_AFTER_SECS, Ctx, DaemonSetObs, DatapathObs, NodeObs};
 use super::peer::{self, PeerCheck};
 use super::spec::datapath_spec;
 
@@ -102,13 +102,29 @@ pub(super) fn remove_kube_proxy(s: &Seen<'_>) -> Next {
         return Next::Advance(NodeStep::FlushRules);
     }
     let mut actions = Vec::new();
-    if !ds_excludes {
-        actions.push(Action::EnsureKubeProxyAffinity);
+    if let Some(ds) = kp.daemon_set.as_ref() {
+        actions.extend(exclude_from_template(ds));
     }
     if !s.node.kube_proxy_excluded {
         actions.push(Action::ExcludeKubeProxy { node: s.name() });
     }
     Next::wait("waiting for the node's kube-proxy pod to go", actions)
+}
+
+/// The actions that give kube-proxy's pod template the exclusion, if it
+/// lacks it: the rollout is held first (`OnDelete`), so the edit restarts
+/// kube-proxy on no node (the DaemonSet controller still deletes the pod
+/// of a node the template excludes, whatever the strategy).
+pub(in crate::planner) fn exclude_from_template(ds: &DaemonSetObs) -> Vec<Action> {
+    if ds.excludes_label {
+        return vec![];
+    }
+    let mut actions = Vec::new();
+    if !ds.rollout_held {
+        actions.push(Action::HoldKubeProxyRollout);
+    }
+    actions.push(Action::EnsureKubeProxyAffinity);
+    actions
 }
 
 pub(super) fn flush_rules(s: &Seen<'_>) -> Next {

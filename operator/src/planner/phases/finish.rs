@@ -1,6 +1,7 @@
 //! The end of a plan: finalisation after the last wave (backup, then
 //! kube-proxy's deletion), the guard against kube-proxy's return after
-//! success, and the whole-plan rollback.
+//! success, the whole-plan rollback, and the release of kube-proxy's
+//! rollout once the plan has ended.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use switchyard_api::conditions::{self, KUBE_PROXY_REAPPEARED};
@@ -66,8 +67,8 @@ pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
         s.st.observed_generation,
         Time(ctx.now),
     );
-    if kp.daemon_set.as_ref().is_some_and(|ds| !ds.excludes_label) {
-        s.actions.push(Action::EnsureKubeProxyAffinity);
+    if let Some(ds) = kp.daemon_set.as_ref() {
+        s.actions.extend(node::exclude_from_template(ds));
     }
 
     for p in s.st.nodes.iter().filter(|p| p.step == NodeStep::Done) {
@@ -129,4 +130,83 @@ pub(super) fn rollback(ctx: &Ctx<'_>, s: &mut Draft) {
             set_phase(ctx, s, Phase::RolledBack);
         }
     }
+}
+
+/// Gives kube-proxy's DaemonSet its own `updateStrategy` back once the plan
+/// no longer edits its template, choosing the pod template that restarts no
+/// running kube-proxy pod.
+///
+/// Once the plan has ended (`Succeeded`, `Failed`, `RolledBack`):
+/// - every pod runs the current template (kube-proxy re-created from the
+///   backup, or no pod left): the strategy alone is restored; the
+///   exclusion stays in the template, inert while no node carries the label;
+/// - some pods run another template (those created before the plan, on
+///   nodes it never migrated) and no node is excluded: the user's template
+///   comes back with the strategy, in one write, so those pods match it
+///   again and stay; only pods re-created from the excluding template are
+///   replaced, as the user's strategy says;
+/// - otherwise (nodes still excluded and pods from before the plan: a plan
+///   that failed with migrated nodes) the hold stays: restoring the
+///   strategy now would restart kube-proxy on the nodes still using it.
+///
+/// Earlier, while nodes are being rolled back: when pods from before the
+/// plan run, every excluded node is in `RestoreKubeProxy` and no node needs
+/// the exclusion, the user's template and strategy come back at once,
+/// before those nodes lose the label: their kube-proxy pods are then
+/// created from the template the other nodes' pods run, and nothing
+/// replaces them later. (The release goes first among the decision's
+/// actions for that reason; a later exclusion holds the rollout again.)
+pub(super) fn release_rollout(ctx: &Ctx<'_>, s: &mut Draft) {
+    let Some(ds) = ctx.snap.kube_proxy.daemon_set.as_ref() else {
+        return;
+    };
+    if !ds.rollout_held {
+        return;
+    }
+    let ended = matches!(
+        s.st.phase,
+        Phase::Succeeded | Phase::Failed | Phase::RolledBack
+    );
+    let excluded: Vec<&str> = ctx
+        .snap
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.kube_proxy_excluded)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let step = |name: &str| s.st.nodes.iter().find(|p| p.name == name).map(|p| p.step);
+    let only_restoring = !excluded.is_empty()
+        && excluded
+            .iter()
+            .all(|n| step(n) == Some(NodeStep::RestoreKubeProxy))
+        && !s.st.nodes.iter().any(|p| needs_exclusion(p.step));
+    let restore_template = match (ds.pods_current, ended) {
+        (None, _) => return,
+        (Some(true), true) => false,
+        (Some(false), true) if excluded.is_empty() => true,
+        (Some(false), true) => {
+            if s.st.message.is_none() && s.stall.is_none() {
+                s.st.message = Some(
+                    "kube-proxy's DaemonSet stays at updateStrategy OnDelete while nodes are excluded from it: restoring its own strategy now would restart kube-proxy on the nodes that still use it".into(),
+                );
+            }
+            return;
+        }
+        (Some(false), false) if only_restoring => true,
+        (_, false) => return,
+    };
+    s.actions
+        .insert(0, Action::ReleaseKubeProxyRollout { restore_template });
+}
+
+/// Whether a node in `step` needs kube-proxy kept off it (or is about to).
+fn needs_exclusion(step: NodeStep) -> bool {
+    matches!(
+        step,
+        NodeStep::RemoveKubeProxy
+            | NodeStep::FlushRules
+            | NodeStep::Verify
+            | NodeStep::Uncordon
+            | NodeStep::Done
+    )
 }

@@ -13,7 +13,7 @@ use switchyard_api::{MigrationPlanStatus, NodeProgress, NodeStep, Phase};
 use super::actions::{Action, Event};
 use super::node::{self, Moved};
 use super::{Ctx, Decision, PlanError, preflight, waves};
-use finish::{finalize, guard, rollback};
+use finish::{finalize, guard, release_rollout, rollback};
 use migrate::migrate;
 use report::{set_conditions, summarize};
 
@@ -85,6 +85,7 @@ pub(super) fn decide(
         Phase::RollingBack => rollback(ctx, &mut s),
         Phase::RolledBack => s.requeue = GUARD_SECS,
     }
+    release_rollout(ctx, &mut s);
 
     summarize(&mut s.st);
     set_conditions(ctx, generation, &mut s);

@@ -162,6 +162,7 @@ proptest! {
             prop_assert_eq!(n.unschedulable, sim.pre_cordoned.contains(name), "{}", name);
         }
         prop_assert!(sim.status.nodes.iter().all(|n| matches!(n.step, NodeStep::Pending | NodeStep::RolledBack)));
+        prop_assert!(!sim.ds_held, "kube-proxy's own update strategy is back after the rollback");
     }
 
     /// Crashes between applying actions and recording status change nothing
@@ -178,6 +179,9 @@ proptest! {
         // Whether a node's peer was asked before its own probe failed
         // depends on where the controller crashed; the outcome does not.
         prop_assert_eq!(own_state(&clean), own_state(&crashy));
-        prop_assert_eq!((clean.ds, clean.cm, clean.backup), (crashy.ds, crashy.cm, crashy.backup));
+        prop_assert_eq!(
+            (clean.ds, clean.ds_held, clean.cm, clean.backup),
+            (crashy.ds, crashy.ds_held, crashy.cm, crashy.backup)
+        );
     }
 }

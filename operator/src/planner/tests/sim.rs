@@ -22,6 +22,8 @@ pub struct SimNode {
     pub excluded: bool,
     pub kp_pod: bool,
     pub kp_ready: bool,
+    /// The pod was created from a template carrying the exclusion.
+    pub kp_excluding_template: bool,
     /// kube-proxy's rules are in the node's tables (they survive the pod).
     pub kp_rules: bool,
     pub dp_spec: DatapathMode,
@@ -51,6 +53,11 @@ pub struct Sim {
     pub nodes: BTreeMap<String, SimNode>,
     pub pre_cordoned: BTreeSet<String>,
     pub ds: Option<bool>, // Some(excludes_label)
+    /// The DaemonSet's rollout is held (`OnDelete`, the user's strategy
+    /// remembered); otherwise it rolls pods of another template.
+    pub ds_held: bool,
+    /// Nodes whose kube-proxy pod a rolling update replaced, in order.
+    pub rolled: Vec<String>,
     pub cm: bool,
     pub backup: bool,
     pub now: i64,
@@ -59,6 +66,8 @@ pub struct Sim {
     /// Every event the applied decisions emitted, in order.
     pub events: Vec<Event>,
     pub status: MigrationPlanStatus,
+    /// The status of the decision whose actions are being applied.
+    pub deciding: Option<MigrationPlanStatus>,
     pub spec: MigrationPlanSpec,
     /// Each node's NodeDatapath spec as last written.
     pub written: BTreeMap<String, NodeDatapathSpec>,
@@ -92,6 +101,8 @@ impl Sim {
             nodes,
             pre_cordoned: pre,
             ds: Some(false),
+            ds_held: false,
+            rolled: Vec::new(),
             cm: true,
             backup: false,
             now: 1_700_000_000,
@@ -99,6 +110,7 @@ impl Sim {
             events: Vec::new(),
             max_in_flight_seen: 0,
             status: MigrationPlanStatus::default(),
+            deciding: None,
             spec,
             written: BTreeMap::new(),
             external_services: vec![ExternalService {
@@ -128,6 +140,13 @@ impl Sim {
         snap.kube_proxy = KubeProxyObs {
             daemon_set: self.ds.map(|excludes_label| DaemonSetObs {
                 excludes_label,
+                rollout_held: self.ds_held,
+                pods_current: Some(
+                    self.nodes
+                        .values()
+                        .filter(|n| n.kp_pod)
+                        .all(|n| n.kp_excluding_template == excludes_label),
+                ),
                 managed_by: vec![],
             }),
             config_map: self.cm.then(|| ConfigMapObs {
@@ -246,9 +265,42 @@ impl Sim {
             }
             Action::IncludeKubeProxy { node } => self.node(node).excluded = false,
             Action::EnsureKubeProxyAffinity => {
+                if self.ds == Some(false) && !self.ds_held {
+                    self.violations.push(
+                        "kube-proxy's pod template edited while its rollout is not held".into(),
+                    );
+                }
                 if let Some(e) = self.ds.as_mut() {
                     *e = true;
                 }
+            }
+            Action::HoldKubeProxyRollout => self.ds_held = self.ds.is_some(),
+            Action::ReleaseKubeProxyRollout { restore_template } => {
+                if *restore_template {
+                    // Only nodes getting kube-proxy back may still be excluded
+                    // (as the decision being applied says).
+                    let deciding = self.deciding.as_ref().unwrap_or(&self.status);
+                    let restoring = |name: &str| {
+                        deciding
+                            .nodes
+                            .iter()
+                            .any(|p| p.name == name && p.step == NodeStep::RestoreKubeProxy)
+                    };
+                    let kept_off = self
+                        .nodes
+                        .iter()
+                        .find(|(name, n)| n.excluded && !restoring(name))
+                        .map(|(name, _)| name.clone());
+                    if let Some(name) = kept_off {
+                        self.violations.push(format!(
+                            "the exclusion left kube-proxy's template while {name} is kept off"
+                        ));
+                    }
+                    if self.ds.is_some() {
+                        self.ds = Some(false);
+                    }
+                }
+                self.ds_held = false;
             }
             Action::BackupKubeProxy { .. } => self.backup = self.ds.is_some() || self.cm,
             Action::DeleteKubeProxy => {
@@ -257,11 +309,13 @@ impl Sim {
                         .push("kube-proxy deleted before every node was done and backed up".into());
                 }
                 self.ds = None;
+                self.ds_held = false;
                 self.cm = false;
             }
             Action::RestoreKubeProxy { .. } => {
                 if self.backup {
                     self.ds = Some(true);
+                    self.ds_held = true;
                     self.cm = true;
                 }
             }
@@ -334,14 +388,21 @@ impl Sim {
     pub fn tick(&mut self, secs: i64, lag: &dyn Fn(&str) -> bool) {
         self.now += secs;
         let ds = self.ds;
+        let mut rolled = Vec::new();
         for (name, n) in self.nodes.iter_mut() {
             if lag(name) {
                 continue;
             }
             let wanted = ds.is_some_and(|excl| !(excl && n.excluded));
+            let template = ds == Some(true);
             if wanted && !n.kp_pod {
                 n.kp_pod = true;
                 n.kp_ready = false;
+                n.kp_excluding_template = template;
+            } else if wanted && !self.ds_held && n.kp_excluding_template != template {
+                // A rolling update replaces the pod (its rules stay meanwhile).
+                n.kp_excluding_template = template;
+                rolled.push(name.clone());
             } else if wanted && !n.kp_ready {
                 n.kp_ready = true;
                 n.kp_rules = true;
@@ -377,7 +438,30 @@ impl Sim {
             }
         }
         self.answer_peer_probes(lag);
+        self.check_rolled(&rolled);
         self.check_serving("after a tick");
+    }
+
+    /// A rolling update restarts kube-proxy only on a node the plan took
+    /// it from and gave it back (never on one it did not reach, nor on one
+    /// being migrated).
+    fn check_rolled(&mut self, rolled: &[String]) {
+        for name in rolled {
+            let p = self.status.nodes.iter().find(|p| p.name == *name);
+            let given_back = p.is_some_and(|p| {
+                p.reached >= NodeStep::RemoveKubeProxy
+                    && (p.step.is_rollback()
+                        || matches!(p.step, NodeStep::RolledBack | NodeStep::Failed))
+            });
+            if !given_back {
+                self.violations.push(format!(
+                    "a rolling update restarted kube-proxy on {name} (plan {:?}, node {:?})",
+                    self.phase(),
+                    p.map(|p| (p.step, p.reached))
+                ));
+            }
+            self.rolled.push(name.clone());
+        }
     }
 
     /// Live agents answer new peer probe requests: a probed node passes
@@ -444,9 +528,11 @@ impl Sim {
             }
         }
         let applied = crash.unwrap_or(d.actions.len()).min(d.actions.len());
+        self.deciding = Some(d.status.clone());
         for a in &d.actions[..applied] {
             self.apply(a);
         }
+        self.deciding = None;
         if crash.is_none() {
             self.status = d.status;
         }

@@ -187,6 +187,7 @@ fn each_step_emits_its_actions() {
     assert_eq!(
         a,
         vec![
+            Action::HoldKubeProxyRollout,
             Action::EnsureKubeProxyAffinity,
             Action::ExcludeKubeProxy {
                 node: "node-00".into()
@@ -264,6 +265,8 @@ fn probe_failure_with_pause_stalls_naming_node_and_probe() {
     // The failed node still serves through the datapath; nobody else started.
     assert!(sim.nodes["node-00"].dp_active);
     assert_eq!(step_of(&sim, "node-01"), NodeStep::Pending);
+    // Paused is no end: the rollout stays held.
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), true));
 }
 
 #[test]
@@ -292,6 +295,48 @@ fn probe_failure_with_rollback_returns_the_node_to_kube_proxy() {
         sim.ds.is_some(),
         "kube-proxy is never deleted when a node failed"
     );
+    // The user's template and strategy came back before node-00 lost the
+    // label: its pod was created from the template the other nodes' pods
+    // run, and no rolling update replaced any pod.
+    assert_eq!((sim.ds, sim.ds_held), (Some(false), false));
+    assert!(sim.nodes.values().all(|n| !n.kp_excluding_template));
+    assert!(sim.rolled.is_empty(), "{:?}", sim.rolled);
+}
+
+#[test]
+fn a_plan_failed_beside_migrated_nodes_keeps_the_rollout_held() {
+    let mut spec = spec(1, 1);
+    spec.failure_policy.action = FailureAction::Rollback;
+    let mut sim = Sim::new(3, &[], spec);
+    sim.nodes.get_mut("node-01").unwrap().probe_fails = true;
+    run(&mut sim);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert_eq!(sim.phase(), Phase::Failed);
+    assert_eq!(step_of(&sim, "node-00"), NodeStep::Done);
+    assert_eq!(step_of(&sim, "node-01"), NodeStep::RolledBack);
+    // node-00 stays excluded and node-02 runs its pod from before the
+    // plan: restoring the strategy would restart it, so the hold stays.
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), true));
+    assert!(!sim.nodes["node-02"].kp_excluding_template);
+    assert!(sim.rolled.is_empty(), "{:?}", sim.rolled);
+}
+
+#[test]
+fn excluding_a_node_restarts_kube_proxy_on_no_other_node() {
+    let mut sim = Sim::new(3, &[], spec(1, 1));
+    until(&mut sim, "node-00", NodeStep::Done);
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), true));
+    for name in ["node-01", "node-02"] {
+        let n = &sim.nodes[name];
+        assert!(
+            n.kp_ready && !n.kp_excluding_template,
+            "{name} still runs the pod it had before the plan: {n:?}"
+        );
+    }
+    assert!(!sim.nodes["node-00"].kp_pod);
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
 }
 
 #[test]
@@ -310,6 +355,9 @@ fn tolerated_failures_let_other_nodes_finish_but_keep_kube_proxy() {
     assert_eq!(step_of(&sim, "node-02"), NodeStep::Done);
     assert_eq!(sim.phase(), Phase::Failed);
     assert!(sim.ds.is_some() && sim.cm);
+    // Every remaining pod (node-01's) runs the excluding template: the
+    // strategy comes back alone, the exclusion stays for the migrated nodes.
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), false));
 }
 
 #[test]
@@ -344,6 +392,7 @@ fn finalisation_backs_up_before_deleting_and_keep_keeps() {
         sim.nodes.values().all(|n| !n.kp_pod),
         "kept kube-proxy runs on no migrated node"
     );
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), false));
 }
 
 #[test]
@@ -358,9 +407,11 @@ fn reappearing_kube_proxy_is_reported_and_excluded_again() {
         &sim.status.conditions,
         "KubeProxyReappeared"
     ));
-    assert_eq!(sim.ds, Some(true));
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), true));
     sim.tick(3, &|_| false);
     assert!(sim.nodes.values().all(|n| !n.kp_pod));
+    sim.reconcile(None);
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), false));
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
 }
 
@@ -431,6 +482,10 @@ fn whole_plan_rollback_restores_kube_proxy_from_backup() {
     assert_eq!(sim.phase(), Phase::RolledBack);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
     assert!(sim.ds.is_some() && sim.cm);
+    // Re-created from the backup, every pod runs the excluding template:
+    // the user's strategy comes back alone, restarting none of them.
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), false));
+    assert!(sim.rolled.is_empty(), "{:?}", sim.rolled);
     for (name, n) in &sim.nodes {
         assert!(
             n.kp_ready && n.kp_rules && !n.excluded && !n.dp_active,
