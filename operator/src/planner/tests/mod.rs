@@ -7,5 +7,6 @@ mod node_ports;
 mod north_south;
 mod props;
 mod rollback_spec;
+mod rollout;
 mod sim;
 mod unit;

@@ -1,0 +1,44 @@
+//! kube-proxy's rollout while a plan edits its DaemonSet's template: held
+//! (`OnDelete`) so that excluding one node restarts no pod on another, and
+//! released at the plan's end in the form that restarts none.
+
+use switchyard_api::{FailureAction, NodeStep, Phase};
+
+use super::sim::Sim;
+use super::unit::{run, spec, step_of, until};
+
+#[test]
+fn a_plan_failed_beside_migrated_nodes_keeps_the_rollout_held() {
+    let mut spec = spec(1, 1);
+    spec.failure_policy.action = FailureAction::Rollback;
+    let mut sim = Sim::new(3, &[], spec);
+    sim.nodes.get_mut("node-01").unwrap().probe_fails = true;
+    run(&mut sim);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert_eq!(sim.phase(), Phase::Failed);
+    assert_eq!(step_of(&sim, "node-00"), NodeStep::Done);
+    assert_eq!(step_of(&sim, "node-01"), NodeStep::RolledBack);
+    // node-00 stays excluded and node-02 runs its pod from before the
+    // plan: restoring the strategy would restart it, so the hold stays.
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), true));
+    assert!(!sim.nodes["node-02"].kp_excluding_template);
+    assert!(sim.rolled.is_empty(), "{:?}", sim.rolled);
+}
+
+#[test]
+fn excluding_a_node_restarts_kube_proxy_on_no_other_node() {
+    let mut sim = Sim::new(3, &[], spec(1, 1));
+    until(&mut sim, "node-00", NodeStep::Done);
+    assert_eq!((sim.ds, sim.ds_held), (Some(true), true));
+    for name in ["node-01", "node-02"] {
+        let n = &sim.nodes[name];
+        assert!(
+            n.kp_ready && !n.kp_excluding_template,
+            "{name} still runs the pod it had before the plan: {n:?}"
+        );
+    }
+    assert!(!sim.nodes["node-00"].kp_pod);
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
