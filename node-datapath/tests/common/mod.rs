@@ -20,7 +20,10 @@ mod outside;
 #[allow(unused_imports)] // each test binary uses its own subset
 pub use ops::Svc;
 #[allow(unused_imports)]
-pub use outside::{KEEPALIVE, NODE_EXTERNAL_IP, OUTSIDE_CLIENT_IP, Outside, in_netns, nft};
+pub use outside::{
+    KEEPALIVE, NODE_EXTERNAL_IP, NODE_PORT, OUTSIDE_CLIENT_IP, Outside, in_netns, nft, nodeport,
+    program_nodeport, start_with_ingress,
+};
 
 use switchyard_abi::{Counter, IPPROTO_TCP};
 use switchyard_lb::maps::LbMaps;

@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 
 use std::sync::atomic::Ordering;
 
-use super::{HELPER, Lab, LoopingClient, SEQ, run};
+use super::{HELPER, Lab, LoopingClient, SEQ, Svc, run, started};
+use switchyard_abi::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_NODE, svc_flags};
+use switchyard_lb::maps::LbMaps;
+use switchyard_node_datapath::{Datapath, DatapathConfig};
 
 /// The node's address on its external interface (`ext0`), where the
 /// outside client ([`Outside`]) reaches it.
@@ -154,4 +157,43 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
         .join()
         .unwrap()
     })
+}
+
+/// The TCP and UDP NodePort [`program_nodeport`] programs.
+pub const NODE_PORT: u16 = 30080;
+
+/// `NODE_EXTERNAL_IP:NODE_PORT`.
+pub fn nodeport() -> String {
+    format!("{NODE_EXTERNAL_IP}:{NODE_PORT}")
+}
+
+/// The lab's datapath with the ingress program on `ext0`, started inside
+/// the node's namespace.
+pub fn start_with_ingress(lab: &Lab) -> Datapath {
+    let config = DatapathConfig {
+        ingress_interfaces: vec!["ext0".into()],
+        ..lab.config()
+    };
+    in_netns(&lab.node_ns, || started(Datapath::start(&config)))
+}
+
+/// NodePort `NODE_PORT` (TCP and UDP) on the node's external address,
+/// served by backends 1 and 2 on 8080, with `flags` on the node-scope
+/// master.
+pub fn program_nodeport(dp: &Datapath, flags: u8) {
+    let mut maps = dp.lb_maps().unwrap();
+    let backends = [
+        (1, Lab::backend_addr(1), 8080),
+        (2, Lab::backend_addr(2), 8080),
+    ];
+    for (proto, rev_nat) in [(IPPROTO_TCP, 1), (IPPROTO_UDP, 2)] {
+        let scope = (SCOPE_NODE, rev_nat, svc_flags::NODEPORT | flags);
+        maps.apply_all(
+            &Svc::new(NODE_EXTERNAL_IP, NODE_PORT, proto)
+                .at(scope)
+                .backends(&backends)
+                .ops(),
+        )
+        .unwrap();
+    }
 }
