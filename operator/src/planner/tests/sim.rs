@@ -2,6 +2,8 @@
 //! controller, and node agents, with checks of the safety invariants at every
 //! change. Pure and deterministic given its inputs.
 
+mod actions;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::Timestamp;
@@ -218,110 +220,6 @@ impl Sim {
                     .push(format!("{when}: node {name} has no serving datapath"));
             }
         }
-    }
-
-    /// Applies one action, checking the invariants that guard it.
-    pub fn apply(&mut self, a: &Action) {
-        let all_migrated = self
-            .nodes
-            .values()
-            .all(|n| n.excluded && n.dp_active && !n.kp_pod);
-        match a {
-            Action::Cordon { node } => self.node(node).unschedulable = true,
-            Action::Uncordon { node } => {
-                if self.pre_cordoned.contains(node) {
-                    self.violations.push(format!(
-                        "uncordoned {node}, which was cordoned before the plan"
-                    ));
-                }
-                let skipped = self.events.iter().any(|e| {
-                    e.reason == "PeerProbeSkipped" && e.node.as_deref() == Some(node.as_str())
-                });
-                let n = self.node(node);
-                let back_on_kube_proxy = n.kp_ready && !n.dp_active;
-                let (verified, ingress_dead) = (n.verified, n.ingress_dead);
-                if !verified && !back_on_kube_proxy {
-                    self.violations.push(format!(
-                        "uncordoned {node} before it was verified or rolled back"
-                    ));
-                }
-                if ingress_dead && !back_on_kube_proxy && !skipped {
-                    self.violations.push(format!(
-                        "uncordoned {node} while traffic from outside dies there, and no peer probed it"
-                    ));
-                }
-                self.node(node).unschedulable = false;
-            }
-            Action::ApplyDatapath { node, spec } => self.write_datapath(node, spec),
-            Action::ExcludeKubeProxy { node } => {
-                let n = self.node(node);
-                let serving = n.dp_active && n.programmed;
-                n.excluded = true;
-                if !serving {
-                    self.violations.push(format!(
-                        "kube-proxy removed from {node} before its datapath was serving"
-                    ));
-                }
-            }
-            Action::IncludeKubeProxy { node } => self.node(node).excluded = false,
-            Action::EnsureKubeProxyAffinity => {
-                if self.ds == Some(false) && !self.ds_held {
-                    self.violations.push(
-                        "kube-proxy's pod template edited while its rollout is not held".into(),
-                    );
-                }
-                if let Some(e) = self.ds.as_mut() {
-                    *e = true;
-                }
-            }
-            Action::HoldKubeProxyRollout => self.ds_held = self.ds.is_some(),
-            Action::ReleaseKubeProxyRollout { restore_template } => {
-                if *restore_template {
-                    // Only nodes getting kube-proxy back may still be excluded
-                    // (as the decision being applied says).
-                    let deciding = self.deciding.as_ref().unwrap_or(&self.status);
-                    let restoring = |name: &str| {
-                        deciding
-                            .nodes
-                            .iter()
-                            .any(|p| p.name == name && p.step == NodeStep::RestoreKubeProxy)
-                    };
-                    let kept_off = self
-                        .nodes
-                        .iter()
-                        .find(|(name, n)| n.excluded && !restoring(name))
-                        .map(|(name, _)| name.clone());
-                    if let Some(name) = kept_off {
-                        self.violations.push(format!(
-                            "the exclusion left kube-proxy's template while {name} is kept off"
-                        ));
-                    }
-                    if self.ds.is_some() {
-                        self.ds = Some(false);
-                    }
-                }
-                self.ds_held = false;
-            }
-            Action::BackupKubeProxy { .. } => self.backup = self.ds.is_some() || self.cm,
-            Action::DeleteKubeProxy => {
-                if !self.backup || !all_migrated {
-                    self.violations
-                        .push("kube-proxy deleted before every node was done and backed up".into());
-                }
-                self.ds = None;
-                self.ds_held = false;
-                self.cm = false;
-            }
-            Action::RestoreKubeProxy { .. } => {
-                if self.backup {
-                    self.ds = Some(true);
-                    self.ds_held = true;
-                    self.cm = true;
-                }
-            }
-            Action::Event(e) => self.events.push(e.clone()),
-        }
-        self.check_serving("after an action");
     }
 
     /// Writes a node's whole NodeDatapath spec, as server-side apply does.
