@@ -288,6 +288,32 @@ async fn assert_cluster_ip_from_outside(c: &Cluster, ingress: &Ingress) {
     );
 }
 
+/// An address added to node1 after the migration serves NodePorts within
+/// a few of the agent's heartbeats, as kube-proxy's iptables mode serves
+/// every local address as it is.
+async fn assert_an_added_address_serves_node_ports(c: &Cluster, ingress: &Ingress) {
+    let added = Ipv4Addr::new(172, 31, 255, 111);
+    let argv = ["ip", "addr", "add", &format!("{added}/24"), "dev", "eth0"];
+    let out = c.exec_on_node("node1", &argv).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outside = c.outside().unwrap();
+    let target = SocketAddr::from((added, ingress.node_port));
+    wait_for(
+        "the NodePort on an added address",
+        Duration::from_secs(60),
+        || async {
+            let r = outside.http_get(target, "/").await.ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// The LoadBalancer never took a node out (single failed checks are
 /// reported by [`report`], not asserted: a take-out is what cuts traffic).
 fn assert_no_take_outs(c: &Cluster, scenario: &str) {
@@ -438,6 +464,9 @@ async fn migrate_under_external_load(mode: ProxyMode, label: &str) -> (Cluster, 
     assert_pod_uses_other_nodes_node_port(&c, &ingress).await;
     assert_localhost_node_port(&c, &ingress, mode).await;
     assert_cluster_ip_from_outside(&c, &ingress).await;
+    if mode == ProxyMode::Iptables {
+        assert_an_added_address_serves_node_ports(&c, &ingress).await;
+    }
     (c, ingress)
 }
 

@@ -195,6 +195,7 @@ async fn event_loop(st: &mut State, mut inputs: Inputs, mut shutdown: watch::Rec
                 if beats.is_multiple_of(6) {
                     st.scan_leftovers().await;
                 }
+                st.refresh_node_ports().await;
                 st.report().await;
             }
             _ = shutdown.changed() => break,
@@ -209,7 +210,10 @@ fn which(tool: &str) -> bool {
 
 impl State {
     async fn apply_spec(&mut self, spec: NodeDatapathSpec) {
-        self.apply_node_ports(spec.node_port_addresses);
+        if spec.node_port_addresses != self.node_ports {
+            self.node_ports = spec.node_port_addresses;
+            self.refresh_node_ports().await;
+        }
         match spec.mode {
             DatapathMode::Active => {
                 self.off_pending = false;
@@ -236,28 +240,37 @@ impl State {
         }
     }
 
-    /// Serves NodePorts where kube-proxy's configuration says (`setting`),
-    /// on the node's addresses now; the ingress program's interfaces, chosen
-    /// at activation, are those holding the Node's or a NodePort address.
-    fn apply_node_ports(&mut self, setting: Option<NodePortAddresses>) {
-        if setting == self.node_ports {
-            return;
-        }
+    /// Serves NodePorts where kube-proxy's configuration says: on the
+    /// node's addresses as they are now, so addresses added or removed since
+    /// the last look are followed (kube-proxy's iptables mode matches local
+    /// addresses as they are). The ingress program's interfaces are those
+    /// holding the Node's or a NodePort address; when they change while the
+    /// datapath runs, it is started again (adopting what is attached).
+    async fn refresh_node_ports(&mut self) {
         let local = crate::ingress::local_addresses().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list the node's addresses");
             Vec::new()
         });
-        let addresses = crate::node_ports::resolve(setting.as_ref(), &self.node_ips, &local);
-        info!(?addresses, ?setting, "NodePort addresses");
+        let addresses =
+            crate::node_ports::resolve(self.node_ports.as_ref(), &self.node_ips, &local);
         let mut holders = self.node_ips.clone();
         holders.extend(addresses.iter().filter(|a| !a.is_loopback()));
-        self.ingress = match self.cfg.ingress_interfaces.clone() {
-            Some(configured) => configured,
+        let ingress = match &self.cfg.ingress_interfaces {
+            Some(configured) => configured.clone(),
             None => crate::ingress::interfaces_of(&holders, &local),
         };
-        self.node_ports = setting;
-        if self.syncer.set_node_port_addresses(addresses) && self.datapath.is_some() {
-            self.sync();
+        if self.syncer.set_node_port_addresses(addresses.clone()) {
+            info!(?addresses, setting = ?self.node_ports, "NodePort addresses");
+            if self.datapath.is_some() {
+                self.sync();
+            }
+        }
+        if ingress != self.ingress {
+            info!(interfaces = ?ingress, "north-south: ingress interfaces");
+            self.ingress = ingress;
+            if self.datapath.take().is_some() {
+                self.activate().await;
+            }
         }
     }
 
