@@ -132,6 +132,13 @@ pub enum FindingKind {
     /// node only: a client on the node connecting to the LoadBalancer IP is
     /// not filtered (the socket programs do not know its source address).
     SourceRangesNotForNodeClients,
+    /// The node's Services need more frontends or service-map entries than
+    /// the maps hold (all of them, counted); this Service is past the limit.
+    OverCapacity {
+        frontends: usize,
+        service_entries: usize,
+        limits: crate::capacity::Limits,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -157,6 +164,16 @@ impl fmt::Display for Finding {
             }
             FindingKind::SourceRangesNotForNodeClients => f.write_str(
                 "loadBalancerSourceRanges are not enforced for clients on the node itself",
+            ),
+            FindingKind::OverCapacity {
+                frontends,
+                service_entries,
+                limits,
+            } => write!(
+                f,
+                "does not fit the datapath's maps: the node's Services need {frontends} frontends \
+                 ({} fit) and {service_entries} service-map entries ({} fit)",
+                limits.frontends, limits.service_entries
             ),
             FindingKind::TooManySourceRanges { count } => write!(
                 f,

@@ -201,6 +201,10 @@ impl LbState {
                 });
             }
         }
+        out.extend(crate::capacity::over_capacity(
+            &self.state,
+            crate::capacity::Limits::default(),
+        ));
         out.sort();
         out.dedup();
         out

@@ -34,6 +34,7 @@
 //!   the pinned maps, and the tests' maps); [`render`] prints map contents
 //!   for golden tests and debugging.
 
+pub mod capacity;
 pub mod desired;
 pub mod diff;
 mod endpoints;
