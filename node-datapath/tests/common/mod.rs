@@ -209,68 +209,74 @@ impl Lab {
         run("ip", &["-n", &lab.node_ns, "link", "set", "lo", "up"]);
         std::fs::create_dir(&lab.cgroup).unwrap();
         for i in 1..=backends {
-            let ns = format!("{}-b{i}", lab.id);
-            run("ip", &["netns", "add", &ns]);
-            lab.backend_ns.push(ns.clone());
-            let vn = format!("vb{i}");
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &vn,
-                    "netns",
-                    &lab.node_ns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &ns,
-                ],
-            );
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &lab.node_ns,
-                    "addr",
-                    "add",
-                    &format!("10.1.{i}.1/24"),
-                    "dev",
-                    &vn,
-                ],
-            );
-            run("ip", &["-n", &lab.node_ns, "link", "set", &vn, "up"]);
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("10.1.{i}.2/24"),
-                    "dev",
-                    "eth0",
-                ],
-            );
-            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.1.{i}.1"),
-                ],
-            );
+            lab.add_backend(i);
         }
         lab
+    }
+
+    /// Backend `i`'s namespace, wired to the node by a veth pair: 10.1.i.2 there,
+    /// 10.1.i.1 on the node side, which is its default route.
+    fn add_backend(&mut self, i: u8) {
+        let ns = format!("{}-b{i}", self.id);
+        run("ip", &["netns", "add", &ns]);
+        self.backend_ns.push(ns.clone());
+        let vn = format!("vb{i}");
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &vn,
+                "netns",
+                &self.node_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.node_ns,
+                "addr",
+                "add",
+                &format!("10.1.{i}.1/24"),
+                "dev",
+                &vn,
+            ],
+        );
+        run("ip", &["-n", &self.node_ns, "link", "set", &vn, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.1.{i}.2/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.1.{i}.1"),
+            ],
+        );
     }
 
     /// Starts the datapath on this node with [`Lab::config`].
