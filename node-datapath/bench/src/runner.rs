@@ -18,23 +18,15 @@ use crate::{
     BenchError,
     load::{LatencyResult, RateResult},
     model::{
-        ENDPOINTS, Scenario, TCP_PORT, TCP_TARGET_PORT, Target, UDP_PORT, UDP_TARGET_PORT,
-        endpoint, vip,
+        DATAPATHS, ENDPOINTS, Scenario, TCP_PORT, TCP_TARGET_PORT, Target, UDP_PORT,
+        UDP_TARGET_PORT, endpoint, vip,
     },
     programming,
-    report::Row,
+    results::Row,
     rules, run_facts,
     topo::{self, Topo},
 };
 
-/// The datapaths, in measurement order (direct first: it is the baseline).
-pub const DATAPATHS: [&str; 5] = [
-    "direct",
-    "iptables-nft",
-    "iptables-legacy",
-    "nftables",
-    "ebpf",
-];
 /// The default N list.
 pub const FULL_N: [usize; 6] = [1, 1000, 5000, 10_000, 20_000, 40_000];
 /// `--quick`'s N list.
