@@ -22,7 +22,7 @@ pub use ops::Svc;
 #[allow(unused_imports)]
 pub use outside::{
     KEEPALIVE, NODE_EXTERNAL_IP, NODE_PORT, OUTSIDE_CLIENT_IP, Outside, in_netns, nft, nodeport,
-    program_nodeport, start_with_ingress,
+    program_nodeport, start_with_ingress, telling_source_lab,
 };
 
 use switchyard_abi::{Counter, IPPROTO_TCP};
@@ -155,6 +155,27 @@ pub struct LoopingClient {
 }
 
 impl LoopingClient {
+    /// Spawns the client `cmd` with a fresh stop file (named after `prefix`) and
+    /// returns once it reports its first request.
+    pub fn start(mut cmd: Command, prefix: &str, what: &str) -> LoopingClient {
+        let stop_file =
+            std::env::temp_dir().join(format!("{prefix}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let mut child = cmd
+            .args(["--stop-file", stop_file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "running", "{what} did not start");
+        LoopingClient {
+            child: Some(child),
+            stdout,
+            stop_file,
+        }
+    }
+
     /// Stops the loop and returns the summary.
     pub fn stop(mut self) -> serde_json::Value {
         std::fs::write(&self.stop_file, b"stop").unwrap();
@@ -354,26 +375,11 @@ impl Lab {
     /// Starts a client that loops until stopped; returns once it has made
     /// its first request.
     pub fn looping_client(&self, mode: &str, target: &str) -> LoopingClient {
-        let stop_file = std::env::temp_dir().join(format!(
-            "{}-stop-{}",
-            self.id,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut child = self
-            .client_cmd(mode, target)
-            .args(["--stop-file", stop_file.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "running", "looping client did not start");
-        LoopingClient {
-            child: Some(child),
-            stdout,
-            stop_file,
-        }
+        LoopingClient::start(
+            self.client_cmd(mode, target),
+            &format!("{}-stop", self.id),
+            "looping client",
+        )
     }
 }
 
