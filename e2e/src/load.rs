@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cluster::{Cluster, wait_for};
+use crate::cluster::{Cluster, wait_for, wait_for_growth};
 use crate::error::{Error, Result};
 
 /// One load generator's totals for one target.
@@ -152,18 +152,11 @@ impl Load {
     /// target than now, so traffic covers what just happened and the time
     /// after it (a failure shortly after a switch is counted, not missed).
     pub async fn wait_for_more(&self, n: u64) -> Result<()> {
-        let done = |t: &Totals| t.ok + t.failed;
-        let before = self.totals()?;
-        wait_for(
+        wait_for_growth(
             &format!("{n} more requests from every load generator"),
-            Duration::from_secs(60),
-            || async {
-                let now = self.totals().ok()?;
-                now.iter()
-                    .zip(&before)
-                    .all(|(a, b)| done(a) >= done(b) + n)
-                    .then_some(())
-            },
+            n,
+            || self.totals(),
+            |t: &Totals| t.ok + t.failed,
         )
         .await
     }
