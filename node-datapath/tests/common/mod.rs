@@ -28,7 +28,7 @@ pub use outside::{
 use switchyard_abi::{Counter, IPPROTO_TCP};
 use switchyard_lb::maps::LbMaps;
 use switchyard_node_datapath::{
-    Capacities, Datapath, DatapathConfig, DatapathError, TcAttach, capabilities,
+    Capacities, Datapath, DatapathConfig, DatapathError, LinkAction, TcAttach, capabilities,
 };
 
 /// The ClusterIP the tests program.
@@ -145,6 +145,11 @@ pub fn run_client(mut cmd: Command, count: u32) -> serde_json::Value {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+/// Whether the start that gave `dp` did `action` to every link.
+pub fn every_link(dp: &Datapath, action: LinkAction) -> bool {
+    dp.report().links.iter().all(|(_, a)| *a == action)
 }
 
 /// A running looping client.
