@@ -86,6 +86,34 @@ fn assert_views_match_objects(sc: &Scenario, services: &Services, slices: &Slice
     assert_eq!(state_of_stores(services, slices), objects);
 }
 
+/// The datapath attached under `topo`, with the default configuration otherwise.
+fn start_datapath(topo: &Topo) -> Datapath {
+    Datapath::start(&DatapathConfig {
+        bpffs_dir: topo.bpffs_dir.clone(),
+        cgroup: topo.cgroup.clone(),
+        ..DatapathConfig::new(&topo.cgroup)
+    })
+    .unwrap()
+}
+
+/// Moves the first endpoint of Service 7's slice to a new address in the store; the
+/// change touches exactly that slice of that Service.
+fn move_first_endpoint_of_7(sc: &Scenario, slices: &Slices) -> Option<Touched> {
+    let mut slice = slice_object(sc, 7);
+    slice.endpoints[0].addresses = vec![endpoint(7, 10).to_string()];
+    let (k, v) = store::slice_entry(&slice);
+    let touched = Touched::of_slice(&slices.apply(Event::Apply(k, v)));
+    assert_eq!(
+        touched,
+        Some(Touched::Slice {
+            namespace: NAMESPACE.into(),
+            name: slice_name(7),
+            service: Some(service_name(7)),
+        })
+    );
+    touched
+}
+
 #[test]
 fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
     // SAFETY: geteuid has no preconditions.
@@ -94,12 +122,7 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
         return;
     }
     let topo = Topo::new().unwrap();
-    let _dp = Datapath::start(&DatapathConfig {
-        bpffs_dir: topo.bpffs_dir.clone(),
-        cgroup: topo.cgroup.clone(),
-        ..DatapathConfig::new(&topo.cgroup)
-    })
-    .unwrap();
+    let _dp = start_datapath(&topo);
     let sc = Scenario::new(50).unwrap();
     let (services, slices) = listed_stores(&sc);
     assert_views_match_objects(&sc, &services, &slices);
@@ -117,18 +140,7 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
 
     // One endpoint of Service 7 moves: its backend, its 10 slots (ordered
     // by address, all shift) and the old backend's deletion, nothing else.
-    let mut slice = slice_object(&sc, 7);
-    slice.endpoints[0].addresses = vec![endpoint(7, 10).to_string()];
-    let (k, v) = store::slice_entry(&slice);
-    let touched = Touched::of_slice(&slices.apply(Event::Apply(k, v)));
-    assert_eq!(
-        touched,
-        Some(Touched::Slice {
-            namespace: NAMESPACE.into(),
-            name: slice_name(7),
-            service: Some(service_name(7)),
-        })
-    );
+    let touched = move_first_endpoint_of_7(&sc, &slices);
     syncer
         .sync(&services, &slices, touched.into_iter().collect())
         .unwrap();
