@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead, BufReader, Write as _},
     net::SocketAddrV4,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -231,6 +231,21 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
+    /// Creates the directory `out` and in it the CSV file `name`, header written.
+    pub(crate) fn create(out: &Path, name: &str) -> Result<Sink, BenchError> {
+        std::fs::create_dir_all(out)
+            .map_err(|e| BenchError::io(format!("mkdir {}", out.display()), e))?;
+        let path = out.join(name);
+        let mut sink = Sink {
+            file: std::fs::File::create(&path)
+                .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?,
+            path,
+        };
+        writeln!(sink.file, "{}", Row::HEADER)
+            .map_err(|e| BenchError::io(format!("write {}", sink.path.display()), e))?;
+        Ok(sink)
+    }
+
     pub(crate) fn push(&mut self, row: Row) -> Result<(), BenchError> {
         info!(
             n = row.n,
@@ -245,6 +260,16 @@ impl Sink {
             .and_then(|()| self.file.flush())
             .map_err(|e| BenchError::io(format!("write {}", self.path.display()), e))
     }
+}
+
+/// Writes `rows` as the CSV file `path` (header first), replacing it.
+pub(crate) fn write_csv(path: &Path, rows: &[Row]) -> Result<(), BenchError> {
+    let mut text = format!("{}\n", Row::HEADER);
+    for r in rows {
+        text.push_str(&r.to_csv());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
 }
 
 /// Removes a datapath's rules from namespace `ns` synchronously, so the
@@ -529,16 +554,8 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         Some(Part::NorthSouth) => return crate::ns_runner::run_only(args, &ns, &datapaths),
         None => {}
     }
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| BenchError::io(format!("mkdir {}", args.out.display()), e))?;
-    let csv = args.out.join("raw.csv");
-    let mut sink = Sink {
-        file: std::fs::File::create(&csv)
-            .map_err(|e| BenchError::io(format!("create {}", csv.display()), e))?,
-        path: csv.clone(),
-    };
-    writeln!(sink.file, "{}", Row::HEADER)
-        .map_err(|e| BenchError::io(format!("write {}", csv.display()), e))?;
+    let mut sink = Sink::create(&args.out, "raw.csv")?;
+    let csv = sink.path.clone();
     let mut f = run_facts::collect(args, &ns, &datapaths);
     let facts_path = args.out.join("facts.json");
     run_facts::write(&facts_path, &f)?;
