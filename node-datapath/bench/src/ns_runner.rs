@@ -20,7 +20,7 @@ use crate::{
     load::{LatencyResult, RateResult},
     model::{ENDPOINTS, NODE_IP, Scenario, TCP_TARGET_PORT, Target, UDP_TARGET_PORT, endpoint},
     ns_topo::{EXTERNAL_IF, NsTopo, Placement},
-    report::{Row, parse_csv},
+    results::{Row, parse_csv, replace_rows},
     rules, rules_nft,
     run_facts::{self, NsFacts},
     runner::{RunArgs, Servers, Sink, clear_rules, client_in, join, start_servers_in, write_csv},
@@ -335,12 +335,7 @@ pub fn run_only(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> Result<()
 
 /// `old` without the north-south rows of the N values in `new`, then `new`.
 pub fn merge(old: &[Row], new: &[Row]) -> Vec<Row> {
-    let replaced = |r: &Row| r.metric.starts_with(METRIC_PREFIX) && new.iter().any(|x| x.n == r.n);
-    old.iter()
-        .filter(|r| !replaced(r))
-        .chain(new)
-        .cloned()
-        .collect()
+    replace_rows(old, new, |r| r.metric.starts_with(METRIC_PREFIX))
 }
 
 #[cfg(test)]

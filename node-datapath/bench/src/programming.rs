@@ -15,7 +15,7 @@ use crate::{
     agent_path::AgentResult,
     ebpf::SyncResult,
     model::Scenario,
-    report::{Row, parse_csv},
+    results::{Row, parse_csv, replace_rows},
     runner::{RunArgs, Sink, self_exe, write_csv},
     topo::{self, Topo},
 };
@@ -177,17 +177,9 @@ pub fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<(), BenchError> {
 /// `old` without the eBPF programming rows of the N values in `new`, then
 /// `new`.
 pub fn merge(old: &[Row], new: &[Row]) -> Vec<Row> {
-    let replaced = |r: &Row| {
-        r.datapath == "ebpf"
-            && r.target == "-"
-            && METRICS.contains(&r.metric.as_str())
-            && new.iter().any(|x| x.n == r.n)
-    };
-    old.iter()
-        .filter(|r| !replaced(r))
-        .chain(new)
-        .cloned()
-        .collect()
+    replace_rows(old, new, |r| {
+        r.datapath == "ebpf" && r.target == "-" && METRICS.contains(&r.metric.as_str())
+    })
 }
 
 #[cfg(test)]

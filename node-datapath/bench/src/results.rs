@@ -151,6 +151,17 @@ impl Table {
     }
 }
 
+/// `old` without the rows of `part` at the N values in `new`, then `new`: a partial
+/// run's rows replacing what it measured again.
+pub fn replace_rows(old: &[Row], new: &[Row], part: impl Fn(&Row) -> bool) -> Vec<Row> {
+    let replaced = |r: &Row| part(r) && new.iter().any(|x| x.n == r.n);
+    old.iter()
+        .filter(|r| !replaced(r))
+        .chain(new)
+        .cloned()
+        .collect()
+}
+
 /// Parses a raw CSV.
 pub fn parse_csv(text: &str) -> Vec<Row> {
     text.lines().filter_map(Row::parse).collect()
