@@ -165,24 +165,7 @@ impl Load {
     /// final totals, deletes their pods and returns the totals.
     pub async fn stop(self, c: &Cluster) -> Result<Vec<Totals>> {
         let pods: Api<Pod> = Api::namespaced(c.client(), "default");
-        let before: Vec<String> = pods
-            .list(&ListParams::default().labels("app=loadgen"))
-            .await?
-            .items
-            .iter()
-            .map(|p| {
-                let restarts: i32 = p
-                    .status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-                    .map(|c| c.restart_count)
-                    .sum();
-                format!(
-                    "{}: restarts {restarts}",
-                    p.metadata.name.clone().unwrap_or_default()
-                )
-            })
-            .collect();
+        let before = pod_restarts(&pods).await?;
         for p in &self.pods {
             let f = self.dir.join(format!("{p}.stop"));
             std::fs::write(&f, "").map_err(Error::io("writing", &f))?;
@@ -204,21 +187,7 @@ impl Load {
                 .filter(|(_, r)| r.running)
                 .map(|(p, _)| p.clone())
                 .collect();
-            let left = pods
-                .list(&ListParams::default().labels("app=loadgen"))
-                .await?;
-            let states: Vec<String> = left
-                .items
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}: {:?} deleting={}",
-                        p.metadata.name.clone().unwrap_or_default(),
-                        p.status.as_ref().and_then(|s| s.phase.clone()),
-                        p.metadata.deletion_timestamp.is_some()
-                    )
-                })
-                .collect();
+            let states = pod_states(&pods).await?;
             return Err(Error::Config(format!(
                 "{e}; still running: {still:?}; pods: {states:?}; before stopping: {before:?}"
             )));
@@ -241,4 +210,45 @@ impl Load {
         }
         self.totals()
     }
+}
+
+/// Each load generator pod with its containers' restarts (for error messages).
+async fn pod_restarts(pods: &Api<Pod>) -> Result<Vec<String>> {
+    Ok(pods
+        .list(&ListParams::default().labels("app=loadgen"))
+        .await?
+        .items
+        .iter()
+        .map(|p| {
+            let restarts: i32 = p
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .map(|c| c.restart_count)
+                .sum();
+            format!(
+                "{}: restarts {restarts}",
+                p.metadata.name.clone().unwrap_or_default()
+            )
+        })
+        .collect())
+}
+
+/// Each load generator pod with its phase and whether it is being deleted (for
+/// error messages).
+async fn pod_states(pods: &Api<Pod>) -> Result<Vec<String>> {
+    Ok(pods
+        .list(&ListParams::default().labels("app=loadgen"))
+        .await?
+        .items
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {:?} deleting={}",
+                p.metadata.name.clone().unwrap_or_default(),
+                p.status.as_ref().and_then(|s| s.phase.clone()),
+                p.metadata.deletion_timestamp.is_some()
+            )
+        })
+        .collect())
 }
