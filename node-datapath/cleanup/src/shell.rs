@@ -377,39 +377,53 @@ fn observe_ipvs(runner: &dyn CommandRunner) -> IpvsLook {
 
 impl Observation {
     fn report(&self, listing_only: bool) -> Report {
-        let mut backends = Vec::new();
-        for backend in [Backend::IptablesNft, Backend::IptablesLegacy] {
-            let mut b = BackendReport::new(backend);
-            let mut names = Vec::new();
-            for o in self.iptables.iter().filter(|o| o.backend == backend) {
-                match &o.state {
-                    None => b
-                        .notes
-                        .push(format!("{} tools not available", o.family.name())),
-                    Some(Err(e)) => {
-                        b.available = true;
-                        b.errors.push(format!("{}: {e}", o.family.name()));
-                    }
-                    Some(Ok(plan)) => {
-                        b.available = true;
-                        let fam = o.family.name();
-                        names.extend(
-                            plan.object_names()
-                                .into_iter()
-                                .map(|n| format!("{fam} {n}")),
-                        );
-                        b.kept
-                            .extend(plan.blocked().into_iter().map(|(table, bc)| Kept {
-                                name: format!("{fam} {table} chain {}", bc.chain),
-                                reason: format!("still referenced by {}", bc.referenced_by),
-                            }));
-                    }
+        let backends = vec![
+            self.iptables_report(Backend::IptablesNft),
+            self.iptables_report(Backend::IptablesLegacy),
+            self.nft_report(),
+            self.ipvs_report(),
+        ];
+        Report {
+            listing_only,
+            backends,
+            conntrack: None,
+        }
+    }
+
+    /// One iptables backend over both families.
+    fn iptables_report(&self, backend: Backend) -> BackendReport {
+        let mut b = BackendReport::new(backend);
+        let mut names = Vec::new();
+        for o in self.iptables.iter().filter(|o| o.backend == backend) {
+            match &o.state {
+                None => b
+                    .notes
+                    .push(format!("{} tools not available", o.family.name())),
+                Some(Err(e)) => {
+                    b.available = true;
+                    b.errors.push(format!("{}: {e}", o.family.name()));
+                }
+                Some(Ok(plan)) => {
+                    b.available = true;
+                    let fam = o.family.name();
+                    names.extend(
+                        plan.object_names()
+                            .into_iter()
+                            .map(|n| format!("{fam} {n}")),
+                    );
+                    b.kept
+                        .extend(plan.blocked().into_iter().map(|(table, bc)| Kept {
+                            name: format!("{fam} {table} chain {}", bc.chain),
+                            reason: format!("still referenced by {}", bc.referenced_by),
+                        }));
                 }
             }
-            b.found = Objects::new(names);
-            backends.push(b);
         }
+        b.found = Objects::new(names);
+        b
+    }
 
+    fn nft_report(&self) -> BackendReport {
         let mut n = BackendReport::new(Backend::Nftables);
         n.available = self.nft_available;
         if !self.nft_available {
@@ -422,8 +436,10 @@ impl Observation {
             Some(Err(e)) => n.errors.push(e.to_string()),
             None => {}
         }
-        backends.push(n);
+        n
+    }
 
+    fn ipvs_report(&self) -> BackendReport {
         let mut v = BackendReport::new(Backend::Ipvs);
         if self.ipvs_requested {
             let o = &self.ipvs_observed;
@@ -441,12 +457,7 @@ impl Observation {
                 })
                 .collect();
         }
-        backends.push(v);
-        Report {
-            listing_only,
-            backends,
-            conntrack: None,
-        }
+        v
     }
 }
 
