@@ -49,6 +49,7 @@ pub mod rules;
 pub mod rules_nft;
 pub mod run_facts;
 pub mod runner;
+pub mod sink;
 pub mod stats;
 pub mod topo;
 

@@ -23,7 +23,8 @@ use crate::{
     results::{Row, parse_csv, replace_rows},
     rules, rules_nft,
     run_facts::{self, NsFacts},
-    runner::{RunArgs, Servers, Sink, clear_rules, client_in, join, start_servers_in, write_csv},
+    runner::{RunArgs, Servers, clear_rules, client_in, join, start_servers_in},
+    sink::{Sink, write_csv},
     topo,
 };
 

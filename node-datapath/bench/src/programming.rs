@@ -16,7 +16,8 @@ use crate::{
     ebpf::SyncResult,
     model::Scenario,
     results::{Row, parse_csv, replace_rows},
-    runner::{RunArgs, Sink, self_exe, write_csv},
+    runner::{RunArgs, self_exe},
+    sink::{Sink, write_csv},
     topo::{self, Topo},
 };
 

@@ -3,9 +3,9 @@
 //! is appended to the raw CSV as soon as it is measured.
 
 use std::{
-    io::{BufRead, BufReader, Write as _},
+    io::{BufRead, BufReader},
     net::SocketAddrV4,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -24,6 +24,7 @@ use crate::{
     programming,
     results::Row,
     rules, run_facts,
+    sink::Sink,
     topo::{self, Topo},
 };
 
@@ -224,54 +225,6 @@ fn udp_targets(datapath: &str, i: usize) -> Vec<SocketAddrV4> {
     }
 }
 
-/// CSV sink: appends and flushes each row.
-pub(crate) struct Sink {
-    pub(crate) file: std::fs::File,
-    pub(crate) path: PathBuf,
-}
-
-impl Sink {
-    /// Creates the directory `out` and in it the CSV file `name`, header written.
-    pub(crate) fn create(out: &Path, name: &str) -> Result<Sink, BenchError> {
-        std::fs::create_dir_all(out)
-            .map_err(|e| BenchError::io(format!("mkdir {}", out.display()), e))?;
-        let path = out.join(name);
-        let mut sink = Sink {
-            file: std::fs::File::create(&path)
-                .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?,
-            path,
-        };
-        writeln!(sink.file, "{}", Row::HEADER)
-            .map_err(|e| BenchError::io(format!("write {}", sink.path.display()), e))?;
-        Ok(sink)
-    }
-
-    pub(crate) fn push(&mut self, row: Row) -> Result<(), BenchError> {
-        info!(
-            n = row.n,
-            datapath = %row.datapath,
-            metric = %row.metric,
-            target = %row.target,
-            run = row.run,
-            value = row.value,
-            "measured"
-        );
-        writeln!(self.file, "{}", row.to_csv())
-            .and_then(|()| self.file.flush())
-            .map_err(|e| BenchError::io(format!("write {}", self.path.display()), e))
-    }
-}
-
-/// Writes `rows` as the CSV file `path` (header first), replacing it.
-pub(crate) fn write_csv(path: &Path, rows: &[Row]) -> Result<(), BenchError> {
-    let mut text = format!("{}\n", Row::HEADER);
-    for r in rows {
-        text.push_str(&r.to_csv());
-        text.push('\n');
-    }
-    std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
-}
-
 /// Removes a datapath's rules from namespace `ns` synchronously, so the
 /// kernel does not tear a large ruleset down in the background of the next
 /// measurement (untimed).
@@ -458,8 +411,20 @@ fn measure_run(
     r: u32,
     sink: &mut Sink,
 ) -> Result<(), BenchError> {
-    let (n, datapath, topo) = (sc.services, p.datapath.as_str(), &p.topo);
-    let last = sc.target_index(Target::Last);
+    measure_latency(args, p, sc, r, sink)?;
+    measure_rates(args, p, sc, r, sink)
+}
+
+/// Connect latency percentiles and errors to the first, a random and the last
+/// Service.
+fn measure_latency(
+    args: &RunArgs,
+    p: &Prepared,
+    sc: &Scenario,
+    r: u32,
+    sink: &mut Sink,
+) -> Result<(), BenchError> {
+    let (n, datapath) = (sc.services, p.datapath.as_str());
     for t in Target::ALL {
         let res = latency(args, p, sc.target_index(t))?;
         let s = res.summary;
@@ -480,6 +445,20 @@ fn measure_run(
             })?;
         }
     }
+    Ok(())
+}
+
+/// TCP connection rates (one and two threads) and the UDP request/response rate to
+/// the last Service.
+fn measure_rates(
+    args: &RunArgs,
+    p: &Prepared,
+    sc: &Scenario,
+    r: u32,
+    sink: &mut Sink,
+) -> Result<(), BenchError> {
+    let (n, datapath, topo) = (sc.services, p.datapath.as_str(), &p.topo);
+    let last = sc.target_index(Target::Last);
     for (metric, mode, threads, target) in [
         (
             "conn_per_s_1t",
