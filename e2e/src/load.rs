@@ -212,12 +212,18 @@ impl Load {
     }
 }
 
-/// Each load generator pod with its containers' restarts (for error messages).
-async fn pod_restarts(pods: &Api<Pod>) -> Result<Vec<String>> {
+/// The load generator pods.
+async fn loadgen_pods(pods: &Api<Pod>) -> Result<Vec<Pod>> {
     Ok(pods
         .list(&ListParams::default().labels("app=loadgen"))
         .await?
-        .items
+        .items)
+}
+
+/// Each load generator pod with its containers' restarts (for error messages).
+async fn pod_restarts(pods: &Api<Pod>) -> Result<Vec<String>> {
+    Ok(loadgen_pods(pods)
+        .await?
         .iter()
         .map(|p| {
             let restarts: i32 = p
@@ -237,10 +243,8 @@ async fn pod_restarts(pods: &Api<Pod>) -> Result<Vec<String>> {
 /// Each load generator pod with its phase and whether it is being deleted (for
 /// error messages).
 async fn pod_states(pods: &Api<Pod>) -> Result<Vec<String>> {
-    Ok(pods
-        .list(&ListParams::default().labels("app=loadgen"))
+    Ok(loadgen_pods(pods)
         .await?
-        .items
         .iter()
         .map(|p| {
             format!(
