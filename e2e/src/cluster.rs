@@ -121,6 +121,26 @@ where
     Ok(switchyard_testkit::wait_for_async(what, timeout, check).await?)
 }
 
+/// Waits (up to 60 s) until every item `totals` reads has a `count` at least `n` above
+/// that item's count now (items compared in order): traffic that covers what just
+/// happened and the time after it.
+pub async fn wait_for_growth<T>(
+    what: &str,
+    n: u64,
+    totals: impl Fn() -> Result<Vec<T>>,
+    count: impl Fn(&T) -> u64,
+) -> Result<()> {
+    let before = totals()?;
+    wait_for(what, Duration::from_secs(60), || async {
+        let now = totals().ok()?;
+        now.iter()
+            .zip(&before)
+            .all(|(a, b)| count(a) >= count(b) + n)
+            .then_some(())
+    })
+    .await
+}
+
 impl Cluster {
     /// Starts a cluster: builds the binaries if the cache is cold, creates
     /// the namespaces, control plane and nodes, installs kube-proxy and

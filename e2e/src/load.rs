@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cluster::{Cluster, wait_for};
+use crate::cluster::{Cluster, wait_for, wait_for_growth};
 use crate::error::{Error, Result};
 
 /// One load generator's totals for one target.
@@ -152,18 +152,11 @@ impl Load {
     /// target than now, so traffic covers what just happened and the time
     /// after it (a failure shortly after a switch is counted, not missed).
     pub async fn wait_for_more(&self, n: u64) -> Result<()> {
-        let done = |t: &Totals| t.ok + t.failed;
-        let before = self.totals()?;
-        wait_for(
+        wait_for_growth(
             &format!("{n} more requests from every load generator"),
-            Duration::from_secs(60),
-            || async {
-                let now = self.totals().ok()?;
-                now.iter()
-                    .zip(&before)
-                    .all(|(a, b)| done(a) >= done(b) + n)
-                    .then_some(())
-            },
+            n,
+            || self.totals(),
+            |t: &Totals| t.ok + t.failed,
         )
         .await
     }
@@ -172,24 +165,7 @@ impl Load {
     /// final totals, deletes their pods and returns the totals.
     pub async fn stop(self, c: &Cluster) -> Result<Vec<Totals>> {
         let pods: Api<Pod> = Api::namespaced(c.client(), "default");
-        let before: Vec<String> = pods
-            .list(&ListParams::default().labels("app=loadgen"))
-            .await?
-            .items
-            .iter()
-            .map(|p| {
-                let restarts: i32 = p
-                    .status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-                    .map(|c| c.restart_count)
-                    .sum();
-                format!(
-                    "{}: restarts {restarts}",
-                    p.metadata.name.clone().unwrap_or_default()
-                )
-            })
-            .collect();
+        let before = pod_restarts(&pods).await?;
         for p in &self.pods {
             let f = self.dir.join(format!("{p}.stop"));
             std::fs::write(&f, "").map_err(Error::io("writing", &f))?;
@@ -211,21 +187,7 @@ impl Load {
                 .filter(|(_, r)| r.running)
                 .map(|(p, _)| p.clone())
                 .collect();
-            let left = pods
-                .list(&ListParams::default().labels("app=loadgen"))
-                .await?;
-            let states: Vec<String> = left
-                .items
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}: {:?} deleting={}",
-                        p.metadata.name.clone().unwrap_or_default(),
-                        p.status.as_ref().and_then(|s| s.phase.clone()),
-                        p.metadata.deletion_timestamp.is_some()
-                    )
-                })
-                .collect();
+            let states = pod_states(&pods).await?;
             return Err(Error::Config(format!(
                 "{e}; still running: {still:?}; pods: {states:?}; before stopping: {before:?}"
             )));
@@ -248,4 +210,49 @@ impl Load {
         }
         self.totals()
     }
+}
+
+/// The load generator pods.
+async fn loadgen_pods(pods: &Api<Pod>) -> Result<Vec<Pod>> {
+    Ok(pods
+        .list(&ListParams::default().labels("app=loadgen"))
+        .await?
+        .items)
+}
+
+/// Each load generator pod with its containers' restarts (for error messages).
+async fn pod_restarts(pods: &Api<Pod>) -> Result<Vec<String>> {
+    Ok(loadgen_pods(pods)
+        .await?
+        .iter()
+        .map(|p| {
+            let restarts: i32 = p
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .map(|c| c.restart_count)
+                .sum();
+            format!(
+                "{}: restarts {restarts}",
+                p.metadata.name.clone().unwrap_or_default()
+            )
+        })
+        .collect())
+}
+
+/// Each load generator pod with its phase and whether it is being deleted (for
+/// error messages).
+async fn pod_states(pods: &Api<Pod>) -> Result<Vec<String>> {
+    Ok(loadgen_pods(pods)
+        .await?
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {:?} deleting={}",
+                p.metadata.name.clone().unwrap_or_default(),
+                p.status.as_ref().and_then(|s| s.phase.clone()),
+                p.metadata.deletion_timestamp.is_some()
+            )
+        })
+        .collect())
 }

@@ -86,6 +86,17 @@ pub async fn kubectl(c: &Cluster, args: &[&str]) -> Result<String> {
 /// node's own cgroup and pin directory), then waits until the operator runs
 /// and every node's agent reports.
 pub async fn install(c: &Cluster) -> Result<()> {
+    let dir = write_overlay(c)?;
+    let dir_s = dir.to_string_lossy().into_owned();
+    kubectl(c, &["apply", "--server-side", "-k", &dir_s]).await?;
+    wait_crds_established(c).await?;
+    wait_agents_report(c).await?;
+    wait_operator_available(c).await
+}
+
+/// Writes the overlay of `config/` (the agents' API server address) into the
+/// cluster's state directory; returns that directory.
+fn write_overlay(c: &Cluster) -> Result<PathBuf> {
     let dir = c.state_dir().join("switchyard-overlay");
     std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
     let config = config_dir()
@@ -109,8 +120,10 @@ patches:
     );
     let file = dir.join("kustomization.yaml");
     std::fs::write(&file, overlay).map_err(Error::io("writing", &file))?;
-    let dir_s = dir.to_string_lossy().into_owned();
-    kubectl(c, &["apply", "--server-side", "-k", &dir_s]).await?;
+    Ok(dir)
+}
+
+async fn wait_crds_established(c: &Cluster) -> Result<()> {
     wait_for(
         "the switchyard CRDs to be established",
         Duration::from_secs(30),
@@ -130,6 +143,11 @@ patches:
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Until every node's agent has reported its heartbeat and capabilities.
+async fn wait_agents_report(c: &Cluster) -> Result<()> {
     let nodes: Vec<String> = c.plan().nodes.iter().map(|n| n.name.clone()).collect();
     let ndp: Api<NodeDatapath> = Api::all(c.client());
     wait_for(
@@ -153,7 +171,10 @@ patches:
             }
         },
     )
-    .await?;
+    .await
+}
+
+async fn wait_operator_available(c: &Cluster) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(c.client(), "switchyard-system");
     wait_for(
         "the operator Deployment to be available",

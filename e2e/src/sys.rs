@@ -262,34 +262,7 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
                 return Err(std::io::Error::last_os_error());
             }
             if !mounts.is_empty() {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let root = c"/";
-                let flags = libc::MS_REC | libc::MS_SLAVE;
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    flags,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for (src, dst) in &mounts {
-                    let flags = libc::MS_BIND | libc::MS_REC;
-                    if libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        flags,
-                        std::ptr::null(),
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
+                bind_mounts(&mounts)?;
             }
             if let Some(h) = &hostname {
                 if libc::unshare(libc::CLONE_NEWUTS) != 0 {
@@ -304,6 +277,45 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
             }
             Ok(())
         });
+    }
+    Ok(())
+}
+
+/// In the forked child, before exec: a private mount namespace (the host's
+/// mounts still propagate in, none out) with `mounts` bind-mounted (source,
+/// target). Only async-signal-safe system calls.
+fn bind_mounts(mounts: &[(CString, CString)]) -> std::io::Result<()> {
+    // SAFETY: unshare and mount get valid NUL-terminated paths (or null
+    // where the kernel allows it) that outlive the calls.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let root = c"/";
+        let flags = libc::MS_REC | libc::MS_SLAVE;
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        for (src, dst) in mounts {
+            let flags = libc::MS_BIND | libc::MS_REC;
+            if libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
     }
     Ok(())
 }

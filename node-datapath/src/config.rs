@@ -1,12 +1,25 @@
 //! Plain configuration and report types of the datapath.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Serialize;
 use switchyard_abi::capacity;
 
 /// Default pin directory.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/switchyard";
+
+/// The pin directory of maps under `bpffs_dir`.
+pub(crate) fn maps_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("maps")
+}
+
+/// The pin directory of links under `bpffs_dir`.
+pub(crate) fn links_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("links")
+}
 
 /// One of the five socket hooks: four translate addresses (cgroup
 /// sock_addr programs), `sock_release` cleans up after a socket (a cgroup

@@ -22,7 +22,8 @@ use switchyard_abi::map_names;
 use crate::{
     DatapathError,
     config::LinkAction,
-    datapath::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, maps_dir, pin_new_link},
+    config::maps_dir,
+    links::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, pin_new_link},
     object::load_named,
 };
 

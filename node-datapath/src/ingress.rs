@@ -21,7 +21,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc:
 use crate::{
     DatapathConfig, DatapathError,
     config::LinkAction,
-    datapath::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, pin_new_link},
+    links::{LinkTarget, StartGuard, adopt_link, detach_and_unpin, pin_new_link},
     object::load_named,
 };
 

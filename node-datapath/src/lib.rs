@@ -37,6 +37,7 @@ mod error;
 pub mod health;
 pub mod ingress;
 mod kfunc;
+mod links;
 pub mod maps;
 pub mod metrics;
 mod object;

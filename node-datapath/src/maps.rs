@@ -18,7 +18,7 @@ use switchyard_lb::maps::{LbMaps, MapOp, MapsSnapshot};
 use crate::{
     DatapathError,
     batch::{self, RunError, RunKind},
-    datapath::maps_dir,
+    config::maps_dir,
     metrics::{DatapathStats, MapOccupancy},
 };
 

@@ -6,7 +6,7 @@
 
 use std::{os::fd::OwnedFd, path::Path, time::Duration};
 
-use crate::{DatapathError, Hook, datapath::links_dir, sys};
+use crate::{DatapathError, Hook, config::links_dir, sys};
 
 /// Keeps the kernel's BPF run-time accounting on while held.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{
     Lab, NODE_EXTERNAL_IP, NODE_PORT, OUTSIDE_CLIENT_IP, Outside, Svc, counter, err_total,
-    nodeport, ok_count, ok_total, program_nodeport, run, start_with_ingress,
+    nodeport, ok_count, ok_total, program_nodeport, run, start_with_ingress, telling_source_lab,
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, svc_flags};
 use switchyard_lb::maps::LbMaps;
@@ -24,11 +24,7 @@ fn names(summary: &serde_json::Value) -> Vec<String> {
 #[test]
 fn nodeport_traffic_from_outside_reaches_every_backend_masqueraded() {
     require_privileged!();
-    let mut lab = Lab::new(2);
-    let out = Outside::new(&lab);
-    lab.serve_with(1, 8080, &["--tell-source", "true"]);
-    lab.serve_with(2, 8080, &["--tell-source", "true"]);
-    let dp = start_with_ingress(&lab);
+    let (_lab, out, dp) = telling_source_lab();
     program_nodeport(&dp, 0);
     let before = counter(&dp, Counter::IngressTranslated);
 
@@ -48,11 +44,7 @@ fn nodeport_traffic_from_outside_reaches_every_backend_masqueraded() {
 #[test]
 fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_local_endpoints() {
     require_privileged!();
-    let mut lab = Lab::new(2);
-    let out = Outside::new(&lab);
-    lab.serve_with(1, 8080, &["--tell-source", "true"]);
-    lab.serve_with(2, 8080, &["--tell-source", "true"]);
-    let dp = start_with_ingress(&lab);
+    let (_lab, out, dp) = telling_source_lab();
     // Node clients get both backends; external ones backend 1 only.
     program_nodeport(&dp, svc_flags::INGRESS_SCOPE);
     let mut maps = dp.lb_maps().unwrap();
@@ -324,11 +316,7 @@ fn a_new_flow_whose_first_datagram_is_fragmented_is_translated() {
 #[test]
 fn a_cluster_ip_routed_to_the_node_from_outside_is_served_masqueraded() {
     require_privileged!();
-    let mut lab = Lab::new(2);
-    let out = Outside::new(&lab);
-    lab.serve_with(1, 8080, &["--tell-source", "true"]);
-    lab.serve_with(2, 8080, &["--tell-source", "true"]);
-    let dp = start_with_ingress(&lab);
+    let (_lab, out, dp) = telling_source_lab();
     let vip = std::net::Ipv4Addr::new(10, 96, 0, 10);
     let backends = [
         (1, Lab::backend_addr(1), 8080),

@@ -8,7 +8,8 @@
 mod common;
 
 use common::{
-    Lab, Svc, VIP, err_total, ok_count, ok_total, serve_vip_on_backend_1, started, wait_counter,
+    Lab, Svc, VIP, err_total, every_link, ok_count, ok_total, serve_vip_on_backend_1, started,
+    wait_counter,
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, SvcKey};
 use switchyard_lb::maps::{LbMaps, MapOp};
@@ -66,13 +67,7 @@ fn off_restores_the_node_and_is_idempotent() {
     let dp = lab.start();
     // Start is idempotent too.
     let again = lab.start();
-    assert!(
-        again
-            .report()
-            .links
-            .iter()
-            .all(|(_, a)| *a == LinkAction::Kept)
-    );
+    assert!(every_link(&again, LinkAction::Kept));
     serve_vip_on_backend_1(&dp);
     let cg = lab.cgroup.to_str().unwrap().to_owned();
     let shown = common::run("bpftool", &["cgroup", "show", &cg]);
@@ -130,13 +125,7 @@ fn clear_errors_for_a_bad_environment() {
     assert!(matches!(err, E::IncompatiblePin { .. }), "{err}");
     // The failed start left the running datapath alone.
     let again = lab.start();
-    assert!(
-        again
-            .report()
-            .links
-            .iter()
-            .all(|(_, a)| *a == LinkAction::Kept)
-    );
+    assert!(every_link(&again, LinkAction::Kept));
 }
 
 #[test]
@@ -205,13 +194,7 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
     );
     // A second start with the same object keeps everything.
     let again = started(Datapath::start(&config));
-    assert!(
-        again
-            .report()
-            .links
-            .iter()
-            .all(|(_, a)| *a == LinkAction::Kept)
-    );
+    assert!(every_link(&again, LinkAction::Kept));
 }
 
 #[test]
@@ -231,14 +214,7 @@ fn a_new_cgroup_path_moves_the_links() {
     c.cgroup = first.clone();
     started(Datapath::start(&c));
     let r = lab.start();
-    assert!(
-        r.report()
-            .links
-            .iter()
-            .all(|(_, a)| *a == LinkAction::Reattached),
-        "{:?}",
-        r.report()
-    );
+    assert!(every_link(&r, LinkAction::Reattached), "{:?}", r.report());
     let on_first = common::run("bpftool", &["cgroup", "show", first.to_str().unwrap()]);
     assert!(
         on_first.trim().is_empty(),

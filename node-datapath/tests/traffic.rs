@@ -8,7 +8,8 @@
 mod common;
 
 use common::{
-    Lab, Svc, VIP, counter, err_total, ok_count, ok_total, serve_vip_on_backend_1, wait_counter,
+    Lab, Svc, VIP, counter, err_total, every_link, ok_count, ok_total, serve_vip_on_backend_1,
+    wait_counter,
 };
 use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SvcKey, svc_flags};
 use switchyard_lb::maps::{LbMaps, MapOp};
@@ -21,12 +22,7 @@ fn clusterip_tcp_spreads_over_backends_and_getpeername_sees_vip() {
     lab.serve(1, 8080);
     lab.serve(2, 8080);
     let dp = lab.start();
-    assert!(
-        dp.report()
-            .links
-            .iter()
-            .all(|(_, a)| *a == LinkAction::Attached)
-    );
+    assert!(every_link(&dp, LinkAction::Attached));
     let ops = Svc::new(VIP, 80, IPPROTO_TCP)
         .rev_nat(1)
         .backends(&[

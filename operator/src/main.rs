@@ -42,49 +42,17 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    // Bounded reads and writes, a safety net: a connection that stops
-    // answering fails and is replaced instead of hanging the controller.
-    // (Connections kube-proxy had DNATed survive its cleanup: see
-    // switchyard_cleanup::nft::NAT_KEEPALIVE_TABLE.) Watches are closed by the
-    // server before the read timeout (see the controller's watcher config).
-    let mut config = kube::Config::infer().await?;
-    config.read_timeout = Some(Duration::from_secs(60));
-    config.write_timeout = Some(Duration::from_secs(30));
-    let client = kube::Client::try_from(config)?;
+    let client = kube_client().await?;
     controller::check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
     let server = tokio::spawn(switchyard_daemon::serve(args.metrics_addr, metrics.clone()));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        switchyard_daemon::shutdown_signal().await;
-        info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
-    let stopped = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-    let lease = (!args.leader_lease.is_empty()).then(|| {
-        LeaderLease::new(
-            client.clone(),
-            &args.namespace,
-            &args.leader_lease,
-            &identity,
-            Duration::from_secs(args.lease_seconds),
-        )
-    });
+    let stop_rx = stop_on_signal();
+    let lease = leader_lease(&args, &client);
     if let Some(lease) = &lease {
         tokio::select! {
             r = lease.acquire() => r?,
-            _ = stopped => return Ok(()),
+            _ = stopped(&stop_rx) => return Ok(()),
         }
     }
 
@@ -92,10 +60,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         namespace: args.namespace,
         kube_proxy_namespace: args.kube_proxy_namespace,
     };
-    let mut rx = stop_rx.clone();
-    let stop = async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop = stopped(&stop_rx);
     let result = match &lease {
         Some(lease) => tokio::select! {
             r = controller::run(client, settings, metrics, stop) => r.map_err(anyhow::Error::from),
@@ -110,4 +75,53 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     server.abort();
     result
+}
+
+/// The cluster's client, with bounded reads and writes as a safety net: a
+/// connection that stops answering fails and is replaced instead of hanging the
+/// controller. (Connections kube-proxy had DNATed survive its cleanup: see
+/// switchyard_cleanup::nft::NAT_KEEPALIVE_TABLE.) Watches are closed by the server
+/// before the read timeout (see the controller's watcher config).
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.read_timeout = Some(Duration::from_secs(60));
+    config.write_timeout = Some(Duration::from_secs(30));
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A flag that turns true on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        switchyard_daemon::shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Completes once `stop` is true.
+fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+    let mut rx = stop.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// The leader lease, unless `--leader-lease` is empty; the identity defaults to
+/// host name and process id.
+fn leader_lease(args: &Args, client: &kube::Client) -> Option<LeaderLease> {
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    (!args.leader_lease.is_empty()).then(|| {
+        LeaderLease::new(
+            client.clone(),
+            &args.namespace,
+            &args.leader_lease,
+            &identity,
+            Duration::from_secs(args.lease_seconds),
+        )
+    })
 }

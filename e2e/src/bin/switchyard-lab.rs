@@ -191,8 +191,29 @@ fn up_detached(name: &str, nodes: usize, mode: &str, port: u16) -> Result<ExitCo
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
-    let out = std::fs::File::create(&log).map_err(Error::io("creating", &log))?;
-    let err = out.try_clone().map_err(Error::io("cloning", &log))?;
+    let mut child = spawn_supervisor(name, nodes, mode, port, &log)?;
+    eprintln!(
+        "switchyard-lab: starting cluster {name} ({nodes} nodes, kube-proxy {mode}); log: {}",
+        log.display()
+    );
+    if !follow_until_ready(name, &log, &mut child)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    print_usage(name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `switchyard-lab up --foreground` in a session of its own (it outlives this
+/// command), its output to `log`.
+fn spawn_supervisor(
+    name: &str,
+    nodes: usize,
+    mode: &str,
+    port: u16,
+    log: &Path,
+) -> Result<std::process::Child> {
+    let out = std::fs::File::create(log).map_err(Error::io("creating", log))?;
+    let err = out.try_clone().map_err(Error::io("cloning", log))?;
     let exe = std::env::current_exe().map_err(Error::io("locating", "switchyard-lab"))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args([
@@ -217,15 +238,15 @@ fn up_detached(name: &str, nodes: usize, mode: &str, port: u16) -> Result<ExitCo
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(Error::io("starting supervisor", &log))?;
-    eprintln!(
-        "switchyard-lab: starting cluster {name} ({nodes} nodes, kube-proxy {mode}); log: {}",
-        log.display()
-    );
+    let child = cmd.spawn().map_err(Error::io("starting supervisor", log))?;
+    Ok(child)
+}
+
+/// Shows the supervisor's log as it grows until the cluster is ready (true) or the
+/// supervisor exits (false).
+fn follow_until_ready(name: &str, log: &Path, child: &mut std::process::Child) -> Result<bool> {
     let ready = state_dir(name).join("ready");
-    let mut reader = BufReader::new(std::fs::File::open(&log).map_err(Error::io("opening", &log))?);
+    let mut reader = BufReader::new(std::fs::File::open(log).map_err(Error::io("opening", log))?);
     let mut pos = 0;
     loop {
         // Show progress: new log lines.
@@ -246,10 +267,15 @@ fn up_detached(name: &str, nodes: usize, mode: &str, port: u16) -> Result<ExitCo
                 "switchyard-lab: the supervisor exited ({status}); see {}",
                 log.display()
             );
-            return Ok(ExitCode::FAILURE);
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    Ok(true)
+}
+
+/// How to reach the cluster that is up.
+fn print_usage(name: &str) {
     let kc = state_dir(name).join("admin.kubeconfig");
     println!("Cluster {name} is up.");
     println!("  export KUBECONFIG={}", kc.display());
@@ -263,7 +289,6 @@ fn up_detached(name: &str, nodes: usize, mode: &str, port: u16) -> Result<ExitCo
         "  switchyard-lab exec --external -- curl -s http://<LoadBalancer IP or node IP:NodePort>/"
     );
     println!("  switchyard-lab down");
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(name: &str) -> Result<ExitCode> {

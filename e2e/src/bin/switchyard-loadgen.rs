@@ -134,6 +134,66 @@ fn write(out: &std::path::Path, totals: &Mutex<Vec<Totals>>, started_ms: u128, r
     }
 }
 
+/// What every request of a generator shares: the totals, the count of
+/// requests in flight and the request timeout.
+#[derive(Clone)]
+struct Load {
+    totals: Arc<Mutex<Vec<Totals>>>,
+    in_flight: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+/// Sends a request of `kind` to `addr` every `period`, each in its own task
+/// (a slow one does not lower the rate), counted in target `i`'s totals.
+async fn generate(i: usize, kind: Kind, addr: SocketAddr, period: Duration, load: Load) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let load = load.clone();
+        load.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Requests run concurrently so a slow one does not lower the rate.
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let timeout = load.timeout;
+            let r = match tokio::time::timeout(timeout, async {
+                match kind {
+                    Kind::Tcp => tcp(addr).await,
+                    Kind::Udp => udp(addr).await,
+                }
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {timeout:?}")),
+            };
+            if let Ok(mut t) = load.totals.lock() {
+                record(&mut t[i], r, started);
+            }
+            load.in_flight.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Counts one request's outcome (the last 20 errors kept, with when and
+/// after how long).
+fn record(t: &mut Totals, r: Result<(), String>, started: Instant) {
+    match r {
+        Ok(()) => t.ok += 1,
+        Err(e) => {
+            t.failed += 1;
+            let at = now_ms();
+            t.first_failure_ms.get_or_insert(at);
+            t.last_failure_ms = Some(at);
+            t.errors
+                .push(format!("{at}: {e} (after {:?})", started.elapsed()));
+            if t.errors.len() > 20 {
+                t.errors.remove(0);
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
@@ -159,51 +219,12 @@ async fn main() -> Result<(), String> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     for (i, (kind, addr)) in targets.into_iter().enumerate() {
-        let totals = totals.clone();
-        let in_flight = in_flight.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let totals = totals.clone();
-                let in_flight = in_flight.clone();
-                in_flight.fetch_add(1, Ordering::SeqCst);
-                // Requests run concurrently so a slow one does not lower the rate.
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let r = match tokio::time::timeout(timeout, async {
-                        match kind {
-                            Kind::Tcp => tcp(addr).await,
-                            Kind::Udp => udp(addr).await,
-                        }
-                    })
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(format!("timed out after {timeout:?}")),
-                    };
-                    if let Ok(mut t) = totals.lock() {
-                        let t = &mut t[i];
-                        match r {
-                            Ok(()) => t.ok += 1,
-                            Err(e) => {
-                                t.failed += 1;
-                                let at = now_ms();
-                                t.first_failure_ms.get_or_insert(at);
-                                t.last_failure_ms = Some(at);
-                                t.errors
-                                    .push(format!("{at}: {e} (after {:?})", started.elapsed()));
-                                if t.errors.len() > 20 {
-                                    t.errors.remove(0);
-                                }
-                            }
-                        }
-                    }
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
+        let load = Load {
+            totals: totals.clone(),
+            in_flight: in_flight.clone(),
+            timeout,
+        };
+        tokio::spawn(generate(i, kind, addr, period, load));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;

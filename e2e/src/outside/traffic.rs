@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::Outside;
-use crate::cluster::wait_for;
+use crate::cluster::{wait_for, wait_for_growth};
 use crate::control_plane::Process;
 use crate::error::{Error, Result};
 use crate::load::{LoadReport, Totals, read_report};
@@ -108,18 +108,11 @@ impl ExternalLoad {
 
     /// Waits until every target has had `n` more requests than now.
     pub async fn wait_for_more(&self, n: u64) -> Result<()> {
-        let done = |t: &Totals| t.ok + t.failed;
-        let before = self.totals()?;
-        wait_for(
+        wait_for_growth(
             &format!("{n} more external requests to every target"),
-            Duration::from_secs(60),
-            || async {
-                let now = self.totals().ok()?;
-                now.iter()
-                    .zip(&before)
-                    .all(|(a, b)| done(a) >= done(b) + n)
-                    .then_some(())
-            },
+            n,
+            || self.totals(),
+            |t: &Totals| t.ok + t.failed,
         )
         .await
     }
@@ -210,17 +203,11 @@ impl Flows {
 
     /// Waits until every flow has sent `n` more messages than now.
     pub async fn wait_for_more(&self, n: u64) -> Result<()> {
-        let before = self.totals()?;
-        wait_for(
+        wait_for_growth(
             &format!("{n} more messages on every long-lived flow"),
-            Duration::from_secs(60),
-            || async {
-                let now = self.totals().ok()?;
-                now.iter()
-                    .zip(&before)
-                    .all(|(a, b)| a.sent >= b.sent + n)
-                    .then_some(())
-            },
+            n,
+            || self.totals(),
+            |f: &FlowTotals| f.sent,
         )
         .await
     }

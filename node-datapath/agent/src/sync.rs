@@ -201,6 +201,24 @@ impl Syncer {
         touched: Vec<Touched>,
     ) -> Result<()> {
         let started = Instant::now();
+        self.index(services, slices, &touched);
+        self.lb.refresh(
+            |ns, name| services.get(ns, name),
+            |ns, name| slices.get(ns, name),
+        );
+        self.status.services_seen = self.lb.service_count() as u32;
+        if self.lb.vips_changed() {
+            self.vips = self.lb.state().vips.iter().copied().collect();
+        }
+        self.status.unsupported = self.lb.findings().iter().map(ToString::to_string).collect();
+        self.write_maps(started)?;
+        self.refresh_progress();
+        Ok(())
+    }
+
+    /// Re-indexes every object on the first sync or after a relist; otherwise marks the
+    /// `touched` Services dirty.
+    fn index(&mut self, services: &Services, slices: &Slices, touched: &[Touched]) {
         if !self.indexed || touched.contains(&Touched::Relisted) {
             let (svcs, sls) = (services.read(), slices.read());
             self.lb.reset(
@@ -210,7 +228,7 @@ impl Syncer {
             );
             self.indexed = true;
         } else {
-            for t in &touched {
+            for t in touched {
                 match t {
                     Touched::Service { namespace, name } => {
                         self.lb.service_touched(namespace, name)
@@ -224,55 +242,51 @@ impl Syncer {
                 }
             }
         }
-        self.lb.refresh(
-            |ns, name| services.get(ns, name),
-            |ns, name| slices.get(ns, name),
+    }
+
+    /// When the datapath is attached, writes the planned difference to the maps and
+    /// mirrors what reached the kernel; a failed write makes the next sync a full diff.
+    fn write_maps(&mut self, started: Instant) -> Result<()> {
+        let (Some(mirror), Some(maps)) = (self.mirror.as_mut(), self.maps.as_mut()) else {
+            return Ok(());
+        };
+        if self.full_diff {
+            self.lb.mark_all_dirty();
+        }
+        let full = self.lb.all_dirty();
+        let ops = self.lb.plan(mirror.contents(), &mut self.ids)?;
+        if !ops.is_empty() {
+            let result = maps.apply_all(&ops);
+            // Mirror exactly what reached the kernel, also on failure.
+            let applied = match &result {
+                Ok(()) => ops.len(),
+                Err((n, _)) => *n,
+            };
+            for op in &ops[..applied] {
+                let _ = mirror.apply(op);
+            }
+            if let Err((applied, source)) = result {
+                self.full_diff = true;
+                self.refresh_progress();
+                return Err(Error::MapWrite { applied, source });
+            }
+        }
+        self.full_diff = false;
+        self.last_ops = ops.len();
+        if full {
+            drop(ops);
+            switchyard_daemon::release_freed_memory();
+        }
+        self.status.services_programmed = self.status.services_seen;
+        self.status.backends_programmed = self.ids.backend_count() as u32;
+        self.status.frontends_programmed = self.lb.state().frontends.len() as u32;
+        self.status.last_sync_time = Some(Time(Timestamp::now()));
+        self.status.last_sync_millis = started.elapsed().as_millis() as u64;
+        tracing::debug!(
+            ops = self.last_ops,
+            services = self.status.services_seen,
+            "maps synced"
         );
-        self.status.services_seen = self.lb.service_count() as u32;
-        if self.lb.vips_changed() {
-            self.vips = self.lb.state().vips.iter().copied().collect();
-        }
-        self.status.unsupported = self.lb.findings().iter().map(ToString::to_string).collect();
-        if let (Some(mirror), Some(maps)) = (self.mirror.as_mut(), self.maps.as_mut()) {
-            if self.full_diff {
-                self.lb.mark_all_dirty();
-            }
-            let full = self.lb.all_dirty();
-            let ops = self.lb.plan(mirror.contents(), &mut self.ids)?;
-            if !ops.is_empty() {
-                let result = maps.apply_all(&ops);
-                // Mirror exactly what reached the kernel, also on failure.
-                let applied = match &result {
-                    Ok(()) => ops.len(),
-                    Err((n, _)) => *n,
-                };
-                for op in &ops[..applied] {
-                    let _ = mirror.apply(op);
-                }
-                if let Err((applied, source)) = result {
-                    self.full_diff = true;
-                    self.refresh_progress();
-                    return Err(Error::MapWrite { applied, source });
-                }
-            }
-            self.full_diff = false;
-            self.last_ops = ops.len();
-            if full {
-                drop(ops);
-                switchyard_daemon::release_freed_memory();
-            }
-            self.status.services_programmed = self.status.services_seen;
-            self.status.backends_programmed = self.ids.backend_count() as u32;
-            self.status.frontends_programmed = self.lb.state().frontends.len() as u32;
-            self.status.last_sync_time = Some(Time(Timestamp::now()));
-            self.status.last_sync_millis = started.elapsed().as_millis() as u64;
-            tracing::debug!(
-                ops = self.last_ops,
-                services = self.status.services_seen,
-                "maps synced"
-            );
-        }
-        self.refresh_progress();
         Ok(())
     }
 

@@ -18,7 +18,7 @@
 //!                plan_sync → PinnedLbMaps (timed, in a child process)
 //! topo   → fresh namespaces + cgroup per (datapath, N), removed on drop
 //! load   → servers and client (child processes of this binary, pinned)
-//! stats  → percentiles, medians → report::Row → CSV → BENCHMARKS.md
+//! stats  → percentiles, medians → results::Row → CSV → BENCHMARKS.md
 //! runner → per N: every datapath prepared, measured interleaved, then the
 //!          eBPF connect4 program's own time (kernel run-time accounting);
 //!          run_facts → facts.json (machine, versions, options, load)
@@ -44,10 +44,12 @@ pub mod programming;
 pub mod report;
 pub mod report_ebpf;
 pub mod report_ns;
+pub mod results;
 pub mod rules;
 pub mod rules_nft;
 pub mod run_facts;
 pub mod runner;
+pub mod sink;
 pub mod stats;
 pub mod topo;
 

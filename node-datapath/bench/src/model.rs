@@ -21,6 +21,15 @@
 
 use std::net::Ipv4Addr;
 
+/// The datapaths, in measurement order (direct first: it is the baseline).
+pub const DATAPATHS: [&str; 5] = [
+    "direct",
+    "iptables-nft",
+    "iptables-legacy",
+    "nftables",
+    "ebpf",
+];
+
 /// Endpoints per Service.
 pub const ENDPOINTS: usize = 10;
 /// The Services' namespace.

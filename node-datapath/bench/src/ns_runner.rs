@@ -10,7 +10,7 @@
 //! `run --only north-south` runs just this part and replaces its rows in an
 //! existing raw.csv.
 
-use std::{io::Write as _, net::SocketAddrV4, time::Instant};
+use std::{net::SocketAddrV4, time::Instant};
 
 use switchyard_node_datapath::{Datapath, DatapathConfig, RunTimeStats};
 use tracing::info;
@@ -20,10 +20,11 @@ use crate::{
     load::{LatencyResult, RateResult},
     model::{ENDPOINTS, NODE_IP, Scenario, TCP_TARGET_PORT, Target, UDP_TARGET_PORT, endpoint},
     ns_topo::{EXTERNAL_IF, NsTopo, Placement},
-    report::{Row, parse_csv},
+    results::{Row, parse_csv, replace_rows},
     rules, rules_nft,
     run_facts::{self, NsFacts},
-    runner::{RunArgs, Servers, Sink, clear_rules, client_in, join, start_servers_in},
+    runner::{RunArgs, Servers, clear_rules, client_in, join, start_servers_in},
+    sink::{Sink, write_csv},
     topo,
 };
 
@@ -320,27 +321,13 @@ pub(crate) fn measure(
 /// then merged into `raw.csv` (replacing the north-south rows of the N
 /// measured) and the facts into `facts.json`.
 pub fn run_only(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> Result<(), BenchError> {
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| BenchError::io(format!("mkdir {}", args.out.display()), e))?;
-    let path = args.out.join("north-south.csv");
-    let mut sink = Sink {
-        file: std::fs::File::create(&path)
-            .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?,
-        path: path.clone(),
-    };
-    writeln!(sink.file, "{}", Row::HEADER)
-        .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
+    let mut sink = Sink::create(&args.out, "north-south.csv")?;
+    let path = sink.path.clone();
     let f = measure(args, ns, datapaths, &mut sink)?;
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
     let raw = args.out.join("raw.csv");
     let merged = merge(&parse_csv(&read(&raw)), &parse_csv(&read(&path)));
-    let mut text = format!("{}\n", Row::HEADER);
-    for r in &merged {
-        text.push_str(&r.to_csv());
-        text.push('\n');
-    }
-    std::fs::write(&raw, text)
-        .map_err(|e| BenchError::io(format!("write {}", raw.display()), e))?;
+    write_csv(&raw, &merged)?;
     let facts_path = args.out.join("facts.json");
     run_facts::set_north_south(&facts_path, f)?;
     info!(csv = %raw.display(), "north-south rows merged");
@@ -349,12 +336,7 @@ pub fn run_only(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> Result<()
 
 /// `old` without the north-south rows of the N values in `new`, then `new`.
 pub fn merge(old: &[Row], new: &[Row]) -> Vec<Row> {
-    let replaced = |r: &Row| r.metric.starts_with(METRIC_PREFIX) && new.iter().any(|x| x.n == r.n);
-    old.iter()
-        .filter(|r| !replaced(r))
-        .chain(new)
-        .cloned()
-        .collect()
+    replace_rows(old, new, |r| r.metric.starts_with(METRIC_PREFIX))
 }
 
 #[cfg(test)]

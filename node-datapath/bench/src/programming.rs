@@ -5,8 +5,6 @@
 //! process on the topology's pinned maps. `run --only programming` runs
 //! just these and replaces their rows in an existing raw.csv.
 
-use std::io::Write as _;
-
 use serde::de::DeserializeOwned;
 use switchyard_lb::{IdAllocator, LbMaps, Options, desired_state, diff};
 use switchyard_node_datapath::{Datapath, DatapathConfig, PinnedLbMaps};
@@ -17,8 +15,9 @@ use crate::{
     agent_path::AgentResult,
     ebpf::SyncResult,
     model::Scenario,
-    report::{Row, parse_csv},
-    runner::{RunArgs, Sink, self_exe},
+    results::{Row, parse_csv, replace_rows},
+    runner::{RunArgs, self_exe},
+    sink::{Sink, write_csv},
     topo::{self, Topo},
 };
 
@@ -156,16 +155,7 @@ pub(crate) fn verify_maps(bpffs_dir: &std::path::Path, sc: &Scenario) -> Result<
 /// topology, rows to `programming.csv`, then merged into `raw.csv`
 /// (replacing that N's programming rows of the eBPF datapath).
 pub fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<(), BenchError> {
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| BenchError::io(format!("mkdir {}", args.out.display()), e))?;
-    let path = args.out.join("programming.csv");
-    let mut sink = Sink {
-        file: std::fs::File::create(&path)
-            .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?,
-        path: path.clone(),
-    };
-    writeln!(sink.file, "{}", Row::HEADER)
-        .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
+    let mut sink = Sink::create(&args.out, "programming.csv")?;
     let mut rows = Vec::new();
     for sc in scenarios {
         let topo = Topo::new()?;
@@ -180,13 +170,7 @@ pub fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<(), BenchError> {
     let raw = args.out.join("raw.csv");
     let old = std::fs::read_to_string(&raw).unwrap_or_default();
     let merged = merge(&parse_csv(&old), &rows);
-    let mut text = format!("{}\n", Row::HEADER);
-    for r in &merged {
-        text.push_str(&r.to_csv());
-        text.push('\n');
-    }
-    std::fs::write(&raw, text)
-        .map_err(|e| BenchError::io(format!("write {}", raw.display()), e))?;
+    write_csv(&raw, &merged)?;
     info!(csv = %raw.display(), "programming rows merged");
     Ok(())
 }
@@ -194,17 +178,9 @@ pub fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<(), BenchError> {
 /// `old` without the eBPF programming rows of the N values in `new`, then
 /// `new`.
 pub fn merge(old: &[Row], new: &[Row]) -> Vec<Row> {
-    let replaced = |r: &Row| {
-        r.datapath == "ebpf"
-            && r.target == "-"
-            && METRICS.contains(&r.metric.as_str())
-            && new.iter().any(|x| x.n == r.n)
-    };
-    old.iter()
-        .filter(|r| !replaced(r))
-        .chain(new)
-        .cloned()
-        .collect()
+    replace_rows(old, new, |r| {
+        r.datapath == "ebpf" && r.target == "-" && METRICS.contains(&r.metric.as_str())
+    })
 }
 
 #[cfg(test)]

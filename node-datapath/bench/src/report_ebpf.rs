@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::Table;
+use crate::results::Table;
 
 fn v(t: &Table, n: usize, m: &str, scale: f64, d: usize) -> String {
     t.get(n, "ebpf", m, "-")
@@ -160,7 +160,7 @@ pub fn checks(t: &Table) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Row;
+    use crate::results::Row;
 
     fn row(dp: &str, metric: &str, target: &str, run: u32, value: f64) -> Row {
         Row {

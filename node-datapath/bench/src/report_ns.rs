@@ -5,10 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{
-    ns_topo::Placement,
-    report::{NsFacts, Table},
-};
+use crate::{ns_topo::Placement, results::Table, run_facts::NsFacts};
 
 /// The issue #12 limit on eBPF NodePort p50 / direct p50.
 pub const P50_RATIO_LIMIT: f64 = 1.10;
@@ -223,7 +220,7 @@ pub fn section(t: &Table, facts: Option<&NsFacts>, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Row;
+    use crate::results::Row;
 
     fn row(dp: &str, metric: &str, pl: &str, run: u32, value: f64) -> Row {
         Row {

@@ -3,7 +3,7 @@
 //! is appended to the raw CSV as soon as it is measured.
 
 use std::{
-    io::{BufRead, BufReader, Write as _},
+    io::{BufRead, BufReader},
     net::SocketAddrV4,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -18,23 +18,16 @@ use crate::{
     BenchError,
     load::{LatencyResult, RateResult},
     model::{
-        ENDPOINTS, Scenario, TCP_PORT, TCP_TARGET_PORT, Target, UDP_PORT, UDP_TARGET_PORT,
-        endpoint, vip,
+        DATAPATHS, ENDPOINTS, Scenario, TCP_PORT, TCP_TARGET_PORT, Target, UDP_PORT,
+        UDP_TARGET_PORT, endpoint, vip,
     },
     programming,
-    report::Row,
+    results::Row,
     rules, run_facts,
+    sink::Sink,
     topo::{self, Topo},
 };
 
-/// The datapaths, in measurement order (direct first: it is the baseline).
-pub const DATAPATHS: [&str; 5] = [
-    "direct",
-    "iptables-nft",
-    "iptables-legacy",
-    "nftables",
-    "ebpf",
-];
 /// The default N list.
 pub const FULL_N: [usize; 6] = [1, 1000, 5000, 10_000, 20_000, 40_000];
 /// `--quick`'s N list.
@@ -232,29 +225,6 @@ fn udp_targets(datapath: &str, i: usize) -> Vec<SocketAddrV4> {
     }
 }
 
-/// CSV sink: appends and flushes each row.
-pub(crate) struct Sink {
-    pub(crate) file: std::fs::File,
-    pub(crate) path: PathBuf,
-}
-
-impl Sink {
-    pub(crate) fn push(&mut self, row: Row) -> Result<(), BenchError> {
-        info!(
-            n = row.n,
-            datapath = %row.datapath,
-            metric = %row.metric,
-            target = %row.target,
-            run = row.run,
-            value = row.value,
-            "measured"
-        );
-        writeln!(self.file, "{}", row.to_csv())
-            .and_then(|()| self.file.flush())
-            .map_err(|e| BenchError::io(format!("write {}", self.path.display()), e))
-    }
-}
-
 /// Removes a datapath's rules from namespace `ns` synchronously, so the
 /// kernel does not tear a large ruleset down in the background of the next
 /// measurement (untimed).
@@ -441,8 +411,20 @@ fn measure_run(
     r: u32,
     sink: &mut Sink,
 ) -> Result<(), BenchError> {
-    let (n, datapath, topo) = (sc.services, p.datapath.as_str(), &p.topo);
-    let last = sc.target_index(Target::Last);
+    measure_latency(args, p, sc, r, sink)?;
+    measure_rates(args, p, sc, r, sink)
+}
+
+/// Connect latency percentiles and errors to the first, a random and the last
+/// Service.
+fn measure_latency(
+    args: &RunArgs,
+    p: &Prepared,
+    sc: &Scenario,
+    r: u32,
+    sink: &mut Sink,
+) -> Result<(), BenchError> {
+    let (n, datapath) = (sc.services, p.datapath.as_str());
     for t in Target::ALL {
         let res = latency(args, p, sc.target_index(t))?;
         let s = res.summary;
@@ -463,6 +445,20 @@ fn measure_run(
             })?;
         }
     }
+    Ok(())
+}
+
+/// TCP connection rates (one and two threads) and the UDP request/response rate to
+/// the last Service.
+fn measure_rates(
+    args: &RunArgs,
+    p: &Prepared,
+    sc: &Scenario,
+    r: u32,
+    sink: &mut Sink,
+) -> Result<(), BenchError> {
+    let (n, datapath, topo) = (sc.services, p.datapath.as_str(), &p.topo);
+    let last = sc.target_index(Target::Last);
     for (metric, mode, threads, target) in [
         (
             "conn_per_s_1t",
@@ -537,16 +533,8 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         Some(Part::NorthSouth) => return crate::ns_runner::run_only(args, &ns, &datapaths),
         None => {}
     }
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| BenchError::io(format!("mkdir {}", args.out.display()), e))?;
-    let csv = args.out.join("raw.csv");
-    let mut sink = Sink {
-        file: std::fs::File::create(&csv)
-            .map_err(|e| BenchError::io(format!("create {}", csv.display()), e))?,
-        path: csv.clone(),
-    };
-    writeln!(sink.file, "{}", Row::HEADER)
-        .map_err(|e| BenchError::io(format!("write {}", csv.display()), e))?;
+    let mut sink = Sink::create(&args.out, "raw.csv")?;
+    let csv = sink.path.clone();
     let mut f = run_facts::collect(args, &ns, &datapaths);
     let facts_path = args.out.join("facts.json");
     run_facts::write(&facts_path, &f)?;

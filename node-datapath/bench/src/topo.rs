@@ -268,79 +268,47 @@ impl Topo {
                 "net.ipv4.ip_forward=1",
             ],
         )?;
-        run(
-            "ip",
-            &[
-                "link", "add", "vpod", "netns", &node, "type", "veth", "peer", "name", "eth0",
-                "netns", &pod,
-            ],
-        )?;
-        let gw = format!("{NODE_POD_GW}/24");
-        let pod_ip = format!("{POD_IP}/24");
-        let gw_s = NODE_POD_GW.to_string();
-        let batch_node = [
-            vec!["addr", "add", gw.as_str(), "dev", "vpod"],
-            vec!["link", "set", "vpod", "up"],
-        ];
-        for a in &batch_node {
-            let mut args = vec!["-n", node.as_str()];
-            args.extend(a.iter().copied());
-            run("ip", &args)?;
-        }
-        for a in [
-            vec!["addr", "add", pod_ip.as_str(), "dev", "eth0"],
-            vec!["link", "set", "eth0", "up"],
-            vec!["route", "add", "default", "via", gw_s.as_str()],
-        ] {
-            let mut args = vec!["-n", pod.as_str()];
-            args.extend(a);
-            run("ip", &args)?;
-        }
-        // A wide ephemeral range: many short connections to few addresses.
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &pod,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_local_port_range=1024 65535",
-            ],
-        )?;
+        wire_pod(&node, &pod)?;
         for k in 0..ENDPOINTS {
-            let ns = self.backend_ns[k].clone();
-            self.add_ns(&ns)?;
-            let vb = format!("vb{k}");
-            run(
-                "ip",
-                &[
-                    "link", "add", &vb, "netns", &node, "type", "veth", "peer", "name", "eth0",
-                    "netns", &ns,
-                ],
-            )?;
-            let (n_ip, b_ip) = (format!("10.250.{k}.1"), format!("10.250.{k}.2"));
-            let prefix = slot_prefix(k);
-            let n_cidr = format!("{n_ip}/24");
-            let b_cidr = format!("{b_ip}/24");
-            let steps: [(&str, Vec<&str>); 7] = [
-                (&node, vec!["addr", "add", &n_cidr, "dev", &vb]),
-                (&node, vec!["link", "set", &vb, "up"]),
-                (&node, vec!["route", "add", &prefix, "via", &b_ip]),
-                (&ns, vec!["addr", "add", &b_cidr, "dev", "eth0"]),
-                (&ns, vec!["link", "set", "eth0", "up"]),
-                (&ns, vec!["route", "add", "default", "via", &n_ip]),
-                (&ns, vec!["route", "add", "local", &prefix, "dev", "lo"]),
-            ];
-            for (nsn, a) in steps {
-                let mut args: Vec<&str> = vec!["-n", nsn];
-                args.extend(a);
-                run("ip", &args)?;
-            }
+            self.add_backend(k, &node)?;
         }
         std::fs::create_dir(&self.cgroup)
             .map_err(|e| BenchError::io(format!("mkdir {}", self.cgroup.display()), e))?;
         self.cgroup_created = true;
+        Ok(())
+    }
+
+    /// Backend `k`'s namespace, wired to `node` by a veth pair (10.250.k.2 there,
+    /// 10.250.k.1 on the node), its slot's prefix routed to it and local there.
+    fn add_backend(&mut self, k: usize, node: &str) -> Result<(), BenchError> {
+        let ns = self.backend_ns[k].clone();
+        self.add_ns(&ns)?;
+        let vb = format!("vb{k}");
+        run(
+            "ip",
+            &[
+                "link", "add", &vb, "netns", node, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ],
+        )?;
+        let (n_ip, b_ip) = (format!("10.250.{k}.1"), format!("10.250.{k}.2"));
+        let prefix = slot_prefix(k);
+        let n_cidr = format!("{n_ip}/24");
+        let b_cidr = format!("{b_ip}/24");
+        let steps: [(&str, Vec<&str>); 7] = [
+            (node, vec!["addr", "add", &n_cidr, "dev", &vb]),
+            (node, vec!["link", "set", &vb, "up"]),
+            (node, vec!["route", "add", &prefix, "via", &b_ip]),
+            (&ns, vec!["addr", "add", &b_cidr, "dev", "eth0"]),
+            (&ns, vec!["link", "set", "eth0", "up"]),
+            (&ns, vec!["route", "add", "default", "via", &n_ip]),
+            (&ns, vec!["route", "add", "local", &prefix, "dev", "lo"]),
+        ];
+        for (nsn, a) in steps {
+            let mut args: Vec<&str> = vec!["-n", nsn];
+            args.extend(a);
+            run("ip", &args)?;
+        }
         Ok(())
     }
 
@@ -398,6 +366,52 @@ impl Drop for Topo {
             }
         }
     }
+}
+
+/// The pod namespace wired to `node` by a veth pair: `POD_IP` there with the node's
+/// `NODE_POD_GW` as its default route, and a wide ephemeral port range.
+fn wire_pod(node: &str, pod: &str) -> Result<(), BenchError> {
+    run(
+        "ip",
+        &[
+            "link", "add", "vpod", "netns", node, "type", "veth", "peer", "name", "eth0", "netns",
+            pod,
+        ],
+    )?;
+    let gw = format!("{NODE_POD_GW}/24");
+    let pod_ip = format!("{POD_IP}/24");
+    let gw_s = NODE_POD_GW.to_string();
+    let batch_node = [
+        vec!["addr", "add", gw.as_str(), "dev", "vpod"],
+        vec!["link", "set", "vpod", "up"],
+    ];
+    for a in &batch_node {
+        let mut args = vec!["-n", node];
+        args.extend(a.iter().copied());
+        run("ip", &args)?;
+    }
+    for a in [
+        vec!["addr", "add", pod_ip.as_str(), "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["route", "add", "default", "via", gw_s.as_str()],
+    ] {
+        let mut args = vec!["-n", pod];
+        args.extend(a);
+        run("ip", &args)?;
+    }
+    // A wide ephemeral range: many short connections to few addresses.
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            pod,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_local_port_range=1024 65535",
+        ],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,9 +16,20 @@ use switchyard_bench::{
     topo::Topo,
 };
 use switchyard_lb::{
-    IdAllocator, LbMaps, Options, consistent, desired_state, desired_state_of_views, diff,
+    Desired, IdAllocator, LbMaps, Options, consistent, desired_state, desired_state_of_views, diff,
 };
 use switchyard_node_datapath::{Datapath, DatapathConfig, PinnedLbMaps};
+
+/// The desired state the stores' projections give.
+fn state_of_stores(services: &Services, slices: &Slices) -> Desired {
+    let (svcs, sls) = (services.read(), slices.read());
+    desired_state_of_views(
+        svcs.iter().map(|(_, s)| s.as_ref()),
+        sls.iter().map(|(_, s)| s.as_ref()),
+        &node_context(),
+        &Options::default(),
+    )
+}
 
 /// The maps under `topo` hold exactly the desired state of the stores.
 fn assert_maps_match(topo: &Topo, services: &Services, slices: &Slices) {
@@ -27,13 +38,7 @@ fn assert_maps_match(topo: &Topo, services: &Services, slices: &Slices) {
         .snapshot()
         .unwrap();
     consistent(&snapshot).unwrap();
-    let (svcs, sls) = (services.read(), slices.read());
-    let want = desired_state_of_views(
-        svcs.iter().map(|(_, s)| s.as_ref()),
-        sls.iter().map(|(_, s)| s.as_ref()),
-        &node_context(),
-        &Options::default(),
-    );
+    let want = state_of_stores(services, slices);
     assert!(!want.state.frontends.is_empty());
     let mut ids = IdAllocator::from_snapshot(&snapshot);
     let ops = diff(&snapshot, &want.state, &mut ids).unwrap();
@@ -41,6 +46,72 @@ fn assert_maps_match(topo: &Topo, services: &Services, slices: &Slices) {
         ops.is_empty(),
         "maps differ from the desired state: {ops:?}"
     );
+}
+
+/// The stores after the initial list of the scenario's Services and slices, with a
+/// Service and a slice from before the list that the list's end drops.
+fn listed_stores(sc: &Scenario) -> (Services, Slices) {
+    let (services, slices) = (Services::default(), Slices::default());
+    services.apply(Event::Init);
+    slices.apply(Event::Init);
+    // A Service and a slice from before the list: gone after InitDone.
+    let (k, v) = store::service_entry(&service_object(sc, 60));
+    services.apply(Event::Apply(k, v));
+    let (k, v) = store::slice_entry(&slice_object(sc, 60));
+    slices.apply(Event::Apply(k, v));
+    for i in 0..sc.services {
+        let (k, v) = store::service_entry(&service_object(sc, i));
+        services.apply(Event::InitApply(k, v));
+        let (k, v) = store::slice_entry(&slice_object(sc, i));
+        slices.apply(Event::InitApply(k, v));
+    }
+    services.apply(Event::InitDone);
+    slices.apply(Event::InitDone);
+    assert!(services.get(NAMESPACE, &service_name(60)).is_none());
+    (services, slices)
+}
+
+/// The projections give the state the objects give.
+fn assert_views_match_objects(sc: &Scenario, services: &Services, slices: &Slices) {
+    let objects = desired_state(
+        &(0..sc.services)
+            .map(|i| service_object(sc, i))
+            .collect::<Vec<_>>(),
+        &(0..sc.services)
+            .map(|i| slice_object(sc, i))
+            .collect::<Vec<_>>(),
+        &node_context(),
+        &Options::default(),
+    );
+    assert_eq!(state_of_stores(services, slices), objects);
+}
+
+/// The datapath attached under `topo`, with the default configuration otherwise.
+fn start_datapath(topo: &Topo) -> Datapath {
+    Datapath::start(&DatapathConfig {
+        bpffs_dir: topo.bpffs_dir.clone(),
+        cgroup: topo.cgroup.clone(),
+        ..DatapathConfig::new(&topo.cgroup)
+    })
+    .unwrap()
+}
+
+/// Moves the first endpoint of Service 7's slice to a new address in the store; the
+/// change touches exactly that slice of that Service.
+fn move_first_endpoint_of_7(sc: &Scenario, slices: &Slices) -> Option<Touched> {
+    let mut slice = slice_object(sc, 7);
+    slice.endpoints[0].addresses = vec![endpoint(7, 10).to_string()];
+    let (k, v) = store::slice_entry(&slice);
+    let touched = Touched::of_slice(&slices.apply(Event::Apply(k, v)));
+    assert_eq!(
+        touched,
+        Some(Touched::Slice {
+            namespace: NAMESPACE.into(),
+            name: slice_name(7),
+            service: Some(service_name(7)),
+        })
+    );
+    touched
 }
 
 #[test]
@@ -51,51 +122,10 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
         return;
     }
     let topo = Topo::new().unwrap();
-    let _dp = Datapath::start(&DatapathConfig {
-        bpffs_dir: topo.bpffs_dir.clone(),
-        cgroup: topo.cgroup.clone(),
-        ..DatapathConfig::new(&topo.cgroup)
-    })
-    .unwrap();
+    let _dp = start_datapath(&topo);
     let sc = Scenario::new(50).unwrap();
-    let (services, slices) = (Services::default(), Slices::default());
-    services.apply(Event::Init);
-    slices.apply(Event::Init);
-    // A Service and a slice from before the list: gone after InitDone.
-    let (k, v) = store::service_entry(&service_object(&sc, 60));
-    services.apply(Event::Apply(k, v));
-    let (k, v) = store::slice_entry(&slice_object(&sc, 60));
-    slices.apply(Event::Apply(k, v));
-    for i in 0..sc.services {
-        let (k, v) = store::service_entry(&service_object(&sc, i));
-        services.apply(Event::InitApply(k, v));
-        let (k, v) = store::slice_entry(&slice_object(&sc, i));
-        slices.apply(Event::InitApply(k, v));
-    }
-    services.apply(Event::InitDone);
-    slices.apply(Event::InitDone);
-    assert!(services.get(NAMESPACE, &service_name(60)).is_none());
-    // The projections give the state the objects give.
-    let objects = desired_state(
-        &(0..sc.services)
-            .map(|i| service_object(&sc, i))
-            .collect::<Vec<_>>(),
-        &(0..sc.services)
-            .map(|i| slice_object(&sc, i))
-            .collect::<Vec<_>>(),
-        &node_context(),
-        &Options::default(),
-    );
-    {
-        let (svcs, sls) = (services.read(), slices.read());
-        let views = desired_state_of_views(
-            svcs.iter().map(|(_, s)| s.as_ref()),
-            sls.iter().map(|(_, s)| s.as_ref()),
-            &node_context(),
-            &Options::default(),
-        );
-        assert_eq!(views, objects);
-    }
+    let (services, slices) = listed_stores(&sc);
+    assert_views_match_objects(&sc, &services, &slices);
 
     let mut syncer = Syncer::new(node_context());
     syncer.adopt(&topo.bpffs_dir).unwrap();
@@ -110,18 +140,7 @@ fn incremental_agent_sync_keeps_the_maps_equal_to_the_full_state() {
 
     // One endpoint of Service 7 moves: its backend, its 10 slots (ordered
     // by address, all shift) and the old backend's deletion, nothing else.
-    let mut slice = slice_object(&sc, 7);
-    slice.endpoints[0].addresses = vec![endpoint(7, 10).to_string()];
-    let (k, v) = store::slice_entry(&slice);
-    let touched = Touched::of_slice(&slices.apply(Event::Apply(k, v)));
-    assert_eq!(
-        touched,
-        Some(Touched::Slice {
-            namespace: NAMESPACE.into(),
-            name: slice_name(7),
-            service: Some(service_name(7)),
-        })
-    );
+    let touched = move_first_endpoint_of_7(&sc, &slices);
     syncer
         .sync(&services, &slices, touched.into_iter().collect())
         .unwrap();

@@ -89,6 +89,30 @@ pub fn scan_with(runner: &dyn CommandRunner, opts: &Options) -> Report {
 /// [`clean`] with an explicit command runner (`command_prefix` is ignored).
 pub fn clean_with(runner: &dyn CommandRunner, opts: &Options) -> Report {
     let before = observe(runner, opts);
+    let errors = remove(runner, opts, &before);
+    let conntrack =
+        conntrack_targets(opts, &before.ipvs_plan).map(|t| conntrack_step(runner, &t, true));
+
+    let after = observe(runner, opts);
+    let mut report = verified(&before, &after, &errors);
+    report.conntrack = conntrack;
+    tracing::info!(
+        found = report.found_count(),
+        removed = report.removed_count(),
+        errors = report.has_errors(),
+        "kube-proxy cleanup finished"
+    );
+    report
+}
+
+/// Removes what `before` found, in the order the objects depend on each other (ipvs
+/// virtual servers and link, iptables rules and chains, nftables tables, then the ipsets
+/// the rules used); returns the failed steps by backend.
+fn remove(
+    runner: &dyn CommandRunner,
+    opts: &Options,
+    before: &Observation,
+) -> Vec<(Backend, String)> {
     let mut errors: Vec<(Backend, String)> = Vec::new();
     let mut push = |b: Backend, e: Error| {
         tracing::warn!(backend = %b, error = %e, "cleanup step failed");
@@ -134,10 +158,12 @@ pub fn clean_with(runner: &dyn CommandRunner, opts: &Options) -> Report {
             push(Backend::Ipvs, e);
         }
     }
-    let conntrack =
-        conntrack_targets(opts, &before.ipvs_plan).map(|t| conntrack_step(runner, &t, true));
+    errors
+}
 
-    let after = observe(runner, opts);
+/// `before`'s report with what `after` no longer finds as removed (claimed only when the
+/// second look had no errors) and the failed steps as each backend's errors.
+fn verified(before: &Observation, after: &Observation, errors: &[(Backend, String)]) -> Report {
     let mut report = before.report(false);
     let remaining = after.report(true);
     for b in &mut report.backends {
@@ -169,13 +195,6 @@ pub fn clean_with(runner: &dyn CommandRunner, opts: &Options) -> Report {
                 .map(|(_, e)| e.clone()),
         );
     }
-    report.conntrack = conntrack;
-    tracing::info!(
-        found = report.found_count(),
-        removed = report.removed_count(),
-        errors = report.has_errors(),
-        "kube-proxy cleanup finished"
-    );
     report
 }
 
@@ -234,140 +253,177 @@ fn iptables_tools(backend: Backend, family: Family) -> (String, String) {
 }
 
 fn observe(runner: &dyn CommandRunner, opts: &Options) -> Observation {
-    let plan_opts = PlanOptions {
-        keep_pre_1_28_kubelet_chains: opts.keep_pre_1_28_kubelet_chains,
+    let iptables = if opts.iptables || opts.ipvs {
+        observe_iptables(runner, opts)
+    } else {
+        Vec::new()
     };
-    let mut ipts = Vec::new();
-    if opts.iptables || opts.ipvs {
-        for backend in [Backend::IptablesNft, Backend::IptablesLegacy] {
-            for family in [Family::V4, Family::V6] {
-                let (save, restore) = iptables_tools(backend, family);
-                let state =
-                    (runner.has_program(&save) && runner.has_program(&restore)).then(|| {
-                        let text = runner.run_ok(&save, &[], None)?;
-                        let rs = Ruleset::parse(&text)?;
-                        Ok(iptables::plan(&rs, &plan_opts))
-                    });
-                ipts.push(IptablesObservation {
-                    backend,
-                    family,
-                    restore,
-                    state,
-                });
-            }
-        }
-    }
-
     let nft_available = runner.has_program("nft");
-    let nft = (opts.nftables && nft_available).then(|| {
-        let json = runner.run_ok("nft", &["-j".into(), "list".into(), "tables".into()], None);
-        let tables = match json.and_then(|t| nft::parse_tables_json(&t)) {
-            Ok(t) => t,
-            Err(_) => {
-                let text = runner.run_ok("nft", &["list".into(), "tables".into()], None)?;
-                nft::parse_tables_text(&text)?
-            }
-        };
-        Ok(nft::plan(&tables))
-    });
-
-    let mut ipvs_observed = IpvsObserved::default();
-    let mut ipvs_notes = Vec::new();
-    let mut ipvs_errors = Vec::new();
-    if opts.ipvs {
-        let mut probe = |program: &str, args: &[&str]| -> Option<String> {
-            if !runner.has_program(program) {
-                ipvs_notes.push(format!("{program} not available"));
-                return None;
-            }
-            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            match runner.run_ok(program, &args, None) {
-                Ok(out) => Some(out),
-                Err(e) => {
-                    ipvs_errors.push(e.to_string());
-                    None
-                }
-            }
-        };
-        // Without the ip_vs module there can be no virtual server, and ipvsadm would only
-        // fail trying to load it (upstream checks `modprobe ip_vs` the same way).
-        // /proc/net is per network namespace, so this runs behind the runner's prefix.
-        let ipvs_loaded = !runner.has_program("test")
-            || runner
-                .run("test", &["-e".into(), "/proc/net/ip_vs".into()], None)
-                .is_ok_and(|o| o.success);
-        let vs = if ipvs_loaded {
-            probe("ipvsadm", &["-S", "-n"])
-        } else {
-            Some(String::new())
-        };
-        let sets = probe("ipset", &["list", "-n"]);
-        let links = probe("ip", &["-j", "link", "show"]);
-        if !ipvs_loaded {
-            ipvs_notes.push("IPVS is not loaded in this kernel: no virtual servers".into());
-        }
-        match vs.map(|t| ipvs::parse_ipvsadm_save(&t)).transpose() {
-            Ok(v) => ipvs_observed.virtual_servers = v,
-            Err(e) => ipvs_errors.push(e.to_string()),
-        }
-        ipvs_observed.ipsets = sets.map(|t| ipvs::parse_ipset_names(&t));
-        match links.map(|t| ipvs::parse_link_names(&t)).transpose() {
-            Ok(l) => ipvs_observed.links = l,
-            Err(e) => ipvs_errors.push(e.to_string()),
-        }
-    }
+    let nft = (opts.nftables && nft_available).then(|| observe_nft(runner));
+    let ipvs = if opts.ipvs {
+        observe_ipvs(runner)
+    } else {
+        IpvsLook::default()
+    };
     let services = ServiceAddresses {
         ips: opts.service_ips.clone(),
         cidrs: opts.service_cidrs.clone(),
     };
-    let ipvs_plan = ipvs::plan(&ipvs_observed, &services);
+    let ipvs_plan = ipvs::plan(&ipvs.observed, &services);
     Observation {
-        iptables: ipts,
+        iptables,
         nft,
         nft_available,
         ipvs_requested: opts.ipvs,
-        ipvs_observed,
-        ipvs_notes,
-        ipvs_errors,
+        ipvs_observed: ipvs.observed,
+        ipvs_notes: ipvs.notes,
+        ipvs_errors: ipvs.errors,
         ipvs_plan,
     }
 }
 
+/// Each iptables backend and family whose save and restore tools exist: its ruleset and
+/// the plan for it.
+fn observe_iptables(runner: &dyn CommandRunner, opts: &Options) -> Vec<IptablesObservation> {
+    let plan_opts = PlanOptions {
+        keep_pre_1_28_kubelet_chains: opts.keep_pre_1_28_kubelet_chains,
+    };
+    let mut ipts = Vec::new();
+    for backend in [Backend::IptablesNft, Backend::IptablesLegacy] {
+        for family in [Family::V4, Family::V6] {
+            let (save, restore) = iptables_tools(backend, family);
+            let state = (runner.has_program(&save) && runner.has_program(&restore)).then(|| {
+                let text = runner.run_ok(&save, &[], None)?;
+                let rs = Ruleset::parse(&text)?;
+                Ok(iptables::plan(&rs, &plan_opts))
+            });
+            ipts.push(IptablesObservation {
+                backend,
+                family,
+                restore,
+                state,
+            });
+        }
+    }
+    ipts
+}
+
+/// kube-proxy's nftables tables (JSON listing, the text listing where JSON fails).
+fn observe_nft(runner: &dyn CommandRunner) -> Result<Vec<nft::NftTable>, Error> {
+    let json = runner.run_ok("nft", &["-j".into(), "list".into(), "tables".into()], None);
+    let tables = match json.and_then(|t| nft::parse_tables_json(&t)) {
+        Ok(t) => t,
+        Err(_) => {
+            let text = runner.run_ok("nft", &["list".into(), "tables".into()], None)?;
+            nft::parse_tables_text(&text)?
+        }
+    };
+    Ok(nft::plan(&tables))
+}
+
+/// What the ipvs tools show, with notes on missing tools and the errors met.
+#[derive(Debug, Default)]
+struct IpvsLook {
+    observed: IpvsObserved,
+    notes: Vec<String>,
+    errors: Vec<String>,
+}
+
+fn observe_ipvs(runner: &dyn CommandRunner) -> IpvsLook {
+    let mut look = IpvsLook::default();
+    let mut probe = |program: &str, args: &[&str]| -> Option<String> {
+        if !runner.has_program(program) {
+            look.notes.push(format!("{program} not available"));
+            return None;
+        }
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match runner.run_ok(program, &args, None) {
+            Ok(out) => Some(out),
+            Err(e) => {
+                look.errors.push(e.to_string());
+                None
+            }
+        }
+    };
+    // Without the ip_vs module there can be no virtual server, and ipvsadm would only
+    // fail trying to load it (upstream checks `modprobe ip_vs` the same way).
+    // /proc/net is per network namespace, so this runs behind the runner's prefix.
+    let ipvs_loaded = !runner.has_program("test")
+        || runner
+            .run("test", &["-e".into(), "/proc/net/ip_vs".into()], None)
+            .is_ok_and(|o| o.success);
+    let vs = if ipvs_loaded {
+        probe("ipvsadm", &["-S", "-n"])
+    } else {
+        Some(String::new())
+    };
+    let sets = probe("ipset", &["list", "-n"]);
+    let links = probe("ip", &["-j", "link", "show"]);
+    if !ipvs_loaded {
+        look.notes
+            .push("IPVS is not loaded in this kernel: no virtual servers".into());
+    }
+    match vs.map(|t| ipvs::parse_ipvsadm_save(&t)).transpose() {
+        Ok(v) => look.observed.virtual_servers = v,
+        Err(e) => look.errors.push(e.to_string()),
+    }
+    look.observed.ipsets = sets.map(|t| ipvs::parse_ipset_names(&t));
+    match links.map(|t| ipvs::parse_link_names(&t)).transpose() {
+        Ok(l) => look.observed.links = l,
+        Err(e) => look.errors.push(e.to_string()),
+    }
+    look
+}
+
 impl Observation {
     fn report(&self, listing_only: bool) -> Report {
-        let mut backends = Vec::new();
-        for backend in [Backend::IptablesNft, Backend::IptablesLegacy] {
-            let mut b = BackendReport::new(backend);
-            let mut names = Vec::new();
-            for o in self.iptables.iter().filter(|o| o.backend == backend) {
-                match &o.state {
-                    None => b
-                        .notes
-                        .push(format!("{} tools not available", o.family.name())),
-                    Some(Err(e)) => {
-                        b.available = true;
-                        b.errors.push(format!("{}: {e}", o.family.name()));
-                    }
-                    Some(Ok(plan)) => {
-                        b.available = true;
-                        let fam = o.family.name();
-                        names.extend(
-                            plan.object_names()
-                                .into_iter()
-                                .map(|n| format!("{fam} {n}")),
-                        );
-                        b.kept
-                            .extend(plan.blocked().into_iter().map(|(table, bc)| Kept {
-                                name: format!("{fam} {table} chain {}", bc.chain),
-                                reason: format!("still referenced by {}", bc.referenced_by),
-                            }));
-                    }
+        let backends = vec![
+            self.iptables_report(Backend::IptablesNft),
+            self.iptables_report(Backend::IptablesLegacy),
+            self.nft_report(),
+            self.ipvs_report(),
+        ];
+        Report {
+            listing_only,
+            backends,
+            conntrack: None,
+        }
+    }
+
+    /// One iptables backend over both families.
+    fn iptables_report(&self, backend: Backend) -> BackendReport {
+        let mut b = BackendReport::new(backend);
+        let mut names = Vec::new();
+        for o in self.iptables.iter().filter(|o| o.backend == backend) {
+            match &o.state {
+                None => b
+                    .notes
+                    .push(format!("{} tools not available", o.family.name())),
+                Some(Err(e)) => {
+                    b.available = true;
+                    b.errors.push(format!("{}: {e}", o.family.name()));
+                }
+                Some(Ok(plan)) => {
+                    b.available = true;
+                    let fam = o.family.name();
+                    names.extend(
+                        plan.object_names()
+                            .into_iter()
+                            .map(|n| format!("{fam} {n}")),
+                    );
+                    b.kept
+                        .extend(plan.blocked().into_iter().map(|(table, bc)| Kept {
+                            name: format!("{fam} {table} chain {}", bc.chain),
+                            reason: format!("still referenced by {}", bc.referenced_by),
+                        }));
                 }
             }
-            b.found = Objects::new(names);
-            backends.push(b);
         }
+        b.found = Objects::new(names);
+        b
+    }
 
+    fn nft_report(&self) -> BackendReport {
         let mut n = BackendReport::new(Backend::Nftables);
         n.available = self.nft_available;
         if !self.nft_available {
@@ -380,8 +436,10 @@ impl Observation {
             Some(Err(e)) => n.errors.push(e.to_string()),
             None => {}
         }
-        backends.push(n);
+        n
+    }
 
+    fn ipvs_report(&self) -> BackendReport {
         let mut v = BackendReport::new(Backend::Ipvs);
         if self.ipvs_requested {
             let o = &self.ipvs_observed;
@@ -399,12 +457,7 @@ impl Observation {
                 })
                 .collect();
         }
-        backends.push(v);
-        Report {
-            listing_only,
-            backends,
-            conntrack: None,
-        }
+        v
     }
 }
 

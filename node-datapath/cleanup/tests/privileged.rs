@@ -237,55 +237,14 @@ fn nftables_clean() {
     assert_eq!(again.removed_count(), 0);
 }
 
-/// ipvs mode without IPVS in the kernel: the ipvs chains, `kube-ipvs0` and kube-proxy's
-/// ipsets are real here. The sets are used by the chains' rules, so this only passes if
-/// the ipsets are destroyed after the rules. The kernel has no dummy driver, so a veth
-/// named `kube-ipvs0` stands in for the dummy device (removal is by name).
-#[test]
-fn ipvs_leftovers_and_conntrack() {
-    if !preconditions(
-        "ipvs_leftovers_and_conntrack",
-        &[
-            "iptables-nft-restore",
-            "iptables-nft-save",
-            "ipset",
-            "ip",
-            "conntrack",
-        ],
-    ) {
-        return;
-    }
+/// The ipvs-mode node: kube-proxy's ipsets and chains, `kube-ipvs0`, a user's link that
+/// must stay, and two conntrack entries (one to a Service IP, one not).
+fn ipvs_node() -> Netns {
     let node = Netns::new("ipvs");
     node.run("ipset", &["restore"], Some(IPVS_SETS));
     node.run("iptables-nft-restore", WAIT, Some(IPVS_RULES));
-    node.run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "kube-ipvs0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "kipvs-peer",
-        ],
-        None,
-    );
-    node.run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "eth-user",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth-user-p",
-        ],
-        None,
-    );
+    add_veth(&node, "kube-ipvs0", "kipvs-peer");
+    add_veth(&node, "eth-user", "eth-user-p");
     for (src, dst, dport) in [
         ("10.0.0.2", "10.96.0.10", "53"),
         ("10.0.0.2", "10.0.9.9", "53"),
@@ -310,30 +269,27 @@ fn ipvs_leftovers_and_conntrack() {
             None,
         );
     }
+    node
+}
+
+fn add_veth(node: &Netns, name: &str, peer: &str) {
+    node.run(
+        "ip",
+        &["link", "add", name, "type", "veth", "peer", "name", peer],
+        None,
+    );
+}
+
+/// The same node's tables loaded without kube-proxy.
+fn ipvs_reference_tables() -> BTreeMap<String, String> {
     let reference = Netns::new("ipvs-ref");
     reference.run("ipset", &["restore"], Some(IPVS_SETS));
     reference.run("iptables-nft-restore", WAIT, Some(IPVS_EXPECTED));
-    let want = tables(&reference.run("iptables-nft-save", &[], None));
+    tables(&reference.run("iptables-nft-save", &[], None))
+}
 
-    let opts = Options {
-        service_ips: vec!["10.96.0.10".parse().unwrap()],
-        service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
-        flush_conntrack: true,
-        ..node.options()
-    };
-    let listed = scan(&opts);
-    let ipvs = listed.backend(Backend::Ipvs).unwrap();
-    assert!(ipvs.available);
-    assert!(ipvs.errors.is_empty(), "{ipvs:#?}");
-    if !std::path::Path::new("/proc/net/ip_vs").exists() {
-        // No IPVS in this kernel: ipvsadm is not even tried.
-        assert!(
-            ipvs.notes
-                .iter()
-                .any(|n| n.starts_with("IPVS is not loaded")),
-            "{ipvs:#?}"
-        );
-    }
+/// What the ipvs backend finds: the link and kube-proxy's ipsets, sorted.
+fn ipvs_want_found() -> Vec<String> {
     let mut want_found = vec![
         "link kube-ipvs0".to_string(),
         "ipset KUBE-CLUSTER-IP".into(),
@@ -346,6 +302,24 @@ fn ipvs_leftovers_and_conntrack() {
         "ipset KUBE-6-CLUSTER-IP".into(),
     ];
     want_found.sort();
+    want_found
+}
+
+/// `scan` lists the ipvs leftovers and the one Service conntrack entry, and changes nothing.
+fn check_ipvs_scan(node: &Netns, opts: &Options, want_found: &[String]) {
+    let listed = scan(opts);
+    let ipvs = listed.backend(Backend::Ipvs).unwrap();
+    assert!(ipvs.available);
+    assert!(ipvs.errors.is_empty(), "{ipvs:#?}");
+    if !std::path::Path::new("/proc/net/ip_vs").exists() {
+        // No IPVS in this kernel: ipvsadm is not even tried.
+        assert!(
+            ipvs.notes
+                .iter()
+                .any(|n| n.starts_with("IPVS is not loaded")),
+            "{ipvs:#?}"
+        );
+    }
     assert_eq!(names(&listed, Backend::Ipvs, false), want_found);
     let ct = listed.conntrack.as_ref().unwrap();
     assert_eq!((ct.found, ct.deleted_for.len()), (1, 0), "{ct:#?}");
@@ -354,12 +328,20 @@ fn ipvs_leftovers_and_conntrack() {
         9,
         "scan changed ipsets"
     );
+}
 
-    let cleaned = clean(&opts);
+/// `clean` removes exactly kube-proxy's objects and the Service's conntrack entry.
+fn check_ipvs_clean(
+    node: &Netns,
+    opts: &Options,
+    want_found: &[String],
+    want: &BTreeMap<String, String>,
+) {
+    let cleaned = clean(opts);
     assert_no_errors(&cleaned);
     assert_eq!(names(&cleaned, Backend::Ipvs, true), want_found);
     assert!(cleaned.backend(Backend::IptablesNft).unwrap().removed.count > 0);
-    assert_eq!(tables(&node.run("iptables-nft-save", &[], None)), want);
+    assert_eq!(&tables(&node.run("iptables-nft-save", &[], None)), want);
     assert_eq!(
         node.run("ipset", &["list", "-n"], None),
         "cali40all-ipam-pools\n"
@@ -374,6 +356,37 @@ fn ipvs_leftovers_and_conntrack() {
     let left = node.run("conntrack", &["-L", "-f", "ipv4"], None);
     assert!(!left.contains("dst=10.96.0.10"), "{left}");
     assert!(left.contains("dst=10.0.9.9"), "{left}");
+}
+
+/// ipvs mode without IPVS in the kernel: the ipvs chains, `kube-ipvs0` and kube-proxy's
+/// ipsets are real here. The sets are used by the chains' rules, so this only passes if
+/// the ipsets are destroyed after the rules. The kernel has no dummy driver, so a veth
+/// named `kube-ipvs0` stands in for the dummy device (removal is by name).
+#[test]
+fn ipvs_leftovers_and_conntrack() {
+    if !preconditions(
+        "ipvs_leftovers_and_conntrack",
+        &[
+            "iptables-nft-restore",
+            "iptables-nft-save",
+            "ipset",
+            "ip",
+            "conntrack",
+        ],
+    ) {
+        return;
+    }
+    let node = ipvs_node();
+    let want = ipvs_reference_tables();
+    let opts = Options {
+        service_ips: vec!["10.96.0.10".parse().unwrap()],
+        service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+        flush_conntrack: true,
+        ..node.options()
+    };
+    let want_found = ipvs_want_found();
+    check_ipvs_scan(&node, &opts, &want_found);
+    check_ipvs_clean(&node, &opts, &want_found, &want);
 
     let again = clean(&opts);
     assert_no_errors(&again);

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use std::collections::BTreeSet;
 use switchyard_cleanup::iptables::owners::fixed_kube_proxy_chains;
 use switchyard_cleanup::iptables::{
-    Chain, PlanOptions, Rule, Ruleset, Table, is_kube_proxy_chain, plan,
+    Chain, IptablesPlan, PlanOptions, Rule, Ruleset, Table, is_kube_proxy_chain, plan,
 };
 
 const TABLES: &[(&str, &[&str])] = &[
@@ -139,83 +139,116 @@ fn check(rs: &Ruleset, opts: &PlanOptions) -> Result<(), TestCaseError> {
     let p = plan(rs, opts);
     let after = p.apply(rs);
     for (before_t, after_t) in rs.tables.iter().zip(&after.tables) {
-        let tname = &before_t.name;
-        let tp = p.tables.iter().find(|t| &t.table == tname);
-        let blocked: BTreeSet<&str> = tp
-            .map(|t| t.blocked.iter().map(|b| b.chain.as_str()).collect())
-            .unwrap_or_default();
-        let deleted: BTreeSet<&str> = tp
-            .map(|t| t.delete_chains.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-
-        for c in &before_t.chains {
-            let owned = !c.is_builtin() && is_kube_proxy_chain(tname, &c.name, opts);
-            let present = after_t.chain(&c.name).is_some();
-            if owned {
-                // Every kube-proxy chain goes, unless something kept still uses it.
-                prop_assert_eq!(
-                    present,
-                    blocked.contains(c.name.as_str()),
-                    "{} {}",
-                    tname,
-                    c.name
-                );
-            } else {
-                prop_assert!(present, "{} {} was removed", tname, c.name);
-                prop_assert!(!deleted.contains(c.name.as_str()));
-            }
-            if present && !c.is_builtin() {
-                // Chains that stay keep exactly their rules.
-                let rules = |t: &Table| -> Vec<String> {
-                    t.rules
-                        .iter()
-                        .filter(|r| r.chain == c.name)
-                        .map(|r| r.spec.clone())
-                        .collect()
-                };
-                prop_assert_eq!(rules(before_t), rules(after_t));
-            }
-        }
-
-        // Built-in chains lose exactly the rules that target a deleted chain.
-        for b in before_t.chains.iter().filter(|c| c.is_builtin()) {
-            let want: Vec<&str> = before_t
-                .rules
-                .iter()
-                .filter(|r| r.chain == b.name)
-                .filter(|r| !r.target_name().is_some_and(|t| deleted.contains(t)))
-                .map(|r| r.spec.as_str())
-                .collect();
-            let got: Vec<&str> = after_t
-                .rules
-                .iter()
-                .filter(|r| r.chain == b.name)
-                .map(|r| r.spec.as_str())
-                .collect();
-            prop_assert_eq!(want, got);
-        }
-
-        // A blocked chain really is used by a chain that stays.
-        for b in &blocked {
-            prop_assert!(after_t.rules.iter().any(|r| r.target_name() == Some(*b)
-                && !after_t.is_builtin(&r.chain)
-                && !is_kube_proxy_chain(tname, &r.chain, opts)
-                || r.target_name() == Some(*b) && blocked.contains(r.chain.as_str())));
-        }
-
-        // No dangling jumps: the kernel would have refused the transaction.
-        let declared: BTreeSet<&str> = after_t.chains.iter().map(|c| c.name.as_str()).collect();
-        for r in &after_t.rules {
-            if let Some(t) = r.target_name()
-                && !VERDICTS.contains(&t)
-            {
-                prop_assert!(declared.contains(t), "dangling jump {:?}", r);
-            }
-        }
+        check_table(before_t, after_t, &p, opts)?;
     }
 
     // Idempotent.
     prop_assert!(plan(&after, opts).is_empty());
+    Ok(())
+}
+
+/// One table before and after the plan: kube-proxy's chains gone unless blocked, the
+/// others kept with their rules, built-ins losing only jumps to deleted chains, every
+/// block real and no dangling jump.
+fn check_table(
+    before_t: &Table,
+    after_t: &Table,
+    p: &IptablesPlan,
+    opts: &PlanOptions,
+) -> Result<(), TestCaseError> {
+    let tname = &before_t.name;
+    let tp = p.tables.iter().find(|t| &t.table == tname);
+    let blocked: BTreeSet<&str> = tp
+        .map(|t| t.blocked.iter().map(|b| b.chain.as_str()).collect())
+        .unwrap_or_default();
+    let deleted: BTreeSet<&str> = tp
+        .map(|t| t.delete_chains.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+
+    check_chains(before_t, after_t, &blocked, &deleted, opts)?;
+    check_builtins(before_t, after_t, &deleted)?;
+
+    // A blocked chain really is used by a chain that stays.
+    for b in &blocked {
+        prop_assert!(after_t.rules.iter().any(|r| r.target_name() == Some(*b)
+            && !after_t.is_builtin(&r.chain)
+            && !is_kube_proxy_chain(tname, &r.chain, opts)
+            || r.target_name() == Some(*b) && blocked.contains(r.chain.as_str())));
+    }
+
+    // No dangling jumps: the kernel would have refused the transaction.
+    let declared: BTreeSet<&str> = after_t.chains.iter().map(|c| c.name.as_str()).collect();
+    for r in &after_t.rules {
+        if let Some(t) = r.target_name()
+            && !VERDICTS.contains(&t)
+        {
+            prop_assert!(declared.contains(t), "dangling jump {:?}", r);
+        }
+    }
+    Ok(())
+}
+
+fn check_chains(
+    before_t: &Table,
+    after_t: &Table,
+    blocked: &BTreeSet<&str>,
+    deleted: &BTreeSet<&str>,
+    opts: &PlanOptions,
+) -> Result<(), TestCaseError> {
+    let tname = &before_t.name;
+    for c in &before_t.chains {
+        let owned = !c.is_builtin() && is_kube_proxy_chain(tname, &c.name, opts);
+        let present = after_t.chain(&c.name).is_some();
+        if owned {
+            // Every kube-proxy chain goes, unless something kept still uses it.
+            prop_assert_eq!(
+                present,
+                blocked.contains(c.name.as_str()),
+                "{} {}",
+                tname,
+                c.name
+            );
+        } else {
+            prop_assert!(present, "{} {} was removed", tname, c.name);
+            prop_assert!(!deleted.contains(c.name.as_str()));
+        }
+        if present && !c.is_builtin() {
+            // Chains that stay keep exactly their rules.
+            let rules = |t: &Table| -> Vec<String> {
+                t.rules
+                    .iter()
+                    .filter(|r| r.chain == c.name)
+                    .map(|r| r.spec.clone())
+                    .collect()
+            };
+            prop_assert_eq!(rules(before_t), rules(after_t));
+        }
+    }
+    Ok(())
+}
+
+fn check_builtins(
+    before_t: &Table,
+    after_t: &Table,
+    deleted: &BTreeSet<&str>,
+) -> Result<(), TestCaseError> {
+    // Built-in chains lose exactly the rules that target a deleted chain.
+    for b in before_t.chains.iter().filter(|c| c.is_builtin()) {
+        let want: Vec<&str> = before_t
+            .rules
+            .iter()
+            .filter(|r| r.chain == b.name)
+            .filter(|r| !r.target_name().is_some_and(|t| deleted.contains(t)))
+            .map(|r| r.spec.as_str())
+            .collect();
+        let got: Vec<&str> = after_t
+            .rules
+            .iter()
+            .filter(|r| r.chain == b.name)
+            .map(|r| r.spec.as_str())
+            .collect();
+        prop_assert_eq!(want, got);
+    }
     Ok(())
 }
 

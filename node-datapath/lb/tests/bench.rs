@@ -4,14 +4,16 @@
 // Test code: helpers outside #[test] fns unwrap too (clippy.toml covers only those).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Instant;
+
+use common::{mk_node, mk_service, mk_slice};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
-use switchyard_lb::{
-    IdAllocator, LbMaps, MirrorMaps, NodeContext, Options, consistent, desired_state, diff,
-};
+use switchyard_lb::{IdAllocator, LbMaps, MirrorMaps, Options, consistent, desired_state, diff};
 
 const SERVICES: u32 = 10_000;
 const ENDPOINTS: u32 = 10;
@@ -21,15 +23,7 @@ fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut slices = Vec::new();
     for i in 0..SERVICES {
         let vip = std::net::Ipv4Addr::from(0x0a60_0000u32 + i + 1);
-        svcs.push(
-            serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
-                "spec": {"clusterIP": vip.to_string(),
-                         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
-            }))
-            .unwrap(),
-        );
+        svcs.push(mk_service("bench", &format!("svc-{i}"), &vip.to_string()));
         let eps: Vec<_> = (0..ENDPOINTS)
             .map(|e| {
                 let ip = std::net::Ipv4Addr::from(0x0af4_0000u32 + i * ENDPOINTS + e);
@@ -37,17 +31,12 @@ fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
                        "nodeName": format!("node-{}", e % 5)})
             })
             .collect();
-        slices.push(
-            serde_json::from_value(json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": format!("svc-{i}-x"), "namespace": "bench",
-                             "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": eps
-            }))
-            .unwrap(),
-        );
+        slices.push(mk_slice(
+            "bench",
+            &format!("svc-{i}-x"),
+            &format!("svc-{i}"),
+            json!(eps),
+        ));
     }
     (svcs, slices)
 }
@@ -56,11 +45,7 @@ fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
 #[ignore = "benchmark; run explicitly with --ignored --nocapture"]
 fn full_sync_10k_services_10_endpoints() {
     let (svcs, slices) = objects();
-    let node = NodeContext {
-        name: "node-0".into(),
-        addresses: vec!["192.168.1.10".parse().unwrap()],
-        zone: None,
-    };
+    let node = mk_node("node-0", "192.168.1.10".parse().unwrap());
     let t0 = Instant::now();
     let desired = desired_state(&svcs, &slices, &node, &Options::default());
     let t_desired = t0.elapsed();

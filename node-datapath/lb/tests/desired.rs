@@ -4,7 +4,11 @@
 // Test code: helpers outside #[test] fns unwrap too (clippy.toml covers only those).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::Ipv4Addr;
+
+use common::{mk_node, mk_service, mk_slice};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -13,32 +17,15 @@ use switchyard_lb::desired::MAX_BACKENDS_PER_FRONTEND;
 use switchyard_lb::{FindingKind, Frontend, NodeContext, Options, Proto, desired_state};
 
 fn service(name: &str, ip: &str) -> Service {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "ns"},
-        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
-    }))
-    .unwrap()
+    mk_service("ns", name, ip)
 }
 
 fn slice(name: &str, svc: &str, endpoints: serde_json::Value) -> EndpointSlice {
-    serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "ns",
-                     "labels": {"kubernetes.io/service-name": svc}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints
-    }))
-    .unwrap()
+    mk_slice("ns", name, svc, endpoints)
 }
 
 fn node() -> NodeContext {
-    NodeContext {
-        name: "node-a".into(),
-        addresses: vec![Ipv4Addr::new(192, 168, 1, 10)],
-        zone: None,
-    }
+    mk_node("node-a", Ipv4Addr::new(192, 168, 1, 10))
 }
 
 fn fe(ip: [u8; 4]) -> Frontend {

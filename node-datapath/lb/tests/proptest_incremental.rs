@@ -9,9 +9,12 @@
 // Test code: helpers outside #[test] fns unwrap too (clippy.toml covers only those).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use common::{mk_node, mk_service_with, mk_slice_with};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use proptest::prelude::*;
@@ -147,14 +150,12 @@ fn service(i: u8, s: &SvcSpec) -> Service {
         let ip = format!("198.51.100.{}", lb.ip);
         status = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
     }
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("s{i}"), "namespace": "ns",
-                     "labels": {"app": "x"}, "annotations": {"note": "y"}},
-        "spec": spec,
-        "status": status,
-    }))
-    .unwrap()
+    mk_service_with(
+        json!({"name": format!("s{i}"), "namespace": "ns",
+               "labels": {"app": "x"}, "annotations": {"note": "y"}}),
+        spec,
+        Some(status),
+    )
 }
 
 fn slice(i: u8, s: &SliceSpec) -> EndpointSlice {
@@ -169,25 +170,18 @@ fn slice(i: u8, s: &SliceSpec) -> EndpointSlice {
             })
         })
         .collect();
-    serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("e{i}"), "namespace": "ns",
-                     "labels": {"kubernetes.io/service-name": format!("s{}", s.service),
-                                "endpointslice.kubernetes.io/managed-by": "m"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
-                  {"name": "dns", "port": 5353, "protocol": "UDP"}],
-        "endpoints": endpoints,
-    }))
-    .unwrap()
+    mk_slice_with(
+        json!({"name": format!("e{i}"), "namespace": "ns",
+               "labels": {"kubernetes.io/service-name": format!("s{}", s.service),
+                          "endpointslice.kubernetes.io/managed-by": "m"}}),
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"},
+               {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+        json!(endpoints),
+    )
 }
 
 fn node() -> NodeContext {
-    NodeContext {
-        name: "node-a".into(),
-        addresses: vec![Ipv4Addr::new(192, 168, 1, 10)],
-        zone: None,
-    }
+    mk_node("node-a", Ipv4Addr::new(192, 168, 1, 10))
 }
 
 proptest! {

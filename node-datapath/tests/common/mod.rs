@@ -22,13 +22,13 @@ pub use ops::Svc;
 #[allow(unused_imports)]
 pub use outside::{
     KEEPALIVE, NODE_EXTERNAL_IP, NODE_PORT, OUTSIDE_CLIENT_IP, Outside, in_netns, nft, nodeport,
-    program_nodeport, start_with_ingress,
+    program_nodeport, start_with_ingress, telling_source_lab,
 };
 
 use switchyard_abi::{Counter, IPPROTO_TCP};
 use switchyard_lb::maps::LbMaps;
 use switchyard_node_datapath::{
-    Capacities, Datapath, DatapathConfig, DatapathError, TcAttach, capabilities,
+    Capacities, Datapath, DatapathConfig, DatapathError, LinkAction, TcAttach, capabilities,
 };
 
 /// The ClusterIP the tests program.
@@ -147,6 +147,11 @@ pub fn run_client(mut cmd: Command, count: u32) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
+/// Whether the start that gave `dp` did `action` to every link.
+pub fn every_link(dp: &Datapath, action: LinkAction) -> bool {
+    dp.report().links.iter().all(|(_, a)| *a == action)
+}
+
 /// A running looping client.
 pub struct LoopingClient {
     child: Option<Child>,
@@ -155,6 +160,27 @@ pub struct LoopingClient {
 }
 
 impl LoopingClient {
+    /// Spawns the client `cmd` with a fresh stop file (named after `prefix`) and
+    /// returns once it reports its first request.
+    pub fn start(mut cmd: Command, prefix: &str, what: &str) -> LoopingClient {
+        let stop_file =
+            std::env::temp_dir().join(format!("{prefix}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let mut child = cmd
+            .args(["--stop-file", stop_file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "running", "{what} did not start");
+        LoopingClient {
+            child: Some(child),
+            stdout,
+            stop_file,
+        }
+    }
+
     /// Stops the loop and returns the summary.
     pub fn stop(mut self) -> serde_json::Value {
         std::fs::write(&self.stop_file, b"stop").unwrap();
@@ -209,68 +235,74 @@ impl Lab {
         run("ip", &["-n", &lab.node_ns, "link", "set", "lo", "up"]);
         std::fs::create_dir(&lab.cgroup).unwrap();
         for i in 1..=backends {
-            let ns = format!("{}-b{i}", lab.id);
-            run("ip", &["netns", "add", &ns]);
-            lab.backend_ns.push(ns.clone());
-            let vn = format!("vb{i}");
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &vn,
-                    "netns",
-                    &lab.node_ns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &ns,
-                ],
-            );
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &lab.node_ns,
-                    "addr",
-                    "add",
-                    &format!("10.1.{i}.1/24"),
-                    "dev",
-                    &vn,
-                ],
-            );
-            run("ip", &["-n", &lab.node_ns, "link", "set", &vn, "up"]);
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("10.1.{i}.2/24"),
-                    "dev",
-                    "eth0",
-                ],
-            );
-            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.1.{i}.1"),
-                ],
-            );
+            lab.add_backend(i);
         }
         lab
+    }
+
+    /// Backend `i`'s namespace, wired to the node by a veth pair: 10.1.i.2 there,
+    /// 10.1.i.1 on the node side, which is its default route.
+    fn add_backend(&mut self, i: u8) {
+        let ns = format!("{}-b{i}", self.id);
+        run("ip", &["netns", "add", &ns]);
+        self.backend_ns.push(ns.clone());
+        let vn = format!("vb{i}");
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &vn,
+                "netns",
+                &self.node_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.node_ns,
+                "addr",
+                "add",
+                &format!("10.1.{i}.1/24"),
+                "dev",
+                &vn,
+            ],
+        );
+        run("ip", &["-n", &self.node_ns, "link", "set", &vn, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.1.{i}.2/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.1.{i}.1"),
+            ],
+        );
     }
 
     /// Starts the datapath on this node with [`Lab::config`].
@@ -348,26 +380,11 @@ impl Lab {
     /// Starts a client that loops until stopped; returns once it has made
     /// its first request.
     pub fn looping_client(&self, mode: &str, target: &str) -> LoopingClient {
-        let stop_file = std::env::temp_dir().join(format!(
-            "{}-stop-{}",
-            self.id,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut child = self
-            .client_cmd(mode, target)
-            .args(["--stop-file", stop_file.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "running", "looping client did not start");
-        LoopingClient {
-            child: Some(child),
-            stdout,
-            stop_file,
-        }
+        LoopingClient::start(
+            self.client_cmd(mode, target),
+            &format!("{}-stop", self.id),
+            "looping client",
+        )
     }
 }
 

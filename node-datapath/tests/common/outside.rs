@@ -1,13 +1,10 @@
 //! A client network outside the simulated node, for the ingress tests:
 //! traffic that arrives on an interface of the node from elsewhere.
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use std::sync::atomic::Ordering;
-
-use super::{HELPER, Lab, LoopingClient, SEQ, Svc, run, started};
+use super::{HELPER, Lab, LoopingClient, Svc, run, started};
 use switchyard_abi::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_NODE, svc_flags};
 use switchyard_lb::maps::LbMaps;
 use switchyard_node_datapath::{Datapath, DatapathConfig};
@@ -90,27 +87,9 @@ impl Outside {
     /// A client making a request of `mode` every `interval_ms` until
     /// stopped; returns once the first request was made.
     pub fn looping(&self, lab: &Lab, mode: &str, target: &str, interval_ms: u32) -> LoopingClient {
-        let stop_file = std::env::temp_dir().join(format!(
-            "{}-hold-{}",
-            lab.id,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut child = self
-            .client_cmd(mode, target)
-            .args(["--interval-ms", &interval_ms.to_string()])
-            .args(["--stop-file", stop_file.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "running", "hold client did not start");
-        LoopingClient {
-            child: Some(child),
-            stdout,
-            stop_file,
-        }
+        let mut cmd = self.client_cmd(mode, target);
+        cmd.args(["--interval-ms", &interval_ms.to_string()]);
+        LoopingClient::start(cmd, &format!("{}-hold", lab.id), "hold client")
     }
 }
 
@@ -175,6 +154,17 @@ pub fn start_with_ingress(lab: &Lab) -> Datapath {
         ..lab.config()
     };
     in_netns(&lab.node_ns, || started(Datapath::start(&config)))
+}
+
+/// A node whose two backends serve on 8080 and answer with the client address they
+/// see, an outside client, and the datapath started with its ingress program.
+pub fn telling_source_lab() -> (Lab, Outside, Datapath) {
+    let mut lab = Lab::new(2);
+    let out = Outside::new(&lab);
+    lab.serve_with(1, 8080, &["--tell-source", "true"]);
+    lab.serve_with(2, 8080, &["--tell-source", "true"]);
+    let dp = start_with_ingress(&lab);
+    (lab, out, dp)
 }
 
 /// NodePort `NODE_PORT` (TCP and UDP) on the node's external address,

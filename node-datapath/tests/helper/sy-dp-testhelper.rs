@@ -280,7 +280,19 @@ fn attempt(mode: &str, target: SocketAddr, timeout: Duration) -> std::io::Result
     }
 }
 
-fn client(f: &BTreeMap<String, String>) -> Result<(), String> {
+/// The client's options.
+struct ClientArgs {
+    mode: String,
+    target: SocketAddr,
+    /// Requests to make; 0: until the stop file exists.
+    count: u64,
+    timeout: Duration,
+    stop_file: Option<String>,
+    /// Pause between requests.
+    interval: Duration,
+}
+
+fn client_args(f: &BTreeMap<String, String>) -> Result<ClientArgs, String> {
     let mode = f.get("mode").ok_or("--mode missing")?.clone();
     let target: SocketAddr = f
         .get("target")
@@ -302,76 +314,108 @@ fn client(f: &BTreeMap<String, String>) -> Result<(), String> {
             .map_or(Ok(0), |c| c.parse())
             .map_err(|e| format!("--interval-ms: {e}"))?,
     );
-    let mut held = Held::default();
     if count == 0 && stop_file.is_none() {
         return Err("need --count or --stop-file".into());
     }
+    Ok(ClientArgs {
+        mode,
+        target,
+        count,
+        timeout,
+        stop_file,
+        interval,
+    })
+}
+
+/// What the client's requests met: answers per backend, errors per errno, the
+/// peers getpeername/recvfrom named, the changes of backend, and timings.
+#[derive(Default)]
+struct Tally {
+    ok: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    peers: BTreeSet<String>,
+    sequence: Vec<String>,
+    max_us: u128,
+    max_err_us: u128,
+    total_us: u128,
+    n: u64,
+}
+
+impl Tally {
+    fn record(&mut self, r: std::io::Result<(String, String)>, us: u128) {
+        self.total_us += us;
+        self.max_us = self.max_us.max(us);
+        match r {
+            Ok((name, peer)) => {
+                *self.ok.entry(name.clone()).or_default() += 1;
+                self.peers.insert(peer);
+                if self.sequence.last() != Some(&name) {
+                    self.sequence.push(name);
+                }
+            }
+            Err(e) => {
+                self.max_err_us = self.max_err_us.max(us);
+                *self.errors.entry(errno_name(&e)).or_default() += 1;
+                self.sequence.push(format!("!{}", errno_name(&e)));
+            }
+        }
+        self.n += 1;
+    }
+
+    fn summary(mut self, started: Instant) -> serde_json::Value {
+        // Keep the sequence bounded: it only records changes of backend.
+        self.sequence.truncate(10_000);
+        serde_json::json!({
+            "iterations": self.n,
+            "ok": self.ok,
+            "errors": self.errors,
+            "peers": self.peers,
+            "max_us": self.max_us as u64,
+            "max_err_us": self.max_err_us as u64,
+            "total_us": self.total_us as u64,
+            "elapsed_us": started.elapsed().as_micros() as u64,
+            "sequence": self.sequence,
+        })
+    }
+}
+
+fn client(f: &BTreeMap<String, String>) -> Result<(), String> {
+    let args = client_args(f)?;
+    let mut held = Held::default();
     if let Some(cg) = f.get("cgroup") {
         enter_cgroup(cg)?;
     }
     if let Some(ns) = f.get("netns") {
         enter_netns(ns)?;
     }
-    let mut ok: BTreeMap<String, u64> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut peers = BTreeSet::new();
-    let mut sequence: Vec<String> = Vec::new();
-    let (mut max_us, mut max_err_us, mut total_us, mut n) = (0u128, 0u128, 0u128, 0u64);
+    let mut tally = Tally::default();
     let started = Instant::now();
     loop {
-        if count > 0 && n >= count {
+        if args.count > 0 && tally.n >= args.count {
             break;
         }
-        if let Some(p) = &stop_file
+        if let Some(p) = &args.stop_file
             && Path::new(p).exists()
         {
             break;
         }
-        if n > 0 {
-            std::thread::sleep(interval);
+        if tally.n > 0 {
+            std::thread::sleep(args.interval);
         }
         let t = Instant::now();
-        let r = match mode.as_str() {
-            "tcp-hold" | "udp-hold" => attempt_held(&mode, target, timeout, &mut held),
-            _ => attempt(&mode, target, timeout),
+        let r = match args.mode.as_str() {
+            "tcp-hold" | "udp-hold" => {
+                attempt_held(&args.mode, args.target, args.timeout, &mut held)
+            }
+            _ => attempt(&args.mode, args.target, args.timeout),
         };
-        let us = t.elapsed().as_micros();
-        total_us += us;
-        max_us = max_us.max(us);
-        match r {
-            Ok((name, peer)) => {
-                *ok.entry(name.clone()).or_default() += 1;
-                peers.insert(peer);
-                if sequence.last() != Some(&name) {
-                    sequence.push(name);
-                }
-            }
-            Err(e) => {
-                max_err_us = max_err_us.max(us);
-                *errors.entry(errno_name(&e)).or_default() += 1;
-                sequence.push(format!("!{}", errno_name(&e)));
-            }
-        }
-        n += 1;
-        if n == 1 {
+        tally.record(r, t.elapsed().as_micros());
+        if tally.n == 1 {
             println!("running");
             let _ = std::io::stdout().flush();
         }
     }
-    // Keep the sequence bounded: it only records changes of backend.
-    sequence.truncate(10_000);
-    let summary = serde_json::json!({
-        "iterations": n,
-        "ok": ok,
-        "errors": errors,
-        "peers": peers,
-        "max_us": max_us as u64,
-        "max_err_us": max_err_us as u64,
-        "total_us": total_us as u64,
-        "elapsed_us": started.elapsed().as_micros() as u64,
-        "sequence": sequence,
-    });
-    println!("{summary}");
+    println!("{}", tally.summary(started));
     Ok(())
 }
 

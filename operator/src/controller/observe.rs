@@ -43,22 +43,53 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
     let nodes = o
         .nodes
         .iter()
-        .map(|n| {
-            let labels: BTreeMap<String, String> = n.labels().clone();
-            let obs = NodeObs {
-                kube_proxy_excluded: labels.contains_key(KUBE_PROXY_EXCLUDED_LABEL),
-                unschedulable: n
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.unschedulable)
-                    .unwrap_or(false),
-                labels,
-                internal_ip: external::internal_ip(n),
-            };
-            (n.name_any(), obs)
-        })
+        .map(|n| (n.name_any(), node_obs(n)))
         .collect();
+    let datapaths = o
+        .datapaths
+        .iter()
+        .map(|d| (d.name_any(), datapath_obs(d)))
+        .collect();
+    let mut unsupported: Vec<_> = o
+        .datapaths
+        .iter()
+        .filter_map(|d| d.status.as_ref())
+        .flat_map(|st| st.sync.unsupported.iter().cloned())
+        .collect();
+    unsupported.sort();
+    unsupported.dedup();
 
+    Snapshot {
+        nodes,
+        kube_proxy: kube_proxy_obs(o),
+        datapaths,
+        backup_exists: o
+            .backup
+            .is_some_and(crate::controller::kube_proxy::backup_complete),
+        other_plans: other_plans(me, &o.plans),
+        api_server_endpoints: api_endpoints(&o.kubernetes_endpoints),
+        unsupported_services: unsupported,
+        cluster_dns: o.cluster_dns,
+        external_services: external::external_services(&o.services),
+    }
+}
+
+fn node_obs(n: &Node) -> NodeObs {
+    let labels: BTreeMap<String, String> = n.labels().clone();
+    NodeObs {
+        kube_proxy_excluded: labels.contains_key(KUBE_PROXY_EXCLUDED_LABEL),
+        unschedulable: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false),
+        labels,
+        internal_ip: external::internal_ip(n),
+    }
+}
+
+/// kube-proxy's DaemonSet, its pods (by node) and its ConfigMap.
+fn kube_proxy_obs(o: &Observed<'_>) -> KubeProxyObs {
     let ds = o.kube_proxy_daemon_set;
     let daemon_set = ds.map(|ds| DaemonSetObs {
         excludes_label: crate::controller::kube_proxy::excludes_label(ds),
@@ -83,65 +114,42 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
                 .collect()
         })
         .unwrap_or_default();
-    let config_map = o.kube_proxy_config_map.map(config_map_obs);
+    KubeProxyObs {
+        daemon_set,
+        config_map: o.kube_proxy_config_map.map(config_map_obs),
+        pods,
+    }
+}
 
-    let mut unsupported = Vec::new();
-    let datapaths = o
-        .datapaths
-        .iter()
-        .map(|d| {
-            let st = d.status.clone().unwrap_or_default();
-            let ingress = external::ingress(&st);
-            unsupported.extend(st.sync.unsupported.iter().cloned());
-            let obs = DatapathObs {
-                spec_mode: d.spec.mode,
-                active_mode: st.active_mode,
-                heartbeat: st.heartbeat.map(|t| t.0),
-                missing_capabilities: st.capabilities.map(|c| c.missing),
-                services_seen: st.sync.services_seen,
-                services_programmed: st.sync.services_programmed,
-                cleanup: st.cleanup.map(|c| RequestOutcome {
-                    observed_generation: c.observed_generation,
-                    succeeded: c.succeeded,
-                    message: c.message,
-                }),
-                probe: st.probe.map(|p| RequestOutcome {
-                    observed_generation: p.observed_generation,
-                    succeeded: p.passed,
-                    message: (!p.passed).then(|| probe_failures(&p)),
-                }),
-                drops: st
-                    .drops
-                    .iter()
-                    .filter(|(reason, _)| !SAME_AS_KUBE_PROXY.contains(&reason.as_str()))
-                    .map(|(_, n)| n)
-                    .sum(),
-                ingress,
-                peer_probe_requested: d.spec.peer_probe.as_ref().map_or(0, |r| r.generation),
-                peer_probe: st.peer_probe.as_ref().map(external::peer_probe),
-            };
-            (d.name_any(), obs)
-        })
-        .collect();
-    unsupported.sort();
-    unsupported.dedup();
-
-    Snapshot {
-        nodes,
-        kube_proxy: KubeProxyObs {
-            daemon_set,
-            config_map,
-            pods,
-        },
-        datapaths,
-        backup_exists: o
-            .backup
-            .is_some_and(crate::controller::kube_proxy::backup_complete),
-        other_plans: other_plans(me, &o.plans),
-        api_server_endpoints: api_endpoints(&o.kubernetes_endpoints),
-        unsupported_services: unsupported,
-        cluster_dns: o.cluster_dns,
-        external_services: external::external_services(&o.services),
+fn datapath_obs(d: &NodeDatapath) -> DatapathObs {
+    let st = d.status.clone().unwrap_or_default();
+    let ingress = external::ingress(&st);
+    DatapathObs {
+        spec_mode: d.spec.mode,
+        active_mode: st.active_mode,
+        heartbeat: st.heartbeat.map(|t| t.0),
+        missing_capabilities: st.capabilities.map(|c| c.missing),
+        services_seen: st.sync.services_seen,
+        services_programmed: st.sync.services_programmed,
+        cleanup: st.cleanup.map(|c| RequestOutcome {
+            observed_generation: c.observed_generation,
+            succeeded: c.succeeded,
+            message: c.message,
+        }),
+        probe: st.probe.map(|p| RequestOutcome {
+            observed_generation: p.observed_generation,
+            succeeded: p.passed,
+            message: (!p.passed).then(|| probe_failures(&p)),
+        }),
+        drops: st
+            .drops
+            .iter()
+            .filter(|(reason, _)| !SAME_AS_KUBE_PROXY.contains(&reason.as_str()))
+            .map(|(_, n)| n)
+            .sum(),
+        ingress,
+        peer_probe_requested: d.spec.peer_probe.as_ref().map_or(0, |r| r.generation),
+        peer_probe: st.peer_probe.as_ref().map(external::peer_probe),
     }
 }
 

@@ -88,8 +88,7 @@ pub fn check(
     targets: &[String],
     now: Timestamp,
 ) -> Vec<Finding> {
-    use Severity::{Error, Warning};
-    let kp = &spec.kube_proxy;
+    use Severity::Error;
     let mut out = Vec::new();
 
     if targets.is_empty() {
@@ -100,6 +99,24 @@ pub fn check(
             "the node selector matches no node; nothing to migrate".into(),
         ));
     }
+    kube_proxy_findings(spec, snap, &mut out);
+    if api_server(spec, snap).is_none() {
+        out.push(finding(Error, "ApiServerUnknown", None,
+            "no direct API server address: set spec.apiServer or make sure the default/kubernetes EndpointSlice has an endpoint".into()));
+    }
+    agent_findings(snap, targets, now, &mut out);
+    out.extend(external_frontends(snap, targets, now));
+    unsupported_findings(spec, snap, &mut out);
+    other_plan_findings(snap, &mut out);
+    out.sort();
+    out
+}
+
+/// kube-proxy's DaemonSet (present, managed by a tool) and ConfigMap (present, a
+/// supported mode).
+fn kube_proxy_findings(spec: &MigrationPlanSpec, snap: &Snapshot, out: &mut Vec<Finding>) {
+    use Severity::{Error, Warning};
+    let kp = &spec.kube_proxy;
     match &snap.kube_proxy.daemon_set {
         None => out.push(finding(Error, "KubeProxyDaemonSetMissing",
             Some(format!("DaemonSet/{}/{}", kp.namespace, kp.daemon_set)),
@@ -120,10 +137,11 @@ pub fn check(
         Some(other) => out.push(finding(Error, "KubeProxyModeUnsupported", None,
             format!("kube-proxy mode {other:?} is not supported (iptables, nftables, ipvs)"))),
     }
-    if api_server(spec, snap).is_none() {
-        out.push(finding(Error, "ApiServerUnknown", None,
-            "no direct API server address: set spec.apiServer or make sure the default/kubernetes EndpointSlice has an endpoint".into()));
-    }
+}
+
+/// Each target node's agent: present, reporting, and capable of the datapath.
+fn agent_findings(snap: &Snapshot, targets: &[String], now: Timestamp, out: &mut Vec<Finding>) {
+    use Severity::Error;
     for node in targets {
         let object = Some(format!("Node/{node}"));
         match snap.datapaths.get(node) {
@@ -140,7 +158,11 @@ pub fn check(
             },
         }
     }
-    out.extend(external_frontends(snap, targets, now));
+}
+
+/// Services the datapath cannot serve: an error unless the plan allows them.
+fn unsupported_findings(spec: &MigrationPlanSpec, snap: &Snapshot, out: &mut Vec<Finding>) {
+    use Severity::{Error, Warning};
     if !snap.unsupported_services.is_empty() {
         let severity = if spec.allow_unsupported {
             Warning
@@ -162,11 +184,15 @@ pub fn check(
             ),
         ));
     }
+}
+
+/// Another plan running, or an older one about to.
+fn other_plan_findings(snap: &Snapshot, out: &mut Vec<Finding>) {
     for other in &snap.other_plans {
         let contending = other.older && matches!(other.phase, Phase::Pending | Phase::Preflight);
         if other.phase.is_active() || contending {
             out.push(finding(
-                Error,
+                Severity::Error,
                 "AnotherPlanActive",
                 Some(format!("MigrationPlan/{}", other.name)),
                 format!(
@@ -176,8 +202,6 @@ pub fn check(
             ));
         }
     }
-    out.sort();
-    out
 }
 
 /// `a/x, b/y, … and 3 more`: the first [`LISTED_SERVICES`] names.

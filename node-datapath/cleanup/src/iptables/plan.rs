@@ -14,7 +14,7 @@
 //! table, and can be applied to the model ([`IptablesPlan::apply`]) for tests.
 
 use super::owners::{PlanOptions, is_kube_proxy_chain};
-use super::save::{Rule, Ruleset, rule_line};
+use super::save::{Rule, Ruleset, Table, rule_line};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -153,82 +153,98 @@ impl IptablesPlan {
 
 /// Computes what to remove from one backend/family dump.
 pub fn plan(ruleset: &Ruleset, opts: &PlanOptions) -> IptablesPlan {
-    let mut tables = Vec::new();
-    for table in &ruleset.tables {
-        let builtin: HashSet<&str> = table
-            .chains
-            .iter()
-            .filter(|c| c.is_builtin())
-            .map(|c| c.name.as_str())
-            .collect();
-        let mut removal: HashSet<&str> = table
-            .chains
-            .iter()
-            .filter(|c| !c.is_builtin() && is_kube_proxy_chain(&table.name, &c.name, opts))
-            .map(|c| c.name.as_str())
-            .collect();
+    let tables = ruleset
+        .tables
+        .iter()
+        .map(|table| plan_table(table, opts))
+        .filter(|tp| !tp.is_empty() || !tp.blocked.is_empty())
+        .collect();
+    IptablesPlan { tables }
+}
 
-        // A chain we keep that is not built-in may reference a kube-proxy chain; that
-        // chain then stays too, and so does whatever it references (a worklist over the
-        // rules of each newly kept chain, linear in the size of the table).
-        let mut by_chain: HashMap<&str, Vec<&Rule>> = HashMap::new();
-        for r in &table.rules {
-            by_chain.entry(r.chain.as_str()).or_default().push(r);
-        }
-        let mut queue: VecDeque<&Rule> = table
-            .rules
-            .iter()
-            .filter(|r| {
-                !builtin.contains(r.chain.as_str())
-                    && !removal.contains(r.chain.as_str())
-                    && r.target_name().is_some_and(|t| removal.contains(t))
-            })
-            .collect();
-        let mut blocked = Vec::new();
-        while let Some(rule) = queue.pop_front() {
-            let Some(target) = rule.target_name() else {
-                continue;
-            };
-            if !removal.remove(target) {
-                continue;
-            }
-            blocked.push(BlockedChain {
-                chain: target.to_string(),
-                referenced_by: rule_line("-A", rule),
-            });
-            for r in by_chain.get(target).into_iter().flatten() {
-                if r.target_name().is_some_and(|t| removal.contains(t)) {
-                    queue.push_back(r);
-                }
-            }
-        }
+/// One table's plan: kube-proxy's chains less those a kept chain still uses, the
+/// built-in chains' jumps to them, and why each blocked chain stays.
+fn plan_table(table: &Table, opts: &PlanOptions) -> TablePlan {
+    let builtin: HashSet<&str> = table
+        .chains
+        .iter()
+        .filter(|c| c.is_builtin())
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut removal: HashSet<&str> = table
+        .chains
+        .iter()
+        .filter(|c| !c.is_builtin() && is_kube_proxy_chain(&table.name, &c.name, opts))
+        .map(|c| c.name.as_str())
+        .collect();
 
-        let delete_rules: Vec<Rule> = table
-            .rules
-            .iter()
-            .filter(|r| {
-                builtin.contains(r.chain.as_str())
-                    && r.target_name().is_some_and(|t| removal.contains(t))
-            })
-            .cloned()
-            .collect();
-        let delete_chains: Vec<String> = table
-            .chains
-            .iter()
-            .filter(|c| removal.contains(c.name.as_str()))
-            .map(|c| c.name.clone())
-            .collect();
-        let tp = TablePlan {
-            table: table.name.clone(),
-            delete_rules,
-            delete_chains,
-            blocked,
+    let blocked = keep_referenced(table, &builtin, &mut removal);
+
+    let delete_rules: Vec<Rule> = table
+        .rules
+        .iter()
+        .filter(|r| {
+            builtin.contains(r.chain.as_str())
+                && r.target_name().is_some_and(|t| removal.contains(t))
+        })
+        .cloned()
+        .collect();
+    let delete_chains: Vec<String> = table
+        .chains
+        .iter()
+        .filter(|c| removal.contains(c.name.as_str()))
+        .map(|c| c.name.clone())
+        .collect();
+    TablePlan {
+        table: table.name.clone(),
+        delete_rules,
+        delete_chains,
+        blocked,
+    }
+}
+
+/// Takes out of `removal` the kube-proxy chains a kept chain still uses, and returns
+/// them with the rule that uses each. A chain we keep that is not built-in may
+/// reference a kube-proxy chain; that chain then stays too, and so does whatever it
+/// references (a worklist over the rules of each newly kept chain, linear in the size
+/// of the table).
+fn keep_referenced<'a>(
+    table: &'a Table,
+    builtin: &HashSet<&str>,
+    removal: &mut HashSet<&'a str>,
+) -> Vec<BlockedChain> {
+    let mut by_chain: HashMap<&str, Vec<&Rule>> = HashMap::new();
+    for r in &table.rules {
+        by_chain.entry(r.chain.as_str()).or_default().push(r);
+    }
+    let mut queue: VecDeque<&Rule> = table
+        .rules
+        .iter()
+        .filter(|r| {
+            !builtin.contains(r.chain.as_str())
+                && !removal.contains(r.chain.as_str())
+                && r.target_name().is_some_and(|t| removal.contains(t))
+        })
+        .collect();
+    let mut blocked = Vec::new();
+    while let Some(rule) = queue.pop_front() {
+        let Some(target) = rule.target_name() else {
+            continue;
         };
-        if !tp.is_empty() || !tp.blocked.is_empty() {
-            tables.push(tp);
+        if !removal.remove(target) {
+            continue;
+        }
+        blocked.push(BlockedChain {
+            chain: target.to_string(),
+            referenced_by: rule_line("-A", rule),
+        });
+        for r in by_chain.get(target).into_iter().flatten() {
+            if r.target_name().is_some_and(|t| removal.contains(t)) {
+                queue.push_back(r);
+            }
         }
     }
-    IptablesPlan { tables }
+    blocked
 }
 
 #[cfg(test)]

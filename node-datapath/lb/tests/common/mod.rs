@@ -1,4 +1,5 @@
-//! Shared test helpers: loading YAML fixtures into typed Kubernetes objects.
+//! Shared test helpers: loading YAML fixtures into typed Kubernetes objects, and the
+//! `mk_*` builders of the Services, EndpointSlices and node the tests construct in code.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -8,6 +9,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
+use serde_json::{Value, json};
 use switchyard_lb::{ExternalPolicyMode, NodeContext, Options};
 
 /// Node annotation selecting [`ExternalPolicyMode::Strict`] in a fixture.
@@ -72,4 +74,59 @@ pub fn load(path: &Path) -> Fixture {
         path.display()
     );
     fx
+}
+
+/// The node the tests run on: `name` with one address.
+pub fn mk_node(name: &str, address: Ipv4Addr) -> NodeContext {
+    NodeContext {
+        name: name.into(),
+        addresses: vec![address],
+        zone: None,
+    }
+}
+
+/// A ClusterIP Service `namespace/name` with one port, `http` 80/TCP.
+pub fn mk_service(namespace: &str, name: &str, cluster_ip: &str) -> Service {
+    mk_service_with(
+        json!({"name": name, "namespace": namespace}),
+        json!({"clusterIP": cluster_ip,
+               "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
+        None,
+    )
+}
+
+/// A Service from its metadata, spec and (optional) status as JSON.
+pub fn mk_service_with(metadata: Value, spec: Value, status: Option<Value>) -> Service {
+    let mut object = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata,
+        "spec": spec,
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    serde_json::from_value(object).unwrap()
+}
+
+/// An IPv4 EndpointSlice `namespace/name` of Service `service` with one port,
+/// `http` 8080/TCP, and the given endpoints (JSON array).
+pub fn mk_slice(namespace: &str, name: &str, service: &str, endpoints: Value) -> EndpointSlice {
+    mk_slice_with(
+        json!({"name": name, "namespace": namespace,
+               "labels": {"kubernetes.io/service-name": service}}),
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        endpoints,
+    )
+}
+
+/// An IPv4 EndpointSlice from its metadata, ports and endpoints as JSON.
+pub fn mk_slice_with(metadata: Value, ports: Value, endpoints: Value) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": metadata,
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    }))
+    .unwrap()
 }

@@ -139,7 +139,31 @@ impl Sim {
             external_services: self.external_services.clone(),
             ..Snapshot::default()
         };
-        snap.kube_proxy = KubeProxyObs {
+        snap.kube_proxy = self.kube_proxy_obs();
+        for (i, (name, n)) in self.nodes.iter().enumerate() {
+            snap.nodes.insert(
+                name.clone(),
+                NodeObs {
+                    labels: BTreeMap::new(),
+                    unschedulable: n.unschedulable,
+                    kube_proxy_excluded: n.excluded,
+                    internal_ip: Some(format!("172.31.0.{}", i + 10)),
+                },
+            );
+            if n.kp_pod {
+                snap.kube_proxy
+                    .pods
+                    .insert(name.clone(), PodObs { ready: n.kp_ready });
+            }
+            snap.datapaths
+                .insert(name.clone(), self.datapath_obs(name, n));
+        }
+        snap
+    }
+
+    /// kube-proxy's DaemonSet and ConfigMap as the cluster has them (pods added per node).
+    fn kube_proxy_obs(&self) -> KubeProxyObs {
+        KubeProxyObs {
             daemon_set: self.ds.map(|excludes_label| DaemonSetObs {
                 excludes_label,
                 rollout_held: self.ds_held,
@@ -156,60 +180,42 @@ impl Sim {
                 ..ConfigMapObs::default()
             }),
             pods: BTreeMap::new(),
-        };
-        for (i, (name, n)) in self.nodes.iter().enumerate() {
-            snap.nodes.insert(
-                name.clone(),
-                NodeObs {
-                    labels: BTreeMap::new(),
-                    unschedulable: n.unschedulable,
-                    kube_proxy_excluded: n.excluded,
-                    internal_ip: Some(format!("172.31.0.{}", i + 10)),
-                },
-            );
-            if n.kp_pod {
-                snap.kube_proxy
-                    .pods
-                    .insert(name.clone(), PodObs { ready: n.kp_ready });
-            }
-            let outcome = |o: Option<(i64, bool)>| {
-                o.map(|(g, ok)| RequestOutcome {
-                    observed_generation: g,
-                    succeeded: ok,
-                    message: (!ok).then(|| format!("probe \"web\" failed on {name}")),
-                })
-            };
-            snap.datapaths.insert(
-                name.clone(),
-                DatapathObs {
-                    spec_mode: n.dp_spec,
-                    active_mode: Some(if n.dp_active {
-                        DatapathMode::Active
-                    } else {
-                        DatapathMode::Off
-                    }),
-                    heartbeat: n.agent_alive.then(|| self.ts()),
-                    missing_capabilities: Some(vec![]),
-                    services_seen: 3,
-                    services_programmed: if n.programmed { 3 } else { 0 },
-                    cleanup: outcome(n.cleanup_obs),
-                    probe: outcome(n.probe_obs),
-                    drops: 0,
-                    ingress: IngressObs::Ready,
-                    peer_probe_requested: n.peer_req.as_ref().map_or(0, |r| r.0),
-                    peer_probe: n.peer_obs.as_ref().map(|(g, nodes)| PeerProbeObs {
-                        observed_generation: *g,
-                        nodes: nodes
-                            .iter()
-                            .map(|(t, ok)| {
-                                (t.clone(), (!ok).then(|| format!("nodeport of {t} refused")))
-                            })
-                            .collect(),
-                    }),
-                },
-            );
         }
-        snap
+    }
+
+    /// Node `name`'s NodeDatapath as its agent reports it.
+    fn datapath_obs(&self, name: &str, n: &SimNode) -> DatapathObs {
+        let outcome = |o: Option<(i64, bool)>| {
+            o.map(|(g, ok)| RequestOutcome {
+                observed_generation: g,
+                succeeded: ok,
+                message: (!ok).then(|| format!("probe \"web\" failed on {name}")),
+            })
+        };
+        DatapathObs {
+            spec_mode: n.dp_spec,
+            active_mode: Some(if n.dp_active {
+                DatapathMode::Active
+            } else {
+                DatapathMode::Off
+            }),
+            heartbeat: n.agent_alive.then(|| self.ts()),
+            missing_capabilities: Some(vec![]),
+            services_seen: 3,
+            services_programmed: if n.programmed { 3 } else { 0 },
+            cleanup: outcome(n.cleanup_obs),
+            probe: outcome(n.probe_obs),
+            drops: 0,
+            ingress: IngressObs::Ready,
+            peer_probe_requested: n.peer_req.as_ref().map_or(0, |r| r.0),
+            peer_probe: n.peer_obs.as_ref().map(|(g, nodes)| PeerProbeObs {
+                observed_generation: *g,
+                nodes: nodes
+                    .iter()
+                    .map(|(t, ok)| (t.clone(), (!ok).then(|| format!("nodeport of {t} refused"))))
+                    .collect(),
+            }),
+        }
     }
 
     fn check_serving(&mut self, when: &str) {
