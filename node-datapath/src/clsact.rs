@@ -13,7 +13,10 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
 };
 
-use crate::{DatapathError, config::LinkAction};
+use crate::{
+    DatapathError,
+    config::{INGRESS_PROGRAM, LinkAction},
+};
 
 /// After the kernel's default priority (49152), where a CNI's filters
 /// usually sit: those see the packet first.
@@ -23,7 +26,7 @@ pub const HANDLE: TcHandle = TcHandle::new(0x5359, 1);
 
 fn program_error(source: ProgramError) -> DatapathError {
     DatapathError::Program {
-        program: crate::ingress::PROGRAM,
+        program: INGRESS_PROGRAM,
         source: Box::new(source),
     }
 }

@@ -129,6 +129,9 @@ pub struct DatapathConfig {
     pub tc_attach: TcAttach,
 }
 
+/// The ingress program's function name in `bpf/nodeport.h`.
+pub const INGRESS_PROGRAM: &str = "sy_ingress";
+
 /// How the ingress program attaches to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum TcAttach {

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The program's function name in `bpf/nodeport.h`.
-pub const PROGRAM: &str = "sy_ingress";
+pub use crate::config::INGRESS_PROGRAM as PROGRAM;
 const PIN_PREFIX: &str = "ingress-";
 
 /// The pin of the ingress link on `interface`.
