@@ -19,7 +19,7 @@
 
 use std::path::PathBuf;
 
-use tracing::warn;
+use switchyard_testkit::netns::NetNs;
 
 use crate::{
     BenchError,
@@ -66,6 +66,8 @@ impl Placement {
 /// One north-south topology; see the module doc.
 #[derive(Debug)]
 pub struct NsTopo {
+    /// Deleted on drop (fields drop in order), before the underlying [`Topo`].
+    created: Vec<NetNs>,
     /// The node, its local backends, cgroup and pin directory.
     pub topo: Topo,
     /// The external client's namespace.
@@ -74,7 +76,6 @@ pub struct NsTopo {
     pub node2_ns: String,
     /// Backend namespaces behind node2, one per endpoint slot.
     pub remote_ns: Vec<String>,
-    created: Vec<String>,
 }
 
 fn ip_in(ns: &str, args: &[&str]) -> Result<(), BenchError> {
@@ -118,8 +119,7 @@ impl NsTopo {
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<(), BenchError> {
-        run("ip", &["netns", "add", ns])?;
-        self.created.push(ns.to_owned());
+        self.created.push(crate::topo::add_netns(ns)?);
         ip_in(ns, &["link", "set", "lo", "up"])
     }
 
@@ -202,16 +202,6 @@ impl NsTopo {
     /// `/run/netns/<outside>`.
     pub fn outside_path(&self) -> PathBuf {
         Topo::ns_path(&self.outside_ns)
-    }
-}
-
-impl Drop for NsTopo {
-    fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            if let Err(e) = run("ip", &["netns", "del", ns]) {
-                warn!(ns, error = %e, "cleanup: netns del");
-            }
-        }
     }
 }
 

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use switchyard_testkit::netns::NetNs;
 use tracing::{info, warn};
 
 use crate::{
@@ -176,6 +177,7 @@ pub fn sweep_stale() {
 pub struct ScratchNs {
     /// Its name.
     pub name: String,
+    _guard: NetNs,
 }
 
 impl ScratchNs {
@@ -183,8 +185,11 @@ impl ScratchNs {
     pub fn new() -> Result<Self, BenchError> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = format!("syb{}-{n}-scratch", std::process::id());
-        run("ip", &["netns", "add", &name])?;
-        Ok(Self { name })
+        let guard = add_netns(&name)?;
+        Ok(Self {
+            name,
+            _guard: guard,
+        })
     }
 
     /// Runs `cmd args` inside it with `input` on stdin; returns the wall time.
@@ -200,12 +205,12 @@ impl ScratchNs {
     }
 }
 
-impl Drop for ScratchNs {
-    fn drop(&mut self) {
-        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
-            warn!(ns = %self.name, error = %e, "cleanup: netns del");
-        }
-    }
+/// Creates the network namespace `name`, deleted when the guard drops.
+pub(crate) fn add_netns(name: &str) -> Result<NetNs, BenchError> {
+    NetNs::add(name).map_err(|source| BenchError::Io {
+        what: format!("create network namespace {name}"),
+        source,
+    })
 }
 
 /// One fresh topology; see the module doc. Removed on drop.
@@ -223,7 +228,8 @@ pub struct Topo {
     pub cgroup: PathBuf,
     /// A bpffs pin directory reserved for this topology.
     pub bpffs_dir: PathBuf,
-    created: Vec<String>,
+    /// Deleted after `Drop::drop` (the datapath is off by then).
+    created: Vec<NetNs>,
     cgroup_created: bool,
 }
 
@@ -247,8 +253,7 @@ impl Topo {
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<(), BenchError> {
-        run("ip", &["netns", "add", ns])?;
-        self.created.push(ns.to_owned());
+        self.created.push(add_netns(ns)?);
         run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
     }
@@ -344,11 +349,6 @@ impl Drop for Topo {
             && let Err(e) = switchyard_node_datapath::off(&self.bpffs_dir)
         {
             warn!(dir = %self.bpffs_dir.display(), error = %e, "cleanup: datapath off");
-        }
-        for ns in self.created.iter().rev() {
-            if let Err(e) = run("ip", &["netns", "del", ns]) {
-                warn!(ns, error = %e, "cleanup: netns del");
-            }
         }
         if self.cgroup_created {
             // Clients have exited by now; poll briefly for the kernel to

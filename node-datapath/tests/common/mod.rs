@@ -30,6 +30,7 @@ use switchyard_lb::maps::LbMaps;
 use switchyard_node_datapath::{
     Capacities, Datapath, DatapathConfig, DatapathError, LinkAction, TcAttach, capabilities,
 };
+use switchyard_testkit::netns::NetNs;
 
 /// The ClusterIP the tests program.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -210,7 +211,8 @@ pub struct Lab {
     pub node_ns: String,
     pub cgroup: PathBuf,
     pub bpffs_dir: PathBuf,
-    backend_ns: Vec<String>,
+    /// The node's and the backends' namespaces, deleted after `Drop::drop`.
+    namespaces: Vec<NetNs>,
     servers: Vec<Server>,
 }
 
@@ -228,10 +230,10 @@ impl Lab {
             cgroup: Path::new(&cg2).join(format!("{id}-test")),
             bpffs_dir: Path::new(&bpffs).join(format!("{id}-test")),
             id,
-            backend_ns: Vec::new(),
+            namespaces: Vec::new(),
             servers: Vec::new(),
         };
-        run("ip", &["netns", "add", &lab.node_ns]);
+        lab.namespaces.push(NetNs::add(&lab.node_ns).unwrap());
         run("ip", &["-n", &lab.node_ns, "link", "set", "lo", "up"]);
         std::fs::create_dir(&lab.cgroup).unwrap();
         for i in 1..=backends {
@@ -244,8 +246,7 @@ impl Lab {
     /// 10.1.i.1 on the node side, which is its default route.
     fn add_backend(&mut self, i: u8) {
         let ns = format!("{}-b{i}", self.id);
-        run("ip", &["netns", "add", &ns]);
-        self.backend_ns.push(ns.clone());
+        self.namespaces.push(NetNs::add(&ns).unwrap());
         let vn = format!("vb{i}");
         run(
             "ip",
@@ -341,7 +342,7 @@ impl Lab {
     pub fn serve_with(&mut self, i: u8, port: u16, extra: &[&str]) -> String {
         let name = format!("b{i}");
         let addr = Self::backend_addr(i);
-        let ns = format!("/run/netns/{}", self.backend_ns[usize::from(i) - 1]);
+        let ns = format!("/run/netns/{}-b{i}", self.id);
         let listen = format!("{addr}:{port}");
         let mut args = vec!["--netns", &ns, "--name", &name, "--listen", &listen];
         args.extend(extra);
@@ -393,9 +394,6 @@ impl Drop for Lab {
         self.servers.clear();
         if let Err(e) = switchyard_node_datapath::off(&self.bpffs_dir) {
             eprintln!("lab cleanup: off {}: {e}", self.bpffs_dir.display());
-        }
-        for ns in self.backend_ns.iter().chain(std::iter::once(&self.node_ns)) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         // Clients have exited; the cgroup is empty.
         if let Err(e) = std::fs::remove_dir(&self.cgroup) {

@@ -4,6 +4,8 @@
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+use switchyard_testkit::netns::NetNs;
+
 use super::{HELPER, Lab, LoopingClient, Svc, run, started};
 use switchyard_abi::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_NODE, svc_flags};
 use switchyard_lb::maps::LbMaps;
@@ -21,12 +23,13 @@ pub const OUTSIDE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
 /// relies on (the agent's keepalive table does that on a real node).
 pub struct Outside {
     pub ns: String,
+    _guard: NetNs,
 }
 
 impl Outside {
     pub fn new(lab: &Lab) -> Self {
         let ns = format!("{}-out", lab.id);
-        run("ip", &["netns", "add", &ns]);
+        let guard = NetNs::add(&ns).unwrap();
         let node = lab.node_ns.as_str();
         run(
             "ip",
@@ -62,7 +65,7 @@ impl Outside {
             ],
         );
         nft(node, KEEPALIVE);
-        Self { ns }
+        Self { ns, _guard: guard }
     }
 
     fn client_cmd(&self, mode: &str, target: &str) -> Command {
@@ -93,12 +96,6 @@ impl Outside {
     }
 }
 
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
 /// What the agent's keepalive table holds: NAT base chains (the NAT hooks)
 /// and one rule that needs connection tracking (its hooks).
 pub const KEEPALIVE: &str = "table ip sy-test-keepalive {
@@ -124,18 +121,7 @@ pub fn nft(ns: &str, script: &str) {
 /// Runs `f` on a thread inside network namespace `ns` (interface names
 /// resolve there; the tc attach of the ingress program needs that).
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            // SAFETY: setns on a valid namespace fd affects only this thread.
-            let r =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    switchyard_testkit::netns::in_netns(ns, f).unwrap()
 }
 
 /// The TCP and UDP NodePort [`program_nodeport`] programs.

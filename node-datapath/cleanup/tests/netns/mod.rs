@@ -9,6 +9,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard_cleanup::Options;
+use switchyard_testkit::netns::NetNs;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -32,6 +33,7 @@ pub fn preconditions(test: &str, tools: &[&str]) -> bool {
 pub struct Netns {
     /// The namespace's name (`ip netns exec NAME`).
     pub name: String,
+    _guard: NetNs,
 }
 
 impl Netns {
@@ -41,12 +43,11 @@ impl Netns {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name} failed");
-        Netns { name }
+        let guard = NetNs::add(&name).unwrap();
+        Netns {
+            name,
+            _guard: guard,
+        }
     }
 
     /// Runs a command in the namespace; panics with its stderr unless it succeeds.
@@ -83,13 +84,5 @@ impl Netns {
             ],
             ..Options::default()
         }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
