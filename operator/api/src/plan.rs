@@ -179,7 +179,10 @@ impl Default for KubeProxyRef {
 /// What happens to kube-proxy's DaemonSet and ConfigMap at the end.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KubeProxyDisposition {
-    /// Back them up, then delete them (kubeadm then stops re-creating them).
+    /// Back them up, then delete them (kubeadm then stops re-creating
+    /// them) — only when the plan migrated every node of the cluster: while
+    /// nodes outside its `nodeSelector` still run kube-proxy they are kept,
+    /// excluded from the migrated nodes, and the status names those nodes.
     #[default]
     Delete,
     /// Leave them in place, excluded from every migrated node.

@@ -27,7 +27,8 @@ pub(super) fn finalize(ctx: &Ctx<'_>, s: &mut Draft) {
         return;
     }
     s.st.kube_proxy_backup = Some(name);
-    if ctx.spec.kube_proxy.on_success == KubeProxyDisposition::Delete {
+    let kept_for = still_on_kube_proxy(ctx, s);
+    if ctx.spec.kube_proxy.on_success == KubeProxyDisposition::Delete && kept_for.is_empty() {
         if kp.daemon_set.is_some() || kp.config_map.is_some() {
             s.actions.push(Action::DeleteKubeProxy);
             s.st.message =
@@ -36,12 +37,50 @@ pub(super) fn finalize(ctx: &Ctx<'_>, s: &mut Draft) {
         }
         s.st.kube_proxy_deleted = true;
     }
-    s.st.message = Some("every node serves Services through the eBPF datapath".into());
+    s.st.message = Some(success_message(&kept_for));
     set_phase(ctx, s, Phase::Succeeded);
+}
+
+/// The cluster's nodes this plan did not migrate (outside its selection):
+/// they still run kube-proxy, so its DaemonSet and ConfigMap must stay.
+fn still_on_kube_proxy(ctx: &Ctx<'_>, s: &Draft) -> Vec<String> {
+    let migrated = |name: &str| {
+        s.st.nodes
+            .iter()
+            .any(|p| p.name == name && p.step == NodeStep::Done)
+    };
+    ctx.snap
+        .nodes
+        .keys()
+        .filter(|n| !migrated(n))
+        .cloned()
+        .collect()
+}
+
+/// What a succeeded plan's status says, naming the nodes kube-proxy is
+/// kept for.
+fn success_message(kept_for: &[String]) -> String {
+    if kept_for.is_empty() {
+        return "every node serves Services through the eBPF datapath".into();
+    }
+    const NAMED: usize = 10;
+    let mut names = kept_for[..kept_for.len().min(NAMED)].join(", ");
+    if kept_for.len() > NAMED {
+        names.push_str(&format!(" and {} more", kept_for.len() - NAMED));
+    }
+    format!(
+        "every selected node serves Services through the eBPF datapath; kube-proxy's DaemonSet \
+         and ConfigMap are kept, excluding the migrated nodes, for the {} node(s) outside the \
+         plan's selection: {names}",
+        kept_for.len()
+    )
 }
 
 pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
     s.requeue = GUARD_SECS;
+    if !s.st.kube_proxy_deleted {
+        s.st.message = Some(success_message(&still_on_kube_proxy(ctx, s)));
+    }
     let kp = &ctx.snap.kube_proxy;
     let reappeared =
         s.st.kube_proxy_deleted && (kp.daemon_set.is_some() || kp.config_map.is_some());

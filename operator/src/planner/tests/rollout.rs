@@ -1,7 +1,9 @@
-//! kube-proxy's rollout while a plan edits its DaemonSet's template: held
+//! kube-proxy's DaemonSet while a plan edits its template: its rollout held
 //! (`OnDelete`) so that excluding one node restarts no pod on another, and
-//! released at the plan's end in the form that restarts none.
+//! released at the plan's end in the form that restarts none; and kept at
+//! the end while nodes outside the plan still run it.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use switchyard_api::{FailureAction, NodeStep, Phase};
 
 use super::sim::Sim;
@@ -41,4 +43,31 @@ fn excluding_a_node_restarts_kube_proxy_on_no_other_node() {
     run(&mut sim);
     assert_eq!(sim.phase(), Phase::Succeeded);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+#[test]
+fn a_partial_selection_keeps_kube_proxy_for_the_nodes_outside_it() {
+    let mut spec = spec(1, 1);
+    let selector = [("pool".to_string(), "ebpf".to_string())];
+    spec.node_selector = Some(LabelSelector {
+        match_labels: Some(selector.iter().cloned().collect()),
+        ..LabelSelector::default()
+    });
+    let mut sim = Sim::new(3, &[], spec);
+    if let Some(n) = sim.nodes.get_mut("node-00") {
+        n.labels = selector.iter().cloned().collect();
+    }
+    run(&mut sim);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert_eq!(step_of(&sim, "node-00"), NodeStep::Done);
+    // The nodes outside the selection still run kube-proxy: its DaemonSet
+    // and ConfigMap stay (with the exclusion), and the status says why.
+    assert_eq!(sim.ds, Some(true));
+    assert!(sim.cm && !sim.status.kube_proxy_deleted);
+    for name in ["node-01", "node-02"] {
+        assert!(sim.nodes[name].kp_ready && !sim.nodes[name].excluded);
+    }
+    let message = sim.status.message.clone().unwrap_or_default();
+    assert!(message.contains("node-01, node-02"), "{message}");
 }

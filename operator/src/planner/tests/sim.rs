@@ -48,6 +48,8 @@ pub struct SimNode {
     pub peer_obs: Option<(i64, BTreeMap<String, bool>)>,
     /// Traffic from outside the node dies there once kube-proxy left it.
     pub ingress_dead: bool,
+    /// The Node's labels (what a plan's `nodeSelector` matches).
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug)]
@@ -144,7 +146,7 @@ impl Sim {
             snap.nodes.insert(
                 name.clone(),
                 NodeObs {
-                    labels: BTreeMap::new(),
+                    labels: n.labels.clone(),
                     unschedulable: n.unschedulable,
                     kube_proxy_excluded: n.excluded,
                     internal_ip: Some(format!("172.31.0.{}", i + 10)),
