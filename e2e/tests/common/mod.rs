@@ -1,6 +1,12 @@
 //! Helpers of the migration scenarios: kubelet-owned chains, and what a
 //! plan may (not) do to kube-proxy's pods and DaemonSet.
 
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code, unused_imports)]
+
+mod scenarios;
+pub use scenarios::{assert_no_failures, plan, progress, run_plan, setup};
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

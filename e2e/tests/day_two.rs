@@ -1,0 +1,64 @@
+//! Day two on the local real cluster (root): what a plan leaves behind for
+//! the nodes it did not migrate.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use switchyard_api::Phase;
+use switchyard_e2e::{ProxyMode, scenario, skip_unless_root};
+
+mod common;
+use common::{assert_no_failures, kube_proxy_pods, plan, run_plan, setup};
+
+/// The label the plan selects node1 by.
+const POOL: &str = "switchyard.dev/test-pool";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_selecting_one_node_of_three_leaves_the_others_served_by_kube_proxy() {
+    if skip_unless_root() {
+        return;
+    }
+    let (c, _targets, load) = setup(ProxyMode::Iptables).await;
+    let label = json!({"metadata": {"labels": {POOL: "ebpf"}}});
+    let nodes: Api<Node> = Api::all(c.client());
+    nodes
+        .patch("node1", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let selector = json!({"nodeSelector": {"matchLabels": {POOL: "ebpf"}}});
+    let p = run_plan(&c, plan("first-pool", selector), Duration::from_secs(300)).await;
+    let s = p.status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    assert_eq!(s.nodes.len(), 1, "only node1 is in the plan");
+    let message = s.message.clone().unwrap_or_default();
+    assert!(message.contains("node2, node3"), "{message}");
+    assert!(!s.kube_proxy_deleted);
+
+    // kube-proxy's DaemonSet and ConfigMap stay for node2 and node3, whose
+    // pods and rules are kube-proxy's; node1 has neither.
+    let ds: Api<DaemonSet> = Api::namespaced(c.client(), "kube-system");
+    assert!(ds.get_opt("kube-proxy").await.unwrap().is_some());
+    let cms: Api<ConfigMap> = Api::namespaced(c.client(), "kube-system");
+    assert!(cms.get_opt("kube-proxy").await.unwrap().is_some());
+    let pods = kube_proxy_pods(&c).await;
+    assert_eq!(pods.keys().collect::<Vec<_>>(), ["node2", "node3"]);
+    for node in ["node2", "node3"] {
+        let rules = scenario::kube_proxy_rules(&c, node).await.unwrap();
+        let present = rules.values().any(|lines| !lines.is_empty());
+        assert!(present, "kube-proxy's rules are gone from {node}");
+    }
+    let left = scenario::kube_proxy_rules(&c, "node1").await.unwrap();
+    let none = left.values().all(Vec::is_empty);
+    assert!(none, "kube-proxy's rules on node1: {left:?}");
+
+    // Traffic from every node keeps flowing well after the plan ended
+    // (25 requests/s: 750 more each is 30 s).
+    load.wait_for_more(750).await.unwrap();
+    let totals = load.stop(&c).await.unwrap();
+    assert_no_failures(&totals, 750);
+}
