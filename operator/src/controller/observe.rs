@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use switchyard_api::{KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, Phase};
+use switchyard_api::{KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, NodeStep, Phase};
 
 use super::external;
 use crate::planner::{
@@ -294,6 +294,14 @@ fn other_plans(me: &MigrationPlan, plans: &[&MigrationPlan]) -> Vec<OtherPlan> {
             name: p.name_any(),
             phase: p.status.as_ref().map_or(Phase::Pending, |s| s.phase),
             older: key(p) < key(me),
+            holds_nodes: p.status.as_ref().is_some_and(|s| {
+                s.nodes.iter().any(|n| {
+                    !matches!(
+                        n.step,
+                        NodeStep::Pending | NodeStep::RolledBack | NodeStep::Gone
+                    )
+                })
+            }),
         })
         .collect()
 }
@@ -493,12 +501,14 @@ mod tests {
                 OtherPlan {
                     name: "a".into(),
                     phase: Phase::Migrating,
-                    older: true
+                    older: true,
+                    holds_nodes: false,
                 },
                 OtherPlan {
                     name: "c".into(),
                     phase: Phase::Preflight,
-                    older: false
+                    older: false,
+                    holds_nodes: false,
                 },
             ]
         );

@@ -186,11 +186,13 @@ fn unsupported_findings(spec: &MigrationPlanSpec, snap: &Snapshot, out: &mut Vec
     }
 }
 
-/// Another plan running, or an older one about to.
+/// Another plan running, or an older one about to. A plan that failed and
+/// has every node back on kube-proxy holds nothing and blocks nothing.
 fn other_plan_findings(snap: &Snapshot, out: &mut Vec<Finding>) {
     for other in &snap.other_plans {
         let contending = other.older && matches!(other.phase, Phase::Pending | Phase::Preflight);
-        if other.phase.is_active() || contending {
+        let released = other.phase == Phase::Failed && !other.holds_nodes;
+        if (other.phase.is_active() && !released) || contending {
             out.push(finding(
                 Severity::Error,
                 "AnotherPlanActive",

@@ -170,6 +170,8 @@ pub struct OtherPlan {
     pub phase: Phase,
     /// Created before this plan (ties broken by name).
     pub older: bool,
+    /// Some node of it is not back on kube-proxy (migrated, or in a step).
+    pub holds_nodes: bool,
 }
 
 impl DatapathObs {

@@ -6,6 +6,7 @@
 mod node_ports;
 mod north_south;
 mod props;
+mod recovery;
 mod rollback_spec;
 mod rollout;
 mod sim;

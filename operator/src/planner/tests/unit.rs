@@ -545,6 +545,7 @@ fn preflight_findings() {
         name: "older".into(),
         phase: Phase::Preflight,
         older: true,
+        holds_nodes: false,
     }];
     let r = reasons(&s, &sim.spec);
     assert!(r.contains(&("UnsupportedServices".into(), Severity::Error)));
@@ -558,6 +559,7 @@ fn preflight_findings() {
         name: "younger".into(),
         phase: Phase::Preflight,
         older: false,
+        holds_nodes: false,
     }];
     assert!(
         !reasons(&s, &sim.spec)
