@@ -134,7 +134,7 @@ fn fail(ctx: &Ctx<'_>, p: &mut NodeProgress, why: String, out: &mut Vec<Action>)
 }
 
 /// Seconds the node has spent in its current step.
-fn in_step_secs(ctx: &Ctx<'_>, p: &NodeProgress) -> i64 {
+pub(crate) fn in_step_secs(ctx: &Ctx<'_>, p: &NodeProgress) -> i64 {
     p.step_started_at
         .as_ref()
         .map_or(0, |t| ctx.now.as_second() - t.0.as_second())
@@ -243,8 +243,9 @@ fn choose_peer(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
 }
 
 /// Keeps `p` in its step: fails it once the step has taken longer than the
-/// plan allows (rollback steps wait as long as it takes), else records what
-/// it waits for and emits the step's actions.
+/// plan allows (rollback steps wait as long as it takes: the node must get
+/// kube-proxy back; the plan reports them `Stalled`), else records what it
+/// waits for and emits the step's actions.
 fn wait(
     ctx: &Ctx<'_>,
     p: &mut NodeProgress,

@@ -204,4 +204,30 @@ fn step_nodes(ctx: &Ctx<'_>, s: &mut Draft, which: fn(NodeStep) -> bool) {
             s.actions.push(a);
         }
     }
+    report_stalled_rollback(ctx, s);
+}
+
+/// A rollback step never gives up (its node must get kube-proxy back), but
+/// one that has waited longer than the plan's step timeout needs a human:
+/// the plan says `Stalled`, naming the node and what it waits for.
+fn report_stalled_rollback(ctx: &Ctx<'_>, s: &mut Draft) {
+    let limit = i64::from(ctx.spec.strategy.step_timeout_seconds);
+    let stuck =
+        s.st.nodes
+            .iter()
+            .find(|p| p.step.is_rollback() && node::in_step_secs(ctx, p) > limit);
+    if let Some(p) = stuck
+        && s.stall.is_none()
+    {
+        let waits_for = p.message.as_deref().unwrap_or("its step to complete");
+        s.stall = Some((
+            "RollbackStalled".into(),
+            format!(
+                "node {} has been in {:?} for {}s, waiting for {waits_for}; still trying",
+                p.name,
+                p.step,
+                node::in_step_secs(ctx, p)
+            ),
+        ));
+    }
 }

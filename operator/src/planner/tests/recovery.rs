@@ -1,9 +1,11 @@
-//! After a failure: what still blocks a new plan and what does not.
+//! After a failure: what still blocks a new plan and what does not, and a
+//! rollback that cannot finish.
 
 use switchyard_api::Phase;
+use switchyard_api::conditions::{self, STALLED};
 
 use super::sim::Sim;
-use super::unit::spec;
+use super::unit::{run, spec};
 use crate::planner::OtherPlan;
 use crate::planner::preflight::check;
 
@@ -27,4 +29,31 @@ fn a_failed_plan_blocks_a_new_one_only_while_it_holds_nodes() {
     assert!(!blocked_by_another_plan(false));
     // A node migrated (or mid-step) under it: still its plan's.
     assert!(blocked_by_another_plan(true));
+}
+
+#[test]
+fn a_rollback_step_waiting_past_the_step_timeout_is_reported_stalled_and_still_tried() {
+    let mut spec = spec(1, 1);
+    spec.strategy.step_timeout_seconds = 30;
+    let mut sim = Sim::new(1, &[], spec);
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    // The agent dies as the plan is rolled back: its node cannot leave the
+    // datapath, so its rollback waits.
+    sim.spec.rollback = true;
+    sim.nodes.get_mut("node-00").unwrap().agent_alive = false;
+    for _ in 0..40 {
+        sim.reconcile(None);
+        sim.tick(3, &|_| false);
+    }
+    assert_eq!(sim.phase(), Phase::RollingBack);
+    assert!(conditions::is_true(&sim.status.conditions, STALLED));
+    let message = sim.status.message.clone().unwrap_or_default();
+    assert!(message.contains("node node-00 has been in"), "{message}");
+    // Back, it is rolled back and the plan is no longer stalled.
+    sim.nodes.get_mut("node-00").unwrap().agent_alive = true;
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    assert!(!conditions::is_true(&sim.status.conditions, STALLED));
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
 }
