@@ -110,7 +110,8 @@ pub struct Strategy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_order: Vec<String>,
 
-    /// Seconds one per-node step may take before the node is marked failed.
+    /// Seconds one per-node step may take before the node is marked failed
+    /// (a rollback step keeps trying; the plan then reports `Stalled`).
     #[serde(default = "default_step_timeout")]
     #[schemars(range(min = 10, max = 3600))]
     pub step_timeout_seconds: u32,
