@@ -236,6 +236,11 @@ pub struct NodeProgress {
     /// peer's NodeDatapath.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub peer_probe_generation: i64,
+    /// kube-proxy ran on the node after it was migrated (re-created by
+    /// kubeadm or an addon manager): its rules are cleaned again once its
+    /// pod is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kube_proxy_returned: bool,
     /// Last message (why it waits, why it failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

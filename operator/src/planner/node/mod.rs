@@ -8,7 +8,7 @@ mod spec;
 mod steps;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use switchyard_api::{FailureAction, NodeProgress, NodeStep, StepRecord};
+use switchyard_api::{DatapathMode, FailureAction, NodeProgress, NodeStep, StepRecord};
 
 use super::actions::{Action, Event};
 use super::{Ctx, DatapathObs};
@@ -138,6 +138,21 @@ pub(crate) fn in_step_secs(ctx: &Ctx<'_>, p: &NodeProgress) -> i64 {
     p.step_started_at
         .as_ref()
         .map_or(0, |t| ctx.now.as_second() - t.0.as_second())
+}
+
+/// The whole NodeDatapath spec of the migrated node `p`, written again
+/// when one of its requests is renewed after the plan (a new cleanup).
+pub fn migrated_spec(ctx: &Ctx<'_>, p: &NodeProgress) -> Option<Action> {
+    let seen = Seen {
+        ctx,
+        p,
+        node: ctx.snap.nodes.get(&p.name)?,
+        dp: ctx.snap.datapaths.get(&p.name),
+    };
+    Some(Action::ApplyDatapath {
+        node: p.name.clone(),
+        spec: spec::datapath_spec(&seen, DatapathMode::Active),
+    })
 }
 
 /// Advances `p` by at most one step, or emits the actions of its step.

@@ -110,7 +110,7 @@ pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
         s.actions.extend(node::exclude_from_template(ds));
     }
 
-    for p in s.st.nodes.iter().filter(|p| p.step == NodeStep::Done) {
+    for p in s.st.nodes.iter_mut().filter(|p| p.step == NodeStep::Done) {
         if ctx
             .snap
             .nodes
@@ -121,7 +121,33 @@ pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
                 node: p.name.clone(),
             });
         }
+        s.actions.extend(clean_after_return(ctx, p));
     }
+}
+
+/// A kube-proxy pod that ran on the migrated node `p` left its rules there:
+/// once the pod is gone, the node's agent is asked to clean them again.
+fn clean_after_return(ctx: &Ctx<'_>, p: &mut NodeProgress) -> Vec<Action> {
+    if ctx.snap.kube_proxy.pods.contains_key(&p.name) {
+        p.kube_proxy_returned = true;
+        return Vec::new();
+    }
+    if !p.kube_proxy_returned {
+        return Vec::new();
+    }
+    p.kube_proxy_returned = false;
+    p.cleanup_generation += 1;
+    let mut out: Vec<Action> = node::migrated_spec(ctx, p).into_iter().collect();
+    out.push(Action::Event(Event {
+        node: Some(p.name.clone()),
+        warning: true,
+        reason: "KubeProxyRulesCleanedAgain".into(),
+        message: format!(
+            "kube-proxy ran on migrated node {} after the plan; its rules are removed again (cleanup request {})",
+            p.name, p.cleanup_generation
+        ),
+    }));
+    out
 }
 
 pub(super) fn rollback(ctx: &Ctx<'_>, s: &mut Draft) {

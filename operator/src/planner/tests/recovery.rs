@@ -57,3 +57,36 @@ fn a_rollback_step_waiting_past_the_step_timeout_is_reported_stalled_and_still_t
     assert!(!conditions::is_true(&sim.status.conditions, STALLED));
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
 }
+
+#[test]
+fn kube_proxy_that_ran_on_migrated_nodes_after_success_has_its_rules_cleaned_again() {
+    let mut sim = Sim::new(2, &[], spec(0, 2));
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    // kubeadm upgrade re-creates kube-proxy without our affinity, and its
+    // pods start on the migrated nodes and write their rules there before
+    // the plan re-excludes it.
+    sim.ds = Some(false);
+    sim.cm = true;
+    sim.tick(3, &|_| false);
+    sim.tick(3, &|_| false);
+    assert!(sim.nodes.values().all(|n| n.kp_ready && n.kp_rules));
+    let requested: Vec<i64> = sim.nodes.values().map(|n| n.cleanup_req).collect();
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    for (name, n) in &sim.nodes {
+        assert!(
+            !n.kp_pod && !n.kp_rules,
+            "{name} keeps kube-proxy's rules: {n:?}"
+        );
+    }
+    let renewed: Vec<i64> = sim.nodes.values().map(|n| n.cleanup_req).collect();
+    assert!(renewed.iter().zip(&requested).all(|(now, was)| now > was));
+    assert!(
+        sim.events
+            .iter()
+            .any(|e| e.reason == "KubeProxyRulesCleanedAgain")
+    );
+    assert!(sim.status.nodes.iter().all(|p| !p.kube_proxy_returned));
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
