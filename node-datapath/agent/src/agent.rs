@@ -254,7 +254,7 @@ impl State {
         let addresses =
             crate::node_ports::resolve(self.node_ports.as_ref(), &self.node_ips, &local);
         let mut holders = self.node_ips.clone();
-        holders.extend(addresses.iter().filter(|a| !a.is_loopback()));
+        holders.extend(&addresses);
         let ingress = match &self.cfg.ingress_interfaces {
             Some(configured) => configured.clone(),
             None => crate::ingress::interfaces_of(&holders, &local),

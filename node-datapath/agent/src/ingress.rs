@@ -17,11 +17,14 @@ use std::process::{Command, Stdio};
 use crate::error::{Error, Result};
 
 /// The interfaces among `local` (name, IPv4 address) that hold one of the
-/// node's `addresses`, in `local`'s order, each once.
+/// node's `addresses`, in `local`'s order, each once. Never the loopback
+/// interface (also when it holds a node address, as BGP setups do): what
+/// arrives there comes from the node itself, which the socket programs
+/// serve.
 pub fn interfaces_of(addresses: &[Ipv4Addr], local: &[(String, Ipv4Addr)]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (name, addr) in local {
-        if addresses.contains(addr) && !out.contains(name) {
+        if name != "lo" && addresses.contains(addr) && !out.contains(name) {
             out.push(name.clone());
         }
     }
@@ -112,8 +115,15 @@ mod tests {
             ("cbr0".to_string(), ip("10.244.1.1")),
             ("eth1".to_string(), ip("203.0.113.9")),
             ("eth0".to_string(), ip("172.31.255.99")),
+            ("lo".to_string(), ip("198.51.100.7")),
         ];
-        let node = [ip("172.31.255.11"), ip("203.0.113.9"), ip("172.31.255.99")];
+        let node = [
+            ip("172.31.255.11"),
+            ip("203.0.113.9"),
+            ip("172.31.255.99"),
+            ip("198.51.100.7"),
+            ip("127.0.0.1"),
+        ];
         assert_eq!(interfaces_of(&node, &local), ["eth0", "eth1"]);
         assert!(interfaces_of(&[ip("192.0.2.1")], &local).is_empty());
     }
