@@ -30,7 +30,8 @@
 //!   `e2e/scale`.
 //! - [`cluster::Cluster`] ties it together for tests and the
 //!   `switchyard-lab` command; [`request`] sends HTTP/UDP from inside pods
-//!   and nodes.
+//!   and nodes; [`identity`] acts as a pod's ServiceAccount with the token
+//!   the runtime minted for it.
 //!
 //! All traffic stays on loopback or inside namespaces the lab creates.
 
@@ -40,6 +41,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod error;
 pub mod forward;
+pub mod identity;
 pub mod ingress;
 pub mod load;
 pub mod network;

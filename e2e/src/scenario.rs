@@ -446,6 +446,41 @@ mod tests {
         );
     }
 
+    /// The admission policy matches the agent's ServiceAccount by name: it
+    /// must name the one `config/rbac/` creates and the DaemonSet runs as.
+    #[test]
+    fn the_admission_policy_names_the_agents_service_account() {
+        let read = |p: &str| std::fs::read_to_string(config_dir().join(p)).unwrap();
+        let docs = |text: String| -> Vec<serde_yaml::Value> {
+            serde_yaml::Deserializer::from_str(&text)
+                .map(|d| serde::Deserialize::deserialize(d).unwrap())
+                .collect()
+        };
+        let sa = docs(read("rbac/agent.yaml"))
+            .into_iter()
+            .find(|d| d["kind"] == "ServiceAccount")
+            .unwrap();
+        let (ns, name) = (
+            sa["metadata"]["namespace"].as_str().unwrap(),
+            sa["metadata"]["name"].as_str().unwrap(),
+        );
+        let ds = &docs(read("agent/daemonset.yaml"))[0];
+        assert_eq!(ds["spec"]["template"]["spec"]["serviceAccountName"], name);
+        let policies = docs(read("admission/agent-own-node.yaml"));
+        let policy = &policies[0];
+        assert_eq!(policy["kind"], "ValidatingAdmissionPolicy");
+        let condition = policy["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap();
+        assert!(
+            condition.contains(&format!("'system:serviceaccount:{ns}:{name}'")),
+            "{condition}"
+        );
+        let binding = &policies[1];
+        assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+        assert!(read("kustomization.yaml").contains("  - admission\n"));
+    }
+
     #[test]
     fn targets_render_as_urls() {
         let t = Target {

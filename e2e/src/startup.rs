@@ -145,6 +145,11 @@ impl ApiServer {
     }
 }
 
+/// Where the node runtimes keep each pod's directory (`<pod uid>/`).
+pub(crate) fn pods_dir(state: &Path) -> PathBuf {
+    state.join("pods")
+}
+
 /// Spawns every node's pod runtime (each in its own cgroup, with its own
 /// bpffs directory where the host has one); returns the pod registry they
 /// share and their tasks.
@@ -161,7 +166,7 @@ pub(crate) fn spawn_node_runtimes(
         .images
         .clone()
         .unwrap_or_else(|| ImageTable::with_defaults(&bins.project_bin));
-    let pods_dir = state.join("pods");
+    let pods_dir = pods_dir(state);
     std::fs::create_dir_all(&pods_dir).map_err(Error::io("creating", &pods_dir))?;
     let mut runtimes = Vec::new();
     let cgroup_root = sys::cgroup2_root()?;

@@ -148,6 +148,25 @@ pub async fn materialize(ctx: &PodContext<'_>) -> Result<BTreeMap<String, PathBu
     Ok(out)
 }
 
+/// Where [`materialize`] writes the pod's ServiceAccount tokens (each
+/// projected `serviceAccountToken` source), under the pod's directory
+/// `pod_dir` (pure).
+pub fn token_files(pod: &Pod, pod_dir: &Path) -> Vec<PathBuf> {
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
+    volumes
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|v| Some((v, v.projected.as_ref()?)))
+        .flat_map(|(v, p)| {
+            let dir = pod_dir.join("volumes").join(&v.name);
+            p.sources
+                .iter()
+                .flatten()
+                .filter_map(move |src| Some(dir.join(&src.service_account_token.as_ref()?.path)))
+        })
+        .collect()
+}
+
 /// Bind mounts (source, target) for one container; identical paths (a
 /// hostPath mounted at its own path) need no mount.
 pub fn mounts(
@@ -297,7 +316,12 @@ async fn secret(ctx: &PodContext<'_>, name: &str) -> Result<BTreeMap<String, Vec
         .collect())
 }
 
-/// A ServiceAccount token bound to the pod (TokenRequest API).
+/// A ServiceAccount token bound to the pod, requested as the kubelet does
+/// (`pkg/volume/projected`): the TokenRequest API for the pod's
+/// ServiceAccount, bound to the pod (kind, name, uid), the source's
+/// audience (none: the API server's own) and expiration. The API server adds
+/// the pod's node to the claims, so requests made with it carry
+/// `authentication.kubernetes.io/node-name`.
 async fn token(
     ctx: &PodContext<'_>,
     audience: Option<String>,
@@ -311,7 +335,7 @@ async fn token(
         .unwrap_or_else(|| "default".into());
     let req = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: audience.into_iter().collect(),
+            audiences: audience.into_iter().filter(|a| !a.is_empty()).collect(),
             expiration_seconds: expiration,
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
@@ -363,6 +387,28 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_files_are_the_projected_token_sources() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [], "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "kube-api-access-x", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                    {"configMap": {"name": "kube-root-ca.crt"}}]}},
+                {"name": "vault", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "t/vault", "audience": "vault"}}]}}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            token_files(&pod, Path::new("/pods/u")),
+            [
+                PathBuf::from("/pods/u/volumes/kube-api-access-x/token"),
+                PathBuf::from("/pods/u/volumes/vault/t/vault")
+            ]
+        );
+    }
 
     #[test]
     fn cgroup_and_bpffs_host_paths_map_to_the_node() {

@@ -1,0 +1,273 @@
+//! The trust boundary on the real API server (root): switchyard installed
+//! from `config/`, each node's agent running with the token the lab's node
+//! runtime minted for its pod as the kubelet does (TokenRequest bound to the
+//! pod, so the API server adds the pod's node). With node1's agent's token,
+//! only node1's NodeDatapath status may be written (`config/admission/`);
+//! the operator's identity is unaffected.
+
+#![allow(clippy::unwrap_used)] // helpers of tests, not only #[test] fns
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use switchyard_api::{DatapathMode, NodeDatapath, NodeDatapathSpec};
+use switchyard_e2e::identity::{client_with_token, jwt_claims, pod_token};
+use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, scenario, skip_unless_root, wait_for};
+
+const NS: &str = "switchyard-system";
+const POLICY: &str = "switchyard-agent-own-node";
+
+/// A 2-node cluster with switchyard installed; `install` returns once every
+/// node's agent has reported in its NodeDatapath status, i.e. written its
+/// own status under the policy.
+async fn setup() -> Cluster {
+    let started = Instant::now();
+    let bins = switchyard_e2e::binaries::Binaries::locate().unwrap();
+    for b in ["switchyard-operator", "switchyard-agent"] {
+        assert!(
+            bins.project_bin.join(b).exists(),
+            "{b} not built: run `make e2e` (it builds the project's binaries first)"
+        );
+    }
+    let c = Cluster::start(ClusterConfig {
+        nodes: 2,
+        proxy_mode: ProxyMode::Iptables,
+        images: Some(scenario::images(&bins.project_bin)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    scenario::install(&c).await.unwrap();
+    eprintln!(
+        "[{}] cluster and switchyard ready in {:.1}s",
+        c.name(),
+        started.elapsed().as_secs_f64()
+    );
+    c
+}
+
+/// The running pod of `app` (`app.kubernetes.io/name`), on `node` if given.
+async fn pod_of(c: &Cluster, app: &str, node: Option<&str>) -> Pod {
+    let mut lp = ListParams::default().labels(&format!("app.kubernetes.io/name={app}"));
+    if let Some(n) = node {
+        lp = lp.fields(&format!("spec.nodeName={n}"));
+    }
+    let pods: Api<Pod> = Api::namespaced(c.client(), NS);
+    let list = pods.list(&lp).await.unwrap().items;
+    list.into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .unwrap_or_else(|| panic!("no running {app} pod (node {node:?})"))
+}
+
+/// A client acting as `pod`'s ServiceAccount with the token the runtime
+/// wrote into the pod, after checking that token is bound to the pod and
+/// its node as the kubelet's would be.
+async fn client_of(c: &Cluster, pod: &Pod) -> kube::Client {
+    let name = pod.metadata.name.as_deref().unwrap();
+    let token = pod_token(c, NS, name).await.unwrap();
+    let claims = jwt_claims(&token).unwrap();
+    let k8s = &claims["kubernetes.io"];
+    let spec = pod.spec.as_ref().unwrap();
+    let sa = spec.service_account_name.as_deref().unwrap();
+    assert_eq!(claims["sub"], format!("system:serviceaccount:{NS}:{sa}"));
+    assert_eq!(
+        claims["aud"],
+        json!(["https://kubernetes.default.svc.cluster.local"]),
+        "the API server's own audience, as for a kubelet-mounted token"
+    );
+    assert_eq!(k8s["pod"]["name"], name, "bound to its pod: {claims}");
+    assert_eq!(k8s["pod"]["uid"], pod.metadata.uid.clone().unwrap());
+    let node = spec.node_name.as_deref().unwrap();
+    assert_eq!(k8s["node"]["name"], node, "carries its node: {claims}");
+    assert!(k8s["node"]["uid"].is_string(), "the Node's uid: {claims}");
+    client_with_token(c, &token).await.unwrap()
+}
+
+/// Asserts `result` is the policy's denial (403) saying `want`.
+fn assert_denied<T: std::fmt::Debug>(what: &str, result: kube::Result<T>, want: &str) {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(
+                s.message
+                    .contains(&format!("ValidatingAdmissionPolicy '{POLICY}'"))
+                    && s.message.contains(want),
+                "{what}: denied, but not by the policy saying {want:?}: {}",
+                s.message
+            );
+            eprintln!("  {what}: denied: {}", s.message);
+        }
+        other => panic!("{what}: expected the policy's denial, got {other:?}"),
+    }
+}
+
+fn merge(v: serde_json::Value) -> Patch<serde_json::Value> {
+    Patch::Merge(v)
+}
+
+/// Policies take effect when the API server's informers see them: waits
+/// (with dry-run requests) until node1's agent is refused node2's status.
+async fn wait_policy_in_force(agent: &Api<NodeDatapath>) {
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patch = merge(json!({"status": {"heartbeat": "2000-01-01T00:00:00Z"}}));
+    wait_for(
+        "the agent policy to be in force",
+        Duration::from_secs(30),
+        || async {
+            match agent.patch_status("node2", &dry, &patch).await {
+                Err(kube::Error::Api(s)) if s.code == 403 => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// node1's agent may not touch node2's NodeDatapath, nor create others.
+async fn assert_other_nodes_refused(agent: &Api<NodeDatapath>) {
+    let pp = PatchParams::default();
+    let not_node2 =
+        "the switchyard agent on node node1 may write only NodeDatapath node1, not node2";
+    let forged = json!({"status": {"heartbeat": "2000-01-01T00:00:00Z", "activeMode": "Active"}});
+    let r = agent.patch_status("node2", &pp, &merge(forged)).await;
+    assert_denied("node2's status", r, not_node2);
+    let r = agent
+        .patch("node2", &pp, &merge(json!({"spec": {"mode": "Active"}})))
+        .await;
+    assert_denied("node2's spec", r, not_node2);
+    let dry_create = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let r = agent
+        .create(&dry_create, &NodeDatapath::new("node9", Default::default()))
+        .await;
+    assert_denied(
+        "creating node9's",
+        r,
+        "may write only NodeDatapath node1, not node9",
+    );
+}
+
+/// node1's agent may write its own status, create its own object with the
+/// default spec only, and never its spec.
+async fn assert_own_node_status_only(agent: &Api<NodeDatapath>) {
+    let pp = PatchParams::default();
+    let now = chrono::Utc::now();
+    let heartbeat = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let own = agent
+        .patch_status(
+            "node1",
+            &pp,
+            &merge(json!({"status": {"heartbeat": heartbeat}})),
+        )
+        .await
+        .expect("node1's agent writes node1's status");
+    let written = own.status.unwrap().heartbeat.unwrap();
+    assert_eq!(written.0.as_second(), now.timestamp());
+    eprintln!("  node1's status: accepted");
+    let r = agent
+        .patch(
+            "node1",
+            &pp,
+            &merge(json!({"spec": {"cleanup": {"generation": 99}}})),
+        )
+        .await;
+    assert_denied(
+        "node1's own spec",
+        r,
+        "may write only the status of NodeDatapath node1 (the operator owns its spec)",
+    );
+    let dry_create = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let active = NodeDatapath::new(
+        "node1",
+        NodeDatapathSpec {
+            mode: DatapathMode::Active,
+            ..Default::default()
+        },
+    );
+    let r = agent.create(&dry_create, &active).await;
+    assert_denied(
+        "creating node1's with mode Active",
+        r,
+        "only with the default spec",
+    );
+    // With the default spec the policy admits the create; storage then
+    // finds node1's object there already.
+    let plain = NodeDatapath::new("node1", Default::default());
+    match agent.create(&dry_create, &plain).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        other => panic!("creating node1's with the default spec: expected 409, got {other:?}"),
+    }
+}
+
+/// A token of the agent's ServiceAccount that is not bound to a pod carries
+/// no node: every write with it is refused.
+async fn assert_unbound_token_refused(c: &Cluster) {
+    let sas: Api<ServiceAccount> = Api::namespaced(c.client(), NS);
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let out = sas
+        .create_token_request("switchyard-agent", &PostParams::default(), &req)
+        .await
+        .unwrap();
+    let token = out.status.unwrap().token;
+    assert!(jwt_claims(&token).unwrap()["kubernetes.io"]["node"].is_null());
+    let unbound: Api<NodeDatapath> = Api::all(client_with_token(c, &token).await.unwrap());
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let r = unbound
+        .patch_status(
+            "node1",
+            &PatchParams::default(),
+            &merge(json!({"status": {"heartbeat": now}})),
+        )
+        .await;
+    assert_denied(
+        "node1's status with an unbound token",
+        r,
+        "must use a ServiceAccount token bound to its pod",
+    );
+}
+
+/// The operator, with its own pod's token, still writes any node's spec.
+async fn assert_operator_unaffected(c: &Cluster) {
+    let operator = pod_of(c, "switchyard-operator", None).await;
+    let api: Api<NodeDatapath> = Api::all(client_of(c, &operator).await);
+    let patch = merge(json!({"spec": {"nodePortAddresses": {"localhost": true}}}));
+    let out = api
+        .patch("node2", &PatchParams::default(), &patch)
+        .await
+        .expect("the operator writes node2's spec");
+    assert!(out.spec.node_port_addresses.unwrap().localhost);
+    eprintln!("  the operator on node2's spec: accepted");
+}
+
+#[tokio::test]
+async fn an_agent_writes_only_its_own_node_datapath_status() {
+    if skip_unless_root() {
+        return;
+    }
+    let c = setup().await;
+    let agent_pod = pod_of(&c, "switchyard-agent", Some("node1")).await;
+    let agent: Api<NodeDatapath> = Api::all(client_of(&c, &agent_pod).await);
+    wait_policy_in_force(&agent).await;
+    assert_other_nodes_refused(&agent).await;
+    assert_own_node_status_only(&agent).await;
+    assert_unbound_token_refused(&c).await;
+    assert_operator_unaffected(&c).await;
+    c.teardown();
+}
