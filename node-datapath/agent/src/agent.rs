@@ -118,13 +118,10 @@ async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<
     status.capabilities = Some(status::capabilities(&probed, which("nft")));
     let (watches, ready) = crate::watch::services_and_slices(&client);
     let specs = crate::watch::own_spec(api.clone(), &cfg.node);
-    let node_ips = crate::node_ports::node_ips(&node);
-    let ingress = crate::ingress::interfaces_for(cfg.ingress_interfaces.as_deref(), &node_ips);
-    info!(interfaces = ?ingress, "north-south: ingress interfaces");
     let mut st = State {
-        node_ips,
+        node_ips: crate::node_ports::node_ips(&node),
         node_ports: None,
-        ingress,
+        ingress: Vec::new(),
         ingress_blocked: None,
         health: Arc::new(Health::new(cfg.bpffs_dir.clone())),
         sync_ok: true,
@@ -145,6 +142,7 @@ async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<
             .await
             .map_err(|e| Error::Config(e.to_string()))?;
     }
+    st.refresh_node_ports().await;
     st.apply_spec(existing.spec.clone()).await;
     st.scan_leftovers().await;
     let wake = watches.wake;

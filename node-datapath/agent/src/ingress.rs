@@ -1,12 +1,13 @@
 //! North-south: which of the node's interfaces run the ingress program,
 //! and the kernel state that program relies on.
 //!
-//! The ingress program serves NodePort, ExternalIP and LoadBalancer traffic
-//! that arrives from outside the node. It attaches to the interfaces that
-//! hold the Node's InternalIP/ExternalIP addresses (where that traffic
-//! arrives), unless `--ingress-interfaces` names them. It hands each new
-//! flow to the kernel's conntrack NAT, which translates only while the
-//! network namespace has connection tracking and NAT hooks registered:
+//! The ingress program serves NodePort, ExternalIP, LoadBalancer and
+//! ClusterIP traffic that arrives from outside the node. It attaches to the
+//! interfaces that hold the Node's InternalIP/ExternalIP or a NodePort
+//! address (where that traffic arrives), unless `--ingress-interfaces` names
+//! them. It hands each new flow to the kernel's conntrack NAT, which
+//! translates only while the network namespace has connection tracking and
+//! NAT hooks registered:
 //! [`ensure_conntrack_hooks`] keeps them (the cleanup's keepalive table),
 //! whatever kube-proxy's rules held before.
 
@@ -29,21 +30,6 @@ pub fn interfaces_of(addresses: &[Ipv4Addr], local: &[(String, Ipv4Addr)]) -> Ve
         }
     }
     out
-}
-
-/// The `configured` interfaces, or those holding one of the node's
-/// `addresses` in this network namespace.
-pub fn interfaces_for(configured: Option<&[String]>, addresses: &[Ipv4Addr]) -> Vec<String> {
-    if let Some(names) = configured {
-        return names.to_vec();
-    }
-    match local_addresses() {
-        Ok(local) => interfaces_of(addresses, &local),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the node's addresses; no ingress program");
-            Vec::new()
-        }
-    }
 }
 
 /// This network namespace's IPv4 addresses by interface (`getifaddrs`).
