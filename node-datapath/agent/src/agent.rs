@@ -44,7 +44,7 @@ pub struct AgentConfig {
     /// Wait after a Service/EndpointSlice change for the rest of a burst.
     pub debounce: Duration,
     /// Interfaces that run the ingress program; `None`: those holding the
-    /// Node's addresses ([`crate::ingress`]).
+    /// Node's or a NodePort address ([`crate::ingress`]).
     pub ingress_interfaces: Option<Vec<String>>,
 }
 
