@@ -31,7 +31,7 @@ pub struct ScaleConfig {
     pub nodes: usize,
     /// Wave size, percent of the nodes.
     pub wave_percent: u32,
-    /// Seconds between each simulated agent's status heartbeats (the
+    /// Seconds between each simulated agent's Lease renewals (the
     /// agent's default is 10).
     pub heartbeat: Duration,
     /// The operator binary.

@@ -40,7 +40,7 @@ pub struct Summary {
     pub apiserver_cpu_secs: f64,
     /// Final MigrationPlan status size, KiB.
     pub plan_status_kib: f64,
-    /// Simulated agents' heartbeat writes per second of the whole run.
+    /// Simulated agents' Lease renewals per second of the whole run.
     pub heartbeats_per_sec: f64,
     /// Requests per verb and resource of the median-time run, per node.
     pub requests_per_node_by_kind: BTreeMap<String, f64>,

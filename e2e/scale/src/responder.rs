@@ -1,8 +1,8 @@
 //! The fast fake node side of the operator scale benchmark: one task plays
 //! every simulated node's switchyard agent (creates its `NodeDatapath`,
-//! answers spec changes with the status a healthy agent reports, heartbeats)
-//! and one plays the kubelet for the kube-proxy pods bound to simulated
-//! nodes ([`crate::kubelet`]).
+//! answers spec changes with the status a healthy agent reports, renews its
+//! node's Lease as the agent does) and one plays the kubelet for the
+//! kube-proxy pods bound to simulated nodes ([`crate::kubelet`]).
 //!
 //! The answers are decided by the pure [`answer`]; the tasks only move
 //! objects between it and the API server.
@@ -13,15 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_api::{
-    Capabilities, CleanupResult, DatapathMode, INGRESS_ATTACH_TYPE, IngressStatus, NodeDatapath,
-    NodeDatapathSpec, NodeDatapathStatus, ProbeOutcome, ProbeResult,
+    AGENT_LEASE_DURATION_SECS, AGENT_LEASE_NAMESPACE, Capabilities, CleanupResult, DatapathMode,
+    INGRESS_ATTACH_TYPE, IngressStatus, NodeDatapath, NodeDatapathSpec, NodeDatapathStatus,
+    ProbeOutcome, ProbeResult,
 };
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -39,11 +41,11 @@ pub(crate) const CONCURRENCY: usize = 32;
 pub struct Counters {
     /// NodeDatapath status writes answering a spec change.
     pub answers: AtomicU64,
-    /// NodeDatapath heartbeats.
+    /// Lease renewals (the agents' heartbeats).
     pub heartbeats: AtomicU64,
     /// Pod status writes and deletions (the kubelet's part).
     pub pod_writes: AtomicU64,
-    /// Writes that failed (retried by the next event or heartbeat).
+    /// Writes that failed (retried by the next event or renewal).
     pub errors: AtomicU64,
 }
 
@@ -229,9 +231,31 @@ async fn write_status(api: &Api<NodeDatapath>, node: &str, s: &NodeDatapathStatu
     Ok(())
 }
 
+/// Node `node`'s Lease, renewed at `now` (held by the node, as the agent
+/// holds it).
+fn lease(node: &str, now: Timestamp) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(node.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(node.to_string()),
+            lease_duration_seconds: Some(AGENT_LEASE_DURATION_SECS),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// Each node's Lease as last written (its resourceVersion makes the next
+/// renewal one conditional update, as the agent's).
+type Leases = Arc<HashMap<String, Mutex<Lease>>>;
+
 impl Responder {
-    /// Creates every node's NodeDatapath with a capable, fresh status (as
-    /// each agent does when it starts), then starts answering.
+    /// Creates every node's NodeDatapath with a capable, fresh status and
+    /// its Lease (as each agent does when it starts), then starts answering.
     pub async fn start(
         client: Client,
         nodes: &[String],
@@ -239,6 +263,7 @@ impl Responder {
         heartbeat: Duration,
     ) -> Result<Self> {
         let api: Api<NodeDatapath> = Api::all(client.clone());
+        let lease_api: Api<Lease> = Api::namespaced(client.clone(), AGENT_LEASE_NAMESPACE);
         let now = Timestamp::now();
         let statuses: Statuses = Arc::new(
             nodes
@@ -270,6 +295,30 @@ impl Responder {
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
+        let leases: Leases = Arc::new(
+            futures::stream::iter(nodes.iter().map(|n| {
+                let api = lease_api.clone();
+                async move {
+                    let pp = PostParams {
+                        field_manager: Some(AGENT_MANAGER.into()),
+                        ..PostParams::default()
+                    };
+                    let written = match api.create(&pp, &lease(n, now)).await {
+                        Ok(l) => l,
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            let mut current = api.get(n).await?;
+                            current.spec = lease(n, now).spec;
+                            api.replace(n, &pp, &current).await?
+                        }
+                        Err(e) => return Err(switchyard_e2e::Error::from(e)),
+                    };
+                    Ok((n.clone(), Mutex::new(written)))
+                }
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<HashMap<_, _>>()
+            .await?,
+        );
 
         let counters = Arc::new(Counters::default());
         let node_ips: Arc<BTreeMap<String, String>> = Arc::new(
@@ -287,8 +336,8 @@ impl Responder {
                 counters.clone(),
             )),
             tokio::spawn(heartbeats(
-                api,
-                statuses,
+                lease_api,
+                leases,
                 nodes.to_vec(),
                 heartbeat,
                 counters.clone(),
@@ -335,11 +384,11 @@ async fn answer_specs(
         .await;
 }
 
-/// Each node re-reports its whole status every `period` (as the agent's
-/// heartbeat does), spread evenly over the period.
+/// Each node renews its Lease every `period` (as the agent's heartbeat
+/// does), spread evenly over the period; no status is written.
 async fn heartbeats(
-    api: Api<NodeDatapath>,
-    statuses: Statuses,
+    api: Api<Lease>,
+    leases: Leases,
     nodes: Vec<String>,
     period: Duration,
     counters: Arc<Counters>,
@@ -358,8 +407,8 @@ async fn heartbeats(
             .map(|(_, node)| node.clone())
             .collect();
         let beats = due.into_iter().map(|node| {
-            let (api, statuses, counters) = (api.clone(), statuses.clone(), counters.clone());
-            beat(api, statuses, node, counters)
+            let (api, leases, counters) = (api.clone(), leases.clone(), counters.clone());
+            renew(api, leases, node, counters)
         });
         futures::stream::iter(beats)
             .buffer_unordered(CONCURRENCY)
@@ -368,20 +417,31 @@ async fn heartbeats(
     }
 }
 
-async fn beat(api: Api<NodeDatapath>, statuses: Statuses, node: String, counters: Arc<Counters>) {
-    let Some(slot) = statuses.get(&node) else {
+/// One renewal: the Lease last written with a new `renewTime` (read again
+/// first when the last renewal failed).
+async fn renew(api: Api<Lease>, leases: Leases, node: String, counters: Arc<Counters>) {
+    let Some(slot) = leases.get(&node) else {
         return;
     };
-    let mut st = slot.lock().await;
-    let mut next = st.clone();
-    next.heartbeat = Some(Time(Timestamp::now()));
-    match write_status(&api, &node, &next).await {
-        Ok(()) => {
-            *st = next;
+    let mut last = slot.lock().await;
+    let mut next = last.clone();
+    if let Some(spec) = next.spec.as_mut() {
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+    }
+    let pp = PostParams {
+        field_manager: Some(AGENT_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.replace(&node, &pp, &next).await {
+        Ok(written) => {
+            *last = written;
             counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         }
         Err(_) => {
             counters.errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(current) = api.get(&node).await {
+                *last = current;
+            }
         }
     }
 }

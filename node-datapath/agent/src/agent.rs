@@ -1,6 +1,7 @@
 //! The agent's reconcile loop for its node's `NodeDatapath`: mode, cleanup
-//! and probe requests in, status (with a heartbeat) out; Service sync on
-//! every Service/EndpointSlice change, debounced.
+//! and probe requests in, status out (written only when it changed); the
+//! node's Lease renewed every heartbeat; Service sync on every
+//! Service/EndpointSlice change, debounced.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::health::{Health, HealthState};
 use crate::kube_proxy;
+use crate::lease::NodeLease;
 use crate::server::Shared;
 use crate::status;
 use crate::store::{Services, Slices};
@@ -72,6 +74,10 @@ struct State {
     /// `spec.mode` is Off but the datapath stays until kube-proxy serves.
     off_pending: bool,
     status: NodeDatapathStatus,
+    /// The status as last written (`None`: not yet by this process).
+    written: Option<NodeDatapathStatus>,
+    /// The node's Lease, renewed every heartbeat.
+    lease: NodeLease,
     shared: Arc<Shared>,
 }
 
@@ -85,6 +91,7 @@ pub async fn run(
 ) -> Result<()> {
     let (mut st, inputs) = start(client, cfg, shared).await?;
     let health_task = tokio::spawn(st.health.clone().run());
+    st.renew_lease().await;
     st.report().await;
     st.shared
         .ready
@@ -109,6 +116,7 @@ struct Inputs {
 /// applies the current spec.
 async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<(State, Inputs)> {
     let api: Api<NodeDatapath> = Api::all(client.clone());
+    let cfg_node = cfg.node.clone();
     let node = crate::watch::get_node(&client, &cfg.node).await?;
     let existing = crate::watch::ensure_object(&api, &cfg.node).await?;
     let cgroup = cfg.cgroup.clone();
@@ -134,6 +142,8 @@ async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<
         datapath: None,
         off_pending: false,
         status,
+        written: None,
+        lease: NodeLease::new(client.clone(), &cfg_node),
         shared,
     };
     for mut ready in ready {
@@ -189,6 +199,7 @@ async fn event_loop(st: &mut State, mut inputs: Inputs, mut shutdown: watch::Rec
                 }
             }
             _ = heartbeat.tick() => {
+                st.renew_lease().await;
                 beats += 1;
                 if beats.is_multiple_of(6) {
                     st.scan_leftovers().await;
@@ -482,7 +493,22 @@ impl State {
         }
     }
 
-    /// Writes the status (server-side apply, status subresource).
+    /// Renews the node's Lease (the agent's liveness, read by the operator).
+    async fn renew_lease(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.lease.renew().await {
+            Ok(()) => {
+                self.shared.lease_renewals.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.shared.lease_renewal_errors.fetch_add(1, Relaxed);
+                warn!(error = %e, "renewing the node's Lease");
+            }
+        }
+    }
+
+    /// Brings the status up to date and writes it if it changed (server-side
+    /// apply, status subresource).
     async fn report(&mut self) {
         self.publish_health();
         let attached =
@@ -538,20 +564,26 @@ impl State {
                 "Recovered",
                 "the datapath is in its requested mode",
                 None,
-                now.clone(),
+                now,
             );
         }
-        self.status.heartbeat = Some(now);
     }
 
-    /// Writes the whole status (server-side apply).
+    /// Writes the whole status (server-side apply) when it differs from the
+    /// status last written, stamped with the time of the write; a failed
+    /// write is retried by the next report (at the latest the next
+    /// heartbeat).
     async fn write_status(&mut self) {
+        if !status::changed(self.written.as_ref(), &self.status) {
+            return;
+        }
+        self.status.heartbeat = Some(Time(Timestamp::now()));
         let body = serde_json::json!({
             "apiVersion": switchyard_api::API_VERSION,
             "kind": "NodeDatapath",
             "status": self.status,
         });
-        if let Err(e) = self
+        match self
             .api
             .patch_status(
                 &self.cfg.node,
@@ -560,7 +592,13 @@ impl State {
             )
             .await
         {
-            warn!(error = %e, "writing NodeDatapath status");
+            Ok(_) => {
+                self.written = Some(self.status.clone());
+                self.shared
+                    .status_writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "writing NodeDatapath status"),
         }
     }
 }

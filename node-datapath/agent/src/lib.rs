@@ -2,7 +2,8 @@
 //!
 //! It reconciles its node's `NodeDatapath`: the spec (written by the
 //! operator) says the mode and carries cleanup and probe requests; the agent
-//! acts and writes the status with a heartbeat. Data flows:
+//! acts and writes the status when it changes. Its liveness is its node's
+//! Lease, renewed every heartbeat ([`lease`]). Data flows:
 //!
 //! ```text
 //! Services + EndpointSlices (watch, direct API address)
@@ -25,6 +26,7 @@ pub mod error;
 pub mod health;
 pub mod ingress;
 pub mod kube_proxy;
+pub mod lease;
 pub mod node_ports;
 pub mod probe;
 pub mod server;

@@ -38,7 +38,8 @@ struct Args {
     /// (comma-separated); default: those holding the Node's addresses.
     #[arg(long, env = "SWITCHYARD_INGRESS_INTERFACES", value_delimiter = ',')]
     ingress_interfaces: Option<Vec<String>>,
-    /// Seconds between status heartbeats.
+    /// Seconds between heartbeats: renewals of the node's Lease (the status
+    /// is written only when it changes).
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
 }

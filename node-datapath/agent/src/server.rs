@@ -2,7 +2,7 @@
 //! `switchyard-daemon`).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use switchyard_api::SyncStatus;
 
@@ -11,6 +11,11 @@ use switchyard_api::SyncStatus;
 pub struct Shared {
     /// Set once the first sync and status write are done.
     pub ready: AtomicBool,
+    /// NodeDatapath status writes (made only when the status changed).
+    pub status_writes: AtomicU64,
+    /// Lease renewals that succeeded, and those that failed.
+    pub lease_renewals: AtomicU64,
+    pub lease_renewal_errors: AtomicU64,
     metrics: Mutex<Metrics>,
 }
 
@@ -80,6 +85,29 @@ impl Shared {
             "# HELP switchyard_agent_syncs_total Map syncs completed.\n# TYPE switchyard_agent_syncs_total counter\nswitchyard_agent_syncs_total {}\n",
             m.syncs
         ));
+        let counters = [
+            (
+                "switchyard_agent_status_writes_total",
+                "NodeDatapath status writes (only when the status changed)",
+                &self.status_writes,
+            ),
+            (
+                "switchyard_agent_lease_renewals_total",
+                "Renewals of the node's Lease (the agent's heartbeat)",
+                &self.lease_renewals,
+            ),
+            (
+                "switchyard_agent_lease_renewal_errors_total",
+                "Lease renewals that failed",
+                &self.lease_renewal_errors,
+            ),
+        ];
+        for (name, help, v) in counters {
+            out.push_str(&format!(
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
         out
     }
 }
@@ -114,5 +142,11 @@ mod tests {
         assert!(text.contains("switchyard_agent_services_seen 7\n"));
         assert!(text.contains("switchyard_agent_services_programmed 5\n"));
         assert!(text.contains("switchyard_agent_syncs_total 0\n"));
+        s.status_writes.fetch_add(2, Ordering::Relaxed);
+        s.lease_renewals.fetch_add(6, Ordering::Relaxed);
+        let text = s.render();
+        assert!(text.contains("switchyard_agent_status_writes_total 2\n"));
+        assert!(text.contains("switchyard_agent_lease_renewals_total 6\n"));
+        assert!(text.contains("switchyard_agent_lease_renewal_errors_total 0\n"));
     }
 }

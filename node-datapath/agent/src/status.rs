@@ -6,10 +6,25 @@ use std::collections::BTreeMap;
 use switchyard_abi::Counter;
 use switchyard_api::{
     Capabilities, CleanupResult, INGRESS_ATTACH_TYPE, IngressStatus, LeftoverSummary,
+    NodeDatapathStatus,
 };
 use switchyard_cleanup::Report;
 use switchyard_node_datapath::DatapathStats;
 use switchyard_node_datapath::capabilities::Capabilities as Probed;
+
+/// Whether `next` says something `written` (the status last written) does
+/// not: everything but the time of the write counts.
+pub fn changed(written: Option<&NodeDatapathStatus>, next: &NodeDatapathStatus) -> bool {
+    written.is_none_or(|w| {
+        NodeDatapathStatus {
+            heartbeat: None,
+            ..w.clone()
+        } != NodeDatapathStatus {
+            heartbeat: None,
+            ..next.clone()
+        }
+    })
+}
 
 /// Names kept per backend in `status.leftovers[].objects`.
 const MAX_OBJECT_NAMES: usize = 50;
@@ -181,6 +196,32 @@ mod tests {
             }),
             iptables_backends: vec!["nft".into()],
         }
+    }
+
+    #[test]
+    fn only_a_change_besides_the_write_time_is_worth_a_write() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        let at = |s: i64| {
+            Some(Time(
+                Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH),
+            ))
+        };
+        let mut written = NodeDatapathStatus {
+            agent_version: Some("0.1.0".into()),
+            heartbeat: at(100),
+            ..NodeDatapathStatus::default()
+        };
+        assert!(changed(None, &written), "nothing written yet");
+        let mut next = written.clone();
+        next.heartbeat = at(110);
+        assert!(!changed(Some(&written), &next), "an idle tick");
+        next.sync.services_seen = 3;
+        assert!(changed(Some(&written), &next));
+        written.drops.insert("no_backend".into(), 1);
+        next = written.clone();
+        next.drops.insert("no_backend".into(), 2);
+        assert!(changed(Some(&written), &next), "a counter moved");
     }
 
     #[test]

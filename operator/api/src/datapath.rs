@@ -29,7 +29,7 @@ use crate::{Probe, ProbeProtocol};
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeMode"}"#,
     printcolumn = r#"{"name":"Services","type":"string","jsonPath":".status.sync.progress","description":"programmed/seen"}"#,
-    printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.heartbeat"}"#,
+    printcolumn = r#"{"name":"Reported","type":"date","jsonPath":".status.heartbeat"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -217,7 +217,9 @@ pub struct NodeDatapathStatus {
     /// Datapath drop counters by reason since the datapath was activated.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drops: BTreeMap<String, u64>,
-    /// Last time the agent reported; a stale heartbeat means a dead agent.
+    /// Last time the agent wrote this status. It writes only when something
+    /// in it changed: the agent's liveness is its Lease (named after the
+    /// node, in namespace `switchyard-node-lease`), renewed every 10 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Time>,
     /// `Ready` (datapath in the requested mode and synced), `Degraded`.

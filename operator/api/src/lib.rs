@@ -44,6 +44,16 @@ pub const FIELD_MANAGER: &str = "switchyard-operator";
 /// Label put on the kube-proxy backup ConfigMap, naming the plan.
 pub const BACKUP_PLAN_LABEL: &str = "switchyard.dev/plan";
 
+/// Namespace of the agents' liveness Leases (`coordination.k8s.io/v1`), one
+/// per node and named after it, as the kubelet's node leases live in
+/// `kube-node-lease`. A namespace of their own: the agents' grant on Leases
+/// does not reach the operator's leader-election Lease.
+pub const AGENT_LEASE_NAMESPACE: &str = "switchyard-node-lease";
+
+/// `spec.leaseDurationSeconds` of an agent's Lease: a Lease not renewed for
+/// this long means a dead agent (the agent renews it every 10 s by default).
+pub const AGENT_LEASE_DURATION_SECS: i32 = 40;
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 

@@ -1,5 +1,5 @@
 //! The kube I/O shell around the planner: watches plans, Nodes,
-//! NodeDatapaths and kube-proxy; per reconcile gathers the objects, asks the
+//! NodeDatapaths, the agents' Leases and kube-proxy; per reconcile gathers the objects, asks the
 //! planner, records the status (status subresource, server-side apply), then
 //! applies the actions.
 
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
@@ -28,7 +29,8 @@ use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::IgnoredAny;
 use switchyard_api::{
-    API_VERSION, FIELD_MANAGER, MigrationPlan, MigrationPlanStatus, NodeDatapath,
+    AGENT_LEASE_NAMESPACE, API_VERSION, FIELD_MANAGER, MigrationPlan, MigrationPlanStatus,
+    NodeDatapath,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -53,6 +55,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     nodes: Store<Node>,
     datapaths: Store<NodeDatapath>,
+    /// The agents' liveness Leases.
+    leases: Store<Lease>,
     plans: Store<MigrationPlan>,
     /// Every Service, slimmed to its external frontends' fields.
     services: Store<Service>,
@@ -97,11 +101,13 @@ pub async fn run(
     let (nodes, nodes_w) = reflector::store();
     let (datapaths, datapaths_w) = reflector::store();
     let (services, services_w) = reflector::store();
+    let (leases, leases_w) = reflector::store();
     // The server ends each watch after 45 s, inside the client's 60 s read
     // timeout, so an idle watch is never mistaken for a dead connection.
     let wc = watcher::Config::default().timeout(45);
     let mut triggers = watch_inputs(&client, &settings, &wc, nodes_w, datapaths_w);
     triggers.push(watch_services(&client, &wc, services_w));
+    triggers.push(watch_leases(&client, &wc, leases_w));
 
     // The plans' own watch, slimmed like the others: the server-side applied
     // status leaves managed fields as big as the status (every node's entry).
@@ -127,6 +133,7 @@ pub async fn run(
         metrics: metrics.clone(),
         nodes: nodes.clone(),
         datapaths: datapaths.clone(),
+        leases,
         plans,
         services,
     });
@@ -207,6 +214,28 @@ fn watch_services(
         .boxed()
 }
 
+/// The agents' Leases into their cache (slimmed). Renewals trigger nothing
+/// (a thousand agents renew a hundred times a second); a Lease created or
+/// taken over by another holder does. An expired Lease is noticed as a
+/// silent agent is: the planner requeues itself while it waits.
+fn watch_leases(
+    client: &Client,
+    wc: &watcher::Config,
+    leases_w: reflector::store::Writer<Lease>,
+) -> futures::stream::BoxStream<'static, ()> {
+    watcher(
+        Api::<Lease>::namespaced(client.clone(), AGENT_LEASE_NAMESPACE),
+        wc.clone(),
+    )
+    .default_backoff()
+    .modify(|l: &mut Lease| l.managed_fields_mut().clear())
+    .reflect(leases_w)
+    .applied_objects()
+    .predicate_filter(triggers::lease_holder, PredicateConfig::default())
+    .filter_map(ok_unit)
+    .boxed()
+}
+
 /// Ready once the node and datapath caches are filled. The initial lists
 /// were decoded whole before being slimmed: give that heap back at once,
 /// not at the first reconcile (there is none until a plan exists).
@@ -273,7 +302,8 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
 
 /// Never decide on a partial view: a node missing from a cache that is
 /// still filling would look gone, a NodeDatapath missing would look
-/// unprogrammed (a freshly started or restarted operator).
+/// unprogrammed, a Lease missing would look like a dead agent (a freshly
+/// started or restarted operator).
 fn caches_synced(ctx: &Context) -> bool {
     ctx.nodes
         .wait_until_ready()
@@ -289,9 +319,15 @@ fn caches_synced(ctx: &Context) -> bool {
             .wait_until_ready()
             .now_or_never()
             .is_some_and(|r| r.is_ok())
+        && ctx
+            .leases
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
 }
 
-/// The snapshot the planner decides on. Cached: nodes, datapaths, plans.
+/// The snapshot the planner decides on. Cached: nodes, datapaths, the
+/// agents' Leases, plans.
 /// Read fresh: kube-proxy's objects and the few single objects the planner
 /// needs.
 async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot> {
@@ -321,11 +357,13 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
         .is_some();
     let nodes = ctx.nodes.state();
     let datapaths = ctx.datapaths.state();
+    let leases = ctx.leases.state();
     let plans = ctx.plans.state();
     let services = ctx.services.state();
     let observed = observe::Observed {
         nodes: nodes.iter().map(|n| n.as_ref()).collect(),
         datapaths: datapaths.iter().map(|d| d.as_ref()).collect(),
+        leases: leases.iter().map(|l| l.as_ref()).collect(),
         plans: plans.iter().map(|p| p.as_ref()).collect(),
         kube_proxy_daemon_set: ds.as_ref(),
         kube_proxy_config_map: cm.as_ref(),

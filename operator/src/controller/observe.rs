@@ -5,14 +5,18 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use switchyard_api::{KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, NodeStep, Phase};
+use switchyard_api::{
+    AGENT_LEASE_DURATION_SECS, KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, NodeStep,
+    Phase,
+};
 
 use super::external;
 use crate::planner::{
-    ConfigMapObs, DaemonSetObs, DatapathObs, KubeProxyObs, NodeObs, OtherPlan, PodObs,
+    AgentLease, ConfigMapObs, DaemonSetObs, DatapathObs, KubeProxyObs, NodeObs, OtherPlan, PodObs,
     RequestOutcome, Snapshot,
 };
 
@@ -25,6 +29,9 @@ const SAME_AS_KUBE_PROXY: [&str; 2] = ["no_backend", "unknown_service_port"];
 pub struct Observed<'a> {
     pub nodes: Vec<&'a Node>,
     pub datapaths: Vec<&'a NodeDatapath>,
+    /// The agents' Leases (in [`switchyard_api::AGENT_LEASE_NAMESPACE`],
+    /// named after their nodes).
+    pub leases: Vec<&'a Lease>,
     pub plans: Vec<&'a MigrationPlan>,
     pub kube_proxy_daemon_set: Option<&'a DaemonSet>,
     pub kube_proxy_config_map: Option<&'a ConfigMap>,
@@ -45,10 +52,18 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
         .iter()
         .map(|n| (n.name_any(), node_obs(n)))
         .collect();
+    let leases: BTreeMap<String, AgentLease> = o
+        .leases
+        .iter()
+        .filter_map(|l| Some((l.name_any(), agent_lease(l)?)))
+        .collect();
     let datapaths = o
         .datapaths
         .iter()
-        .map(|d| (d.name_any(), datapath_obs(d)))
+        .map(|d| {
+            let lease = leases.get(&d.name_any()).copied();
+            (d.name_any(), datapath_obs(d, lease))
+        })
         .collect();
     let mut unsupported: Vec<_> = o
         .datapaths
@@ -121,13 +136,14 @@ fn kube_proxy_obs(o: &Observed<'_>) -> KubeProxyObs {
     }
 }
 
-fn datapath_obs(d: &NodeDatapath) -> DatapathObs {
+/// What the planner reads of a NodeDatapath, with its agent's Lease.
+fn datapath_obs(d: &NodeDatapath, lease: Option<AgentLease>) -> DatapathObs {
     let st = d.status.clone().unwrap_or_default();
     let ingress = external::ingress(&st);
     DatapathObs {
         spec_mode: d.spec.mode,
         active_mode: st.active_mode,
-        heartbeat: st.heartbeat.map(|t| t.0),
+        lease,
         missing_capabilities: st.capabilities.map(|c| c.missing),
         services_seen: st.sync.services_seen,
         services_programmed: st.sync.services_programmed,
@@ -151,6 +167,19 @@ fn datapath_obs(d: &NodeDatapath) -> DatapathObs {
         peer_probe_requested: d.spec.peer_probe.as_ref().map_or(0, |r| r.generation),
         peer_probe: st.peer_probe.as_ref().map(external::peer_probe),
     }
+}
+
+/// What the planner reads of an agent's Lease: when it was renewed and for
+/// how long (`None` when it was never renewed).
+pub fn agent_lease(l: &Lease) -> Option<AgentLease> {
+    let spec = l.spec.as_ref()?;
+    Some(AgentLease {
+        renewed: spec.renew_time.as_ref()?.0,
+        duration_secs: i64::from(
+            spec.lease_duration_seconds
+                .unwrap_or(AGENT_LEASE_DURATION_SECS),
+        ),
+    })
 }
 
 fn probe_failures(p: &switchyard_api::ProbeResult) -> String {
@@ -516,5 +545,53 @@ mod tests {
         let n = &s.nodes["n1"];
         assert!(n.unschedulable && n.kube_proxy_excluded);
         assert!(!s.backup_exists);
+    }
+
+    #[test]
+    fn each_datapath_reads_the_lease_named_after_its_node() {
+        use k8s_openapi::api::coordination::v1::LeaseSpec;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        use switchyard_api::NodeDatapathSpec;
+
+        let lease = |name: &str, renewed: Option<i64>, duration: Option<i32>| Lease {
+            metadata: meta(name),
+            spec: Some(LeaseSpec {
+                holder_identity: Some(name.into()),
+                renew_time: renewed.map(|s| MicroTime(Timestamp::from_second(s).unwrap())),
+                lease_duration_seconds: duration,
+                ..LeaseSpec::default()
+            }),
+        };
+        let dps: Vec<NodeDatapath> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| NodeDatapath::new(n, NodeDatapathSpec::default()))
+            .collect();
+        let leases = [
+            lease("a", Some(1000), Some(40)),
+            lease("b", None, Some(40)),
+            lease("c", Some(1000), None),
+        ];
+        let me = plan("p", 10, Phase::Pending);
+        let o = Observed {
+            datapaths: dps.iter().collect(),
+            leases: leases.iter().collect(),
+            ..Observed::default()
+        };
+        let s = snapshot(&me, &o);
+        let at = Timestamp::from_second(1000).unwrap();
+        assert_eq!(
+            s.datapaths["a"].lease,
+            Some(AgentLease {
+                renewed: at,
+                duration_secs: 40
+            })
+        );
+        assert_eq!(s.datapaths["b"].lease, None, "never renewed");
+        assert_eq!(
+            s.datapaths["c"].lease.map(|l| l.duration_secs),
+            Some(i64::from(AGENT_LEASE_DURATION_SECS)),
+            "no duration: the agents' own"
+        );
+        assert_eq!(s.datapaths["d"].lease, None, "no Lease");
     }
 }

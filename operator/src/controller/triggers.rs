@@ -1,12 +1,13 @@
 //! Which watch events are worth a reconcile: a hash of exactly what the
 //! planner reads from each object, so updates that change nothing it reads
-//! (an agent's heartbeat, a kubelet's node status report) are dropped
+//! (an agent's Lease renewal, a kubelet's node status report) are dropped
 //! instead of starting a full reconcile of every plan. A silent agent is
 //! still noticed: the planner requeues itself while it waits.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::ResourceExt;
 use switchyard_api::NodeDatapath;
@@ -37,7 +38,18 @@ pub fn node_inputs(n: &Node) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Hash of a NodeDatapath's spec and status without the heartbeat time.
+/// Hash of an agent Lease's holder: renewals do not trigger, a new Lease
+/// (an agent started) or a new holder does.
+pub fn lease_holder(l: &Lease) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    l.spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// Hash of a NodeDatapath's spec and status without the time of the write.
 pub fn datapath_inputs(d: &NodeDatapath) -> Option<u64> {
     let mut status = d.status.clone().unwrap_or_default();
     status.heartbeat = None;

@@ -20,9 +20,6 @@ pub use snapshot::*;
 use k8s_openapi::jiff::Timestamp;
 use switchyard_api::{MigrationPlanSpec, MigrationPlanStatus, NodePortAddresses, NodeProgress};
 
-/// An agent whose NodeDatapath heartbeat is older than this is stale.
-pub const AGENT_STALE_AFTER_SECS: i64 = 60;
-
 /// Errors in the plan that the API server's validation cannot catch.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {

@@ -3,10 +3,11 @@
 //! warnings are reported and do not block.
 
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{Finding, MigrationPlanSpec, NodePortAddresses, Phase, Severity};
+use switchyard_api::{
+    AGENT_LEASE_NAMESPACE, Finding, MigrationPlanSpec, NodePortAddresses, Phase, Severity,
+};
 
-use super::AGENT_STALE_AFTER_SECS;
-use super::snapshot::{IngressObs, Snapshot};
+use super::snapshot::{DatapathObs, IngressObs, Snapshot};
 
 /// Services named in a finding's message before "and N more".
 const LISTED_SERVICES: usize = 10;
@@ -145,15 +146,33 @@ fn agent_findings(snap: &Snapshot, targets: &[String], now: Timestamp, out: &mut
     for node in targets {
         let object = Some(format!("Node/{node}"));
         match snap.datapaths.get(node) {
-            None => out.push(finding(Error, "AgentMissing", object,
-                format!("no NodeDatapath for node {node}: the switchyard agent is not running there"))),
-            Some(dp) if !dp.fresh(now, AGENT_STALE_AFTER_SECS) => out.push(finding(Error, "AgentStale", object,
-                format!("the agent on node {node} has not reported for more than {AGENT_STALE_AFTER_SECS}s"))),
+            None => out.push(finding(
+                Error,
+                "AgentMissing",
+                object,
+                format!(
+                    "no NodeDatapath for node {node}: the switchyard agent is not running there"
+                ),
+            )),
+            Some(dp) if !dp.fresh(now) => {
+                out.push(finding(Error, "AgentStale", object, stale(node, dp, now)))
+            }
             Some(dp) => match &dp.missing_capabilities {
-                None => out.push(finding(Error, "AgentCapabilitiesUnknown", object,
-                    format!("the agent on node {node} has not reported its capabilities yet"))),
-                Some(missing) if !missing.is_empty() => out.push(finding(Error, "AgentIncapable", object,
-                    format!("node {node} cannot run the datapath: missing {}", missing.join(", ")))),
+                None => out.push(finding(
+                    Error,
+                    "AgentCapabilitiesUnknown",
+                    object,
+                    format!("the agent on node {node} has not reported its capabilities yet"),
+                )),
+                Some(missing) if !missing.is_empty() => out.push(finding(
+                    Error,
+                    "AgentIncapable",
+                    object,
+                    format!(
+                        "node {node} cannot run the datapath: missing {}",
+                        missing.join(", ")
+                    ),
+                )),
                 Some(_) => {}
             },
         }
@@ -206,6 +225,22 @@ fn other_plan_findings(snap: &Snapshot, out: &mut Vec<Finding>) {
     }
 }
 
+/// Why the agent on `node` counts as dead: its Lease is missing, or was
+/// not renewed within its duration.
+fn stale(node: &str, dp: &DatapathObs, now: Timestamp) -> String {
+    let lease = format!("Lease {AGENT_LEASE_NAMESPACE}/{node}");
+    match dp.lease {
+        None => format!(
+            "the agent on node {node} does not renew its {lease}: it is not running, or is an older agent"
+        ),
+        Some(l) => format!(
+            "the agent on node {node} last renewed its {lease} {}s ago (its duration is {}s)",
+            now.as_second() - l.renewed.as_second(),
+            l.duration_secs
+        ),
+    }
+}
+
 /// `a/x, b/y, … and 3 more`: the first [`LISTED_SERVICES`] names.
 fn listed(names: &[String]) -> String {
     let shown = names.len().min(LISTED_SERVICES);
@@ -244,7 +279,7 @@ fn external_frontends(snap: &Snapshot, targets: &[String], now: Timestamp) -> Ve
         let Some(dp) = snap.datapaths.get(node) else {
             continue;
         };
-        if !dp.fresh(now, AGENT_STALE_AFTER_SECS) {
+        if !dp.fresh(now) {
             continue;
         }
         let why = match &dp.ingress {

@@ -116,8 +116,9 @@ pub struct DatapathObs {
     pub spec_mode: DatapathMode,
     /// `status.activeMode`.
     pub active_mode: Option<DatapathMode>,
-    /// `status.heartbeat`.
-    pub heartbeat: Option<Timestamp>,
+    /// The agent's liveness Lease (`None`: there is none, or it was never
+    /// renewed).
+    pub lease: Option<AgentLease>,
     /// `None` until the agent reported capabilities; else what is missing.
     pub missing_capabilities: Option<Vec<String>>,
     pub services_seen: u32,
@@ -132,6 +133,25 @@ pub struct DatapathObs {
     pub peer_probe_requested: i64,
     /// The agent's answer to the last peer probe request.
     pub peer_probe: Option<PeerProbeObs>,
+}
+
+/// An agent's liveness Lease (`coordination.k8s.io/v1`, named after its
+/// node in [`switchyard_api::AGENT_LEASE_NAMESPACE`]), as the kubelet's node
+/// lease: renewed every few seconds, expired when not renewed for its
+/// duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentLease {
+    /// `spec.renewTime`.
+    pub renewed: Timestamp,
+    /// `spec.leaseDurationSeconds`.
+    pub duration_secs: i64,
+}
+
+impl AgentLease {
+    /// Renewed within its duration of `now`.
+    pub fn fresh(&self, now: Timestamp) -> bool {
+        now.as_second() <= self.renewed.as_second() + self.duration_secs
+    }
 }
 
 /// Whether a node can serve traffic from outside it (the ingress program).
@@ -175,10 +195,10 @@ pub struct OtherPlan {
 }
 
 impl DatapathObs {
-    /// Whether the agent reported within `stale_after` seconds of `now`.
-    pub fn fresh(&self, now: Timestamp, stale_after_secs: i64) -> bool {
-        self.heartbeat
-            .is_some_and(|h| now.as_second() - h.as_second() <= stale_after_secs)
+    /// Whether the agent is alive at `now`: its Lease exists and was renewed
+    /// within the Lease's duration.
+    pub fn fresh(&self, now: Timestamp) -> bool {
+        self.lease.is_some_and(|l| l.fresh(now))
     }
 
     /// Active and every seen Service programmed.

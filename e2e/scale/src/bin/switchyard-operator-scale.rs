@@ -20,7 +20,7 @@ struct Args {
     /// Runs per node count.
     #[arg(long, default_value_t = 1)]
     runs: usize,
-    /// Seconds between each simulated agent's heartbeats.
+    /// Seconds between each simulated agent's Lease renewals.
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
     /// The operator binary (default: the release build next to this one's target dir).

@@ -20,8 +20,8 @@ use switchyard_api::{
     AddressProbe, DatapathMode, NodeProgress, NodeStep, PeerProbeRequest, ProbeProtocol,
 };
 
+use super::super::Ctx;
 use super::super::actions::Action;
-use super::super::{AGENT_STALE_AFTER_SECS, Ctx};
 use super::spec::datapath_spec;
 use super::steps::Seen;
 
@@ -98,7 +98,7 @@ fn rank(ctx: &Ctx<'_>, p: &NodeProgress) -> Option<u8> {
         .snap
         .datapaths
         .get(&p.name)
-        .filter(|d| d.fresh(ctx.now, AGENT_STALE_AFTER_SECS))?;
+        .filter(|d| d.fresh(ctx.now))?;
     match p.step {
         NodeStep::Done if dp.serving() => Some(0),
         NodeStep::Pending | NodeStep::RolledBack

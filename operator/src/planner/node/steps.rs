@@ -4,7 +4,7 @@
 use switchyard_api::{DatapathMode, NodeProgress, NodeStep};
 
 use super::super::actions::Action;
-use super::super::{AGENT_STALE_AFTER_SECS, Ctx, DaemonSetObs, DatapathObs, NodeObs};
+use super::super::{Ctx, DaemonSetObs, DatapathObs, NodeObs};
 use super::peer::{self, PeerCheck};
 use super::spec::datapath_spec;
 
@@ -70,8 +70,7 @@ pub(super) fn cordon(s: &Seen<'_>) -> Next {
 }
 
 pub(super) fn activate_datapath(s: &Seen<'_>) -> Next {
-    let fresh =
-        s.dp.is_some_and(|d| d.fresh(s.ctx.now, AGENT_STALE_AFTER_SECS));
+    let fresh = s.dp.is_some_and(|d| d.fresh(s.ctx.now));
     if s.serving() && fresh {
         return Next::Advance(NodeStep::RemoveKubeProxy);
     }

@@ -13,9 +13,9 @@ use switchyard_api::{
 };
 
 use crate::planner::{
-    Action, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Event, ExternalService, IngressObs,
-    Input, KubeProxyObs, NodeObs, NodePortObs, PeerProbeObs, PodObs, RequestOutcome, Snapshot,
-    plan,
+    Action, AgentLease, ConfigMapObs, DaemonSetObs, DatapathObs, Decision, Event, ExternalService,
+    IngressObs, Input, KubeProxyObs, NodeObs, NodePortObs, PeerProbeObs, PodObs, RequestOutcome,
+    Snapshot, plan,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -201,7 +201,10 @@ impl Sim {
             } else {
                 DatapathMode::Off
             }),
-            heartbeat: n.agent_alive.then(|| self.ts()),
+            lease: n.agent_alive.then(|| AgentLease {
+                renewed: self.ts(),
+                duration_secs: i64::from(switchyard_api::AGENT_LEASE_DURATION_SECS),
+            }),
             missing_capabilities: Some(vec![]),
             services_seen: 3,
             services_programmed: if n.programmed { 3 } else { 0 },
