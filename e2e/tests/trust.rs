@@ -10,10 +10,11 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use switchyard_api::{DatapathMode, NodeDatapath, NodeDatapathSpec};
+use switchyard_api::{AGENT_LEASE_NAMESPACE, DatapathMode, NodeDatapath, NodeDatapathSpec};
 use switchyard_e2e::identity::{client_with_token, jwt_claims, pod_token};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, scenario, skip_unless_root, wait_for};
 
@@ -256,6 +257,30 @@ async fn assert_operator_unaffected(c: &Cluster) {
     eprintln!("  the operator on node2's spec: accepted");
 }
 
+/// node1's agent renews node1's Lease and no other node's.
+async fn assert_own_lease_only(c: &Cluster, agent_pod: &Pod) {
+    let leases: Api<Lease> = Api::namespaced(client_of(c, agent_pod).await, AGENT_LEASE_NAMESPACE);
+    let renew = |t: chrono::DateTime<chrono::Utc>| {
+        merge(
+            json!({"spec": {"renewTime": t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}}),
+        )
+    };
+    let pp = PatchParams::default();
+    let r = leases.patch("node2", &pp, &renew(chrono::Utc::now())).await;
+    assert_denied(
+        "renewing node2's Lease",
+        r,
+        "may create and renew only Lease node1, not node2",
+    );
+    let r = leases.delete("node1", &Default::default()).await;
+    assert_denied("deleting node1's Lease", r, "never delete one");
+    leases
+        .patch("node1", &pp, &renew(chrono::Utc::now()))
+        .await
+        .expect("node1's agent renews node1's Lease");
+    eprintln!("  node1's Lease: renewed; node2's: denied");
+}
+
 #[tokio::test]
 async fn an_agent_writes_only_its_own_node_datapath_status() {
     if skip_unless_root() {
@@ -267,6 +292,7 @@ async fn an_agent_writes_only_its_own_node_datapath_status() {
     wait_policy_in_force(&agent).await;
     assert_other_nodes_refused(&agent).await;
     assert_own_node_status_only(&agent).await;
+    assert_own_lease_only(&c, &agent_pod).await;
     assert_unbound_token_refused(&c).await;
     assert_operator_unaffected(&c).await;
     c.teardown();
