@@ -305,15 +305,20 @@ impl State {
     }
 
     /// Turns the datapath off once kube-proxy serves every ClusterIP on
-    /// this node (its rules are in place), never before: a pod that is
-    /// merely running has not necessarily programmed anything yet. Returns
-    /// whether the datapath went off.
+    /// this node (its rules are in place) and listens on every health port
+    /// the agent answers, never before: a pod that is merely running has not
+    /// necessarily programmed or opened anything yet. Returns whether the
+    /// datapath went off.
     async fn try_off(&mut self) -> bool {
         // The ClusterIPs of the current desired state (also right after a
         // restart, when nothing was synced yet and the pins still serve).
         self.sync();
         let vips = self.syncer.vips.clone();
-        let check = tokio::task::spawn_blocking(move || kube_proxy::serves(&vips)).await;
+        let ports = self.health.steered();
+        let check = tokio::task::spawn_blocking(move || {
+            kube_proxy::serves(&vips).and_then(|()| kube_proxy::listens(&ports))
+        })
+        .await;
         match check {
             Ok(Ok(())) => {
                 self.deactivate().await;

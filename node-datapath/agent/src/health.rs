@@ -153,6 +153,17 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
     }
 
+    /// The ports steered to the agent's listeners now.
+    pub fn steered(&self) -> BTreeSet<u16> {
+        self.steering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .listeners
+            .keys()
+            .copied()
+            .collect()
+    }
+
     fn snapshot(&self) -> HealthState {
         self.state
             .lock()
