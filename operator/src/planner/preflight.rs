@@ -242,7 +242,7 @@ fn stale(node: &str, dp: &DatapathObs, now: Timestamp) -> String {
 }
 
 /// `a/x, b/y, … and 3 more`: the first [`LISTED_SERVICES`] names.
-fn listed(names: &[String]) -> String {
+pub(crate) fn listed(names: &[String]) -> String {
     let shown = names.len().min(LISTED_SERVICES);
     let mut text = names[..shown].join(", ");
     if names.len() > shown {

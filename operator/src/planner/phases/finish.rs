@@ -63,11 +63,7 @@ fn success_message(kept_for: &[String]) -> String {
     if kept_for.is_empty() {
         return "every node serves Services through the eBPF datapath".into();
     }
-    const NAMED: usize = 10;
-    let mut names = kept_for[..kept_for.len().min(NAMED)].join(", ");
-    if kept_for.len() > NAMED {
-        names.push_str(&format!(" and {} more", kept_for.len() - NAMED));
-    }
+    let names = super::super::preflight::listed(kept_for);
     format!(
         "every selected node serves Services through the eBPF datapath; kube-proxy's DaemonSet \
          and ConfigMap are kept, excluding the migrated nodes, for the {} node(s) outside the \
