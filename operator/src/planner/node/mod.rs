@@ -161,6 +161,13 @@ pub fn step(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) -> Moved
         gone(ctx, p, out);
         return Moved::Yes;
     };
+    if p.step == NodeStep::Verify && !peer::kept(ctx, p) {
+        p.verify_peer = None;
+        if choose_peer(ctx, p) {
+            // Recorded first: the request goes out with the next decision.
+            return Moved::Yes;
+        }
+    }
     let dp = ctx.snap.datapaths.get(&p.name);
     let seen = Seen { ctx, p, node, dp };
     let next = match p.step {
@@ -213,7 +220,11 @@ fn advance(
             .and_then(|d| d.probe.as_ref())
             .map_or(0, |r| r.observed_generation);
         p.probe_generation = p.probe_generation.max(seen) + 1;
-        choose_peer(ctx, p, out);
+        p.verify_peer = None;
+        choose_peer(ctx, p);
+    }
+    if p.step == NodeStep::Verify && p.verify_peer.is_none() {
+        out.extend(peer_skipped(ctx, p));
     }
     enter(ctx, p, to);
     let (reason, outcome) = match to {
@@ -233,28 +244,32 @@ fn advance(
     ));
 }
 
-/// Records the node that probes `p`'s ingress in its Verify step, or why
-/// none can (an event says so: the node is then verified from itself only;
-/// none when no Service is reached from outside the nodes).
-fn choose_peer(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
-    match peer::choose(ctx, &p.name) {
-        Ok((node, generation)) => {
-            p.verify_peer = Some(node);
-            p.peer_probe_generation = generation;
-        }
-        Err(why) => {
-            p.verify_peer = None;
-            if !peer::needed(ctx) {
-                return;
-            }
-            out.push(event(
-                Some(&p.name),
-                true,
-                "PeerProbeSkipped",
-                format!("traffic from outside node {} is not probed: {why}", p.name),
-            ));
-        }
-    }
+/// Records the node that probes `p`'s ingress in its Verify step, if one
+/// can now (else [`peer::check`] says why the node waits or goes without).
+/// Returns whether it recorded one.
+fn choose_peer(ctx: &Ctx<'_>, p: &mut NodeProgress) -> bool {
+    let peer::Choice::Peer(node, generation) = peer::choose(ctx, &p.name) else {
+        return false;
+    };
+    p.verify_peer = Some(node);
+    p.peer_probe_generation = generation;
+    true
+}
+
+/// The warning a node verified without a peer gets (none when no Service
+/// is reached from outside the nodes: nothing was left unprobed).
+fn peer_skipped(ctx: &Ctx<'_>, p: &NodeProgress) -> Option<Action> {
+    let peer::Choice::Never(why) = peer::choose(ctx, &p.name) else {
+        return None;
+    };
+    peer::needed(ctx).then(|| {
+        event(
+            Some(&p.name),
+            true,
+            "PeerProbeSkipped",
+            format!("traffic from outside node {} is not probed: {why}", p.name),
+        )
+    })
 }
 
 /// Keeps `p` in its step: fails it once the step has taken longer than the

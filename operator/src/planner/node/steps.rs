@@ -182,12 +182,13 @@ fn verify_reason(s: &Seen<'_>, own_done: bool, peer: PeerCheck) -> String {
     }
     match peer {
         PeerCheck::Waiting(why) => parts.push(why),
-        PeerCheck::Skipped => parts.push(format!(
-            "traffic from outside the node is not probed: {}",
-            peer::choose(s.ctx, &s.p.name)
-                .err()
-                .unwrap_or_else(|| "no peer node was available when the node entered Verify".into())
-        )),
+        PeerCheck::Skipped => {
+            if let peer::Choice::Never(why) = peer::choose(s.ctx, &s.p.name) {
+                parts.push(format!(
+                    "traffic from outside the node is not probed: {why}"
+                ));
+            }
+        }
         // Decided once the node's own probes answered too: the outcome
         // does not depend on which answer came first.
         PeerCheck::Failed(why) => parts.push(why),

@@ -190,12 +190,6 @@ fn a_single_node_is_verified_without_a_peer_and_the_status_says_so() {
     until(&mut sim, "node-00", NodeStep::Verify);
     let p = sim.progress("node-00");
     assert_eq!(p.verify_peer, None);
-    let skipped = sim
-        .events
-        .iter()
-        .find(|e| e.reason == "PeerProbeSkipped")
-        .expect("an event says the peer probe is skipped");
-    assert!(skipped.warning && skipped.message.contains("no other node"));
     sim.reconcile(None);
     let message = sim.progress("node-00").message.clone().unwrap_or_default();
     assert!(
@@ -204,6 +198,46 @@ fn a_single_node_is_verified_without_a_peer_and_the_status_says_so() {
     );
     sim.run(400, |_| None, &|_, _| false);
     assert_eq!(sim.phase(), Phase::Succeeded);
+    let skipped: Vec<_> = sim
+        .events
+        .iter()
+        .filter(|e| e.reason == "PeerProbeSkipped")
+        .collect();
+    assert_eq!(skipped.len(), 1, "one event says the peer probe is skipped");
+    assert!(skipped[0].warning && skipped[0].message.contains("no other node"));
+}
+
+#[test]
+fn a_node_verifying_beside_a_migrating_one_waits_for_it_as_its_peer() {
+    // Both nodes in one wave: node-00 reaches Verify first and has no
+    // settled node to ask; it waits for node-01 rather than going unprobed,
+    // and its dead ingress is found.
+    let mut s = spec(0, 2);
+    s.failure_policy.action = FailureAction::Pause;
+    let mut sim = Sim::new(2, &[], s);
+    if let Some(n) = sim.nodes.get_mut("node-00") {
+        n.ingress_dead = true;
+    }
+    // node-01's agent lags until node-00 is in Verify.
+    for _ in 0..100 {
+        sim.reconcile(None);
+        let step =
+            |n: &switchyard_api::NodeProgress| n.name == "node-00" && n.step == NodeStep::Verify;
+        if sim.status.nodes.iter().any(step) {
+            break;
+        }
+        sim.tick(3, &|n| n == "node-01");
+    }
+    assert_ne!(sim.progress("node-01").step, NodeStep::Verify);
+    assert_eq!(sim.progress("node-00").verify_peer, None);
+    sim.run(400, |_| None, &|_, _| false);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    let p = sim.progress("node-00");
+    assert_eq!(
+        (p.step, p.verify_peer.as_deref()),
+        (NodeStep::Failed, Some("node-01"))
+    );
+    assert!(sim.events.iter().all(|e| e.reason != "PeerProbeSkipped"));
 }
 
 #[test]
