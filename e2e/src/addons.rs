@@ -4,7 +4,7 @@
 //! `kube-proxy` with `config.conf` and `kubeconfig.conf`, DaemonSet
 //! `kube-proxy`). Rendering is pure; [`apply`] server-side-applies.
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
@@ -179,7 +179,7 @@ pub async fn apply(client: &kube::Client, obj: &serde_json::Value) -> Result<()>
 }
 
 /// Registers a node: applies the object, then its status.
-pub async fn register_node(client: &kube::Client, node: &NodePlan) -> Result<()> {
+pub async fn register_node(client: &kube::Client, node: &NodePlan, taints: &[Taint]) -> Result<()> {
     apply(client, &node_object(node)).await?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let nodes: Api<Node> = Api::all(client.clone());
@@ -192,12 +192,13 @@ pub async fn register_node(client: &kube::Client, node: &NodePlan) -> Result<()>
         .await?;
     // The TaintNodesByCondition admission plugin adds `not-ready` on create;
     // the node lifecycle controller (off: nothing heartbeats) would lift it
-    // once Ready, so the lab does.
+    // once Ready, so the lab does, leaving those the node registers with
+    // (kubelet `--register-with-taints`).
     nodes
         .patch(
             &node.name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"taints": []}})),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
         )
         .await?;
     Ok(())

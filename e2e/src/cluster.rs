@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ServiceAccount, Taint};
 use kube::api::Api;
 use tokio::task::JoinHandle;
 
@@ -25,12 +25,12 @@ use crate::forward::Forwarder;
 use crate::outside::Outside;
 use crate::pki::Pki;
 use crate::request;
+use crate::runtime::PodRecord;
 use crate::runtime::images::ImageTable;
-use crate::runtime::{PodRecord, PodRegistry};
 use crate::startup;
 use crate::sys::{self, Cgroup, Placement};
 use crate::teardown::{lab_cgroup_root, teardown_by_name};
-use crate::topology::Plan;
+use crate::topology::{MAX_NODES, NodePlan, Plan};
 
 /// Default directory holding every cluster's state.
 pub const STATE_ROOT: &str = "/dev/shm/switchyard-lab";
@@ -86,7 +86,8 @@ pub struct Cluster {
     forwarder: Option<Forwarder>,
     client: kube::Client,
     kubeconfig: PathBuf,
-    registry: PodRegistry,
+    /// What the node runtimes share (the pods they run among it).
+    env: startup::RuntimeEnv,
     runtimes: Vec<JoinHandle<()>>,
     bins: Binaries,
     outside: Option<Outside>,
@@ -160,7 +161,12 @@ impl Cluster {
         startup::create_networks(&plan, cfg.outside).await?;
         let api = startup::ApiServer::start(&cfg, &bins, &pki, &state, &plan, &cgroup).await?;
         let started = api.started;
-        let nodes = startup::spawn_node_runtimes(&cfg, &bins, &api.client, &state, &plan, &cgroup)?;
+        let env = startup::RuntimeEnv::new(&cfg, &bins, &api.client, &state, &plan, &cgroup)?;
+        let runtimes = plan
+            .nodes
+            .iter()
+            .map(|n| env.spawn(n))
+            .collect::<Result<Vec<_>>>()?;
         let outside = if cfg.outside {
             let cg = cgroup.child("outside")?;
             Some(Outside::start(&plan, api.client.clone(), cg, &state)?)
@@ -175,8 +181,8 @@ impl Cluster {
             forwarder: Some(api.forwarder),
             client: api.client,
             kubeconfig: api.kubeconfig,
-            registry: nodes.0,
-            runtimes: nodes.1,
+            env,
+            runtimes,
             bins,
             outside,
             torn_down: false,
@@ -191,6 +197,23 @@ impl Cluster {
         }
         tracing::info!(name = %cluster.plan.name, secs = started.elapsed().as_secs_f32(), "cluster ready");
         Ok(cluster)
+    }
+
+    /// Adds a node to the running cluster, as a new machine joins one: its
+    /// namespace and routes, its Node registered with `taints` (kubelet's
+    /// `--register-with-taints`) and its pod runtime. DaemonSets start
+    /// their pods there (kube-proxy while it exists, switchyard's agent).
+    pub async fn add_node(&mut self, taints: &[Taint]) -> Result<NodePlan> {
+        let node = self
+            .plan
+            .add_node()
+            .ok_or_else(|| Error::Config(format!("a cluster has at most {MAX_NODES} nodes")))?;
+        let (plan, n, outside) = (self.plan.clone(), node.clone(), self.outside.is_some());
+        blocking(move || crate::network::join_node(&plan, &n, outside)).await?;
+        addons::register_node(&self.client, &node, taints).await?;
+        self.runtimes.push(self.env.spawn(&node)?);
+        tracing::info!(cluster = %self.plan.name, node = %node.name, "node joined");
+        Ok(node)
     }
 
     /// A client with cluster-admin rights (through the root-namespace
@@ -252,7 +275,8 @@ impl Cluster {
 
     /// The running pod `namespace/name` as placed by the runtime.
     pub fn pod(&self, namespace: &str, name: &str) -> Result<PodRecord> {
-        self.registry
+        self.env
+            .registry()
             .lock()
             .ok()
             .and_then(|r| r.get(&format!("{namespace}/{name}")).cloned())

@@ -45,6 +45,7 @@ pub mod identity;
 pub mod ingress;
 pub mod load;
 pub mod network;
+pub mod node_requests;
 pub mod outside;
 pub mod pki;
 pub mod request;

@@ -74,16 +74,71 @@ pub struct Load {
     started: Vec<u128>,
 }
 
+/// Where a load generator's pod goes.
+enum Placed<'a> {
+    /// Bound to the node, every taint tolerated (as from the start).
+    Bound(&'a str),
+    /// Left to the scheduler, restricted to the node, tolerating nothing:
+    /// it runs as soon as any pod could there.
+    Scheduled(&'a str),
+}
+
 /// Starts the load generators and waits until each has succeeded once on
 /// every target.
 pub async fn start_load(c: &Cluster, targets: &[Target], rate: u32) -> Result<Load> {
+    let nodes: Vec<&str> = c.plan().nodes.iter().map(|n| n.name.as_str()).collect();
+    let placed: Vec<Placed<'_>> = nodes.into_iter().map(Placed::Bound).collect();
+    start(c, targets, rate, &placed, Duration::from_secs(60)).await
+}
+
+/// Starts one load generator the scheduler puts on `node` (a node that may
+/// not take pods yet: a startup taint, a cordon) and waits up to `timeout`
+/// until it has succeeded once on every target. Its totals count from its
+/// very first request.
+pub async fn start_load_scheduled(
+    c: &Cluster,
+    targets: &[Target],
+    rate: u32,
+    node: &str,
+    timeout: Duration,
+) -> Result<Load> {
+    start(c, targets, rate, &[Placed::Scheduled(node)], timeout).await
+}
+
+/// A load generator's pod.
+fn loadgen_pod(name: &str, args: &[String], placed: &Placed<'_>) -> serde_json::Value {
+    let mut spec = json!({"terminationGracePeriodSeconds": 10,
+        "containers": [{"name": "loadgen", "image": "switchyard/loadgen:dev", "args": args,
+            "env": [{"name": "POD_NAME", "value": name}]}]});
+    match placed {
+        Placed::Bound(node) => {
+            spec["nodeName"] = json!(node);
+            spec["tolerations"] = json!([{"operator": "Exists"}]);
+        }
+        Placed::Scheduled(node) => {
+            spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "loadgen"}},
+        "spec": spec})
+}
+
+async fn start(
+    c: &Cluster,
+    targets: &[Target],
+    rate: u32,
+    placed: &[Placed<'_>],
+    timeout: Duration,
+) -> Result<Load> {
     let dir = c.state_dir().join("loadgen");
     std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut pods = Vec::new();
-    for n in &c.plan().nodes {
-        let name = format!("loadgen-{run}-{}", n.name);
+    for p in placed {
+        let (Placed::Bound(node) | Placed::Scheduled(node)) = p;
+        let name = format!("loadgen-{run}-{node}");
         let mut args: Vec<String> = targets
             .iter()
             .flat_map(|t| ["--target".to_string(), t.url()])
@@ -94,16 +149,7 @@ pub async fn start_load(c: &Cluster, targets: &[Target], rate: u32) -> Result<Lo
             "--out".into(),
             dir.join(format!("{name}.json")).display().to_string(),
         ]);
-        crate::addons::apply(
-            &c.client(),
-            &json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": "loadgen"}},
-            "spec": {"nodeName": n.name, "terminationGracePeriodSeconds": 10,
-                "tolerations": [{"operator": "Exists"}],
-                "containers": [{"name": "loadgen", "image": "switchyard/loadgen:dev", "args": args,
-                    "env": [{"name": "POD_NAME", "value": name}]}]}}),
-        )
-        .await?;
+        crate::addons::apply(&c.client(), &loadgen_pod(&name, &args, p)).await?;
         pods.push(name);
     }
     let mut load = Load {
@@ -113,7 +159,7 @@ pub async fn start_load(c: &Cluster, targets: &[Target], rate: u32) -> Result<Lo
     };
     wait_for(
         "every load generator to succeed once on every target",
-        Duration::from_secs(60),
+        timeout,
         || async {
             let all = load.totals().ok()?;
             (all.len() == load.pods.len() * targets.len() && all.iter().all(|t| t.ok > 0))

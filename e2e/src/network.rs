@@ -90,6 +90,28 @@ pub fn create_node(plan: &Plan, node: &NodePlan) -> Result<()> {
     Ok(())
 }
 
+/// Wires a node that joins the running cluster (already in `plan`): its
+/// own namespace as [`create_node`] does, a route to its pod CIDR on every
+/// other node, and, with the outside, its route back to the clients.
+pub fn join_node(plan: &Plan, node: &NodePlan, with_outside: bool) -> Result<()> {
+    create_node(plan, node)?;
+    for other in plan.nodes.iter().filter(|o| o.index != node.index) {
+        ip(&format!(
+            "-n {} route add {} via {}",
+            other.netns,
+            node.pod_cidr(),
+            node.ip
+        ))?;
+    }
+    if with_outside {
+        ip(&format!(
+            "-n {} route add {CLIENT_NET} via {ROUTER_UNDERLAY_IP}",
+            node.netns
+        ))?;
+    }
+    Ok(())
+}
+
 /// Name of the router's veth end inside the control-plane namespace.
 const ROUTER_CP_VETH: &str = "vrt";
 

@@ -22,7 +22,7 @@ use crate::runtime::volumes::NodeView;
 use crate::runtime::{self, NodeShared, PodRegistry};
 use crate::sys::{self, Cgroup, Placement};
 use crate::teardown::{cleanup_stale, owner, teardown_by_name};
-use crate::topology::{API_PORT, CONTROL_PLANE_IP, Plan, PodIpAllocator};
+use crate::topology::{API_PORT, CONTROL_PLANE_IP, NodePlan, Plan, PodIpAllocator};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -133,7 +133,7 @@ impl ApiServer {
         );
         cp.start_controllers(bins, pki, state, &cp_place)?;
         for n in &plan.nodes {
-            addons::register_node(&client, n).await?;
+            addons::register_node(&client, n, &[]).await?;
         }
         Ok(ApiServer {
             started,
@@ -150,30 +150,61 @@ pub(crate) fn pods_dir(state: &Path) -> PathBuf {
     state.join("pods")
 }
 
-/// Spawns every node's pod runtime (each in its own cgroup, with its own
-/// bpffs directory where the host has one); returns the pod registry they
-/// share and their tasks.
-pub(crate) fn spawn_node_runtimes(
-    cfg: &ClusterConfig,
-    bins: &Binaries,
-    client: &kube::Client,
-    state: &Path,
-    plan: &Plan,
-    cgroup: &Cgroup,
-) -> Result<(PodRegistry, Vec<JoinHandle<()>>)> {
-    let registry: PodRegistry = Arc::default();
-    let images = cfg
-        .images
-        .clone()
-        .unwrap_or_else(|| ImageTable::with_defaults(&bins.project_bin));
-    let pods_dir = pods_dir(state);
-    std::fs::create_dir_all(&pods_dir).map_err(Error::io("creating", &pods_dir))?;
-    let mut runtimes = Vec::new();
-    let cgroup_root = sys::cgroup2_root()?;
-    let bpffs = sys::bpffs_root().map(|b| b.join("switchyard-lab").join(&plan.name));
-    for n in &plan.nodes {
-        let node_cgroup = cgroup.child(&n.name)?;
-        let node_bpffs = match &bpffs {
+/// What every node's pod runtime shares, kept to start the runtime of a
+/// node that joins later.
+#[derive(Clone)]
+pub(crate) struct RuntimeEnv {
+    client: kube::Client,
+    cluster: String,
+    bins: Binaries,
+    images: ImageTable,
+    pods_dir: PathBuf,
+    registry: PodRegistry,
+    state: PathBuf,
+    cgroup: Cgroup,
+    cgroup_root: PathBuf,
+    /// The cluster's bpffs directory, where the host has one.
+    bpffs: Option<PathBuf>,
+}
+
+impl RuntimeEnv {
+    pub(crate) fn new(
+        cfg: &ClusterConfig,
+        bins: &Binaries,
+        client: &kube::Client,
+        state: &Path,
+        plan: &Plan,
+        cgroup: &Cgroup,
+    ) -> Result<Self> {
+        let pods_dir = pods_dir(state);
+        std::fs::create_dir_all(&pods_dir).map_err(Error::io("creating", &pods_dir))?;
+        Ok(Self {
+            client: client.clone(),
+            cluster: plan.name.clone(),
+            bins: bins.clone(),
+            images: cfg
+                .images
+                .clone()
+                .unwrap_or_else(|| ImageTable::with_defaults(&bins.project_bin)),
+            pods_dir,
+            registry: PodRegistry::default(),
+            state: state.to_path_buf(),
+            cgroup: cgroup.clone(),
+            cgroup_root: sys::cgroup2_root()?,
+            bpffs: sys::bpffs_root().map(|b| b.join("switchyard-lab").join(&plan.name)),
+        })
+    }
+
+    /// The pods every runtime started.
+    pub(crate) fn registry(&self) -> PodRegistry {
+        self.registry.clone()
+    }
+
+    /// Spawns node `n`'s pod runtime, in its own cgroup, with its own bpffs
+    /// directory where the host has one.
+    pub(crate) fn spawn(&self, n: &NodePlan) -> Result<JoinHandle<()>> {
+        let node_cgroup = self.cgroup.child(&n.name)?;
+        let node_bpffs = match &self.bpffs {
             Some(b) => {
                 let d = b.join(&n.name);
                 std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
@@ -182,25 +213,24 @@ pub(crate) fn spawn_node_runtimes(
             None => None,
         };
         let view = NodeView {
-            cgroup_root: cgroup_root.clone(),
+            cgroup_root: self.cgroup_root.clone(),
             node_cgroup: node_cgroup.path.clone(),
             node_bpffs,
         };
         let shared = Arc::new(NodeShared {
-            client: client.clone(),
-            cluster: plan.name.clone(),
+            client: self.client.clone(),
+            cluster: self.cluster.clone(),
             node: n.clone(),
-            bins: bins.clone(),
-            images: images.clone(),
-            pods_dir: pods_dir.clone(),
+            bins: self.bins.clone(),
+            images: self.images.clone(),
+            pods_dir: self.pods_dir.clone(),
             cgroup: node_cgroup,
             ips: Mutex::new(PodIpAllocator::new(n.pod_net)),
             seq: AtomicU32::new(0),
-            registry: registry.clone(),
-            state: state.to_path_buf(),
+            registry: self.registry.clone(),
+            state: self.state.clone(),
             view,
         });
-        runtimes.push(tokio::spawn(runtime::run_node(shared)));
+        Ok(tokio::spawn(runtime::run_node(shared)))
     }
-    Ok((registry, runtimes))
 }

@@ -66,6 +66,19 @@ pub struct NodePlan {
 }
 
 impl NodePlan {
+    /// Node `i` (1-based) of cluster `cluster`.
+    fn numbered(cluster: &str, i: usize) -> Self {
+        NodePlan {
+            index: i,
+            name: format!("node{i}"),
+            netns: format!("{cluster}-n{i}"),
+            ip: Ipv4Addr::new(172, 31, 255, 10 + i as u8),
+            pod_net: Ipv4Addr::new(10, 244, i as u8, 0),
+            pod_gateway: Ipv4Addr::new(10, 244, i as u8, 1),
+            cp_veth: format!("vn{i}"),
+        }
+    }
+
     /// The pod CIDR as text.
     pub fn pod_cidr(&self) -> String {
         format!("{}/24", self.pod_net)
@@ -93,15 +106,7 @@ impl Plan {
     /// (or `node<i>` when `short_names`).
     pub fn new(name: &str, n: usize) -> Self {
         let nodes = (1..=n.min(MAX_NODES))
-            .map(|i| NodePlan {
-                index: i,
-                name: format!("node{i}"),
-                netns: format!("{name}-n{i}"),
-                ip: Ipv4Addr::new(172, 31, 255, 10 + i as u8),
-                pod_net: Ipv4Addr::new(10, 244, i as u8, 0),
-                pod_gateway: Ipv4Addr::new(10, 244, i as u8, 1),
-                cp_veth: format!("vn{i}"),
-            })
+            .map(|i| NodePlan::numbered(name, i))
             .collect();
         Self {
             name: name.to_string(),
@@ -110,6 +115,18 @@ impl Plan {
             client_netns: format!("{name}-ext"),
             nodes,
         }
+    }
+
+    /// Plans one more node (the next index), for a node joining the
+    /// running cluster; `None` at [`MAX_NODES`].
+    pub fn add_node(&mut self) -> Option<NodePlan> {
+        let next = self.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+        if next > MAX_NODES {
+            return None;
+        }
+        let node = NodePlan::numbered(&self.name, next);
+        self.nodes.push(node.clone());
+        Some(node)
     }
 
     /// The node with this name.
@@ -181,6 +198,18 @@ mod tests {
         assert!(last.nodes.iter().all(|n| n.ip < ROUTER_UNDERLAY_IP));
         assert_eq!(p.node("node2").map(|n| n.index), Some(2));
         assert!(p.nodes.iter().all(|n| n.cp_veth.len() <= 15));
+    }
+
+    #[test]
+    fn a_joining_node_gets_the_next_index_and_its_own_addresses() {
+        let mut p = Plan::new("t", 2);
+        let n = p.add_node().unwrap();
+        assert_eq!((n.index, n.name.as_str()), (3, "node3"));
+        assert_eq!(p.nodes.len(), 3);
+        let others: Vec<_> = p.nodes[..2].iter().map(|o| (o.ip, o.pod_net)).collect();
+        assert!(!others.contains(&(n.ip, n.pod_net)));
+        let mut full = Plan::new("t", MAX_NODES);
+        assert!(full.add_node().is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use switchyard_e2e::cluster::{STATE_ROOT, client_from};
 use switchyard_e2e::sys::{self, Placement};
 use switchyard_e2e::teardown::{cleanup_stale, teardown_by_name};
 use switchyard_e2e::topology::Plan;
-use switchyard_e2e::{Cluster, ClusterConfig, Error, ProxyMode, Result};
+use switchyard_e2e::{Cluster, ClusterConfig, Error, ProxyMode, Result, node_requests};
 
 #[derive(Debug, Parser)]
 #[command(about = "A local real Kubernetes cluster without Docker")]
@@ -65,6 +65,23 @@ enum Cmd {
     /// Stop the cluster and remove everything it created (and what runs
     /// whose process died left behind).
     Down,
+    /// Grow the running cluster.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Add a node, as a new machine joins a cluster; prints its name.
+    Add {
+        /// A taint it registers with, `KEY[=VALUE]:EFFECT` (kubelet's
+        /// `--register-with-taints`); repeatable. A cluster off kube-proxy
+        /// wants `switchyard.dev/datapath-not-ready:NoSchedule`.
+        #[arg(long = "taint", value_parser = switchyard_e2e::node_requests::parse_taint)]
+        taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    },
 }
 
 fn state_dir(name: &str) -> PathBuf {
@@ -154,7 +171,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             exec(&name, node, pod, command).await
         }
         Cmd::Down => down(&name),
+        Cmd::Node {
+            cmd: NodeCmd::Add { taints },
+        } => add_node(&name, &taints),
     }
+}
+
+/// Asks the cluster's supervisor to add a node and waits for its name.
+fn add_node(name: &str, taints: &[k8s_openapi::api::core::v1::Taint]) -> Result<ExitCode> {
+    let Some(pid) = supervisor_pid(name) else {
+        println!("No lab cluster named {name} is running: switchyard-lab up");
+        return Ok(ExitCode::FAILURE);
+    };
+    let answer = node_requests::submit(&state_dir(name), taints)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .map_err(|e| Error::Config(format!("waking the supervisor (pid {pid}): {e}")))?;
+    let node = node_requests::wait_answer(&answer, Duration::from_secs(120))?;
+    println!("{node}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn supervise(name: &str, nodes: usize, mode: ProxyMode, port: u16) -> Result<ExitCode> {
@@ -175,11 +212,18 @@ async fn supervise(name: &str, nodes: usize, mode: ProxyMode, port: u16) -> Resu
         "switchyard-lab: cluster {name} ready in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(Error::io("installing signal handler", "SIGTERM"))?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut cluster = cluster;
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind).map_err(Error::io("installing signal handler", "signal"))
+    };
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut wake = signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = wake.recv() => node_requests::serve(&mut cluster).await,
+        }
     }
     eprintln!("switchyard-lab: tearing down {name}");
     cluster.teardown();
@@ -287,6 +331,9 @@ fn print_usage(name: &str) {
     println!("  switchyard-lab exec --node node1 -- iptables -t nat -L KUBE-SERVICES -n");
     println!(
         "  switchyard-lab exec --external -- curl -s http://<LoadBalancer IP or node IP:NodePort>/"
+    );
+    println!(
+        "  switchyard-lab node add --taint switchyard.dev/datapath-not-ready:NoSchedule   # a machine joins"
     );
     println!("  switchyard-lab down");
 }

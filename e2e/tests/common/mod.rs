@@ -4,6 +4,7 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod joining;
 mod scenarios;
 pub use scenarios::{assert_no_failures, plan, progress, run_plan, setup};
 

@@ -31,6 +31,12 @@ pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 /// kube-proxy DaemonSet gets a nodeAffinity excluding nodes that carry it.
 pub const KUBE_PROXY_EXCLUDED_LABEL: &str = "switchyard.dev/kube-proxy-excluded";
 
+/// Taint (`NoSchedule`) a node registers with (kubelet
+/// `--register-with-taints`) in a cluster that has left kube-proxy: no pod
+/// is scheduled there before the node's datapath serves every Service.
+/// The operator removes it once the node is migrated.
+pub const STARTUP_TAINT: &str = "switchyard.dev/datapath-not-ready";
+
 /// Annotation on the kube-proxy DaemonSet holding its own `updateStrategy`
 /// (JSON) while the operator keeps it at `OnDelete`: a plan's edits of the
 /// pod template then restart no kube-proxy pod on nodes not being migrated.

@@ -18,6 +18,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use switchyard_api::{
     FIELD_MANAGER, KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, NodeDatapathSpec,
+    STARTUP_TAINT,
 };
 use tracing::info;
 
@@ -105,6 +106,28 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Removes the startup taint, keeping the node's other taints: a merge
+    /// patch replaces the whole list, so it carries the resourceVersion
+    /// read (a concurrent change makes it fail; the next reconcile retries).
+    async fn remove_startup_taint(&self, node: &str) -> Result<()> {
+        let nodes = Api::<Node>::all(self.client.clone());
+        let n = nodes.get(node).await?;
+        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+        let kept: Vec<_> = taints.iter().filter(|t| t.key != STARTUP_TAINT).collect();
+        if kept.len() == taints.len() {
+            return Ok(());
+        }
+        info!(
+            node,
+            "removing the startup taint: the node's datapath serves"
+        );
+        let patch = json!({
+            "metadata": {"resourceVersion": n.metadata.resource_version},
+            "spec": {"taints": kept},
+        });
+        self.patch_node(node, patch).await
+    }
+
     /// Applies every action (see the module doc for the order).
     pub async fn apply_all(&self, actions: &[Action]) -> Result<()> {
         for segment in segments(actions) {
@@ -148,6 +171,7 @@ impl Applier<'_> {
                 self.patch_node(node, json!({"spec": {"unschedulable": null}}))
                     .await?
             }
+            Action::RemoveStartupTaint { node } => self.remove_startup_taint(node).await?,
             Action::ExcludeKubeProxy { node } => {
                 self.patch_node(
                     node,
@@ -184,6 +208,7 @@ impl Applier<'_> {
         match action {
             Action::Cordon { .. }
             | Action::Uncordon { .. }
+            | Action::RemoveStartupTaint { .. }
             | Action::ExcludeKubeProxy { .. }
             | Action::IncludeKubeProxy { .. }
             | Action::ApplyDatapath { .. } => {

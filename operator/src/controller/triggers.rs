@@ -35,6 +35,7 @@ pub fn node_inputs(n: &Node) -> Option<u64> {
         .and_then(|s| s.unschedulable)
         .unwrap_or(false)
         .hash(&mut h);
+    super::observe::has_startup_taint(n).hash(&mut h);
     Some(h.finish())
 }
 

@@ -10,6 +10,8 @@ pub enum Action {
     Cordon { node: String },
     /// `spec.unschedulable = false`.
     Uncordon { node: String },
+    /// Remove the [`switchyard_api::STARTUP_TAINT`]: pods may come.
+    RemoveStartupTaint { node: String },
     /// Write the node's whole NodeDatapath spec (server-side apply: a
     /// request the spec no longer carries is withdrawn).
     ApplyDatapath {
@@ -57,6 +59,7 @@ impl Action {
         match self {
             Action::Cordon { node }
             | Action::Uncordon { node }
+            | Action::RemoveStartupTaint { node }
             | Action::ApplyDatapath { node, .. }
             | Action::ExcludeKubeProxy { node }
             | Action::IncludeKubeProxy { node } => Some(node),

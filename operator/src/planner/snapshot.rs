@@ -63,6 +63,8 @@ pub struct NodeObs {
     pub kube_proxy_excluded: bool,
     /// Its first `InternalIP` (IPv4), where a peer probes its ingress.
     pub internal_ip: Option<String>,
+    /// Carries the [`switchyard_api::STARTUP_TAINT`].
+    pub startup_taint: bool,
 }
 
 /// kube-proxy as installed.

@@ -210,15 +210,23 @@ fn verify_actions(s: &Seen<'_>) -> Vec<Action> {
 }
 
 /// `Uncordon` and `RollbackUncordon`: uncordons only a node the plan
-/// cordoned, then moves to `then`.
+/// cordoned and lifts the startup taint of a node that registered with it
+/// (it serves Services now, through either datapath), then moves to `then`.
 pub(super) fn uncordon(s: &Seen<'_>, then: NodeStep) -> Next {
     let ours = s.p.was_cordoned == Some(false) && s.p.reached >= NodeStep::Cordon;
-    if !ours || !s.node.unschedulable {
+    let mut actions = Vec::new();
+    if ours && s.node.unschedulable {
+        actions.push(Action::Uncordon { node: s.name() });
+    }
+    if s.node.startup_taint {
+        actions.push(Action::RemoveStartupTaint { node: s.name() });
+    }
+    if actions.is_empty() {
         return Next::Advance(then);
     }
     Next::wait(
-        "waiting for the node to be uncordoned",
-        vec![Action::Uncordon { node: s.name() }],
+        "waiting for the node to be uncordoned and without the startup taint",
+        actions,
     )
 }
 

@@ -8,8 +8,10 @@ use switchyard_api::conditions::{self, KUBE_PROXY_REAPPEARED};
 use switchyard_api::{KubeProxyDisposition, NodeProgress, NodeStep, Phase};
 
 use super::super::actions::{Action, Event};
+use super::super::waves;
 use super::super::{backup_name, node};
-use super::{Ctx, Draft, GUARD_SECS, set_phase, step_nodes};
+use super::migrate::add_joined;
+use super::{Ctx, Draft, GUARD_SECS, PlanError, set_phase, step_nodes};
 
 pub(super) fn finalize(ctx: &Ctx<'_>, s: &mut Draft) {
     let kp = &ctx.snap.kube_proxy;
@@ -72,11 +74,12 @@ fn success_message(kept_for: &[String]) -> String {
     )
 }
 
-pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
+pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
     s.requeue = GUARD_SECS;
     if !s.st.kube_proxy_deleted {
         s.st.message = Some(success_message(&still_on_kube_proxy(ctx, s)));
     }
+    migrate_joined(ctx, s)?;
     let kp = &ctx.snap.kube_proxy;
     let reappeared =
         s.st.kube_proxy_deleted && (kp.daemon_set.is_some() || kp.config_map.is_some());
@@ -119,6 +122,47 @@ pub(super) fn guard(ctx: &Ctx<'_>, s: &mut Draft) {
         }
         s.actions.extend(clean_after_return(ctx, p));
     }
+    Ok(())
+}
+
+/// Nodes that joined the plan's selection after success (a new machine,
+/// an autoscaled node) are migrated as the plan's nodes were, through the
+/// same steps, as many at a time as a wave may hold; kube-proxy does not
+/// run there once it is deleted, and the startup taint keeps pods away
+/// until the node is done. The plan stays `Succeeded`, its message says
+/// what the joined nodes wait for.
+fn migrate_joined(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
+    add_joined(ctx, s)?;
+    step_nodes(ctx, s, NodeStep::in_flight);
+    let max = waves::max_in_flight(&ctx.spec.strategy, ctx.snap.nodes.len())?;
+    let in_flight = s.st.nodes.iter().filter(|p| p.step.in_flight()).count();
+    let room = max.saturating_sub(in_flight);
+    for p in
+        s.st.nodes
+            .iter_mut()
+            .filter(|p| p.step == NodeStep::Pending)
+            .take(room)
+    {
+        node::start(ctx, p, &mut s.actions);
+        s.moved = true;
+    }
+    let joining: Vec<String> =
+        s.st.nodes
+            .iter()
+            .filter(|p| p.step.in_flight() || p.step == NodeStep::Pending)
+            .map(|p| format!("{} ({:?})", p.name, p.step))
+            .collect();
+    if !joining.is_empty() {
+        s.requeue = super::POLL_SECS;
+        s.st.message = Some(format!(
+            "{}; migrating node(s) that joined after success: {}",
+            s.st.message
+                .as_deref()
+                .unwrap_or("every node serves Services through the eBPF datapath"),
+            super::super::preflight::listed(&joining)
+        ));
+    }
+    Ok(())
 }
 
 /// A kube-proxy pod that ran on the migrated node `p` left its rules there:

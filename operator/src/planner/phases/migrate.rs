@@ -40,8 +40,9 @@ pub(super) fn migrate(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
 }
 
 /// Nodes that joined the selection after planning go in a last wave, so
-/// none is left on kube-proxy when kube-proxy is deleted.
-fn add_joined(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
+/// none is left on kube-proxy when kube-proxy is deleted (and, after
+/// success, none is left without a serving datapath).
+pub(super) fn add_joined(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
     let planned: BTreeSet<String> = s.st.nodes.iter().map(|n| n.name.clone()).collect();
     let joined: Vec<String> = selected(ctx)?
         .into_iter()

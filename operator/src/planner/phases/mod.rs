@@ -77,7 +77,7 @@ pub(super) fn decide(
         }
         Phase::Migrating | Phase::Paused => migrate(ctx, &mut s)?,
         Phase::Finalizing => finalize(ctx, &mut s),
-        Phase::Succeeded => guard(ctx, &mut s),
+        Phase::Succeeded => guard(ctx, &mut s)?,
         Phase::Failed => {
             s.stall = Some(("NodesFailed".into(), failure_message(&s.st)));
             s.requeue = GUARD_SECS;

@@ -147,6 +147,14 @@ proptest! {
                 prop_assert!(n.dp_active && !n.kp_pod && !n.kp_rules, "{}: {:?}", name, n);
                 prop_assert_eq!(n.unschedulable, sim.pre_cordoned.contains(name));
             }
+            // A node joins after success: migrated like the others, with
+            // crashes and lag, and part of the rollback below.
+            sim.join("node-99");
+            sim.run(600, crashes(c.seed ^ 2), &lag(c.seed ^ 2));
+            prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+            prop_assert_eq!(sim.progress("node-99").step, NodeStep::Done);
+            let n = &sim.nodes["node-99"];
+            prop_assert!(n.dp_active && !n.startup_taint && !n.unschedulable, "{:?}", n);
         } else {
             prop_assert_ne!(sim.phase(), Phase::Succeeded);
             prop_assert!(sim.ds.is_some(), "kube-proxy deleted although a node failed");

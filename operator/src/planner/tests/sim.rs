@@ -50,6 +50,8 @@ pub struct SimNode {
     pub ingress_dead: bool,
     /// The Node's labels (what a plan's `nodeSelector` matches).
     pub labels: BTreeMap<String, String>,
+    /// Carries the startup taint: no pod runs there, nothing to serve.
+    pub startup_taint: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +132,18 @@ impl Sim {
         }
     }
 
+    /// A node joins the cluster, registered with the startup taint: its
+    /// agent runs (the DaemonSet tolerates every taint), its datapath is
+    /// off, and kube-proxy's DaemonSet, if any, starts a pod there.
+    pub fn join(&mut self, name: &str) {
+        let n = SimNode {
+            agent_alive: true,
+            startup_taint: true,
+            ..SimNode::default()
+        };
+        self.nodes.insert(name.into(), n);
+    }
+
     pub fn ts(&self) -> Timestamp {
         Timestamp::from_second(self.now).expect("valid time")
     }
@@ -150,6 +164,7 @@ impl Sim {
                     unschedulable: n.unschedulable,
                     kube_proxy_excluded: n.excluded,
                     internal_ip: Some(format!("172.31.0.{}", i + 10)),
+                    startup_taint: n.startup_taint,
                 },
             );
             if n.kp_pod {
@@ -226,7 +241,7 @@ impl Sim {
     fn check_serving(&mut self, when: &str) {
         for (name, n) in &self.nodes {
             let serving = n.kp_rules || (n.dp_active && n.programmed);
-            if !serving {
+            if !serving && !n.startup_taint {
                 self.violations
                     .push(format!("{when}: node {name} has no serving datapath"));
             }
@@ -479,12 +494,13 @@ impl Sim {
             self.reconcile(crash(round));
             self.tick(3, &|n| lag(round, n));
             if self.settled() {
-                // Two more quiet rounds: nothing may move once settled.
-                let before = self.status.clone();
+                // Two more quiet rounds: nothing may move once settled
+                // (a node that joined meanwhile does).
+                let before = (self.phase(), self.steps());
                 self.reconcile(None);
                 self.tick(3, &|_| false);
                 self.reconcile(None);
-                if self.status.phase != before.phase {
+                if (self.phase(), self.steps()) != before {
                     continue;
                 }
                 return;
@@ -493,10 +509,13 @@ impl Sim {
     }
 
     pub fn settled(&self) -> bool {
-        matches!(
-            self.phase(),
-            Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Planned
-        ) || (self.phase() == Phase::Paused
-            && self.status.nodes.iter().all(|n| !n.step.in_flight()))
+        let finished = || self.status.nodes.iter().all(|n| n.step.is_terminal());
+        (self.phase() == Phase::Succeeded && finished())
+            || matches!(
+                self.phase(),
+                Phase::Failed | Phase::RolledBack | Phase::Planned
+            )
+            || (self.phase() == Phase::Paused
+                && self.status.nodes.iter().all(|n| !n.step.in_flight()))
     }
 }

@@ -16,6 +16,16 @@ impl Sim {
         match a {
             Action::Cordon { node } => self.node(node).unschedulable = true,
             Action::Uncordon { node } => self.uncordon(node),
+            Action::RemoveStartupTaint { node } => {
+                let n = self.node(node);
+                let serving = n.kp_rules || (n.dp_active && n.programmed);
+                n.startup_taint = false;
+                if !serving {
+                    self.violations.push(format!(
+                        "startup taint removed from {node}, which serves no Service"
+                    ));
+                }
+            }
             Action::ApplyDatapath { node, spec } => self.write_datapath(node, spec),
             Action::ExcludeKubeProxy { node } => {
                 let n = self.node(node);
