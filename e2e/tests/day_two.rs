@@ -1,5 +1,5 @@
 //! Day two on the local real cluster (root): what a plan leaves behind for
-//! the nodes it did not migrate.
+//! the nodes it did not migrate, and what deleting one midway undoes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use switchyard_api::Phase;
-use switchyard_e2e::{ProxyMode, scenario, skip_unless_root};
+use switchyard_api::{
+    DatapathMode, KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, NodeStep, PLAN_FINALIZER,
+    Phase,
+};
+use switchyard_e2e::{ProxyMode, scenario, skip_unless_root, wait_for};
 
 mod common;
-use common::{assert_no_failures, kube_proxy_pods, plan, run_plan, setup};
+use common::{assert_no_failures, kube_proxy_pods, plan, progress, run_plan, setup};
 
 /// The label the plan selects node1 by.
 const POOL: &str = "switchyard.dev/test-pool";
@@ -61,4 +65,67 @@ async fn a_plan_selecting_one_node_of_three_leaves_the_others_served_by_kube_pro
     load.wait_for_more(750).await.unwrap();
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 750);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_plan_mid_migration_rolls_its_nodes_back_before_it_goes() {
+    if skip_unless_root() {
+        return;
+    }
+    let (c, _targets, load) = setup(ProxyMode::Iptables).await;
+    let body = plan(
+        "deleted",
+        json!({"strategy": {"canaryNodes": 1, "waveSize": 1}}),
+    );
+    scenario::apply_plan(&c, body).await.unwrap();
+    // One node done, the next on its way: deleted (a GitOps prune).
+    let midway = |p: &MigrationPlan| {
+        p.status.as_ref().is_some_and(|s| {
+            s.nodes.iter().any(|n| n.step == NodeStep::Done)
+                && s.nodes.iter().any(|n| n.step.in_flight())
+        })
+    };
+    scenario::follow_plan(&c, "deleted", Duration::from_secs(240), progress, midway)
+        .await
+        .unwrap();
+    let plans: Api<MigrationPlan> = Api::all(c.client());
+    plans
+        .delete("deleted", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = plans.get("deleted").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(held.finalizers().iter().any(|f| f == PLAN_FINALIZER));
+    wait_for(
+        "the deleted plan gone",
+        Duration::from_secs(240),
+        || async { plans.get_opt("deleted").await.ok()?.is_none().then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    // Every node is back on kube-proxy, uncordoned, unlabelled, and the
+    // agents' datapaths are off.
+    assert_eq!(kube_proxy_pods(&c).await.len(), 3);
+    let nodes: Api<Node> = Api::all(c.client());
+    for n in nodes.list(&Default::default()).await.unwrap() {
+        let name = n.name_any();
+        assert!(
+            !n.labels().contains_key(KUBE_PROXY_EXCLUDED_LABEL),
+            "{name}"
+        );
+        assert_ne!(n.spec.and_then(|s| s.unschedulable), Some(true), "{name}");
+        let rules = scenario::kube_proxy_rules(&c, &name).await.unwrap();
+        assert!(
+            rules.values().any(|l| !l.is_empty()),
+            "{name}: no kube-proxy rules"
+        );
+    }
+    let datapaths: Api<NodeDatapath> = Api::all(c.client());
+    for d in datapaths.list(&Default::default()).await.unwrap() {
+        assert_eq!(d.spec.mode, DatapathMode::Off, "{}", d.name_any());
+    }
+    load.wait_for_more(100).await.unwrap();
+    let totals = load.stop(&c).await.unwrap();
+    assert_no_failures(&totals, 100);
 }

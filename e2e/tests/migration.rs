@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_api::{MigrationPlan, NodeDatapath, NodeStep, Phase};
@@ -208,7 +208,7 @@ async fn nftables_migration_has_zero_failed_requests_and_a_node_joining_after_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failing_probe_stops_the_plan_and_rolls_the_node_back() {
+async fn a_failing_probe_stops_the_plan_rolls_the_node_back_and_a_retry_finishes_it() {
     if skip_unless_root() {
         return;
     }
@@ -290,6 +290,46 @@ async fn a_failing_probe_stops_the_plan_and_rolls_the_node_back() {
     }
     load.wait_for_more(100).await.unwrap();
     assert_eq!(common::kube_proxy_pods(&c).await, after);
+
+    // The cause fixed (the Service answers on every node), the failed node
+    // is retried through the spec and the plan finishes.
+    let cluster_wide = json!({"spec": {"internalTrafficPolicy": "Cluster"}});
+    Api::<Service>::namespaced(c.client(), "default")
+        .patch(
+            "local-only",
+            &PatchParams::default(),
+            &Patch::Merge(&cluster_wide),
+        )
+        .await
+        .unwrap();
+    let retry = json!({"spec": {"failurePolicy": {"retry": 1}}});
+    let plans: Api<MigrationPlan> = Api::all(c.client());
+    plans
+        .patch(
+            "probe-fails",
+            &PatchParams::default(),
+            &Patch::Merge(&retry),
+        )
+        .await
+        .unwrap();
+    let retried = |p: &MigrationPlan| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.observed_retry == 1 && scenario::settled(p))
+    };
+    let p = scenario::follow_plan(
+        &c,
+        "probe-fails",
+        Duration::from_secs(240),
+        progress,
+        retried,
+    )
+    .await
+    .unwrap();
+    let s = p.status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    assert!(s.nodes.iter().all(|n| n.step == NodeStep::Done));
+    load.wait_for_more(100).await.unwrap();
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 100);
 }

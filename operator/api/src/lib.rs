@@ -31,6 +31,11 @@ pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 /// kube-proxy DaemonSet gets a nodeAffinity excluding nodes that carry it.
 pub const KUBE_PROXY_EXCLUDED_LABEL: &str = "switchyard.dev/kube-proxy-excluded";
 
+/// Finalizer the operator puts on every MigrationPlan: deleting a plan
+/// that has touched nodes rolls them back before the object goes (see
+/// [`MigrationPlanSpec::on_deletion`]).
+pub const PLAN_FINALIZER: &str = "switchyard.dev/rollback-on-delete";
+
 /// Taint (`NoSchedule`) a node registers with (kubelet
 /// `--register-with-taints`) in a cluster that has left kube-proxy: no pod
 /// is scheduled there before the node's datapath serves every Service.

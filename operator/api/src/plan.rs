@@ -83,6 +83,22 @@ pub struct MigrationPlanSpec {
     /// (they are listed in the status). Off by default.
     #[serde(default)]
     pub allow_unsupported: bool,
+
+    /// What deleting the plan before it succeeded does (a GitOps prune, a
+    /// `kubectl delete`): `Rollback` (default) rolls every node it touched
+    /// back to kube-proxy first (the plan's finalizer holds the object
+    /// until then); `Abandon` leaves the nodes as they are, each still
+    /// served (cordons stay). Deleting a succeeded plan changes no node.
+    #[serde(default)]
+    pub on_deletion: DeletionPolicy,
+}
+
+/// See [`MigrationPlanSpec::on_deletion`].
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    #[default]
+    Rollback,
+    Abandon,
 }
 
 /// Wave layout and pacing.
@@ -289,6 +305,14 @@ pub struct FailurePolicy {
     /// Failed nodes tolerated before the plan stops starting new nodes.
     #[serde(default)]
     pub max_failed_nodes: u32,
+    /// Retry the failed nodes: raising this number (once the cause is
+    /// fixed) sends every node that failed back into the step it failed at
+    /// (`Pause`: it stayed there, still serving) or, rolled back to
+    /// kube-proxy (`Rollback`), through its migration again; the plan
+    /// resumes. A number in the spec, so GitOps can do it: each new value
+    /// retries once.
+    #[serde(default)]
+    pub retry: u32,
     /// `Pause`: a failed node stays as it is (still serving) and the plan
     /// pauses for a human. `Rollback`: a failed node returns to kube-proxy.
     #[serde(default)]

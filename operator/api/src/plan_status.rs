@@ -135,6 +135,9 @@ pub struct MigrationPlanStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The `spec.failurePolicy.retry` last acted on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub observed_retry: u32,
     /// The computed waves: node names, canary wave first. Fixed once
     /// migration starts; nodes that join later are appended as a last wave.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -250,8 +253,8 @@ fn is_pending(step: &NodeStep) -> bool {
     *step == NodeStep::Pending
 }
 
-fn is_zero(n: &i64) -> bool {
-    *n == 0
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// A completed step.

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod external;
+pub mod finalizer;
 pub mod kube_proxy;
 pub mod leader;
 pub mod observe;
@@ -281,6 +282,15 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
         tracing::debug!("caches not synced yet; waiting");
         return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
+    if !finalizer::has(&plan) {
+        if plan.metadata.deletion_timestamp.is_some() {
+            return Ok(Requeue::await_change());
+        }
+        // Before anything is touched: from now on deleting the plan
+        // waits for what `spec.onDeletion` says.
+        finalizer::add(&ctx.client, &plan).await?;
+        return Ok(Requeue::await_change());
+    }
     let started = Instant::now();
     let name = plan.name_any();
     let snapshot = gather(&plan, &ctx).await?;
@@ -288,6 +298,10 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
     let decision = decide(&plan, &current, &snapshot)?;
     record(&ctx.client, &name, &current, &decision.status).await?;
     act(&plan, &ctx, &decision.actions).await?;
+    if decision.release {
+        finalizer::remove(&ctx.client, &plan).await?;
+        return Ok(Requeue::await_change());
+    }
     ctx.metrics.observe(
         &name,
         &decision.status,
@@ -411,6 +425,7 @@ fn decide(
         status: current,
         snapshot,
         now: Timestamp::now(),
+        deleting: plan.metadata.deletion_timestamp.is_some(),
     })?)
 }
 

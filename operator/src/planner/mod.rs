@@ -8,6 +8,7 @@
 //! a re-run converges to the same place.
 
 pub mod actions;
+mod deletion;
 mod node;
 mod phases;
 pub mod preflight;
@@ -39,6 +40,8 @@ pub struct Input<'a> {
     pub status: &'a MigrationPlanStatus,
     pub snapshot: &'a Snapshot,
     pub now: Timestamp,
+    /// The plan is being deleted (`metadata.deletionTimestamp`).
+    pub deleting: bool,
 }
 
 /// The planner's answer.
@@ -50,6 +53,9 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// When to look again even if nothing changes (seconds; 0 = right away).
     pub requeue_after_secs: u64,
+    /// The plan is being deleted and its finalizer may go now (after the
+    /// actions are applied).
+    pub release: bool,
 }
 
 /// Shared read-only context of one decision.
@@ -71,17 +77,30 @@ pub(crate) struct Ctx<'a> {
 /// Decides the next step of a plan. Deterministic: the same input always
 /// gives the same decision.
 pub fn plan(input: Input<'_>) -> Result<Decision, PlanError> {
+    let deletion = deletion::classify(input.spec, input.status, input.deleting);
+    let rolled_back;
+    let spec = if deletion == deletion::Deletion::RollBack {
+        rolled_back = MigrationPlanSpec {
+            rollback: true,
+            ..input.spec.clone()
+        };
+        &rolled_back
+    } else {
+        input.spec
+    };
     let ctx = Ctx {
         plan_name: input.plan_name,
-        spec: input.spec,
+        spec,
         snap: input.snapshot,
         now: input.now,
-        api_server: preflight::api_server(input.spec, input.snapshot),
+        api_server: preflight::api_server(spec, input.snapshot),
         node_ports: preflight::node_port_addresses(input.snapshot)
             .or_else(|| input.status.kube_proxy_node_ports.clone()),
         nodes: &input.status.nodes,
     };
-    phases::decide(&ctx, input.generation, input.status.clone())
+    let mut decision = phases::decide(&ctx, input.generation, input.status.clone())?;
+    decision.release = deletion::releases(deletion, &decision);
+    Ok(decision)
 }
 
 /// The name of a plan's kube-proxy backup ConfigMap.

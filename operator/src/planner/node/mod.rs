@@ -43,6 +43,50 @@ pub fn start(ctx: &Ctx<'_>, p: &mut NodeProgress, events: &mut Vec<Action>) {
     }
 }
 
+/// Sends a failed node back into its migration (`spec.failurePolicy.retry`
+/// raised): one that stayed failed re-enters the step it failed at, with
+/// fresh requests; one rolled back to kube-proxy starts again. The failure
+/// is kept in the event, not in the progress (the node counts as failed no
+/// more). Others are left alone.
+pub fn retry(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
+    let Some(failed) = p.failed_step else {
+        return;
+    };
+    let why = p.failure.take().unwrap_or_default();
+    match p.step {
+        NodeStep::Failed => {
+            p.failed_step = None;
+            advance(ctx, p, ctx.snap.datapaths.get(&p.name), failed, out);
+        }
+        NodeStep::RolledBack => {
+            // From the start, as if never migrated; request generations
+            // keep counting up (the agent acts once per generation).
+            *p = NodeProgress {
+                name: std::mem::take(&mut p.name),
+                wave: p.wave,
+                cleanup_generation: p.cleanup_generation,
+                probe_generation: p.probe_generation,
+                peer_probe_generation: p.peer_probe_generation,
+                ..NodeProgress::default()
+            };
+            start(ctx, p, out);
+        }
+        _ => {
+            p.failure = Some(why);
+            return;
+        }
+    }
+    out.push(event(
+        Some(&p.name),
+        false,
+        "NodeRetried",
+        format!(
+            "retrying node {} at step {:?} (spec.failurePolicy.retry); it had failed: {why}",
+            p.name, p.step
+        ),
+    ));
+}
+
 /// Puts a node into the rollback sequence (whole-plan rollback).
 pub fn begin_rollback(ctx: &Ctx<'_>, p: &mut NodeProgress) {
     enter(ctx, p, NodeStep::RestoreKubeProxy);

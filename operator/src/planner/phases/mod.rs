@@ -65,6 +65,10 @@ pub(super) fn decide(
         );
     }
 
+    if ctx.spec.failure_policy.retry != s.st.observed_retry {
+        retry_failed(ctx, &mut s);
+    }
+
     match s.st.phase {
         Phase::Pending => set_phase(ctx, &mut s, Phase::Preflight),
         Phase::Preflight => preflight_phase(ctx, &mut s)?,
@@ -93,7 +97,25 @@ pub(super) fn decide(
         status: s.st,
         actions: s.actions,
         requeue_after_secs: if s.moved { 0 } else { s.requeue },
+        release: false,
     })
+}
+
+/// `spec.failurePolicy.retry` changed: every failed node goes back into
+/// its migration and a plan stopped by failures resumes (not one rolled
+/// back or rolling back as a whole: its nodes stay on kube-proxy).
+fn retry_failed(ctx: &Ctx<'_>, s: &mut Draft) {
+    s.st.observed_retry = ctx.spec.failure_policy.retry;
+    s.moved = true;
+    if matches!(s.st.phase, Phase::RollingBack | Phase::RolledBack) {
+        return;
+    }
+    for p in &mut s.st.nodes {
+        node::retry(ctx, p, &mut s.actions);
+    }
+    if matches!(s.st.phase, Phase::Paused | Phase::Failed) && !ctx.spec.paused {
+        set_phase(ctx, s, Phase::Migrating);
+    }
 }
 
 fn set_phase(ctx: &Ctx<'_>, s: &mut Draft, phase: Phase) {

@@ -85,6 +85,7 @@ fn a_serving_node_whose_lease_expired_does_not_advance() {
             status: &sim.status,
             snapshot: &snap,
             now: sim.ts(),
+            deleting: false,
         })
         .expect("plan");
         let n = d

@@ -173,6 +173,35 @@ proptest! {
         prop_assert!(!sim.ds_held, "kube-proxy's own update strategy is back after the rollback");
     }
 
+    /// Deleting the plan at any moment: with crashes and lag, the
+    /// finalizer goes only once every node is back on kube-proxy (or at
+    /// once for a succeeded plan, which changes no node).
+    #[test]
+    fn deleting_the_plan_at_any_moment_rolls_back_then_releases(c in case(), at in 0usize..60) {
+        let mut sim = sim_for(&c);
+        sim.run(at, crashes(c.seed), &lag(c.seed));
+        let succeeded = sim.phase() == Phase::Succeeded;
+        sim.deleting = true;
+        let mut crash = crashes(c.seed ^ 3);
+        let lag = lag(c.seed ^ 3);
+        for round in 0..600 {
+            if sim.released {
+                break;
+            }
+            sim.reconcile(crash(round));
+            sim.tick(3, &|n| lag(round, n));
+        }
+        prop_assert!(sim.released, "still held: {:?} {:?}", sim.phase(), sim.steps());
+        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+        if !succeeded {
+            for (name, n) in &sim.nodes {
+                prop_assert!(n.kp_ready && n.kp_rules && !n.excluded && !n.dp_active, "{}: {:?}", name, n);
+                prop_assert_eq!(n.unschedulable, sim.pre_cordoned.contains(name), "{}", name);
+            }
+            prop_assert!(!sim.ds_held, "kube-proxy's own rollout is back");
+        }
+    }
+
     /// Crashes between applying actions and recording status change nothing
     /// about where the plan ends.
     #[test]

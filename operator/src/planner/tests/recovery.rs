@@ -1,8 +1,8 @@
 //! After a failure: what still blocks a new plan and what does not, and a
 //! rollback that cannot finish.
 
-use switchyard_api::Phase;
 use switchyard_api::conditions::{self, STALLED};
+use switchyard_api::{FailureAction, NodeStep, Phase};
 
 use super::sim::Sim;
 use super::unit::{run, spec};
@@ -89,4 +89,78 @@ fn kube_proxy_that_ran_on_migrated_nodes_after_success_has_its_rules_cleaned_aga
     );
     assert!(sim.status.nodes.iter().all(|p| !p.kube_proxy_returned));
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+#[test]
+fn a_node_failed_under_pause_is_retried_through_the_spec_and_finishes() {
+    let mut s = spec(1, 1);
+    s.failure_policy.action = FailureAction::Pause;
+    let mut sim = Sim::new(3, &[], s);
+    sim.nodes.get_mut("node-00").unwrap().probe_fails = true;
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Paused);
+    let p = sim.progress("node-00");
+    assert_eq!(
+        (p.step, p.failed_step),
+        (NodeStep::Failed, Some(NodeStep::Verify))
+    );
+    let probe_before = p.probe_generation;
+
+    // Fixed, then retried: back into Verify with a new probe request.
+    sim.nodes.get_mut("node-00").unwrap().probe_fails = false;
+    sim.spec.failure_policy.retry = 1;
+    sim.reconcile(None);
+    let p = sim.progress("node-00");
+    assert_eq!((p.step, p.failed_step), (NodeStep::Verify, None));
+    assert!(p.probe_generation > probe_before);
+    assert_eq!(sim.phase(), Phase::Migrating);
+    assert!(sim.events.iter().any(|e| e.reason == "NodeRetried"));
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert!(sim.status.nodes.iter().all(|p| p.step == NodeStep::Done));
+    // Acted on once: the same number retries nothing more.
+    assert_eq!(sim.status.observed_retry, 1);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+#[test]
+fn a_node_rolled_back_after_failing_is_migrated_again_on_retry() {
+    let mut s = spec(1, 1);
+    s.failure_policy.action = FailureAction::Rollback;
+    let mut sim = Sim::new(3, &[], s);
+    sim.nodes.get_mut("node-00").unwrap().cleanup_fails = true;
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Failed);
+    assert_eq!(sim.progress("node-00").step, NodeStep::RolledBack);
+    sim.nodes.get_mut("node-00").unwrap().cleanup_fails = false;
+    sim.spec.failure_policy.retry = 7;
+    sim.reconcile(None);
+    let p = sim.progress("node-00");
+    assert_eq!(
+        (p.step, p.failed_step, p.reached),
+        (NodeStep::Cordon, None, NodeStep::Cordon)
+    );
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert!(
+        sim.ds.is_none(),
+        "kube-proxy deleted once every node is done"
+    );
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+#[test]
+fn retry_leaves_a_plan_rolled_back_as_a_whole_alone() {
+    let mut s = spec(1, 1);
+    s.failure_policy.action = FailureAction::Pause;
+    let mut sim = Sim::new(2, &[], s);
+    sim.nodes.get_mut("node-00").unwrap().probe_fails = true;
+    run(&mut sim);
+    sim.spec.rollback = true;
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    sim.spec.failure_policy.retry = 1;
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::RolledBack);
+    assert!(sim.nodes.values().all(|n| n.kp_rules && !n.dp_active));
 }

@@ -79,6 +79,10 @@ pub struct Sim {
     pub written: BTreeMap<String, NodeDatapathSpec>,
     /// Services reached from outside the nodes.
     pub external_services: Vec<ExternalService>,
+    /// The plan is being deleted.
+    pub deleting: bool,
+    /// Its finalizer was removed: the object is gone.
+    pub released: bool,
 }
 
 impl Sim {
@@ -129,6 +133,8 @@ impl Sim {
                     protocol: ProbeProtocol::TCP,
                 }],
             }],
+            deleting: false,
+            released: false,
         }
     }
 
@@ -426,6 +432,7 @@ impl Sim {
             status: &self.status,
             snapshot: &snap,
             now: self.ts(),
+            deleting: self.deleting,
         })
         .expect("plan")
     }
@@ -459,6 +466,7 @@ impl Sim {
         self.deciding = None;
         if crash.is_none() {
             self.status = d.status;
+            self.released |= d.release;
         }
     }
 

@@ -309,6 +309,7 @@ fn tolerated_failures_let_other_nodes_finish_but_keep_kube_proxy() {
     spec.failure_policy = switchyard_api::FailurePolicy {
         max_failed_nodes: 1,
         action: FailureAction::Rollback,
+        retry: 0,
     };
     let mut sim = Sim::new(3, &[], spec);
     sim.nodes.get_mut("node-01").unwrap().cleanup_fails = true;
