@@ -8,16 +8,20 @@
 //! switchyard from `config/`, applies a MigrationPlan and shows its
 //! progress live (per-node steps, requests ok/failed inside and from
 //! outside), prints each node's `iptables -t nat -L KUBE-SERVICES` before
-//! and after, then tears everything down.
+//! and after; then a machine joins the cluster, now off kube-proxy: the
+//! plan migrates it before any pod may run there, and a pod scheduled
+//! there at once fails no request. Tears everything down.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::json;
-use switchyard_api::{MigrationPlan, Phase};
+use k8s_openapi::api::core::v1::Taint;
+use switchyard_api::{MigrationPlan, Phase, STARTUP_TAINT};
 use switchyard_e2e::ingress;
 use switchyard_e2e::outside::traffic::{self, ExternalLoad};
-use switchyard_e2e::scenario::{self, Load, Totals};
+use switchyard_e2e::load;
+use switchyard_e2e::scenario::{self, Load, Target, Totals};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode};
 
 #[derive(Debug, Parser)]
@@ -31,7 +35,7 @@ struct Args {
 }
 
 fn step(n: u32, what: &str) {
-    println!("\n\x1b[1m[{n}/6] {what}\x1b[0m");
+    println!("\n\x1b[1m[{n}/7] {what}\x1b[0m");
 }
 
 async fn show_rules(c: &Cluster, when: &str) {
@@ -95,6 +99,7 @@ fn table(p: &MigrationPlan, load: &Load, external: &ExternalLoad) {
 
 /// The client traffic inside the cluster and from outside it.
 struct Traffic {
+    targets: Vec<Target>,
     load: Load,
     external: ExternalLoad,
 }
@@ -102,13 +107,17 @@ struct Traffic {
 async fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let bins = switchyard_e2e::binaries::Binaries::locate().map_err(|e| e.to_string())?;
-    let c = start_cluster(&args, &bins, started).await?;
+    let mut c = start_cluster(&args, &bins, started).await?;
     let traffic = start_traffic(&c, &args, &bins).await?;
     install(&c).await?;
     let (plan, secs) = migrate(&c, &traffic).await?;
-    let failed = result(&c, traffic, secs).await?;
+    let targets = traffic.targets.clone();
+    let mut failed = result(&c, traffic, secs).await?;
+    if plan.status.as_ref().is_some_and(|s| s.kube_proxy_deleted) {
+        failed += join(&mut c, &targets, args.rate).await?;
+    }
 
-    step(6, "tearing down");
+    step(7, "tearing down");
     let phase = plan.status.map(|s| s.phase);
     c.teardown();
     println!("  done in {:.1}s total", started.elapsed().as_secs_f64());
@@ -193,7 +202,11 @@ async fn start_traffic(
         args.rate
     );
     show_rules(c, "before").await;
-    Ok(Traffic { load, external })
+    Ok(Traffic {
+        targets,
+        load,
+        external,
+    })
 }
 
 /// Step 3: switchyard from `config/`.
@@ -271,6 +284,47 @@ async fn result(c: &Cluster, traffic: Traffic, secs: f64) -> Result<u64, String>
             .map_err(|e| e.to_string())?
     );
     Ok(failed + ext_failed)
+}
+
+/// Step 6: a machine joins the cluster now off kube-proxy, registered with
+/// the startup taint; a client pod the scheduler puts there at once runs
+/// when the succeeded plan has migrated the node. Returns its failed
+/// requests.
+async fn join(c: &mut Cluster, targets: &[Target], rate: u32) -> Result<u64, String> {
+    step(
+        6,
+        "a machine joins: node4 registers with the taint switchyard.dev/datapath-not-ready:NoSchedule, a client pod is created for it at once",
+    );
+    let registered = Instant::now();
+    let taint = Taint {
+        key: STARTUP_TAINT.into(),
+        effect: "NoSchedule".into(),
+        ..Taint::default()
+    };
+    let node = c.add_node(&[taint]).await.map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(240);
+    let load = load::start_load_scheduled(c, targets, rate, &node.name, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "  {}: migrated by the succeeded plan, taint lifted, its pod's first requests served {:.1}s after it registered",
+        node.name,
+        registered.elapsed().as_secs_f64()
+    );
+    load.wait_for_more(u64::from(rate) * 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let totals = load.stop(c).await.map_err(|e| e.to_string())?;
+    for t in &totals {
+        println!("  {:<24} ok {:<6} failed {}", t.target, t.ok, t.failed);
+    }
+    println!(
+        "{}",
+        scenario::kubectl(c, &["get", "nodes,nodedatapaths"])
+            .await
+            .map_err(|e| e.to_string())?
+    );
+    Ok(sums(&totals).1)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
