@@ -15,12 +15,12 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use serde_json::json;
 use k8s_openapi::api::core::v1::Taint;
+use serde_json::json;
 use switchyard_api::{MigrationPlan, Phase, STARTUP_TAINT};
 use switchyard_e2e::ingress;
-use switchyard_e2e::outside::traffic::{self, ExternalLoad};
 use switchyard_e2e::load;
+use switchyard_e2e::outside::traffic::{self, ExternalLoad};
 use switchyard_e2e::scenario::{self, Load, Target, Totals};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode};
 

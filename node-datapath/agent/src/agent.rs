@@ -420,7 +420,7 @@ impl State {
     }
 
     async fn cleanup(&mut self, generation: i64, dry_run: bool) {
-        let opts = switchyard_cleanup::Options::default();
+        let opts = crate::kube_proxy::cleanup_options(&self.syncer.service_ips(&self.node_ips));
         let report = tokio::task::spawn_blocking(move || {
             if dry_run {
                 switchyard_cleanup::scan(&opts)

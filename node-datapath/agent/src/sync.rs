@@ -157,6 +157,21 @@ impl Syncer {
     }
 
     /// The desired state of the last sync.
+    /// The Service addresses of the desired state: every frontend address
+    /// that is not one of the node's own (`node_ips`, loopback), i.e.
+    /// ClusterIPs, external and LoadBalancer IPs.
+    pub fn service_ips(&self, node_ips: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+        let ips: std::collections::BTreeSet<Ipv4Addr> = self
+            .lb
+            .state()
+            .frontends
+            .keys()
+            .map(|f| f.ip)
+            .filter(|ip| !ip.is_loopback() && !node_ips.contains(ip))
+            .collect();
+        ips.into_iter().collect()
+    }
+
     pub fn state(&self) -> &switchyard_lb::DesiredState {
         self.lb.state()
     }
