@@ -37,7 +37,7 @@ struct Node {
 
 impl Node {
     /// `None` (the test is skipped) without root, cgroup2 or bpffs.
-    fn new() -> Option<Self> {
+    fn new(name: &str, events_ring: u32) -> Option<Self> {
         if switchyard_testkit::skip_unless_root("loading BPF programs") {
             return None;
         }
@@ -50,7 +50,7 @@ impl Node {
             switchyard_testkit::skip(&test, "needs cgroup2 and bpffs mounts");
             return None;
         };
-        let id = format!("sy-observer-{}", std::process::id());
+        let id = format!("sy-observer-{}-{name}", std::process::id());
         let cgroup = PathBuf::from(cg2).join(&id);
         let bpffs_dir = PathBuf::from(bpffs).join(&id);
         std::fs::create_dir(&cgroup).unwrap();
@@ -62,7 +62,7 @@ impl Node {
                 rev_nat: 64,
                 sock_rev_nat: 64,
                 affinity: 64,
-                events_ring: 65_536,
+                events_ring,
             },
             ..DatapathConfig::new(&cgroup)
         };
@@ -85,6 +85,19 @@ impl Node {
         );
         let out = Command::new("bash").args(["-c", &script]).output().unwrap();
         out.status.success()
+    }
+
+    /// Like [`Node::connect`], `n` times from one bash (its connections
+    /// are refused or closed at once).
+    fn connect_times(&self, to: SocketAddrV4, n: u32) {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && for i in $(seq {n}); do : 3<>/dev/tcp/{}/{}; done 2>/dev/null; true",
+            self.cgroup.display(),
+            to.ip(),
+            to.port()
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
     }
 }
 
@@ -185,7 +198,9 @@ async fn wait_seen(hub: &FlowHub, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_and_a_dropped_connection_are_two_flows_over_grpc() {
-    let Some(node) = Node::new() else { return };
+    let Some(node) = Node::new("flows", 65_536) else {
+        return;
+    };
     let backend_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let std::net::SocketAddr::V4(backend) = backend_listener.local_addr().unwrap() else {
         unreachable!("bound an IPv4 address")
@@ -266,6 +281,46 @@ async fn a_forwarded_and_a_dropped_connection_are_two_flows_over_grpc() {
     let next = flows_of(vec![next.unwrap().unwrap().unwrap()]);
     assert_eq!(next[0].verdict, pb::Verdict::Forwarded as i32);
     assert_ne!(next[0].socket_cookie, fwd.socket_cookie);
+    server.abort();
+    hub.detach();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_ring_lost_come_first_with_their_count() {
+    let Some(node) = Node::new("lost", 4096) else {
+        return;
+    };
+    let backend = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+    program(&node.dp, backend);
+    // Nobody reads yet: the one-page ring keeps 73 refusals of 56 bytes
+    // (with its record header), the rest are lost and counted.
+    node.connect_times(SocketAddrV4::new(EMPTY_VIP, 80), 200);
+    let hub = Arc::new(FlowHub::new(256, true));
+    hub.set_services(services());
+    hub.attach(&node.bpffs_dir).unwrap();
+    wait_seen(&hub, 73).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(serve_on(listener, FlowObserver::new(hub.clone(), "node1")));
+    let mut client = ObserverClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let req = GetFlowsRequest {
+        number: 1,
+        ..Default::default()
+    };
+    let mut stream = client.get_flows(req).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(ResponseTypes::LostEvents(lost)) = first.response_types else {
+        panic!("not lost events first: {first:?}")
+    };
+    assert_eq!(lost.num_events_lost, 200 - 73);
+    assert_eq!(lost.source, pb::LostEventSource::PerfEventRingBuffer as i32);
+    let flow = stream.message().await.unwrap().unwrap();
+    assert!(matches!(flow.response_types, Some(ResponseTypes::Flow(_))));
+    assert!(stream.message().await.unwrap().is_none());
+    assert_eq!(hub.status().2.seen, 73);
     server.abort();
     hub.detach();
 }
