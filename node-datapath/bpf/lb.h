@@ -51,6 +51,9 @@
 #define SY_AFFINITY_MAP_NAME "sy_affinity4"
 #define SY_COUNTERS_MAP_NAME "sy_counters"
 #define SY_HEALTH_SOCKS_MAP_NAME "sy_health_socks"
+#define SY_EVENTS_MAP_NAME "sy_events"
+#define SY_EVENTS_LOST_MAP_NAME "sy_events_lost"
+#define SY_CONFIG_MAP_NAME "sy_config"
 
 /* Default capacities; the loader may override max_entries. */
 #define SY_SVC_MAP_MAX 524288
@@ -59,6 +62,7 @@
 #define SY_SOCK_REVNAT_MAP_MAX 262144
 #define SY_AFFINITY_MAP_MAX 65536
 #define SY_HEALTH_SOCKS_MAX 1024 /* :10256 and every healthCheckNodePort */
+#define SY_EVENTS_RING_BYTES 262144 /* sy_events: a power of 2, whole pages */
 
 /* sy_svc_key.scope */
 #define SY_SCOPE_NODE 0    /* clients on this node: every frontend */
@@ -167,5 +171,49 @@ enum sy_counter {
 	SY_CNT_DROP_SOURCE_RANGE = 18, /* ingress: source outside loadBalancerSourceRanges */
 	SY_CNT_MAX = 19,
 };
+
+/*
+ * Flow events. connect4 and sendmsg4 report what they did with a frontend
+ * through the ring buffer sy_events, one struct sy_flow_event a record:
+ * every translated connect(), an unconnected UDP socket's first sendto()
+ * of a frontend to a backend (later datagrams of that pair are one flow:
+ * its sy_sock_rnat4 entry already exists), and every refusal. A record
+ * that does not fit (the agent fell behind) is counted in the per-CPU
+ * sy_events_lost[0] instead, so a loss is never silent. The sy_counters
+ * counters do not depend on events.
+ *
+ * sy_config[0] switches them: SY_CFG_F_EVENTS_OFF set = no events. An
+ * array map starts zeroed, so events are on unless the agent turns them
+ * off.
+ */
+#define SY_CFG_F_EVENTS_OFF (1 << 0)
+
+struct sy_config {
+	__u32 flags;           /* SY_CFG_F_* */
+	__u32 pad;
+};                             /* 8 bytes; key: __u32 0 */
+
+/* sy_flow_event.verdict */
+#define SY_EV_FORWARDED 1      /* translated to the backend in the event */
+#define SY_EV_DROPPED 2        /* refused with ECONNREFUSED */
+
+/* sy_flow_event.hook */
+#define SY_EV_HOOK_CONNECT4 1  /* cgroup/connect4 */
+#define SY_EV_HOOK_SENDMSG4 2  /* cgroup/sendmsg4 (unconnected UDP) */
+
+struct sy_flow_event {
+	__u64 ktime_ns;        /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u64 cgroup_id;       /* cgroup v2 id of the calling process */
+	__u64 sock_cookie;     /* the client socket's cookie */
+	__u64 netns_cookie;    /* the client's network namespace cookie */
+	__be32 frontend_addr;  /* the address the client asked for */
+	__be32 backend_addr;   /* forwarded: the backend; dropped: 0 */
+	__be16 frontend_port;
+	__be16 backend_port;   /* forwarded: the backend's; dropped: 0 */
+	__u8 proto;            /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 verdict;          /* SY_EV_* */
+	__u8 hook;             /* SY_EV_HOOK_* */
+	__u8 drop_reason;      /* dropped: the enum sy_counter it counted */
+};                             /* 48 bytes */
 
 #endif /* SWITCHYARD_LB_H */

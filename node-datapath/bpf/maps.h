@@ -57,6 +57,25 @@ struct {
 	__uint(max_entries, SY_CNT_MAX);
 } sy_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SY_EVENTS_RING_BYTES);
+} sy_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} sy_events_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sy_config);
+	__uint(max_entries, 1);
+} sy_config SEC(".maps");
+
 static __always_inline void sy_count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&sy_counters, &idx);

@@ -18,6 +18,9 @@
  * -ECONNREFUSED and returns 0, so connect()/sendto() fail like kube-proxy's
  * REJECT instead of hanging. Anything not a frontend passes untouched.
  *
+ * connect4 and sendmsg4 also report each translation and refusal as a flow
+ * event (lb.h, "Flow events").
+ *
  * Every socket is on this node, so only scope SY_SCOPE_NODE is looked up
  * (see lb.h).
  */
@@ -82,12 +85,79 @@ static __always_inline __u32 sy_affinity_backend(struct sy_affinity_key *ak,
 	return av->backend_id;
 }
 
+/* Whether flow events are off (sy_config, lb.h). */
+static __always_inline int sy_events_off(void)
+{
+	__u32 zero = 0;
+	struct sy_config *cfg = bpf_map_lookup_elem(&sy_config, &zero);
+
+	return cfg && (cfg->flags & SY_CFG_F_EVENTS_OFF);
+}
+
+/* Reports one flow event; a full ring is counted in sy_events_lost. */
+static __always_inline void sy_emit(struct bpf_sock_addr *ctx, const struct sy_svc_key *key,
+				    __u8 hook, __u8 verdict, __u8 reason,
+				    const struct sy_backend *backend)
+{
+	struct sy_flow_event *ev;
+	__u32 zero = 0;
+
+	if (sy_events_off())
+		return;
+	ev = bpf_ringbuf_reserve(&sy_events, sizeof(*ev), 0);
+	if (!ev) {
+		__u64 *lost = bpf_map_lookup_elem(&sy_events_lost, &zero);
+
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	ev->ktime_ns = bpf_ktime_get_ns();
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->sock_cookie = bpf_get_socket_cookie(ctx);
+	ev->netns_cookie = bpf_get_netns_cookie(ctx);
+	ev->frontend_addr = key->address;
+	ev->frontend_port = key->dport;
+	ev->backend_addr = backend ? backend->address : 0;
+	ev->backend_port = backend ? backend->port : 0;
+	ev->proto = key->proto;
+	ev->verdict = verdict;
+	ev->hook = hook;
+	ev->drop_reason = reason;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Counts a refusal under `reason` (an enum sy_counter) and reports it. */
+static __always_inline enum sy_verdict sy_drop(struct bpf_sock_addr *ctx,
+					       const struct sy_svc_key *key, __u8 hook,
+					       __u32 reason)
+{
+	sy_count(reason);
+	sy_emit(ctx, key, hook, SY_EV_DROPPED, (__u8)reason, 0);
+	return SY_REFUSE;
+}
+
 /*
- * Forward translation shared by connect4 and sendmsg4. Rewrites
+ * Whether this socket already has exactly rn recorded for its backend, i.e.
+ * an unconnected UDP socket sends another datagram of a flow it started.
+ * Only sendmsg4 asks: a connect() is always a new flow, and the lookup
+ * would cost every connect.
+ */
+static __always_inline int sy_same_flow(struct sy_sock_key *sk, struct sy_sock_rev_nat *rn)
+{
+	struct sy_sock_rev_nat *old = bpf_map_lookup_elem(&sy_sock_rnat4, sk);
+
+	return old && old->address == rn->address && old->port == rn->port &&
+	       old->rev_nat_index == rn->rev_nat_index;
+}
+
+/*
+ * Forward translation shared by connect4 and sendmsg4 (hook: which one,
+ * SY_EV_HOOK_*). Rewrites
  * ctx->user_ip4/user_port to a backend of the frontend (dst ip, dst port,
  * proto) and records the socket's rev-NAT entry.
  */
-static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, __u32 xlated_counter)
+static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, __u8 hook)
 {
 	struct sy_svc_key key = {};
 	const struct sy_svc_value *svc, *slot;
@@ -116,10 +186,8 @@ static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, _
 		struct sy_svc_key marker = {};
 
 		marker.address = key.address;
-		if (bpf_map_lookup_elem(&sy_svc_v4, &marker)) {
-			sy_count(SY_CNT_DROP_UNKNOWN_PORT);
-			return SY_REFUSE;
-		}
+		if (bpf_map_lookup_elem(&sy_svc_v4, &marker))
+			return sy_drop(ctx, &key, hook, SY_CNT_DROP_UNKNOWN_PORT);
 		return SY_PASS;
 	}
 
@@ -128,10 +196,8 @@ static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, _
 	rev_nat_index = svc->rev_nat_index;
 	flags = svc->flags;
 	affinity_timeout = svc->affinity_timeout;
-	if (count == 0) {
-		sy_count(SY_CNT_DROP_NO_BACKEND);
-		return SY_REFUSE;
-	}
+	if (count == 0)
+		return sy_drop(ctx, &key, hook, SY_CNT_DROP_NO_BACKEND);
 
 	if (flags & SY_SVC_F_AFFINITY) {
 		now = bpf_ktime_get_ns();
@@ -151,18 +217,14 @@ static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, _
 			key.backend_slot = 1;
 			slot = bpf_map_lookup_elem(&sy_svc_v4, &key);
 		}
-		if (!slot) {
-			sy_count(SY_CNT_DROP_SLOT_MISSING);
-			return SY_REFUSE;
-		}
+		if (!slot)
+			return sy_drop(ctx, &key, hook, SY_CNT_DROP_SLOT_MISSING);
 		backend_id = slot->backend_id;
 	}
 
 	backend = bpf_map_lookup_elem(&sy_backend_v4, &backend_id);
-	if (!backend) {
-		sy_count(SY_CNT_DROP_BACKEND_MISSING);
-		return SY_REFUSE;
-	}
+	if (!backend)
+		return sy_drop(ctx, &key, hook, SY_CNT_DROP_BACKEND_MISSING);
 
 	if (flags & SY_SVC_F_AFFINITY) {
 		struct sy_affinity_value av = {};
@@ -178,12 +240,20 @@ static __always_inline enum sy_verdict sy_xlate_fwd(struct bpf_sock_addr *ctx, _
 	rn.address = key.address;
 	rn.port = key.dport;
 	rn.rev_nat_index = rev_nat_index;
-	if (bpf_map_update_elem(&sy_sock_rnat4, &sk, &rn, BPF_ANY) < 0)
-		sy_count(SY_CNT_SOCK_REVNAT_FULL);
+	/* The key has the frontend's slot no more: report the frontend. */
+	key.backend_slot = 0;
+	if (hook == SY_EV_HOOK_SENDMSG4 && sy_same_flow(&sk, &rn)) {
+		/* Already recorded as it is: no rewrite, no event. */
+	} else {
+		if (bpf_map_update_elem(&sy_sock_rnat4, &sk, &rn, BPF_ANY) < 0)
+			sy_count(SY_CNT_SOCK_REVNAT_FULL);
+		sy_emit(ctx, &key, hook, SY_EV_FORWARDED, 0, backend);
+	}
 
 	ctx->user_ip4 = backend->address;
 	ctx->user_port = (__u32)backend->port;
-	sy_count(xlated_counter);
+	sy_count(hook == SY_EV_HOOK_CONNECT4 ? SY_CNT_CONNECT_TRANSLATED
+					     : SY_CNT_SENDMSG_TRANSLATED);
 	return SY_XLATED;
 }
 
@@ -240,7 +310,7 @@ int sy_connect4(struct bpf_sock_addr *ctx)
 		ctx->user_ip4 = b->address; /* no NULL check: rejected */
 	}
 #endif
-	if (sy_xlate_fwd(ctx, SY_CNT_CONNECT_TRANSLATED) == SY_REFUSE)
+	if (sy_xlate_fwd(ctx, SY_EV_HOOK_CONNECT4) == SY_REFUSE)
 		return sy_refuse();
 	return 1;
 }
@@ -249,7 +319,7 @@ SEC("cgroup/sendmsg4")
 int sy_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	SY_VARIANT_MARK();
-	if (sy_xlate_fwd(ctx, SY_CNT_SENDMSG_TRANSLATED) == SY_REFUSE)
+	if (sy_xlate_fwd(ctx, SY_EV_HOOK_SENDMSG4) == SY_REFUSE)
 		return sy_refuse();
 	return 1;
 }

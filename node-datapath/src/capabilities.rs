@@ -186,6 +186,7 @@ const PROBE_CAPACITIES: Capacities = Capacities {
     rev_nat: 16,
     sock_rev_nat: 16,
     affinity: 16,
+    events_ring: 4096,
 };
 
 /// Loads the ingress program with its kfuncs resolved against this kernel,

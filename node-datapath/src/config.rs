@@ -96,6 +96,8 @@ pub struct Capacities {
     pub sock_rev_nat: u32,
     /// `sy_affinity4` (LRU).
     pub affinity: u32,
+    /// Bytes of the `sy_events` ring buffer: a power of 2, at least a page.
+    pub events_ring: u32,
 }
 
 impl Default for Capacities {
@@ -106,6 +108,7 @@ impl Default for Capacities {
             rev_nat: capacity::REV_NAT,
             sock_rev_nat: capacity::SOCK_REV_NAT,
             affinity: capacity::AFFINITY,
+            events_ring: capacity::EVENTS_RING,
         }
     }
 }

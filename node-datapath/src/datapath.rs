@@ -4,7 +4,7 @@
 //! directory (default [`DEFAULT_BPFFS_DIR`]):
 //!
 //! ```text
-//! <dir>/maps/<map name>   the six maps of lb.h (pinned by the loader)
+//! <dir>/maps/<map name>   every map of lb.h (pinned by the loader)
 //! <dir>/links/<hook>      one bpf_link per hook on the configured cgroup
 //! ```
 //!

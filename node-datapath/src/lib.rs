@@ -26,6 +26,9 @@
 //!   [`metrics::render`] turns them into Prometheus text;
 //!   [`Datapath::run_time`] reads the kernel's per-program run time (while
 //!   [`RunTimeStats`] keeps the accounting on).
+//! - `connect4`/`sendmsg4` report each translation and refusal as a flow
+//!   event in a ring buffer; [`FlowEventRing`] reads it, [`set_flow_events`]
+//!   switches events on and off (see [`mod@events`]).
 //! - [`capabilities::probe`] reports what the node can run.
 
 mod batch;
@@ -34,6 +37,7 @@ mod clsact;
 mod config;
 pub mod datapath;
 mod error;
+pub mod events;
 pub mod health;
 pub mod ingress;
 mod kfunc;
@@ -49,6 +53,7 @@ pub use datapath::{
     StartReport, TcAttach, off,
 };
 pub use error::DatapathError;
+pub use events::{FlowEventRing, events_lost, set_flow_events};
 pub use health::HealthSockets;
 pub use maps::{PinnedLbMaps, read_stats};
 pub use metrics::{DatapathStats, MapOccupancy};

@@ -22,7 +22,7 @@ use crate::{
     metrics::{DatapathStats, MapOccupancy},
 };
 
-fn open_map(bpffs_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
+pub(crate) fn open_map(bpffs_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
     let path = maps_dir(bpffs_dir).join(name);
     let data = MapData::from_pin(&path).map_err(|e| DatapathError::map(name, e))?;
     Map::from_map_data(data).map_err(|e| DatapathError::map(name, e))
@@ -205,8 +205,8 @@ fn occupancy<K: aya::Pod, V: aya::Pod>(
     })
 }
 
-/// Reads every counter (summed over CPUs) and the occupancy of every hash
-/// map under `bpffs_dir`.
+/// Reads every counter (summed over CPUs), the flow events lost and the
+/// occupancy of every hash map under `bpffs_dir`.
 pub fn read_stats(bpffs_dir: &Path) -> Result<DatapathStats, DatapathError> {
     let name = map_names::COUNTERS;
     let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open_map(bpffs_dir, name)?)
@@ -225,5 +225,6 @@ pub fn read_stats(bpffs_dir: &Path) -> Result<DatapathStats, DatapathError> {
         occupancy::<SockKey, SockRevNat>(bpffs_dir, map_names::SOCK_REV_NAT)?,
         occupancy::<AffinityKey, AffinityValue>(bpffs_dir, map_names::AFFINITY)?,
     ];
+    stats.events_lost = crate::events::events_lost(bpffs_dir)?;
     Ok(stats)
 }

@@ -27,6 +27,9 @@ pub struct DatapathStats {
     pub counters: [u64; COUNTER_MAX as usize],
     /// Occupancy of the hash maps.
     pub maps: Vec<MapOccupancy>,
+    /// Flow events that did not fit in the ring (`sy_events_lost`, summed
+    /// over CPUs).
+    pub events_lost: u64,
 }
 
 impl DatapathStats {
@@ -107,6 +110,19 @@ fn write_all(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
     )?;
     writeln!(
         out,
+        "# HELP switchyard_datapath_flow_events_lost_total Flow events the socket load balancer could not report because the event ring was full."
+    )?;
+    writeln!(
+        out,
+        "# TYPE switchyard_datapath_flow_events_lost_total counter"
+    )?;
+    writeln!(
+        out,
+        "switchyard_datapath_flow_events_lost_total {}",
+        stats.events_lost
+    )?;
+    writeln!(
+        out,
         "# HELP switchyard_datapath_map_entries Entries in a datapath BPF map."
     )?;
     writeln!(out, "# TYPE switchyard_datapath_map_entries gauge")?;
@@ -146,6 +162,7 @@ mod tests {
             entries: 42,
             capacity: 524_288,
         }];
+        s.events_lost = 7;
         s
     }
 
@@ -202,6 +219,7 @@ mod tests {
             got["switchyard_datapath_affinity_hits_total"],
             s.get(Counter::AffinityHit)
         );
+        assert_eq!(got["switchyard_datapath_flow_events_lost_total"], 7);
     }
 
     #[test]
@@ -211,6 +229,7 @@ mod tests {
             "switchyard_datapath_drop_count_total",
             "switchyard_datapath_translations_total",
             "switchyard_datapath_affinity_hits_total",
+            "switchyard_datapath_flow_events_lost_total",
             "switchyard_datapath_map_entries",
             "switchyard_datapath_map_capacity",
         ] {

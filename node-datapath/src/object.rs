@@ -15,7 +15,7 @@ use aya::{
     },
 };
 use switchyard_abi::{
-    AffinityKey, AffinityValue, Backend, COUNTER_MAX, RevNat, SockKey, SockRevNat, SvcKey,
+    AffinityKey, AffinityValue, Backend, COUNTER_MAX, Config, RevNat, SockKey, SockRevNat, SvcKey,
     SvcValue, capacity, map_names,
 };
 
@@ -39,7 +39,7 @@ pub(crate) struct MapSpec {
     pub(crate) max_entries: u32,
 }
 
-pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 7] {
+pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 10] {
     fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> MapSpec {
         MapSpec {
             name,
@@ -61,6 +61,10 @@ pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 7] {
             MapType::SockHash,
             capacity::HEALTH_SOCKS,
         ),
+        // A ring buffer has no key or value: the kernel reports 0 for both.
+        spec::<(), ()>(map_names::EVENTS, MapType::RingBuf, c.events_ring),
+        spec::<u32, u64>(map_names::EVENTS_LOST, MapType::PerCpuArray, 1),
+        spec::<u32, Config>(map_names::CONFIG, MapType::Array, 1),
     ]
 }
 
@@ -301,6 +305,7 @@ mod tests {
             rev_nat: 8,
             sock_rev_nat: 8,
             affinity: 8,
+            events_ring: 4096,
         }
     }
 
@@ -323,9 +328,10 @@ mod tests {
         // Same instructions, different (fresh) maps.
         assert_eq!(tag1, tag2);
         assert_ne!(maps1, maps2);
-        // connect4 uses the service, backend, sock rev-NAT, affinity and
-        // counter maps; recvmsg4 the sock rev-NAT, rev-NAT and counters.
-        assert_eq!(maps1.len(), 5, "{maps1:?}");
+        // connect4 uses the service, backend, sock rev-NAT, affinity,
+        // counter, event ring, events-lost and config maps; recvmsg4 the
+        // sock rev-NAT, rev-NAT and counters.
+        assert_eq!(maps1.len(), 8, "{maps1:?}");
         assert_eq!(tag_and_maps(OBJECT, Hook::Recvmsg4).1.len(), 3);
         let variant = std::fs::read(format!("{TEST_OBJECT_DIR}/datapath_variant.o")).unwrap();
         // Copy into 8-byte aligned storage, as aya expects.

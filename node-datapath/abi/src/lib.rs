@@ -18,6 +18,9 @@ pub mod map_names {
     pub const AFFINITY: &str = "sy_affinity4";
     pub const COUNTERS: &str = "sy_counters";
     pub const HEALTH_SOCKS: &str = "sy_health_socks";
+    pub const EVENTS: &str = "sy_events";
+    pub const EVENTS_LOST: &str = "sy_events_lost";
+    pub const CONFIG: &str = "sy_config";
 }
 
 /// Default map capacities (lb.h `SY_*_MAP_MAX`).
@@ -28,6 +31,8 @@ pub mod capacity {
     pub const SOCK_REV_NAT: u32 = 262_144;
     pub const AFFINITY: u32 = 65_536;
     pub const HEALTH_SOCKS: u32 = 1_024;
+    /// Bytes of the flow event ring (a power of 2, whole pages).
+    pub const EVENTS_RING: u32 = 262_144;
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -217,6 +222,84 @@ pub struct AffinityValue {
     pub pad: u32,
 }
 
+/// `sy_config.flags`.
+pub mod config_flags {
+    /// `SY_CFG_F_EVENTS_OFF`: connect4/sendmsg4 emit no flow events.
+    pub const EVENTS_OFF: u32 = 1 << 0;
+}
+
+/// `struct sy_config`: the one value (key 0) of the `sy_config` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Config {
+    pub flags: u32,
+    pub pad: u32,
+}
+
+/// `sy_flow_event.verdict`.
+pub mod event_verdict {
+    pub const FORWARDED: u8 = 1;
+    pub const DROPPED: u8 = 2;
+}
+
+/// `sy_flow_event.hook`.
+pub mod event_hook {
+    pub const CONNECT4: u8 = 1;
+    pub const SENDMSG4: u8 = 2;
+}
+
+/// `struct sy_flow_event`: one record of the `sy_events` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowEvent {
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub sock_cookie: u64,
+    pub netns_cookie: u64,
+    pub frontend_addr: u32,
+    pub backend_addr: u32,
+    pub frontend_port: u16,
+    pub backend_port: u16,
+    pub proto: u8,
+    pub verdict: u8,
+    pub hook: u8,
+    pub drop_reason: u8,
+}
+
+impl FlowEvent {
+    /// The event in a ring buffer record, if the record is exactly one
+    /// event long (the kernel pads records, but reports their own length).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked, every bit pattern is a valid
+        // FlowEvent (plain integers), and read_unaligned needs no alignment.
+        Some(unsafe { bytes.as_ptr().cast::<Self>().read_unaligned() })
+    }
+
+    /// The record's bytes, as the kernel writes them (for tests and tools).
+    pub fn to_bytes(&self) -> [u8; size_of::<FlowEvent>()] {
+        // SAFETY: FlowEvent is repr(C) without implicit padding (asserted
+        // below), so all its bytes are initialized.
+        unsafe { std::mem::transmute_copy(self) }
+    }
+
+    pub fn frontend(&self) -> (Ipv4Addr, u16) {
+        (
+            Ipv4Addr::from(u32::from_be(self.frontend_addr)),
+            u16::from_be(self.frontend_port),
+        )
+    }
+
+    pub fn backend(&self) -> (Ipv4Addr, u16) {
+        (
+            Ipv4Addr::from(u32::from_be(self.backend_addr)),
+            u16::from_be(self.backend_port),
+        )
+    }
+}
+
 /// `enum sy_counter`: indexes of the per-CPU counter array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -320,6 +403,10 @@ const _: () = {
     assert!(size_of::<SockRevNat>() == 8);
     assert!(size_of::<AffinityKey>() == 16);
     assert!(size_of::<AffinityValue>() == 16);
+    assert!(size_of::<Config>() == 8);
+    assert!(size_of::<FlowEvent>() == 48);
+    assert!(std::mem::offset_of!(FlowEvent, frontend_addr) == 32);
+    assert!(std::mem::offset_of!(FlowEvent, proto) == 44);
 };
 
 #[cfg(feature = "aya")]
@@ -335,6 +422,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevNat {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::Config {}
 }
 
 #[cfg(test)]
@@ -380,6 +468,9 @@ mod tests {
             map_names::AFFINITY,
             map_names::COUNTERS,
             map_names::HEALTH_SOCKS,
+            map_names::EVENTS,
+            map_names::EVENTS_LOST,
+            map_names::CONFIG,
         ] {
             assert!(h.contains(&format!("\"{name}\"")), "map {name} not in lb.h");
             assert!(name.len() <= 15, "map name {name} too long for the kernel");
@@ -390,5 +481,45 @@ mod tests {
         assert!(h.contains(&format!("SY_HEALTH_SOCKS_MAX {}", capacity::HEALTH_SOCKS)));
         assert!(h.contains(&format!("SY_SOURCE_RANGES_MAX {SOURCE_RANGES_MAX}")));
         assert!(h.contains(&format!("SY_SCOPE_SOURCE_RANGE {SCOPE_SOURCE_RANGE}")));
+        assert!(h.contains(&format!("SY_EVENTS_RING_BYTES {}", capacity::EVENTS_RING)));
+        assert!(h.contains(&format!(
+            "SY_CFG_F_EVENTS_OFF (1 << {})",
+            config_flags::EVENTS_OFF.trailing_zeros()
+        )));
+        for (name, v) in [
+            ("SY_EV_FORWARDED", event_verdict::FORWARDED),
+            ("SY_EV_DROPPED", event_verdict::DROPPED),
+            ("SY_EV_HOOK_CONNECT4", event_hook::CONNECT4),
+            ("SY_EV_HOOK_SENDMSG4", event_hook::SENDMSG4),
+        ] {
+            assert!(h.contains(&format!("#define {name} {v} ")), "{name} {v}");
+        }
+        assert!(h.contains("};                             /* 48 bytes */"));
+    }
+
+    #[test]
+    fn flow_events_round_trip_and_other_lengths_are_refused() {
+        let ev = FlowEvent {
+            ktime_ns: 1,
+            cgroup_id: 2,
+            sock_cookie: 3,
+            netns_cookie: 4,
+            frontend_addr: u32::from(Ipv4Addr::new(10, 96, 0, 10)).to_be(),
+            backend_addr: u32::from(Ipv4Addr::new(10, 244, 0, 5)).to_be(),
+            frontend_port: 80u16.to_be(),
+            backend_port: 8080u16.to_be(),
+            proto: IPPROTO_TCP,
+            verdict: event_verdict::FORWARDED,
+            hook: event_hook::CONNECT4,
+            drop_reason: 0,
+        };
+        let bytes = ev.to_bytes();
+        assert_eq!(bytes[32..36], [10, 96, 0, 10]);
+        assert_eq!(FlowEvent::from_bytes(&bytes), Some(ev));
+        assert_eq!(ev.frontend(), (Ipv4Addr::new(10, 96, 0, 10), 80));
+        assert_eq!(ev.backend(), (Ipv4Addr::new(10, 244, 0, 5), 8080));
+        assert_eq!(FlowEvent::from_bytes(&bytes[..47]), None);
+        assert_eq!(FlowEvent::from_bytes(&[0; 56]), None);
+        assert_eq!(FlowEvent::from_bytes(&[]), None);
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::flows::{ServiceIndex, reader::FlowHub};
 use crate::health::{Health, HealthState};
 use crate::kube_proxy;
 use crate::lease::NodeLease;
@@ -49,6 +50,8 @@ pub struct AgentConfig {
     /// Interfaces that run the ingress program; `None`: those holding the
     /// Node's or a NodePort address ([`crate::ingress`]).
     pub ingress_interfaces: Option<Vec<String>>,
+    /// Where the datapath's flow events go, if the agent keeps flows.
+    pub flows: Option<Arc<FlowHub>>,
 }
 
 struct State {
@@ -291,6 +294,15 @@ impl State {
                 self.datapath = Some(dp);
                 self.status.active_mode = Some(DatapathMode::Active);
                 self.sync();
+                if let Some(Err(e)) = self
+                    .cfg
+                    .flows
+                    .as_ref()
+                    .map(|f| f.attach(&self.cfg.bpffs_dir))
+                {
+                    // Serving does not depend on flows: say so, keep going.
+                    warn!(error = %e, "flow events cannot be read");
+                }
             }
             Ok(Err(e)) => {
                 // The condition carries the log's last lines; all of it
@@ -363,6 +375,7 @@ impl State {
                 info!(?report, "datapath off");
                 self.datapath = None;
                 self.syncer.detach();
+                self.cfg.flows.iter().for_each(|f| f.detach());
                 self.status.active_mode = Some(DatapathMode::Off);
                 self.status.drops.clear();
                 conditions::set(
@@ -391,6 +404,9 @@ impl State {
         if let Err(e) = self.syncer.sync(&self.services, &self.slices, touched) {
             self.sync_ok = false;
             self.degraded("SyncFailed", &e.to_string());
+        }
+        if let Some(flows) = &self.cfg.flows {
+            flows.set_services(ServiceIndex::of(self.syncer.state()));
         }
     }
 

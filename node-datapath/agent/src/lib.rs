@@ -19,15 +19,19 @@
 //!   serve NodePorts (kube-proxy's `nodePortAddresses`); [`probe`]: connectivity probes;
 //!   [`health`]: kube-proxy's health ports once kube-proxy has left;
 //!   [`status`]: pure conversions;
-//!   [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//!   [`server`]: `/metrics`, `/healthz`, `/readyz`;
+//!   [`flows`]: the datapath's flow events, decoded and kept for `/metrics`
+//!   and [`observer`], Hubble's Observer gRPC API over them.
 
 pub mod agent;
 pub mod error;
+pub mod flows;
 pub mod health;
 pub mod ingress;
 pub mod kube_proxy;
 pub mod lease;
 pub mod node_ports;
+pub mod observer;
 pub mod probe;
 pub mod server;
 pub mod status;

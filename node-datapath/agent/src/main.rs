@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use switchyard_agent::agent::{self, AgentConfig};
 use switchyard_agent::error::Error;
+use switchyard_agent::flows::reader::FlowHub;
+use switchyard_agent::observer::FlowObserver;
 use switchyard_agent::server::Shared;
 use tokio::sync::watch;
 use tracing::info;
@@ -42,6 +44,18 @@ struct Args {
     /// is written only when it changes).
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
+    /// Whether the socket programs report each translated or refused
+    /// connection as a flow event (`--flow-events=false`: they do not;
+    /// their counters are the same either way).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    flow_events: bool,
+    /// Flows the agent keeps in memory (the oldest go first).
+    #[arg(long, default_value_t = switchyard_agent::flows::DEFAULT_MAX_FLOWS)]
+    flows_max: usize,
+    /// Address of the Observer gRPC API (Hubble's) over the flows;
+    /// plaintext, so loopback unless trusted clients need it from afar.
+    #[arg(long, default_value = switchyard_agent::observer::DEFAULT_ADDR)]
+    observer_addr: SocketAddr,
 }
 
 #[tokio::main]
@@ -67,8 +81,14 @@ async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
 
 async fn run(args: Args) -> Result<(), Error> {
     let client = client(args.api_server.as_deref()).await?;
-    let shared = Arc::new(Shared::default());
+    let flows = Arc::new(FlowHub::new(args.flows_max, args.flow_events));
+    let shared = Arc::new(Shared::with_flows(flows.clone()));
     let server = tokio::spawn(switchyard_daemon::serve(args.metrics_addr, shared.clone()));
+    let observer = FlowObserver::new(flows.clone(), &args.node);
+    let observer = tokio::spawn(switchyard_agent::observer::serve(
+        args.observer_addr,
+        observer,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         switchyard_daemon::shutdown_signal().await;
@@ -82,8 +102,10 @@ async fn run(args: Args) -> Result<(), Error> {
         heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
         debounce: Duration::from_millis(50),
         ingress_interfaces: args.ingress_interfaces,
+        flows: Some(flows),
     };
     let result = agent::run(client, cfg, shared, stop_rx).await;
     server.abort();
+    observer.abort();
     result
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use switchyard_api::SyncStatus;
 
+use crate::flows::reader::FlowHub;
+
 /// What the loop publishes for the endpoint.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -16,6 +18,8 @@ pub struct Shared {
     /// Lease renewals that succeeded, and those that failed.
     pub lease_renewals: AtomicU64,
     pub lease_renewal_errors: AtomicU64,
+    /// The flows, when the agent keeps them.
+    pub flows: Option<std::sync::Arc<FlowHub>>,
     metrics: Mutex<Metrics>,
 }
 
@@ -27,6 +31,14 @@ struct Metrics {
 }
 
 impl Shared {
+    /// Published state that also reports `flows`' counts.
+    pub fn with_flows(flows: std::sync::Arc<FlowHub>) -> Self {
+        Self {
+            flows: Some(flows),
+            ..Self::default()
+        }
+    }
+
     pub fn set_datapath_metrics(&self, text: String) {
         if let Ok(mut m) = self.metrics.lock() {
             m.datapath = text;
@@ -108,6 +120,9 @@ impl Shared {
                 v.load(Ordering::Relaxed)
             ));
         }
+        if let Some(flows) = &self.flows {
+            out.push_str(&flows.metrics());
+        }
         out
     }
 }
@@ -148,5 +163,9 @@ mod tests {
         assert!(text.contains("switchyard_agent_status_writes_total 2\n"));
         assert!(text.contains("switchyard_agent_lease_renewals_total 6\n"));
         assert!(text.contains("switchyard_agent_lease_renewal_errors_total 0\n"));
+        assert!(!text.contains("switchyard_agent_flows_total"));
+        let hub = std::sync::Arc::new(FlowHub::new(8, true));
+        let text = Shared::with_flows(hub).render();
+        assert!(text.contains("switchyard_agent_flows_total{verdict=\"dropped\"} 0\n"));
     }
 }

@@ -323,6 +323,7 @@ impl Lab {
                 rev_nat: 256,
                 sock_rev_nat: 4096,
                 affinity: 256,
+                events_ring: 65_536,
             },
             ingress_interfaces: Vec::new(),
             tc_attach: TcAttach::Auto,

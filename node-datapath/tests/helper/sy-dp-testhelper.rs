@@ -13,10 +13,12 @@
 //!     with N more bytes (a second line). Prints "ready" once bound.
 //! sy-dp-testhelper client --netns /run/netns/N [--cgroup /sys/fs/cgroup/.../t]
 //!     --mode tcp|tcp-from-<port>|udp-connect|udp-sendto|udp-fragmented|tcp-hold|udp-hold
+//!            |udp-sendto-hold
 //!     --target 10.96.0.10:80
 //!     [--count N] [--stop-file PATH] [--timeout-ms T] [--interval-ms I]
 //!     Prints "running" after the first attempt, then one JSON summary line.
-//!     The hold modes keep one socket for every request (a long-lived flow);
+//!     The hold modes keep one socket for every request (a long-lived flow;
+//!     udp-sendto-hold's is unconnected and names the target each time);
 //!     tcp-from-<port> connects from that local port; udp-fragmented sends
 //!     a datagram larger than an Ethernet link (the kernel fragments it).
 //! ```
@@ -175,14 +177,20 @@ fn attempt_held(
         if held.udp.is_none() {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.set_read_timeout(Some(timeout))?;
-            s.connect(target)?;
+            if mode == "udp-hold" {
+                s.connect(target)?;
+            }
             held.udp = Some(s);
         }
         let s = held
             .udp
             .as_ref()
             .ok_or_else(|| std::io::Error::other("no socket"))?;
-        s.send(b"ping")?;
+        if mode == "udp-hold" {
+            s.send(b"ping")?;
+        } else {
+            s.send_to(b"ping", target)?;
+        }
         s.recv(&mut buf)?
     };
     if n == 0 {
@@ -404,7 +412,7 @@ fn client(f: &BTreeMap<String, String>) -> Result<(), String> {
         }
         let t = Instant::now();
         let r = match args.mode.as_str() {
-            "tcp-hold" | "udp-hold" => {
+            "tcp-hold" | "udp-hold" | "udp-sendto-hold" => {
                 attempt_held(&args.mode, args.target, args.timeout, &mut held)
             }
             _ => attempt(&args.mode, args.target, args.timeout),

@@ -1,0 +1,194 @@
+//! The I/O side of flows: [`FlowHub`] holds the ring of flows, the Service
+//! names to enrich them with and the followers of new flows; [`FlowHub::attach`]
+//! starts the task that reads the datapath's event ring into it (woken by
+//! the ring's descriptor, never by polling on a timer).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Instant, SystemTime};
+
+use switchyard_node_datapath::{DatapathError, FlowEventRing, events_lost, set_flow_events};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{Clock, Flow, FlowCounts, FlowRing, ServiceIndex, decode};
+
+/// New flows a slow follower may lag behind before it misses some.
+const FOLLOW_BACKLOG: usize = 1024;
+
+/// The agent's flows and their readers (see the module doc).
+#[derive(Debug)]
+pub struct FlowHub {
+    ring: Mutex<FlowRing>,
+    services: RwLock<Arc<ServiceIndex>>,
+    follow: broadcast::Sender<Arc<Flow>>,
+    /// Whether the programs emit events (`--flow-events`).
+    events_on: bool,
+    /// The reading task and the pin directory it reads from.
+    reader: Mutex<Option<(PathBuf, JoinHandle<()>)>>,
+    started: Instant,
+}
+
+impl FlowHub {
+    /// A hub keeping the newest `max_flows` flows.
+    pub fn new(max_flows: usize, events_on: bool) -> Self {
+        Self {
+            ring: Mutex::new(FlowRing::new(max_flows)),
+            services: RwLock::new(Arc::default()),
+            follow: broadcast::channel(FOLLOW_BACKLOG).0,
+            events_on,
+            reader: Mutex::new(None),
+            started: Instant::now(),
+        }
+    }
+
+    fn ring(&self) -> MutexGuard<'_, FlowRing> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The Services flows are named after, from now on.
+    pub fn set_services(&self, index: ServiceIndex) {
+        *self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
+    }
+
+    /// Decodes `records` (read at `clock`) into the ring and to followers.
+    pub fn ingest<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>, clock: &Clock) {
+        let services = self
+            .services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut ring = self.ring();
+        for record in records {
+            match decode(record, clock, &services) {
+                Ok(flow) => {
+                    let flow = Arc::new(flow);
+                    ring.push(flow.clone());
+                    // No follower is not an error.
+                    let _ = self.follow.send(flow);
+                }
+                Err(e) => {
+                    debug!(?e, len = record.len(), "a flow event record is not a flow");
+                    ring.decode_failed(e);
+                }
+            }
+        }
+    }
+
+    /// The newest `n` flows matching `keep` (0: all), and a receiver of the
+    /// flows after them (subscribed under the same lock: none is missed
+    /// or sent twice).
+    pub fn last_and_follow(
+        &self,
+        n: usize,
+        keep: impl Fn(&Flow) -> bool,
+    ) -> (Vec<Arc<Flow>>, broadcast::Receiver<Arc<Flow>>) {
+        let ring = self.ring();
+        (ring.last(n, keep), self.follow.subscribe())
+    }
+
+    /// Flows kept, the most kept, and the counts.
+    pub fn status(&self) -> (usize, usize, FlowCounts) {
+        let ring = self.ring();
+        (ring.len(), ring.capacity(), ring.counts())
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Events the kernel could not report so far (0 while detached).
+    pub fn kernel_lost(&self) -> u64 {
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((dir, _)) = reader.as_ref() else {
+            return 0;
+        };
+        events_lost(dir).unwrap_or_else(|e| {
+            warn!(error = %e, "reading the flow events lost");
+            0
+        })
+    }
+
+    /// Prometheus text of the flow counts.
+    pub fn metrics(&self) -> String {
+        super::render_metrics(&self.ring().counts())
+    }
+
+    /// Sets the programs' event switch and starts reading the ring pinned
+    /// under `bpffs_dir` (again, if another reader ran).
+    pub fn attach(self: &Arc<Self>, bpffs_dir: &Path) -> Result<(), DatapathError> {
+        set_flow_events(bpffs_dir, self.events_on)?;
+        let ring = FlowEventRing::open(bpffs_dir)?;
+        // SAFETY: the descriptor is the ring's map descriptor, which the
+        // ring owns and never changes, and the AsyncFd owns the ring.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| DatapathError::Syscall {
+                op: "epoll flow events",
+                source: e.into(),
+            })?;
+        let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        // One consumer at a time: two would both move the ring's consumer
+        // position.
+        if let Some((_, old)) = reader.take() {
+            old.abort();
+        }
+        let task = tokio::spawn(read(self.clone(), fd));
+        *reader = Some((bpffs_dir.to_owned(), task));
+        drop(reader);
+        info!(events = self.events_on, "reading flow events");
+        Ok(())
+    }
+
+    /// Stops reading (the datapath went off; its ring is gone).
+    pub fn detach(&self) {
+        let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, task)) = reader.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Both clocks now.
+pub fn clock_now() -> Clock {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer;
+    // CLOCK_MONOTONIC always exists, so it cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let monotonic_ns = (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64);
+    Clock {
+        wall: SystemTime::now(),
+        monotonic_ns,
+    }
+}
+
+/// Reads records whenever the ring's descriptor says some wait.
+async fn read(hub: Arc<FlowHub>, mut fd: AsyncFd<FlowEventRing>) {
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "waiting for flow events; the reader stops");
+                return;
+            }
+        };
+        let clock = clock_now();
+        // Records are borrowed from the ring: copy a batch out, then ingest
+        // it without holding the ring.
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        guard.get_inner_mut().drain(|r| batch.push(r.to_vec()));
+        hub.ingest(batch.iter().map(Vec::as_slice), &clock);
+        // Clears only if nothing arrived since the wakeup (tokio compares
+        // readiness ticks), so a record written after the drain wakes us.
+        guard.clear_ready();
+    }
+}

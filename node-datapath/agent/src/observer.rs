@@ -1,0 +1,173 @@
+//! Hubble's Observer gRPC API over the agent's flows: `GetFlows` (the
+//! newest N, then new ones with `follow`; whitelist and blacklist filters)
+//! and `ServerStatus`. Any Hubble client can read a node's flows from it;
+//! the messages are switchyard's subset of Hubble's (`proto/`), with
+//! Hubble's names and numbers. Plaintext: bind it to an address only
+//! trusted clients reach (the default is loopback).
+
+pub mod convert;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{
+    BroadcastStream, TcpListenerStream, errors::BroadcastStreamRecvError,
+};
+use tonic::{Request, Response, Status};
+
+use crate::flows::reader::FlowHub;
+use convert::Filters;
+use proto::flow as pb;
+use proto::observer::observer_server::{Observer, ObserverServer};
+use proto::observer::{
+    GetFlowsRequest, GetFlowsResponse, ServerStatusRequest, ServerStatusResponse,
+    get_flows_response::ResponseTypes,
+};
+
+/// The generated messages and service (build.rs).
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod proto {
+    pub mod flow {
+        tonic::include_proto!("flow");
+    }
+    pub mod observer {
+        tonic::include_proto!("observer");
+    }
+}
+
+/// The default address of the API (`--observer-addr`); Hubble's per-node
+/// server listens on port 4244 too.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:4244";
+
+/// The Observer service of one node's flows.
+#[derive(Debug, Clone)]
+pub struct FlowObserver {
+    hub: Arc<FlowHub>,
+    node: Arc<str>,
+}
+
+impl FlowObserver {
+    pub fn new(hub: Arc<FlowHub>, node: &str) -> Self {
+        Self {
+            hub,
+            node: node.into(),
+        }
+    }
+}
+
+type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+
+fn response(node: &str, r: ResponseTypes, time: std::time::SystemTime) -> GetFlowsResponse {
+    GetFlowsResponse {
+        response_types: Some(r),
+        node_name: node.to_owned(),
+        time: Some(convert::timestamp(time)),
+    }
+}
+
+fn lost(node: &str, source: pb::LostEventSource, n: u64) -> GetFlowsResponse {
+    let event = pb::LostEvent {
+        source: source as i32,
+        num_events_lost: n,
+        cpu: None,
+    };
+    response(
+        node,
+        ResponseTypes::LostEvents(event),
+        std::time::SystemTime::now(),
+    )
+}
+
+#[tonic::async_trait]
+impl Observer for FlowObserver {
+    type GetFlowsStream = FlowStream;
+
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<FlowStream>, Status> {
+        let req = request.into_inner();
+        let filters = Arc::new(
+            Filters::new(&req.whitelist, &req.blacklist).map_err(Status::invalid_argument)?,
+        );
+        let number = usize::try_from(req.number).unwrap_or(usize::MAX);
+        let (last, rx) = self.hub.last_and_follow(number, |f| filters.matches(f));
+        let node = self.node.clone();
+        let mut head = Vec::with_capacity(last.len() + 1);
+        // Events the kernel could not report, before the flows around them.
+        let kernel_lost = self.hub.kernel_lost();
+        if kernel_lost > 0 {
+            head.push(Ok(lost(
+                &node,
+                pb::LostEventSource::PerfEventRingBuffer,
+                kernel_lost,
+            )));
+        }
+        for f in &last {
+            let flow = ResponseTypes::Flow(convert::flow(f, &node));
+            head.push(Ok(response(&node, flow, f.time)));
+        }
+        let head = futures::stream::iter(head);
+        if !req.follow {
+            return Ok(Response::new(Box::pin(head)));
+        }
+        let tail = BroadcastStream::new(rx).filter_map(move |r| {
+            let out = match r {
+                Ok(f) => filters.matches(&f).then(|| {
+                    let flow = ResponseTypes::Flow(convert::flow(&f, &node));
+                    Ok(response(&node, flow, f.time))
+                }),
+                // This follower fell behind the agent's queue.
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(lost(&node, pb::LostEventSource::ObserverEventsQueue, n)))
+                }
+            };
+            std::future::ready(out)
+        });
+        Ok(Response::new(Box::pin(head.chain(tail))))
+    }
+
+    async fn server_status(
+        &self,
+        _: Request<ServerStatusRequest>,
+    ) -> Result<Response<ServerStatusResponse>, Status> {
+        let (kept, max, counts) = self.hub.status();
+        Ok(Response::new(ServerStatusResponse {
+            num_flows: kept as u64,
+            max_flows: max as u64,
+            seen_flows: counts.seen,
+            uptime_ns: u64::try_from(self.hub.uptime().as_nanos()).unwrap_or(u64::MAX),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+}
+
+/// Serves the API on `listener` until the future is dropped.
+pub async fn serve_on(
+    listener: TcpListener,
+    observer: FlowObserver,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(ObserverServer::new(observer))
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await
+}
+
+/// Binds `addr` and serves the API there; failures are logged (serving
+/// Services does not depend on it).
+pub async fn serve(addr: SocketAddr, observer: FlowObserver) {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "the Observer API cannot listen");
+            return;
+        }
+    };
+    tracing::info!(%addr, "serving the Observer API");
+    if let Err(e) = serve_on(listener, observer).await {
+        tracing::warn!(%addr, error = %e, "the Observer API stopped");
+    }
+}
