@@ -4,7 +4,9 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+mod plugin;
 mod scenarios;
+pub use plugin::{assert_plugin_reports_success, kubectl_switchyard};
 pub use scenarios::{assert_no_failures, plan, progress, run_plan, setup};
 
 use std::collections::BTreeMap;

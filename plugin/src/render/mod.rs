@@ -48,13 +48,15 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A duration for people: tenths of a second below 10 s (a node's whole
-/// migration takes about two), then the two largest units, as kubectl's
-/// ages (`45s`, `3m12s`, `2h5m`, `4d3h`). Negative spans (clock skew
-/// between this machine and the operator's) read as zero.
+/// A duration for people: tenths of a second below 10 s when the span has
+/// them (a Lease's renewal time is in microseconds; a plan's timestamps are
+/// whole seconds, and `2.0s` would claim a precision they lack), then the
+/// two largest units, as kubectl's ages (`45s`, `3m12s`, `2h5m`, `4d3h`).
+/// Negative spans (clock skew between this machine and the operator's)
+/// read as zero.
 pub fn human(secs: f64) -> String {
     let secs = secs.max(0.0);
-    if secs < 10.0 {
+    if secs < 10.0 && secs.fract() != 0.0 {
         return format!("{secs:.1}s");
     }
     // Truncation is intended: whole seconds from here on.
@@ -104,7 +106,8 @@ mod tests {
     #[test]
     fn durations_keep_two_units() {
         assert_eq!(human(1.74), "1.7s");
-        assert_eq!(human(-3.0), "0.0s");
+        assert_eq!(human(2.0), "2s");
+        assert_eq!(human(-3.0), "0s");
         assert_eq!(human(45.9), "45s");
         assert_eq!(human(192.0), "3m12s");
         assert_eq!(human(7_500.0), "2h5m");

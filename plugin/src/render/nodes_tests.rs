@@ -101,7 +101,7 @@ fn the_table_shows_modes_services_drops_and_heartbeat() {
     assert_eq!(
         nodes_table(&rows(), Width::Table),
         "NODE    MODE     ACTIVE      SERVICES   DROPS   READY     HEARTBEAT\n\
-         node1   Active   Active      5/7        2       True      3.0s ago\n\
+         node1   Active   Active      5/7        2       True      3s ago\n\
          node2   Off      <unknown>   0/0        0       Unknown   60s ago (expired)\n\
          node3   Off      <unknown>   0/0        0       Unknown   <no lease>\n"
     );

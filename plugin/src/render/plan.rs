@@ -2,7 +2,7 @@
 //! a line.
 
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{MigrationPlan, MigrationPlanStatus, NodeProgress, NodeStep};
+use switchyard_api::{MigrationPlan, MigrationPlanStatus, NodeProgress, NodeStep, Phase};
 
 use super::{Width, human, span, table, truncate};
 
@@ -46,7 +46,13 @@ fn summary_line(status: &MigrationPlanStatus, now: Timestamp) -> String {
     if !counts.is_empty() {
         line.push_str(&format!(" ({})", counts.join(", ")));
     }
-    if let Some(wave) = status.current_wave.filter(|_| !status.waves.is_empty()) {
+    // The wave index stays in the status once the plan ends; it only says
+    // something while nodes move.
+    let moving = matches!(status.phase, Phase::Migrating | Phase::Paused);
+    if let Some(wave) = status
+        .current_wave
+        .filter(|_| moving && !status.waves.is_empty())
+    {
         // Waves are numbered from 0, as in the WAVE column and the status.
         line.push_str(&format!(
             ", in wave {wave} (waves 0-{})",

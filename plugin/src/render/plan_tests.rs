@@ -4,11 +4,7 @@ use switchyard_api::{MigrationPlanSpec, Phase, Summary};
 use super::*;
 
 fn at(secs: i64) -> Time {
-    at_ms(secs * 1_000)
-}
-
-fn at_ms(millis: i64) -> Time {
-    Time(Timestamp::from_millisecond(1_800_000_000_000 + millis).unwrap_or_default())
+    Time(Timestamp::from_second(1_800_000_000 + secs).unwrap_or_default())
 }
 
 fn now() -> Timestamp {
@@ -35,12 +31,12 @@ fn plan(status: Option<MigrationPlanStatus>) -> MigrationPlan {
     p
 }
 
-/// A plan mid-migration: node1 done in 1.7 s, node2 in Verify for 4 s,
+/// A plan mid-migration: node1 done in 2 s, node2 in Verify for 4 s,
 /// node3 pending.
 fn migrating() -> MigrationPlanStatus {
     let mut done = node("node1", 0, NodeStep::Done);
     done.started_at = Some(at(80));
-    done.step_started_at = Some(at_ms(81_700));
+    done.step_started_at = Some(at(82));
     let mut verify = node("node2", 1, NodeStep::Verify);
     verify.started_at = Some(at(90));
     verify.step_started_at = Some(at(96));
@@ -75,9 +71,9 @@ fn status_shows_each_nodes_step_and_how_long() {
         out,
         "to-ebpf: Migrating, 1/3 migrated (1 in progress, 1 pending), in wave 1 (waves 0-2), for 20s\n\
          \n\
-         NODE    WAVE   STEP      TIME                   MESSAGE\n\
-         node1   0      Done      took 1.7s\n\
-         node2   1      Verify    for 4.0s, 10s in all   waiting for probe results (request 1)\n\
+         NODE    WAVE   STEP      TIME                 MESSAGE\n\
+         node1   0      Done      took 2s\n\
+         node2   1      Verify    for 4s, 10s in all   waiting for probe results (request 1)\n\
          node3   2      Pending\n"
     );
 }
