@@ -10,7 +10,7 @@ use crate::render::Width;
 
 /// Follow and steer switchyard migrations off kube-proxy.
 #[derive(Parser, Debug)]
-#[command(name = "kubectl switchyard", version)]
+#[command(name = "kubectl switchyard", bin_name = "kubectl switchyard", version)]
 pub struct Cli {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config,
     /// then the in-cluster configuration).
