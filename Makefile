@@ -37,7 +37,7 @@ build: ## Build every binary (operator, agent, lab, load generator, demo)
 	$(CARGO) build --workspace --bins --locked
 
 .PHONY: unit
-unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD drift included)
+unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD drift and promtool on the alert rules included)
 	$(CARGO) test --workspace --locked --exclude switchyard-e2e
 
 .PHONY: e2e

@@ -130,6 +130,7 @@ async fn migrate_with_zero_failures(mode: ProxyMode) -> (Cluster, Vec<Target>) {
     assert_no_kube_proxy_rules(&c).await;
     assert_kubelet_chains(&c).await;
     assert_services_reachable(&c, &targets).await;
+    common::assert_plugin_reports_success(&c, "to-ebpf", &p).await;
     (c, targets)
 }
 
@@ -143,15 +144,14 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
 
     // Full rollback after success: kube-proxy restored from the backup and
     // running everywhere, the datapath off, no failed request.
+    // Asked for as a user would: `kubectl switchyard rollback`.
     let load = scenario::start_load(&c, &targets, 25).await.unwrap();
-    let api: Api<MigrationPlan> = Api::all(c.client());
-    api.patch(
-        "to-ebpf",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"rollback": true}})),
-    )
-    .await
-    .unwrap();
+    let (ok, out, err) = common::kubectl_switchyard(&c, &["rollback", "to-ebpf"]).await;
+    assert!(ok, "kubectl switchyard rollback: {err}");
+    assert_eq!(
+        out,
+        "migrationplan.switchyard.dev/to-ebpf rollback requested\n"
+    );
     let p = scenario::follow_plan(&c, "to-ebpf", Duration::from_secs(300), progress, |p| {
         p.status
             .as_ref()

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
-use switchyard_api::MigrationPlanStatus;
+use switchyard_api::{MigrationPlanStatus, conditions};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PlanLabels {
@@ -23,6 +23,12 @@ struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    plan: String,
+    condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     plan: String,
 }
@@ -33,6 +39,7 @@ pub struct Metrics {
     registry: Registry,
     plans: Family<PlanLabels, Gauge>,
     nodes: Family<StepLabels, Gauge>,
+    conditions: Family<ConditionLabels, Gauge>,
     reconciles: Counter,
     errors: Family<ErrorLabels, Counter>,
     reconcile_seconds: Histogram,
@@ -46,6 +53,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("switchyard_operator");
         let plans = Family::<PlanLabels, Gauge>::default();
         let nodes = Family::<StepLabels, Gauge>::default();
+        let conditions = Family::<ConditionLabels, Gauge>::default();
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -56,6 +64,13 @@ impl Default for Metrics {
             plans.clone(),
         );
         registry.register("nodes", "Nodes of a plan by migration step", nodes.clone());
+        // Alerts need the conditions a phase does not tell: a plan stalled in
+        // RollingBack, kube-proxy back on a Succeeded plan's cluster.
+        registry.register(
+            "plan_condition",
+            "A plan's status conditions (1 when True, 0 when False or not set)",
+            conditions.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -72,6 +87,7 @@ impl Default for Metrics {
             registry,
             plans,
             nodes,
+            conditions,
             reconciles,
             errors,
             reconcile_seconds,
@@ -109,6 +125,15 @@ impl Metrics {
                 })
                 .set(v);
         }
+        for condition in CONDITIONS {
+            let v = i64::from(conditions::is_true(&status.conditions, condition));
+            self.conditions
+                .get_or_create(&ConditionLabels {
+                    plan: plan.into(),
+                    condition: condition.into(),
+                })
+                .set(v);
+        }
     }
 
     pub fn error(&self, plan: &str) {
@@ -137,6 +162,15 @@ const PHASES: [&str; 10] = [
     "Failed",
     "RollingBack",
     "RolledBack",
+];
+/// Every condition a plan carries, so each series exists (at 0) before it
+/// first turns true and an alert's `for:` starts from a known value.
+const CONDITIONS: [&str; 5] = [
+    conditions::READY,
+    conditions::RECONCILING,
+    conditions::STALLED,
+    conditions::PREFLIGHT_PASSED,
+    conditions::KUBE_PROXY_REAPPEARED,
 ];
 const STEPS: [&str; 14] = [
     "Pending",
@@ -206,5 +240,41 @@ mod tests {
         assert!(text.contains(r#"switchyard_operator_nodes{plan="p",step="Verify"} 1"#));
         assert!(text.contains(r#"switchyard_operator_reconcile_errors_total{plan="p"} 1"#));
         assert!(text.contains("switchyard_operator_actions_total 3"));
+    }
+
+    #[test]
+    fn conditions_are_one_while_true_and_zero_once_cleared() {
+        let m = Metrics::default();
+        let mut status = MigrationPlanStatus {
+            phase: Phase::RollingBack,
+            ..MigrationPlanStatus::default()
+        };
+        let at = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        );
+        let set = |st: &mut MigrationPlanStatus, type_: &str, on: bool| {
+            conditions::set(&mut st.conditions, type_, on, "R", "m", None, at.clone());
+        };
+        set(&mut status, conditions::STALLED, true);
+        set(&mut status, conditions::READY, false);
+        m.observe("p", &status, 0.01, 0);
+        let text = m.render();
+        assert!(
+            text.contains(r#"switchyard_operator_plan_condition{plan="p",condition="Stalled"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"switchyard_operator_plan_condition{plan="p",condition="Ready"} 0"#)
+        );
+        // Absent conditions are exported too, at 0.
+        assert!(text.contains(
+            r#"switchyard_operator_plan_condition{plan="p",condition="KubeProxyReappeared"} 0"#
+        ));
+        set(&mut status, conditions::STALLED, false);
+        m.observe("p", &status, 0.01, 0);
+        assert!(
+            m.render()
+                .contains(r#"switchyard_operator_plan_condition{plan="p",condition="Stalled"} 0"#)
+        );
     }
 }

@@ -5,7 +5,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod joining;
+mod plugin;
 mod scenarios;
+pub use plugin::{assert_plugin_reports_success, kubectl_switchyard};
 pub use scenarios::{assert_no_failures, plan, progress, run_plan, setup};
 
 use std::collections::BTreeMap;
