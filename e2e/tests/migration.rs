@@ -302,16 +302,8 @@ async fn a_failing_probe_stops_the_plan_rolls_the_node_back_and_a_retry_finishes
         )
         .await
         .unwrap();
-    let retry = json!({"spec": {"failurePolicy": {"retry": 1}}});
-    let plans: Api<MigrationPlan> = Api::all(c.client());
-    plans
-        .patch(
-            "probe-fails",
-            &PatchParams::default(),
-            &Patch::Merge(&retry),
-        )
-        .await
-        .unwrap();
+    let (ok, out, err) = common::kubectl_switchyard(&c, &["retry", "probe-fails"]).await;
+    assert!(ok && out.contains("retry"), "{out}{err}");
     let retried = |p: &MigrationPlan| {
         p.status
             .as_ref()

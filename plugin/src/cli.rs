@@ -46,6 +46,9 @@ pub enum Command {
     Resume { plan: String },
     /// Return every node the plan touched to kube-proxy (sets spec.rollback).
     Rollback { plan: String },
+    /// Send every failed node back into its migration and resume the plan
+    /// (raises spec.failurePolicy.retry by one).
+    Retry { plan: String },
 }
 
 /// `-o`: the tables, or the objects themselves.

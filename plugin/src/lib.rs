@@ -62,6 +62,11 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Pause { plan } => steer(&client, &plan, Steer::Pause).await,
         Command::Resume { plan } => steer(&client, &plan, Steer::Resume).await,
         Command::Rollback { plan } => steer(&client, &plan, Steer::Rollback).await,
+        Command::Retry { plan } => {
+            let current = client::plan(&client, &plan).await?;
+            let next = current.spec.failure_policy.retry.wrapping_add(1);
+            steer(&client, &plan, Steer::Retry(next)).await
+        }
     }
 }
 
@@ -71,6 +76,9 @@ pub enum Steer {
     Pause,
     Resume,
     Rollback,
+    /// Retry the failed nodes: `spec.failurePolicy.retry` set to this (one
+    /// above what the spec had).
+    Retry(u32),
 }
 
 impl Steer {
@@ -81,6 +89,7 @@ impl Steer {
             Steer::Pause => json!({"spec": {"paused": true}}),
             Steer::Resume => json!({"spec": {"paused": false}}),
             Steer::Rollback => json!({"spec": {"rollback": true}}),
+            Steer::Retry(n) => json!({"spec": {"failurePolicy": {"retry": n}}}),
         }
     }
 
@@ -89,6 +98,7 @@ impl Steer {
             Steer::Pause => "paused",
             Steer::Resume => "resumed",
             Steer::Rollback => "rollback requested",
+            Steer::Retry(_) => "retry of the failed nodes requested",
         }
     }
 }
@@ -130,6 +140,10 @@ mod tests {
         assert_eq!(Steer::Pause.patch()["spec"], json!({"paused": true}));
         assert_eq!(Steer::Resume.patch()["spec"], json!({"paused": false}));
         assert_eq!(Steer::Rollback.patch()["spec"], json!({"rollback": true}));
+        assert_eq!(
+            Steer::Retry(3).patch()["spec"],
+            json!({"failurePolicy": {"retry": 3}})
+        );
     }
 
     #[test]
