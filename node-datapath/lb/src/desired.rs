@@ -450,7 +450,18 @@ impl Builder<'_> {
         let mut v4 = None;
         let mut v6 = false;
         for s in &all {
+            // A ClusterIP comes from the Service CIDR: an unspecified,
+            // loopback, multicast or broadcast one is as invalid as text.
+            let special = |a: &Ipv4Addr| {
+                a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
+            };
             match s.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) if special(&a) => {
+                    let kind = FindingKind::InvalidClusterIp {
+                        value: (*s).to_string(),
+                    };
+                    self.finding(ns, name, kind);
+                }
                 Ok(IpAddr::V4(a)) if v4.is_none() => v4 = Some(a),
                 Ok(IpAddr::V4(_)) => {}
                 Ok(IpAddr::V6(_)) => v6 = true,

@@ -115,9 +115,20 @@ fn boxed(s: &str) -> Box<str> {
     s.into()
 }
 
-/// The IPv4 addresses among `items`, deduplicated and sorted.
+/// Whether `ip` may be a Service's external address or an endpoint: not
+/// unspecified, loopback, multicast or broadcast (the API server refuses
+/// those in `externalIPs` and EndpointSlices; a LoadBalancer status is
+/// written by whatever controller runs, so they are left out here too).
+fn usable(ip: &Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
+}
+
+/// The usable IPv4 addresses among `items`, deduplicated and sorted.
 fn v4_list<'a>(items: impl Iterator<Item = &'a String>) -> Box<[Ipv4Addr]> {
-    let mut v: Vec<Ipv4Addr> = items.filter_map(|s| s.parse().ok()).collect();
+    let mut v: Vec<Ipv4Addr> = items
+        .filter_map(|s| s.parse().ok())
+        .filter(usable)
+        .collect();
     v.sort_unstable();
     v.dedup();
     v.into()
@@ -211,7 +222,7 @@ fn port_view(p: &k8s_openapi::api::core::v1::ServicePort) -> PortView {
 
 fn endpoint(ep: &Endpoint) -> Option<EndpointView> {
     // Consumers must use only the first address (EndpointSlice API).
-    let ip: Ipv4Addr = ep.addresses.first()?.parse().ok()?;
+    let ip: Ipv4Addr = ep.addresses.first()?.parse().ok().filter(usable)?;
     let cond = ep.conditions.as_ref();
     let hints = ep.hints.as_ref();
     let zones: Box<[Box<str>]> = hints
