@@ -136,6 +136,31 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of a plan that is gone (its finalizer released):
+    /// a deleted plan's last phase or `Stalled` condition must not keep an
+    /// alert firing.
+    pub fn forget(&self, plan: &str) {
+        for phase in PHASES {
+            self.plans.remove(&PlanLabels {
+                plan: plan.into(),
+                phase: phase.into(),
+            });
+        }
+        for step in STEPS {
+            self.nodes.remove(&StepLabels {
+                plan: plan.into(),
+                step: step.into(),
+            });
+        }
+        for condition in CONDITIONS {
+            self.conditions.remove(&ConditionLabels {
+                plan: plan.into(),
+                condition: condition.into(),
+            });
+        }
+        self.errors.remove(&ErrorLabels { plan: plan.into() });
+    }
+
     pub fn error(&self, plan: &str) {
         self.errors
             .get_or_create(&ErrorLabels { plan: plan.into() })
@@ -240,6 +265,24 @@ mod tests {
         assert!(text.contains(r#"switchyard_operator_nodes{plan="p",step="Verify"} 1"#));
         assert!(text.contains(r#"switchyard_operator_reconcile_errors_total{plan="p"} 1"#));
         assert!(text.contains("switchyard_operator_actions_total 3"));
+    }
+
+    #[test]
+    fn a_released_plan_leaves_no_series_behind() {
+        let m = Metrics::default();
+        let mut st = MigrationPlanStatus::default();
+        st.nodes.push(switchyard_api::NodeProgress {
+            name: "n1".into(),
+            ..Default::default()
+        });
+        m.observe("gone", &st, 0.01, 1);
+        m.observe("kept", &st, 0.01, 1);
+        m.error("gone");
+        assert!(m.render().contains("plan=\"gone\""));
+        m.forget("gone");
+        let text = m.render();
+        assert!(!text.contains("plan=\"gone\""), "{text}");
+        assert!(text.contains("plan=\"kept\""), "{text}");
     }
 
     #[test]

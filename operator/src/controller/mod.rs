@@ -300,6 +300,7 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
     act(&plan, &ctx, &decision.actions).await?;
     if decision.release {
         finalizer::remove(&ctx.client, &plan).await?;
+        ctx.metrics.forget(&name);
         return Ok(Requeue::await_change());
     }
     ctx.metrics.observe(
