@@ -198,13 +198,16 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nftables_migration_has_zero_failed_requests_and_a_node_joining_after_is_served() {
+async fn nftables_migration_has_zero_failed_requests_a_joining_node_is_served_and_kube_proxy_recreated_is_cleaned()
+ {
     if skip_unless_root() {
         return;
     }
     let _serial = SERIAL.lock().await;
     let (mut c, targets) = migrate_with_zero_failures(ProxyMode::Nftables).await;
     common::joining::a_node_joins_and_serves_from_its_first_pod(&mut c, "to-ebpf", &targets).await;
+    common::drift::kube_proxy_recreated_after_success_is_cleaned_again(&c, "to-ebpf", &targets)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,6 +4,7 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod drift;
 pub mod joining;
 mod plugin;
 mod scenarios;
