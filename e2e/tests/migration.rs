@@ -218,33 +218,7 @@ async fn a_failing_probe_stops_the_plan_rolls_the_node_back_and_a_retry_finishes
     let _serial = SERIAL.lock().await;
     let (c, _targets, load) = setup(ProxyMode::Iptables).await;
     let before = common::kube_proxy_pods(&c).await;
-    // A Service served only node-locally: the node without an nginx pod has no
-    // endpoint for it, so the probe fails there (and only there).
-    let pods: Api<Pod> = Api::namespaced(c.client(), "default");
-    let web_nodes: Vec<String> = pods
-        .list(&ListParams::default().labels("app=nginx"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
-    let bad = c
-        .plan()
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .find(|n| !web_nodes.contains(n))
-        .unwrap();
-    switchyard_e2e::addons::apply(
-        &c.client(),
-        &json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "local-only", "namespace": "default"},
-        "spec": {"selector": {"app": "nginx"}, "internalTrafficPolicy": "Local",
-                 "ports": [{"name": "p", "port": 80, "targetPort": 80, "protocol": "TCP"}]}}),
-    )
-    .await
-    .unwrap();
+    let bad = a_service_one_node_cannot_reach(&c).await;
     let body = plan(
         "probe-fails",
         json!({
@@ -294,8 +268,48 @@ async fn a_failing_probe_stops_the_plan_rolls_the_node_back_and_a_retry_finishes
     load.wait_for_more(100).await.unwrap();
     assert_eq!(common::kube_proxy_pods(&c).await, after);
 
-    // The cause fixed (the Service answers on every node), the failed node
-    // is retried through the spec and the plan finishes.
+    retry_finishes_the_plan(&c, "probe-fails").await;
+    load.wait_for_more(100).await.unwrap();
+    let totals = load.stop(&c).await.unwrap();
+    assert_no_failures(&totals, 100);
+}
+
+/// Creates `default/local-only`, served only node-locally by nginx: the
+/// node without an nginx pod has no endpoint for it, so a probe of it fails
+/// there (and only there). Returns that node.
+async fn a_service_one_node_cannot_reach(c: &Cluster) -> String {
+    let pods: Api<Pod> = Api::namespaced(c.client(), "default");
+    let web_nodes: Vec<String> = pods
+        .list(&ListParams::default().labels("app=nginx"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let bad = c
+        .plan()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| !web_nodes.contains(n))
+        .unwrap();
+    switchyard_e2e::addons::apply(
+        &c.client(),
+        &json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "local-only", "namespace": "default"},
+        "spec": {"selector": {"app": "nginx"}, "internalTrafficPolicy": "Local",
+                 "ports": [{"name": "p", "port": 80, "targetPort": 80, "protocol": "TCP"}]}}),
+    )
+    .await
+    .unwrap();
+    bad
+}
+
+/// The cause fixed (the Service answers on every node), the failed node is
+/// retried through the spec (`kubectl switchyard retry`) and plan `name`
+/// finishes.
+async fn retry_finishes_the_plan(c: &Cluster, name: &str) {
     let cluster_wide = json!({"spec": {"internalTrafficPolicy": "Cluster"}});
     Api::<Service>::namespaced(c.client(), "default")
         .patch(
@@ -305,28 +319,19 @@ async fn a_failing_probe_stops_the_plan_rolls_the_node_back_and_a_retry_finishes
         )
         .await
         .unwrap();
-    let (ok, out, err) = common::kubectl_switchyard(&c, &["retry", "probe-fails"]).await;
+    let (ok, out, err) = common::kubectl_switchyard(c, &["retry", name]).await;
     assert!(ok && out.contains("retry"), "{out}{err}");
     let retried = |p: &MigrationPlan| {
         p.status
             .as_ref()
             .is_some_and(|s| s.observed_retry == 1 && scenario::settled(p))
     };
-    let p = scenario::follow_plan(
-        &c,
-        "probe-fails",
-        Duration::from_secs(240),
-        progress,
-        retried,
-    )
-    .await
-    .unwrap();
+    let p = scenario::follow_plan(c, name, Duration::from_secs(240), progress, retried)
+        .await
+        .unwrap();
     let s = p.status.unwrap();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
     assert!(s.nodes.iter().all(|n| n.step == NodeStep::Done));
-    load.wait_for_more(100).await.unwrap();
-    let totals = load.stop(&c).await.unwrap();
-    assert_no_failures(&totals, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

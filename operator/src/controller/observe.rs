@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::{
     AGENT_LEASE_DURATION_SECS, KUBE_PROXY_EXCLUDED_LABEL, MigrationPlan, NodeDatapath, NodeStep,
-    Phase, STARTUP_TAINT,
+    Phase,
 };
 
 use super::external;
@@ -100,17 +100,8 @@ fn node_obs(n: &Node) -> NodeObs {
             .unwrap_or(false),
         labels,
         internal_ip: external::internal_ip(n),
-        startup_taint: has_startup_taint(n),
+        startup_taint: super::triggers::has_startup_taint(n),
     }
-}
-
-/// Whether the node carries the taint it registers with in a cluster
-/// without kube-proxy.
-pub(crate) fn has_startup_taint(n: &Node) -> bool {
-    n.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == STARTUP_TAINT))
 }
 
 /// kube-proxy's DaemonSet, its pods (by node) and its ConfigMap.

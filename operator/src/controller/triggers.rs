@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::ResourceExt;
-use switchyard_api::NodeDatapath;
+use switchyard_api::{NodeDatapath, STARTUP_TAINT};
 
 /// Drops what the operator never reads from a cached Node (its status but
 /// the addresses: real kubelets fill it with image lists; annotations;
@@ -35,8 +35,17 @@ pub fn node_inputs(n: &Node) -> Option<u64> {
         .and_then(|s| s.unschedulable)
         .unwrap_or(false)
         .hash(&mut h);
-    super::observe::has_startup_taint(n).hash(&mut h);
+    has_startup_taint(n).hash(&mut h);
     Some(h.finish())
+}
+
+/// Whether the node carries the taint it registers with in a cluster
+/// without kube-proxy ([`STARTUP_TAINT`]).
+pub fn has_startup_taint(n: &Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == STARTUP_TAINT))
 }
 
 /// Hash of an agent Lease's holder: renewals do not trigger, a new Lease

@@ -52,19 +52,8 @@ pub(super) fn decide(
     s.st.kube_proxy_node_ports = ctx.node_ports.clone();
 
     if ctx.spec.rollback && !matches!(s.st.phase, Phase::RollingBack | Phase::RolledBack) {
-        let touched =
-            s.st.kube_proxy_deleted || s.st.nodes.iter().any(|n| n.step != NodeStep::Pending);
-        set_phase(
-            ctx,
-            &mut s,
-            if touched {
-                Phase::RollingBack
-            } else {
-                Phase::RolledBack
-            },
-        );
+        begin_rollback(ctx, &mut s);
     }
-
     if ctx.spec.failure_policy.retry != s.st.observed_retry {
         retry_failed(ctx, &mut s);
     }
@@ -99,6 +88,21 @@ pub(super) fn decide(
         requeue_after_secs: if s.moved { 0 } else { s.requeue },
         release: false,
     })
+}
+
+/// `spec.rollback` set: the plan rolls back, or, having touched nothing,
+/// is rolled back already.
+fn begin_rollback(ctx: &Ctx<'_>, s: &mut Draft) {
+    let touched = s.st.kube_proxy_deleted || s.st.nodes.iter().any(|n| n.step != NodeStep::Pending);
+    set_phase(
+        ctx,
+        s,
+        if touched {
+            Phase::RollingBack
+        } else {
+            Phase::RolledBack
+        },
+    );
 }
 
 /// `spec.failurePolicy.retry` changed: every failed node goes back into

@@ -306,11 +306,8 @@ fn probe_failure_with_rollback_returns_the_node_to_kube_proxy() {
 #[test]
 fn tolerated_failures_let_other_nodes_finish_but_keep_kube_proxy() {
     let mut spec = spec(1, 1);
-    spec.failure_policy = switchyard_api::FailurePolicy {
-        max_failed_nodes: 1,
-        action: FailureAction::Rollback,
-        retry: 0,
-    };
+    spec.failure_policy.max_failed_nodes = 1;
+    spec.failure_policy.action = FailureAction::Rollback;
     let mut sim = Sim::new(3, &[], spec);
     sim.nodes.get_mut("node-01").unwrap().cleanup_fails = true;
     run(&mut sim);

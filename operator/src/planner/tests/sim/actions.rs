@@ -16,16 +16,7 @@ impl Sim {
         match a {
             Action::Cordon { node } => self.node(node).unschedulable = true,
             Action::Uncordon { node } => self.uncordon(node),
-            Action::RemoveStartupTaint { node } => {
-                let n = self.node(node);
-                let serving = n.kp_rules || (n.dp_active && n.programmed);
-                n.startup_taint = false;
-                if !serving {
-                    self.violations.push(format!(
-                        "startup taint removed from {node}, which serves no Service"
-                    ));
-                }
-            }
+            Action::RemoveStartupTaint { node } => self.remove_startup_taint(node),
             Action::ApplyDatapath { node, spec } => self.write_datapath(node, spec),
             Action::ExcludeKubeProxy { node } => {
                 let n = self.node(node);
@@ -72,6 +63,18 @@ impl Sim {
             Action::Event(e) => self.events.push(e.clone()),
         }
         self.check_serving("after an action");
+    }
+
+    /// Lifts `node`'s startup taint, checking it serves Services by then.
+    fn remove_startup_taint(&mut self, node: &str) {
+        let n = self.node(node);
+        let serving = n.kp_rules || (n.dp_active && n.programmed);
+        n.startup_taint = false;
+        if !serving {
+            self.violations.push(format!(
+                "startup taint removed from {node}, which serves no Service"
+            ));
+        }
     }
 
     /// Uncordons `node`, checking it was verified (or is back on kube-proxy)
