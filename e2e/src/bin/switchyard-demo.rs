@@ -277,6 +277,7 @@ async fn result(c: &Cluster, traffic: Traffic, secs: f64) -> Result<u64, String>
         ext_ok + ext_failed
     );
     show_rules(c, "after").await;
+    show_flows(c).await;
     println!(
         "{}",
         scenario::kubectl(c, &["-n", "kube-system", "get", "daemonsets,configmaps"])
@@ -284,6 +285,31 @@ async fn result(c: &Cluster, traffic: Traffic, secs: f64) -> Result<u64, String>
             .map_err(|e| e.to_string())?
     );
     Ok(failed + ext_failed)
+}
+
+/// The connections each node's datapath reported as flows (the agent's
+/// `/metrics`; the flows themselves are served through the Hubble Observer
+/// API on the node's 127.0.0.1:4244).
+async fn show_flows(c: &Cluster) {
+    println!(
+        "--- flows the eBPF datapath reported (Hubble Observer API on each node's 127.0.0.1:4244)"
+    );
+    for n in &c.plan().nodes {
+        let got = c.http_get_from_node(&n.name, n.ip, 9964, "/metrics").await;
+        let text = got.map(|r| r.body).unwrap_or_default();
+        let count = |verdict: &str| {
+            let key = format!("switchyard_agent_flows_total{{verdict=\"{verdict}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .map_or_else(|| "?".to_string(), str::to_string)
+        };
+        println!(
+            "    {}: {} forwarded, {} dropped",
+            n.name,
+            count("forwarded"),
+            count("dropped")
+        );
+    }
 }
 
 /// Step 6: a machine joins the cluster now off kube-proxy, registered with
