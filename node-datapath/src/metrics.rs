@@ -68,82 +68,80 @@ pub fn render(stats: &DatapathStats) -> String {
 }
 
 fn write_all(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
-    writeln!(
+    write_counters(out, stats)?;
+    write_maps(out, stats)
+}
+
+/// A metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
+}
+
+/// The kernel's counters: drops by reason, translations by hook, affinity
+/// hits and lost flow events.
+fn write_counters(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
+    let drops = "switchyard_datapath_drop_count_total";
+    family(
         out,
-        "# HELP switchyard_datapath_drop_count_total Connections/datagrams the socket load balancer refused or could not serve, by reason."
+        drops,
+        "counter",
+        "Connections/datagrams the socket load balancer refused or could not serve, by reason.",
     )?;
-    writeln!(out, "# TYPE switchyard_datapath_drop_count_total counter")?;
     for c in Counter::ALL.iter().filter(|c| c.is_drop()) {
         writeln!(
             out,
-            "switchyard_datapath_drop_count_total{{reason=\"{}\"}} {}",
+            "{drops}{{reason=\"{}\"}} {}",
             c.reason(),
             stats.get(*c)
         )?;
     }
-    writeln!(
+    let translations = "switchyard_datapath_translations_total";
+    family(
         out,
-        "# HELP switchyard_datapath_translations_total Socket addresses translated, by hook (forward on connect4/sendmsg4, reverse on recvmsg4/getpeername4)."
+        translations,
+        "counter",
+        "Socket addresses translated, by hook (forward on connect4/sendmsg4, reverse on recvmsg4/getpeername4).",
     )?;
-    writeln!(out, "# TYPE switchyard_datapath_translations_total counter")?;
     for c in Counter::ALL {
         if let Some(hook) = translation_hook(c) {
-            writeln!(
-                out,
-                "switchyard_datapath_translations_total{{hook=\"{hook}\"}} {}",
-                stats.get(c)
-            )?;
+            writeln!(out, "{translations}{{hook=\"{hook}\"}} {}", stats.get(c))?;
         }
     }
-    writeln!(
+    let affinity = "switchyard_datapath_affinity_hits_total";
+    family(
         out,
-        "# HELP switchyard_datapath_affinity_hits_total Connections sent to a backend remembered by sessionAffinity ClientIP."
+        affinity,
+        "counter",
+        "Connections sent to a backend remembered by sessionAffinity ClientIP.",
     )?;
-    writeln!(
+    writeln!(out, "{affinity} {}", stats.get(Counter::AffinityHit))?;
+    let lost = "switchyard_datapath_flow_events_lost_total";
+    family(
         out,
-        "# TYPE switchyard_datapath_affinity_hits_total counter"
+        lost,
+        "counter",
+        "Flow events the socket load balancer could not report because the event ring was full.",
     )?;
-    writeln!(
-        out,
-        "switchyard_datapath_affinity_hits_total {}",
-        stats.get(Counter::AffinityHit)
-    )?;
-    writeln!(
-        out,
-        "# HELP switchyard_datapath_flow_events_lost_total Flow events the socket load balancer could not report because the event ring was full."
-    )?;
-    writeln!(
-        out,
-        "# TYPE switchyard_datapath_flow_events_lost_total counter"
-    )?;
-    writeln!(
-        out,
-        "switchyard_datapath_flow_events_lost_total {}",
-        stats.events_lost
-    )?;
-    writeln!(
-        out,
-        "# HELP switchyard_datapath_map_entries Entries in a datapath BPF map."
-    )?;
-    writeln!(out, "# TYPE switchyard_datapath_map_entries gauge")?;
+    writeln!(out, "{lost} {}", stats.events_lost)
+}
+
+/// Each BPF map's entries and capacity.
+fn write_maps(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
+    let entries = "switchyard_datapath_map_entries";
+    family(out, entries, "gauge", "Entries in a datapath BPF map.")?;
     for m in &stats.maps {
-        writeln!(
-            out,
-            "switchyard_datapath_map_entries{{map=\"{}\"}} {}",
-            m.map, m.entries
-        )?;
+        writeln!(out, "{entries}{{map=\"{}\"}} {}", m.map, m.entries)?;
     }
-    writeln!(
+    let capacity = "switchyard_datapath_map_capacity";
+    family(
         out,
-        "# HELP switchyard_datapath_map_capacity Maximum entries of a datapath BPF map."
+        capacity,
+        "gauge",
+        "Maximum entries of a datapath BPF map.",
     )?;
-    writeln!(out, "# TYPE switchyard_datapath_map_capacity gauge")?;
     for m in &stats.maps {
-        writeln!(
-            out,
-            "switchyard_datapath_map_capacity{{map=\"{}\"}} {}",
-            m.map, m.capacity
-        )?;
+        writeln!(out, "{capacity}{{map=\"{}\"}} {}", m.map, m.capacity)?;
     }
     Ok(())
 }

@@ -59,44 +59,17 @@ impl Shared {
         let Ok(m) = self.metrics.lock() else {
             return String::new();
         };
-        let s = &m.sync;
         let mut out = m.datapath.clone();
-        let gauges = [
-            (
-                "switchyard_agent_services_seen",
-                "Services the datapath should serve",
-                u64::from(s.services_seen),
-            ),
-            (
-                "switchyard_agent_services_programmed",
-                "Services programmed into the maps",
-                u64::from(s.services_programmed),
-            ),
-            (
-                "switchyard_agent_backends_programmed",
-                "Backends in the maps",
-                u64::from(s.backends_programmed),
-            ),
-            (
-                "switchyard_agent_frontends_programmed",
-                "Frontends in the maps",
-                u64::from(s.frontends_programmed),
-            ),
-            (
-                "switchyard_agent_last_sync_duration_milliseconds",
-                "Duration of the last map sync",
-                s.last_sync_millis,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            out.push_str(&format!(
-                "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {v}\n"
-            ));
+        sync_metrics(&mut out, &m.sync, m.syncs);
+        self.agent_counters(&mut out);
+        if let Some(flows) = &self.flows {
+            out.push_str(&flows.metrics());
         }
-        out.push_str(&format!(
-            "# HELP switchyard_agent_syncs_total Map syncs completed.\n# TYPE switchyard_agent_syncs_total counter\nswitchyard_agent_syncs_total {}\n",
-            m.syncs
-        ));
+        out
+    }
+
+    /// The agent's own counters: status writes and Lease renewals.
+    fn agent_counters(&self, out: &mut String) {
         let counters = [
             (
                 "switchyard_agent_status_writes_total",
@@ -120,11 +93,47 @@ impl Shared {
                 v.load(Ordering::Relaxed)
             ));
         }
-        if let Some(flows) = &self.flows {
-            out.push_str(&flows.metrics());
-        }
-        out
     }
+}
+
+/// The sync's gauges and the count of syncs.
+fn sync_metrics(out: &mut String, s: &SyncStatus, syncs: u64) {
+    let gauges = [
+        (
+            "switchyard_agent_services_seen",
+            "Services the datapath should serve",
+            u64::from(s.services_seen),
+        ),
+        (
+            "switchyard_agent_services_programmed",
+            "Services programmed into the maps",
+            u64::from(s.services_programmed),
+        ),
+        (
+            "switchyard_agent_backends_programmed",
+            "Backends in the maps",
+            u64::from(s.backends_programmed),
+        ),
+        (
+            "switchyard_agent_frontends_programmed",
+            "Frontends in the maps",
+            u64::from(s.frontends_programmed),
+        ),
+        (
+            "switchyard_agent_last_sync_duration_milliseconds",
+            "Duration of the last map sync",
+            s.last_sync_millis,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        out.push_str(&format!(
+            "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {v}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP switchyard_agent_syncs_total Map syncs completed.\n# TYPE switchyard_agent_syncs_total counter\nswitchyard_agent_syncs_total {}\n",
+        syncs
+    ));
 }
 
 impl switchyard_daemon::Health for Shared {
