@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_api::{MigrationPlan, NodeDatapath, NodeStep, Phase};
@@ -134,6 +134,17 @@ async fn migrate_with_zero_failures(mode: ProxyMode) -> (Cluster, Vec<Target>) {
     (c, targets)
 }
 
+/// `cordoned` is the only unschedulable node: the plan lifted its own
+/// cordons and left someone else's.
+async fn assert_cordoned_only(c: &Cluster, cordoned: &str) {
+    let nodes: Api<Node> = Api::all(c.client());
+    for n in nodes.list(&ListParams::default()).await.unwrap().items {
+        let name = n.metadata.name.unwrap_or_default();
+        let unschedulable = n.spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        assert_eq!(unschedulable, name == cordoned, "node {name} unschedulable");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
     if skip_unless_root() {
@@ -144,7 +155,12 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
 
     // Full rollback after success: kube-proxy restored from the backup and
     // running everywhere, the datapath off, no failed request.
-    // Asked for as a user would: `kubectl switchyard rollback`.
+    // Asked for as a user would: `kubectl switchyard rollback`. Someone
+    // took a migrated node out for maintenance first: their cordon stays.
+    let maintained = c.plan().nodes[1].name.clone();
+    scenario::kubectl(&c, &["cordon", &maintained])
+        .await
+        .unwrap();
     let load = scenario::start_load(&c, &targets, 25).await.unwrap();
     let (ok, out, err) = common::kubectl_switchyard(&c, &["rollback", "to-ebpf"]).await;
     assert!(ok, "kubectl switchyard rollback: {err}");
@@ -177,6 +193,7 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
         "kube-proxy ready on every node"
     );
     common::wait_rollout_released(&c).await;
+    assert_cordoned_only(&c, &maintained).await;
     let ndp: Api<NodeDatapath> = Api::all(c.client());
     for d in ndp.list(&ListParams::default()).await.unwrap().items {
         assert_eq!(

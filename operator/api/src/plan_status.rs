@@ -196,10 +196,14 @@ pub struct NodeProgress {
     /// Current step.
     #[serde(default)]
     pub step: NodeStep,
-    /// Whether the node was cordoned before the plan touched it (such a
-    /// node is never uncordoned by the plan). Recorded before cordoning.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub was_cordoned: Option<bool>,
+    /// The plan holds the node's cordon: it found the node schedulable and
+    /// cordons it (recorded before the cordon), and it uncordons the node
+    /// when the node finishes. Kubernetes records no owner for a cordon, so
+    /// this is the plan's own: a node someone else cordoned before its turn
+    /// is never held, and one someone uncordons while the plan holds it is
+    /// let go (whatever they do with it next is theirs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_cordon: bool,
     /// When the plan started on the node (it left `Pending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

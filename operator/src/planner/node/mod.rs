@@ -3,7 +3,10 @@
 //! derived from a step already recorded in the plan's status ("record, then
 //! act"). A node that did not move gets the idempotent actions of its step.
 
+mod cordon;
 mod peer;
+
+pub use cordon::release_lifted as release_lifted_cordon;
 mod spec;
 mod steps;
 
@@ -22,13 +25,13 @@ pub enum Moved {
     No,
 }
 
-/// Starts a pending node: records whether it was already cordoned, before
-/// anything touches it.
+/// Starts a pending node: records whether the plan will hold its cordon
+/// (it was schedulable), before anything touches it.
 pub fn start(ctx: &Ctx<'_>, p: &mut NodeProgress, events: &mut Vec<Action>) {
     match ctx.snap.nodes.get(&p.name) {
         None => gone(ctx, p, events),
         Some(node) => {
-            p.was_cordoned = Some(node.unschedulable);
+            p.holds_cordon = !node.unschedulable;
             enter(ctx, p, NodeStep::Cordon);
             events.push(event(
                 Some(&p.name),
@@ -205,6 +208,9 @@ pub fn step(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) -> Moved
         gone(ctx, p, out);
         return Moved::Yes;
     };
+    if cordon::take(p, node) == Moved::Yes {
+        return Moved::Yes;
+    }
     if p.step == NodeStep::Verify && !peer::kept(ctx, p) {
         p.verify_peer = None;
         if choose_peer(ctx, p) {
@@ -271,6 +277,10 @@ fn advance(
         out.extend(peer_skipped(ctx, p));
     }
     enter(ctx, p, to);
+    if matches!(to, NodeStep::Done | NodeStep::RolledBack) {
+        // Its uncordon step lifted the plan's cordon, if it held one.
+        p.holds_cordon = false;
+    }
     let (reason, outcome) = match to {
         NodeStep::Done => (
             "NodeMigrated",

@@ -209,15 +209,11 @@ fn verify_actions(s: &Seen<'_>) -> Vec<Action> {
     actions
 }
 
-/// `Uncordon` and `RollbackUncordon`: uncordons only a node the plan
-/// cordoned and lifts the startup taint of a node that registered with it
+/// `Uncordon` and `RollbackUncordon`: lifts the plan's own cordon (see
+/// [`super::cordon`]) and the startup taint of a node that registered with it
 /// (it serves Services now, through either datapath), then moves to `then`.
 pub(super) fn uncordon(s: &Seen<'_>, then: NodeStep) -> Next {
-    let ours = s.p.was_cordoned == Some(false) && s.p.reached >= NodeStep::Cordon;
-    let mut actions = Vec::new();
-    if ours && s.node.unschedulable {
-        actions.push(Action::Uncordon { node: s.name() });
-    }
+    let mut actions: Vec<Action> = super::cordon::uncordon(s.p, s.node).into_iter().collect();
     if s.node.startup_taint {
         actions.push(Action::RemoveStartupTaint { node: s.name() });
     }

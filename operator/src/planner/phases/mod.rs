@@ -57,6 +57,9 @@ pub(super) fn decide(
     if ctx.spec.failure_policy.retry != s.st.observed_retry {
         retry_failed(ctx, &mut s);
     }
+    for p in &mut s.st.nodes {
+        s.moved |= node::release_lifted_cordon(ctx, p, &mut s.actions);
+    }
 
     match s.st.phase {
         Phase::Pending => set_phase(ctx, &mut s, Phase::Preflight),

@@ -4,6 +4,7 @@
 //! Verify (`north_south`), the agents' Leases (`liveness`) and property
 //! tests of the invariants (`props`).
 
+mod cordons;
 mod deletion;
 mod joining;
 mod liveness;

@@ -118,8 +118,56 @@ fn own_state(sim: &Sim) -> Vec<(String, super::sim::SimNode)> {
         .collect()
 }
 
+/// Cordons (`true`) and uncordons by someone else: (round, node index, cordon).
+type OthersCordons = Vec<(usize, usize, bool)>;
+
+fn others_cordons() -> impl Strategy<Value = OthersCordons> {
+    prop::collection::vec((0usize..100, 0usize..10, any::<bool>()), 1..8)
+}
+
+/// Runs `sim` for 100 rounds with someone else cordoning and uncordoning
+/// nodes as `others` says, with crashes and lag, then until it settles.
+fn run_with_others(sim: &mut Sim, others: &OthersCordons, seed: u64) {
+    let names: Vec<String> = sim.nodes.keys().cloned().collect();
+    let mut crash = crashes(seed);
+    let lag = lag(seed);
+    for round in 0..100 {
+        for (_, i, cordon) in others.iter().filter(|o| o.0 == round) {
+            let name = &names[i % names.len()];
+            if *cordon {
+                sim.cordon_by_others(name);
+            } else {
+                sim.uncordon_by_others(name);
+            }
+        }
+        sim.reconcile(crash(round));
+        sim.tick(3, &|n| lag(round, n));
+    }
+    sim.run(600, crashes(seed ^ 5), &lag);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Someone else cordons and uncordons nodes at any moment of the
+    /// migration and of the rollback after it: the plan never lifts their
+    /// cordon (the sim records a violation), lifts every one it holds, and
+    /// still settles.
+    #[test]
+    fn cordons_by_others_are_never_undone(c in case(), others in others_cordons()) {
+        let mut sim = sim_for(&c);
+        run_with_others(&mut sim, &others, c.seed);
+        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+        prop_assert!(sim.settled(), "did not settle: {:?} {:?}", sim.phase(), sim.steps());
+        sim.spec.rollback = true;
+        run_with_others(&mut sim, &others, c.seed ^ 1);
+        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+        prop_assert_eq!(sim.phase(), Phase::RolledBack);
+        for (name, n) in &sim.nodes {
+            prop_assert_eq!(n.unschedulable, sim.cordoned_by_others.contains(name), "{}", name);
+        }
+        prop_assert!(sim.status.nodes.iter().all(|n| !n.holds_cordon));
+    }
 
     /// Safety invariants hold at every change, with crashes and lag; the
     /// plan always settles; without failures it succeeds.
@@ -145,7 +193,7 @@ proptest! {
             prop_assert!(sim.ds.is_none() && sim.backup);
             for (name, n) in &sim.nodes {
                 prop_assert!(n.dp_active && !n.kp_pod && !n.kp_rules, "{}: {:?}", name, n);
-                prop_assert_eq!(n.unschedulable, sim.pre_cordoned.contains(name));
+                prop_assert_eq!(n.unschedulable, sim.cordoned_by_others.contains(name));
             }
             // A node joins after success: migrated like the others, with
             // crashes and lag, and part of the rollback below.
@@ -167,7 +215,7 @@ proptest! {
         prop_assert_eq!(sim.phase(), Phase::RolledBack);
         for (name, n) in &sim.nodes {
             prop_assert!(n.kp_ready && n.kp_rules && !n.excluded && !n.dp_active, "{}: {:?}", name, n);
-            prop_assert_eq!(n.unschedulable, sim.pre_cordoned.contains(name), "{}", name);
+            prop_assert_eq!(n.unschedulable, sim.cordoned_by_others.contains(name), "{}", name);
         }
         prop_assert!(sim.status.nodes.iter().all(|n| matches!(n.step, NodeStep::Pending | NodeStep::RolledBack)));
         prop_assert!(!sim.ds_held, "kube-proxy's own update strategy is back after the rollback");
@@ -196,7 +244,7 @@ proptest! {
         if !succeeded {
             for (name, n) in &sim.nodes {
                 prop_assert!(n.kp_ready && n.kp_rules && !n.excluded && !n.dp_active, "{}: {:?}", name, n);
-                prop_assert_eq!(n.unschedulable, sim.pre_cordoned.contains(name), "{}", name);
+                prop_assert_eq!(n.unschedulable, sim.cordoned_by_others.contains(name), "{}", name);
             }
             prop_assert!(!sim.ds_held, "kube-proxy's own rollout is back");
         }

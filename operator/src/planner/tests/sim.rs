@@ -52,12 +52,16 @@ pub struct SimNode {
     pub labels: BTreeMap<String, String>,
     /// Carries the startup taint: no pod runs there, nothing to serve.
     pub startup_taint: bool,
+    /// The plan cordoned the node and has not seen it uncordoned since.
+    pub plan_cordon: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct Sim {
     pub nodes: BTreeMap<String, SimNode>,
-    pub pre_cordoned: BTreeSet<String>,
+    /// Nodes someone else cordoned (before the plan, or during it while
+    /// the node was schedulable): the plan must never uncordon them.
+    pub cordoned_by_others: BTreeSet<String>,
     pub ds: Option<bool>, // Some(excludes_label)
     /// The DaemonSet's rollout is held (`OnDelete`, the user's strategy
     /// remembered); otherwise it rolls pods of another template.
@@ -109,7 +113,7 @@ impl Sim {
         }
         Sim {
             nodes,
-            pre_cordoned: pre,
+            cordoned_by_others: pre,
             ds: Some(false),
             ds_held: false,
             rolled: Vec::new(),
@@ -467,6 +471,10 @@ impl Sim {
         if crash.is_none() {
             self.status = d.status;
             self.released |= d.release;
+            for n in self.nodes.values_mut().filter(|n| !n.unschedulable) {
+                // Seen uncordoned: a cordon placed from now on is not the plan's.
+                n.plan_cordon = false;
+            }
         }
     }
 

@@ -14,7 +14,11 @@ impl Sim {
             .values()
             .all(|n| n.excluded && n.dp_active && !n.kp_pod);
         match a {
-            Action::Cordon { node } => self.node(node).unschedulable = true,
+            Action::Cordon { node } => {
+                let n = self.node(node);
+                n.unschedulable = true;
+                n.plan_cordon = true;
+            }
             Action::Uncordon { node } => self.uncordon(node),
             Action::RemoveStartupTaint { node } => self.remove_startup_taint(node),
             Action::ApplyDatapath { node, spec } => self.write_datapath(node, spec),
@@ -80,10 +84,9 @@ impl Sim {
     /// Uncordons `node`, checking it was verified (or is back on kube-proxy)
     /// and, when its ingress is dead, that a peer probed it.
     fn uncordon(&mut self, node: &str) {
-        if self.pre_cordoned.contains(node) {
-            self.violations.push(format!(
-                "uncordoned {node}, which was cordoned before the plan"
-            ));
+        if self.cordoned_by_others.contains(node) {
+            self.violations
+                .push(format!("uncordoned {node}, which someone else cordoned"));
         }
         let skipped = self
             .events
@@ -102,7 +105,9 @@ impl Sim {
                 "uncordoned {node} while traffic from outside dies there, and no peer probed it"
             ));
         }
-        self.node(node).unschedulable = false;
+        let n = self.node(node);
+        n.unschedulable = false;
+        n.plan_cordon = false;
     }
 
     /// Gives kube-proxy's rollout back, checking that a restored template
@@ -133,5 +138,38 @@ impl Sim {
             }
         }
         self.ds_held = false;
+    }
+
+    /// Someone else (`kubectl cordon`) cordons `node`. The API records no
+    /// owner: a cordon on a node that is already cordoned changes nothing,
+    /// and one on a node whose cordon is the plan's (it cordoned the node
+    /// and has not seen it uncordoned since, or is in a step that cordons
+    /// or uncordons it: its last write may not be recorded yet) looks like
+    /// the plan's own. Neither is theirs to keep.
+    pub fn cordon_by_others(&mut self, node: &str) {
+        let cordon_steps = [
+            NodeStep::Cordon,
+            NodeStep::Uncordon,
+            NodeStep::RollbackUncordon,
+        ];
+        let cordoning = self
+            .status
+            .nodes
+            .iter()
+            .any(|p| p.name == node && p.holds_cordon && cordon_steps.contains(&p.step));
+        let n = self.node(node);
+        if !n.unschedulable {
+            n.unschedulable = true;
+            if !n.plan_cordon && !cordoning {
+                self.cordoned_by_others.insert(node.into());
+            }
+        }
+    }
+
+    /// Someone else (`kubectl uncordon`) uncordons `node`, also one the
+    /// plan cordoned.
+    pub fn uncordon_by_others(&mut self, node: &str) {
+        self.node(node).unschedulable = false;
+        self.cordoned_by_others.remove(node);
     }
 }
