@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::pods::PodSources;
 use super::{Clock, Flow, FlowCounts, FlowRing, ServiceIndex, decode};
 
 /// New flows a slow follower may lag behind before it misses some.
@@ -23,6 +24,8 @@ const FOLLOW_BACKLOG: usize = 1024;
 pub struct FlowHub {
     ring: Mutex<FlowRing>,
     services: RwLock<Arc<ServiceIndex>>,
+    /// Who the clients are.
+    pods: Mutex<PodSources>,
     follow: broadcast::Sender<Arc<Flow>>,
     /// Whether the programs emit events (`--flow-events`).
     events_on: bool,
@@ -37,6 +40,7 @@ impl FlowHub {
         Self {
             ring: Mutex::new(FlowRing::new(max_flows)),
             services: RwLock::new(Arc::default()),
+            pods: Mutex::new(PodSources::default()),
             follow: broadcast::channel(FOLLOW_BACKLOG).0,
             events_on,
             reader: Mutex::new(None),
@@ -56,6 +60,11 @@ impl FlowHub {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
     }
 
+    /// Changes the names of the clients' pods (or where their cgroups are).
+    pub fn pods<T>(&self, f: impl FnOnce(&mut PodSources) -> T) -> T {
+        f(&mut self.pods.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Decodes `records` (read at `clock`) into the ring and to followers.
     pub fn ingest<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>, clock: &Clock) {
         let services = self
@@ -63,10 +72,12 @@ impl FlowHub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
         let mut ring = self.ring();
         for record in records {
             match decode(record, clock, &services) {
-                Ok(flow) => {
+                Ok(mut flow) => {
+                    flow.source = pods.source(flow.cgroup_id);
                     let flow = Arc::new(flow);
                     ring.push(flow.clone());
                     // No follower is not an error.
