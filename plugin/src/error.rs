@@ -18,6 +18,38 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("encoding the output as YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    #[error(
+        "no running switchyard agent pod{0} (pods labelled app.kubernetes.io/name=switchyard-agent in switchyard-system)"
+    )]
+    NoAgents(String),
+    #[error("flows of node {node} (agent pod {pod}): {}", agent_hint(source))]
+    Agent {
+        node: String,
+        pod: String,
+        source: kube::Error,
+    },
+    #[error("flows of node {node}: a line is not JSON: {source}")]
+    BadLine {
+        node: String,
+        source: serde_json::Error,
+    },
+    #[error("flows of node {node}: reading the answer: {source}")]
+    Stream {
+        node: String,
+        source: std::io::Error,
+    },
+    #[error("building a request: {0}")]
+    Request(String),
+}
+
+/// An agent's error, with what a refusal means.
+fn agent_hint(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => {
+            format!("{e} (observe needs `get` on `pods/proxy` in the switchyard-system namespace)")
+        }
+        _ => e.to_string(),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
