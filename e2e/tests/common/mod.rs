@@ -6,6 +6,7 @@
 
 pub mod drift;
 pub mod joining;
+pub mod observe;
 mod plugin;
 mod scenarios;
 pub use plugin::{assert_plugin_reports_success, kubectl_switchyard};
