@@ -73,13 +73,17 @@ pub async fn run(cli: Cli) -> Result<String> {
             let next = current.spec.failure_policy.retry.wrapping_add(1);
             steer(&client, &plan, Steer::Retry(next)).await
         }
-        Command::Observe(args) => observe_flows(&client, &args).await,
+        Command::Observe(args) => observe_flows(&client, &args, now).await,
     }
 }
 
 /// `observe`: all at once, merged by time; or, with `-f`, printed as they
 /// come (returning nothing left to print).
-async fn observe_flows(client: &kube::Client, args: &cli::ObserveArgs) -> Result<String> {
+async fn observe_flows(
+    client: &kube::Client,
+    args: &cli::ObserveArgs,
+    started: Timestamp,
+) -> Result<String> {
     let agents = observe::fetch::agents(client, args.node.as_deref()).await?;
     tracing::debug!(agents = agents.len(), "asking for flows");
     if args.follow {
@@ -87,7 +91,7 @@ async fn observe_flows(client: &kube::Client, args: &cli::ObserveArgs) -> Result
             let header = observe::table(&[]);
             let _ = observe::fetch::write_out(&header);
         }
-        observe::fetch::follow(client, &agents, args, |v| {
+        observe::fetch::follow(client, &agents, args, started, |v| {
             observe::line(v, args.output).map_or(Ok(()), |l| observe::fetch::write_out(&l))
         })
         .await?;

@@ -23,8 +23,9 @@ fn escape(s: &str) -> String {
         .collect()
 }
 
-/// The query string of the agents' `/v1/flows` for `args` (without `?`).
-pub fn query(args: &ObserveArgs) -> String {
+/// The query string of the agents' `/v1/flows` for `args` (without `?`),
+/// run at `now`.
+pub fn query(args: &ObserveArgs, now: Timestamp) -> String {
     let mut q: Vec<(&str, String)> = Vec::new();
     if let Some(v) = args.verdict {
         let v = match v {
@@ -44,10 +45,11 @@ pub fn query(args: &ObserveArgs) -> String {
             .into_iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| (k, v.clone()))),
     );
-    // With -f and no --last: only new flows (as `hubble observe -f`).
+    // With -f and no --last (or --last 0): only new flows (as `hubble
+    // observe -f`); an agent's limit=0 would be every flow it keeps.
     match (args.last, args.follow) {
+        (None | Some(0), true) => q.push(("since", now.to_string())),
         (Some(n), _) => q.push(("limit", n.to_string())),
-        (None, true) => q.push(("since", Timestamp::now().to_string())),
         (None, false) => {}
     }
     if args.follow {

@@ -7,6 +7,7 @@ use std::io::Write;
 
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
@@ -111,7 +112,7 @@ pub async fn once(
     agents: &[Agent],
     args: &ObserveArgs,
 ) -> Result<Vec<Vec<Value>>> {
-    let q = super::query(args);
+    let q = super::query(args, Timestamp::now());
     let asks = agents.iter().map(|a| {
         let span = info_span!("flows", node = %a.node, pod = %a.pod);
         flows_of(client, a, &q).instrument(span)
@@ -161,13 +162,16 @@ async fn stream(client: Client, a: Agent, query: String, tx: mpsc::Sender<Result
 /// Prints every agent's flows as they come (`print`: one parsed line)
 /// until every agent's answer ends; an agent that fails is reported on
 /// stderr and the others go on; the result is the first such failure.
+/// `since`: when the command started (without `--last`, the flows from
+/// then on are printed).
 pub async fn follow(
     client: &Client,
     agents: &[Agent],
     args: &ObserveArgs,
+    since: Timestamp,
     mut print: impl FnMut(&Value) -> std::io::Result<()>,
 ) -> Result<()> {
-    let q = super::query(args);
+    let q = super::query(args, since);
     let (tx, mut rx) = mpsc::channel(256);
     for a in agents {
         let span = info_span!("follow", node = %a.node, pod = %a.pod);

@@ -6,6 +6,8 @@ use serde_json::json;
 use super::fetch::{Agent, agents_of};
 use super::*;
 
+const NOW: Timestamp = Timestamp::constant(1_796_569_200, 0);
+
 fn dropped(time: &str, node: &str) -> Value {
     json!({"flow": {
         "time": time, "verdict": "DROPPED", "drop_reason": 158,
@@ -29,25 +31,36 @@ fn flags_become_the_agents_query() {
         ..ObserveArgs::default()
     };
     assert_eq!(
-        query(&args),
+        query(&args, NOW),
         "verdict=DROPPED&from_namespace=app&to_service=app%2Fdb&limit=20"
     );
-    assert_eq!(query(&ObserveArgs::default()), "");
+    assert_eq!(query(&ObserveArgs::default(), NOW), "");
     let follow = ObserveArgs {
         from_pod: Some("client 1".into()),
         follow: true,
         ..ObserveArgs::default()
     };
-    let q = query(&follow);
+    let q = query(&follow, NOW);
     // Following without --last: only flows from now on.
-    assert!(q.starts_with("from_pod=client%201&since=20"), "{q}");
-    assert!(q.ends_with("&follow=true"), "{q}");
+    assert_eq!(
+        q,
+        "from_pod=client%201&since=2026-12-06T15%3A00%3A00Z&follow=true"
+    );
     let last = ObserveArgs {
         last: Some(0),
         follow: true,
         ..ObserveArgs::default()
     };
-    assert_eq!(query(&last), "limit=0&follow=true");
+    assert_eq!(
+        query(&last, NOW),
+        "since=2026-12-06T15%3A00%3A00Z&follow=true"
+    );
+    let last = ObserveArgs {
+        last: Some(3),
+        follow: true,
+        ..ObserveArgs::default()
+    };
+    assert_eq!(query(&last, NOW), "limit=3&follow=true");
 }
 
 #[test]
