@@ -72,19 +72,30 @@ impl FlowHub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ring = self.ring();
-        for record in records {
-            match decode(record, clock, &services) {
-                Ok(mut flow) => {
+        // Naming the clients may read the cgroup tree: before the ring is
+        // locked, so readers of the flows never wait on it.
+        let decoded: Vec<_> = {
+            let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+            records
+                .into_iter()
+                .map(|record| {
+                    let mut flow = decode(record, clock, &services)?;
                     flow.source = pods.source(flow.cgroup_id);
+                    Ok(flow)
+                })
+                .collect()
+        };
+        let mut ring = self.ring();
+        for flow in decoded {
+            match flow {
+                Ok(flow) => {
                     let flow = Arc::new(flow);
                     ring.push(flow.clone());
                     // No follower is not an error.
                     let _ = self.follow.send(flow);
                 }
                 Err(e) => {
-                    debug!(?e, len = record.len(), "a flow event record is not a flow");
+                    debug!(?e, "a flow event record is not a flow");
                     ring.decode_failed(e);
                 }
             }
