@@ -1,12 +1,13 @@
 //! Pure: flows as Hubble's `flow.Flow` (and that as the JSON
-//! `hubble observe -o json` prints, [`json`]).
+//! `hubble observe -o json` prints, [`super::json`]).
 //!
 //! A flow is the socket layer's view (Hubble's `SOCK` type): the client
 //! asked for a Service frontend, the program translated it to a backend
 //! (FORWARDED, `destination` = the backend, after translation) or refused
 //! it (DROPPED, `destination` = the frontend). The client's own address is
 //! not known when connect() runs (the socket is usually not bound yet), so
-//! the source is left empty.
+//! the source address is left empty; the source endpoint is the client's
+//! pod when the agent knows it.
 
 use std::net::SocketAddrV4;
 use std::time::SystemTime;

@@ -2,7 +2,7 @@
 //! node's flows as JSON lines ([`super::json`]), for clients that reach
 //! the agent through the API server's pod proxy, which speaks HTTP/1.1 and
 //! so cannot carry the gRPC API. The query is parsed into the Observer
-//! API's own filter and served by the same code ([`super::events`]):
+//! API's own filter and served by the same code (`observer::events`):
 //!
 //! | parameter | filter |
 //! |---|---|
