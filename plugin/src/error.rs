@@ -53,3 +53,31 @@ fn agent_hint(e: &kube::Error) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"code": code, "message": "nope"}))
+                .unwrap_or_default();
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn a_refused_proxy_request_names_the_grant_observe_needs() {
+        let agent = |code| Error::Agent {
+            node: "node1".into(),
+            pod: "switchyard-agent-x".into(),
+            source: api_error(code),
+        };
+        let refused = agent(403).to_string();
+        assert!(refused.starts_with("flows of node node1 (agent pod switchyard-agent-x): "));
+        assert!(
+            refused.contains("needs `get` on `pods/proxy` in the switchyard-system namespace"),
+            "{refused}"
+        );
+        assert!(!agent(503).to_string().contains("pods/proxy"));
+    }
+}
