@@ -152,6 +152,7 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
     }
     let _serial = SERIAL.lock().await;
     let (c, targets) = migrate_with_zero_failures(ProxyMode::Iptables).await;
+    common::observe::a_refused_connection_is_one_dropped_flow(&c).await;
 
     // Full rollback after success: kube-proxy restored from the backup and
     // running everywhere, the datapath off, no failed request.

@@ -12,19 +12,27 @@ use crate::error::{Error, Result};
 
 /// A client as kubectl would build one from the same flags: the given
 /// kubeconfig file or the default chain, and the given context or the
-/// current one.
-pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Client> {
+/// current one; `streaming`: no read timeout (an answer may be quiet for
+/// long).
+pub async fn connect(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+    streaming: bool,
+) -> Result<Client> {
     let options = KubeConfigOptions {
         context: context.map(str::to_string),
         ..KubeConfigOptions::default()
     };
-    let config = match (kubeconfig, context) {
+    let mut config = match (kubeconfig, context) {
         (Some(path), _) => {
             Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
         }
         (None, Some(_)) => Config::from_kubeconfig(&options).await?,
         (None, None) => Config::infer().await?,
     };
+    if streaming {
+        config.read_timeout = None;
+    }
     tracing::debug!(cluster = %config.cluster_url, "connecting");
     Ok(Client::try_from(config)?)
 }

@@ -6,7 +6,9 @@
 //!   been there and why it waits (every plan on one line without PLAN);
 //! - `nodes`: every node's datapath and its agent's liveness Lease;
 //! - `pause`, `resume`, `rollback`: the plan's `spec.paused` and
-//!   `spec.rollback`, as a merge patch.
+//!   `spec.rollback`, as a merge patch;
+//! - `observe`: the datapath's flows from every node's agent, through the
+//!   API server's pod proxy ([`observe`]).
 //!
 //! [`render`] is pure (objects and the time in, text out); [`client`] is the
 //! I/O; [`run`] joins them.
@@ -14,6 +16,7 @@
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod observe;
 pub mod render;
 
 use k8s_openapi::jiff::Timestamp;
@@ -25,7 +28,10 @@ use crate::error::Result;
 
 /// Runs one command; returns what to print on stdout.
 pub async fn run(cli: Cli) -> Result<String> {
-    let client = client::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
+    // A followed answer may be quiet for longer than any read timeout.
+    let streaming = matches!(&cli.command, Command::Observe(a) if a.follow);
+    let client =
+        client::connect(cli.kubeconfig.as_deref(), cli.context.as_deref(), streaming).await?;
     let now = Timestamp::now();
     match cli.command {
         Command::Status {
@@ -67,7 +73,49 @@ pub async fn run(cli: Cli) -> Result<String> {
             let next = current.spec.failure_policy.retry.wrapping_add(1);
             steer(&client, &plan, Steer::Retry(next)).await
         }
+        Command::Observe(args) => observe_flows(&client, &args, now).await,
     }
+}
+
+/// `observe`: all at once, merged by time; or, with `-f`, printed as they
+/// come (returning nothing left to print).
+async fn observe_flows(
+    client: &kube::Client,
+    args: &cli::ObserveArgs,
+    started: Timestamp,
+) -> Result<String> {
+    let agents = observe::fetch::agents(client, args.node.as_deref()).await?;
+    tracing::debug!(agents = agents.len(), "asking for flows");
+    if args.follow {
+        if args.output == cli::FlowOutput::Table {
+            let header = observe::table(&[]);
+            let _ = observe::fetch::write_out(&header);
+        }
+        observe::fetch::follow(client, &agents, args, started, |v| {
+            observe::line(v, args.output).map_or(Ok(()), |l| observe::fetch::write_out(&l))
+        })
+        .await?;
+        return Ok(String::new());
+    }
+    let answers = observe::fetch::once(client, &agents, args).await?;
+    let merged = observe::merge(answers, args.last);
+    for w in merged.iter().filter_map(observe::lost_warning) {
+        eprintln!("{w}");
+    }
+    Ok(match args.output {
+        cli::FlowOutput::Table => {
+            let rows: Vec<_> = merged
+                .iter()
+                .filter(|v| v.get("flow").is_some())
+                .map(observe::row)
+                .collect();
+            observe::table(&rows)
+        }
+        output => merged
+            .iter()
+            .filter_map(|v| observe::line(v, output))
+            .collect(),
+    })
 }
 
 /// A change of a plan's spec a user makes by hand.

@@ -310,6 +310,23 @@ async fn show_flows(c: &Cluster) {
             count("dropped")
         );
     }
+    println!(
+        "--- kubectl switchyard observe --last 5 (every node's agent, through the API server)"
+    );
+    let plugin = c.binaries().project_bin.join("kubectl-switchyard");
+    let out = tokio::process::Command::new(&plugin)
+        .args(["observe", "--last", "5", "--kubeconfig"])
+        .arg(c.kubeconfig())
+        .output()
+        .await;
+    match out {
+        Ok(o) => print!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("    {}: {e}", plugin.display()),
+    }
 }
 
 /// Step 6: a machine joins the cluster now off kube-proxy, registered with

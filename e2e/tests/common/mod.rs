@@ -6,9 +6,10 @@
 
 pub mod drift;
 pub mod joining;
+pub mod observe;
 mod plugin;
 mod scenarios;
-pub use plugin::{assert_plugin_reports_success, kubectl_switchyard};
+pub use plugin::{assert_plugin_reports_success, kubectl_switchyard, kubectl_switchyard_command};
 pub use scenarios::{assert_no_failures, plan, progress, run_plan, setup};
 
 use std::collections::BTreeMap;

@@ -7,11 +7,10 @@ use std::time::Instant;
 use switchyard_api::{MigrationPlan, Phase};
 use switchyard_e2e::Cluster;
 
-/// Runs `kubectl switchyard <args> --kubeconfig <admin>`; returns the exit
-/// status's success, stdout and stderr. The kubeconfig flag comes after the
-/// plugin's name: kubectl only looks for a plugin named by the words before
-/// the first flag.
-pub async fn kubectl_switchyard(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+/// `kubectl switchyard <args> --kubeconfig <admin>`. The kubeconfig flag
+/// comes after the plugin's name: kubectl only looks for a plugin named by
+/// the words before the first flag.
+pub fn kubectl_switchyard_command(c: &Cluster, args: &[&str]) -> tokio::process::Command {
     let bins = c.binaries();
     let path = std::env::join_paths(
         [bins.project_bin.clone(), bins.k8s_bin.clone()]
@@ -21,15 +20,20 @@ pub async fn kubectl_switchyard(c: &Cluster, args: &[&str]) -> (bool, String, St
             )),
     )
     .unwrap();
-    let out = tokio::process::Command::new(bins.k8s("kubectl"))
-        .arg("switchyard")
+    let mut cmd = tokio::process::Command::new(bins.k8s("kubectl"));
+    cmd.arg("switchyard")
         .args(args)
         .arg("--kubeconfig")
         .arg(c.kubeconfig())
         .env("PATH", path)
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `kubectl switchyard <args>`; returns the exit status's success,
+/// stdout and stderr.
+pub async fn kubectl_switchyard(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = kubectl_switchyard_command(c, args).output().await.unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

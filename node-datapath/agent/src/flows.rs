@@ -4,8 +4,10 @@
 //!
 //! Pure: [`decode`] turns one ring buffer record into a [`Flow`] (naming
 //! the Service from a [`ServiceIndex`]), [`FlowRing`] keeps the newest
-//! flows and the counts. Reading the kernel's ring is [`reader`]'s job.
+//! flows and the counts. Reading the kernel's ring is [`reader`]'s job;
+//! naming the client's pod from its cgroup is [`pods`]'.
 
+pub mod pods;
 pub mod reader;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -54,6 +56,9 @@ pub struct ServiceName {
     pub name: Arc<str>,
 }
 
+/// A pod's `namespace/name` (the same shape as a Service's).
+pub type PodName = ServiceName;
+
 /// One connection the datapath translated or refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -69,6 +74,8 @@ pub struct Flow {
     pub backend: Option<SocketAddrV4>,
     /// The Service of the frontend, when the agent knows it.
     pub service: Option<ServiceName>,
+    /// The client's pod, when the agent knows it (from the cgroup).
+    pub source: Option<PodName>,
     /// cgroup v2 id of the client process.
     pub cgroup_id: u64,
     /// The client socket's cookie.
@@ -195,6 +202,7 @@ pub fn decode(record: &[u8], clock: &Clock, services: &ServiceIndex) -> Result<F
         frontend,
         backend,
         service: services.lookup(frontend, ev.proto).cloned(),
+        source: None,
         cgroup_id: ev.cgroup_id,
         sock_cookie: ev.sock_cookie,
         netns_cookie: ev.netns_cookie,

@@ -19,9 +19,11 @@
 //!   serve NodePorts (kube-proxy's `nodePortAddresses`); [`probe`]: connectivity probes;
 //!   [`health`]: kube-proxy's health ports once kube-proxy has left;
 //!   [`status`]: pure conversions;
-//!   [`server`]: `/metrics`, `/healthz`, `/readyz`;
-//!   [`flows`]: the datapath's flow events, decoded and kept for `/metrics`
-//!   and [`observer`], Hubble's Observer gRPC API over them.
+//!   [`server`]: `/metrics`, `/healthz`, `/readyz` and `/v1/flows`;
+//!   [`flows`]: the datapath's flow events, decoded, their client pod named
+//!   ([`flows::pods`]) and kept for `/metrics` and [`observer`], Hubble's
+//!   Observer gRPC API over them (and the same flows as JSON lines on
+//!   `/v1/flows`, [`observer::http`]).
 
 pub mod agent;
 pub mod error;

@@ -82,7 +82,13 @@ async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
 async fn run(args: Args) -> Result<(), Error> {
     let client = client(args.api_server.as_deref()).await?;
     let flows = Arc::new(FlowHub::new(args.flows_max, args.flow_events));
-    let shared = Arc::new(Shared::with_flows(flows.clone()));
+    flows.pods(|p| p.set_root(args.cgroup_root.clone()));
+    let pods = tokio::spawn(switchyard_agent::flows::pods::watch(
+        client.clone(),
+        args.node.clone(),
+        flows.clone(),
+    ));
+    let shared = Arc::new(Shared::with_flows(flows.clone(), &args.node));
     let server = tokio::spawn(switchyard_daemon::serve(args.metrics_addr, shared.clone()));
     let observer = FlowObserver::new(flows.clone(), &args.node);
     let observer = tokio::spawn(switchyard_agent::observer::serve(
@@ -107,5 +113,6 @@ async fn run(args: Args) -> Result<(), Error> {
     let result = agent::run(client, cfg, shared, stop_rx).await;
     server.abort();
     observer.abort();
+    pods.abort();
     result
 }

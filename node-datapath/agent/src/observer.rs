@@ -1,11 +1,15 @@
 //! Hubble's Observer gRPC API over the agent's flows: `GetFlows` (the
 //! newest N, then new ones with `follow`; whitelist and blacklist filters)
-//! and `ServerStatus`. Any Hubble client can read a node's flows from it;
-//! the messages are switchyard's subset of Hubble's (`proto/`), with
+//! and `ServerStatus`. Any Hubble client can read a node's flows from it
+//! (`kubectl switchyard observe` reads the same events, filtered by the same
+//! [`filter`], as JSON lines from the agent's HTTP port: [`http`]); the messages are switchyard's subset of Hubble's (`proto/`), with
 //! Hubble's names and numbers. Plaintext: bind it to an address only
 //! trusted clients reach (the default is loopback).
 
 pub mod convert;
+pub mod filter;
+pub mod http;
+pub mod json;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,8 +22,9 @@ use tokio_stream::wrappers::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::flows::Flow;
 use crate::flows::reader::FlowHub;
-use convert::Filters;
+use filter::Filters;
 use proto::flow as pb;
 use proto::observer::observer_server::{Observer, ObserverServer};
 use proto::observer::{
@@ -81,6 +86,51 @@ fn lost(node: &str, source: pb::LostEventSource, n: u64) -> GetFlowsResponse {
     )
 }
 
+/// What a reader of the flows gets: flows, and counts of events lost
+/// before the ones that follow.
+#[derive(Clone, Debug)]
+pub(crate) enum Event {
+    Flow(Arc<Flow>),
+    Lost(pb::LostEventSource, u64),
+}
+
+/// The events of one request, for both the gRPC API and the HTTP one: the
+/// events the kernel could not report (if any), the newest `number` flows
+/// `filters` keeps (0: all), then, with `follow`, each new one it keeps.
+pub(crate) fn events(
+    hub: &FlowHub,
+    filters: Filters,
+    number: usize,
+    follow: bool,
+) -> Pin<Box<dyn Stream<Item = Event> + Send>> {
+    let (last, rx) = hub.last_and_follow(number, |f| filters.matches(f));
+    let mut head = Vec::with_capacity(last.len() + 1);
+    // Events the kernel could not report, before the flows around them.
+    let kernel_lost = hub.kernel_lost();
+    if kernel_lost > 0 {
+        head.push(Event::Lost(
+            pb::LostEventSource::PerfEventRingBuffer,
+            kernel_lost,
+        ));
+    }
+    head.extend(last.into_iter().map(Event::Flow));
+    let head = futures::stream::iter(head);
+    if !follow {
+        return Box::pin(head);
+    }
+    let tail = BroadcastStream::new(rx).filter_map(move |r| {
+        let out = match r {
+            Ok(f) => filters.matches(&f).then_some(Event::Flow(f)),
+            // This follower fell behind the agent's queue.
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Event::Lost(pb::LostEventSource::ObserverEventsQueue, n))
+            }
+        };
+        std::future::ready(out)
+    });
+    Box::pin(head.chain(tail))
+}
+
 #[tonic::async_trait]
 impl Observer for FlowObserver {
     type GetFlowsStream = FlowStream;
@@ -90,44 +140,21 @@ impl Observer for FlowObserver {
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<FlowStream>, Status> {
         let req = request.into_inner();
-        let filters = Arc::new(
-            Filters::new(&req.whitelist, &req.blacklist).map_err(Status::invalid_argument)?,
-        );
+        let filters = Filters::new(&req.whitelist, &req.blacklist)
+            .map_err(Status::invalid_argument)?
+            .since(req.since.as_ref().map(convert::system_time));
         let number = usize::try_from(req.number).unwrap_or(usize::MAX);
-        let (last, rx) = self.hub.last_and_follow(number, |f| filters.matches(f));
         let node = self.node.clone();
-        let mut head = Vec::with_capacity(last.len() + 1);
-        // Events the kernel could not report, before the flows around them.
-        let kernel_lost = self.hub.kernel_lost();
-        if kernel_lost > 0 {
-            head.push(Ok(lost(
-                &node,
-                pb::LostEventSource::PerfEventRingBuffer,
-                kernel_lost,
-            )));
-        }
-        for f in &last {
-            let flow = ResponseTypes::Flow(convert::flow(f, &node));
-            head.push(Ok(response(&node, flow, f.time)));
-        }
-        let head = futures::stream::iter(head);
-        if !req.follow {
-            return Ok(Response::new(Box::pin(head)));
-        }
-        let tail = BroadcastStream::new(rx).filter_map(move |r| {
-            let out = match r {
-                Ok(f) => filters.matches(&f).then(|| {
+        let stream = events(&self.hub, filters, number, req.follow).map(move |e| {
+            Ok(match e {
+                Event::Flow(f) => {
                     let flow = ResponseTypes::Flow(convert::flow(&f, &node));
-                    Ok(response(&node, flow, f.time))
-                }),
-                // This follower fell behind the agent's queue.
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Ok(lost(&node, pb::LostEventSource::ObserverEventsQueue, n)))
+                    response(&node, flow, f.time)
                 }
-            };
-            std::future::ready(out)
+                Event::Lost(source, n) => lost(&node, source, n),
+            })
         });
-        Ok(Response::new(Box::pin(head.chain(tail))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn server_status(

@@ -1,5 +1,5 @@
-//! What the agent's `/metrics` and `/readyz` report (served by
-//! `switchyard-daemon`).
+//! What the agent's `/metrics` and `/readyz` report, and its flows on
+//! `/v1/flows` (served by `switchyard-daemon`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,8 +18,8 @@ pub struct Shared {
     /// Lease renewals that succeeded, and those that failed.
     pub lease_renewals: AtomicU64,
     pub lease_renewal_errors: AtomicU64,
-    /// The flows, when the agent keeps them.
-    pub flows: Option<std::sync::Arc<FlowHub>>,
+    /// The flows, when the agent keeps them, and the node they are seen on.
+    pub flows: Option<(std::sync::Arc<FlowHub>, std::sync::Arc<str>)>,
     metrics: Mutex<Metrics>,
 }
 
@@ -31,10 +31,11 @@ struct Metrics {
 }
 
 impl Shared {
-    /// Published state that also reports `flows`' counts.
-    pub fn with_flows(flows: std::sync::Arc<FlowHub>) -> Self {
+    /// Published state that also reports `flows`' counts and serves them
+    /// (seen on `node`).
+    pub fn with_flows(flows: std::sync::Arc<FlowHub>, node: &str) -> Self {
         Self {
-            flows: Some(flows),
+            flows: Some((flows, node.into())),
             ..Self::default()
         }
     }
@@ -62,7 +63,7 @@ impl Shared {
         let mut out = m.datapath.clone();
         sync_metrics(&mut out, &m.sync, m.syncs);
         self.agent_counters(&mut out);
-        if let Some(flows) = &self.flows {
+        if let Some((flows, _)) = &self.flows {
             out.push_str(&flows.metrics());
         }
         out
@@ -144,6 +145,16 @@ impl switchyard_daemon::Health for Shared {
     fn not_ready(&self) -> Option<&'static str> {
         (!self.ready.load(Ordering::Relaxed)).then_some("first sync pending")
     }
+
+    fn handle(
+        &self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<hyper::Response<switchyard_daemon::Body>> {
+        let (flows, node) = self.flows.as_ref()?;
+        (path == crate::observer::http::PATH)
+            .then(|| crate::observer::http::respond(flows, node, query))
+    }
 }
 
 #[cfg(test)]
@@ -174,7 +185,7 @@ mod tests {
         assert!(text.contains("switchyard_agent_lease_renewal_errors_total 0\n"));
         assert!(!text.contains("switchyard_agent_flows_total"));
         let hub = std::sync::Arc::new(FlowHub::new(8, true));
-        let text = Shared::with_flows(hub).render();
+        let text = Shared::with_flows(hub, "node1").render();
         assert!(text.contains("switchyard_agent_flows_total{verdict=\"dropped\"} 0\n"));
     }
 }

@@ -1,7 +1,8 @@
 //! What switchyard's two binaries (operator and agent) share around their
 //! main loop: the `/metrics`, `/healthz`, `/readyz` HTTP endpoint, logging
 //! setup, the shutdown signal and giving freed heap back to the kernel. The
-//! binaries supply the content through [`Health`]; this crate only serves it.
+//! binaries supply the content through [`Health`] (and may answer paths of
+//! their own on the same port, [`Health::handle`]); this crate only serves it.
 
 mod memory;
 
@@ -10,10 +11,21 @@ pub use memory::release_freed_memory;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+pub use hyper::body::Bytes;
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+
+/// A response body: whole, or streamed (chunked) until it ends or the
+/// client goes.
+pub type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A whole body.
+pub fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).boxed_unsync()
+}
 
 /// What the endpoint reports.
 pub trait Health: Send + Sync + 'static {
@@ -21,6 +33,12 @@ pub trait Health: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// `None` when ready, else why not.
     fn not_ready(&self) -> Option<&'static str>;
+    /// The response to a GET of a path other than the three above
+    /// (`query`: the URI's query string); `None`: 404.
+    fn handle(&self, path: &str, query: Option<&str>) -> Option<Response<Body>> {
+        let _ = (path, query);
+        None
+    }
 }
 
 /// Binds `addr` (failing with the address in the error) and serves the
@@ -36,7 +54,12 @@ pub async fn serve(addr: SocketAddr, health: Arc<dyn Health>) -> std::io::Result
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let health = health.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(route(req.uri().path(), health.as_ref()))
+                    let uri = req.uri();
+                    Ok::<_, std::convert::Infallible>(route(
+                        uri.path(),
+                        uri.query(),
+                        health.as_ref(),
+                    ))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -46,7 +69,7 @@ pub async fn serve(addr: SocketAddr, health: Arc<dyn Health>) -> std::io::Result
     }
 }
 
-fn route(path: &str, health: &dyn Health) -> Response<Full<Bytes>> {
+fn route(path: &str, query: Option<&str>, health: &dyn Health) -> Response<Body> {
     let (status, body) = match path {
         "/metrics" => (StatusCode::OK, health.metrics()),
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
@@ -57,9 +80,12 @@ fn route(path: &str, health: &dyn Health) -> Response<Full<Bytes>> {
                 format!("not ready: {why}\n"),
             ),
         },
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+        _ => match health.handle(path, query) {
+            Some(resp) => return resp,
+            None => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+        },
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp
 }
@@ -119,6 +145,9 @@ mod tests {
         fn not_ready(&self) -> Option<&'static str> {
             (!self.0.load(Ordering::Relaxed)).then_some("warming up")
         }
+        fn handle(&self, path: &str, query: Option<&str>) -> Option<Response<Body>> {
+            (path == "/v1/echo").then(|| Response::new(full(format!("q={query:?}"))))
+        }
     }
 
     async fn get(addr: SocketAddr, path: &str) -> String {
@@ -159,6 +188,11 @@ mod tests {
         fake.0.store(true, Ordering::Relaxed);
         assert!(get(port, "/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get(port, "/nope").await.starts_with("HTTP/1.1 404"));
+        let r = get(port, "/v1/echo?a=1").await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.ends_with("q=Some(\"a=1\")"),
+            "{r}"
+        );
         task.abort();
     }
 }

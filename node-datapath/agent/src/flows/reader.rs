@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::pods::PodSources;
 use super::{Clock, Flow, FlowCounts, FlowRing, ServiceIndex, decode};
 
 /// New flows a slow follower may lag behind before it misses some.
@@ -23,6 +24,8 @@ const FOLLOW_BACKLOG: usize = 1024;
 pub struct FlowHub {
     ring: Mutex<FlowRing>,
     services: RwLock<Arc<ServiceIndex>>,
+    /// Who the clients are.
+    pods: Mutex<PodSources>,
     follow: broadcast::Sender<Arc<Flow>>,
     /// Whether the programs emit events (`--flow-events`).
     events_on: bool,
@@ -37,6 +40,7 @@ impl FlowHub {
         Self {
             ring: Mutex::new(FlowRing::new(max_flows)),
             services: RwLock::new(Arc::default()),
+            pods: Mutex::new(PodSources::default()),
             follow: broadcast::channel(FOLLOW_BACKLOG).0,
             events_on,
             reader: Mutex::new(None),
@@ -56,6 +60,11 @@ impl FlowHub {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
     }
 
+    /// Changes the names of the clients' pods (or where their cgroups are).
+    pub fn pods<T>(&self, f: impl FnOnce(&mut PodSources) -> T) -> T {
+        f(&mut self.pods.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Decodes `records` (read at `clock`) into the ring and to followers.
     pub fn ingest<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>, clock: &Clock) {
         let services = self
@@ -63,9 +72,22 @@ impl FlowHub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        // Naming the clients may read the cgroup tree: before the ring is
+        // locked, so readers of the flows never wait on it.
+        let decoded: Vec<_> = {
+            let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+            records
+                .into_iter()
+                .map(|record| {
+                    let mut flow = decode(record, clock, &services)?;
+                    flow.source = pods.source(flow.cgroup_id);
+                    Ok(flow)
+                })
+                .collect()
+        };
         let mut ring = self.ring();
-        for record in records {
-            match decode(record, clock, &services) {
+        for flow in decoded {
+            match flow {
                 Ok(flow) => {
                     let flow = Arc::new(flow);
                     ring.push(flow.clone());
@@ -73,7 +95,7 @@ impl FlowHub {
                     let _ = self.follow.send(flow);
                 }
                 Err(e) => {
-                    debug!(?e, len = record.len(), "a flow event record is not a flow");
+                    debug!(?e, "a flow event record is not a flow");
                     ring.decode_failed(e);
                 }
             }

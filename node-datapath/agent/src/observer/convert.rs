@@ -1,12 +1,13 @@
-//! Pure: flows as Hubble's `flow.Flow`, and the Observer API's flow
-//! filters.
+//! Pure: flows as Hubble's `flow.Flow` (and that as the JSON
+//! `hubble observe -o json` prints, [`super::json`]).
 //!
 //! A flow is the socket layer's view (Hubble's `SOCK` type): the client
 //! asked for a Service frontend, the program translated it to a backend
 //! (FORWARDED, `destination` = the backend, after translation) or refused
 //! it (DROPPED, `destination` = the frontend). The client's own address is
 //! not known when connect() runs (the socket is usually not bound yet), so
-//! the source is left empty.
+//! the source address is left empty; the source endpoint is the client's
+//! pod when the agent knows it.
 
 use std::net::SocketAddrV4;
 use std::time::SystemTime;
@@ -25,7 +26,7 @@ fn drop_reason(c: Counter) -> pb::DropReason {
     }
 }
 
-fn verdict(v: Verdict) -> pb::Verdict {
+pub(crate) fn verdict(v: Verdict) -> pb::Verdict {
     match v {
         Verdict::Forwarded => pb::Verdict::Forwarded,
         Verdict::Dropped(_) => pb::Verdict::Dropped,
@@ -33,8 +34,15 @@ fn verdict(v: Verdict) -> pb::Verdict {
 }
 
 /// Where the connection went: the backend, or the refused frontend.
-fn destination(f: &Flow) -> SocketAddrV4 {
+pub(crate) fn destination(f: &Flow) -> SocketAddrV4 {
     f.backend.unwrap_or(f.frontend)
+}
+
+/// The wall-clock time of a Timestamp (before the epoch: the epoch).
+pub fn system_time(t: &prost_types::Timestamp) -> SystemTime {
+    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let nanos = u32::try_from(t.nanos).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos.min(999_999_999))
 }
 
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
@@ -79,7 +87,11 @@ pub fn flow(f: &Flow, node: &str) -> pb::Flow {
             encrypted: false,
         }),
         l4: Some(pb::Layer4 { protocol: Some(l4) }),
-        source: None,
+        source: f.source.as_ref().map(|p| pb::Endpoint {
+            namespace: p.namespace.to_string(),
+            pod_name: p.name.to_string(),
+            ..Default::default()
+        }),
         destination: None,
         r#type: pb::FlowType::Sock as i32,
         node_name: node.to_owned(),
@@ -102,127 +114,5 @@ fn flow_nanos(f: &Flow) -> u128 {
         .as_nanos()
 }
 
-/// One `FlowFilter`: every non-empty field must match (a field matches
-/// when any of its values does).
-#[derive(Clone, Debug, Default)]
-struct Filter {
-    verdicts: Vec<i32>,
-    /// `namespace/name-prefix`, `namespace/`, or `name-prefix`.
-    services: Vec<(Option<String>, String)>,
-    /// Networks (a bare address is a /32).
-    destination_ips: Vec<(u32, u32)>,
-    protocols: Vec<u8>,
-    destination_ports: Vec<u16>,
-}
-
-/// A request's whitelist and blacklist.
-#[derive(Clone, Debug, Default)]
-pub struct Filters {
-    whitelist: Vec<Filter>,
-    blacklist: Vec<Filter>,
-}
-
-impl Filters {
-    /// The filters of a request; an error names a field this server cannot
-    /// evaluate or a value it cannot parse (the client should know rather
-    /// than get every flow or none).
-    pub fn new(whitelist: &[pb::FlowFilter], blacklist: &[pb::FlowFilter]) -> Result<Self, String> {
-        let parse = |l: &[pb::FlowFilter]| l.iter().map(Filter::new).collect::<Result<_, _>>();
-        Ok(Self {
-            whitelist: parse(whitelist)?,
-            blacklist: parse(blacklist)?,
-        })
-    }
-
-    pub fn matches(&self, f: &Flow) -> bool {
-        (self.whitelist.is_empty() || self.whitelist.iter().any(|w| w.matches(f)))
-            && !self.blacklist.iter().any(|b| b.matches(f))
-    }
-}
-
-fn cidr(s: &str) -> Result<(u32, u32), String> {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let bad = || format!("destination_ip {s:?}: not an IPv4 address or network");
-    let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u32 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    Ok((u32::from(ip) & mask, mask))
-}
-
-impl Filter {
-    fn new(f: &pb::FlowFilter) -> Result<Self, String> {
-        let unknown = [
-            ("source_ip", f.source_ip.is_empty()),
-            ("source_pod", f.source_pod.is_empty()),
-            ("destination_pod", f.destination_pod.is_empty()),
-        ];
-        if let Some((field, _)) = unknown.iter().find(|(_, empty)| !empty) {
-            return Err(format!(
-                "filter field {field} is not supported: socket-level flows carry no client address or pod yet"
-            ));
-        }
-        let services = f
-            .destination_service
-            .iter()
-            .map(|s| match s.split_once('/') {
-                Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
-                None => (None, s.clone()),
-            })
-            .collect();
-        let protocols = f
-            .protocol
-            .iter()
-            .map(|p| match p.to_ascii_lowercase().as_str() {
-                "tcp" => Ok(IPPROTO_TCP),
-                "udp" => Ok(switchyard_abi::IPPROTO_UDP),
-                other => Err(format!("protocol {other:?}: only tcp and udp flows exist")),
-            })
-            .collect::<Result<_, _>>()?;
-        let destination_ports = f
-            .destination_port
-            .iter()
-            .map(|p| {
-                p.parse()
-                    .map_err(|_| format!("destination_port {p:?}: not a port"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            verdicts: f.verdict.clone(),
-            services,
-            destination_ips: f
-                .destination_ip
-                .iter()
-                .map(|s| cidr(s))
-                .collect::<Result<_, _>>()?,
-            protocols,
-            destination_ports,
-        })
-    }
-
-    fn matches(&self, f: &Flow) -> bool {
-        let dst = destination(f);
-        let field = |empty: bool, any: &dyn Fn() -> bool| empty || any();
-        field(self.verdicts.is_empty(), &|| {
-            self.verdicts.contains(&(verdict(f.verdict) as i32))
-        }) && field(self.services.is_empty(), &|| {
-            f.service.as_ref().is_some_and(|s| {
-                self.services.iter().any(|(ns, prefix)| {
-                    ns.as_deref().is_none_or(|ns| ns == &*s.namespace)
-                        && s.name.starts_with(prefix.as_str())
-                })
-            })
-        }) && field(self.destination_ips.is_empty(), &|| {
-            let ip = u32::from(*dst.ip());
-            self.destination_ips
-                .iter()
-                .any(|(net, mask)| ip & mask == *net)
-        }) && field(self.protocols.is_empty(), &|| {
-            self.protocols.contains(&f.proto)
-        }) && field(self.destination_ports.is_empty(), &|| {
-            self.destination_ports.contains(&dst.port())
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,7 @@ use switchyard_abi::IPPROTO_UDP;
 use super::*;
 use crate::flows::{Hook, ServiceName};
 
-fn sample(verdict: Verdict, service: (&str, &str)) -> Flow {
+pub(crate) fn sample(verdict: Verdict, service: (&str, &str)) -> Flow {
     Flow {
         time: UNIX_EPOCH + Duration::new(1_700_000_000, 5),
         verdict,
@@ -22,6 +22,7 @@ fn sample(verdict: Verdict, service: (&str, &str)) -> Flow {
             namespace: Arc::from(service.0),
             name: Arc::from(service.1),
         }),
+        source: None,
         cgroup_id: 42,
         sock_cookie: 7,
         netns_cookie: 1,
@@ -77,93 +78,4 @@ fn a_dropped_flow_goes_to_the_frontend_with_hubbles_reason() {
         "n",
     );
     assert_eq!(port.drop_reason_desc, pb::DropReason::IsAClusterip as i32);
-}
-
-fn filters(white: Vec<pb::FlowFilter>, black: Vec<pb::FlowFilter>) -> Filters {
-    Filters::new(&white, &black).unwrap()
-}
-
-#[test]
-fn whitelists_match_any_filter_and_every_field_of_one() {
-    let fwd = sample(Verdict::Forwarded, ("default", "web"));
-    let drop = sample(Verdict::Dropped(Counter::DropNoBackend), ("shop", "cart"));
-    let dropped = pb::FlowFilter {
-        verdict: vec![pb::Verdict::Dropped as i32],
-        ..Default::default()
-    };
-    let f = filters(vec![dropped.clone()], vec![]);
-    assert!(!f.matches(&fwd) && f.matches(&drop));
-    // Two fields of one filter: both must match.
-    let both = pb::FlowFilter {
-        destination_service: vec!["default/".into()],
-        ..dropped.clone()
-    };
-    assert!(!filters(vec![both.clone()], vec![]).matches(&drop));
-    // Two filters: either may match.
-    let web = pb::FlowFilter {
-        destination_service: vec!["default/we".into()],
-        ..Default::default()
-    };
-    let f = filters(vec![both, web.clone()], vec![]);
-    assert!(f.matches(&fwd) && !f.matches(&drop));
-    // A name prefix without a namespace matches in any namespace.
-    let cart = pb::FlowFilter {
-        destination_service: vec!["car".into()],
-        ..Default::default()
-    };
-    assert!(filters(vec![cart], vec![]).matches(&drop));
-    // No whitelist: everything; a blacklist takes its matches out.
-    let f = filters(vec![], vec![web]);
-    assert!(!f.matches(&fwd) && f.matches(&drop));
-}
-
-#[test]
-fn destination_networks_ports_and_protocols() {
-    let fwd = sample(Verdict::Forwarded, ("default", "web"));
-    let only = |f: pb::FlowFilter| filters(vec![f], vec![]).matches(&fwd);
-    let ip = |s: &str| pb::FlowFilter {
-        destination_ip: vec![s.into()],
-        ..Default::default()
-    };
-    assert!(only(ip("10.244.0.0/16")) && only(ip("10.244.1.7")));
-    assert!(!only(ip("10.96.0.10")) && !only(ip("10.245.0.0/16")));
-    assert!(only(ip("0.0.0.0/0")));
-    let port = |p: &str| pb::FlowFilter {
-        destination_port: vec![p.into()],
-        protocol: vec!["TCP".into()],
-        ..Default::default()
-    };
-    assert!(only(port("8080")) && !only(port("80")));
-}
-
-#[test]
-fn filters_it_cannot_evaluate_or_parse_are_refused() {
-    let bad = [
-        pb::FlowFilter {
-            source_pod: vec!["default/client".into()],
-            ..Default::default()
-        },
-        pb::FlowFilter {
-            source_ip: vec!["10.0.0.1".into()],
-            ..Default::default()
-        },
-        pb::FlowFilter {
-            destination_ip: vec!["10.0.0.0/33".into()],
-            ..Default::default()
-        },
-        pb::FlowFilter {
-            protocol: vec!["icmp".into()],
-            ..Default::default()
-        },
-        pb::FlowFilter {
-            destination_port: vec!["http".into()],
-            ..Default::default()
-        },
-    ];
-    for f in bad {
-        assert!(
-            Filters::new(&[], std::slice::from_ref(&f)).is_err(),
-            "{f:?}"
-        );
-    }
 }
