@@ -9,7 +9,7 @@ pub mod joining;
 mod plugin;
 mod scenarios;
 pub use plugin::{assert_plugin_reports_success, kubectl_switchyard};
-pub use scenarios::{assert_no_failures, plan, progress, run_plan, setup};
+pub use scenarios::{Installer, assert_no_failures, plan, progress, run_plan, setup, setup_with};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
