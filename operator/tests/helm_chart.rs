@@ -191,7 +191,7 @@ fn the_charts_copies_are_the_repositorys_files() -> TestResult {
         let original_text = std::fs::read(repo().join(original))?;
         assert!(
             copy_text == original_text,
-            "config/helm/switchyard/{copy} differs from {original}; copy it over (after `make crds`, the CRDs)"
+            "config/helm/switchyard/{copy} differs from {original}; copy it over (`make crds` does for the CRDs)"
         );
     }
     // The chart installs every CRD it holds: none may be left over.

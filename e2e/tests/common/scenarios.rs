@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::Api;
 use switchyard_api::MigrationPlan;
 use switchyard_e2e::scenario::{self, Load, Target, Totals};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode};
@@ -48,7 +51,14 @@ pub async fn setup_with(mode: ProxyMode, installer: Installer) -> (Cluster, Vec<
     let targets = scenario::deploy_workload(&c).await.unwrap();
     match installer {
         Installer::Kustomize => scenario::install(&c).await.unwrap(),
-        Installer::Helm => scenario::install_with_helm(&c).await.unwrap(),
+        Installer::Helm => {
+            scenario::install_with_helm(&c).await.unwrap();
+            // The objects are the Helm release's, not left by an earlier apply.
+            let operator: Api<Deployment> = Api::namespaced(c.client(), "switchyard-system");
+            let operator = operator.get("switchyard-operator").await.unwrap();
+            let release = operator.annotations().get("meta.helm.sh/release-name");
+            assert_eq!(release.map(String::as_str), Some("switchyard"));
+        }
     }
     let load = scenario::start_load(&c, &targets, 25).await.unwrap();
     eprintln!(
