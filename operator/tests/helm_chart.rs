@@ -147,8 +147,10 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
         (Value::Mapping(x), Value::Mapping(y)) => {
             let keys = x.keys().chain(y.keys());
             keys.map(|k| {
-                let name = serde_yaml::to_string(k).unwrap_or_default();
-                let at = format!("{path}.{}", name.trim());
+                let at = match k.as_str() {
+                    Some(name) => format!("{path}.{name}"),
+                    None => format!("{path}.{k:?}"),
+                };
                 match (x.get(k), y.get(k)) {
                     (Some(v), Some(w)) => first_difference(v, w, &at),
                     (v, w) => Some(format!("{at}: {v:?} / {w:?}")),
