@@ -29,15 +29,16 @@ lint: ## clippy, warnings are errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: crds
-crds: ## Regenerate crds/ from operator/api
+crds: ## Regenerate crds/ from operator/api (and the Helm chart's copy)
 	$(CARGO) run --quiet --locked -p switchyard-operator --bin crdgen -- crds
+	cp crds/*.switchyard.dev.yaml config/helm/switchyard/crds/
 
 .PHONY: build
 build: ## Build every binary (operator, agent, lab, load generator, demo)
 	$(CARGO) build --workspace --bins --locked
 
 .PHONY: unit
-unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD drift and promtool on the alert rules included)
+unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD drift, promtool on the alert rules, helm lint and template of the chart included)
 	$(CARGO) test --workspace --locked --exclude switchyard-e2e
 
 .PHONY: e2e

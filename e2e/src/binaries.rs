@@ -103,7 +103,19 @@ pub fn ensure_host_setup() -> Result<()> {
 /// Runs `e2e/hack/build-k8s.sh`, streaming its progress to stderr, and
 /// returns the bin dir it prints.
 pub fn build_k8s() -> Result<PathBuf> {
-    let script = e2e_dir().join("hack/build-k8s.sh");
+    run_build_script("build-k8s.sh")
+}
+
+/// Runs `e2e/hack/build-helm.sh` (Helm from its Go module, cached like the
+/// Kubernetes programs) and returns the path of the `helm` binary.
+pub fn build_helm() -> Result<PathBuf> {
+    run_build_script("build-helm.sh")
+}
+
+/// Runs one of `e2e/hack`'s build scripts, streaming its progress to
+/// stderr, and returns the path it prints.
+fn run_build_script(name: &str) -> Result<PathBuf> {
+    let script = e2e_dir().join("hack").join(name);
     let out = Command::new(&script)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -115,8 +127,8 @@ pub fn build_k8s() -> Result<PathBuf> {
             detail: format!("{}", out.status),
         });
     }
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Ok(PathBuf::from(dir))
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(PathBuf::from(path))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Building blocks of the migration scenarios (end-to-end tests and
 //! `make demo`): install switchyard from `config/` the way a user does
-//! (`kubectl apply -k` of an overlay), deploy a workload, drive steady client
-//! traffic and read its totals, apply and follow a `MigrationPlan`, read
-//! kube-proxy's rules on a node.
+//! (`kubectl apply -k` of an overlay, or `helm install` of the chart),
+//! deploy a workload, drive steady client traffic and read its totals,
+//! apply and follow a `MigrationPlan`, read kube-proxy's rules on a node.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -89,6 +89,41 @@ pub async fn install(c: &Cluster) -> Result<()> {
     let dir = write_overlay(c)?;
     let dir_s = dir.to_string_lossy().into_owned();
     kubectl(c, &["apply", "--server-side", "-k", &dir_s]).await?;
+    wait_crds_established(c).await?;
+    wait_agents_report(c).await?;
+    wait_operator_available(c).await
+}
+
+/// Installs switchyard as a user of the chart does: `helm install` of
+/// `config/helm/switchyard`, setting only the agents' direct API server
+/// address (the address [`install`]'s overlay sets; the chart's default
+/// images are the ones the lab maps to the project's binaries), then waits
+/// as [`install`] does. The release lives in `default`: the chart creates
+/// switchyard's own namespaces, and Helm records a release before it
+/// creates anything.
+pub async fn install_with_helm(c: &Cluster) -> Result<()> {
+    // Cached after the first build: a warm run only prints the path.
+    let helm = crate::binaries::build_helm()?;
+    let chart = config_dir().join("helm/switchyard");
+    let out = tokio::process::Command::new(&helm)
+        .arg("install")
+        .arg("switchyard")
+        .arg(&chart)
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .arg("--namespace=default")
+        .arg(format!("--set=agent.apiServer.host={CONTROL_PLANE_IP}"))
+        .arg(format!("--set=agent.apiServer.port={API_PORT}"))
+        .output()
+        .await
+        .map_err(Error::io("running", &helm))?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "helm install {}: {}",
+            chart.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
     wait_crds_established(c).await?;
     wait_agents_report(c).await?;
     wait_operator_available(c).await

@@ -1,5 +1,6 @@
 //! End-to-end migrations on the local real cluster (root): switchyard
-//! installed from `config/` (`kubectl apply -k`), its operator and agents
+//! installed from `config/` (`kubectl apply -k`, or `helm install` of its
+//! chart in the iptables scenario), its operator and agents
 //! running as pods under their own ServiceAccounts, real kube-proxy, real
 //! BPF, and client traffic from every node for the whole migration.
 
@@ -17,7 +18,8 @@ use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_f
 
 mod common;
 use common::{
-    add_kubelet_chains, assert_kubelet_chains, assert_no_failures, plan, progress, run_plan, setup,
+    Installer, add_kubelet_chains, assert_kubelet_chains, assert_no_failures, plan, progress,
+    run_plan, setup, setup_with,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -71,8 +73,11 @@ async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
     }
 }
 
-async fn migrate_with_zero_failures(mode: ProxyMode) -> (Cluster, Vec<Target>) {
-    let (c, targets, load) = setup(mode).await;
+async fn migrate_with_zero_failures(
+    mode: ProxyMode,
+    installer: Installer,
+) -> (Cluster, Vec<Target>) {
+    let (c, targets, load) = setup_with(mode, installer).await;
     add_kubelet_chains(&c).await;
     let started = Instant::now();
     // kube-proxy keeps running untouched on each node until its turn.
@@ -151,7 +156,10 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let (c, targets) = migrate_with_zero_failures(ProxyMode::Iptables).await;
+    // Installed with Helm: the chart's own acceptance (`helm install`, then
+    // a migration that succeeds with no failed request); the nftables
+    // scenario covers `kubectl apply -k`.
+    let (c, targets) = migrate_with_zero_failures(ProxyMode::Iptables, Installer::Helm).await;
     common::observe::a_refused_connection_is_one_dropped_flow(&c).await;
 
     // Full rollback after success: kube-proxy restored from the backup and
@@ -222,7 +230,8 @@ async fn nftables_migration_has_zero_failed_requests_a_joining_node_is_served_an
         return;
     }
     let _serial = SERIAL.lock().await;
-    let (mut c, targets) = migrate_with_zero_failures(ProxyMode::Nftables).await;
+    let (mut c, targets) =
+        migrate_with_zero_failures(ProxyMode::Nftables, Installer::Kustomize).await;
     common::joining::a_node_joins_and_serves_from_its_first_pod(&mut c, "to-ebpf", &targets).await;
     common::drift::kube_proxy_recreated_after_success_is_cleaned_again(&c, "to-ebpf", &targets)
         .await;

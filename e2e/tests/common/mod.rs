@@ -10,7 +10,7 @@ pub mod observe;
 mod plugin;
 mod scenarios;
 pub use plugin::{assert_plugin_reports_success, kubectl_switchyard, kubectl_switchyard_command};
-pub use scenarios::{assert_no_failures, plan, progress, run_plan, setup};
+pub use scenarios::{Installer, assert_no_failures, plan, progress, run_plan, setup, setup_with};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

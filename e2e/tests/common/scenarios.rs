@@ -4,13 +4,30 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::Api;
 use switchyard_api::MigrationPlan;
 use switchyard_e2e::scenario::{self, Load, Target, Totals};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode};
 
-/// A 3-node cluster with switchyard installed, the workload deployed and
-/// load running from every node.
+/// How a scenario installs switchyard: both are ways users do.
+#[derive(Debug, Clone, Copy)]
+pub enum Installer {
+    /// `kubectl apply -k` of an overlay of `config/`.
+    Kustomize,
+    /// `helm install` of `config/helm/switchyard`.
+    Helm,
+}
+
+/// A 3-node cluster with switchyard installed from `config/`, the workload
+/// deployed and load running from every node.
 pub async fn setup(mode: ProxyMode) -> (Cluster, Vec<Target>, Load) {
+    setup_with(mode, Installer::Kustomize).await
+}
+
+/// [`setup`], switchyard installed as `installer` says.
+pub async fn setup_with(mode: ProxyMode, installer: Installer) -> (Cluster, Vec<Target>, Load) {
     let started = Instant::now();
     let bins = switchyard_e2e::binaries::Binaries::locate().unwrap();
     for b in [
@@ -32,7 +49,17 @@ pub async fn setup(mode: ProxyMode) -> (Cluster, Vec<Target>, Load) {
     .await
     .unwrap();
     let targets = scenario::deploy_workload(&c).await.unwrap();
-    scenario::install(&c).await.unwrap();
+    match installer {
+        Installer::Kustomize => scenario::install(&c).await.unwrap(),
+        Installer::Helm => {
+            scenario::install_with_helm(&c).await.unwrap();
+            // The objects are the Helm release's, not left by an earlier apply.
+            let operator: Api<Deployment> = Api::namespaced(c.client(), "switchyard-system");
+            let operator = operator.get("switchyard-operator").await.unwrap();
+            let release = operator.annotations().get("meta.helm.sh/release-name");
+            assert_eq!(release.map(String::as_str), Some("switchyard"));
+        }
+    }
     let load = scenario::start_load(&c, &targets, 25).await.unwrap();
     eprintln!(
         "[{}] cluster, switchyard and load ready in {:.1}s",
