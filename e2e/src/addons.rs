@@ -204,6 +204,16 @@ pub async fn register_node(client: &kube::Client, node: &NodePlan, taints: &[Tai
     Ok(())
 }
 
+/// Deletes `node`'s Node (gone already is fine).
+pub async fn deregister_node(client: &kube::Client, node: &NodePlan) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    match nodes.delete(&node.name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

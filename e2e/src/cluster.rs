@@ -216,6 +216,34 @@ impl Cluster {
         Ok(node)
     }
 
+    /// Removes node `name` as a machine leaves a cluster: its runtime and
+    /// every process of its pods stop, the other nodes' routes to its pods
+    /// and its namespace go, and its Node is deleted (as the cloud's node
+    /// controller does for a terminated instance; the pod garbage collector
+    /// then deletes the pods bound to it). A node added later may get the
+    /// same name again, as a replaced machine does.
+    pub async fn remove_node(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .plan
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| Error::NotFound(format!("node {name} in cluster {}", self.plan.name)))?;
+        let node = self.plan.nodes.remove(i);
+        self.runtimes.remove(i).abort();
+        let (env, n) = (self.env.clone(), node.clone());
+        blocking(move || {
+            env.stop(&n);
+            Ok(())
+        })
+        .await?;
+        let (plan, n) = (self.plan.clone(), node.clone());
+        blocking(move || crate::network::leave_node(&plan, &n)).await?;
+        addons::deregister_node(&self.client, &node).await?;
+        tracing::info!(cluster = %self.plan.name, node = %node.name, "node left");
+        Ok(())
+    }
+
     /// A client with cluster-admin rights (through the root-namespace
     /// forwarder).
     pub fn client(&self) -> kube::Client {

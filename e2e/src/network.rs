@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use crate::error::Result;
-use crate::sys::{ip, netns_add, netns_sysctl};
+use crate::sys::{ip, netns_add, netns_del, netns_list, netns_sysctl};
 use crate::topology::{
     CLIENT_IP, CLIENT_NET, CLIENT_PREFIX, CONTROL_PLANE_IP, NodePlan, POD_BRIDGE, Plan,
     ROUTER_CLIENT_IP, ROUTER_UNDERLAY_IP, UNDERLAY_BRIDGE, UNDERLAY_PREFIX,
@@ -109,6 +109,22 @@ pub fn join_node(plan: &Plan, node: &NodePlan, with_outside: bool) -> Result<()>
             node.netns
         ))?;
     }
+    Ok(())
+}
+
+/// Unwires a node that leaves the running cluster (no longer in `plan`):
+/// the routes to its pod CIDR on every other node and in the control plane,
+/// its pods' namespaces (the runtime names them `<cluster>-n<index>p<seq>`),
+/// then its own (its end of the underlay veth goes with it).
+pub fn leave_node(plan: &Plan, node: &NodePlan) -> Result<()> {
+    let cidr = node.pod_cidr();
+    for ns in plan.nodes.iter().map(|o| &o.netns).chain([&plan.cp_netns]) {
+        ip(&format!("-n {ns} route del {cidr} via {}", node.ip))?;
+    }
+    for pod_ns in netns_list(&format!("{}-n{}p", plan.name, node.index)) {
+        netns_del(&pod_ns);
+    }
+    netns_del(&node.netns);
     Ok(())
 }
 

@@ -1,13 +1,15 @@
-//! `switchyard-lab node add`: a node joins the running cluster that a
-//! supervisor process owns. The command writes a request file in the
-//! cluster's state directory (`node-requests/<id>.json`, the taints to
-//! register with) and wakes the supervisor with `SIGUSR1`; the supervisor
-//! adds the node and answers in `<id>.done` (`ok <node>` or `error <why>`).
+//! `switchyard-lab node add|remove`: a node joins or leaves the running
+//! cluster that a supervisor process owns. The command writes a request file
+//! in the cluster's state directory (`node-requests/<id>.json`: the taints a
+//! new node registers with, or the node to remove) and wakes the supervisor
+//! with `SIGUSR1`; the supervisor acts and answers in `<id>.done` (`ok
+//! <node>` or `error <why>`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Taint;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
@@ -40,6 +42,16 @@ pub fn parse_taint(s: &str) -> Result<Taint> {
     })
 }
 
+/// What the supervisor is asked to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Request {
+    /// A new machine joins, registering with these taints.
+    Add { taints: Vec<Taint> },
+    /// The machine of this node leaves.
+    Remove { node: String },
+}
+
 fn requests_dir(state: &Path) -> PathBuf {
     state.join("node-requests")
 }
@@ -48,9 +60,8 @@ fn answer_path(request: &Path) -> PathBuf {
     request.with_extension("done")
 }
 
-/// Writes a request to add a node with `taints`; returns where the answer
-/// will be.
-pub fn submit(state: &Path, taints: &[Taint]) -> Result<PathBuf> {
+/// Writes `request`; returns where the answer will be.
+pub fn submit(state: &Path, request: &Request) -> Result<PathBuf> {
     let dir = requests_dir(state);
     std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
     let id = format!(
@@ -58,15 +69,15 @@ pub fn submit(state: &Path, taints: &[Taint]) -> Result<PathBuf> {
         std::process::id(),
         chrono::Utc::now().timestamp_micros()
     );
-    let request = dir.join(format!("{id}.json"));
+    let file = dir.join(format!("{id}.json"));
     let partial = dir.join(format!("{id}.partial"));
-    let body = serde_json::to_vec(taints).map_err(|e| Error::Serde(e.to_string()))?;
+    let body = serde_json::to_vec(request).map_err(|e| Error::Serde(e.to_string()))?;
     std::fs::write(&partial, body).map_err(Error::io("writing", &partial))?;
-    std::fs::rename(&partial, &request).map_err(Error::io("writing", &request))?;
-    Ok(answer_path(&request))
+    std::fs::rename(&partial, &file).map_err(Error::io("writing", &file))?;
+    Ok(answer_path(&file))
 }
 
-/// Waits for the supervisor's answer: the new node's name.
+/// Waits for the supervisor's answer: the node's name.
 pub fn wait_answer(answer: &Path, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -84,7 +95,7 @@ pub fn wait_answer(answer: &Path, timeout: Duration) -> Result<String> {
     })
 }
 
-/// Adds a node for every request not answered yet (the supervisor's side).
+/// Carries out every request not answered yet (the supervisor's side).
 pub async fn serve(cluster: &mut Cluster) {
     let dir = requests_dir(cluster.state_dir());
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -96,7 +107,7 @@ pub async fn serve(cluster: &mut Cluster) {
         .collect();
     requests.sort();
     for request in requests {
-        let answer = match add(cluster, &request).await {
+        let answer = match carry_out(cluster, &request).await {
             Ok(node) => format!("ok {node}\n"),
             Err(e) => format!("error {e}\n"),
         };
@@ -106,11 +117,17 @@ pub async fn serve(cluster: &mut Cluster) {
     }
 }
 
-async fn add(cluster: &mut Cluster, request: &Path) -> Result<String> {
+async fn carry_out(cluster: &mut Cluster, request: &Path) -> Result<String> {
     let body = std::fs::read(request).map_err(Error::io("reading", request))?;
-    let taints: Vec<Taint> = serde_json::from_slice(&body)
+    let parsed: Request = serde_json::from_slice(&body)
         .map_err(|e| Error::Serde(format!("{}: {e}", request.display())))?;
-    Ok(cluster.add_node(&taints).await?.name)
+    match parsed {
+        Request::Add { taints } => Ok(cluster.add_node(&taints).await?.name),
+        Request::Remove { node } => {
+            cluster.remove_node(&node).await?;
+            Ok(node)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,7 +154,8 @@ mod tests {
     #[test]
     fn a_request_is_answered_once_and_the_answer_read_back() {
         let dir = std::env::temp_dir().join(format!("sy-node-req-{}", std::process::id()));
-        let answer = submit(&dir, &[parse_taint("a:NoSchedule").unwrap()]).unwrap();
+        let taints = vec![parse_taint("a:NoSchedule").unwrap()];
+        let answer = submit(&dir, &Request::Add { taints }).unwrap();
         assert!(wait_answer(&answer, Duration::from_millis(200)).is_err());
         std::fs::write(&answer, "ok node4\n").unwrap();
         assert_eq!(
@@ -148,5 +166,16 @@ mod tests {
         let e = wait_answer(&answer, Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains("at most 200 nodes"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn requests_are_written_as_the_supervisor_reads_them() {
+        let remove = Request::Remove {
+            node: "node4".into(),
+        };
+        let text = serde_json::to_string(&remove).unwrap();
+        assert_eq!(text, r#"{"remove":{"node":"node4"}}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), remove);
+        assert!(serde_json::from_str::<Request>(r#"{"reboot":{}}"#).is_err());
     }
 }

@@ -200,6 +200,25 @@ impl RuntimeEnv {
         self.registry.clone()
     }
 
+    /// Kills every process of node `n`'s pods (its runtime task must be
+    /// stopped first, or it restarts them), forgets them, and removes its
+    /// cgroup and its bpffs directory (what its agent pinned goes with the
+    /// machine).
+    pub(crate) fn stop(&self, n: &NodePlan) {
+        Cgroup::destroy(&self.cgroup.path.join(&n.name));
+        if let Ok(mut r) = self.registry.lock() {
+            r.retain(|_, pod| pod.node != n.name);
+        }
+        if let Some(b) = &self.bpffs {
+            let d = b.join(&n.name);
+            if let Err(e) = std::fs::remove_dir_all(&d)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %d.display(), error = %e, "removing a node's bpffs directory");
+            }
+        }
+    }
+
     /// Spawns node `n`'s pod runtime, in its own cgroup, with its own bpffs
     /// directory where the host has one.
     pub(crate) fn spawn(&self, n: &NodePlan) -> Result<JoinHandle<()>> {

@@ -224,7 +224,7 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nftables_migration_has_zero_failed_requests_a_joining_node_is_served_and_kube_proxy_recreated_is_cleaned()
+async fn nftables_migration_then_a_joining_node_its_replacement_and_kube_proxy_recreated_fail_no_request()
  {
     if skip_unless_root() {
         return;
@@ -232,7 +232,13 @@ async fn nftables_migration_has_zero_failed_requests_a_joining_node_is_served_an
     let _serial = SERIAL.lock().await;
     let (mut c, targets) =
         migrate_with_zero_failures(ProxyMode::Nftables, Installer::Kustomize).await;
-    common::joining::a_node_joins_and_serves_from_its_first_pod(&mut c, "to-ebpf", &targets).await;
+    let joined =
+        common::joining::a_node_joins_and_serves_from_its_first_pod(&mut c, "to-ebpf", &targets)
+            .await;
+    common::joining::a_node_replaced_under_its_name_is_migrated_again(
+        &mut c, "to-ebpf", &targets, &joined,
+    )
+    .await;
     common::drift::kube_proxy_recreated_after_success_is_cleaned_again(&c, "to-ebpf", &targets)
         .await;
 }

@@ -269,6 +269,33 @@ async fn assert_operator_unaffected(c: &Cluster) {
     eprintln!("  the operator on node2's spec: accepted");
 }
 
+/// A cleanup request that reaches an agent whose datapath is off (a stale
+/// spec, a new machine under a migrated node's name, a mistaken write) is
+/// answered as refused and removes none of kube-proxy's rules.
+async fn assert_cleanup_refused_while_off(c: &Cluster) {
+    let api: Api<NodeDatapath> = Api::all(c.client());
+    let patch = merge(json!({"spec": {"mode": "Off", "cleanup": {"generation": 41}}}));
+    api.patch("node2", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    let answer = wait_for(
+        "node2's agent to answer the cleanup request",
+        Duration::from_secs(30),
+        || async {
+            let d = api.get("node2").await.ok()?;
+            d.status?.cleanup.filter(|r| r.observed_generation == 41)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!answer.succeeded && answer.removed == 0, "{answer:?}");
+    let message = answer.message.unwrap_or_default();
+    assert!(message.contains("refused"), "{message}");
+    let nat = c.iptables_save("node2", "nat").await.unwrap();
+    assert!(nat.contains("KUBE-SERVICES"), "kube-proxy's rules stay");
+    eprintln!("  a cleanup request with the datapath off: refused ({message})");
+}
+
 /// node1's agent renews node1's Lease and no other node's (its RBAC grants
 /// get and update; the admission policy narrows update to its own node).
 async fn assert_own_lease_only(c: &Cluster, agent_pod: &Pod) {
@@ -315,5 +342,6 @@ async fn an_agent_writes_only_its_own_node_datapath_status() {
     assert_own_lease_only(&c, &agent_pod).await;
     assert_unbound_token_refused(&c).await;
     assert_operator_unaffected(&c).await;
+    assert_cleanup_refused_while_off(&c).await;
     c.teardown();
 }

@@ -65,7 +65,7 @@ enum Cmd {
     /// Stop the cluster and remove everything it created (and what runs
     /// whose process died left behind).
     Down,
-    /// Grow the running cluster.
+    /// Grow or shrink the running cluster.
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
@@ -81,6 +81,12 @@ enum NodeCmd {
         /// wants `switchyard.dev/datapath-not-ready:NoSchedule`.
         #[arg(long = "taint", value_parser = switchyard_e2e::node_requests::parse_taint)]
         taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    },
+    /// Remove a node, as its machine leaves the cluster: its pods stop, its
+    /// network goes and its Node is deleted.
+    Remove {
+        /// Node name (node1, node2, …).
+        node: String,
     },
 }
 
@@ -173,17 +179,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Down => down(&name),
         Cmd::Node {
             cmd: NodeCmd::Add { taints },
-        } => add_node(&name, &taints),
+        } => node_request(&name, &node_requests::Request::Add { taints }),
+        Cmd::Node {
+            cmd: NodeCmd::Remove { node },
+        } => node_request(&name, &node_requests::Request::Remove { node }),
     }
 }
 
-/// Asks the cluster's supervisor to add a node and waits for its name.
-fn add_node(name: &str, taints: &[k8s_openapi::api::core::v1::Taint]) -> Result<ExitCode> {
+/// Asks the cluster's supervisor to add or remove a node and waits for the
+/// node's name.
+fn node_request(name: &str, request: &node_requests::Request) -> Result<ExitCode> {
     let Some(pid) = supervisor_pid(name) else {
         println!("No lab cluster named {name} is running: switchyard-lab up");
         return Ok(ExitCode::FAILURE);
     };
-    let answer = node_requests::submit(&state_dir(name), taints)?;
+    let answer = node_requests::submit(&state_dir(name), request)?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGUSR1,
@@ -335,6 +345,7 @@ fn print_usage(name: &str) {
     println!(
         "  switchyard-lab node add --taint switchyard.dev/datapath-not-ready:NoSchedule   # a machine joins"
     );
+    println!("  switchyard-lab node remove node4   # its machine leaves");
     println!("  switchyard-lab down");
 }
 

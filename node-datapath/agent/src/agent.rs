@@ -31,6 +31,7 @@ use crate::status;
 use crate::store::{Services, Slices};
 use crate::sync::{Pending, Syncer, node_context};
 
+mod cleanup;
 mod node_ports;
 mod probing;
 use probing::Probing;
@@ -243,14 +244,7 @@ impl State {
             }
             DatapathMode::Off => {}
         }
-        if let Some(req) = spec.cleanup.filter(|c| {
-            self.status
-                .cleanup
-                .as_ref()
-                .is_none_or(|r| r.observed_generation < c.generation)
-        }) {
-            self.cleanup(req.generation, req.dry_run).await;
-        }
+        self.handle_cleanup(spec.cleanup).await;
     }
 
     async fn activate(&mut self) {
@@ -433,52 +427,6 @@ impl State {
             None,
             Time(Timestamp::now()),
         );
-    }
-
-    async fn cleanup(&mut self, generation: i64, dry_run: bool) {
-        let opts = crate::kube_proxy::cleanup_options(&self.syncer.service_ips(&self.node_ips));
-        let report = tokio::task::spawn_blocking(move || {
-            if dry_run {
-                switchyard_cleanup::scan(&opts)
-            } else {
-                switchyard_cleanup::clean(&opts)
-            }
-        })
-        .await;
-        match report {
-            Ok(r) => {
-                let mut result = status::cleanup_result(generation, &r);
-                result.completed_at = Some(Time(Timestamp::now()));
-                info!(
-                    generation,
-                    removed = result.removed,
-                    succeeded = result.succeeded,
-                    "kube-proxy cleanup"
-                );
-                self.status.leftovers = status::leftovers(&r);
-                self.status.cleanup = Some(result);
-            }
-            Err(e) => self.degraded("CleanupFailed", &e.to_string()),
-        }
-    }
-
-    async fn scan_leftovers(&mut self) {
-        let opts = switchyard_cleanup::Options::default();
-        if let Ok(r) = tokio::task::spawn_blocking(move || switchyard_cleanup::scan(&opts)).await {
-            let mut found = status::leftovers(&r);
-            // Keep the removed counts of the last cleanup.
-            for f in &mut found {
-                if let Some(prev) = self
-                    .status
-                    .leftovers
-                    .iter()
-                    .find(|p| p.backend == f.backend)
-                {
-                    f.removed = prev.removed;
-                }
-            }
-            self.status.leftovers = found;
-        }
     }
 
     /// Renews the node's Lease (the agent's liveness, read by the operator).

@@ -155,6 +155,22 @@ pub fn cleanup_result(generation: i64, r: &Report) -> CleanupResult {
     }
 }
 
+/// The answer to a cleanup request while the eBPF datapath is off: nothing
+/// removed (kube-proxy's rules are what serves the node).
+pub fn cleanup_refused(generation: i64) -> CleanupResult {
+    CleanupResult {
+        observed_generation: generation,
+        succeeded: false,
+        removed: 0,
+        message: Some(
+            "refused: the eBPF datapath is not active on this node, kube-proxy's rules are \
+             what serves it"
+                .into(),
+        ),
+        completed_at: None,
+    }
+}
+
 /// Drop counters by reason (only the counters that count drops).
 pub fn drops(stats: &DatapathStats) -> BTreeMap<String, u64> {
     Counter::ALL

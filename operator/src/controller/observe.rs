@@ -101,6 +101,7 @@ fn node_obs(n: &Node) -> NodeObs {
         labels,
         internal_ip: external::internal_ip(n),
         startup_taint: super::triggers::has_startup_taint(n),
+        created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
     }
 }
 

@@ -24,11 +24,16 @@ pub fn slim_node(n: &mut Node) {
     n.metadata.managed_fields = None;
 }
 
-/// Hash of a Node's labels, cordon state and InternalIP (all the planner
-/// reads).
+/// Hash of a Node's labels, cordon state, InternalIP, startup taint and
+/// creation time (all the planner reads).
 pub fn node_inputs(n: &Node) -> Option<u64> {
     let mut h = DefaultHasher::new();
     n.labels().hash(&mut h);
+    n.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond())
+        .hash(&mut h);
     super::external::internal_ip(n).hash(&mut h);
     n.spec
         .as_ref()

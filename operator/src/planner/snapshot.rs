@@ -65,6 +65,9 @@ pub struct NodeObs {
     pub internal_ip: Option<String>,
     /// Carries the [`switchyard_api::STARTUP_TAINT`].
     pub startup_taint: bool,
+    /// `metadata.creationTimestamp`: a Node created after the plan started
+    /// on its name is another machine.
+    pub created: Option<Timestamp>,
 }
 
 /// kube-proxy as installed.

@@ -62,16 +62,7 @@ pub fn retry(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
             advance(ctx, p, ctx.snap.datapaths.get(&p.name), failed, out);
         }
         NodeStep::RolledBack => {
-            // From the start, as if never migrated; request generations
-            // keep counting up (the agent acts once per generation).
-            *p = NodeProgress {
-                name: std::mem::take(&mut p.name),
-                wave: p.wave,
-                cleanup_generation: p.cleanup_generation,
-                probe_generation: p.probe_generation,
-                peer_probe_generation: p.peer_probe_generation,
-                ..NodeProgress::default()
-            };
+            *p = fresh(p, p.wave);
             start(ctx, p, out);
         }
         _ => {
@@ -90,9 +81,32 @@ pub fn retry(ctx: &Ctx<'_>, p: &mut NodeProgress, out: &mut Vec<Action>) {
     ));
 }
 
+/// `p` from the start, as if never migrated, in wave `wave`; request
+/// generations keep counting up (the agent acts once per generation).
+pub fn fresh(p: &NodeProgress, wave: u32) -> NodeProgress {
+    NodeProgress {
+        name: p.name.clone(),
+        wave,
+        cleanup_generation: p.cleanup_generation,
+        probe_generation: p.probe_generation,
+        peer_probe_generation: p.peer_probe_generation,
+        ..NodeProgress::default()
+    }
+}
+
 /// Puts a node into the rollback sequence (whole-plan rollback).
 pub fn begin_rollback(ctx: &Ctx<'_>, p: &mut NodeProgress) {
     enter(ctx, p, NodeStep::RestoreKubeProxy);
+}
+
+/// A migrated node that left the cluster: `Gone` (if it comes back, it is
+/// migrated again). Whether it did.
+pub fn left(ctx: &Ctx<'_>, p: &mut NodeProgress, events: &mut Vec<Action>) -> bool {
+    let left = p.step == NodeStep::Done && !ctx.snap.nodes.contains_key(&p.name);
+    if left {
+        gone(ctx, p, events);
+    }
+    left
 }
 
 fn gone(ctx: &Ctx<'_>, p: &mut NodeProgress, events: &mut Vec<Action>) {
@@ -102,7 +116,7 @@ fn gone(ctx: &Ctx<'_>, p: &mut NodeProgress, events: &mut Vec<Action>) {
         None,
         true,
         "NodeGone",
-        format!("node {} disappeared during the migration", p.name),
+        format!("node {} left the cluster: its Node was deleted", p.name),
     ));
 }
 

@@ -215,6 +215,14 @@ fn verify_actions(s: &Seen<'_>) -> Vec<Action> {
 pub(super) fn uncordon(s: &Seen<'_>, then: NodeStep) -> Next {
     let mut actions: Vec<Action> = super::cordon::uncordon(s.p, s.node).into_iter().collect();
     if s.node.startup_taint {
+        // Only a node that serves Services loses it (one replaced by a
+        // new machine under the same name may not yet).
+        if !s.serving() && !s.ctx.snap.kube_proxy.ready_on(&s.p.name) {
+            return Next::wait(
+                "keeping the startup taint until the eBPF datapath or kube-proxy serves the node",
+                actions,
+            );
+        }
         actions.push(Action::RemoveStartupTaint { node: s.name() });
     }
     if actions.is_empty() {

@@ -13,7 +13,20 @@ use super::super::{backup_name, node};
 use super::migrate::add_joined;
 use super::{Ctx, Draft, GUARD_SECS, PlanError, set_phase, step_nodes};
 
-pub(super) fn finalize(ctx: &Ctx<'_>, s: &mut Draft) {
+pub(super) fn finalize(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
+    // A node that joined (or came back) since the last wave is migrated
+    // before kube-proxy may go.
+    add_joined(ctx, s)?;
+    if s.st.nodes.iter().any(|p| p.step == NodeStep::Pending) {
+        set_phase(ctx, s, Phase::Migrating);
+        return Ok(());
+    }
+    finalize_kube_proxy(ctx, s);
+    Ok(())
+}
+
+/// Backs kube-proxy up, then deletes it unless a node still needs it.
+fn finalize_kube_proxy(ctx: &Ctx<'_>, s: &mut Draft) {
     let kp = &ctx.snap.kube_proxy;
     let name = backup_name(ctx.plan_name);
     if !ctx.snap.backup_exists {

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use switchyard_api::{FailureAction, MigrationPlanStatus, NodeProgress, NodeStep, Phase};
+use switchyard_api::{
+    DatapathMode, FailureAction, MigrationPlanStatus, NodeProgress, NodeStep, Phase,
+};
 
 use super::super::node;
 use super::{
@@ -41,24 +43,72 @@ pub(super) fn migrate(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
 
 /// Nodes that joined the selection after planning go in a last wave, so
 /// none is left on kube-proxy when kube-proxy is deleted (and, after
-/// success, none is left without a serving datapath).
+/// success, none is left without a serving datapath). So do nodes that
+/// came back (see [`returned`]): they start over from `Pending`.
 pub(super) fn add_joined(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
+    let selected = selected(ctx)?;
     let planned: BTreeSet<String> = s.st.nodes.iter().map(|n| n.name.clone()).collect();
-    let joined: Vec<String> = selected(ctx)?
-        .into_iter()
-        .filter(|n| !planned.contains(n))
+    let mut joined: Vec<String> = selected
+        .iter()
+        .filter(|n| !planned.contains(*n))
+        .cloned()
         .collect();
-    if !joined.is_empty() {
-        let wave = s.st.waves.len() as u32;
-        s.st.nodes.extend(joined.iter().map(|name| NodeProgress {
-            name: name.clone(),
-            wave,
-            ..NodeProgress::default()
-        }));
-        s.st.waves.push(joined);
-        s.moved = true;
+    let back: Vec<String> =
+        s.st.nodes
+            .iter()
+            .filter(|p| selected.contains(&p.name) && returned(ctx, p))
+            .map(|p| p.name.clone())
+            .collect();
+    if joined.is_empty() && back.is_empty() {
+        return Ok(());
     }
+    let wave = s.st.waves.len() as u32;
+    for w in &mut s.st.waves {
+        w.retain(|n| !back.contains(n));
+    }
+    for p in s.st.nodes.iter_mut().filter(|p| back.contains(&p.name)) {
+        *p = node::fresh(p, wave);
+    }
+    s.st.nodes.extend(joined.iter().map(|name| NodeProgress {
+        name: name.clone(),
+        wave,
+        ..NodeProgress::default()
+    }));
+    joined.extend(back);
+    s.st.waves.push(joined);
+    s.moved = true;
     Ok(())
+}
+
+/// A node the plan started on that is now another machine under the same
+/// name, to migrate from the start: `Gone` and in the cluster again; or
+/// one whose Node was created after the plan started on it (replaced
+/// between two looks, or while the operator was down; the failure of a
+/// failed one was the old machine's); or `Done` with a
+/// NodeDatapath that is not active (the plan turns a migrated node's
+/// datapath off only by rolling it back, which leaves `Done`), e.g. a new
+/// machine whose agent created it afresh.
+fn returned(ctx: &Ctx<'_>, p: &NodeProgress) -> bool {
+    let Some(node) = ctx.snap.nodes.get(&p.name) else {
+        return false;
+    };
+    let recreated = node
+        .created
+        .zip(p.started_at.as_ref())
+        .is_some_and(|(created, started)| created > started.0);
+    match p.step {
+        NodeStep::Gone => true,
+        NodeStep::Done => {
+            recreated
+                || ctx
+                    .snap
+                    .datapaths
+                    .get(&p.name)
+                    .is_none_or(|d| d.spec_mode != DatapathMode::Active)
+        }
+        NodeStep::Failed | NodeStep::RolledBack => recreated,
+        step => step.in_flight() && !step.is_rollback() && recreated,
+    }
 }
 
 /// More nodes failed than the plan tolerates: stall, and once none is in
@@ -79,12 +129,13 @@ fn too_many_failed(ctx: &Ctx<'_>, s: &mut Draft) -> bool {
     true
 }
 
-/// The wave to start next, or `None` while the current one is unfinished.
+/// The wave to start next, or `None` while the current one is unfinished
+/// (or a node of an earlier one is being retried).
 fn next_wave(st: &MigrationPlanStatus) -> Option<usize> {
     let wave_done = |w: usize| {
         st.nodes
             .iter()
-            .filter(|n| n.wave as usize == w)
+            .filter(|n| n.wave as usize <= w)
             .all(|n| n.step.is_terminal())
     };
     match st.current_wave.map(|w| w as usize) {

@@ -54,14 +54,19 @@ pub(super) fn decide(
     if ctx.spec.rollback && !matches!(s.st.phase, Phase::RollingBack | Phase::RolledBack) {
         begin_rollback(ctx, &mut s);
     }
-    if ctx.spec.failure_policy.retry != s.st.observed_retry {
+    let retried = ctx.spec.failure_policy.retry != s.st.observed_retry;
+    if retried {
         retry_failed(ctx, &mut s);
     }
     for p in &mut s.st.nodes {
         s.moved |= node::release_lifted_cordon(ctx, p, &mut s.actions);
+        s.moved |= node::left(ctx, p, &mut s.actions);
     }
 
     match s.st.phase {
+        // Retried nodes are back in their steps: recorded before any of
+        // those steps acts.
+        _ if retried => {}
         Phase::Pending => set_phase(ctx, &mut s, Phase::Preflight),
         Phase::Preflight => preflight_phase(ctx, &mut s)?,
         Phase::Planned => {
@@ -72,7 +77,7 @@ pub(super) fn decide(
             }
         }
         Phase::Migrating | Phase::Paused => migrate(ctx, &mut s)?,
-        Phase::Finalizing => finalize(ctx, &mut s),
+        Phase::Finalizing => finalize(ctx, &mut s)?,
         Phase::Succeeded => guard(ctx, &mut s)?,
         Phase::Failed => {
             s.stall = Some(("NodesFailed".into(), failure_message(&s.st)));

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use switchyard_api::{NodeStep, Phase};
 
 use super::sim::Sim;
-use super::unit::{run, spec};
+use super::unit::{run, spec, until};
 use crate::planner::Action;
 
 #[test]
@@ -94,5 +94,50 @@ fn a_node_joining_outside_the_selection_is_left_to_kube_proxy() {
         "{n:?}"
     );
     assert!(sim.nodes["node-02"].kp_rules);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+#[test]
+fn a_migrated_node_replaced_by_a_new_machine_under_its_name_is_migrated_again() {
+    let mut sim = Sim::new(2, &[], spec(1, 1));
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    // The machine is replaced between two looks of the operator: its Node
+    // is new (created now), its agent and NodeDatapath too.
+    sim.tick(3, &|_| false);
+    sim.leave("node-00");
+    sim.join("node-00");
+    sim.reconcile(None);
+    assert_eq!(
+        sim.progress("node-00").step,
+        NodeStep::Cordon,
+        "started over"
+    );
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert_eq!(sim.progress("node-00").step, NodeStep::Done);
+    let n = &sim.nodes["node-00"];
+    assert!(n.dp_active && !n.startup_taint && !n.unschedulable, "{n:?}");
+    let started = sim
+        .events
+        .iter()
+        .filter(|e| e.reason == "MigrationStarted" && e.node.as_deref() == Some("node-00"))
+        .count();
+    assert_eq!(started, 2, "migrated once per machine");
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+#[test]
+fn a_node_gone_during_the_plan_that_comes_back_is_migrated() {
+    let mut sim = Sim::new(2, &[], spec(1, 1));
+    until(&mut sim, "node-01", NodeStep::ActivateDatapath);
+    sim.leave("node-01");
+    run(&mut sim);
+    assert_eq!(sim.progress("node-01").step, NodeStep::Gone);
+    sim.join("node-01");
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded);
+    assert_eq!(sim.progress("node-01").step, NodeStep::Done);
+    assert!(sim.nodes["node-01"].dp_active);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
 }

@@ -164,3 +164,23 @@ fn retry_leaves_a_plan_rolled_back_as_a_whole_alone() {
     assert_eq!(sim.phase(), Phase::RolledBack);
     assert!(sim.nodes.values().all(|n| n.kp_rules && !n.dp_active));
 }
+
+#[test]
+fn retrying_the_failed_node_of_a_plan_that_ended_failed_finishes_it() {
+    // One failure tolerated: the plan runs every wave, then ends `Failed`.
+    let mut s = spec(1, 1);
+    s.failure_policy.max_failed_nodes = 1;
+    let mut sim = Sim::new(2, &[], s);
+    sim.nodes.get_mut("node-00").unwrap().probe_fails = true;
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Failed);
+    assert_eq!(sim.progress("node-00").step, NodeStep::Failed);
+    // Fixed, then retried: the plan waits for the node of its first wave
+    // instead of ending again at once.
+    sim.nodes.get_mut("node-00").unwrap().probe_fails = false;
+    sim.spec.failure_policy.retry += 1;
+    run(&mut sim);
+    assert_eq!(sim.phase(), Phase::Succeeded, "{:?}", sim.steps());
+    assert_eq!(sim.progress("node-00").step, NodeStep::Done);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}

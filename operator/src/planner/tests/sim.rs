@@ -54,6 +54,8 @@ pub struct SimNode {
     pub startup_taint: bool,
     /// The plan cordoned the node and has not seen it uncordoned since.
     pub plan_cordon: bool,
+    /// When its Node was created (sim seconds).
+    pub created: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -149,9 +151,18 @@ impl Sim {
         let n = SimNode {
             agent_alive: true,
             startup_taint: true,
+            created: self.now,
             ..SimNode::default()
         };
         self.nodes.insert(name.into(), n);
+        // Its NodeDatapath is new too (the agent creates it).
+        self.written.remove(name);
+    }
+
+    /// A node leaves the cluster (its machine is gone, its Node deleted).
+    pub fn leave(&mut self, name: &str) {
+        self.nodes.remove(name);
+        self.cordoned_by_others.remove(name);
     }
 
     pub fn ts(&self) -> Timestamp {
@@ -175,6 +186,7 @@ impl Sim {
                     kube_proxy_excluded: n.excluded,
                     internal_ip: Some(format!("172.31.0.{}", i + 10)),
                     startup_taint: n.startup_taint,
+                    created: Timestamp::from_second(n.created).ok(),
                 },
             );
             if n.kp_pod {
@@ -335,8 +347,8 @@ impl Sim {
                 n.kp_excluding_template = template;
             } else if wanted && !self.ds_held && n.kp_excluding_template != template {
                 // A rolling update replaces the pod (its rules stay meanwhile).
+                rolled.push((name.clone(), n.kp_excluding_template));
                 n.kp_excluding_template = template;
-                rolled.push(name.clone());
             } else if wanted && !n.kp_ready {
                 n.kp_ready = true;
                 n.kp_rules = true;
@@ -376,18 +388,16 @@ impl Sim {
         self.check_serving("after a tick");
     }
 
-    /// A rolling update restarts kube-proxy only on a node the plan took
-    /// it from and gave it back (never on one it did not reach, nor on one
-    /// being migrated).
-    fn check_rolled(&mut self, rolled: &[String]) {
-        for name in rolled {
-            let p = self.status.nodes.iter().find(|p| p.name == *name);
-            let given_back = p.is_some_and(|p| {
-                p.reached >= NodeStep::RemoveKubeProxy
-                    && (p.step.is_rollback()
-                        || matches!(p.step, NodeStep::RolledBack | NodeStep::Failed))
-            });
-            if !given_back {
+    /// A rolling update restarts kube-proxy only where a pod of the plan's
+    /// excluding template goes when kube-proxy's own template is given back:
+    /// on a node the plan took kube-proxy from and gave it back, or one that
+    /// joined during the plan (its pod could only come from the template of
+    /// the time). Never a pod of kube-proxy's own template: that would be
+    /// the plan's edit restarting kube-proxy on nodes it did not reach.
+    fn check_rolled(&mut self, rolled: &[(String, bool)]) {
+        for (name, from_excluding) in rolled {
+            if !from_excluding {
+                let p = self.status.nodes.iter().find(|p| p.name == *name);
                 self.violations.push(format!(
                     "a rolling update restarted kube-proxy on {name} (plan {:?}, node {:?})",
                     self.phase(),
