@@ -163,20 +163,18 @@ fn watch_inputs(
     nodes_w: reflector::store::Writer<Node>,
     datapaths_w: reflector::store::Writer<NodeDatapath>,
 ) -> futures::stream::SelectAll<futures::stream::BoxStream<'static, ()>> {
+    let mut node_changes = triggers::Changes::new(triggers::node_inputs);
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(triggers::slim_node)
         .reflect(nodes_w)
-        .applied_objects()
-        .predicate_filter(triggers::node_inputs, PredicateConfig::default())
-        .filter_map(ok_unit);
+        .filter_map(move |e| future::ready(e.is_ok_and(|e| node_changes.on(&e)).then_some(())));
+    let mut datapath_changes = triggers::Changes::new(triggers::datapath_inputs);
     let datapath_events = watcher(Api::<NodeDatapath>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(|d: &mut NodeDatapath| d.managed_fields_mut().clear())
         .reflect(datapaths_w)
-        .applied_objects()
-        .predicate_filter(triggers::datapath_inputs, PredicateConfig::default())
-        .filter_map(ok_unit);
+        .filter_map(move |e| future::ready(e.is_ok_and(|e| datapath_changes.on(&e)).then_some(())));
     let kp_ns = &settings.kube_proxy_namespace;
     let ds_events = watcher(
         Api::<PartialObjectMeta<DaemonSet>>::namespaced(client.clone(), kp_ns),

@@ -4,13 +4,67 @@
 //! instead of starting a full reconcile of every plan. A silent agent is
 //! still noticed: the planner requeues itself while it waits.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::ResourceExt;
+use kube::runtime::watcher::Event;
 use switchyard_api::{NodeDatapath, STARTUP_TAINT};
+
+/// Which events of one watch change what the planner reads: an object that
+/// appears or changes in a field it reads, one that is deleted (a Node
+/// leaving the cluster), and the end of a relist (objects deleted while the
+/// watch was down send no event). Per object it keeps the hash `inputs`
+/// gives.
+#[derive(Debug)]
+pub struct Changes<K> {
+    inputs: fn(&K) -> Option<u64>,
+    seen: HashMap<String, u64>,
+    /// During a relist: what it has listed so far.
+    relisting: Option<HashMap<String, u64>>,
+}
+
+impl<K: ResourceExt> Changes<K> {
+    pub fn new(inputs: fn(&K) -> Option<u64>) -> Self {
+        Self {
+            inputs,
+            seen: HashMap::new(),
+            relisting: None,
+        }
+    }
+
+    /// Whether `event` is worth a reconcile.
+    pub fn on(&mut self, event: &Event<K>) -> bool {
+        match event {
+            Event::Apply(o) => {
+                let h = (self.inputs)(o).unwrap_or_default();
+                self.seen.insert(o.name_any(), h) != Some(h)
+            }
+            Event::Delete(o) => {
+                self.seen.remove(&o.name_any());
+                true
+            }
+            Event::Init => {
+                self.relisting = Some(HashMap::new());
+                false
+            }
+            Event::InitApply(o) => {
+                let h = (self.inputs)(o).unwrap_or_default();
+                self.relisting
+                    .get_or_insert_default()
+                    .insert(o.name_any(), h);
+                false
+            }
+            Event::InitDone => {
+                self.seen = self.relisting.take().unwrap_or_default();
+                true
+            }
+        }
+    }
+}
 
 /// Drops what the operator never reads from a cached Node (its status but
 /// the addresses: real kubelets fill it with image lists; annotations;
@@ -100,6 +154,28 @@ mod tests {
         assert_ne!(cordoned, base);
         n.labels_mut().insert("x".into(), "y".into());
         assert_ne!(node_inputs(&n), cordoned);
+    }
+
+    #[test]
+    fn a_node_deleted_or_recreated_triggers_and_a_status_report_does_not() {
+        let mut changes = Changes::new(node_inputs);
+        let mut n = Node::default();
+        n.metadata.name = Some("a".into());
+        assert!(!changes.on(&Event::Init));
+        assert!(!changes.on(&Event::InitApply(n.clone())));
+        assert!(changes.on(&Event::InitDone));
+        n.status = Some(NodeStatus {
+            phase: Some("Running".into()),
+            ..NodeStatus::default()
+        });
+        assert!(!changes.on(&Event::Apply(n.clone())), "a status report");
+        assert!(changes.on(&Event::Delete(n.clone())), "the node left");
+        assert!(
+            changes.on(&Event::Apply(n.clone())),
+            "back: new to the watch"
+        );
+        n.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+        assert!(changes.on(&Event::Apply(n)), "another machine, same name");
     }
 
     #[test]
