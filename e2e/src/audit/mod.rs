@@ -20,6 +20,12 @@ pub const AGENT_USER: &str = "system:serviceaccount:switchyard-system:switchyard
 pub const OPERATOR_USER: &str = "system:serviceaccount:switchyard-system:switchyard-operator";
 /// The identities whose requests are logged and checked.
 pub const USERS: [&str; 2] = [AGENT_USER, OPERATOR_USER];
+/// The User-Agent of a test's own client acting as a switchyard identity
+/// ([`crate::identity::client_with_token`]): its requests (some refused on
+/// purpose) are the test's, not switchyard's, and are not recorded.
+pub const TEST_USER_AGENT: &str = "switchyard-e2e-test";
+/// The audit annotation holding the authorizer's decision.
+const DECISION: &str = "authorization.k8s.io/decision";
 
 /// The audit policy: Metadata for the switchyard identities, nothing for
 /// anyone else (the log stays small); RequestReceived is omitted (the
@@ -59,6 +65,11 @@ pub struct Request {
     pub name: Option<String>,
     /// The response code.
     pub code: u16,
+    /// Refused by the authorizer (RBAC): its decision `forbid`. A `403`
+    /// from admission (a ValidatingAdmissionPolicy) is not: RBAC allowed
+    /// that request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
 }
 
 impl Request {
@@ -72,7 +83,7 @@ impl Request {
 
     /// Refused by the authorizer.
     pub fn forbidden(&self) -> bool {
-        self.code == 403
+        self.refused
     }
 }
 
@@ -112,6 +123,10 @@ struct Event {
     request_uri: String,
     #[serde(default)]
     response_status: Option<Status>,
+    #[serde(default)]
+    user_agent: String,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,14 +159,21 @@ struct Status {
 /// The switchyard identities' requests in audit log `lines` (one JSON
 /// event per line), sorted and deduplicated. Lines that are not events,
 /// events of other users and events without a response (a stage before
-/// the response) are skipped.
+/// the response) are skipped, and so are a test's own requests
+/// ([`TEST_USER_AGENT`]). Without the authorizer's decision (an older API
+/// server), a `403` counts as refused.
 pub fn requests<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Request> {
     let mut out: Vec<Request> = lines
         .into_iter()
         .filter_map(|l| serde_json::from_str::<Event>(l).ok())
         .filter(|e| USERS.contains(&e.user.username.as_str()))
+        .filter(|e| !e.user_agent.starts_with(TEST_USER_AGENT))
         .filter_map(|e| {
             let code = e.response_status.as_ref()?.code;
+            let refused = match e.annotations.get(DECISION) {
+                Some(d) => d == "forbid",
+                None => code == 403,
+            };
             let o = e.object_ref;
             Some(Request {
                 user: e.user.username,
@@ -165,6 +187,7 @@ pub fn requests<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Request> {
                     None => Some(e.request_uri),
                 },
                 code,
+                refused,
             })
         })
         .collect();

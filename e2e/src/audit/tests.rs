@@ -7,10 +7,12 @@ const LOG: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Met
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a2","stage":"ResponseComplete","requestURI":"/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy","verb":"get","user":{"username":"system:serviceaccount:switchyard-system:switchyard-operator"},"objectRef":{"resource":"daemonsets","namespace":"kube-system","name":"kube-proxy","apiGroup":"apps","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a3","stage":"ResponseStarted","requestURI":"/api/v1/services?watch=true","verb":"watch","user":{"username":"system:serviceaccount:switchyard-system:switchyard-agent"},"objectRef":{"resource":"services","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a4","stage":"ResponseComplete","requestURI":"/apis/switchyard.dev/v1alpha1/nodedatapaths/n1/status","verb":"patch","user":{"username":"system:serviceaccount:switchyard-system:switchyard-agent"},"objectRef":{"resource":"nodedatapaths","name":"n1","apiGroup":"switchyard.dev","apiVersion":"v1alpha1","subresource":"status"},"responseStatus":{"metadata":{},"code":200}}
-{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a5","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/kube-system/configmaps/kube-proxy","verb":"delete","user":{"username":"system:serviceaccount:switchyard-system:switchyard-operator"},"objectRef":{"resource":"configmaps","namespace":"kube-system","name":"kube-proxy","apiVersion":"v1"},"responseStatus":{"metadata":{},"status":"Failure","reason":"Forbidden","code":403}}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a5","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/kube-system/configmaps/kube-proxy","verb":"delete","user":{"username":"system:serviceaccount:switchyard-system:switchyard-operator"},"objectRef":{"resource":"configmaps","namespace":"kube-system","name":"kube-proxy","apiVersion":"v1"},"responseStatus":{"metadata":{},"status":"Failure","reason":"Forbidden","code":403},"annotations":{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/reason":""}}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a6","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/switchyard-system/configmaps/b?fieldManager=switchyard","verb":"patch","user":{"username":"system:serviceaccount:switchyard-system:switchyard-operator"},"objectRef":{"resource":"configmaps","namespace":"switchyard-system","name":"b","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":201}}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a7","stage":"ResponseComplete","requestURI":"/api/v1/nodes","verb":"list","user":{"username":"system:kube-scheduler"},"objectRef":{"resource":"nodes","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a8","stage":"ResponseComplete","requestURI":"/version","verb":"get","user":{"username":"system:serviceaccount:switchyard-system:switchyard-agent"},"responseStatus":{"metadata":{},"code":403}}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a9","stage":"ResponseComplete","requestURI":"/apis/switchyard.dev/v1alpha1/nodedatapaths/n2/status","verb":"patch","user":{"username":"system:serviceaccount:switchyard-system:switchyard-agent"},"userAgent":"kube-rs","objectRef":{"resource":"nodedatapaths","name":"n2","apiGroup":"switchyard.dev","apiVersion":"v1alpha1","subresource":"status"},"responseStatus":{"metadata":{},"status":"Failure","reason":"Forbidden","code":403},"annotations":{"authorization.k8s.io/decision":"allow","validation.policy.admission.k8s.io/validation_failure":"[]"}}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a10","stage":"ResponseComplete","requestURI":"/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy","verb":"update","user":{"username":"system:serviceaccount:switchyard-system:switchyard-operator"},"userAgent":"switchyard-e2e-test","objectRef":{"resource":"daemonsets","namespace":"kube-system","name":"kube-proxy","apiGroup":"apps","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"annotations":{"authorization.k8s.io/decision":"allow"}}
 not json
 "#;
 
@@ -19,8 +21,9 @@ const OP: &str = OPERATOR_USER;
 #[test]
 fn requests_are_the_switchyard_users_deduplicated() {
     let r = requests(LOG.lines());
-    // a1 and a2 are one record; the scheduler's and the garbage line are gone.
-    assert_eq!(r.len(), 6, "{r:#?}");
+    // a1 and a2 are one record; the scheduler's, the test's own (a10) and
+    // the garbage line are gone.
+    assert_eq!(r.len(), 7, "{r:#?}");
     assert!(r.iter().all(|r| USERS.contains(&r.user.as_str())));
     let status = r
         .iter()
@@ -31,7 +34,7 @@ fn requests_are_the_switchyard_users_deduplicated() {
 }
 
 #[test]
-fn refused_requests_are_found_resource_and_not() {
+fn refused_requests_are_the_authorizers_denials_not_admissions() {
     let r = requests(LOG.lines());
     let refused: Vec<String> = r
         .iter()
@@ -45,6 +48,21 @@ fn refused_requests_are_found_resource_and_not() {
             format!("{OP} delete core/configmaps in kube-system named kube-proxy → 403"),
         ]
     );
+}
+
+#[test]
+fn a_request_admission_denied_was_allowed_by_rbac() {
+    let denied = requests(LOG.lines())
+        .into_iter()
+        .find(|r| r.code == 403 && !r.refused)
+        .unwrap();
+    assert_eq!(denied.name.as_deref(), Some("n2"));
+    let g = grants(RBAC).unwrap();
+    let status = g
+        .iter()
+        .find(|g| g.resource == "nodedatapaths/status")
+        .unwrap();
+    assert!(status.exercised_by(&denied));
 }
 
 #[test]
