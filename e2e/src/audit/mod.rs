@@ -7,8 +7,10 @@
 //! - [`rbac`] (pure): the rules `config/rbac` grants each identity and
 //!   which of them no request exercised;
 //! - [`records`]: the lab's audit flags, and the record files one e2e run
-//!   shares (one per cluster), which `switchyard-rbac-check` reads.
+//!   shares (one per cluster), which `switchyard-rbac-check` reads;
+//! - [`authorizer`]: waiting until the API server applies those grants.
 
+pub mod authorizer;
 pub mod rbac;
 pub mod records;
 
