@@ -1,4 +1,4 @@
-use super::rbac::{Grant, grants, unused};
+use super::rbac::{self, Grant, grants, unused};
 use super::*;
 
 /// Audit lines as kube-apiserver 1.34 writes them (Metadata level),
@@ -227,5 +227,22 @@ fn a_scenario_is_its_test_binary_without_the_hash() {
     assert_eq!(
         records::scenario_of(Path::new("/t/debug/switchyard-lab")),
         "switchyard-lab"
+    );
+}
+
+#[test]
+fn requests_no_grant_covers_are_reported() {
+    let g = grants(RBAC).unwrap();
+    let r = requests(LOG.lines());
+    let shown: Vec<String> = rbac::ungranted(&g, &r)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // The backup's apply: the Role allows only `create` there.
+    assert_eq!(
+        shown,
+        [format!(
+            "{OP} patch core/configmaps in switchyard-system named b → 201"
+        )]
     );
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::ExitCode;
 
+use switchyard_e2e::audit::authorizer::read_yaml_dir;
 use switchyard_e2e::audit::{Request, rbac, records};
 use switchyard_e2e::binaries::e2e_dir;
 use switchyard_e2e::{Error, Result};
@@ -36,23 +37,6 @@ fn scenarios(tests: &Path) -> Result<BTreeSet<String>> {
         .collect())
 }
 
-/// Every `*.yaml` of `config/rbac`, concatenated as YAML documents.
-fn rbac_yaml(dir: &Path) -> Result<String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(Error::io("reading", dir))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    let mut out = String::new();
-    for f in files {
-        out.push_str(&std::fs::read_to_string(&f).map_err(Error::io("reading", &f))?);
-        out.push_str("\n---\n");
-    }
-    Ok(out)
-}
-
 fn run() -> Result<bool> {
     let e2e = e2e_dir();
     let dir = records::dir();
@@ -73,7 +57,7 @@ fn run() -> Result<bool> {
         return Ok(forbidden.is_empty());
     }
     let root = e2e.parent().unwrap_or(&e2e).to_path_buf();
-    let grants = rbac::grants(&rbac_yaml(&root.join("config/rbac"))?)?;
+    let grants = rbac::grants(&read_yaml_dir(&root.join("config/rbac"))?)?;
     let unused = rbac::unused(&grants, &reqs);
     let (allowed, unused): (Vec<_>, Vec<_>) = unused
         .into_iter()
@@ -86,6 +70,10 @@ fn run() -> Result<bool> {
     }
     for g in &unused {
         println!("unused grant: {g}");
+    }
+    // Informational: another role (a default one) may allow these.
+    for r in rbac::ungranted(&grants, &reqs) {
+        println!("allowed, but by no rule of config/rbac: {r}");
     }
     println!(
         "rbac check over {} scenario(s): {} grant(s), {} request record(s), {} unused, {} refused",
