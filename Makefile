@@ -41,9 +41,15 @@ build: ## Build every binary (operator, agent, lab, load generator, demo)
 unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD drift, promtool on the alert rules, helm lint and template of the chart included)
 	$(CARGO) test --workspace --locked --exclude switchyard-e2e
 
+# Where each e2e cluster records switchyard's API requests (its audit log)
+# for the RBAC check that follows the scenarios (e2e/README.md).
+export SWITCHYARD_E2E_AUDIT_DIR ?= $(CARGO_TARGET_DIR)/debug/e2e-audit
+
 .PHONY: e2e
-e2e: build ## Tier 4: the local real cluster and the migration scenarios (root)
+e2e: build ## Tier 4: the local real cluster and the migration scenarios, then RBAC against their audit log (root)
+	rm -rf $(SWITCHYARD_E2E_AUDIT_DIR)
 	$(CARGO) test --locked -p switchyard-e2e -- --test-threads=1
+	$(CARGO_TARGET_DIR)/debug/switchyard-rbac-check
 
 .PHONY: test
 test: deps fmt-check lint unit e2e ## Everything CI runs

@@ -58,7 +58,7 @@ impl Binaries {
 
 /// The directory of the running executable's cargo profile (`target/debug`),
 /// also when running from `target/debug/deps` (integration tests).
-fn project_bin_dir() -> PathBuf {
+pub(crate) fn project_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SWITCHYARD_PROJECT_BIN") {
         return PathBuf::from(dir);
     }

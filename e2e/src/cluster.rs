@@ -59,6 +59,12 @@ pub struct ClusterConfig {
     /// client, and the lab's LoadBalancer implementation (see
     /// [`crate::outside`]).
     pub outside: bool,
+    /// Log the switchyard identities' requests (the API server's audit
+    /// log) and, at teardown, record them for the RBAC check
+    /// (`switchyard-rbac-check`) and fail on a request RBAC refused.
+    /// On by default (every e2e scenario); the tools built on the lab turn
+    /// it off.
+    pub rbac_audit: bool,
 }
 
 impl Default for ClusterConfig {
@@ -73,6 +79,7 @@ impl Default for ClusterConfig {
             kube_proxy: true,
             apiserver_extra_args: Vec::new(),
             outside: false,
+            rbac_audit: true,
         }
     }
 }
@@ -91,6 +98,7 @@ pub struct Cluster {
     runtimes: Vec<JoinHandle<()>>,
     bins: Binaries,
     outside: Option<Outside>,
+    rbac_audit: bool,
     torn_down: bool,
 }
 
@@ -185,6 +193,7 @@ impl Cluster {
             runtimes,
             bins,
             outside,
+            rbac_audit: cfg.rbac_audit,
             torn_down: false,
         };
         partial.armed = false;
@@ -460,8 +469,36 @@ impl Cluster {
         self.outside.take();
         self.forwarder.take();
         self.control_plane.take();
+        let forbidden = self.record_requests();
         crate::teardown::keep_logs(&self.plan.name, &self.state);
         teardown_by_name(&self.plan.name, &self.state);
+        if !forbidden.is_empty() && !std::thread::panicking() {
+            panic!(
+                "RBAC refused {} request(s) of switchyard's identities (config/rbac):\n{}",
+                forbidden.len(),
+                forbidden.join("\n")
+            );
+        }
+    }
+
+    /// With `rbac_audit`: records the switchyard identities' requests from
+    /// the audit log (the API server has stopped: the log is complete) and
+    /// returns the refused ones.
+    fn record_requests(&self) -> Vec<String> {
+        if !self.rbac_audit {
+            return Vec::new();
+        }
+        match crate::audit::records::record(&self.state, &self.plan.name) {
+            Ok(reqs) => reqs
+                .iter()
+                .filter(|r| r.forbidden())
+                .map(ToString::to_string)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording the audit log");
+                Vec::new()
+            }
+        }
     }
 }
 

@@ -32,15 +32,22 @@ pub async fn pod_token(c: &Cluster, namespace: &str, name: &str) -> Result<Strin
 }
 
 /// A client that authenticates with bearer `token`, dialing the server of
-/// the cluster's admin kubeconfig and trusting its CA.
+/// the cluster's admin kubeconfig and trusting its CA. Its User-Agent is
+/// [`crate::audit::TEST_USER_AGENT`]: the RBAC check does not count the
+/// test's requests as switchyard's.
 pub async fn client_with_token(c: &Cluster, token: &str) -> Result<kube::Client> {
     let text = token_kubeconfig(c.kubeconfig(), token)?;
     let kc =
         kube::config::Kubeconfig::from_yaml(&text).map_err(|e| Error::Kubeconfig(e.to_string()))?;
-    let config =
+    let mut config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
             .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    // The RBAC check tells the test's requests from switchyard's by this.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(crate::audit::TEST_USER_AGENT),
+    ));
     Ok(kube::Client::try_from(config)?)
 }
 

@@ -36,6 +36,7 @@
 //! All traffic stays on loopback or inside namespaces the lab creates.
 
 pub mod addons;
+pub mod audit;
 pub mod binaries;
 pub mod cluster;
 pub mod control_plane;

@@ -88,6 +88,18 @@ pub async fn kubectl(c: &Cluster, args: &[&str]) -> Result<String> {
 pub async fn install(c: &Cluster) -> Result<()> {
     let dir = write_overlay(c)?;
     let dir_s = dir.to_string_lossy().into_owned();
+    // RBAC first, applied before the agents start (see
+    // `audit::authorizer`); the whole of `config/` then, as a user does.
+    let config = config_dir();
+    let (namespaces, rbac) = (config.join("namespace.yaml"), config.join("rbac"));
+    let ns = namespaces.to_string_lossy();
+    kubectl(c, &["apply", "--server-side", "-f", &ns]).await?;
+    kubectl(
+        c,
+        &["apply", "--server-side", "-k", &rbac.to_string_lossy()],
+    )
+    .await?;
+    crate::audit::authorizer::wait_effective(&c.client(), &rbac).await?;
     kubectl(c, &["apply", "--server-side", "-k", &dir_s]).await?;
     wait_crds_established(c).await?;
     wait_agents_report(c).await?;

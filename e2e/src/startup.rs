@@ -107,13 +107,13 @@ impl ApiServer {
             cgroup: Some(cgroup.child("control-plane")?.path),
             ..Default::default()
         };
-        let mut cp = ControlPlane::start_storage_and_api(
-            bins,
-            pki,
-            state,
-            &cp_place,
-            &cfg.apiserver_extra_args,
-        )?;
+        let mut extra = if cfg.rbac_audit {
+            crate::audit::records::apiserver_args(state)?
+        } else {
+            Vec::new()
+        };
+        extra.extend_from_slice(&cfg.apiserver_extra_args);
+        let mut cp = ControlPlane::start_storage_and_api(bins, pki, state, &cp_place, &extra)?;
         let fwd = forward::start(
             cfg.api_listen,
             &sys::netns_path(&plan.cp_netns),

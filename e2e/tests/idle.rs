@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_api::{DatapathMode, NodeDatapath};
+use switchyard_e2e::audit::{self, AGENT_USER};
 use switchyard_e2e::scenario;
 use switchyard_e2e::{Cluster, ClusterConfig, skip_unless_root, wait_for};
-
-/// The agents' ServiceAccount, as the API server names its user.
-const AGENT_USER: &str = "system:serviceaccount:switchyard-system:switchyard-agent";
 
 /// The agents' distinct requests in audit log `lines`, per
 /// `verb resource[/subresource]`.
@@ -90,30 +88,15 @@ async fn idle_agents_write_no_status_and_renew_their_leases() {
         return;
     }
     let bins = switchyard_e2e::binaries::Binaries::locate().unwrap();
-    let work = std::env::temp_dir().join(format!("switchyard-idle-{}", std::process::id()));
-    std::fs::create_dir_all(&work).unwrap();
-    let policy = work.join("audit-policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
-             - level: Metadata\n  users: [\"{AGENT_USER}\"]\n- level: None\n"
-        ),
-    )
-    .unwrap();
-    let audit_log = work.join("audit.log");
+    // The lab's own audit log of switchyard's identities (the RBAC check's).
     let c = Cluster::start(ClusterConfig {
         nodes: 3,
         images: Some(scenario::images(&bins.project_bin)),
-        apiserver_extra_args: vec![
-            format!("--audit-policy-file={}", policy.display()),
-            format!("--audit-log-path={}", audit_log.display()),
-            "--audit-log-maxsize=0".into(),
-        ],
         ..Default::default()
     })
     .await
     .unwrap();
+    let audit_log = audit::records::log_path(c.state_dir());
     scenario::install(&c).await.unwrap();
     let nodes: Vec<String> = c.plan().nodes.iter().map(|n| n.name.clone()).collect();
     // Start-up writes (creation, capabilities, first sync) settle first.
@@ -169,7 +152,6 @@ async fn idle_agents_write_no_status_and_renew_their_leases() {
         );
     }
     c.teardown();
-    let _ = std::fs::remove_dir_all(&work);
     // The agents' liveness: every heartbeat (10 s) renews the node's Lease.
     for m in [&off, &active] {
         assert!(

@@ -187,6 +187,9 @@ fn the_charts_copies_are_the_repositorys_files() -> TestResult {
             "files/switchyard-rules.yaml",
             "config/monitoring/switchyard-rules.yaml",
         ),
+        // The RBAC the e2e audit check proves (e2e/README.md).
+        ("templates/rbac-agent.yaml", "config/rbac/agent.yaml"),
+        ("templates/rbac-operator.yaml", "config/rbac/operator.yaml"),
     ];
     for (copy, original) in pairs {
         let copy_text = std::fs::read(chart().join(copy))?;

@@ -303,6 +303,7 @@ pub async fn run_once(
     let cluster = Cluster::start(ClusterConfig {
         nodes: 1,
         proxy_mode: mode,
+        rbac_audit: false,
         ..ClusterConfig::default()
     })
     .await?;

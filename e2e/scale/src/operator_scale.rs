@@ -106,6 +106,7 @@ pub async fn run_once(cfg: &ScaleConfig) -> Result<RunResult> {
             format!("--audit-log-path={}", audit_log.display()),
             "--audit-log-maxsize=0".into(),
         ],
+        rbac_audit: false,
         ..ClusterConfig::default()
     })
     .await?;

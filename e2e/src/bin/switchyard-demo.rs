@@ -147,6 +147,7 @@ async fn start_cluster(
         proxy_mode: args.proxy_mode,
         images: Some(scenario::images(&bins.project_bin)),
         outside: true,
+        rbac_audit: false,
         ..Default::default()
     })
     .await

@@ -211,6 +211,7 @@ async fn supervise(name: &str, nodes: usize, mode: ProxyMode, port: u16) -> Resu
         name: Some(name.to_string()),
         api_listen: SocketAddr::from(([127, 0, 0, 1], port)),
         outside: true,
+        rbac_audit: false,
         ..Default::default()
     };
     let started = Instant::now();
