@@ -1,8 +1,11 @@
 //! Planner tests: a small simulated cluster (`sim`), unit tests of each
 //! transition (`unit`), the NodeDatapath spec a rollback leaves
 //! (`rollback_spec`), traffic from outside the nodes in preflight and
-//! Verify (`north_south`), the agents' Leases (`liveness`) and property
-//! tests of the invariants (`props`).
+//! Verify (`north_south`), the agents' Leases (`liveness`), cordons by
+//! others (`cordons`), nodes joining and coming back (`joining`) and
+//! property tests of the invariants: a plan run to its end (`props`), and
+//! retries, churn, cordons, selections and stalled rollbacks
+//! (`props_day_two`).
 
 mod cordons;
 mod deletion;
@@ -11,6 +14,7 @@ mod liveness;
 mod node_ports;
 mod north_south;
 mod props;
+mod props_day_two;
 mod recovery;
 mod rollback_spec;
 mod rollout;

@@ -9,21 +9,21 @@ use super::sim::Sim;
 use crate::planner::waves;
 
 #[derive(Clone, Debug)]
-struct Case {
-    nodes: usize,
-    pre_cordoned: Vec<usize>,
-    canary: u32,
-    wave: IntOrString,
-    probe_fails: Vec<usize>,
-    cleanup_fails: Vec<usize>,
+pub(super) struct Case {
+    pub(super) nodes: usize,
+    pub(super) pre_cordoned: Vec<usize>,
+    pub(super) canary: u32,
+    pub(super) wave: IntOrString,
+    pub(super) probe_fails: Vec<usize>,
+    pub(super) cleanup_fails: Vec<usize>,
     /// Nodes where traffic from outside dies once kube-proxy left.
-    ingress_dead: Vec<usize>,
-    action: FailureAction,
-    max_failed: u32,
-    seed: u64,
+    pub(super) ingress_dead: Vec<usize>,
+    pub(super) action: FailureAction,
+    pub(super) max_failed: u32,
+    pub(super) seed: u64,
 }
 
-fn case() -> impl Strategy<Value = Case> {
+pub(super) fn case() -> impl Strategy<Value = Case> {
     (1usize..10)
         .prop_flat_map(|n| {
             (
@@ -69,7 +69,7 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-fn sim_for(c: &Case) -> Sim {
+pub(super) fn sim_for(c: &Case) -> Sim {
     let mut spec = MigrationPlanSpec::default();
     spec.strategy.canary_nodes = c.canary;
     spec.strategy.wave_size = c.wave.clone();
@@ -93,11 +93,11 @@ fn mix(seed: u64, a: u64, b: &str) -> u64 {
     h ^ (h >> 29)
 }
 
-fn lag(seed: u64) -> impl Fn(usize, &str) -> bool {
+pub(super) fn lag(seed: u64) -> impl Fn(usize, &str) -> bool {
     move |round, node| mix(seed, round as u64, node).is_multiple_of(4)
 }
 
-fn crashes(seed: u64) -> impl FnMut(usize) -> Option<usize> {
+pub(super) fn crashes(seed: u64) -> impl FnMut(usize) -> Option<usize> {
     move |round| {
         let h = mix(seed, round as u64 + 7919, "crash");
         h.is_multiple_of(5).then_some((h >> 8) as usize % 4)
@@ -118,143 +118,8 @@ fn own_state(sim: &Sim) -> Vec<(String, super::sim::SimNode)> {
         .collect()
 }
 
-/// Cordons (`true`) and uncordons by someone else: (round, node index, cordon).
-type OthersCordons = Vec<(usize, usize, bool)>;
-
-fn others_cordons() -> impl Strategy<Value = OthersCordons> {
-    prop::collection::vec((0usize..100, 0usize..10, any::<bool>()), 1..8)
-}
-
-/// Runs `sim` for 100 rounds with someone else cordoning and uncordoning
-/// nodes as `others` says, with crashes and lag, then until it settles.
-fn run_with_others(sim: &mut Sim, others: &OthersCordons, seed: u64) {
-    let names: Vec<String> = sim.nodes.keys().cloned().collect();
-    let mut crash = crashes(seed);
-    let lag = lag(seed);
-    for round in 0..100 {
-        for (_, i, cordon) in others.iter().filter(|o| o.0 == round) {
-            let name = &names[i % names.len()];
-            if *cordon {
-                sim.cordon_by_others(name);
-            } else {
-                sim.uncordon_by_others(name);
-            }
-        }
-        sim.reconcile(crash(round));
-        sim.tick(3, &|n| lag(round, n));
-    }
-    sim.run(600, crashes(seed ^ 5), &lag);
-}
-
-/// Nodes leaving (`false`) and coming back as new machines under the same
-/// name (`true`): (round, node index, back).
-type Churn = Vec<(usize, usize, bool)>;
-
-fn churn() -> impl Strategy<Value = Churn> {
-    prop::collection::vec((0usize..100, 0usize..10, any::<bool>()), 1..6)
-}
-
-/// Runs `sim` for 100 rounds with nodes leaving and coming back as `churn`
-/// says, with crashes and lag, then until it settles.
-fn run_with_churn(sim: &mut Sim, churn: &Churn, nodes: usize, seed: u64) {
-    let mut crash = crashes(seed);
-    let lag = lag(seed);
-    for round in 0..100 {
-        for (_, i, back) in churn.iter().filter(|o| o.0 == round) {
-            let name = format!("node-{:02}", i % nodes);
-            match (*back, sim.nodes.contains_key(&name)) {
-                (true, false) => sim.join(&name),
-                (false, true) => sim.leave(&name),
-                _ => {}
-            }
-        }
-        sim.reconcile(crash(round));
-        sim.tick(3, &|n| lag(round, n));
-    }
-    sim.run(600, crashes(seed ^ 5), &lag);
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
-
-    /// A plan stopped by failed nodes (paused, or failed with its nodes
-    /// rolled back) finishes once their faults are fixed and
-    /// `spec.failurePolicy.retry` is raised, with crashes and lag.
-    #[test]
-    fn a_retry_after_the_faults_are_fixed_finishes_the_plan(c in case()) {
-        let mut sim = sim_for(&c);
-        sim.run(600, crashes(c.seed), &lag(c.seed));
-        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-        if sim.phase() == Phase::Succeeded {
-            return Ok(());
-        }
-        for n in sim.nodes.values_mut() {
-            (n.probe_fails, n.cleanup_fails, n.ingress_dead) = (false, false, false);
-        }
-        sim.spec.failure_policy.retry += 1;
-        sim.run(600, crashes(c.seed ^ 4), &lag(c.seed ^ 4));
-        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-        prop_assert_eq!(sim.phase(), Phase::Succeeded, "{:?}", sim.steps());
-        for (name, n) in &sim.nodes {
-            prop_assert!(n.dp_active && !n.kp_pod && !n.kp_rules, "{}: {:?}", name, n);
-            prop_assert_eq!(n.unschedulable, sim.cordoned_by_others.contains(name));
-        }
-    }
-
-    /// Nodes leave and come back under the same name at any moment of the
-    /// migration and of the rollback after it: every node in the cluster
-    /// stays served, the plan settles, a node that came back is migrated
-    /// (and rolled back) like the others.
-    #[test]
-    fn nodes_leaving_and_coming_back_at_any_moment(c in case(), churn in churn()) {
-        let mut sim = sim_for(&c);
-        run_with_churn(&mut sim, &churn, c.nodes, c.seed);
-        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-        if sim.nodes.is_empty() {
-            // Every node left: nothing to migrate or to check.
-            return Ok(());
-        }
-        prop_assert!(sim.settled(), "did not settle: {:?} {:?}", sim.phase(), sim.steps());
-        let faults = c.probe_fails.len() + c.cleanup_fails.len() + c.ingress_dead.len();
-        if faults == 0 {
-            prop_assert_eq!(sim.phase(), Phase::Succeeded);
-            for (name, n) in &sim.nodes {
-                prop_assert!(n.dp_active && !n.startup_taint && !n.kp_pod, "{}: {:?}", name, n);
-                prop_assert_eq!(sim.progress(name).step, NodeStep::Done);
-            }
-        }
-        sim.spec.rollback = true;
-        run_with_churn(&mut sim, &churn, c.nodes, c.seed ^ 1);
-        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-        prop_assert_eq!(sim.phase(), Phase::RolledBack);
-        // A node that joined in the last round gets its kube-proxy pod
-        // ready from the DaemonSet in the rounds after.
-        sim.tick(3, &|_| false);
-        sim.tick(3, &|_| false);
-        for (name, n) in &sim.nodes {
-            prop_assert!(n.kp_ready && n.kp_rules && !n.dp_active, "{}: {:?}", name, n);
-        }
-    }
-
-    /// Someone else cordons and uncordons nodes at any moment of the
-    /// migration and of the rollback after it: the plan never lifts their
-    /// cordon (the sim records a violation), lifts every one it holds, and
-    /// still settles.
-    #[test]
-    fn cordons_by_others_are_never_undone(c in case(), others in others_cordons()) {
-        let mut sim = sim_for(&c);
-        run_with_others(&mut sim, &others, c.seed);
-        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-        prop_assert!(sim.settled(), "did not settle: {:?} {:?}", sim.phase(), sim.steps());
-        sim.spec.rollback = true;
-        run_with_others(&mut sim, &others, c.seed ^ 1);
-        prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-        prop_assert_eq!(sim.phase(), Phase::RolledBack);
-        for (name, n) in &sim.nodes {
-            prop_assert_eq!(n.unschedulable, sim.cordoned_by_others.contains(name), "{}", name);
-        }
-        prop_assert!(sim.status.nodes.iter().all(|n| !n.holds_cordon));
-    }
 
     /// Safety invariants hold at every change, with crashes and lag; the
     /// plan always settles; without failures it succeeds.
