@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test code
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -14,36 +16,14 @@ use std::time::Duration;
 use serde_json::Value;
 use switchyard_abi::{Counter, FlowEvent, IPPROTO_TCP, event_hook, event_verdict};
 use switchyard_agent::flows::reader::{FlowHub, clock_now};
-use switchyard_agent::flows::{PodName, ServiceIndex};
+use switchyard_agent::flows::PodName;
 use switchyard_agent::server::Shared;
-use switchyard_lb::{DesiredState, Frontend, FrontendState, Proto, ServicePortRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 11);
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 10);
 const UID: &str = "0b7c2d4e-1111-4222-8333-944455556666";
-
-fn services() -> ServiceIndex {
-    let mut desired = DesiredState::default();
-    for (ip, name) in [(WEB_VIP, "web"), (EMPTY_VIP, "empty")] {
-        let state = FrontendState {
-            flags: 0,
-            affinity_timeout: 0,
-            backends: Vec::new(),
-            source_ranges: Vec::new(),
-            service: ServicePortRef {
-                namespace: "shop".into(),
-                name: name.into(),
-                port_name: "".into(),
-            },
-        };
-        desired
-            .frontends
-            .insert(Frontend::new(ip, 80, Proto::Tcp), state);
-    }
-    ServiceIndex::of(&desired)
-}
 
 /// A record as the socket programs write it, a moment ago.
 fn record(vip: Ipv4Addr, verdict: u8, cgroup_id: u64, cookie: u64) -> Vec<u8> {
@@ -134,7 +114,10 @@ async fn flows_over_http_are_named_filtered_and_followed() {
     std::fs::create_dir_all(&pod_cgroup).unwrap();
     let pod_id = std::fs::metadata(&pod_cgroup).unwrap().ino();
     let hub = Arc::new(FlowHub::new(16, true));
-    hub.set_services(services());
+    hub.set_services(common::services(
+        &[(WEB_VIP, "web"), (EMPTY_VIP, "empty")],
+        0,
+    ));
     hub.pods(|p| {
         p.set_root(root.clone());
         let client = PodName {

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // test code
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_abi::{Backend, IPPROTO_TCP, RevNat, SCOPE_NODE, SvcKey, SvcValue, svc_flags};
-use switchyard_agent::flows::ServiceIndex;
 use switchyard_agent::flows::reader::FlowHub;
 use switchyard_agent::observer::proto::flow as pb;
 use switchyard_agent::observer::proto::observer::{
@@ -22,7 +23,6 @@ use switchyard_agent::observer::proto::observer::{
 };
 use switchyard_agent::observer::{FlowObserver, serve_on};
 use switchyard_lb::maps::{LbMaps, MapOp};
-use switchyard_lb::{DesiredState, Frontend, FrontendState, Proto, ServicePortRef};
 use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, capabilities, off};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 10);
@@ -143,28 +143,6 @@ fn program(dp: &Datapath, backend: SocketAddrV4) {
         .unwrap();
 }
 
-/// The Services the agent would have synced for [`program`]'s frontends.
-fn services() -> ServiceIndex {
-    let mut desired = DesiredState::default();
-    for (ip, name) in [(VIP, "web"), (EMPTY_VIP, "empty")] {
-        let state = FrontendState {
-            flags: svc_flags::CLUSTER_IP,
-            affinity_timeout: 0,
-            backends: Vec::new(),
-            source_ranges: Vec::new(),
-            service: ServicePortRef {
-                namespace: "shop".into(),
-                name: name.into(),
-                port_name: "".into(),
-            },
-        };
-        desired
-            .frontends
-            .insert(Frontend::new(ip, 80, Proto::Tcp), state);
-    }
-    ServiceIndex::of(&desired)
-}
-
 fn flows_of(responses: Vec<GetFlowsResponse>) -> Vec<pb::Flow> {
     responses
         .into_iter()
@@ -207,7 +185,10 @@ async fn a_forwarded_and_a_dropped_connection_are_two_flows_over_grpc() {
     };
     program(&node.dp, backend);
     let hub = Arc::new(FlowHub::new(16, true));
-    hub.set_services(services());
+    hub.set_services(common::services(
+        &[(VIP, "web"), (EMPTY_VIP, "empty")],
+        svc_flags::CLUSTER_IP,
+    ));
     hub.attach(&node.bpffs_dir).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -296,7 +277,10 @@ async fn events_the_ring_lost_come_first_with_their_count() {
     // (with its record header), the rest are lost and counted.
     node.connect_times(SocketAddrV4::new(EMPTY_VIP, 80), 200);
     let hub = Arc::new(FlowHub::new(256, true));
-    hub.set_services(services());
+    hub.set_services(common::services(
+        &[(VIP, "web"), (EMPTY_VIP, "empty")],
+        svc_flags::CLUSTER_IP,
+    ));
     hub.attach(&node.bpffs_dir).unwrap();
     wait_seen(&hub, 73).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
