@@ -4,8 +4,11 @@
 //! down on deletion; [`supervise`] keeps its containers running and
 //! their status true.
 
+pub mod confine;
 pub mod images;
 pub mod pod;
+pub mod seccomp;
+pub mod security;
 pub mod status;
 mod supervise;
 pub mod volumes;
