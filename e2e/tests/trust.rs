@@ -269,6 +269,71 @@ async fn assert_operator_unaffected(c: &Cluster) {
     eprintln!("  the operator on node2's spec: accepted");
 }
 
+/// A line of a `/proc/<pid>/status` text.
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_default()
+        .trim()
+}
+
+/// The `/proc/<pid>/status` and `/proc/<pid>/mountinfo` of `pod`'s
+/// container, whose id is `switchyard-lab://<pid>`.
+fn container_proc(pod: &Pod) -> (String, String) {
+    let id = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let pid = id.trim_start_matches("switchyard-lab://");
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+    (read("status"), read("mountinfo"))
+}
+
+/// The lab runtime applied `config/`'s securityContexts: the agent holds
+/// exactly CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW (bounding set included),
+/// the operator none and runs as 65532 on a read-only root; both have
+/// no-new-privileges and the RuntimeDefault seccomp filter.
+async fn assert_pods_confined(c: &Cluster) {
+    let agent = container_proc(&pod_of(c, "switchyard-agent", Some("node1")).await).0;
+    let want: u64 = (1 << 39) | (1 << 12) | (1 << 13);
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            status_field(&agent, set),
+            format!("{want:016x}"),
+            "agent {set}"
+        );
+    }
+    let (operator, mounts) = container_proc(&pod_of(c, "switchyard-operator", None).await);
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(&operator, set),
+            "0000000000000000",
+            "operator {set}"
+        );
+    }
+    assert!(
+        status_field(&operator, "Uid").starts_with("65532\t"),
+        "{operator}"
+    );
+    for status in [&agent, &operator] {
+        assert_eq!(status_field(status, "NoNewPrivs"), "1");
+        assert_eq!(status_field(status, "Seccomp"), "2");
+    }
+    let root = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    assert!(root.split(' ').nth(5).unwrap().starts_with("ro"), "{root}");
+    eprintln!("  agent and operator confined as config/ says");
+}
+
 /// node1's agent renews node1's Lease and no other node's (its RBAC grants
 /// get and update; the admission policy narrows update to its own node).
 async fn assert_own_lease_only(c: &Cluster, agent_pod: &Pod) {
@@ -315,5 +380,6 @@ async fn an_agent_writes_only_its_own_node_datapath_status() {
     assert_own_lease_only(&c, &agent_pod).await;
     assert_unbound_token_refused(&c).await;
     assert_operator_unaffected(&c).await;
+    assert_pods_confined(&c).await;
     c.teardown();
 }
