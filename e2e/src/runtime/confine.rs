@@ -9,7 +9,7 @@
 use std::io;
 
 use super::seccomp;
-use super::security::Confinement;
+use super::security::{ALL_CAPS, Confinement};
 
 /// A confinement with its seccomp program built (before the fork).
 #[derive(Clone)]
@@ -29,14 +29,26 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
-    /// Builds what [`apply`] needs.
+    /// Builds what [`apply`] needs. A privileged container gets every
+    /// capability the runtime itself holds (as runc does), not more.
     pub fn new(conf: &Confinement) -> Self {
+        let mut conf = conf.clone();
+        if conf.caps == ALL_CAPS {
+            conf.caps &= own_permitted().unwrap_or(ALL_CAPS);
+        }
         Self {
             filter: conf.seccomp_deny.as_deref().map(seccomp::program),
             groups: conf.groups.clone(),
-            conf: conf.clone(),
+            conf,
         }
     }
+}
+
+/// This process's permitted capability set.
+fn own_permitted() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapPrm:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 const CAP_V3: u32 = 0x2008_0522;
@@ -216,5 +228,36 @@ mod tests {
             root.split(' ').nth(5).is_some_and(|o| o.starts_with("ro")),
             "{root}"
         );
+    }
+
+    /// A privileged container keeps what the runtime holds, even where
+    /// that is less than every capability (this host lacks some).
+    #[tokio::test]
+    async fn privileged_gets_the_runtime_own_set() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let conf = Confinement {
+            uid: None,
+            gid: None,
+            groups: vec![],
+            caps: ALL_CAPS,
+            no_new_privs: false,
+            read_only_root: false,
+            seccomp_deny: None,
+        };
+        let placement = Placement {
+            confinement: Some(conf),
+            ..Default::default()
+        };
+        let mut cmd = tokio::process::Command::new("/bin/cat");
+        cmd.arg("/proc/self/status");
+        place(&mut cmd, &placement).expect("placement");
+        let out = cmd.output().await.expect("spawn");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let own = format!("{:016x}", own_permitted().expect("own set"));
+        assert_eq!(field(&text, "CapEff"), own);
+        assert_eq!(field(&text, "Seccomp"), "0");
     }
 }
