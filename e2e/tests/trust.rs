@@ -9,10 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchyard_api::{AGENT_LEASE_NAMESPACE, DatapathMode, NodeDatapath, NodeDatapathSpec};
@@ -334,6 +336,67 @@ async fn assert_pods_confined(c: &Cluster) {
     eprintln!("  agent and operator confined as config/ says");
 }
 
+/// A pod of `template` (a workload's, as installed) named `name` in `ns`,
+/// without its priority class (not what Pod Security judges).
+fn pod_from(template: PodTemplateSpec, ns: &str, name: &str) -> Pod {
+    let mut spec = template.spec.unwrap();
+    spec.priority_class_name = None;
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Default::default()
+    }
+}
+
+/// The API server's PodSecurity admission, in a namespace enforcing
+/// `restricted`, admits the operator's pod as installed and refuses the
+/// agent's (which is why `switchyard-system` enforces `privileged`).
+async fn assert_pod_security_levels(c: &Cluster) {
+    const CHECK: &str = "pod-security-check";
+    let namespaces: Api<Namespace> = Api::all(c.client());
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CHECK,
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
+        .await
+        .unwrap();
+    let installed = namespaces.get(NS).await.unwrap().metadata.labels.unwrap();
+    assert_eq!(
+        installed["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let sas: Api<ServiceAccount> = Api::namespaced(c.client(), CHECK);
+    for sa in ["switchyard-operator", "switchyard-agent"] {
+        let obj = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
+        sas.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(c.client(), CHECK);
+    let deployments: Api<Deployment> = Api::namespaced(c.client(), NS);
+    let operator = deployments.get("switchyard-operator").await.unwrap();
+    let pod = pod_from(operator.spec.unwrap().template, CHECK, "operator");
+    pods.create(&dry, &pod)
+        .await
+        .expect("restricted admits the operator");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(c.client(), NS);
+    let agent = daemonsets.get("switchyard-agent").await.unwrap();
+    let pod = pod_from(agent.spec.unwrap().template, CHECK, "agent");
+    match pods.create(&dry, &pod).await {
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("violates PodSecurity") => {
+            eprintln!("  the agent's pod under restricted: denied: {}", s.message);
+        }
+        other => panic!("the agent's pod under restricted: expected a denial, got {other:?}"),
+    }
+    eprintln!("  Pod Security: the operator meets restricted, the agent needs privileged");
+}
+
 /// node1's agent renews node1's Lease and no other node's (its RBAC grants
 /// get and update; the admission policy narrows update to its own node).
 async fn assert_own_lease_only(c: &Cluster, agent_pod: &Pod) {
@@ -381,5 +444,6 @@ async fn an_agent_writes_only_its_own_node_datapath_status() {
     assert_unbound_token_refused(&c).await;
     assert_operator_unaffected(&c).await;
     assert_pods_confined(&c).await;
+    assert_pod_security_levels(&c).await;
     c.teardown();
 }
