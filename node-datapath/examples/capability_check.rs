@@ -3,7 +3,8 @@
 //! runs it under reduced capability sets): the capability probe (load and
 //! attach every socket hook on a temporary cgroup, load the ingress
 //! program), then a full start (maps and programs pinned in bpffs, cgroup
-//! links, the ingress program attached to the interface given) and off.
+//! links, the ingress program attached to the interface given), a restart
+//! adopting those pins, and off.
 //!
 //! `capability_check <cgroup dir> <bpffs dir> [interface]`; prints one
 //! `step: ok` or `step: FAILED <error>` line per operation.
@@ -33,12 +34,18 @@ fn main() {
         ingress_interfaces: args.collect(),
         tc_attach: Default::default(),
     };
-    match Datapath::start(&config) {
-        Ok(dp) => {
-            report("start (load, pin, attach)", None);
-            drop(dp);
+    // The second start is an agent restart: it adopts the pins and links.
+    for step in [
+        "start (load, pin, attach)",
+        "restart (adopt pins and links)",
+    ] {
+        match Datapath::start(&config) {
+            Ok(dp) => {
+                report(step, None);
+                println!("  links: {:?}", dp.report().links);
+            }
+            Err(e) => report(step, Some(&e.to_string())),
         }
-        Err(e) => report("start (load, pin, attach)", Some(&e.to_string())),
     }
     let off = switchyard_node_datapath::off(&bpffs)
         .err()

@@ -1,7 +1,8 @@
 //! One pod's life on a node: network namespace and address, volumes,
 //! processes (one per container, each in the pod's netns and cgroup with a
-//! private mount and UTS namespace), truthful status, restarts per
-//! `restartPolicy`, and teardown on deletion.
+//! private mount and UTS namespace, confined by its `securityContext`: see
+//! [`super::security`]), truthful status, restarts per `restartPolicy`, and
+//! teardown on deletion.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
