@@ -15,6 +15,8 @@ use nix::sched::CloneFlags;
 use switchyard_testkit::procfs;
 
 use crate::error::{Error, Result};
+use crate::runtime::confine::{self, Prepared};
+use crate::runtime::security::Confinement;
 
 /// Runs a helper program and returns its stdout; a non-zero exit is an error
 /// carrying stderr.
@@ -220,6 +222,8 @@ pub struct Placement {
     pub mounts: Vec<(PathBuf, PathBuf)>,
     /// Private UTS namespace with this hostname.
     pub hostname: Option<String>,
+    /// The container's `securityContext`, applied last.
+    pub confinement: Option<Confinement>,
 }
 
 /// Applies `placement` to `cmd`: the child joins the namespaces and cgroup
@@ -247,6 +251,11 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
         mounts.push((cstring(src)?, cstring(dst)?));
     }
     let hostname = placement.hostname.clone();
+    let read_only_root = placement
+        .confinement
+        .as_ref()
+        .is_some_and(|c| c.read_only_root);
+    let confine = placement.confinement.as_ref().map(Prepared::new);
     // SAFETY: the closure runs in the forked child before exec and only
     // calls async-signal-safe system calls on values prepared above.
     unsafe {
@@ -261,8 +270,8 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
             {
                 return Err(std::io::Error::last_os_error());
             }
-            if !mounts.is_empty() {
-                bind_mounts(&mounts)?;
+            if !mounts.is_empty() || read_only_root {
+                bind_mounts(&mounts, read_only_root)?;
             }
             if let Some(h) = &hostname {
                 if libc::unshare(libc::CLONE_NEWUTS) != 0 {
@@ -275,6 +284,9 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some(c) = &confine {
+                confine::apply(c)?;
+            }
             Ok(())
         });
     }
@@ -283,8 +295,9 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
 
 /// In the forked child, before exec: a private mount namespace (the host's
 /// mounts still propagate in, none out) with `mounts` bind-mounted (source,
-/// target). Only async-signal-safe system calls.
-fn bind_mounts(mounts: &[(CString, CString)]) -> std::io::Result<()> {
+/// target), and the root mount read-only if `read_only_root` (the bind
+/// mounts keep their own flags). Only async-signal-safe system calls.
+fn bind_mounts(mounts: &[(CString, CString)], read_only_root: bool) -> std::io::Result<()> {
     // SAFETY: unshare and mount get valid NUL-terminated paths (or null
     // where the kernel allows it) that outlive the calls.
     unsafe {
@@ -315,6 +328,45 @@ fn bind_mounts(mounts: &[(CString, CString)]) -> std::io::Result<()> {
             {
                 return Err(std::io::Error::last_os_error());
             }
+        }
+    }
+    if read_only_root {
+        remount_root_read_only()?;
+    }
+    Ok(())
+}
+
+/// `/` (the root mount only) read-only, keeping its other flags.
+fn remount_root_read_only() -> std::io::Result<()> {
+    let root = c"/";
+    // SAFETY: statvfs and mount get a valid path and a buffer that outlive
+    // the calls.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(root.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let keep = [
+            (libc::ST_NOSUID, libc::MS_NOSUID),
+            (libc::ST_NODEV, libc::MS_NODEV),
+            (libc::ST_NOEXEC, libc::MS_NOEXEC),
+            (libc::ST_NOATIME, libc::MS_NOATIME),
+            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+            (libc::ST_RELATIME, libc::MS_RELATIME),
+        ]
+        .iter()
+        .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+        .fold(0, |m, (_, ms)| m | ms);
+        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep;
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())

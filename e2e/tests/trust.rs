@@ -9,10 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchyard_api::{AGENT_LEASE_NAMESPACE, DatapathMode, NodeDatapath, NodeDatapathSpec};
@@ -307,6 +309,132 @@ async fn assert_cleanup_refused_while_off(c: &Cluster) {
     eprintln!("  a cleanup request with the datapath off: refused ({message})");
 }
 
+/// A line of a `/proc/<pid>/status` text.
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_default()
+        .trim()
+}
+
+/// The `/proc/<pid>/status` and `/proc/<pid>/mountinfo` of `pod`'s
+/// container, whose id is `switchyard-lab://<pid>`.
+fn container_proc(pod: &Pod) -> (String, String) {
+    let id = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let pid = id.trim_start_matches("switchyard-lab://");
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+    (read("status"), read("mountinfo"))
+}
+
+/// The lab runtime applied `config/`'s securityContexts: the agent holds
+/// exactly CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW (bounding set included),
+/// the operator none and runs as 65532 on a read-only root; both have
+/// no-new-privileges and the RuntimeDefault seccomp filter.
+async fn assert_pods_confined(c: &Cluster) {
+    let agent = container_proc(&pod_of(c, "switchyard-agent", Some("node1")).await).0;
+    let want: u64 = (1 << 39) | (1 << 12) | (1 << 13);
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            status_field(&agent, set),
+            format!("{want:016x}"),
+            "agent {set}"
+        );
+    }
+    let (operator, mounts) = container_proc(&pod_of(c, "switchyard-operator", None).await);
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(&operator, set),
+            "0000000000000000",
+            "operator {set}"
+        );
+    }
+    assert!(
+        status_field(&operator, "Uid").starts_with("65532\t"),
+        "{operator}"
+    );
+    for status in [&agent, &operator] {
+        assert_eq!(status_field(status, "NoNewPrivs"), "1");
+        assert_eq!(status_field(status, "Seccomp"), "2");
+    }
+    let root = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    assert!(root.split(' ').nth(5).unwrap().starts_with("ro"), "{root}");
+    eprintln!("  agent and operator confined as config/ says");
+}
+
+/// A pod of `template` (a workload's, as installed) named `name` in `ns`,
+/// without its priority class (not what Pod Security judges).
+fn pod_from(template: PodTemplateSpec, ns: &str, name: &str) -> Pod {
+    let mut spec = template.spec.unwrap();
+    spec.priority_class_name = None;
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Default::default()
+    }
+}
+
+/// The API server's PodSecurity admission, in a namespace enforcing
+/// `restricted`, admits the operator's pod as installed and refuses the
+/// agent's (which is why `switchyard-system` enforces `privileged`).
+async fn assert_pod_security_levels(c: &Cluster) {
+    const CHECK: &str = "pod-security-check";
+    let namespaces: Api<Namespace> = Api::all(c.client());
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CHECK,
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
+        .await
+        .unwrap();
+    let installed = namespaces.get(NS).await.unwrap().metadata.labels.unwrap();
+    assert_eq!(
+        installed["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let sas: Api<ServiceAccount> = Api::namespaced(c.client(), CHECK);
+    for sa in ["switchyard-operator", "switchyard-agent"] {
+        let obj = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
+        sas.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(c.client(), CHECK);
+    let deployments: Api<Deployment> = Api::namespaced(c.client(), NS);
+    let operator = deployments.get("switchyard-operator").await.unwrap();
+    let pod = pod_from(operator.spec.unwrap().template, CHECK, "operator");
+    pods.create(&dry, &pod)
+        .await
+        .expect("restricted admits the operator");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(c.client(), NS);
+    let agent = daemonsets.get("switchyard-agent").await.unwrap();
+    let pod = pod_from(agent.spec.unwrap().template, CHECK, "agent");
+    match pods.create(&dry, &pod).await {
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("violates PodSecurity") => {
+            eprintln!("  the agent's pod under restricted: denied: {}", s.message);
+        }
+        other => panic!("the agent's pod under restricted: expected a denial, got {other:?}"),
+    }
+    eprintln!("  Pod Security: the operator meets restricted, the agent needs privileged");
+}
+
 /// node1's agent renews node1's Lease and no other node's (its RBAC grants
 /// get and update; the admission policy narrows update to its own node).
 async fn assert_own_lease_only(c: &Cluster, agent_pod: &Pod) {
@@ -354,5 +482,7 @@ async fn an_agent_writes_only_its_own_node_datapath_status() {
     assert_unbound_token_refused(&c).await;
     assert_operator_unaffected(&c).await;
     assert_cleanup_refused_while_off(&c).await;
+    assert_pods_confined(&c).await;
+    assert_pod_security_levels(&c).await;
     c.teardown();
 }

@@ -119,13 +119,21 @@ pub(crate) fn adopt_link(
     }
     let new = sys::prog_tag_and_maps(new_prog)
         .map_err(|e| DatapathError::syscall("BPF_OBJ_GET_INFO_BY_FD", e))?;
-    let old = sys::prog_fd_by_id(info.prog_id)
-        .and_then(|fd| sys::prog_tag_and_maps(fd.as_fd()))
-        .map_err(|e| DatapathError::syscall("BPF_PROG_GET_FD_BY_ID", e))?;
+    // Without CAP_SYS_ADMIN the kernel hands out no program fd by id
+    // (EPERM), so the running program cannot be compared: swap it, which
+    // is atomic and reads the same pinned maps.
+    let old = match sys::prog_fd_by_id(info.prog_id) {
+        Ok(fd) => Some(
+            sys::prog_tag_and_maps(fd.as_fd())
+                .map_err(|e| DatapathError::syscall("BPF_OBJ_GET_INFO_BY_FD", e))?,
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => None,
+        Err(e) => return Err(DatapathError::syscall("BPF_PROG_GET_FD_BY_ID", e)),
+    };
     // Same instructions on the same (pinned) maps: nothing to do. Equal
     // tags on other maps means the map pins were replaced under a live
     // link: swap so the program reads the pinned maps.
-    if old == new {
+    if old.as_ref() == Some(&new) {
         return Ok(Some(LinkAction::Kept));
     }
     sys::link_update(link.as_fd(), new_prog)

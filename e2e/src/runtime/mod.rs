@@ -2,10 +2,14 @@
 //! the pods bound to it; each pod gets a task (see [`pod`]) that builds its
 //! network namespace, files and processes, reports status and tears it all
 //! down on deletion; [`supervise`] keeps its containers running and
-//! their status true.
+//! their status true; [`security`] reads a container's `securityContext`
+//! and [`confine`] applies it between fork and exec.
 
+pub mod confine;
 pub mod images;
 pub mod pod;
+pub mod seccomp;
+pub mod security;
 pub mod status;
 mod supervise;
 pub mod volumes;

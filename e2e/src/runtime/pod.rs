@@ -1,9 +1,11 @@
 //! One pod's life on a node: network namespace and address, volumes,
 //! processes (one per container, each in the pod's netns and cgroup with a
-//! private mount and UTS namespace), truthful status, restarts per
-//! `restartPolicy`, and teardown on deletion.
+//! private mount and UTS namespace, confined by its `securityContext`: see
+//! [`super::security`]), truthful status, restarts per `restartPolicy`, and
+//! teardown on deletion.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +17,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
 use super::images::{ImageProgram, argv};
+use super::security::confinement;
 use super::status::{ContainerReport, ContainerState, pod_status};
 use super::volumes::{PodContext, environment, materialize, mounts};
 use super::{NodeShared, PodRecord, PodUpdate};
@@ -97,7 +100,7 @@ pub async fn run(shared: Arc<NodeShared>, mut rx: watch::Receiver<PodUpdate>) {
                     s.release(&shared);
                 }
                 report_failure(&shared, &pod, &reason, &message).await;
-                if reason == UNKNOWN_IMAGE {
+                if reason == UNKNOWN_IMAGE || reason == UNSUPPORTED_SECURITY_CONTEXT {
                     wait_for_deletion(&mut rx).await;
                     break;
                 }
@@ -125,23 +128,32 @@ async fn wait_for_deletion(rx: &mut watch::Receiver<PodUpdate>) {
 /// The container waiting reason for an image the runtime does not know.
 pub const UNKNOWN_IMAGE: &str = "UnknownImage";
 
+/// The container waiting reason for a `securityContext` the runtime cannot
+/// apply (as the kubelet's `CreateContainerConfigError`).
+pub const UNSUPPORTED_SECURITY_CONTEXT: &str = "CreateContainerConfigError";
+
 type StartError = (Option<Sandbox>, String, String);
 
 async fn start(shared: &Arc<NodeShared>, pod: &Pod) -> Result<(Sandbox, Vec<Running>), StartError> {
     let spec = pod.spec.clone().unwrap_or_default();
     let fail = |s: Option<Sandbox>, reason: &str, e: Error| (s, reason.to_string(), e.to_string());
-    // Resolve every image first: an unknown one is a clear pod error.
+    // Resolve every image and security context first: an unknown image or
+    // a context the runtime cannot apply is a clear pod error.
     let mut programs = Vec::new();
     for c in &spec.containers {
         let image = c.image.clone().unwrap_or_default();
-        match shared.images.resolve(&image) {
-            Some(p) => programs.push(p.clone()),
-            None => {
-                return Err((
-                    None,
-                    UNKNOWN_IMAGE.into(),
-                    format!("image {image:?} is not known to the switchyard lab runtime"),
-                ));
+        let Some(p) = shared.images.resolve(&image) else {
+            return Err((
+                None,
+                UNKNOWN_IMAGE.into(),
+                format!("image {image:?} is not known to the switchyard lab runtime"),
+            ));
+        };
+        match confinement(spec.security_context.as_ref(), c) {
+            Ok(conf) => programs.push((p.clone(), conf)),
+            Err(why) => {
+                let message = format!("container {}: securityContext: {why}", c.name);
+                return Err((None, UNSUPPORTED_SECURITY_CONTEXT.into(), message));
             }
         }
     }
@@ -165,8 +177,14 @@ async fn start(shared: &Arc<NodeShared>, pod: &Pod) -> Result<(Sandbox, Vec<Runn
         pod.metadata.name.clone().unwrap_or_default()
     };
     let mut containers = Vec::new();
-    for (c, program) in spec.containers.iter().zip(programs) {
-        match container(shared, &ctx, &sandbox, c, &program, &volumes, &hostname).await {
+    for (c, (program, conf)) in spec.containers.iter().zip(programs) {
+        let placement = Placement {
+            netns: Some(sandbox.netns.clone()),
+            hostname: Some(hostname.clone()),
+            confinement: Some(conf),
+            ..Default::default()
+        };
+        match container(shared, &ctx, &sandbox, c, &program, &volumes, placement).await {
             Ok(r) => containers.push(r),
             Err(e) => return Err(fail(Some(sandbox), "CreateContainerError", e)),
         }
@@ -247,7 +265,7 @@ async fn container(
     c: &Container,
     program: &ImageProgram,
     volumes: &std::collections::BTreeMap<String, PathBuf>,
-    hostname: &str,
+    mut placement: Placement,
 ) -> Result<Running> {
     let env = environment(ctx, c).await?;
     let binds = mounts(c, volumes)?;
@@ -281,6 +299,8 @@ async fn container(
         &env,
     );
     let cgroup = Cgroup::create(sandbox.cgroup.path.join(format!("c-{}", c.name)))?;
+    placement.cgroup = Some(cgroup.path);
+    placement.mounts = binds;
     Ok(Running {
         report: ContainerReport {
             name: c.name.clone(),
@@ -297,12 +317,7 @@ async fn container(
         program,
         args,
         env,
-        placement: Placement {
-            netns: Some(sandbox.netns.clone()),
-            cgroup: Some(cgroup.path),
-            mounts: binds,
-            hostname: Some(hostname.to_string()),
-        },
+        placement,
         log: sandbox.dir.join(format!("{}.log", c.name)),
         tcp_ports,
         process: None,
@@ -353,7 +368,27 @@ pub(super) fn spawn(r: &mut Running) -> Result<()> {
         .open(&r.log)
         .map_err(Error::io("opening", &r.log))?;
     let err = out.try_clone().map_err(Error::io("cloning", &r.log))?;
-    let mut cmd = tokio::process::Command::new(&r.program);
+    // A non-root user may not be able to reach the binary's path (the
+    // build directory under /root): it executes the file opened here,
+    // through its own /proc/self/fd, as a runtime executes an image's file.
+    let non_root = r
+        .placement
+        .confinement
+        .as_ref()
+        .is_some_and(|c| c.non_root());
+    let binary = if non_root {
+        Some(std::fs::File::open(&r.program).map_err(Error::io("opening", &r.program))?)
+    } else {
+        None
+    };
+    let mut cmd = match &binary {
+        Some(f) => {
+            let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            cmd.arg0(&r.program);
+            cmd
+        }
+        None => tokio::process::Command::new(&r.program),
+    };
     cmd.args(&r.args)
         .env_clear()
         .envs(r.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -363,6 +398,7 @@ pub(super) fn spawn(r: &mut Running) -> Result<()> {
         .kill_on_drop(true);
     sys::place(&mut cmd, &r.placement)?;
     let child = cmd.spawn().map_err(Error::io("spawning", &r.program))?;
+    drop(binary);
     let pid = child.id().unwrap_or(0);
     r.report.container_id = Some(format!("switchyard-lab://{pid}"));
     r.report.state = ContainerState::Running { started_at: now() };

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_abi::{Counter, FlowEvent, IPPROTO_TCP, event_hook, event_verdict};
-use switchyard_agent::flows::reader::{FlowHub, clock_now};
 use switchyard_agent::flows::PodName;
+use switchyard_agent::flows::reader::{FlowHub, clock_now};
 use switchyard_agent::server::Shared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
