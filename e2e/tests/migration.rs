@@ -194,6 +194,14 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
     load.wait_for_more(100).await.unwrap();
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 100);
+    assert_back_on_kube_proxy(&c).await;
+    assert_cordoned_only(&c, &maintained).await;
+    assert_services_reachable(&c, &targets).await;
+}
+
+/// After a whole-plan rollback: kube-proxy ready on every node with its
+/// own rollout back and its rules written, every datapath off.
+async fn assert_back_on_kube_proxy(c: &Cluster) {
     let ds: Api<DaemonSet> = Api::namespaced(c.client(), "kube-system");
     let ds = ds.get("kube-proxy").await.unwrap();
     assert_eq!(
@@ -201,8 +209,7 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
         3,
         "kube-proxy ready on every node"
     );
-    common::wait_rollout_released(&c).await;
-    assert_cordoned_only(&c, &maintained).await;
+    common::wait_rollout_released(c).await;
     let ndp: Api<NodeDatapath> = Api::all(c.client());
     for d in ndp.list(&ListParams::default()).await.unwrap().items {
         assert_eq!(
@@ -220,7 +227,6 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
             n.name
         );
     }
-    assert_services_reachable(&c, &targets).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

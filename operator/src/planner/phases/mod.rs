@@ -51,18 +51,7 @@ pub(super) fn decide(
     s.st.kube_proxy_mode = preflight::kube_proxy_mode(ctx.snap).or(s.st.kube_proxy_mode.take());
     s.st.kube_proxy_node_ports = ctx.node_ports.clone();
 
-    if ctx.spec.rollback && !matches!(s.st.phase, Phase::RollingBack | Phase::RolledBack) {
-        begin_rollback(ctx, &mut s);
-    }
-    let retried = ctx.spec.failure_policy.retry != s.st.observed_retry;
-    if retried {
-        retry_failed(ctx, &mut s);
-    }
-    for p in &mut s.st.nodes {
-        s.moved |= node::release_lifted_cordon(ctx, p, &mut s.actions);
-        s.moved |= node::left(ctx, p, &mut s.actions);
-    }
-
+    let retried = follow_spec_and_nodes(ctx, &mut s);
     match s.st.phase {
         // Retried nodes are back in their steps: recorded before any of
         // those steps acts.
@@ -96,6 +85,25 @@ pub(super) fn decide(
         requeue_after_secs: if s.moved { 0 } else { s.requeue },
         release: false,
     })
+}
+
+/// What changed since the last decision besides the steps' own progress:
+/// a rollback or a retry asked for in the spec, cordons someone else
+/// lifted, migrated nodes that left the cluster. Returns whether failed
+/// nodes were retried.
+fn follow_spec_and_nodes(ctx: &Ctx<'_>, s: &mut Draft) -> bool {
+    if ctx.spec.rollback && !matches!(s.st.phase, Phase::RollingBack | Phase::RolledBack) {
+        begin_rollback(ctx, s);
+    }
+    let retried = ctx.spec.failure_policy.retry != s.st.observed_retry;
+    if retried {
+        retry_failed(ctx, s);
+    }
+    for p in &mut s.st.nodes {
+        s.moved |= node::release_lifted_cordon(ctx, p, &mut s.actions);
+        s.moved |= node::left(ctx, p, &mut s.actions);
+    }
+    retried
 }
 
 /// `spec.rollback` set: the plan rolls back, or, having touched nothing,
