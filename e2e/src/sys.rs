@@ -3,7 +3,7 @@
 //! (`setns`, mount and UTS namespaces, cgroup) and running work on a thread
 //! that has entered a network namespace.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -298,37 +298,13 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
 /// target), and the root mount read-only if `read_only_root` (the bind
 /// mounts keep their own flags). Only async-signal-safe system calls.
 fn bind_mounts(mounts: &[(CString, CString)], read_only_root: bool) -> std::io::Result<()> {
-    // SAFETY: unshare and mount get valid NUL-terminated paths (or null
-    // where the kernel allows it) that outlive the calls.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let root = c"/";
-        let flags = libc::MS_REC | libc::MS_SLAVE;
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        for (src, dst) in mounts {
-            let flags = libc::MS_BIND | libc::MS_REC;
-            if libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+    // SAFETY: unshare takes no pointer.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    mount(None, c"/", libc::MS_REC | libc::MS_SLAVE)?;
+    for (src, dst) in mounts {
+        mount(Some(src), dst, libc::MS_BIND | libc::MS_REC)?;
     }
     if read_only_root {
         remount_root_read_only()?;
@@ -336,40 +312,45 @@ fn bind_mounts(mounts: &[(CString, CString)], read_only_root: bool) -> std::io::
     Ok(())
 }
 
+/// `mount(2)` with no filesystem type and no data (`src` null when `None`).
+fn mount(src: Option<&CStr>, dst: &CStr, flags: libc::c_ulong) -> std::io::Result<()> {
+    let src = src.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: the paths are valid NUL-terminated strings (or null where
+    // the kernel allows it) that outlive the call.
+    let r = unsafe { libc::mount(src, dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `/` (the root mount only) read-only, keeping its other flags.
 fn remount_root_read_only() -> std::io::Result<()> {
     let root = c"/";
-    // SAFETY: statvfs and mount get a valid path and a buffer that outlive
-    // the calls.
-    unsafe {
+    // SAFETY: statvfs gets a valid path and a buffer that outlive the call.
+    let st = unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
         if libc::statvfs(root.as_ptr(), &mut st) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let keep = [
-            (libc::ST_NOSUID, libc::MS_NOSUID),
-            (libc::ST_NODEV, libc::MS_NODEV),
-            (libc::ST_NOEXEC, libc::MS_NOEXEC),
-            (libc::ST_NOATIME, libc::MS_NOATIME),
-            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-            (libc::ST_RELATIME, libc::MS_RELATIME),
-        ]
-        .iter()
-        .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
-        .fold(0, |m, (_, ms)| m | ms);
-        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep;
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+        st
+    };
+    let keep = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ]
+    .iter()
+    .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+    .fold(0, |m, (_, ms)| m | ms);
+    mount(
+        None,
+        root,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep,
+    )
 }
 
 fn cstring(p: &Path) -> Result<CString> {
