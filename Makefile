@@ -37,6 +37,19 @@ crds: ## Regenerate crds/ from operator/api (and the Helm chart's copy)
 build: ## Build every binary (operator, agent, lab, load generator, demo)
 	$(CARGO) build --workspace --bins --locked
 
+# `make images` builds release images; the lab runs images of the debug
+# binaries it is tested with (the same files otherwise).
+IMAGES_PROFILE ?= release
+
+.PHONY: images
+images: ## Container images of the operator and the agent: OCI layout + docker tarball under ~/.cache/switchyard/images (IMAGES_PROFILE=release|debug)
+	$(CARGO) build --locked $(if $(filter release,$(IMAGES_PROFILE)),--release) -p switchyard-operator -p switchyard-agent --bins
+	config/images/build.sh --profile $(IMAGES_PROFILE)
+
+.PHONY: lab-images
+lab-images: build ## The images the lab runs (of the debug build)
+	config/images/build.sh --profile debug >/dev/null
+
 .PHONY: unit
 unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD drift, promtool on the alert rules, helm lint and template of the chart included)
 	$(CARGO) test --workspace --locked --exclude switchyard-e2e
@@ -46,7 +59,7 @@ unit: ## Tiers 1-3: unit, property, golden and privileged datapath tests (CRD dr
 export SWITCHYARD_E2E_AUDIT_DIR ?= $(CARGO_TARGET_DIR)/debug/e2e-audit
 
 .PHONY: e2e
-e2e: build ## Tier 4: the local real cluster and the migration scenarios, then RBAC against their audit log (root)
+e2e: build lab-images ## Tier 4: the local real cluster and the migration scenarios, then RBAC against their audit log (root)
 	rm -rf $(SWITCHYARD_E2E_AUDIT_DIR)
 	$(CARGO) test --locked -p switchyard-e2e -- --test-threads=1
 	$(CARGO_TARGET_DIR)/debug/switchyard-rbac-check
@@ -56,7 +69,7 @@ test: deps fmt-check lint unit e2e ## Everything CI runs
 	@echo "make test: all tiers passed"
 
 .PHONY: demo
-demo: deps build ## A live migration off kube-proxy on a local real 3-node cluster
+demo: deps build lab-images ## A live migration off kube-proxy on a local real 3-node cluster
 	$(CARGO_TARGET_DIR)/debug/switchyard-demo
 
 .PHONY: cluster-up
