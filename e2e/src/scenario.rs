@@ -22,23 +22,51 @@ use crate::topology::{API_PORT, CONTROL_PLANE_IP};
 
 pub use crate::load::{Load, Target, Totals, start_load};
 
-/// The lab's image table plus the project's images: operator, agent and
-/// the load generator, all from `project_bin`.
-pub fn images(project_bin: &Path) -> ImageTable {
+/// The lab's image table plus the project's images: the operator and
+/// agent images `config/images/build.sh` builds from the binaries in
+/// `project_bin` (cached: unchanged binaries are not built again), and the
+/// load generator from `project_bin`.
+pub fn images(project_bin: &Path) -> Result<ImageTable> {
     let mut t = ImageTable::with_defaults(project_bin);
-    t.insert(
-        "switchyard/operator",
-        ImageProgram::Binary(project_bin.join("switchyard-operator")),
-    );
-    t.insert(
-        "switchyard/agent",
-        ImageProgram::Binary(project_bin.join("switchyard-agent")),
-    );
+    for (name, dir) in build_images(project_bin)? {
+        t.insert(
+            &format!("switchyard/{name}"),
+            ImageProgram::Image(dir.join("oci")),
+        );
+    }
     t.insert(
         "switchyard/loadgen",
         ImageProgram::Binary(project_bin.join("switchyard-loadgen")),
     );
-    t
+    Ok(t)
+}
+
+/// Runs `config/images/build.sh` for the profile of `project_bin`
+/// (`<target>/debug`) and returns each image's directory by name.
+pub fn build_images(project_bin: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let script = config_dir().join("images/build.sh");
+    let profile = project_bin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "debug".into());
+    let target = project_bin.parent().unwrap_or(project_bin);
+    let out = std::process::Command::new(&script)
+        .args(["--profile", &profile])
+        .env("CARGO_TARGET_DIR", target)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(Error::io("running", &script))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: format!("{} --profile {profile}", script.display()),
+            detail: out.status.to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(name, dir)| (name.to_string(), PathBuf::from(dir)))
+        .collect())
 }
 
 /// The repository's `config/` directory.

@@ -16,6 +16,7 @@ use switchyard_testkit::procfs;
 
 use crate::error::{Error, Result};
 use crate::runtime::confine::{self, Prepared};
+use crate::runtime::rootfs::{self, Entering, RootFs};
 use crate::runtime::security::Confinement;
 
 /// Runs a helper program and returns its stdout; a non-zero exit is an error
@@ -224,6 +225,9 @@ pub struct Placement {
     pub hostname: Option<String>,
     /// The container's `securityContext`, applied last.
     pub confinement: Option<Confinement>,
+    /// The image's root filesystem to run in (the host's when `None`); the
+    /// bind mounts' targets are then inside it.
+    pub root: Option<RootFs>,
 }
 
 /// Applies `placement` to `cmd`: the child joins the namespaces and cgroup
@@ -247,9 +251,15 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
         None => None,
     };
     let mut mounts = Vec::new();
-    for (src, dst) in &placement.mounts {
-        mounts.push((cstring(src)?, cstring(dst)?));
-    }
+    let entering = match &placement.root {
+        Some(root) => Some(root.prepare(&placement.mounts)?),
+        None => {
+            for (src, dst) in &placement.mounts {
+                mounts.push((cstring(src)?, cstring(dst)?));
+            }
+            None
+        }
+    };
     let hostname = placement.hostname.clone();
     let read_only_root = placement
         .confinement
@@ -270,8 +280,8 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
             {
                 return Err(std::io::Error::last_os_error());
             }
-            if !mounts.is_empty() || read_only_root {
-                bind_mounts(&mounts, read_only_root)?;
+            if !mounts.is_empty() || read_only_root || entering.is_some() {
+                bind_mounts(&mounts, entering.as_ref(), read_only_root)?;
             }
             if let Some(h) = &hostname {
                 if libc::unshare(libc::CLONE_NEWUTS) != 0 {
@@ -295,9 +305,14 @@ pub fn place(cmd: &mut tokio::process::Command, placement: &Placement) -> Result
 
 /// In the forked child, before exec: a private mount namespace (the host's
 /// mounts still propagate in, none out) with `mounts` bind-mounted (source,
-/// target), and the root mount read-only if `read_only_root` (the bind
-/// mounts keep their own flags). Only async-signal-safe system calls.
-fn bind_mounts(mounts: &[(CString, CString)], read_only_root: bool) -> std::io::Result<()> {
+/// target) or the image's root entered with its mounts, and the root mount
+/// read-only if `read_only_root` (the bind mounts keep their own flags).
+/// Only async-signal-safe system calls.
+fn bind_mounts(
+    mounts: &[(CString, CString)],
+    root: Option<&Entering>,
+    read_only_root: bool,
+) -> std::io::Result<()> {
     // SAFETY: unshare takes no pointer.
     if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -306,6 +321,9 @@ fn bind_mounts(mounts: &[(CString, CString)], read_only_root: bool) -> std::io::
     for (src, dst) in mounts {
         mount(Some(src), dst, libc::MS_BIND | libc::MS_REC)?;
     }
+    if let Some(e) = root {
+        rootfs::enter(e)?;
+    }
     if read_only_root {
         remount_root_read_only()?;
     }
@@ -313,7 +331,7 @@ fn bind_mounts(mounts: &[(CString, CString)], read_only_root: bool) -> std::io::
 }
 
 /// `mount(2)` with no filesystem type and no data (`src` null when `None`).
-fn mount(src: Option<&CStr>, dst: &CStr, flags: libc::c_ulong) -> std::io::Result<()> {
+pub(crate) fn mount(src: Option<&CStr>, dst: &CStr, flags: libc::c_ulong) -> std::io::Result<()> {
     let src = src.map_or(std::ptr::null(), CStr::as_ptr);
     // SAFETY: the paths are valid NUL-terminated strings (or null where
     // the kernel allows it) that outlive the call.
@@ -353,7 +371,7 @@ fn remount_root_read_only() -> std::io::Result<()> {
     )
 }
 
-fn cstring(p: &Path) -> Result<CString> {
+pub(crate) fn cstring(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| Error::Config(format!("path with NUL byte: {}", p.display())))
 }

@@ -91,7 +91,7 @@ async fn idle_agents_write_no_status_and_renew_their_leases() {
     // The lab's own audit log of switchyard's identities (the RBAC check's).
     let c = Cluster::start(ClusterConfig {
         nodes: 3,
-        images: Some(scenario::images(&bins.project_bin)),
+        images: Some(scenario::images(&bins.project_bin).unwrap()),
         ..Default::default()
     })
     .await

@@ -424,7 +424,7 @@ async fn bad_plans_are_rejected_by_the_api_server_and_a_second_plan_is_refused()
     let bins = switchyard_e2e::binaries::Binaries::locate().unwrap();
     let c = Cluster::start(ClusterConfig {
         nodes: 1,
-        images: Some(scenario::images(&bins.project_bin)),
+        images: Some(scenario::images(&bins.project_bin).unwrap()),
         ..Default::default()
     })
     .await

@@ -46,7 +46,7 @@ async fn start(mode: ProxyMode, install: bool) -> (Cluster, Ingress) {
     let c = Cluster::start(ClusterConfig {
         nodes: 3,
         proxy_mode: mode,
-        images: Some(scenario::images(&bins.project_bin)),
+        images: Some(scenario::images(&bins.project_bin).unwrap()),
         outside: true,
         ..Default::default()
     })

@@ -40,7 +40,7 @@ async fn setup() -> Cluster {
     let c = Cluster::start(ClusterConfig {
         nodes: 2,
         proxy_mode: ProxyMode::Iptables,
-        images: Some(scenario::images(&bins.project_bin)),
+        images: Some(scenario::images(&bins.project_bin).unwrap()),
         ..Default::default()
     })
     .await

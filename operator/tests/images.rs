@@ -87,13 +87,14 @@ fn from_script(script: &str, image: &str) -> Option<ImageSpec> {
 fn instruction(dockerfile: &str, name: &str) -> Option<String> {
     dockerfile
         .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{name} ")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .map(str::to_string)
 }
 
 fn from_dockerfile(dockerfile: &str) -> Option<ImageSpec> {
-    let entrypoint: Vec<String> = serde_json::from_str(&instruction(dockerfile, "ENTRYPOINT")?).ok()?;
+    let entrypoint: Vec<String> =
+        serde_json::from_str(&instruction(dockerfile, "ENTRYPOINT")?).ok()?;
     let mut collected = instruction_words(dockerfile, "RUN /collect.sh /rootfs")?;
     // The binary's source differs (the build stage's file, the host's
     // build); its place in the image must not.
@@ -102,7 +103,9 @@ fn from_dockerfile(dockerfile: &str) -> Option<ImageSpec> {
     Some(ImageSpec {
         entrypoint: entrypoint.first()?.clone(),
         user: instruction(dockerfile, "USER")?,
-        path: instruction(dockerfile, "ENV")?.strip_prefix("PATH=")?.to_string(),
+        path: instruction(dockerfile, "ENV")?
+            .strip_prefix("PATH=")?
+            .to_string(),
         workdir: instruction(dockerfile, "WORKDIR")?,
         collected,
     })
@@ -112,8 +115,7 @@ fn from_dockerfile(dockerfile: &str) -> Option<ImageSpec> {
 fn each_dockerfile_builds_what_the_image_script_builds() -> TestResult {
     let script = std::fs::read_to_string(images_dir().join("build.sh"))?;
     for image in ["operator", "agent"] {
-        let dockerfile =
-            std::fs::read_to_string(images_dir().join(format!("{image}.Dockerfile")))?;
+        let dockerfile = std::fs::read_to_string(images_dir().join(format!("{image}.Dockerfile")))?;
         let want = from_script(&script, image).ok_or("build.sh: unreadable image settings")?;
         let got = from_dockerfile(&dockerfile).ok_or("Dockerfile: unreadable")?;
         assert_eq!(got, want, "{image}");

@@ -145,7 +145,7 @@ async fn start_cluster(
     let c = Cluster::start(ClusterConfig {
         nodes: 3,
         proxy_mode: args.proxy_mode,
-        images: Some(scenario::images(&bins.project_bin)),
+        images: Some(scenario::images(&bins.project_bin).map_err(|e| e.to_string())?),
         outside: true,
         rbac_audit: false,
         ..Default::default()

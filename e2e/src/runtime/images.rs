@@ -2,7 +2,10 @@
 //!
 //! The runtime knows a fixed set of images; anything else is reported on
 //! the pod as `UnknownImage`. Images are matched by repository (registry
-//! and tag ignored, `docker.io/library/` normalised away).
+//! and tag ignored, `docker.io/library/` normalised away). switchyard's own
+//! images are real OCI images (`make images`) the runtime unpacks and runs
+//! (see [`super::oci`] and [`super::rootfs`]); the others stand for host
+//! programs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,9 @@ pub enum ImageProgram {
     /// A binary of the project (`$CARGO_TARGET_DIR/debug/<name>`); the
     /// container's args are passed, `command[0]` is replaced.
     Binary(PathBuf),
+    /// An OCI image layout: the container runs the image's own process in
+    /// the image's root filesystem.
+    Image(PathBuf),
 }
 
 /// The runtime's image table.
@@ -123,7 +129,7 @@ pub fn expand(s: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// Builds argv (program, args) for a container.
+/// Builds argv (program, args) for a container running a host program.
 pub fn argv(
     program: &ImageProgram,
     kube_proxy: &Path,
@@ -142,6 +148,8 @@ pub fn argv(
     match program {
         ImageProgram::KubeProxy => (kube_proxy.to_path_buf(), rest),
         ImageProgram::Binary(path) => (path.clone(), rest),
+        // Not a host program: the image's config says what runs.
+        ImageProgram::Image(_) => (PathBuf::new(), rest),
         ImageProgram::WebServer => {
             let mut a = Vec::new();
             for (proto, port) in ports {

@@ -7,11 +7,14 @@
 
 pub mod confine;
 pub mod images;
+pub mod oci;
 pub mod pod;
+pub mod rootfs;
 pub mod seccomp;
 pub mod security;
 pub mod status;
 mod supervise;
+pub mod unpack;
 pub mod volumes;
 
 use std::collections::HashMap;

@@ -16,9 +16,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
-use super::images::{ImageProgram, argv};
+use super::images::{ImageProgram, argv, expand};
+use super::oci;
+use super::rootfs::RootFs;
 use super::security::confinement;
 use super::status::{ContainerReport, ContainerState, pod_status};
+use super::unpack::{Unpacked, cache_dir, unpack};
 use super::volumes::{PodContext, environment, materialize, mounts};
 use super::{NodeShared, PodRecord, PodUpdate};
 use crate::control_plane::Process;
@@ -125,6 +128,73 @@ async fn wait_for_deletion(rx: &mut watch::Receiver<PodUpdate>) {
     }
 }
 
+/// The container waiting reason for an image that cannot be unpacked or
+/// run (as the kubelet's for an image it cannot pull).
+pub const IMAGE_ERROR: &str = "ErrImagePull";
+
+/// The image unpacked into the runtime's rootfs cache.
+async fn unpack_image(layout: PathBuf) -> Result<Unpacked> {
+    tokio::task::spawn_blocking(move || unpack(&layout, &cache_dir()))
+        .await
+        .map_err(|e| Error::Config(format!("unpacking {e}")))?
+}
+
+/// The container with the image's user as `runAsUser`/`runAsGroup` where
+/// neither it nor the pod sets one (the kubelet's order).
+fn with_image_user(
+    pod: Option<&k8s_openapi::api::core::v1::PodSecurityContext>,
+    c: &Container,
+    image: Option<&Unpacked>,
+) -> Result<Container> {
+    let mut c = c.clone();
+    let Some(u) = image else { return Ok(c) };
+    let user = oci::image_user(&u.config).map_err(Error::Config)?;
+    let ctx = c.security_context.get_or_insert_with(Default::default);
+    if let Some((uid, gid)) = user
+        && ctx.run_as_user.is_none()
+        && pod.and_then(|p| p.run_as_user).is_none()
+    {
+        ctx.run_as_user = Some(i64::from(uid));
+        if ctx.run_as_group.is_none() && pod.and_then(|p| p.run_as_group).is_none() {
+            ctx.run_as_group = Some(i64::from(gid));
+        }
+    }
+    Ok(c)
+}
+
+/// The program, arguments and root of a container running `image`.
+fn image_argv(
+    image: &Unpacked,
+    c: &Container,
+    env: &[(String, String)],
+    pod_dir: &std::path::Path,
+) -> Result<(PathBuf, Vec<String>, RootFs)> {
+    let expand_all = |v: Option<&Vec<String>>| -> Vec<String> {
+        v.map(|v| v.iter().map(|a| expand(a, env)).collect())
+            .unwrap_or_default()
+    };
+    let bad = |why: String| Error::Config(format!("image {}: {why}", image.digest));
+    let spec = oci::process(
+        &image.config,
+        &expand_all(c.command.as_ref()),
+        &expand_all(c.args.as_ref()),
+    )
+    .map_err(bad)?;
+    let (first, rest) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| bad("no program".into()))?;
+    let in_image = |p: &str| image.rootfs.join(p.trim_start_matches('/')).exists();
+    let program = oci::resolve_program(first, env, in_image)
+        .ok_or_else(|| bad(format!("{first} is not in the image")))?;
+    let root = RootFs {
+        lower: image.rootfs.clone(),
+        dir: pod_dir.join(format!("rootfs-{}", c.name)),
+        workdir: spec.workdir,
+    };
+    Ok((PathBuf::from(program), rest.to_vec(), root))
+}
+
 /// The container waiting reason for an image the runtime does not know.
 pub const UNKNOWN_IMAGE: &str = "UnknownImage";
 
@@ -149,8 +219,19 @@ async fn start(shared: &Arc<NodeShared>, pod: &Pod) -> Result<(Sandbox, Vec<Runn
                 format!("image {image:?} is not known to the switchyard lab runtime"),
             ));
         };
-        match confinement(spec.security_context.as_ref(), c) {
-            Ok(conf) => programs.push((p.clone(), conf)),
+        let image = match p {
+            ImageProgram::Image(layout) => match unpack_image(layout.clone()).await {
+                Ok(u) => Some(u),
+                Err(e) => return Err((None, IMAGE_ERROR.into(), e.to_string())),
+            },
+            _ => None,
+        };
+        let c = match with_image_user(spec.security_context.as_ref(), c, image.as_ref()) {
+            Ok(c) => c,
+            Err(e) => return Err((None, IMAGE_ERROR.into(), e.to_string())),
+        };
+        match confinement(spec.security_context.as_ref(), &c) {
+            Ok(conf) => programs.push((p.clone(), conf, image)),
             Err(why) => {
                 let message = format!("container {}: securityContext: {why}", c.name);
                 return Err((None, UNSUPPORTED_SECURITY_CONTEXT.into(), message));
@@ -177,14 +258,15 @@ async fn start(shared: &Arc<NodeShared>, pod: &Pod) -> Result<(Sandbox, Vec<Runn
         pod.metadata.name.clone().unwrap_or_default()
     };
     let mut containers = Vec::new();
-    for (c, (program, conf)) in spec.containers.iter().zip(programs) {
+    for (c, (program, conf, image)) in spec.containers.iter().zip(programs) {
         let placement = Placement {
             netns: Some(sandbox.netns.clone()),
             hostname: Some(hostname.clone()),
             confinement: Some(conf),
             ..Default::default()
         };
-        match container(shared, &ctx, &sandbox, c, &program, &volumes, placement).await {
+        let run = (&program, image.as_ref());
+        match container(shared, &ctx, &sandbox, c, run, &volumes, placement).await {
             Ok(r) => containers.push(r),
             Err(e) => return Err(fail(Some(sandbox), "CreateContainerError", e)),
         }
@@ -263,14 +345,17 @@ async fn container(
     ctx: &PodContext<'_>,
     sandbox: &Sandbox,
     c: &Container,
-    program: &ImageProgram,
+    (program, image): (&ImageProgram, Option<&Unpacked>),
     volumes: &std::collections::BTreeMap<String, PathBuf>,
     mut placement: Placement,
 ) -> Result<Running> {
-    let env = environment(ctx, c).await?;
+    let image_env = image.map(|u| oci::image_env(&u.config)).unwrap_or_default();
+    let env = environment(ctx, c, &image_env).await?;
     let binds = mounts(c, volumes)?;
-    for (src, dst) in &binds {
-        ensure_mountpoint(shared, src, dst)?;
+    if image.is_none() {
+        for (src, dst) in &binds {
+            ensure_mountpoint(shared, src, dst)?;
+        }
     }
     let ports: Vec<(String, u16)> = c
         .ports
@@ -289,15 +374,22 @@ async fn container(
         .filter(|(p, _)| p == "TCP")
         .map(|(_, n)| *n)
         .collect();
-    let (program, args) = argv(
-        program,
-        &shared.bins.k8s("kube-proxy"),
-        &shared.bins.testserver,
-        c.command.as_deref().unwrap_or(&[]),
-        c.args.as_deref().unwrap_or(&[]),
-        &ports,
-        &env,
-    );
+    let (program, args) = match image {
+        Some(u) => {
+            let (program, args, root) = image_argv(u, c, &env, &sandbox.dir)?;
+            placement.root = Some(root);
+            (program, args)
+        }
+        None => argv(
+            program,
+            &shared.bins.k8s("kube-proxy"),
+            &shared.bins.testserver,
+            c.command.as_deref().unwrap_or(&[]),
+            c.args.as_deref().unwrap_or(&[]),
+            &ports,
+            &env,
+        ),
+    };
     let cgroup = Cgroup::create(sandbox.cgroup.path.join(format!("c-{}", c.name)))?;
     placement.cgroup = Some(cgroup.path);
     placement.mounts = binds;
@@ -371,11 +463,11 @@ pub(super) fn spawn(r: &mut Running) -> Result<()> {
     // A non-root user may not be able to reach the binary's path (the
     // build directory under /root): it executes the file opened here,
     // through its own /proc/self/fd, as a runtime executes an image's file.
-    let non_root = r
-        .placement
-        .confinement
-        .as_ref()
-        .is_some_and(|c| c.non_root());
+    let non_root = r.placement.root.is_none()
+        && r.placement
+            .confinement
+            .as_ref()
+            .is_some_and(|c| c.non_root());
     let binary = if non_root {
         Some(std::fs::File::open(&r.program).map_err(Error::io("opening", &r.program))?)
     } else {

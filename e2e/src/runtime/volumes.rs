@@ -194,11 +194,14 @@ pub fn mounts(
 /// the kubelet sets them), then `envFrom` (ConfigMaps and Secrets, with
 /// their prefix), then `env` entries (value, fieldRef, configMapKeyRef,
 /// secretKeyRef), in order so later ones see and override earlier ones.
+/// An image's own environment (`image_env`) comes first, its `PATH`
+/// replacing the default one.
 pub async fn environment(
     ctx: &PodContext<'_>,
     container: &Container,
+    image_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>> {
-    let mut env = vec![
+    let defaults = [
         (
             "KUBERNETES_SERVICE_HOST".to_string(),
             KUBERNETES_SERVICE_IP.to_string(),
@@ -218,6 +221,12 @@ pub async fn environment(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
         ),
     ];
+    let mut env = image_env.to_vec();
+    for (k, v) in defaults {
+        if !(k == "PATH" && env.iter().any(|(n, _)| n == "PATH")) {
+            set(&mut env, k, v);
+        }
+    }
     for from in container.env_from.as_deref().unwrap_or(&[]) {
         let prefix = from.prefix.clone().unwrap_or_default();
         let data = if let Some(cm) = &from.config_map_ref {

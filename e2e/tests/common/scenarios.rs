@@ -43,7 +43,7 @@ pub async fn setup_with(mode: ProxyMode, installer: Installer) -> (Cluster, Vec<
     let c = Cluster::start(ClusterConfig {
         nodes: 3,
         proxy_mode: mode,
-        images: Some(scenario::images(&bins.project_bin)),
+        images: Some(scenario::images(&bins.project_bin).unwrap()),
         ..Default::default()
     })
     .await
