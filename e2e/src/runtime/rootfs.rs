@@ -229,6 +229,48 @@ pub fn enter(e: &Entering) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::{Placement, place};
+
+    /// Runs every tool the agent execs inside the agent image the lab
+    /// runs (`config/images/build.sh --profile debug`, linked from the
+    /// target directory), when it is built and the test runs as root.
+    #[tokio::test]
+    async fn the_agent_image_runs_the_tools_the_agent_execs() {
+        let layout = crate::binaries::project_bin_dir().join("images/agent/oci");
+        if !nix::unistd::geteuid().is_root() || !layout.exists() {
+            return;
+        }
+        let tmp = std::env::temp_dir().join(format!("sy-rootfs-{}", std::process::id()));
+        let image = super::super::unpack::unpack(&layout, &tmp.join("cache")).expect("unpack");
+        for (tool, arg) in [
+            ("/usr/sbin/iptables-nft-save", "--version"),
+            ("/usr/sbin/iptables-legacy-save", "--version"),
+            ("/usr/sbin/ip6tables-nft-restore", "--version"),
+            ("/usr/sbin/iptables", "--version"),
+            ("/usr/sbin/nft", "--version"),
+            ("/usr/sbin/ipset", "--version"),
+            ("/usr/sbin/ip", "-V"),
+            ("/usr/local/bin/switchyard-agent", "--help"),
+        ] {
+            let placement = Placement {
+                root: Some(RootFs {
+                    lower: image.rootfs.clone(),
+                    dir: tmp.join("c"),
+                    workdir: "/".into(),
+                }),
+                ..Default::default()
+            };
+            let mut cmd = tokio::process::Command::new(tool);
+            cmd.arg(arg).env_clear();
+            place(&mut cmd, &placement).expect("placement");
+            let out = cmd.output().await;
+            assert!(
+                out.as_ref().is_ok_and(|o| o.status.success()),
+                "{tool}: {out:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 
     #[test]
     fn mount_points_are_made_outermost_first_inside_the_root() {
