@@ -371,7 +371,9 @@ async fn assert_pods_confined(c: &Cluster) {
         .find(|l| l.split(' ').nth(4) == Some("/"))
         .unwrap();
     assert!(root.split(' ').nth(5).unwrap().starts_with("ro"), "{root}");
-    eprintln!("  agent and operator confined as config/ says");
+    // The root is the image's (the runtime's overlay of its layers).
+    assert!(root.contains(" - overlay "), "{root}");
+    eprintln!("  agent and operator confined as config/ says, in their images");
 }
 
 /// A pod of `template` (a workload's, as installed) named `name` in `ns`,

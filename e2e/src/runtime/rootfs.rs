@@ -67,9 +67,13 @@ fn inside(merged: &Path, path: &Path) -> PathBuf {
 }
 
 impl RootFs {
-    /// Creates the overlay's directories and prepares the mounts of
-    /// `binds` (host source, container target) inside the root.
+    /// Creates the overlay's directories (empty: a restarted container
+    /// starts from the image again) and prepares the mounts of `binds`
+    /// (host source, container target) inside the root.
     pub fn prepare(&self, binds: &[(PathBuf, PathBuf)]) -> Result<Entering> {
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(Error::io("removing", &self.dir))?;
+        }
         let (upper, work, merged) = (
             self.dir.join("upper"),
             self.dir.join("work"),
