@@ -86,3 +86,8 @@ for want in "$@"; do
   fi
   add "$want"
 done
+
+# The merged-/usr links nothing in the image goes through.
+for top in bin sbin lib lib64; do
+  if [[ -L "$root/$top" && ! -e "$root/$top" ]]; then rm "$root/$top"; fi
+done
