@@ -64,8 +64,11 @@ crane=$(go_install_cached crane "$SWITCHYARD_CACHE/crane/$CRANE_VERSION" \
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-images.XXXXXX")
 registry_pid=
+# The cache directory being built, removed if the build fails.
+building=
 cleanup() {
   [[ -n "$registry_pid" ]] && kill "$registry_pid" 2>/dev/null || true
+  [[ -n "$building" ]] && rm -rf "$building"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -125,6 +128,7 @@ build() {
   if [[ ! -f "$dir/complete" ]]; then
     start_registry
     local tmp="$dir.tmp.$$"
+    building=$tmp
     rm -rf "$tmp" && mkdir -p "$tmp"
     local mutate=(--entrypoint "$entrypoint" --user "$user" --env "PATH=$IMAGE_PATH"
       --workdir / --set-platform linux/amd64)
@@ -138,6 +142,7 @@ build() {
     tar --list --verbose --file "$work/$name.tar" >"$tmp/files.txt"
     touch "$tmp/complete"
     rm -rf "$dir" && mv "$tmp" "$dir"
+    building=
     echo "build.sh: $name $(cat "$dir/digest") built in $dir" >&2
   fi
   mkdir -p "$target/$profile/images"
