@@ -292,9 +292,11 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
     let started = Instant::now();
     let name = plan.name_any();
     let snapshot = gather(&plan, &ctx).await?;
+    // The planner decides on every node's progress; the status records
+    // most of it per wave (see `MigrationPlanStatus::compacted`).
     let current = plan.status.clone().unwrap_or_default();
-    let decision = decide(&plan, &current, &snapshot)?;
-    record(&ctx.client, &name, &current, &decision.status).await?;
+    let decision = decide(&plan, &current.expanded(), &snapshot)?;
+    record(&ctx.client, &name, &current, &decision.status.compacted()).await?;
     act(&plan, &ctx, &decision.actions).await?;
     if decision.release {
         finalizer::remove(&ctx.client, &plan).await?;
@@ -439,8 +441,8 @@ async fn record(
     if decided == current {
         return Ok(());
     }
-    // Serialized straight from the typed status: with a thousand nodes
-    // it is most of a MiB, too big to build a `serde_json::Value` for.
+    // Serialized straight from the typed status, without building a
+    // `serde_json::Value` of it.
     let body = StatusBody {
         api_version: API_VERSION,
         kind: "MigrationPlan",

@@ -326,7 +326,7 @@ fn other_plans(me: &MigrationPlan, plans: &[&MigrationPlan]) -> Vec<OtherPlan> {
             phase: p.status.as_ref().map_or(Phase::Pending, |s| s.phase),
             older: key(p) < key(me),
             holds_nodes: p.status.as_ref().is_some_and(|s| {
-                s.nodes.iter().any(|n| {
+                s.expanded().nodes.iter().any(|n| {
                     !matches!(
                         n.step,
                         NodeStep::Pending | NodeStep::RolledBack | NodeStep::Gone
