@@ -36,7 +36,7 @@ async fn a_plan_selecting_one_node_of_three_leaves_the_others_served_by_kube_pro
         .unwrap();
     let selector = json!({"nodeSelector": {"matchLabels": {POOL: "ebpf"}}});
     let p = run_plan(&c, plan("first-pool", selector), Duration::from_secs(300)).await;
-    let s = p.status.unwrap();
+    let s = p.status.unwrap().expanded();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
     assert_eq!(s.nodes.len(), 1, "only node1 is in the plan");
     let message = s.message.clone().unwrap_or_default();
@@ -80,7 +80,7 @@ async fn deleting_a_plan_mid_migration_rolls_its_nodes_back_before_it_goes() {
     scenario::apply_plan(&c, body).await.unwrap();
     // One node done, the next on its way: deleted (a GitOps prune).
     let midway = |p: &MigrationPlan| {
-        p.status.as_ref().is_some_and(|s| {
+        p.status.as_ref().map(|s| s.expanded()).is_some_and(|s| {
             s.nodes.iter().any(|n| n.step == NodeStep::Done)
                 && s.nodes.iter().any(|n| n.step.in_flight())
         })

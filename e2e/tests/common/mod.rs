@@ -105,7 +105,7 @@ pub async fn follow_plan_keeping_kube_proxy(
         let nodes = p
             .status
             .as_ref()
-            .map(|s| s.nodes.clone())
+            .map(|s| s.expanded().nodes)
             .unwrap_or_default();
         let migrated = nodes.iter().any(|n| n.step == NodeStep::Done);
         for n in nodes
