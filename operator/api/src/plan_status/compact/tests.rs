@@ -195,9 +195,11 @@ fn status_size_at_scale() {
                      {after} bytes recorded ({:.1} bytes a node)",
                     after as f64 / n as f64
                 );
+                // Mid-wave, half of etcd's request limit: the wave's nodes
+                // in flight keep their entries in full.
                 let bound = match current {
                     None => 256 * 1024,
-                    Some(_) => 512 * 1024,
+                    Some(_) => 768 * 1024,
                 };
                 assert!(after < bound, "{after} bytes");
             }
