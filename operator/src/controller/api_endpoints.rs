@@ -44,6 +44,20 @@ pub fn config_map(namespace: &str, endpoints: &[String]) -> Option<ConfigMap> {
     })
 }
 
+/// The endpoints to publish: the plan's `spec.apiServer` first when set
+/// (a load balancer or other address the user prefers), then the observed
+/// ones, without repeats.
+pub fn with_hint(hint: Option<&str>, observed: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = hint.map(str::to_string).into_iter().collect();
+    out.extend(
+        observed
+            .iter()
+            .filter(|e| Some(e.as_str()) != hint)
+            .cloned(),
+    );
+    out
+}
+
 /// Writes the ConfigMap (server-side apply) when the endpoints differ from
 /// those this process last wrote.
 #[derive(Debug)]
@@ -114,6 +128,20 @@ mod tests {
         assert_eq!(cm.metadata.namespace.as_deref(), Some("switchyard-system"));
         let data = cm.data.expect("data");
         assert_eq!(data[KEY], "10.0.0.1:6443\n10.0.0.2:6443\n");
+    }
+
+    #[test]
+    fn the_plans_api_server_is_published_first() {
+        let observed = vec!["10.0.0.1:6443".to_string(), "10.0.0.2:6443".to_string()];
+        assert_eq!(with_hint(None, &observed), observed);
+        assert_eq!(
+            with_hint(Some("10.0.0.2:6443"), &observed),
+            vec!["10.0.0.2:6443".to_string(), "10.0.0.1:6443".to_string()]
+        );
+        assert_eq!(
+            with_hint(Some("lb.example:6443"), &[]),
+            vec!["lb.example:6443".to_string()]
+        );
     }
 
     #[test]

@@ -298,12 +298,12 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
     let snapshot = gather(&plan, &ctx).await?;
     // Before any step that could take kube-proxy away: the agents need the
     // list to reconnect without the ClusterIP.
+    let endpoints = api_endpoints::with_hint(
+        plan.spec.api_server.as_deref(),
+        &snapshot.api_server_endpoints,
+    );
     ctx.api_endpoints
-        .publish(
-            &ctx.client,
-            &ctx.settings.namespace,
-            &snapshot.api_server_endpoints,
-        )
+        .publish(&ctx.client, &ctx.settings.namespace, &endpoints)
         .await?;
     let current = plan.status.clone().unwrap_or_default();
     let decision = decide(&plan, &current, &snapshot)?;
