@@ -127,7 +127,9 @@ pub async fn connect(
             failed.push(addr.to_string());
             next = next_after(&list, addr, &failed);
         }
-        tokio::time::sleep(Duration::from_secs(2u64 << round.min(4))).await;
+        if round + 1 < rounds {
+            tokio::time::sleep(Duration::from_secs(2u64 << round.min(4))).await;
+        }
     }
     Err(last)
 }
