@@ -3,6 +3,7 @@
 //! planner, records the status (status subresource, server-side apply), then
 //! applies the actions.
 
+pub mod api_endpoints;
 pub mod apply;
 pub mod external;
 pub mod finalizer;
@@ -61,6 +62,8 @@ pub struct Context {
     plans: Store<MigrationPlan>,
     /// Every Service, slimmed to its external frontends' fields.
     services: Store<Service>,
+    /// The API server endpoints ConfigMap the agents mount.
+    api_endpoints: api_endpoints::Publisher,
 }
 
 impl std::fmt::Debug for Context {
@@ -137,6 +140,7 @@ pub async fn run(
         leases,
         plans,
         services,
+        api_endpoints: api_endpoints::Publisher::new(),
     });
     spawn_readiness(nodes, datapaths, metrics);
 
@@ -292,6 +296,15 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
     let started = Instant::now();
     let name = plan.name_any();
     let snapshot = gather(&plan, &ctx).await?;
+    // Before any step that could take kube-proxy away: the agents need the
+    // list to reconnect without the ClusterIP.
+    let endpoints = api_endpoints::with_hint(
+        plan.spec.api_server.as_deref(),
+        &snapshot.api_server_endpoints,
+    );
+    ctx.api_endpoints
+        .publish(&ctx.client, &ctx.settings.namespace, &endpoints)
+        .await?;
     let current = plan.status.clone().unwrap_or_default();
     let decision = decide(&plan, &current, &snapshot)?;
     record(&ctx.client, &name, &current, &decision.status).await?;
