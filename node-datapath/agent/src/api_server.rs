@@ -8,14 +8,23 @@
 //! API), then the in-cluster environment (the ClusterIP: works while
 //! kube-proxy still serves it, i.e. on a brand-new install before the
 //! operator has written the list). Each is tried in turn; TLS and the token
-//! are the ServiceAccount's, as in-cluster.
+//! are the ServiceAccount's, as in-cluster. Once connected, the client
+//! follows the endpoints ([`failover`]).
+
+mod failover;
 
 use std::path::Path;
 use std::time::Duration;
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::ListParams;
+use switchyard_lb::SliceView;
 use tracing::{info, warn};
 
 use crate::error::Error;
+
+pub use failover::{Failover, Learned};
 
 /// Where the DaemonSet mounts the ConfigMap `switchyard-api-endpoints`.
 pub const ENDPOINTS_FILE: &str = "/etc/switchyard/api-endpoints/endpoints";
@@ -73,18 +82,55 @@ pub fn in_cluster(host: Option<String>, port: Option<String>) -> Option<String> 
     })
 }
 
+/// The in-cluster address from the environment the kubelet sets.
+fn in_cluster_env() -> Option<String> {
+    in_cluster(
+        std::env::var("KUBERNETES_SERVICE_HOST").ok(),
+        std::env::var("KUBERNETES_SERVICE_PORT").ok(),
+    )
+}
+
+/// The API server endpoints in the `default/kubernetes` EndpointSlice:
+/// `ip:port` of each ready endpoint, the port named `https` (else the
+/// first), sorted.
+pub fn slice_endpoints(slice: &SliceView) -> Vec<String> {
+    let port = slice
+        .ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("https"))
+        .or_else(|| slice.ports.first())
+        .and_then(|p| p.port);
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = slice
+        .endpoints
+        .iter()
+        .filter(|e| e.ready)
+        .map(|e| format!("{}:{port}", e.ip))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn read_mounted(file: &Path) -> Vec<String> {
     std::fs::read_to_string(file)
         .map(|t| parse(&t))
         .unwrap_or_default()
 }
 
-async fn try_endpoint(base: &kube::Config, addr: &str) -> Result<kube::Client, Error> {
+/// A client of the endpoint `addr` alone.
+fn client_for(base: &kube::Config, addr: &str) -> Result<kube::Client, Error> {
     let mut config = base.clone();
     config.cluster_url = format!("https://{addr}")
         .parse()
         .map_err(|e| Error::Config(format!("API server address {addr}: {e}")))?;
-    let client = kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))
+}
+
+async fn try_endpoint(base: &kube::Config, addr: &str) -> Result<kube::Client, Error> {
+    let client = client_for(base, addr)?;
     client
         .apiserver_version()
         .await
@@ -92,19 +138,66 @@ async fn try_endpoint(base: &kube::Config, addr: &str) -> Result<kube::Client, E
     Ok(client)
 }
 
-/// A client on the first candidate that answers. The mounted file is read
-/// again each round (the kubelet refreshes it once the operator writes
-/// it); after `rounds` rounds without an answer, the last failure.
+/// The agent's client: on the first candidate that answers, then moving
+/// between the endpoints as they fail ([`Failover`]), except with an
+/// explicit address, which is the only one used.
 pub async fn connect(
     base: &kube::Config,
     explicit: Option<&str>,
     file: &Path,
+    learned: Learned,
     rounds: u32,
 ) -> Result<kube::Client, Error> {
-    let in_cluster = in_cluster(
-        std::env::var("KUBERNETES_SERVICE_HOST").ok(),
-        std::env::var("KUBERNETES_SERVICE_PORT").ok(),
-    );
+    let explicit = explicit.map(str::trim).filter(|a| !a.is_empty());
+    let (mut addr, mut client) = first_answering(base, explicit, file, rounds).await?;
+    if explicit.is_some() {
+        return Ok(client);
+    }
+    if Some(&addr) == in_cluster_env().as_ref()
+        && let Some((direct, direct_client)) = direct_from(&client, base).await
+    {
+        (addr, client) = (direct, direct_client);
+    }
+    let failover = Failover::new(base.clone(), file.to_path_buf(), learned, addr, client);
+    Ok(kube::Client::new(failover, base.default_namespace.clone()))
+}
+
+/// Connected through the in-cluster address (the ClusterIP): a direct
+/// endpoint that answers, asked of the API now, before the agent's watches
+/// open their long-lived connections through the ClusterIP.
+async fn direct_from(client: &kube::Client, base: &kube::Config) -> Option<(String, kube::Client)> {
+    let lp = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .list(&lp)
+        .await
+        .inspect_err(|e| warn!(error = %e, "cannot read the API server's endpoints"))
+        .ok()?;
+    for addr in slices
+        .items
+        .iter()
+        .flat_map(|s| slice_endpoints(&SliceView::from(s)))
+    {
+        match try_endpoint(base, &addr).await {
+            Ok(direct) => {
+                info!(api_server = %addr, "connected to the API server directly");
+                return Some((addr, direct));
+            }
+            Err(e) => warn!(api_server = %addr, error = %e, "API server endpoint failed"),
+        }
+    }
+    None
+}
+
+/// The first candidate that answers, and its client. The mounted file is
+/// read again each round (the kubelet refreshes it once the operator
+/// writes it); after `rounds` rounds without an answer, the last failure.
+async fn first_answering(
+    base: &kube::Config,
+    explicit: Option<&str>,
+    file: &Path,
+    rounds: u32,
+) -> Result<(String, kube::Client), Error> {
+    let in_cluster = in_cluster_env();
     let mut last = Error::ApiUnreachable("no API server address known".into());
     for round in 0..rounds.max(1) {
         let list = candidates(explicit, &read_mounted(file), in_cluster.clone());
@@ -117,7 +210,7 @@ pub async fn connect(
             match try_endpoint(base, addr).await {
                 Ok(client) => {
                     info!(api_server = addr, "connected to the API server");
-                    return Ok(client);
+                    return Ok((addr.to_string(), client));
                 }
                 Err(e) => {
                     warn!(api_server = addr, error = %e, "API server endpoint failed; trying the next");
@@ -199,5 +292,44 @@ mod tests {
             Some("[fd00::1]:443")
         );
         assert_eq!(in_cluster(None, Some("443".into())), None);
+    }
+
+    #[test]
+    fn the_kubernetes_slice_gives_its_ready_endpoints_on_the_https_port() {
+        use k8s_openapi::api::discovery::v1::{
+            Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+        };
+        let endpoint = |ip: &str, ready: bool| Endpoint {
+            addresses: vec![ip.into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                ..EndpointConditions::default()
+            }),
+            ..Endpoint::default()
+        };
+        let port = |name: &str, port: i32| EndpointPort {
+            name: Some(name.into()),
+            port: Some(port),
+            ..EndpointPort::default()
+        };
+        let slice = EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: vec![
+                endpoint("10.0.0.2", true),
+                endpoint("10.0.0.9", false),
+                endpoint("10.0.0.1", true),
+            ],
+            ports: Some(vec![port("metrics", 9000), port("https", 6443)]),
+            ..EndpointSlice::default()
+        };
+        assert_eq!(
+            slice_endpoints(&SliceView::from(&slice)),
+            s(&["10.0.0.1:6443", "10.0.0.2:6443"])
+        );
+        let no_ports = EndpointSlice {
+            ports: None,
+            ..slice
+        };
+        assert!(slice_endpoints(&SliceView::from(&no_ports)).is_empty());
     }
 }

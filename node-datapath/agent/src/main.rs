@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use switchyard_agent::agent::{self, AgentConfig};
+use switchyard_agent::api_server::Learned;
 use switchyard_agent::error::Error;
 use switchyard_agent::flows::reader::FlowHub;
 use switchyard_agent::observer::FlowObserver;
@@ -68,7 +69,11 @@ async fn main() -> std::process::ExitCode {
     switchyard_daemon::exit_code("switchyard-agent", run(Args::parse()).await)
 }
 
-async fn client(api_server: Option<&str>, endpoints_file: &Path) -> Result<kube::Client, Error> {
+async fn client(
+    api_server: Option<&str>,
+    endpoints_file: &Path,
+    learned: Learned,
+) -> Result<kube::Client, Error> {
     let mut config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -76,11 +81,17 @@ async fn client(api_server: Option<&str>, endpoints_file: &Path) -> Result<kube:
     config.read_timeout = Some(Duration::from_secs(60));
     config.write_timeout = Some(Duration::from_secs(30));
     config.connect_timeout = Some(Duration::from_secs(5));
-    switchyard_agent::api_server::connect(&config, api_server, endpoints_file, 6).await
+    switchyard_agent::api_server::connect(&config, api_server, endpoints_file, learned, 6).await
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    let client = client(args.api_server.as_deref(), &args.api_endpoints_file).await?;
+    let learned = Learned::default();
+    let client = client(
+        args.api_server.as_deref(),
+        &args.api_endpoints_file,
+        learned.clone(),
+    )
+    .await?;
     let flows = Arc::new(FlowHub::new(args.flows_max, args.flow_events));
     flows.pods(|p| p.set_root(args.cgroup_root.clone()));
     let pods = tokio::spawn(switchyard_agent::flows::pods::watch(
@@ -109,6 +120,7 @@ async fn run(args: Args) -> Result<(), Error> {
         debounce: Duration::from_millis(50),
         ingress_interfaces: args.ingress_interfaces,
         flows: Some(flows),
+        api_endpoints: Some(learned),
     };
     let result = agent::run(client, cfg, shared, stop_rx).await;
     server.abort();

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::{Api, Client};
-use switchyard_api::FIELD_MANAGER;
+use kube::{Api, Client, ResourceExt};
+use switchyard_api::{FIELD_MANAGER, MigrationPlan};
 use tracing::info;
 
 use crate::error::Result;
@@ -42,6 +43,44 @@ pub fn config_map(namespace: &str, endpoints: &[String]) -> Option<ConfigMap> {
         data: Some(BTreeMap::from([(KEY.to_string(), text)])),
         ..ConfigMap::default()
     })
+}
+
+/// The API server's endpoints in the `default/kubernetes` EndpointSlices:
+/// `ip:port` of each endpoint not known unready, the port named `https`
+/// (else the first), sorted.
+pub fn observed(slices: &[&EndpointSlice]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in slices {
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("https"))
+            .or_else(|| s.ports.iter().flatten().next())
+            .and_then(|p| p.port);
+        let Some(port) = port else { continue };
+        for e in &s.endpoints {
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            out.extend(e.addresses.iter().map(|a| format!("{a}:{port}")));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The `spec.apiServer` the agents are given first: that of the first plan
+/// by name that sets one and is not being deleted.
+pub fn hint(plans: &[&MigrationPlan]) -> Option<String> {
+    let mut named: Vec<(String, &str)> = plans
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.name_any(), p.spec.api_server.as_deref()?)))
+        .collect();
+    named.sort();
+    named.first().map(|(_, addr)| addr.to_string())
 }
 
 /// The endpoints to publish: the plan's `spec.apiServer` first when set
@@ -142,6 +181,31 @@ mod tests {
             with_hint(Some("lb.example:6443"), &[]),
             vec!["lb.example:6443".to_string()]
         );
+    }
+
+    #[test]
+    fn the_first_plan_by_name_that_sets_an_api_server_gives_the_hint() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        use switchyard_api::MigrationPlanSpec;
+        let plan = |name: &str, addr: Option<&str>, deleting: bool| {
+            let mut p = MigrationPlan::new(
+                name,
+                MigrationPlanSpec {
+                    api_server: addr.map(str::to_string),
+                    ..MigrationPlanSpec::default()
+                },
+            );
+            p.metadata.deletion_timestamp = deleting.then(|| Time(Timestamp::UNIX_EPOCH));
+            p
+        };
+        let (a, b, c) = (
+            plan("a", Some("10.0.0.9:6443"), true),
+            plan("b", None, false),
+            plan("c", Some("lb.example:6443"), false),
+        );
+        assert_eq!(hint(&[&c, &b, &a]).as_deref(), Some("lb.example:6443"));
+        assert_eq!(hint(&[&b, &a]), None);
     }
 
     #[test]
