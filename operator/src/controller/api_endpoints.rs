@@ -196,7 +196,7 @@ mod tests {
                     ..MigrationPlanSpec::default()
                 },
             );
-            p.metadata.deletion_timestamp = deleting.then(|| Time(Timestamp::UNIX_EPOCH));
+            p.metadata.deletion_timestamp = deleting.then_some(Time(Timestamp::UNIX_EPOCH));
             p
         };
         let (a, b, c) = (
