@@ -334,6 +334,15 @@ impl Cluster {
         crate::forward::start_in(&netns, alias, &netns, api).await
     }
 
+    /// Forwards a free `127.0.0.1` port here to `127.0.0.1:port` inside
+    /// `node`'s network namespace (a node-local server, such as an agent's
+    /// Observer API); stops when dropped.
+    pub async fn forward_to_node_loopback(&self, node: &str, port: u16) -> Result<Forwarder> {
+        let here = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let there = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        crate::forward::start(here, &self.node_netns(node)?, there).await
+    }
+
     fn node_netns(&self, node: &str) -> Result<PathBuf> {
         let n = self
             .plan

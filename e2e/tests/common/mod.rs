@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod drift;
+pub mod hubble;
 pub mod joining;
 pub mod observe;
 mod plugin;
