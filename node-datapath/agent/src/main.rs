@@ -61,12 +61,16 @@ struct Args {
     /// plaintext, so loopback unless trusted clients need it from afar.
     #[arg(long, default_value = switchyard_agent::observer::DEFAULT_ADDR)]
     observer_addr: SocketAddr,
+    /// Log format: `text`, or `json` (one object a line) for log pipelines.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
+    log_format: switchyard_daemon::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    switchyard_daemon::init_logging();
-    switchyard_daemon::exit_code("switchyard-agent", run(Args::parse()).await)
+    let args = Args::parse();
+    switchyard_daemon::init_logging(args.log_format);
+    switchyard_daemon::exit_code("switchyard-agent", run(args).await)
 }
 
 async fn client(
