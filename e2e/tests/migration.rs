@@ -239,6 +239,9 @@ async fn nftables_migration_then_a_joining_node_its_replacement_and_kube_proxy_r
     let _serial = SERIAL.lock().await;
     let (mut c, targets) =
         migrate_with_zero_failures(ProxyMode::Nftables, Installer::Kustomize).await;
+    common::reconnect::an_agent_restarted_after_kube_proxy_is_gone_reconnects(&c).await;
+    // The joining node's agent starts after kube-proxy is gone: it finds the
+    // API server from the same mounted endpoints.
     let joined =
         common::joining::a_node_joins_and_serves_from_its_first_pod(&mut c, "to-ebpf", &targets)
             .await;

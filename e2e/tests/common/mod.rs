@@ -5,9 +5,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod drift;
+pub mod hubble;
 pub mod joining;
 pub mod observe;
 mod plugin;
+pub mod reconnect;
 mod scenarios;
 pub use plugin::{assert_plugin_reports_success, kubectl_switchyard, kubectl_switchyard_command};
 pub use scenarios::{Installer, assert_no_failures, plan, progress, run_plan, setup, setup_with};
