@@ -112,6 +112,12 @@ pub fn build_helm() -> Result<PathBuf> {
     run_build_script("build-helm.sh")
 }
 
+/// Runs `e2e/hack/build-hubble.sh` (the Hubble CLI and relay from Cilium's
+/// Go module, cached) and returns the directory holding both.
+pub fn build_hubble() -> Result<PathBuf> {
+    run_build_script("build-hubble.sh")
+}
+
 /// Runs one of `e2e/hack`'s build scripts, streaming its progress to
 /// stderr, and returns the path it prints.
 fn run_build_script(name: &str) -> Result<PathBuf> {

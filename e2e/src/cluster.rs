@@ -30,7 +30,7 @@ use crate::runtime::images::ImageTable;
 use crate::startup;
 use crate::sys::{self, Cgroup, Placement};
 use crate::teardown::{lab_cgroup_root, teardown_by_name};
-use crate::topology::{MAX_NODES, NodePlan, Plan};
+use crate::topology::{self, MAX_NODES, NodePlan, Plan};
 
 /// Default directory holding every cluster's state.
 pub const STATE_ROOT: &str = "/dev/shm/switchyard-lab";
@@ -322,6 +322,25 @@ impl Cluster {
                     "pod {namespace}/{name} is not running on a lab node"
                 ))
             })
+    }
+
+    /// A second address of the API server, `CONTROL_PLANE_IP:port`, served
+    /// by a forwarder in the control plane's namespace: one of several API
+    /// server endpoints, which dies with its connections when dropped.
+    pub async fn api_server_alias(&self, port: u16) -> Result<Forwarder> {
+        let netns = sys::netns_path(&self.plan.cp_netns);
+        let api = SocketAddr::from((topology::CONTROL_PLANE_IP, topology::API_PORT));
+        let alias = SocketAddr::from((topology::CONTROL_PLANE_IP, port));
+        crate::forward::start_in(&netns, alias, &netns, api).await
+    }
+
+    /// Forwards a free `127.0.0.1` port here to `127.0.0.1:port` inside
+    /// `node`'s network namespace (a node-local server, such as an agent's
+    /// Observer API); stops when dropped.
+    pub async fn forward_to_node_loopback(&self, node: &str, port: u16) -> Result<Forwarder> {
+        let here = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let there = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        crate::forward::start(here, &self.node_netns(node)?, there).await
     }
 
     fn node_netns(&self, node: &str) -> Result<PathBuf> {

@@ -18,7 +18,6 @@ use switchyard_api::{MigrationPlan, NodeDatapath, Phase};
 use crate::cluster::{Cluster, wait_for};
 use crate::error::{Error, Result};
 use crate::runtime::images::{ImageProgram, ImageTable};
-use crate::topology::{API_PORT, CONTROL_PLANE_IP};
 
 pub use crate::load::{Load, Target, Totals, start_load};
 
@@ -108,17 +107,16 @@ pub async fn kubectl(c: &Cluster, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs switchyard with `kubectl apply -k` of an overlay of `config/`
-/// that only sets the agents' direct API server address (the lab runtime
-/// maps the agent's `/sys/fs/cgroup` and `/sys/fs/bpf` hostPaths to the
-/// node's own cgroup and pin directory), then waits until the operator runs
-/// and every node's agent reports.
+/// Installs switchyard with `kubectl apply -k config/`, unedited (the
+/// agents find the API server by themselves; the lab runtime maps the
+/// agent's `/sys/fs/cgroup` and `/sys/fs/bpf` hostPaths to the node's own
+/// cgroup and pin directory), then waits until the operator runs and every
+/// node's agent reports.
 pub async fn install(c: &Cluster) -> Result<()> {
-    let dir = write_overlay(c)?;
-    let dir_s = dir.to_string_lossy().into_owned();
     // RBAC first, applied before the agents start (see
     // `audit::authorizer`); the whole of `config/` then, as a user does.
     let config = config_dir();
+    let dir_s = config.to_string_lossy().into_owned();
     let (namespaces, rbac) = (config.join("namespace.yaml"), config.join("rbac"));
     let ns = namespaces.to_string_lossy();
     kubectl(c, &["apply", "--server-side", "-f", &ns]).await?;
@@ -135,8 +133,7 @@ pub async fn install(c: &Cluster) -> Result<()> {
 }
 
 /// Installs switchyard as a user of the chart does: `helm install` of
-/// `config/helm/switchyard`, setting only the agents' direct API server
-/// address (the address [`install`]'s overlay sets; the chart's default
+/// `config/helm/switchyard` with its default values (the chart's default
 /// images are the ones the lab maps to the project's binaries), then waits
 /// as [`install`] does. The release lives in `default`: the chart creates
 /// switchyard's own namespaces, and Helm records a release before it
@@ -152,8 +149,6 @@ pub async fn install_with_helm(c: &Cluster) -> Result<()> {
         .arg("--kubeconfig")
         .arg(c.kubeconfig())
         .arg("--namespace=default")
-        .arg(format!("--set=agent.apiServer.host={CONTROL_PLANE_IP}"))
-        .arg(format!("--set=agent.apiServer.port={API_PORT}"))
         .output()
         .await
         .map_err(Error::io("running", &helm))?;
@@ -167,35 +162,6 @@ pub async fn install_with_helm(c: &Cluster) -> Result<()> {
     wait_crds_established(c).await?;
     wait_agents_report(c).await?;
     wait_operator_available(c).await
-}
-
-/// Writes the overlay of `config/` (the agents' API server address) into the
-/// cluster's state directory; returns that directory.
-fn write_overlay(c: &Cluster) -> Result<PathBuf> {
-    let dir = c.state_dir().join("switchyard-overlay");
-    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-    let config = config_dir()
-        .canonicalize()
-        .map_err(Error::io("resolving", &config_dir()))?;
-    let overlay = format!(
-        r#"apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - {base}
-patches:
-  - target: {{ kind: ConfigMap, name: switchyard-agent }}
-    patch: |-
-      - op: replace
-        path: /data
-        value: {{ KUBERNETES_SERVICE_HOST: "{ip}", KUBERNETES_SERVICE_PORT: "{port}" }}
-"#,
-        base = relative(&dir, &config).display(),
-        ip = CONTROL_PLANE_IP,
-        port = API_PORT,
-    );
-    let file = dir.join("kustomization.yaml");
-    std::fs::write(&file, overlay).map_err(Error::io("writing", &file))?;
-    Ok(dir)
 }
 
 async fn wait_crds_established(c: &Cluster) -> Result<()> {

@@ -21,9 +21,12 @@ use common::{assert_no_failures, kube_proxy_pods, plan, progress, run_plan, setu
 
 /// The label the plan selects node1 by.
 const POOL: &str = "switchyard.dev/test-pool";
+/// The port of the API server's second address.
+const ALIAS_PORT: u16 = 16443;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_plan_selecting_one_node_of_three_leaves_the_others_served_by_kube_proxy() {
+async fn a_plan_selecting_one_node_of_three_leaves_the_others_served_by_kube_proxy_and_an_agent_outlives_its_api_endpoint()
+ {
     if skip_unless_root() {
         return;
     }
@@ -34,9 +37,15 @@ async fn a_plan_selecting_one_node_of_three_leaves_the_others_served_by_kube_pro
         .patch("node1", &PatchParams::default(), &Patch::Merge(&label))
         .await
         .unwrap();
-    let selector = json!({"nodeSelector": {"matchLabels": {POOL: "ebpf"}}});
-    let p = run_plan(&c, plan("first-pool", selector), Duration::from_secs(300)).await;
-    let s = p.status.unwrap();
+    // The plan names a second API server address, which the agents are
+    // given first; it dies once the plan is done (below).
+    let alias = c.api_server_alias(ALIAS_PORT).await.unwrap();
+    let spec = json!({
+        "nodeSelector": {"matchLabels": {POOL: "ebpf"}},
+        "apiServer": alias.local.to_string(),
+    });
+    let p = run_plan(&c, plan("first-pool", spec), Duration::from_secs(300)).await;
+    let s = p.status.unwrap().expanded();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
     assert_eq!(s.nodes.len(), 1, "only node1 is in the plan");
     let message = s.message.clone().unwrap_or_default();
@@ -60,6 +69,8 @@ async fn a_plan_selecting_one_node_of_three_leaves_the_others_served_by_kube_pro
     let none = left.values().all(Vec::is_empty);
     assert!(none, "kube-proxy's rules on node1: {left:?}");
 
+    common::reconnect::an_agent_whose_endpoint_dies_moves_to_the_next(&c, alias, "node3").await;
+
     // Traffic from every node keeps flowing well after the plan ended
     // (25 requests/s: 750 more each is 30 s).
     load.wait_for_more(750).await.unwrap();
@@ -80,7 +91,7 @@ async fn deleting_a_plan_mid_migration_rolls_its_nodes_back_before_it_goes() {
     scenario::apply_plan(&c, body).await.unwrap();
     // One node done, the next on its way: deleted (a GitOps prune).
     let midway = |p: &MigrationPlan| {
-        p.status.as_ref().is_some_and(|s| {
+        p.status.as_ref().map(|s| s.expanded()).is_some_and(|s| {
             s.nodes.iter().any(|n| n.step == NodeStep::Done)
                 && s.nodes.iter().any(|n| n.step.in_flight())
         })

@@ -92,7 +92,7 @@ async fn migrate_with_zero_failures(
     eprintln!("  kube-proxy pods of unreached nodes unchanged: {seen:?}");
     assert!(seen.beside_a_migrated_node > 0, "{seen:?}");
     let secs = started.elapsed().as_secs_f64();
-    let s = p.status.clone().unwrap();
+    let s = p.status.clone().unwrap().expanded();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
     assert!(switchyard_api::conditions::is_true(&s.conditions, "Ready"));
     eprintln!(
@@ -187,6 +187,7 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
     assert!(
         p.status
             .unwrap()
+            .expanded()
             .nodes
             .iter()
             .all(|n| n.step == NodeStep::RolledBack)
@@ -238,6 +239,9 @@ async fn nftables_migration_then_a_joining_node_its_replacement_and_kube_proxy_r
     let _serial = SERIAL.lock().await;
     let (mut c, targets) =
         migrate_with_zero_failures(ProxyMode::Nftables, Installer::Kustomize).await;
+    common::reconnect::an_agent_restarted_after_kube_proxy_is_gone_reconnects(&c).await;
+    // The joining node's agent starts after kube-proxy is gone: it finds the
+    // API server from the same mounted endpoints.
     let joined =
         common::joining::a_node_joins_and_serves_from_its_first_pod(&mut c, "to-ebpf", &targets)
             .await;
@@ -266,7 +270,7 @@ async fn a_failing_probe_stops_the_plan_rolls_the_node_back_and_a_retry_finishes
             {"name": "local-web", "service": {"namespace": "default", "name": "local-only"}, "port": 80, "protocol": "TCP"}]}}),
     );
     let p = run_plan(&c, body, Duration::from_secs(240)).await;
-    let s = p.status.unwrap();
+    let s = p.status.unwrap().expanded();
     assert_eq!(s.phase, Phase::Failed);
     let stalled = switchyard_api::conditions::get(&s.conditions, "Stalled").unwrap();
     assert_eq!(stalled.status, "True");
@@ -368,7 +372,7 @@ async fn retry_finishes_the_plan(c: &Cluster, name: &str) {
     let p = scenario::follow_plan(c, name, Duration::from_secs(240), progress, retried)
         .await
         .unwrap();
-    let s = p.status.unwrap();
+    let s = p.status.unwrap().expanded();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
     assert!(s.nodes.iter().all(|n| n.step == NodeStep::Done));
 }
@@ -552,7 +556,7 @@ async fn killing_the_operator_at_every_step_and_the_agents_mid_migration_fails_n
             status.message
         );
         let mut boundary = false;
-        for n in &status.nodes {
+        for n in &status.expanded().nodes {
             if seen.insert(n.name.clone(), n.step) != Some(n.step) {
                 boundary = true;
                 if n.step == NodeStep::RemoveKubeProxy && agents_killed.insert(n.name.clone()) {

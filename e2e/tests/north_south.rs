@@ -327,6 +327,7 @@ fn assert_no_take_outs(c: &Cluster, scenario: &str) {
 fn progress(p: &MigrationPlan) {
     if let Some(s) = &p.status {
         let nodes: Vec<String> = s
+            .expanded()
             .nodes
             .iter()
             .map(|n| format!("{}={:?}", n.name, n.step))
@@ -445,7 +446,7 @@ async fn migrate_under_external_load(mode: ProxyMode, label: &str) -> (Cluster, 
     )
     .await
     .unwrap();
-    let s = p.status.unwrap();
+    let s = p.status.unwrap().expanded();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
     eprintln!(
         "  [{label}] migrated {} nodes in {:.1}s",
@@ -498,6 +499,7 @@ async fn iptables_migration_serves_external_traffic_without_a_failure_then_rolls
     assert!(
         p.status
             .unwrap()
+            .expanded()
             .nodes
             .iter()
             .all(|n| n.step == NodeStep::RolledBack)

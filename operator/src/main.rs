@@ -33,12 +33,16 @@ struct Args {
     /// Lease duration in seconds.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Log format: `text`, or `json` (one object a line) for log pipelines.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
+    log_format: switchyard_daemon::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    switchyard_daemon::init_logging();
-    switchyard_daemon::exit_code("switchyard-operator", run(Args::parse()).await)
+    let args = Args::parse();
+    switchyard_daemon::init_logging(args.log_format);
+    switchyard_daemon::exit_code("switchyard-operator", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

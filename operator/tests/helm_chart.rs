@@ -280,9 +280,8 @@ fn values_change_what_the_chart_renders() -> TestResult {
     );
     assert_eq!(agent["nodeSelector"]["kubernetes.io/os"], "linux");
     let data = &objects[&key("ConfigMap", ns, "switchyard-agent")]["data"];
-    assert_eq!(data["KUBERNETES_SERVICE_HOST"], "10.1.2.3");
-    // A string: envFrom takes only string values.
-    assert_eq!(data["KUBERNETES_SERVICE_PORT"], "7445");
+    // The override of the agents' own discovery of the API server.
+    assert_eq!(data["SWITCHYARD_API_SERVER"], "10.1.2.3:7445");
 
     let kinds: Vec<&str> = objects.keys().map(|k| k.0.as_str()).collect();
     assert!(

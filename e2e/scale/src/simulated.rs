@@ -73,7 +73,7 @@ impl WaveClock {
     pub fn observe(&mut self, plan: &MigrationPlan, t: f64) {
         let Some(s) = &plan.status else { return };
         let mut all_done: BTreeMap<u32, bool> = BTreeMap::new();
-        for n in &s.nodes {
+        for n in &s.expanded().nodes {
             if n.step != NodeStep::Pending {
                 self.started.entry(n.wave).or_insert(t);
             }

@@ -86,7 +86,7 @@ fn table(p: &MigrationPlan, load: &Load, external: &ExternalLoad) {
         format!("{:?}", s.phase),
         s.summary.progress
     );
-    for n in &s.nodes {
+    for n in &s.expanded().nodes {
         println!(
             "    {:<8} wave {}  {:<20} {}",
             n.name,

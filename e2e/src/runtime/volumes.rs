@@ -107,7 +107,16 @@ pub async fn materialize(ctx: &PodContext<'_>) -> Result<BTreeMap<String, PathBu
         } else {
             std::fs::create_dir_all(&dir).map_err(Error::io("creating volume", &dir))?;
             if let Some(cm) = &v.config_map {
-                let data = config_map(ctx, &cm.name).await?;
+                let data = match config_map(ctx, &cm.name).await {
+                    // As the kubelet: an optional ConfigMap that does not
+                    // exist (yet) is an empty volume.
+                    Err(Error::Kube(kube::Error::Api(e)))
+                        if cm.optional == Some(true) && e.code == 404 =>
+                    {
+                        BTreeMap::new()
+                    }
+                    r => r?,
+                };
                 write_items(&dir, &data, cm.items.as_deref())?;
             } else if let Some(s) = &v.secret {
                 let data = secret(ctx, s.secret_name.as_deref().unwrap_or_default()).await?;

@@ -26,7 +26,7 @@ pub async fn a_node_replaced_under_its_name_is_migrated_again(
     c.remove_node(name).await.unwrap();
     let plans: Api<MigrationPlan> = Api::all(c.client());
     wait_for("the removed node Gone", Duration::from_secs(30), || async {
-        let s = plans.get(plan).await.ok()?.status?;
+        let s = plans.get(plan).await.ok()?.status?.expanded();
         let p = s.nodes.iter().find(|p| p.name == name)?;
         (p.step == NodeStep::Gone && s.phase == Phase::Succeeded).then_some(())
     })
@@ -61,7 +61,7 @@ pub async fn a_node_joins_and_serves_from_its_first_pod(
 
     let plans: Api<MigrationPlan> = Api::all(c.client());
     let done = wait_for("the joined node done", Duration::from_secs(30), || async {
-        let s = plans.get(plan).await.ok()?.status?;
+        let s = plans.get(plan).await.ok()?.status?.expanded();
         let p = s.nodes.iter().find(|p| p.name == node.name)?;
         (p.step == NodeStep::Done).then_some(s)
     })

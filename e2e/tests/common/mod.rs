@@ -5,9 +5,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod drift;
+pub mod hubble;
 pub mod joining;
 pub mod observe;
 mod plugin;
+pub mod reconnect;
 mod scenarios;
 pub use plugin::{assert_plugin_reports_success, kubectl_switchyard, kubectl_switchyard_command};
 pub use scenarios::{Installer, assert_no_failures, plan, progress, run_plan, setup, setup_with};
@@ -105,7 +107,7 @@ pub async fn follow_plan_keeping_kube_proxy(
         let nodes = p
             .status
             .as_ref()
-            .map(|s| s.nodes.clone())
+            .map(|s| s.expanded().nodes)
             .unwrap_or_default();
         let migrated = nodes.iter().any(|n| n.step == NodeStep::Done);
         for n in nodes

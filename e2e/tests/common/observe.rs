@@ -17,8 +17,8 @@ use switchyard_e2e::{Cluster, wait_for};
 
 use super::kubectl_switchyard;
 
-const NS: &str = "default";
-const SERVICE: &str = "no-endpoints";
+pub(super) const NS: &str = "default";
+pub(super) const SERVICE: &str = "no-endpoints";
 
 /// A running nginx pod: (name, node).
 async fn client_pod(c: &Cluster) -> (String, String) {
@@ -87,7 +87,7 @@ async fn observed(c: &Cluster, extra: &[&str]) -> Vec<Value> {
 }
 
 /// Connects from the pod to `ip`:80; the datapath refuses it.
-async fn refused(c: &Cluster, pod: &str, ip: &str) {
+pub(super) async fn refused(c: &Cluster, pod: &str, ip: &str) {
     let connect = format!("exec 3<>/dev/tcp/{ip}/80");
     let out = c
         .exec_in_pod(NS, pod, &["bash", "-c", &connect])
@@ -102,7 +102,7 @@ async fn refused(c: &Cluster, pod: &str, ip: &str) {
 
 /// The flow (`-o json` line) is the pod's refused connection to the
 /// Service, seen on `node`.
-fn assert_the_drop(line: &Value, pod: &str, node: &str, ip: &str) {
+pub(super) fn assert_the_drop(line: &Value, pod: &str, node: &str, ip: &str) {
     let f = &line["flow"];
     assert_eq!(f["verdict"], "DROPPED", "{f}");
     assert_eq!(f["source"]["namespace"], NS, "{f}");
@@ -119,8 +119,8 @@ fn assert_the_drop(line: &Value, pod: &str, node: &str, ip: &str) {
 
 /// `observe -f --last 1` (every node followed through the API server's
 /// pod proxy) prints the drop already seen, then the next one as it
-/// happens.
-async fn followed(c: &Cluster, pod: &str, node: &str, ip: &str, seen: &Value) {
+/// happens, which it returns.
+async fn followed(c: &Cluster, pod: &str, node: &str, ip: &str, seen: &Value) -> Value {
     let to = format!("{NS}/{SERVICE}");
     let args = [
         "observe",
@@ -132,24 +132,43 @@ async fn followed(c: &Cluster, pod: &str, node: &str, ip: &str, seen: &Value) {
         "-o",
         "json",
     ];
-    let mut child = super::kubectl_switchyard_command(c, &args)
+    let child = super::kubectl_switchyard_command(c, &args);
+    follow(c, child, pod, node, ip, seen).await
+}
+
+/// Runs `command` (a following observe printing `-o json` lines), checks
+/// its first line is `seen`, makes the pod's connection be refused again,
+/// and returns the next line, that new drop.
+pub(super) async fn follow(
+    c: &Cluster,
+    mut command: tokio::process::Command,
+    pod: &str,
+    node: &str,
+    ip: &str,
+    seen: &Value,
+) -> Value {
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next = async || -> Value {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
-        let line = line.expect("observe -f printed a flow within 30s");
-        let line = line.unwrap().expect("observe -f ended early");
+        let line = line.expect("a following observe printed a flow within 30s");
+        let line = line.unwrap().expect("a following observe ended early");
         serde_json::from_str(&line).unwrap()
     };
     // The node's answer has begun: its agent follows its new flows.
-    assert_eq!(&next().await, seen);
+    assert_eq!(
+        next().await["flow"]["socket_cookie"],
+        seen["flow"]["socket_cookie"]
+    );
     refused(c, pod, ip).await;
     let new = next().await;
     assert_the_drop(&new, pod, node, ip);
     assert_ne!(new["flow"]["socket_cookie"], seen["flow"]["socket_cookie"]);
     child.kill().await.unwrap();
+    new
 }
 
 pub async fn a_refused_connection_is_one_dropped_flow(c: &Cluster) {
@@ -184,7 +203,8 @@ pub async fn a_refused_connection_is_one_dropped_flow(c: &Cluster) {
     let want =
         format!("{from} -> {ip}:80 to-service {NS}/{SERVICE} DROPPED (Service backend not found)");
     assert!(line.contains(&want), "{line}");
-    followed(c, &pod, &node, &ip, &flows[0]).await;
+    let latest = followed(c, &pod, &node, &ip, &flows[0]).await;
+    super::hubble::the_hubble_cli_shows_the_drops(c, &pod, &node, &ip, &latest).await;
     let svc: Api<Service> = Api::namespaced(c.client(), NS);
     svc.delete(SERVICE, &DeleteParams::default()).await.unwrap();
     eprintln!(

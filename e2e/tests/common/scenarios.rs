@@ -76,6 +76,7 @@ pub fn plan(name: &str, extra: serde_json::Value) -> serde_json::Value {
 pub fn progress(p: &MigrationPlan) {
     if let Some(s) = &p.status {
         let nodes: Vec<String> = s
+            .expanded()
             .nodes
             .iter()
             .map(|n| format!("{}={:?}", n.name, n.step))

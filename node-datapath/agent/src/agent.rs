@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub ingress_interfaces: Option<Vec<String>>,
     /// Where the datapath's flow events go, if the agent keeps flows.
     pub flows: Option<Arc<FlowHub>>,
+    /// Where the API client learns the API server's endpoints (from the
+    /// EndpointSlice store), if it follows them.
+    pub api_endpoints: Option<crate::api_server::Learned>,
 }
 
 struct State {
@@ -130,6 +133,9 @@ async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<
     status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
     status.capabilities = Some(status::capabilities(&probed, which("nft")));
     let (watches, ready) = crate::watch::services_and_slices(&client);
+    if let Some(learned) = &cfg.api_endpoints {
+        learned.follow(watches.slices.clone());
+    }
     let specs = crate::watch::own_spec(api.clone(), &cfg.node);
     let mut st = State {
         node_ips: crate::node_ports::node_ips(&node),

@@ -6,7 +6,7 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(
-        "cannot reach the API server ({0}); the agent needs the API server's direct address (KUBERNETES_SERVICE_HOST/PORT or --api-server), never the `kubernetes` ClusterIP"
+        "cannot reach the API server ({0}); the agent dials the endpoints the operator publishes in the ConfigMap switchyard-api-endpoints (mounted), else SWITCHYARD_API_SERVER, else the in-cluster address while kube-proxy serves it"
     )]
     ApiUnreachable(String),
     #[error("the NodeDatapath CRD is not installed: apply crds/ first")]

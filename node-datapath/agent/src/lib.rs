@@ -26,6 +26,7 @@
 //!   `/v1/flows`, [`observer::http`]).
 
 pub mod agent;
+pub mod api_server;
 pub mod error;
 pub mod flows;
 pub mod health;

@@ -1,12 +1,13 @@
 //! `switchyard-agent`: the per-node agent binary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use switchyard_agent::agent::{self, AgentConfig};
+use switchyard_agent::api_server::Learned;
 use switchyard_agent::error::Error;
 use switchyard_agent::flows::reader::FlowHub;
 use switchyard_agent::observer::FlowObserver;
@@ -22,11 +23,15 @@ struct Args {
     /// This node's name.
     #[arg(long, env = "NODE_NAME")]
     node: String,
-    /// API server address (`host:port`) to dial directly; default: the
-    /// in-cluster environment (KUBERNETES_SERVICE_HOST/PORT), which the
-    /// DaemonSet sets to a direct address — never the `kubernetes` ClusterIP.
+    /// API server address (`host:port`) to dial directly, e.g. a node-local
+    /// proxy; default: the endpoints in --api-endpoints-file, then the
+    /// in-cluster environment (the ClusterIP, while kube-proxy serves it).
     #[arg(long, env = "SWITCHYARD_API_SERVER")]
     api_server: Option<String>,
+    /// The API server's endpoints (`host:port` one a line), the ConfigMap
+    /// switchyard-api-endpoints the operator keeps current, mounted.
+    #[arg(long, default_value = switchyard_agent::api_server::ENDPOINTS_FILE)]
+    api_endpoints_file: PathBuf,
     /// cgroup v2 directory the socket programs attach to.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
@@ -56,31 +61,41 @@ struct Args {
     /// plaintext, so loopback unless trusted clients need it from afar.
     #[arg(long, default_value = switchyard_agent::observer::DEFAULT_ADDR)]
     observer_addr: SocketAddr,
+    /// Log format: `text`, or `json` (one object a line) for log pipelines.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
+    log_format: switchyard_daemon::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    switchyard_daemon::init_logging();
-    switchyard_daemon::exit_code("switchyard-agent", run(Args::parse()).await)
+    let args = Args::parse();
+    switchyard_daemon::init_logging(args.log_format);
+    switchyard_daemon::exit_code("switchyard-agent", run(args).await)
 }
 
-async fn client(api_server: Option<&str>) -> Result<kube::Client, Error> {
+async fn client(
+    api_server: Option<&str>,
+    endpoints_file: &Path,
+    learned: Learned,
+) -> Result<kube::Client, Error> {
     let mut config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
     // A dead connection fails within a minute instead of hanging the agent.
     config.read_timeout = Some(Duration::from_secs(60));
     config.write_timeout = Some(Duration::from_secs(30));
-    if let Some(addr) = api_server {
-        config.cluster_url = format!("https://{addr}")
-            .parse()
-            .map_err(|e| Error::Config(format!("--api-server {addr}: {e}")))?;
-    }
-    kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))
+    config.connect_timeout = Some(Duration::from_secs(5));
+    switchyard_agent::api_server::connect(&config, api_server, endpoints_file, learned, 6).await
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    let client = client(args.api_server.as_deref()).await?;
+    let learned = Learned::default();
+    let client = client(
+        args.api_server.as_deref(),
+        &args.api_endpoints_file,
+        learned.clone(),
+    )
+    .await?;
     let flows = Arc::new(FlowHub::new(args.flows_max, args.flow_events));
     flows.pods(|p| p.set_root(args.cgroup_root.clone()));
     let pods = tokio::spawn(switchyard_agent::flows::pods::watch(
@@ -109,6 +124,7 @@ async fn run(args: Args) -> Result<(), Error> {
         debounce: Duration::from_millis(50),
         ingress_interfaces: args.ingress_interfaces,
         flows: Some(flows),
+        api_endpoints: Some(learned),
     };
     let result = agent::run(client, cfg, shared, stop_rx).await;
     server.abort();

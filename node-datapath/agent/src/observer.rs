@@ -172,12 +172,22 @@ impl Observer for FlowObserver {
     }
 }
 
+/// The service name Hubble servers report the Observer's health under.
+pub const HEALTH_SERVICE_NAME: &str = "hubble.server.Observer";
+
 /// Serves the API on `listener` until the future is dropped.
 pub async fn serve_on(
     listener: TcpListener,
     observer: FlowObserver,
 ) -> Result<(), tonic::transport::Error> {
+    // `hubble status` first asks the standard health service about the
+    // name Hubble servers register the Observer under.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(HEALTH_SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(ObserverServer::new(observer))
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await

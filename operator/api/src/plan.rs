@@ -73,8 +73,9 @@ pub struct MigrationPlanSpec {
 
     /// Address (`host:port`) of the API server that node agents dial
     /// directly, never through the `kubernetes` ClusterIP (the datapath must
-    /// not depend on itself). Empty: taken from the `default/kubernetes`
-    /// EndpointSlice.
+    /// not depend on itself): published first in the ConfigMap
+    /// `switchyard-api-endpoints` the agents mount, before the
+    /// `default/kubernetes` endpoints. Empty: those endpoints only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[^:/ ]+:[0-9]{1,5}$')").message("apiServer must be host:port, e.g. 172.18.0.2:6443"))]
     pub api_server: Option<String>,

@@ -4,6 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod compact;
+
 /// Lifecycle of a plan.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub enum Phase {
@@ -148,7 +150,16 @@ pub struct MigrationPlanStatus {
     /// When the last completed wave finished (paces `pauseBetweenWavesSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_completed_at: Option<Time>,
-    /// Per node progress.
+    /// Per wave (same order as `waves`), what the wave's nodes without an
+    /// entry in `nodes` share: how many they are, their step (`Pending`,
+    /// `Done` or `RolledBack`) and when they started and finished. Empty
+    /// when every node has an entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wave_progress: Vec<WaveProgress>,
+    /// Per node progress of the nodes their wave's `waveProgress` does not
+    /// give: nodes in flight, failed, gone, or otherwise unlike the rest
+    /// of their wave. Each node's own timings are in its NodeDatapath
+    /// status and its `NodeMigrated` event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub nodes: Vec<NodeProgress>,
@@ -259,6 +270,34 @@ fn is_pending(step: &NodeStep) -> bool {
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
     *n == T::default()
+}
+
+/// What the nodes of one wave that have no entry of their own in the
+/// status share.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveProgress {
+    /// How many of the wave's nodes have no entry in `nodes`.
+    #[serde(default)]
+    pub nodes: u32,
+    /// Their step.
+    #[serde(default)]
+    pub step: NodeStep,
+    /// When the plan started on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the last of them finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The furthest forward step they reached.
+    #[serde(default, skip_serializing_if = "is_pending")]
+    pub reached: NodeStep,
+    /// Generation of the cleanup request their agents were sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cleanup_generation: i64,
+    /// Generation of the probe request their agents were sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probe_generation: i64,
 }
 
 /// A completed step.

@@ -4,8 +4,10 @@
 //! binaries supply the content through [`Health`] (and may answer paths of
 //! their own on the same port, [`Health::handle`]); this crate only serves it.
 
+mod logging;
 mod memory;
 
+pub use logging::{LogFormat, init_logging};
 pub use memory::release_freed_memory;
 
 use std::net::SocketAddr;
@@ -88,16 +90,6 @@ fn route(path: &str, query: Option<&str>, health: &dyn Health) -> Response<Body>
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info,kube=warn`).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
 }
 
 /// The process exit code for a binary's result: failure with the error

@@ -3,6 +3,7 @@
 //! planner, records the status (status subresource, server-side apply), then
 //! applies the actions.
 
+pub mod api_endpoints;
 pub mod apply;
 pub mod external;
 pub mod finalizer;
@@ -61,6 +62,10 @@ pub struct Context {
     plans: Store<MigrationPlan>,
     /// Every Service, slimmed to its external frontends' fields.
     services: Store<Service>,
+    /// The `default/kubernetes` EndpointSlices: the API server's endpoints.
+    kubernetes: Store<EndpointSlice>,
+    /// The API server endpoints ConfigMap the agents mount.
+    api_endpoints: api_endpoints::Publisher,
 }
 
 impl std::fmt::Debug for Context {
@@ -109,6 +114,8 @@ pub async fn run(
     let mut triggers = watch_inputs(&client, &settings, &wc, nodes_w, datapaths_w);
     triggers.push(watch_services(&client, &wc, services_w));
     triggers.push(watch_leases(&client, &wc, leases_w));
+    let (kubernetes, kubernetes_w) = reflector::store();
+    let endpoint_changes = watch_kubernetes_endpoints(&client, &wc, kubernetes_w);
 
     // The plans' own watch, slimmed like the others: the server-side applied
     // status leaves managed fields as big as the status (every node's entry).
@@ -137,8 +144,11 @@ pub async fn run(
         leases,
         plans,
         services,
+        kubernetes,
+        api_endpoints: api_endpoints::Publisher::new(),
     });
     spawn_readiness(nodes, datapaths, metrics);
+    tokio::spawn(publish_on(endpoint_changes, ctx.clone()));
 
     controller
         .run(reconcile, error_policy, ctx)
@@ -259,6 +269,59 @@ struct StatusBody<'a> {
 }
 
 /// A watch event as a bare trigger; watch errors are retried by the backoff.
+/// The `default/kubernetes` EndpointSlices into their cache; each change
+/// is published to the agents ([`publish_on`]), plan or no plan.
+fn watch_kubernetes_endpoints(
+    client: &Client,
+    wc: &watcher::Config,
+    writer: reflector::store::Writer<EndpointSlice>,
+) -> futures::stream::BoxStream<'static, ()> {
+    let wc = wc.clone().labels("kubernetes.io/service-name=kubernetes");
+    watcher(
+        Api::<EndpointSlice>::namespaced(client.clone(), "default"),
+        wc,
+    )
+    .default_backoff()
+    .modify(|s: &mut EndpointSlice| s.managed_fields_mut().clear())
+    .reflect(writer)
+    .touched_objects()
+    .filter_map(ok_unit)
+    .boxed()
+}
+
+/// Publishes the API server's endpoints on every change of them, from the
+/// start: an agent that starts while no plan exists (or kube-proxy is gone)
+/// finds them mounted. A failed write is retried with the next change or
+/// reconcile.
+async fn publish_on(changes: futures::stream::BoxStream<'static, ()>, ctx: Arc<Context>) {
+    changes
+        .for_each(|()| {
+            let ctx = ctx.clone();
+            async move {
+                if let Err(e) = publish_api_endpoints(&ctx).await {
+                    warn!(error = %e, "publishing the API server endpoints failed");
+                }
+            }
+        })
+        .await;
+}
+
+/// Writes `switchyard-api-endpoints` when what it should say changed: the
+/// plans' `spec.apiServer` first, then the observed endpoints.
+async fn publish_api_endpoints(ctx: &Context) -> Result<()> {
+    let slices = ctx.kubernetes.state();
+    let plans = ctx.plans.state();
+    let slices: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
+    let plans: Vec<&MigrationPlan> = plans.iter().map(|p| p.as_ref()).collect();
+    let endpoints = api_endpoints::with_hint(
+        api_endpoints::hint(&plans).as_deref(),
+        &api_endpoints::observed(&slices),
+    );
+    ctx.api_endpoints
+        .publish(&ctx.client, &ctx.settings.namespace, &endpoints)
+        .await
+}
+
 fn ok_unit<T>(r: Result<T, watcher::Error>) -> future::Ready<Option<()>> {
     future::ready(r.ok().map(|_| ()))
 }
@@ -292,9 +355,14 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
     let started = Instant::now();
     let name = plan.name_any();
     let snapshot = gather(&plan, &ctx).await?;
+    // Before any step that could take kube-proxy away: the agents need the
+    // list to reconnect without the ClusterIP (and a plan's apiServer).
+    publish_api_endpoints(&ctx).await?;
+    // The planner decides on every node's progress; the status records
+    // most of it per wave (see `MigrationPlanStatus::compacted`).
     let current = plan.status.clone().unwrap_or_default();
-    let decision = decide(&plan, &current, &snapshot)?;
-    record(&ctx.client, &name, &current, &decision.status).await?;
+    let decision = decide(&plan, &current.expanded(), &snapshot)?;
+    record(&ctx.client, &name, &current, &decision.status.compacted()).await?;
     act(&plan, &ctx, &decision.actions).await?;
     if decision.release {
         finalizer::remove(&ctx.client, &plan).await?;
@@ -318,25 +386,23 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
 /// unprogrammed, a Lease missing would look like a dead agent (a freshly
 /// started or restarted operator).
 fn caches_synced(ctx: &Context) -> bool {
-    ctx.nodes
+    filled(&ctx.nodes)
+        && filled(&ctx.datapaths)
+        && filled(&ctx.services)
+        && filled(&ctx.leases)
+        && filled(&ctx.kubernetes)
+}
+
+/// The cache's first list is in.
+fn filled<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
         .wait_until_ready()
         .now_or_never()
         .is_some_and(|r| r.is_ok())
-        && ctx
-            .datapaths
-            .wait_until_ready()
-            .now_or_never()
-            .is_some_and(|r| r.is_ok())
-        && ctx
-            .services
-            .wait_until_ready()
-            .now_or_never()
-            .is_some_and(|r| r.is_ok())
-        && ctx
-            .leases
-            .wait_until_ready()
-            .now_or_never()
-            .is_some_and(|r| r.is_ok())
 }
 
 /// The snapshot the planner decides on. Cached: nodes, datapaths, the
@@ -360,10 +426,6 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
     let backup = Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.namespace)
         .get_opt(&planner::backup_name(&plan.name_any()))
         .await?;
-    let endpoints = Api::<EndpointSlice>::namespaced(client.clone(), "default")
-        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
-        .await?
-        .items;
     let dns = Api::<Service>::namespaced(client.clone(), "kube-system")
         .get_metadata_opt("kube-dns")
         .await?
@@ -373,6 +435,7 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
     let leases = ctx.leases.state();
     let plans = ctx.plans.state();
     let services = ctx.services.state();
+    let endpoints = ctx.kubernetes.state();
     let observed = observe::Observed {
         nodes: nodes.iter().map(|n| n.as_ref()).collect(),
         datapaths: datapaths.iter().map(|d| d.as_ref()).collect(),
@@ -383,7 +446,7 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
         pods: pods.iter().collect(),
         kubeadm_config: kubeadm,
         backup: backup.as_ref(),
-        kubernetes_endpoints: endpoints.iter().collect(),
+        kubernetes_endpoints: endpoints.iter().map(|s| s.as_ref()).collect(),
         cluster_dns: dns,
         services: services.iter().map(|s| s.as_ref()).collect(),
     };
@@ -439,8 +502,8 @@ async fn record(
     if decided == current {
         return Ok(());
     }
-    // Serialized straight from the typed status: with a thousand nodes
-    // it is most of a MiB, too big to build a `serde_json::Value` for.
+    // Serialized straight from the typed status, without building a
+    // `serde_json::Value` of it.
     let body = StatusBody {
         api_version: API_VERSION,
         kind: "MigrationPlan",

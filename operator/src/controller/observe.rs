@@ -82,7 +82,7 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
             .backup
             .is_some_and(crate::controller::kube_proxy::backup_complete),
         other_plans: other_plans(me, &o.plans),
-        api_server_endpoints: api_endpoints(&o.kubernetes_endpoints),
+        api_server_endpoints: super::api_endpoints::observed(&o.kubernetes_endpoints),
         unsupported_services: unsupported,
         cluster_dns: o.cluster_dns,
         external_services: external::external_services(&o.services),
@@ -326,7 +326,7 @@ fn other_plans(me: &MigrationPlan, plans: &[&MigrationPlan]) -> Vec<OtherPlan> {
             phase: p.status.as_ref().map_or(Phase::Pending, |s| s.phase),
             older: key(p) < key(me),
             holds_nodes: p.status.as_ref().is_some_and(|s| {
-                s.nodes.iter().any(|n| {
+                s.expanded().nodes.iter().any(|n| {
                     !matches!(
                         n.step,
                         NodeStep::Pending | NodeStep::RolledBack | NodeStep::Gone
@@ -335,29 +335,6 @@ fn other_plans(me: &MigrationPlan, plans: &[&MigrationPlan]) -> Vec<OtherPlan> {
             }),
         })
         .collect()
-}
-
-fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<String> {
-    let mut out = Vec::new();
-    for s in slices {
-        let port = s
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some("https"))
-            .or_else(|| s.ports.iter().flatten().next())
-            .and_then(|p| p.port);
-        let Some(port) = port else { continue };
-        for e in &s.endpoints {
-            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                continue;
-            }
-            out.extend(e.addresses.iter().map(|a| format!("{a}:{port}")));
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 #[cfg(test)]

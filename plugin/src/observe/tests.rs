@@ -17,7 +17,7 @@ fn dropped(time: &str, node: &str) -> Value {
         "Type": "SOCK", "node_name": node,
         "destination_service": {"name": "db", "namespace": "app"},
         "traffic_direction": "EGRESS",
-        "drop_reason_desc": "SERVICE_BACKEND_NOT_FOUND", "is_reply": false,
+        "drop_reason_desc": "SERVICE_BACKEND_NOT_FOUND",
     }, "node_name": node, "time": time})
 }
 

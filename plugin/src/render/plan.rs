@@ -1,6 +1,8 @@
 //! `kubectl switchyard status`: one plan's per-node steps, or every plan on
 //! a line.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::jiff::Timestamp;
 use switchyard_api::{MigrationPlan, MigrationPlanStatus, NodeProgress, NodeStep, Phase};
 
@@ -20,11 +22,15 @@ pub fn plan_status(plan: &MigrationPlan, now: Timestamp, width: Width) -> String
     if let Some(message) = status.message.as_deref().filter(|m| !m.is_empty()) {
         out.push_str(&format!("message: {message}\n"));
     }
-    if status.nodes.is_empty() {
+    // The recorded status counts most finished or pending nodes per wave:
+    // every node gets its row from the expanded one.
+    let full = status.expanded();
+    if full.nodes.is_empty() {
         return out;
     }
     out.push('\n');
-    let (headers, rows) = node_table(&status.nodes, now, width);
+    let own: BTreeSet<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    let (headers, rows) = node_table(&full.nodes, &own, now, width);
     out.push_str(&table(&headers, &rows));
     out
 }
@@ -67,8 +73,11 @@ fn summary_line(status: &MigrationPlanStatus, now: Timestamp) -> String {
     line
 }
 
+/// The per-node table; `own`: the nodes with an entry of their own in the
+/// recorded status (the others' finish time is their wave's).
 fn node_table(
     nodes: &[NodeProgress],
+    own: &BTreeSet<&str>,
     now: Timestamp,
     width: Width,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
@@ -84,7 +93,7 @@ fn node_table(
                 n.name.clone(),
                 n.wave.to_string(),
                 format!("{:?}", n.step),
-                node_time(n, now),
+                node_time(n, own.contains(n.name.as_str()), now),
             ];
             if width == Width::Wide {
                 row.push(format!("{:?}", n.reached));
@@ -99,15 +108,20 @@ fn node_table(
 }
 
 /// How long the node has been in its step (and in the plan), or how long
-/// its whole migration or rollback took once it finished.
-fn node_time(n: &NodeProgress, now: Timestamp) -> String {
+/// its whole migration or rollback took once it finished (for a node
+/// counted in its wave's summary, `own` false, how long its wave took: its
+/// own finish time is in its `NodeMigrated` event).
+fn node_time(n: &NodeProgress, own: bool, now: Timestamp) -> String {
     let (Some(started), Some(step_started)) = (&n.started_at, &n.step_started_at) else {
         return String::new();
     };
     match n.step {
         // A finished node's step start is when it finished.
-        NodeStep::Done | NodeStep::RolledBack => {
+        NodeStep::Done | NodeStep::RolledBack if own => {
             format!("took {}", human(span(started, step_started.0)))
+        }
+        NodeStep::Done | NodeStep::RolledBack => {
+            format!("wave took {}", human(span(started, step_started.0)))
         }
         NodeStep::Failed => format!("failed {} ago", human(span(step_started, now))),
         NodeStep::Pending | NodeStep::Gone => String::new(),

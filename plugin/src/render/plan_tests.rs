@@ -79,6 +79,22 @@ fn status_shows_each_nodes_step_and_how_long() {
 }
 
 #[test]
+fn nodes_counted_in_their_wave_get_their_row_with_the_waves_time() {
+    // As the operator records it: node1 and node3 in their waves' summaries.
+    let recorded = migrating().compacted();
+    assert_eq!(recorded.nodes.len(), 1, "{recorded:?}");
+    let out = plan_status(&plan(Some(recorded)), now(), Width::Table);
+    assert!(
+        out.ends_with(
+            "node1   0      Done      wave took 2s\n\
+             node2   1      Verify    for 4s, 10s in all   waiting for probe results (request 1)\n\
+             node3   2      Pending\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn wide_adds_the_reached_step_failed_step_and_peer() {
     let out = plan_status(&plan(Some(migrating())), now(), Width::Wide);
     let header = out.lines().nth(2).unwrap_or_default();

@@ -1,8 +1,8 @@
 //! Pure: Hubble's flow as the JSON `hubble observe -o json` prints, one
 //! object a line: `{"flow":{…},"node_name":…,"time":…}`. Field names are
 //! the proto's (its JSON names where it has them: `IP`, `l4.TCP`, `Type`),
-//! enums by name, times in RFC 3339 with nanoseconds; unset fields are left
-//! out, as protojson leaves them. Lost events are
+//! enums by name, 64-bit integers as strings, times in RFC 3339 with
+//! nanoseconds; unset fields are left out, as protojson leaves them. Lost events are
 //! `{"lost_events":{"source":…,"num_events_lost":N},…}`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -104,14 +104,14 @@ pub fn flow(f: &pb::Flow) -> Value {
             name_of(f.drop_reason_desc, pb::DropReason::as_str_name),
         );
     }
-    // A socket-level flow is the client's own connect(): never a reply.
-    put("is_reply", json!(false));
     put(
         "sock_xlate_point",
         name_of(f.sock_xlate_point, pb::SocketTranslationPoint::as_str_name),
     );
-    put("socket_cookie", json!(f.socket_cookie));
-    put("cgroup_id", json!(f.cgroup_id));
+    // protojson writes 64-bit integers as strings (JSON numbers lose
+    // precision past 2^53).
+    put("socket_cookie", json!(f.socket_cookie.to_string()));
+    put("cgroup_id", json!(f.cgroup_id.to_string()));
     Value::Object(m)
 }
 
@@ -179,10 +179,18 @@ mod tests {
             fl["destination_service"],
             json!({"name": "db", "namespace": "app"})
         );
+        assert_eq!(fl["Type"], "SOCK");
+        // As the real `hubble observe -o json` prints this flow from the
+        // Observer API (the e2e compares the two): 64-bit integers as
+        // strings, no `is_reply` (the API leaves it unset).
         assert_eq!(
-            (&fl["Type"], &fl["is_reply"]),
-            (&json!("SOCK"), &json!(false))
+            (&fl["socket_cookie"], &fl["cgroup_id"]),
+            (
+                &json!(f.sock_cookie.to_string()),
+                &json!(f.cgroup_id.to_string())
+            )
         );
+        assert!(fl.get("is_reply").is_none());
         assert_eq!(fl["traffic_direction"], "EGRESS");
         assert_eq!(
             (&fl["node_name"], &v["node_name"]),

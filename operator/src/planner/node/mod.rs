@@ -295,6 +295,15 @@ fn advance(
         // Its uncordon step lifted the plan's cordon, if it held one.
         p.holds_cordon = false;
     }
+    if to == NodeStep::Done {
+        // Its peer answered the request covering it (the node passed
+        // Verify on that answer), and the peer's agent keeps the answered
+        // generation in its status, which a later request's generation
+        // is numbered above: the record is no longer needed, and a
+        // migrated node then shares its wave's summary in the status.
+        p.verify_peer = None;
+        p.peer_probe_generation = 0;
+    }
     let (reason, outcome) = match to {
         NodeStep::Done => (
             "NodeMigrated",

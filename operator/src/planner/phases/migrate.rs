@@ -66,14 +66,19 @@ pub(super) fn add_joined(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> 
     for w in &mut s.st.waves {
         w.retain(|n| !back.contains(n));
     }
-    for p in s.st.nodes.iter_mut().filter(|p| back.contains(&p.name)) {
-        *p = node::fresh(p, wave);
-    }
+    // The entries stay in wave order (the order the recorded status
+    // gives them back in): the nodes that came back move to the end.
+    let (returning, staying) = std::mem::take(&mut s.st.nodes)
+        .into_iter()
+        .partition::<Vec<_>, _>(|p| back.contains(&p.name));
+    s.st.nodes = staying;
     s.st.nodes.extend(joined.iter().map(|name| NodeProgress {
         name: name.clone(),
         wave,
         ..NodeProgress::default()
     }));
+    s.st.nodes
+        .extend(returning.iter().map(|p| node::fresh(p, wave)));
     joined.extend(back);
     s.st.waves.push(joined);
     s.moved = true;

@@ -3,6 +3,7 @@
 //! change. Pure and deterministic given its inputs.
 
 mod actions;
+mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -77,7 +78,12 @@ pub struct Sim {
     pub max_in_flight_seen: usize,
     /// Every event the applied decisions emitted, in order.
     pub events: Vec<Event>,
+    /// The status as the planner reads it back: recorded compacted, as the
+    /// controller does, and expanded again.
     pub status: MigrationPlanStatus,
+    /// The status as the planner returned it, never compacted: decisions
+    /// from it must be the ones from `status`.
+    pub full: MigrationPlanStatus,
     /// The status of the decision whose actions are being applied.
     pub deciding: Option<MigrationPlanStatus>,
     pub spec: MigrationPlanSpec,
@@ -126,6 +132,7 @@ impl Sim {
             events: Vec::new(),
             max_in_flight_seen: 0,
             status: MigrationPlanStatus::default(),
+            full: MigrationPlanStatus::default(),
             deciding: None,
             spec,
             written: BTreeMap::new(),
@@ -438,12 +445,17 @@ impl Sim {
 
     /// The planner's decision for the current state (changes nothing).
     pub fn decide(&self) -> Decision {
+        self.decide_from(&self.status)
+    }
+
+    /// The planner's decision for the current cluster and `status`.
+    fn decide_from(&self, status: &MigrationPlanStatus) -> Decision {
         let snap = self.snapshot();
         plan(Input {
             plan_name: "p",
             generation: Some(1),
             spec: &self.spec,
-            status: &self.status,
+            status,
             snapshot: &snap,
             now: self.ts(),
             deleting: self.deleting,
@@ -460,6 +472,8 @@ impl Sim {
         if d != again {
             self.violations.push("planner is not deterministic".into());
         }
+        let from_full = self.decide_from(&self.full);
+        self.check_wire(&d, &from_full);
         let in_flight = d.status.nodes.iter().filter(|n| n.step.in_flight()).count();
         self.max_in_flight_seen = self.max_in_flight_seen.max(in_flight);
         let mut written = BTreeSet::new();
@@ -479,7 +493,8 @@ impl Sim {
         }
         self.deciding = None;
         if crash.is_none() {
-            self.status = d.status;
+            self.status = d.status.compacted().expanded();
+            self.full = from_full.status;
             self.released |= d.release;
             for n in self.nodes.values_mut().filter(|n| !n.unschedulable) {
                 // Seen uncordoned: a cordon placed from now on is not the plan's.
