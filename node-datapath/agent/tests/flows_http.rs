@@ -162,12 +162,12 @@ async fn flows_over_http_are_named_filtered_and_followed() {
     let mut s = send(addr, "/v1/flows?to_service=shop/empty&limit=1&follow=true").await;
     let mut buf = String::new();
     let first = read_flows(&mut s, &mut buf, 1).await;
-    assert_eq!(first[0]["flow"]["socket_cookie"], 2);
+    assert_eq!(first[0]["flow"]["socket_cookie"], "2");
     let later = record(EMPTY_VIP, event_verdict::DROPPED, pod_id, 3);
     let other = record(WEB_VIP, event_verdict::FORWARDED, pod_id, 4);
     hub.ingest([&other[..], &later[..]], &clock_now());
     let both = read_flows(&mut s, &mut buf, 2).await;
-    assert_eq!(both[1]["flow"]["socket_cookie"], 3, "{buf}");
+    assert_eq!(both[1]["flow"]["socket_cookie"], "3", "{buf}");
     assert_eq!(both[1]["flow"]["source"]["pod_name"], "client");
     let _ = std::fs::remove_dir_all(&root);
 }
