@@ -8,9 +8,12 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use super::oci::{self, Compression, ImageConfig, LayerPath};
 use crate::error::{Error, Result};
+
+static UNPACKING: Mutex<()> = Mutex::new(());
 
 /// An image ready to run.
 #[derive(Debug, Clone)]
@@ -46,6 +49,9 @@ pub fn unpack(layout: &Path, cache: &Path) -> Result<Unpacked> {
     let key = digest.replace(':', "-");
     let dir = cache.join(&key);
     let rootfs = dir.join("rootfs");
+    // One unpack at a time in this process: the nodes' pods start at once,
+    // and their tasks would share the temporary directory below.
+    let _one = UNPACKING.lock().unwrap_or_else(PoisonError::into_inner);
     if !dir.join("complete").exists() {
         std::fs::create_dir_all(cache).map_err(Error::io("creating", cache))?;
         let tmp = cache.join(format!("{key}.tmp.{}", std::process::id()));
@@ -58,7 +64,7 @@ pub fn unpack(layout: &Path, cache: &Path) -> Result<Unpacked> {
             apply_layer(&blob, compression, &root).map_err(&bad)?;
         }
         std::fs::write(tmp.join("complete"), &digest).map_err(Error::io("writing", &tmp))?;
-        // Another node's task may have finished the same image first.
+        // Another run of the lab may have finished the same image first.
         if std::fs::rename(&tmp, &dir).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
             if !dir.join("complete").exists() {
