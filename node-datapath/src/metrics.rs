@@ -59,6 +59,19 @@ fn translation_hook(c: Counter) -> Option<&'static str> {
     }
 }
 
+/// The event label of a north-south (tc ingress) counter that is not a
+/// drop, `None` for the others.
+fn ingress_event(c: Counter) -> Option<&'static str> {
+    match c {
+        Counter::IngressTranslated => Some("translated"),
+        Counter::IngressTracked => Some("tracked"),
+        Counter::IngressUntracked => Some("untracked"),
+        Counter::IngressCtClash => Some("conntrack_clash"),
+        Counter::IngressReopened => Some("reopened"),
+        _ => None,
+    }
+}
+
 /// Renders `stats` as Prometheus text exposition format.
 pub fn render(stats: &DatapathStats) -> String {
     let mut out = String::new();
@@ -116,6 +129,7 @@ fn write_counters(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
         "Connections sent to a backend remembered by sessionAffinity ClientIP.",
     )?;
     writeln!(out, "{affinity} {}", stats.get(Counter::AffinityHit))?;
+    write_ingress(out, stats)?;
     let lost = "switchyard_datapath_flow_events_lost_total";
     family(
         out,
@@ -124,6 +138,24 @@ fn write_counters(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
         "Flow events the socket load balancer could not report because the event ring was full.",
     )?;
     writeln!(out, "{lost} {}", stats.events_lost)
+}
+
+/// What the tc ingress program did with packets to NodePorts, LoadBalancer
+/// IPs and external IPs; what it could not serve is in the drop family.
+fn write_ingress(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
+    let ingress = "switchyard_datapath_ingress_packets_total";
+    family(
+        out,
+        ingress,
+        "counter",
+        "Packets to NodePort, LoadBalancer and external IP frontends, by what the tc ingress program did (translated: the first packet of a new connection, handed to conntrack NAT).",
+    )?;
+    for c in Counter::ALL {
+        if let Some(event) = ingress_event(c) {
+            writeln!(out, "{ingress}{{event=\"{event}\"}} {}", stats.get(c))?;
+        }
+    }
+    Ok(())
 }
 
 /// Each BPF map's entries and capacity.
@@ -218,6 +250,16 @@ mod tests {
             s.get(Counter::AffinityHit)
         );
         assert_eq!(got["switchyard_datapath_flow_events_lost_total"], 7);
+        assert_eq!(
+            got["switchyard_datapath_ingress_packets_total{event=\"translated\"}"],
+            s.get(Counter::IngressTranslated)
+        );
+        assert_eq!(
+            got["switchyard_datapath_ingress_packets_total{event=\"conntrack_clash\"}"],
+            s.get(Counter::IngressCtClash)
+        );
+        let ingress = got.keys().filter(|k| k.contains("ingress_packets")).count();
+        assert_eq!(ingress, 5);
     }
 
     #[test]
@@ -227,6 +269,7 @@ mod tests {
             "switchyard_datapath_drop_count_total",
             "switchyard_datapath_translations_total",
             "switchyard_datapath_affinity_hits_total",
+            "switchyard_datapath_ingress_packets_total",
             "switchyard_datapath_flow_events_lost_total",
             "switchyard_datapath_map_entries",
             "switchyard_datapath_map_capacity",

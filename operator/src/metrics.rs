@@ -103,6 +103,12 @@ impl Metrics {
         self.reconciles.inc();
         self.reconcile_seconds.observe(seconds);
         self.actions.inc_by(actions as u64);
+        // Present at 0 from the first reconcile: a rate of it (the
+        // dashboard's errors) has data before the first error.
+        drop(
+            self.errors
+                .get_or_create(&ErrorLabels { plan: plan.into() }),
+        );
         for phase in PHASES {
             let v = i64::from(format!("{:?}", status.phase) == phase);
             self.plans
@@ -254,6 +260,8 @@ mod tests {
             ..MigrationPlanStatus::default()
         };
         m.observe("p", &status, 0.01, 3);
+        let text = m.render();
+        assert!(text.contains(r#"switchyard_operator_reconcile_errors_total{plan="p"} 0"#));
         m.error("p");
         let text = m.render();
         assert!(

@@ -142,7 +142,10 @@ async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<
         node_ports: None,
         ingress: Vec::new(),
         ingress_blocked: None,
-        health: Arc::new(Health::new(cfg.bpffs_dir.clone())),
+        health: Arc::new(Health::new(
+            cfg.bpffs_dir.clone(),
+            shared.health_checks.clone(),
+        )),
         sync_ok: true,
         syncer: Syncer::new(node_context(&node)),
         cfg,

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -66,6 +67,36 @@ pub struct Health {
     bpffs_dir: PathBuf,
     state: Mutex<HealthState>,
     steering: Mutex<Steering>,
+    answered: Arc<Answered>,
+}
+
+/// Health checks answered, by port and status code: what a cloud load
+/// balancer was told (kube-proxy counts its own as `kubeproxy_healthz_total`).
+#[derive(Debug, Default)]
+pub struct Answered {
+    /// `[proxy port, service ports]` × `[200, 503]`.
+    counts: [[AtomicU64; 2]; 2],
+}
+
+impl Answered {
+    fn record(&self, port: u16, code: u16) {
+        let kind = usize::from(port != PROXY_HEALTH_PORT);
+        self.counts[kind][usize::from(code != 200)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends `switchyard_agent_health_checks_total` to `out`.
+    pub fn render(&self, out: &mut String) {
+        let name = "switchyard_agent_health_checks_total";
+        out.push_str(&format!(
+            "# HELP {name} Health checks answered on kube-proxy's health ports, by port (proxy: {PROXY_HEALTH_PORT}; service: a healthCheckNodePort) and status code.\n# TYPE {name} counter\n"
+        ));
+        for (kind, port) in ["proxy", "service"].into_iter().enumerate() {
+            for (c, code) in ["200", "503"].into_iter().enumerate() {
+                let v = self.counts[kind][c].load(Ordering::Relaxed);
+                out.push_str(&format!("{name}{{port=\"{port}\",code=\"{code}\"}} {v}\n"));
+            }
+        }
+    }
 }
 
 /// The steering map and the listener serving each port.
@@ -136,12 +167,14 @@ pub fn answer(state: &HealthState, port: u16, now: SystemTime) -> (u16, serde_js
 }
 
 impl Health {
-    /// Health ports steered through the datapath pinned under `bpffs_dir`.
-    pub fn new(bpffs_dir: PathBuf) -> Self {
+    /// Health ports steered through the datapath pinned under `bpffs_dir`,
+    /// counting their answers in `answered`.
+    pub fn new(bpffs_dir: PathBuf, answered: Arc<Answered>) -> Self {
         Self {
             bpffs_dir,
             state: Mutex::default(),
             steering: Mutex::default(),
+            answered,
         }
     }
 
@@ -264,6 +297,7 @@ impl Health {
         // its request would see a broken pipe instead of the answer.
         let _ = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await;
         let (code, body) = answer(&self.snapshot(), port, SystemTime::now());
+        self.answered.record(port, code);
         let body = body.to_string();
         let reason = if code == 200 {
             "OK"
@@ -320,7 +354,8 @@ mod tests {
     /// writes to, and its next write fails).
     #[tokio::test]
     async fn a_request_written_in_pieces_is_answered() {
-        let health = Arc::new(Health::new(PathBuf::from("/nonexistent")));
+        let answered = Arc::new(Answered::default());
+        let health = Arc::new(Health::new(PathBuf::from("/nonexistent"), answered.clone()));
         health.set(HealthState {
             serving: true,
             healthy: true,
@@ -348,6 +383,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.contains("\"nodeEligible\":true"), "{answer}");
+        let mut metrics = String::new();
+        answered.render(&mut metrics);
+        let line = "switchyard_agent_health_checks_total{port=\"proxy\",code=\"200\"} 1\n";
+        assert!(metrics.contains(line), "{metrics}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct Shared {
     /// Lease renewals that succeeded, and those that failed.
     pub lease_renewals: AtomicU64,
     pub lease_renewal_errors: AtomicU64,
+    /// Answers on kube-proxy's health ports.
+    pub health_checks: std::sync::Arc<crate::health::Answered>,
     /// The flows, when the agent keeps them, and the node they are seen on.
     pub flows: Option<(std::sync::Arc<FlowHub>, std::sync::Arc<str>)>,
     metrics: Mutex<Metrics>,
@@ -63,6 +65,7 @@ impl Shared {
         let mut out = m.datapath.clone();
         sync_metrics(&mut out, &m.sync, m.syncs);
         self.agent_counters(&mut out);
+        self.health_checks.render(&mut out);
         if let Some((flows, _)) = &self.flows {
             out.push_str(&flows.metrics());
         }
@@ -183,6 +186,11 @@ mod tests {
         assert!(text.contains("switchyard_agent_status_writes_total 2\n"));
         assert!(text.contains("switchyard_agent_lease_renewals_total 6\n"));
         assert!(text.contains("switchyard_agent_lease_renewal_errors_total 0\n"));
+        assert!(
+            text.contains(
+                "switchyard_agent_health_checks_total{port=\"service\",code=\"503\"} 0\n"
+            )
+        );
         assert!(!text.contains("switchyard_agent_flows_total"));
         let hub = std::sync::Arc::new(FlowHub::new(8, true));
         let text = Shared::with_flows(hub, "node1").render();
