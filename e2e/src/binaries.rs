@@ -118,11 +118,23 @@ pub fn build_hubble() -> Result<PathBuf> {
     run_build_script("build-hubble.sh")
 }
 
+/// Runs `e2e/hack/build-prometheus.sh prometheus` (the Prometheus server
+/// from its Go module, cached) and returns the path of the binary.
+pub fn build_prometheus() -> Result<PathBuf> {
+    run_build_script_with("build-prometheus.sh", &["prometheus"])
+}
+
 /// Runs one of `e2e/hack`'s build scripts, streaming its progress to
 /// stderr, and returns the path it prints.
 fn run_build_script(name: &str) -> Result<PathBuf> {
+    run_build_script_with(name, &[])
+}
+
+/// [`run_build_script`] with arguments.
+fn run_build_script_with(name: &str, args: &[&str]) -> Result<PathBuf> {
     let script = e2e_dir().join("hack").join(name);
     let out = Command::new(&script)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

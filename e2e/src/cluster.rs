@@ -324,6 +324,16 @@ impl Cluster {
             })
     }
 
+    /// Where a program of the control plane's side runs: its network
+    /// namespace, in the child cgroup `name` of the cluster's.
+    pub fn control_plane_placement(&self, name: &str) -> Result<Placement> {
+        Ok(Placement {
+            netns: Some(sys::netns_path(&self.plan.cp_netns)),
+            cgroup: Some(self.cgroup.child(name)?.path),
+            ..Default::default()
+        })
+    }
+
     /// A second address of the API server, `CONTROL_PLANE_IP:port`, served
     /// by a forwarder in the control plane's namespace: one of several API
     /// server endpoints, which dies with its connections when dropped.

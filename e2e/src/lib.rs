@@ -32,6 +32,8 @@
 //!   `switchyard-lab` command; [`request`] sends HTTP/UDP from inside pods
 //!   and nodes; [`identity`] acts as a pod's ServiceAccount with the token
 //!   the runtime minted for it.
+//! - [`prometheus`]: a real Prometheus server beside the control plane,
+//!   scraping the switchyard pods with the shipped scrape job and rules.
 //!
 //! All traffic stays on loopback or inside namespaces the lab creates.
 
@@ -49,6 +51,7 @@ pub mod network;
 pub mod node_requests;
 pub mod outside;
 pub mod pki;
+pub mod prometheus;
 pub mod request;
 pub mod runtime;
 pub mod scenario;

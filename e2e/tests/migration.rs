@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_api::{MigrationPlan, NodeDatapath, NodeStep, Phase};
+use switchyard_e2e::prometheus::Prometheus;
 use switchyard_e2e::scenario::{self, Target};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_for};
 
@@ -73,12 +74,20 @@ async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
     }
 }
 
+/// Migrates every node under load, checks that nothing failed and that
+/// kube-proxy is gone; with `monitored`, a Prometheus scrapes switchyard
+/// from before the plan.
 async fn migrate_with_zero_failures(
     mode: ProxyMode,
     installer: Installer,
-) -> (Cluster, Vec<Target>) {
+    monitored: bool,
+) -> (Cluster, Vec<Target>, Option<Prometheus>) {
     let (c, targets, load) = setup_with(mode, installer).await;
     add_kubelet_chains(&c).await;
+    let prometheus = match monitored {
+        true => Some(common::monitoring::start_prometheus(&c).await),
+        false => None,
+    };
     let started = Instant::now();
     // kube-proxy keeps running untouched on each node until its turn.
     let before = common::kube_proxy_pods(&c).await;
@@ -136,7 +145,7 @@ async fn migrate_with_zero_failures(
     assert_kubelet_chains(&c).await;
     assert_services_reachable(&c, &targets).await;
     common::assert_plugin_reports_success(&c, "to-ebpf", &p).await;
-    (c, targets)
+    (c, targets, prometheus)
 }
 
 /// `cordoned` is the only unschedulable node: the plan lifted its own
@@ -159,8 +168,14 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
     // Installed with Helm: the chart's own acceptance (`helm install`, then
     // a migration that succeeds with no failed request); the nftables
     // scenario covers `kubectl apply -k`.
-    let (c, targets) = migrate_with_zero_failures(ProxyMode::Iptables, Installer::Helm).await;
+    let (c, targets, prometheus) =
+        migrate_with_zero_failures(ProxyMode::Iptables, Installer::Helm, true).await;
     common::observe::a_refused_connection_is_one_dropped_flow(&c).await;
+    // The shipped dashboard and alerts, on what a real Prometheus scraped
+    // during the migration.
+    let prometheus = prometheus.unwrap();
+    common::monitoring::every_dashboard_query_and_alert_has_data(&c, &prometheus).await;
+    drop(prometheus);
 
     // Full rollback after success: kube-proxy restored from the backup and
     // running everywhere, the datapath off, no failed request.
@@ -237,8 +252,8 @@ async fn nftables_migration_then_a_joining_node_its_replacement_and_kube_proxy_r
         return;
     }
     let _serial = SERIAL.lock().await;
-    let (mut c, targets) =
-        migrate_with_zero_failures(ProxyMode::Nftables, Installer::Kustomize).await;
+    let (mut c, targets, _) =
+        migrate_with_zero_failures(ProxyMode::Nftables, Installer::Kustomize, false).await;
     common::reconnect::an_agent_restarted_after_kube_proxy_is_gone_reconnects(&c).await;
     // The joining node's agent starts after kube-proxy is gone: it finds the
     // API server from the same mounted endpoints.

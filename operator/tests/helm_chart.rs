@@ -187,6 +187,10 @@ fn the_charts_copies_are_the_repositorys_files() -> TestResult {
             "files/switchyard-rules.yaml",
             "config/monitoring/switchyard-rules.yaml",
         ),
+        (
+            "files/switchyard-dashboard.json",
+            "config/monitoring/switchyard-dashboard.json",
+        ),
         // The RBAC the e2e audit check proves (e2e/README.md).
         ("templates/rbac-agent.yaml", "config/rbac/agent.yaml"),
         ("templates/rbac-operator.yaml", "config/rbac/operator.yaml"),
@@ -258,7 +262,6 @@ fn values_change_what_the_chart_renders() -> TestResult {
         "--set=agent.metricsPort=19964",
         "--set=agent.nodeSelector.kubernetes\\.io/os=linux",
         "--set=admissionPolicies.enabled=false",
-        "--set=monitoring.prometheusRule.enabled=true",
     ];
     let objects = render(&helm, &set)?;
     let ns = "switchyard-system";
@@ -290,11 +293,50 @@ fn values_change_what_the_chart_renders() -> TestResult {
             .any(|k| k.starts_with("ValidatingAdmissionPolicy")),
         "{kinds:?}"
     );
+    Ok(())
+}
+
+/// The optional monitoring objects render the committed ones: the
+/// PrometheusRule and the PodMonitor of `config/monitoring/`, and the
+/// dashboard in a ConfigMap Grafana's sidecar loads.
+#[test]
+fn monitoring_values_render_the_committed_objects() -> TestResult {
+    let Some(helm) = helm()? else { return Ok(()) };
+    let set = [
+        "--set=monitoring.prometheusRule.enabled=true",
+        "--set=monitoring.podMonitor.enabled=true",
+        "--set=monitoring.grafanaDashboard.enabled=true",
+    ];
+    let objects = render(&helm, &set)?;
+    let ns = "switchyard-system";
+    let committed = |file: &str| -> Result<Value, Box<dyn std::error::Error>> {
+        let text = std::fs::read_to_string(repo().join("config/monitoring").join(file))?;
+        Ok(serde_yaml::from_str(&text)?)
+    };
     let rule = &objects[&key("PrometheusRule", ns, "switchyard")];
-    let committed: Value = serde_yaml::from_str(&std::fs::read_to_string(
-        repo().join("config/monitoring/prometheusrule.yaml"),
-    )?)?;
-    assert_eq!(rule, &committed, "the chart's PrometheusRule");
+    assert_eq!(
+        rule,
+        &committed("prometheusrule.yaml")?,
+        "the chart's PrometheusRule"
+    );
+    let monitor = &objects[&key("PodMonitor", ns, "switchyard")];
+    assert_eq!(
+        monitor,
+        &committed("podmonitor.yaml")?,
+        "the chart's PodMonitor"
+    );
+    let dashboard = &objects[&key("ConfigMap", ns, "switchyard-dashboard")];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json = dashboard["data"]["switchyard.json"]
+        .as_str()
+        .ok_or("no dashboard")?;
+    let file = repo().join("config/monitoring/switchyard-dashboard.json");
+    let committed = std::fs::read_to_string(file)?;
+    assert_eq!(
+        json.trim_end(),
+        committed.trim_end(),
+        "the chart's dashboard"
+    );
     Ok(())
 }
 

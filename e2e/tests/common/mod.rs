@@ -7,6 +7,7 @@
 pub mod drift;
 pub mod hubble;
 pub mod joining;
+pub mod monitoring;
 pub mod observe;
 mod plugin;
 pub mod reconnect;
