@@ -28,6 +28,17 @@ const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALH
 /// few seconds has samples.
 const INTERVAL: &str = "1s";
 
+/// One scrape target as Prometheus reports it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its labels after relabelling.
+    pub labels: Value,
+    /// `up`, `down` or `unknown`.
+    pub health: String,
+    /// The last scrape's error, empty when it succeeded.
+    pub error: String,
+}
+
 /// A running Prometheus; killed when dropped.
 #[derive(Debug)]
 pub struct Prometheus {
@@ -148,20 +159,21 @@ impl Prometheus {
         .await
     }
 
-    /// The active scrape targets: each one's labels and health (`up`, …).
-    pub async fn targets(&self) -> Result<Vec<(Value, String)>> {
+    /// The active scrape targets: each one's labels, health (`up`, …) and
+    /// last scrape error.
+    pub async fn targets(&self) -> Result<Vec<Target>> {
         let data = self.data("/api/v1/targets?state=active").await?;
         let targets = data["activeTargets"]
             .as_array()
             .cloned()
             .unwrap_or_default();
+        let field = |t: &Value, k: &str| t[k].as_str().unwrap_or("").to_string();
         Ok(targets
             .into_iter()
-            .map(|t| {
-                (
-                    t["labels"].clone(),
-                    t["health"].as_str().unwrap_or("").into(),
-                )
+            .map(|t| Target {
+                health: field(&t, "health"),
+                error: field(&t, "lastError"),
+                labels: t["labels"].clone(),
             })
             .collect())
     }

@@ -20,17 +20,19 @@ fn monitoring_file(name: &str) -> String {
 pub async fn start_prometheus(c: &Cluster) -> Prometheus {
     let prometheus = Prometheus::start(c).await.unwrap();
     let want = c.plan().nodes.len() + 1;
-    wait_for(
+    let scraped = wait_for(
         "every switchyard pod scraped",
         Duration::from_secs(60),
         || async {
             let targets = prometheus.targets().await.ok()?;
-            let up = targets.iter().filter(|(_, health)| health == "up").count();
+            let up = targets.iter().filter(|t| t.health == "up").count();
             (up == want && targets.len() == want).then_some(())
         },
     )
-    .await
-    .unwrap();
+    .await;
+    if let Err(e) = scraped {
+        panic!("{e}: {:#?}", prometheus.targets().await);
+    }
     prometheus
 }
 
@@ -64,16 +66,13 @@ pub async fn every_dashboard_query_and_alert_has_data(c: &Cluster, prometheus: &
 async fn assert_targets_labelled(c: &Cluster, prometheus: &Prometheus) {
     let targets = prometheus.targets().await.unwrap();
     let mut nodes: Vec<&str> = Vec::new();
-    for (labels, health) in &targets {
-        assert_eq!(health, "up", "{labels}");
+    for t in &targets {
+        assert_eq!(t.health, "up", "{t:?}");
         for label in ["namespace", "pod", "container", "node"] {
-            assert!(
-                labels[label].is_string(),
-                "target without {label}: {labels}"
-            );
+            assert!(t.labels[label].is_string(), "target without {label}: {t:?}");
         }
-        if labels["container"] == "agent" {
-            nodes.push(labels["node"].as_str().unwrap_or_default());
+        if t.labels["container"] == "agent" {
+            nodes.push(t.labels["node"].as_str().unwrap_or_default());
         }
     }
     nodes.sort_unstable();

@@ -89,8 +89,20 @@ fn route(path: &str, query: Option<&str>, health: &dyn Health) -> Response<Body>
     };
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
+    // Prometheus 3 refuses a scrape without a Content-Type.
+    let kind = match path {
+        "/metrics" => EXPOSITION,
+        _ => "text/plain; charset=utf-8",
+    };
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kind),
+    );
     resp
 }
+
+/// The Prometheus text exposition format's media type.
+const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The process exit code for a binary's result: failure with the error
 /// logged and printed on stderr (prefixed with `program`).
@@ -170,7 +182,10 @@ mod tests {
             );
             tokio::task::yield_now().await;
         }
-        assert!(get(port, "/metrics").await.ends_with("x_total 1\n"));
+        let metrics = get(port, "/metrics").await;
+        assert!(metrics.ends_with("x_total 1\n"), "{metrics}");
+        let kind = format!("content-type: {EXPOSITION}\r\n");
+        assert!(metrics.to_lowercase().contains(&kind), "{metrics}");
         assert!(get(port, "/healthz").await.starts_with("HTTP/1.1 200"));
         let r = get(port, "/readyz").await;
         assert!(
