@@ -324,11 +324,16 @@ impl Cluster {
             })
     }
 
+    /// The control plane's network namespace (etcd, the API server).
+    pub fn control_plane_netns(&self) -> PathBuf {
+        sys::netns_path(&self.plan.cp_netns)
+    }
+
     /// Where a program of the control plane's side runs: its network
     /// namespace, in the child cgroup `name` of the cluster's.
     pub fn control_plane_placement(&self, name: &str) -> Result<Placement> {
         Ok(Placement {
-            netns: Some(sys::netns_path(&self.plan.cp_netns)),
+            netns: Some(self.control_plane_netns()),
             cgroup: Some(self.cgroup.child(name)?.path),
             ..Default::default()
         })

@@ -12,12 +12,14 @@
 //! `switchyard-operator` binary as a child process ([`operator`]) with its
 //! own ServiceAccount token and `config/rbac` permissions; one
 //! `MigrationPlan` in waves, measured from apply to `Succeeded` ([`measure`]:
-//! `/proc` samples and the audit log); [`report`] renders the runs.
+//! `/proc` samples and the audit log), then a window at rest and etcd's
+//! database size ([`at_rest`]); [`report`] renders the runs.
 //!
 //! kube-proxy's own programming time (`make bench-kube-proxy`,
 //! [`kube_proxy`]): the real kube-proxy programming N Services on a lab
 //! node, its metrics parsed by [`kp_parse`], rendered by [`kp_report`].
 
+pub mod at_rest;
 pub mod kp_parse;
 pub mod kp_report;
 pub mod kube_proxy;

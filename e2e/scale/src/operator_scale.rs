@@ -19,6 +19,7 @@ use switchyard_e2e::cluster::{Cluster, ClusterConfig, wait_for};
 use switchyard_e2e::error::{Error, Result};
 use switchyard_e2e::scenario::{config_dir, kubectl, relative};
 
+use crate::at_rest::{self, AtRest};
 use crate::measure::{self, ProcSample, RequestCounts};
 use crate::operator::{self, OPERATOR_USER};
 use crate::responder::{Counters, Responder};
@@ -38,6 +39,8 @@ pub struct ScaleConfig {
     pub operator: PathBuf,
     /// Longest the migration may take.
     pub timeout: Duration,
+    /// The window measured at rest after the migration.
+    pub at_rest: Duration,
 }
 
 /// The figures of one run.
@@ -83,6 +86,12 @@ pub struct RunResult {
     pub responder_heartbeats: u64,
     pub responder_pod_writes: u64,
     pub responder_errors: u64,
+    /// etcd's database in use before the plan and after the window at
+    /// rest, MiB.
+    pub etcd_db_mib_before: f64,
+    pub etcd_db_mib_after: f64,
+    /// The window at rest after `Succeeded`.
+    pub at_rest: AtRest,
 }
 
 /// Runs one benchmark: cluster up, migrate, measure, tear down.
@@ -319,6 +328,9 @@ struct Measured {
     /// The operator's requests during the migration and before it.
     requests: RequestCounts,
     startup: RequestCounts,
+    etcd_before: u64,
+    etcd_after: u64,
+    at_rest: AtRest,
 }
 
 async fn migrate(
@@ -336,6 +348,7 @@ async fn migrate(
         "simulated cluster ready"
     );
 
+    let etcd_before = at_rest::etcd_db_in_use(c).await?;
     let mut op = operator::Running::start(c, &cfg.operator, work).await?;
     let api_pid = c.control_plane_pid("kube-apiserver");
     let op0 = measure::sample(op.pid).unwrap_or_default();
@@ -350,6 +363,8 @@ async fn migrate(
     let op1 = measure::sample(op.pid).unwrap_or(watched.last);
     let api1 = api_pid.and_then(measure::sample).unwrap_or(api0);
     let op_started = op.started;
+    let rest = at_rest::measure_window(c, cfg.at_rest, &responder.counters, audit_log).await?;
+    let etcd_after = at_rest::etcd_db_in_use(c).await?;
     op.stop().await;
 
     let audit = std::fs::read_to_string(audit_log).map_err(Error::io("reading", audit_log))?;
@@ -363,6 +378,9 @@ async fn migrate(
         api1,
         requests: measure::count_requests(audit.lines(), OPERATOR_USER, t0, t1),
         startup: measure::count_requests(audit.lines(), OPERATOR_USER, op_started, t0),
+        etcd_before,
+        etcd_after,
+        at_rest: rest,
     };
     Ok(run_result(cfg, m, &responder.counters))
 }
@@ -398,6 +416,9 @@ fn run_result(cfg: &ScaleConfig, m: Measured, counters: &Counters) -> RunResult 
         responder_heartbeats: load(&counters.heartbeats),
         responder_pod_writes: load(&counters.pod_writes),
         responder_errors: load(&counters.errors),
+        etcd_db_mib_before: mib(m.etcd_before / 1024),
+        etcd_db_mib_after: mib(m.etcd_after / 1024),
+        at_rest: m.at_rest,
     }
 }
 

@@ -44,6 +44,22 @@ pub struct Summary {
     pub heartbeats_per_sec: f64,
     /// Requests per verb and resource of the median-time run, per node.
     pub requests_per_node_by_kind: BTreeMap<String, f64>,
+    /// etcd's database in use before the plan and after the migration, MiB.
+    pub etcd_db_mib_before: f64,
+    pub etcd_db_mib_after: f64,
+    /// At rest after `Succeeded`: switchyard's requests per second, and of
+    /// them the operator's and the agents' Lease renewals and status writes.
+    pub at_rest_requests_per_sec: f64,
+    pub at_rest_operator_requests_per_min: f64,
+    pub at_rest_lease_renewals_per_sec: f64,
+    pub at_rest_status_writes_per_min: f64,
+    /// kube-apiserver's CPU at rest, percent of one core.
+    pub at_rest_apiserver_cpu_percent: f64,
+}
+
+/// `count` over a run's window at rest, per second.
+fn at_rest_rate(r: &RunResult, count: u64) -> f64 {
+    count as f64 / r.at_rest.secs.max(f64::EPSILON)
 }
 
 /// The median of `v` (`switchyard_testkit::stats::median`); 0 when empty.
@@ -91,6 +107,19 @@ pub fn summarize(runs: &[RunResult]) -> Vec<Summary> {
                 heartbeats_per_sec: m(|r| {
                     r.responder_heartbeats as f64 / (r.setup_secs + r.total_secs).max(1.0)
                 }),
+                etcd_db_mib_before: m(|r| r.etcd_db_mib_before),
+                etcd_db_mib_after: m(|r| r.etcd_db_mib_after),
+                at_rest_requests_per_sec: m(|r| r.at_rest.requests_per_sec()),
+                at_rest_operator_requests_per_min: m(|r| {
+                    at_rest_rate(r, r.at_rest.operator_requests) * 60.0
+                }),
+                at_rest_lease_renewals_per_sec: m(|r| at_rest_rate(r, r.at_rest.lease_renewals)),
+                at_rest_status_writes_per_min: m(|r| {
+                    at_rest_rate(r, r.at_rest.status_writes) * 60.0
+                }),
+                at_rest_apiserver_cpu_percent: m(|r| {
+                    r.at_rest.apiserver_cpu_secs * 100.0 / r.at_rest.secs.max(f64::EPSILON)
+                }),
                 requests_per_node_by_kind: typical
                     .map(|r| {
                         r.requests
@@ -115,7 +144,7 @@ const LARGEST: &str = include_str!("../templates/operator-scale-largest.md");
 pub fn markdown(
     summaries: &[Summary],
     wave_percent: u32,
-    heartbeat_secs: u64,
+    (heartbeat_secs, at_rest_secs): (u64, u64),
     cmd: &str,
 ) -> String {
     let rows: String = summaries.iter().map(table_row).collect();
@@ -125,6 +154,7 @@ pub fn markdown(
             ("cmd", cmd.to_string()),
             ("k8s", K8S_VERSION.trim_start_matches('v').to_string()),
             ("heartbeat_secs", heartbeat_secs.to_string()),
+            ("at_rest_secs", at_rest_secs.to_string()),
             ("wave_percent", wave_percent.to_string()),
             ("rows", rows),
         ],
@@ -139,7 +169,7 @@ pub fn markdown(
 /// One node count's row of the table.
 fn table_row(x: &Summary) -> String {
     format!(
-        "| {} | {} | {:.1} s | {:.1} s | {:.2} ms | {:.0} ms | {:.1} | {:.1} MiB | {:.1} MiB | {:.1} s |\n",
+        "| {} | {} | {:.1} s | {:.1} s | {:.2} ms | {:.0} ms | {:.1} | {:.1} MiB | {:.1} MiB | {:.1} s | {:.1} MiB | {:.1} |\n",
         x.nodes,
         x.runs,
         x.total_secs,
@@ -150,6 +180,8 @@ fn table_row(x: &Summary) -> String {
         x.operator_peak_rss_mib,
         x.operator_idle_rss_mib,
         x.apiserver_cpu_secs,
+        x.etcd_db_mib_after,
+        x.at_rest_requests_per_sec,
     )
 }
 
@@ -219,6 +251,14 @@ fn largest(big: &Summary, heartbeat_secs: u64) -> String {
             ("heartbeats_per_sec", f0(big.heartbeats_per_sec)),
             ("requests_per_node", f1(big.requests_per_node)),
             ("own", f1(own_requests_per_node(big))),
+            ("etcd_before", f1(big.etcd_db_mib_before)),
+            ("etcd_after", f1(big.etcd_db_mib_after)),
+            ("rest_rps", f1(big.at_rest_requests_per_sec)),
+            ("rest_hour", f0(big.at_rest_requests_per_sec * 3600.0)),
+            ("rest_renewals", f1(big.at_rest_lease_renewals_per_sec)),
+            ("rest_operator", f1(big.at_rest_operator_requests_per_min)),
+            ("rest_status", f1(big.at_rest_status_writes_per_min)),
+            ("rest_cpu", f1(big.at_rest_apiserver_cpu_percent)),
         ],
     )
 }
@@ -273,6 +313,16 @@ mod tests {
             responder_heartbeats: 0,
             responder_pod_writes: 0,
             responder_errors: 0,
+            etcd_db_mib_before: 4.0,
+            etcd_db_mib_after: 9.0,
+            at_rest: crate::at_rest::AtRest {
+                secs: 60.0,
+                operator_requests: 6,
+                lease_renewals: nodes as u64 * 6,
+                status_writes: 0,
+                pod_writes: 0,
+                apiserver_cpu_secs: 6.0,
+            },
         }
     }
 
@@ -298,8 +348,18 @@ mod tests {
         assert_eq!(s[1].runs, 2);
         assert_eq!(s[1].total_secs, 35.0);
         assert_eq!(s[1].requests_per_node_by_kind["patch nodes"], 2.0);
-        let md = markdown(&s, 10, 10, "make bench-operator");
+        let md = markdown(&s, 10, (10, 60), "make bench-operator");
         assert!(md.contains("| 1000 | 2 | 35.0 s |"));
+        // 6 000 renewals and 6 operator requests in 60 s.
+        assert!(md.contains("| 9.0 MiB | 100.1 |\n"), "{md}");
+        assert!(
+            md.contains("100.1 requests a second (360360 an hour)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("0.0 NodeDatapath status writes a minute"),
+            "{md}"
+        );
         assert!(md.contains("missed by 3.0 MiB"), "{md}");
         // 800 KiB over 1 000 nodes: 819 bytes a node, 1 920 nodes to 1.5 MiB.
         assert!(

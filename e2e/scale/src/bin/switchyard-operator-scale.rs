@@ -32,6 +32,9 @@ struct Args {
     /// Longest one migration may take, seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
+    /// The window measured at rest after each migration, seconds.
+    #[arg(long, default_value_t = 60)]
+    at_rest_seconds: u64,
 }
 
 fn default_operator() -> PathBuf {
@@ -86,6 +89,7 @@ async fn run(args: Args) -> Result<(), String> {
                 heartbeat: Duration::from_secs(args.heartbeat_seconds),
                 operator: operator.clone(),
                 timeout: Duration::from_secs(args.timeout_seconds),
+                at_rest: Duration::from_secs(args.at_rest_seconds),
             };
             eprintln!("== {nodes} nodes, run {run}/{}", args.runs);
             let r = scale::run_once(&cfg).await.map_err(|e| e.to_string())?;
@@ -106,11 +110,13 @@ async fn run(args: Args) -> Result<(), String> {
         nodes.join(","),
         args.runs
     );
-    let md = report::markdown(&summaries, wave_percent, args.heartbeat_seconds, &cmd);
+    let secs = (args.heartbeat_seconds, args.at_rest_seconds);
+    let md = report::markdown(&summaries, wave_percent, secs, &cmd);
     let json = serde_json::json!({
         "command": cmd,
         "wave_percent": wave_percent,
         "heartbeat_seconds": args.heartbeat_seconds,
+        "at_rest_seconds": args.at_rest_seconds,
         "summaries": summaries,
         "runs": results,
     });
