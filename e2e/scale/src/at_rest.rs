@@ -3,6 +3,7 @@
 //! audit log, the simulated agents' and kubelets' from the responder, the
 //! API server's CPU), and the size of etcd's database.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +28,9 @@ const ETCD_METRICS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::
 pub struct AtRest {
     /// Length of the window, seconds.
     pub secs: f64,
-    /// The operator's API requests in the window.
+    /// The operator's API requests in the window, and by verb and resource.
     pub operator_requests: u64,
+    pub operator_by_kind: BTreeMap<String, u64>,
     /// The simulated agents' Lease renewals in the window.
     pub lease_renewals: u64,
     /// The simulated agents' NodeDatapath status writes in the window.
@@ -71,6 +73,7 @@ pub async fn measure_window(
     Ok(AtRest {
         secs,
         operator_requests: operator.total,
+        operator_by_kind: operator.by_kind,
         lease_renewals: load(&counters.heartbeats) - before.0,
         status_writes: load(&counters.answers) - before.1,
         pod_writes: load(&counters.pod_writes) - before.2,
@@ -116,6 +119,7 @@ mod tests {
         let w = AtRest {
             secs: 10.0,
             operator_requests: 2,
+            operator_by_kind: BTreeMap::new(),
             lease_renewals: 100,
             status_writes: 3,
             pod_writes: 0,

@@ -318,6 +318,7 @@ mod tests {
             at_rest: crate::at_rest::AtRest {
                 secs: 60.0,
                 operator_requests: 6,
+                operator_by_kind: BTreeMap::new(),
                 lease_renewals: nodes as u64 * 6,
                 status_writes: 0,
                 pod_writes: 0,

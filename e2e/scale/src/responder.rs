@@ -395,6 +395,9 @@ async fn heartbeats(
 ) {
     let slots = period.as_secs().max(1) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // As the agent: a slot renewed late is not followed by the missed
+    // slots at once (a backlog would burst into the window at rest).
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0usize;
     loop {
         tick.tick().await;

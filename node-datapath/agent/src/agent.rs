@@ -185,6 +185,10 @@ async fn event_loop(st: &mut State, mut inputs: Inputs, mut shutdown: watch::Rec
         peer_tx,
     };
     let mut heartbeat = tokio::time::interval(st.cfg.heartbeat);
+    // A renewal that came late is not followed by the missed ones at once
+    // (the kubelet's node lease does not catch up either): thousands of
+    // agents catching up would load an API server just as it recovers.
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut off_retry = tokio::time::interval(Duration::from_millis(250));
     let mut beats: u64 = 0;
     loop {
