@@ -10,7 +10,7 @@ use serde_json::Value;
 use switchyard_e2e::Cluster;
 use tokio::process::Command;
 
-use super::observe::{NS, SERVICE, assert_the_drop, follow};
+use super::observe::{NS, SERVICE, assert_the_drop, follow, follow_args};
 
 /// The agents' Observer API port (node-local).
 const OBSERVER_PORT: u16 = 4244;
@@ -90,16 +90,7 @@ pub async fn the_hubble_cli_shows_the_drops(
 
     let mut following = Command::new(hubble());
     following
-        .args([
-            "observe",
-            "-f",
-            "--last",
-            "1",
-            "--to-service",
-            &to,
-            "-o",
-            "json",
-        ])
+        .args(follow_args(&to))
         .arg("--server")
         .arg(&server);
     follow(c, following, pod, node, ip, latest).await;

@@ -117,22 +117,27 @@ pub(super) fn assert_the_drop(line: &Value, pod: &str, node: &str, ip: &str) {
     assert_eq!(f["node_name"], node, "{f}");
 }
 
-/// `observe -f --last 1` (every node followed through the API server's
-/// pod proxy) prints the drop already seen, then the next one as it
-/// happens, which it returns.
-async fn followed(c: &Cluster, pod: &str, node: &str, ip: &str, seen: &Value) -> Value {
-    let to = format!("{NS}/{SERVICE}");
-    let args = [
+/// The follow both clients are given, the same filters for each: the last
+/// drop to `to`, then the next ones, as JSON.
+pub fn follow_args(to: &str) -> [&str; 8] {
+    [
         "observe",
         "-f",
         "--last",
         "1",
         "--to-service",
-        &to,
+        to,
         "-o",
         "json",
-    ];
-    let child = super::kubectl_switchyard_command(c, &args);
+    ]
+}
+
+/// `observe -f --last 1` (every node followed through the API server's
+/// pod proxy) prints the drop already seen, then the next one as it
+/// happens, which it returns.
+async fn followed(c: &Cluster, pod: &str, node: &str, ip: &str, seen: &Value) -> Value {
+    let to = format!("{NS}/{SERVICE}");
+    let child = super::kubectl_switchyard_command(c, &follow_args(&to));
     follow(c, child, pod, node, ip, seen).await
 }
 
