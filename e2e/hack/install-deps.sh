@@ -8,6 +8,7 @@ PACKAGES=(
   iptables nftables ipset conntrack iproute2  # datapath, cleanup, e2e nodes
   openssl  # local cluster certificates
   curl  # by hand: requests from inside lab pods (switchyard-lab exec)
+  chromium-headless-shell  # the web view's e2e: a real browser
 )
 
 missing=()

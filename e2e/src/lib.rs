@@ -34,12 +34,15 @@
 //!   the runtime minted for it.
 //! - [`prometheus`]: a real Prometheus server beside the control plane,
 //!   scraping the switchyard pods with the shipped scrape job and rules.
+//! - [`browser`]: a headless Chromium driven over the DevTools protocol,
+//!   reaching the cluster through `kubectl proxy`.
 //!
 //! All traffic stays on loopback or inside namespaces the lab creates.
 
 pub mod addons;
 pub mod audit;
 pub mod binaries;
+pub mod browser;
 pub mod cluster;
 pub mod control_plane;
 pub mod error;

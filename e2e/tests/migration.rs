@@ -18,6 +18,7 @@ use switchyard_e2e::scenario::{self, Target};
 use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_for};
 
 mod common;
+use common::web::WebView;
 use common::{
     Installer, add_kubelet_chains, assert_kubelet_chains, assert_no_failures, plan, progress,
     run_plan, setup, setup_with,
@@ -74,18 +75,28 @@ async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
     }
 }
 
+/// What watched a migration from before its plan was applied: a real
+/// Prometheus scraping switchyard, and the web view in a real browser.
+struct Watchers {
+    prometheus: Prometheus,
+    web: WebView,
+}
+
 /// Migrates every node under load, checks that nothing failed and that
-/// kube-proxy is gone; with `monitored`, a Prometheus scrapes switchyard
-/// from before the plan.
+/// kube-proxy is gone; with `watched`, [`Watchers`] follow it.
 async fn migrate_with_zero_failures(
     mode: ProxyMode,
     installer: Installer,
-    monitored: bool,
-) -> (Cluster, Vec<Target>, Option<Prometheus>) {
+    watched: bool,
+) -> (Cluster, Vec<Target>, Option<Watchers>) {
     let (c, targets, load) = setup_with(mode, installer).await;
     add_kubelet_chains(&c).await;
-    let prometheus = match monitored {
+    let prometheus = match watched {
         true => Some(common::monitoring::start_prometheus(&c).await),
+        false => None,
+    };
+    let web = match watched {
+        true => Some(common::web::follow(WebView::open(&c).await)),
         false => None,
     };
     let started = Instant::now();
@@ -112,6 +123,13 @@ async fn migrate_with_zero_failures(
     );
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 100);
+    let watchers = match (prometheus, web) {
+        (Some(prometheus), Some(web)) => Some(Watchers {
+            prometheus,
+            web: common::web::assert_followed(&c, web).await,
+        }),
+        _ => None,
+    };
 
     // kube-proxy is gone and backed up.
     let ds: Api<DaemonSet> = Api::namespaced(c.client(), "kube-system");
@@ -145,7 +163,7 @@ async fn migrate_with_zero_failures(
     assert_kubelet_chains(&c).await;
     assert_services_reachable(&c, &targets).await;
     common::assert_plugin_reports_success(&c, "to-ebpf", &p).await;
-    (c, targets, prometheus)
+    (c, targets, watchers)
 }
 
 /// `cordoned` is the only unschedulable node: the plan lifted its own
@@ -168,12 +186,16 @@ async fn iptables_migration_has_zero_failed_requests_then_rolls_back() {
     // Installed with Helm: the chart's own acceptance (`helm install`, then
     // a migration that succeeds with no failed request); the nftables
     // scenario covers `kubectl apply -k`.
-    let (c, targets, prometheus) =
+    let (c, targets, watchers) =
         migrate_with_zero_failures(ProxyMode::Iptables, Installer::Helm, true).await;
-    common::observe::a_refused_connection_is_one_dropped_flow(&c).await;
+    let Watchers {
+        prometheus,
+        mut web,
+    } = watchers.unwrap();
+    common::observe::a_refused_connection_is_one_dropped_flow(&c, Some(&mut web)).await;
+    drop(web);
     // The shipped dashboard and alerts, on what a real Prometheus scraped
     // during the migration.
-    let prometheus = prometheus.unwrap();
     common::monitoring::every_dashboard_query_and_alert_has_data(&c, &prometheus).await;
     drop(prometheus);
 

@@ -5,9 +5,11 @@
 //!   unit- and property-tested.
 //! - The controller (kube-runtime) gathers the snapshot from its caches,
 //!   calls the planner, records the status, then applies the actions.
+//! - [`web`]: the migration's web view, one page on the metrics port.
 //! - `crdgen` (a binary) writes `crds/` from `switchyard-api`.
 
 pub mod controller;
 pub mod error;
 pub mod metrics;
 pub mod planner;
+pub mod web;

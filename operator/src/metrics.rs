@@ -228,6 +228,14 @@ impl switchyard_daemon::Health for Metrics {
     fn not_ready(&self) -> Option<&'static str> {
         (!self.ready.load(Ordering::Relaxed)).then_some("caches syncing or not the leader")
     }
+
+    fn handle(
+        &self,
+        path: &str,
+        _query: Option<&str>,
+    ) -> Option<switchyard_daemon::Response<switchyard_daemon::Body>> {
+        crate::web::respond(path)
+    }
 }
 
 #[cfg(test)]

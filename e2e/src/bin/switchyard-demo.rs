@@ -8,7 +8,8 @@
 //! switchyard from `config/`, applies a MigrationPlan and shows its
 //! progress live (per-node steps, requests ok/failed inside and from
 //! outside), prints each node's `iptables -t nat -L KUBE-SERVICES` before
-//! and after; then a machine joins the cluster, now off kube-proxy: the
+//! and after, the flows, and the operator's web view as a real browser
+//! shows it (a screenshot); then a machine joins the cluster, now off kube-proxy: the
 //! plan migrates it before any pod may run there, and a pod scheduled
 //! there at once fails no request. Tears everything down.
 
@@ -18,6 +19,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Taint;
 use serde_json::json;
 use switchyard_api::{MigrationPlan, Phase, STARTUP_TAINT};
+use switchyard_e2e::browser::{Browser, KubectlProxy, WEB_VIEW};
 use switchyard_e2e::ingress;
 use switchyard_e2e::load;
 use switchyard_e2e::outside::traffic::{self, ExternalLoad};
@@ -279,6 +281,7 @@ async fn result(c: &Cluster, traffic: Traffic, secs: f64) -> Result<u64, String>
     );
     show_rules(c, "after").await;
     show_flows(c).await;
+    show_web_view(c).await;
     println!(
         "{}",
         scenario::kubectl(c, &["-n", "kube-system", "get", "daemonsets,configmaps"])
@@ -328,6 +331,30 @@ async fn show_flows(c: &Cluster) {
         ),
         Err(e) => println!("    {}: {e}", plugin.display()),
     }
+}
+
+/// The operator's web view as a browser shows it now: a real headless
+/// Chromium through `kubectl proxy`, saved as a PNG (nothing else of the
+/// demo depends on it).
+async fn show_web_view(c: &Cluster) {
+    let png = std::env::temp_dir().join("switchyard-demo-web-view.png");
+    println!("--- the web view: kubectl proxy, then open http://127.0.0.1:8001{WEB_VIEW}");
+    match screenshot_web_view(c, &png).await {
+        Ok(()) => println!("    as a browser shows it now: {}", png.display()),
+        Err(e) => println!("    (no screenshot: {e})"),
+    }
+}
+
+async fn screenshot_web_view(c: &Cluster, png: &std::path::Path) -> switchyard_e2e::Result<()> {
+    let proxy = KubectlProxy::start(c).await?;
+    let mut browser = Browser::launch(&c.state_dir().join("chromium")).await?;
+    let tab = browser.open(&format!("{}{WEB_VIEW}", proxy.url)).await?;
+    // A few rounds of asking: the flows and the nodes' step timings are in.
+    let polled = "Number(document.body.dataset.polls || 0) >= 3";
+    browser
+        .wait_until(&tab, polled, Duration::from_secs(30))
+        .await?;
+    browser.screenshot(&tab, png).await
 }
 
 /// Step 6: a machine joins the cluster now off kube-proxy, registered with

@@ -12,6 +12,7 @@ pub mod observe;
 mod plugin;
 pub mod reconnect;
 mod scenarios;
+pub mod web;
 pub use plugin::{assert_plugin_reports_success, kubectl_switchyard, kubectl_switchyard_command};
 pub use scenarios::{Installer, assert_no_failures, plan, progress, run_plan, setup, setup_with};
 

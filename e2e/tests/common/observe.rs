@@ -3,7 +3,7 @@
 //! client sees ECONNREFUSED, as under kube-proxy) and reports the drop;
 //! observe, through the API server's pod proxy to every agent, shows that
 //! one DROPPED flow with the pod, the Service and the reason; `observe -f`
-//! prints the next one as it happens.
+//! prints the next one as it happens; the web view shows the same drop.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use switchyard_api::NodeDatapath;
 use switchyard_e2e::{Cluster, wait_for};
 
 use super::kubectl_switchyard;
+use super::web::WebView;
 
 pub(super) const NS: &str = "default";
 pub(super) const SERVICE: &str = "no-endpoints";
@@ -176,7 +177,8 @@ pub(super) async fn follow(
     new
 }
 
-pub async fn a_refused_connection_is_one_dropped_flow(c: &Cluster) {
+/// With `web`, the web view shows that one drop too.
+pub async fn a_refused_connection_is_one_dropped_flow(c: &Cluster, web: Option<&mut WebView>) {
     let started = Instant::now();
     let (pod, node) = client_pod(c).await;
     let ip = service_without_endpoints(c, &node).await;
@@ -193,6 +195,10 @@ pub async fn a_refused_connection_is_one_dropped_flow(c: &Cluster) {
     .unwrap();
     assert_eq!(flows.len(), 1, "{flows:#?}");
     assert_the_drop(&flows[0], &pod, &node, &ip);
+    if let Some(web) = web {
+        let (from, to) = (format!("{NS}/{pod}"), format!("{NS}/{SERVICE}"));
+        super::web::assert_shows_the_drop(web, &from, &node, &to).await;
+    }
     // The other nodes saw none of it; the compact line says the same.
     let other = c.plan().nodes.iter().find(|n| n.name != node).unwrap();
     assert!(

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+pub use hyper::Response;
 pub use hyper::body::Bytes;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 /// A response body: whole, or streamed (chunked) until it ends or the
@@ -101,6 +102,29 @@ fn route(path: &str, query: Option<&str>, health: &dyn Health) -> Response<Body>
     resp
 }
 
+/// A whole HTML page. Its scripts and styles are inline and it loads
+/// nothing from elsewhere; the policy keeps it so, and keeps other sites
+/// from framing it.
+pub fn html_page(page: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(page));
+    let headers = resp.headers_mut();
+    let set = |h: &mut hyper::HeaderMap, k, v| {
+        h.insert(k, hyper::header::HeaderValue::from_static(v));
+    };
+    set(
+        headers,
+        hyper::header::CONTENT_TYPE,
+        "text/html; charset=utf-8",
+    );
+    set(
+        headers,
+        hyper::header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    );
+    set(headers, hyper::header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    resp
+}
+
 /// The Prometheus text exposition format's media type.
 const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -164,6 +188,17 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    #[test]
+    fn a_page_is_html_that_loads_nothing_from_elsewhere() {
+        let r = html_page("<p>hi</p>");
+        let h = r.headers();
+        assert_eq!(h[hyper::header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let policy = h[hyper::header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.starts_with("default-src 'self';"), "{policy}");
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        assert_eq!(h[hyper::header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
 
     #[tokio::test]
