@@ -34,6 +34,8 @@
 //!   the runtime minted for it.
 //! - [`prometheus`]: a real Prometheus server beside the control plane,
 //!   scraping the switchyard pods with the shipped scrape job and rules.
+//! - [`relay`]: the real hubble-relay beside the control plane,
+//!   aggregating the agents' Observer APIs through the operator's Peer API.
 //! - [`browser`]: a headless Chromium driven over the DevTools protocol,
 //!   reaching the cluster through `kubectl proxy`.
 //!
@@ -55,6 +57,7 @@ pub mod node_requests;
 pub mod outside;
 pub mod pki;
 pub mod prometheus;
+pub mod relay;
 pub mod request;
 pub mod runtime;
 pub mod scenario;

@@ -133,12 +133,13 @@ pub async fn install(c: &Cluster) -> Result<()> {
 }
 
 /// Installs switchyard as a user of the chart does: `helm install` of
-/// `config/helm/switchyard` with its default values (the chart's default
+/// `config/helm/switchyard` with its default values and `values` (`--set
+/// k=v` arguments) on top (the chart's default
 /// images are the ones the lab maps to the project's binaries), then waits
 /// as [`install`] does. The release lives in `default`: the chart creates
 /// switchyard's own namespaces, and Helm records a release before it
 /// creates anything.
-pub async fn install_with_helm(c: &Cluster) -> Result<()> {
+pub async fn install_with_helm(c: &Cluster, values: &[&str]) -> Result<()> {
     // Cached after the first build: a warm run only prints the path.
     let helm = crate::binaries::build_helm()?;
     let chart = config_dir().join("helm/switchyard");
@@ -149,6 +150,7 @@ pub async fn install_with_helm(c: &Cluster) -> Result<()> {
         .arg("--kubeconfig")
         .arg(c.kubeconfig())
         .arg("--namespace=default")
+        .args(values)
         .output()
         .await
         .map_err(Error::io("running", &helm))?;

@@ -6,10 +6,12 @@
 //! - The controller (kube-runtime) gathers the snapshot from its caches,
 //!   calls the planner, records the status, then applies the actions.
 //! - [`web`]: the migration's web view, one page on the metrics port.
+//! - [`peer`]: Hubble's Peer API, the nodes a hubble-relay aggregates.
 //! - `crdgen` (a binary) writes `crds/` from `switchyard-api`.
 
 pub mod controller;
 pub mod error;
 pub mod metrics;
+pub mod peer;
 pub mod planner;
 pub mod web;

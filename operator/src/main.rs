@@ -24,6 +24,11 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Address of Hubble's Peer API (gRPC, plaintext) for hubble-relay: the
+    /// nodes whose agents serve their Observer API beyond loopback. Empty
+    /// disables it. Served by the leader.
+    #[arg(long, default_value = "0.0.0.0:4244")]
+    peer_addr: String,
     /// Name of the leader-election Lease; empty disables leader election.
     #[arg(long, default_value = "switchyard-operator")]
     leader_lease: String,
@@ -46,6 +51,13 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let peer_addr = match args.peer_addr.as_str() {
+        "" => None,
+        a => Some(
+            a.parse()
+                .map_err(|e| anyhow::anyhow!("--peer-addr {a:?}: {e}"))?,
+        ),
+    };
     let client = kube_client().await?;
     controller::check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
@@ -63,6 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settings = Settings {
         namespace: args.namespace,
         kube_proxy_namespace: args.kube_proxy_namespace,
+        peer_addr,
     };
     let stop = stopped(&stop_rx);
     let result = match &lease {

@@ -52,7 +52,10 @@ pub async fn setup_with(mode: ProxyMode, installer: Installer) -> (Cluster, Vec<
     match installer {
         Installer::Kustomize => scenario::install(&c).await.unwrap(),
         Installer::Helm => {
-            scenario::install_with_helm(&c).await.unwrap();
+            // The agents serve their Observer API on the nodes' addresses,
+            // for the hubble-relay the scenario runs.
+            let observer = ["--set", "agent.observerAddress=0.0.0.0:4244"];
+            scenario::install_with_helm(&c, &observer).await.unwrap();
             // The objects are the Helm release's, not left by an earlier apply.
             let operator: Api<Deployment> = Api::namespaced(c.client(), "switchyard-system");
             let operator = operator.get("switchyard-operator").await.unwrap();

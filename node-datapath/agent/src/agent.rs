@@ -56,6 +56,9 @@ pub struct AgentConfig {
     /// Where the API client learns the API server's endpoints (from the
     /// EndpointSlice store), if it follows them.
     pub api_endpoints: Option<crate::api_server::Learned>,
+    /// The Observer API's port when it listens beyond the node's loopback
+    /// (reported for the operator's Peer API).
+    pub observer_port: Option<u16>,
 }
 
 struct State {
@@ -132,6 +135,7 @@ async fn start(client: Client, cfg: AgentConfig, shared: Arc<Shared>) -> Result<
     let mut status = existing.status.clone().unwrap_or_default();
     status.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
     status.capabilities = Some(status::capabilities(&probed, which("nft")));
+    status.observer_port = cfg.observer_port;
     let (watches, ready) = crate::watch::services_and_slices(&client);
     if let Some(learned) = &cfg.api_endpoints {
         learned.follow(watches.slices.clone());

@@ -58,8 +58,10 @@ struct Args {
     #[arg(long, default_value_t = switchyard_agent::flows::DEFAULT_MAX_FLOWS)]
     flows_max: usize,
     /// Address of the Observer gRPC API (Hubble's) over the flows;
-    /// plaintext, so loopback unless trusted clients need it from afar.
-    #[arg(long, default_value = switchyard_agent::observer::DEFAULT_ADDR)]
+    /// plaintext, so loopback unless trusted clients need it from afar
+    /// (hubble-relay: e.g. `0.0.0.0:4244`; the port is then reported in the
+    /// NodeDatapath status for the operator's Peer API).
+    #[arg(long, env = "SWITCHYARD_OBSERVER_ADDR", default_value = switchyard_agent::observer::DEFAULT_ADDR)]
     observer_addr: SocketAddr,
     /// Log format: `text`, or `json` (one object a line) for log pipelines.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
@@ -125,6 +127,7 @@ async fn run(args: Args) -> Result<(), Error> {
         ingress_interfaces: args.ingress_interfaces,
         flows: Some(flows),
         api_endpoints: Some(learned),
+        observer_port: switchyard_agent::observer::reachable_port(args.observer_addr),
     };
     let result = agent::run(client, cfg, shared, stop_rx).await;
     server.abort();

@@ -47,6 +47,12 @@ pub mod proto {
 /// server listens on port 4244 too.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:4244";
 
+/// The port other hosts reach the API on, when `addr` is not the node's
+/// loopback: hubble-relay dials it on the node's address.
+pub fn reachable_port(addr: std::net::SocketAddr) -> Option<u16> {
+    (!addr.ip().is_loopback()).then_some(addr.port())
+}
+
 /// The Observer service of one node's flows.
 #[derive(Debug, Clone)]
 pub struct FlowObserver {

@@ -214,6 +214,11 @@ pub struct NodeDatapathStatus {
     /// Traffic from outside the node: the ingress program's interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressStatus>,
+    /// The port of the node's Hubble Observer API on the node's addresses,
+    /// which the operator's Peer API gives hubble-relay. Absent while the
+    /// agent serves it on the node's loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer_port: Option<u16>,
     /// Datapath drop counters by reason since the datapath was activated.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drops: BTreeMap<String, u64>,

@@ -47,6 +47,8 @@ pub struct Settings {
     pub namespace: String,
     /// Namespace watched for kube-proxy's DaemonSet and pods.
     pub kube_proxy_namespace: String,
+    /// Where to serve Hubble's Peer API ([`crate::peer`]), if anywhere.
+    pub peer_addr: Option<std::net::SocketAddr>,
 }
 
 /// Shared state of the reconciles.
@@ -111,7 +113,15 @@ pub async fn run(
     // The server ends each watch after 45 s, inside the client's 60 s read
     // timeout, so an idle watch is never mistaken for a dead connection.
     let wc = watcher::Config::default().timeout(45);
-    let mut triggers = watch_inputs(&client, &settings, &wc, nodes_w, datapaths_w);
+    let nodes_changed = Arc::new(tokio::sync::Notify::new());
+    let mut triggers = watch_inputs(
+        &client,
+        &settings,
+        &wc,
+        nodes_w,
+        datapaths_w,
+        &nodes_changed,
+    );
     triggers.push(watch_services(&client, &wc, services_w));
     triggers.push(watch_leases(&client, &wc, leases_w));
     let (kubernetes, kubernetes_w) = reflector::store();
@@ -147,6 +157,9 @@ pub async fn run(
         kubernetes,
         api_endpoints: api_endpoints::Publisher::new(),
     });
+    if let Some(addr) = ctx.settings.peer_addr {
+        crate::peer::spawn(addr, nodes.clone(), datapaths.clone(), nodes_changed);
+    }
     spawn_readiness(nodes, datapaths, metrics);
     tokio::spawn(publish_on(endpoint_changes, ctx.clone()));
 
@@ -166,24 +179,30 @@ pub async fn run(
 /// The watches of what the planner reads besides the plans (Nodes and
 /// NodeDatapaths into the caches, kube-proxy's DaemonSet and pods), as one
 /// stream of triggers: each change worth a decision reconciles every plan.
+/// `changed` is signalled on every Node and NodeDatapath event.
 fn watch_inputs(
     client: &Client,
     settings: &Settings,
     wc: &watcher::Config,
     nodes_w: reflector::store::Writer<Node>,
     datapaths_w: reflector::store::Writer<NodeDatapath>,
+    changed: &Arc<tokio::sync::Notify>,
 ) -> futures::stream::SelectAll<futures::stream::BoxStream<'static, ()>> {
     let mut node_changes = triggers::Changes::new(triggers::node_inputs);
+    let signal = changed.clone();
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(triggers::slim_node)
         .reflect(nodes_w)
+        .inspect(move |_| signal.notify_one())
         .filter_map(move |e| future::ready(e.is_ok_and(|e| node_changes.on(&e)).then_some(())));
     let mut datapath_changes = triggers::Changes::new(triggers::datapath_inputs);
+    let signal = changed.clone();
     let datapath_events = watcher(Api::<NodeDatapath>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(|d: &mut NodeDatapath| d.managed_fields_mut().clear())
         .reflect(datapaths_w)
+        .inspect(move |_| signal.notify_one())
         .filter_map(move |e| future::ready(e.is_ok_and(|e| datapath_changes.on(&e)).then_some(())));
     let kp_ns = &settings.kube_proxy_namespace;
     let ds_events = watcher(
