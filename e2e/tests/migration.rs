@@ -556,8 +556,9 @@ async fn bad_plans_are_rejected_by_the_api_server_and_a_second_plan_is_refused()
 
 /// Scenarios 5 and 6: the operator is killed at every step boundary of
 /// every node (its pod deleted whenever a node's step changes) and each
-/// node's agent is killed while its node's datapath is active but
-/// kube-proxy is still being removed; the migration still completes with
+/// node's agent is killed while its node's datapath is active and kube-proxy
+/// is being removed or its rules flushed (whichever step this poll sees
+/// first: a step can pass between two polls); the migration still completes with
 /// zero failed requests. (Each operator restart is a pod torn down and
 /// created on a node: see `bridge_mac` in `e2e/src/network.rs` for what that
 /// pod churn did to the lab's network before the bridges got fixed MACs.)
@@ -596,7 +597,8 @@ async fn killing_the_operator_at_every_step_and_the_agents_mid_migration_fails_n
         for n in &status.expanded().nodes {
             if seen.insert(n.name.clone(), n.step) != Some(n.step) {
                 boundary = true;
-                if n.step == NodeStep::RemoveKubeProxy && agents_killed.insert(n.name.clone()) {
+                let mid = matches!(n.step, NodeStep::RemoveKubeProxy | NodeStep::FlushRules);
+                if mid && agents_killed.insert(n.name.clone()) {
                     let lp = ListParams::default()
                         .labels("app.kubernetes.io/name=switchyard-agent")
                         .fields(&format!("spec.nodeName={}", n.name));

@@ -54,6 +54,16 @@ pub struct Seen {
     pub pictured: bool,
 }
 
+impl Row {
+    /// Done, with every step it took, through Uncordon (from its
+    /// NodeMigrated Event, which the page asks for after the status).
+    fn complete(&self) -> bool {
+        self.step == "Done"
+            && self.timings.starts_with("Cordon ")
+            && self.timings.contains(" · Uncordon ")
+    }
+}
+
 impl Shown {
     /// Migrating, with a node done and one in flight.
     fn midway(&self) -> bool {
@@ -132,14 +142,15 @@ impl WebView {
     }
 }
 
-/// Reads the page until it shows the plan Succeeded with every node Done.
+/// Reads the page until it shows the plan Succeeded with every node Done
+/// and the steps each took.
 pub fn follow(mut view: WebView) -> JoinHandle<(WebView, Seen)> {
     tokio::spawn(async move {
         let mut seen = Seen::default();
         let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
             if let Some(s) = view.shown().await {
-                let done = s.phase == "Succeeded" && s.rows.iter().all(|r| r.step == "Done");
+                let done = s.phase == "Succeeded" && s.rows.iter().all(Row::complete);
                 if !seen.pictured && s.midway() {
                     seen.pictured = true;
                     view.screenshot("migrating").await;
@@ -175,10 +186,7 @@ pub async fn assert_followed(c: &Cluster, watching: JoinHandle<(WebView, Seen)>)
     assert_eq!(nodes, want, "{last:?}");
     // Every step each node took, from its NodeMigrated Event.
     for r in &last.rows {
-        assert!(
-            r.timings.starts_with("Cordon ") && r.timings.contains(" · Uncordon "),
-            "{r:?}"
-        );
+        assert!(r.complete(), "{r:?}");
     }
     view
 }
