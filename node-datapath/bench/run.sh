@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The datapath benchmark (issue #7 items 1, 2 (rule load times and the eBPF
-# full sync) and 4; issue #12 item 6, north-south): builds switchyard-bench
-# with --release, runs it as root, plots, and regenerates BENCHMARKS.md.
-# `make bench` calls this.
+# full sync) and 4; issue #12 item 6, north-south; flow events' cost and
+# loss): builds switchyard-bench with --release, runs it as root, plots, and
+# regenerates BENCHMARKS.md. `make bench` calls this.
 #
 #   node-datapath/bench/run.sh            # full: N = 1,1000,5000,10000,20000,40000
 #   node-datapath/bench/run.sh --quick    # N = 1,1000,10000
@@ -12,8 +12,12 @@
 #       updates and agent memory only (no traffic); replaces those rows in raw.csv
 #   node-datapath/bench/run.sh --only north-south --services 1,1000,10000
 #       # external client → NodePort only (issue #12 item 6); replaces those rows
+#   node-datapath/bench/run.sh --only flow-events [--services 10000]
+#       # the eBPF datapath's flow events: on vs off, loss, the agent's flow
+#       # ring memory (N = 10000 by default); replaces those rows
 #
-# A run without --only measures east-west and then north-south.
+# A run without --only measures east-west, then north-south, then flow
+# events (at 10000 Services, or its largest N when 10000 is not in its list).
 #
 # SWITCHYARD_BENCH_RESULTS / SWITCHYARD_BENCH_MARKDOWN redirect the outputs
 # (default node-datapath/bench/results/ and BENCHMARKS.md).

@@ -180,7 +180,8 @@ enum sy_counter {
  * its sy_sock_rnat4 entry already exists), and every refusal. A record
  * that does not fit (the agent fell behind) is counted in the per-CPU
  * sy_events_lost[0] instead, so a loss is never silent. The sy_counters
- * counters do not depend on events.
+ * counters do not depend on events. A record wakes the reader only once a
+ * quarter of the ring waits; the reader also drains on a short timer.
  *
  * sy_config[0] switches them: SY_CFG_F_EVENTS_OFF set = no events. An
  * array map starts zeroed, so events are on unless the agent turns them

@@ -58,3 +58,7 @@ pub use health::HealthSockets;
 pub use maps::{PinnedLbMaps, read_stats};
 pub use metrics::{DatapathStats, MapOccupancy};
 pub use runtime::{ProgramRunTime, RunTimeStats};
+/// The ABI types the public API takes and returns ([`DatapathStats::get`]
+/// takes an `abi::Counter`, [`FlowEventRing`] records are `abi::FlowEvent`s),
+/// for users that do not depend on the ABI crate themselves.
+pub use switchyard_abi as abi;

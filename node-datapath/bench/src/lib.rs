@@ -27,15 +27,23 @@
 //!          or the eBPF datapath with its ingress program, measured
 //!          interleaved per placement, then the tc program's own time;
 //!          report_ns renders it
+//! flow_events → the socket LB's flow events: on vs off (a flow_consumer
+//!          reading the ring as the agent does), loss at the highest
+//!          connection rate, the agent's flow ring memory (flow_memory, a
+//!          child process); report_flows renders it
 //! ```
 //!
 //! Pure parts (`model`, `rules`, `rules_nft`, `stats`, `report`,
-//! `report_ebpf`, `report_ns`) are unit-tested; the I/O shell (`topo`,
-//! `ns_topo`, `load`, `ebpf`, `runner`, `ns_runner`) is exercised by running the
-//! benchmark (`node-datapath/bench/run.sh`, root).
+//! `report_ebpf`, `report_ns`, `report_flows`) are unit-tested; the I/O
+//! shell (`topo`, `ns_topo`, `load`, `ebpf`, `runner`, `ns_runner`,
+//! `flow_events`, `flow_consumer`, `flow_memory`) is exercised by running
+//! the benchmark (`node-datapath/bench/run.sh`, root).
 
 pub mod agent_path;
 pub mod ebpf;
+pub mod flow_consumer;
+pub mod flow_events;
+pub mod flow_memory;
 pub mod load;
 pub mod model;
 pub mod ns_runner;
@@ -43,6 +51,7 @@ pub mod ns_topo;
 pub mod programming;
 pub mod report;
 pub mod report_ebpf;
+pub mod report_flows;
 pub mod report_ns;
 pub mod results;
 pub mod rules;

@@ -4,7 +4,9 @@
 use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard_bench::{BenchError, agent_path, ebpf, load, model, report, rules, runner};
+use switchyard_bench::{
+    BenchError, agent_path, ebpf, flow_memory, load, model, report, rules, runner,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "switchyard-bench", about = "Service datapath benchmark (root)")]
@@ -111,6 +113,16 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         changes: usize,
     },
+    /// Internal: the agent's flow ring filled with flows of N Services,
+    /// memory before and after; prints one JSON line.
+    #[command(hide = true)]
+    Flows {
+        #[arg(long, short)]
+        n: usize,
+        /// Flows the ring keeps.
+        #[arg(long, default_value_t = 16_384)]
+        flows_max: usize,
+    },
 }
 
 fn json_line<T: serde::Serialize>(v: &T) -> Result<(), BenchError> {
@@ -205,6 +217,7 @@ fn real_main(cli: Cli) -> Result<(), BenchError> {
             n,
             changes,
         } => json_line(&agent_path::agent_path(&bpffs_dir, &scenario(n)?, changes)?),
+        Cmd::Flows { n, flows_max } => json_line(&flow_memory::measure(&scenario(n)?, flows_max)?),
     }
 }
 

@@ -183,6 +183,7 @@ pub fn render_markdown(rows: &[Row], facts: &Facts, included: &[String], analysi
     s.push_str(&fill(PROGRAMMING, &values));
     program_table(&t, &mut s);
     crate::report_ebpf::agent_section(&t, &mut s);
+    crate::report_flows::section(rows, facts.flow_events.as_ref(), &mut s);
     for section in included {
         let _ = writeln!(s, "\n{}", section.trim());
     }

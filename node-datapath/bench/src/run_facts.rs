@@ -62,9 +62,13 @@ pub struct Facts {
     /// alone, `run --only north-south`).
     #[serde(default)]
     pub north_south: Option<NsFacts>,
+    /// The flow events part's facts, when it ran (`runs` is its
+    /// `--flow-runs`).
+    #[serde(default)]
+    pub flow_events: Option<NsFacts>,
 }
 
-/// Facts of the north-south part.
+/// Facts of a part that also runs alone (north-south, flow events).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NsFacts {
     /// The command line.
@@ -130,6 +134,7 @@ pub(crate) fn collect(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> Fac
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
         north_south: None,
+        flow_events: None,
     }
 }
 
@@ -152,11 +157,17 @@ pub(crate) fn collect_ns(args: &RunArgs, ns: &[usize], datapaths: &[String]) -> 
 /// Sets the north-south facts in the facts file at `path` (created with
 /// only those if missing).
 pub(crate) fn set_north_south(path: &Path, ns: NsFacts) -> Result<(), BenchError> {
+    update(path, |f| f.north_south = Some(ns))
+}
+
+/// Changes the facts file at `path` with `change` (created with only
+/// that change if missing).
+pub(crate) fn update(path: &Path, change: impl FnOnce(&mut Facts)) -> Result<(), BenchError> {
     let mut f: Facts = std::fs::read_to_string(path)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
-    f.north_south = Some(ns);
+    change(&mut f);
     write(path, &f)
 }
 

@@ -83,10 +83,15 @@ pub struct RunArgs {
     /// Single-endpoint changes timed per N on the agent's sync path.
     #[arg(long, default_value_t = 300)]
     pub changes: usize,
+    /// Options of the flow events part.
+    #[command(flatten)]
+    pub flow: crate::flow_events::FlowArgs,
     /// Run only one part: `programming` measures the eBPF full sync
     /// (batched and per-op), incremental updates and agent memory;
-    /// `north-south` an external client to NodePorts on every datapath.
-    /// Either replaces its rows in an existing raw.csv.
+    /// `north-south` an external client to NodePorts on every datapath;
+    /// `flow-events` the cost and loss of the eBPF datapath's flow events
+    /// (at 10 000 Services unless --services is given). Each replaces its
+    /// rows in an existing raw.csv.
     #[arg(long, value_enum)]
     pub only: Option<Part>,
     /// Output directory (raw.csv, facts.json).
@@ -101,6 +106,9 @@ pub enum Part {
     Programming,
     /// External client → NodePort (`ns_runner`), every datapath.
     NorthSouth,
+    /// Flow events on vs off, their loss, the agent's flow ring memory
+    /// (`flow_events`), eBPF only.
+    FlowEvents,
 }
 
 /// Backend servers of one topology; killed on drop.
@@ -507,10 +515,11 @@ fn measure_rates(
 
 /// Runs the benchmark (see the module doc).
 pub fn run(args: &RunArgs) -> Result<(), BenchError> {
-    let ns: Vec<usize> = match (args.services.is_empty(), args.quick) {
-        (false, _) => args.services.clone(),
-        (true, true) => QUICK_N.to_vec(),
-        (true, false) => FULL_N.to_vec(),
+    let ns: Vec<usize> = match (args.services.is_empty(), args.quick, args.only) {
+        (false, _, _) => args.services.clone(),
+        (true, _, Some(Part::FlowEvents)) => vec![crate::flow_events::DEFAULT_N],
+        (true, true, _) => QUICK_N.to_vec(),
+        (true, false, _) => FULL_N.to_vec(),
     };
     let datapaths: Vec<String> = if args.datapaths.is_empty() {
         DATAPATHS.iter().map(|s| s.to_string()).collect()
@@ -531,6 +540,7 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
     match args.only {
         Some(Part::Programming) => return programming::run(args, &scenarios),
         Some(Part::NorthSouth) => return crate::ns_runner::run_only(args, &ns, &datapaths),
+        Some(Part::FlowEvents) => return crate::flow_events::run_only(args, &ns),
         None => {}
     }
     let mut sink = Sink::create(&args.out, "raw.csv")?;
@@ -565,6 +575,11 @@ pub fn run(args: &RunArgs) -> Result<(), BenchError> {
         info!(n = sc.services, secs = t.elapsed().as_secs_f64(), "N done");
     }
     f.north_south = Some(crate::ns_runner::measure(args, &ns, &datapaths, &mut sink)?);
+    if datapaths.iter().any(|d| d == "ebpf")
+        && let Some(n) = crate::flow_events::full_run_n(&ns)
+    {
+        f.flow_events = Some(crate::flow_events::measure(args, &[n], &mut sink)?);
+    }
     f.duration_s = t0.elapsed().as_secs_f64();
     f.loadavg_end = run_facts::loadavg();
     run_facts::write(&facts_path, &f)?;

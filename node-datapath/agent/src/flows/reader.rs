@@ -1,11 +1,14 @@
 //! The I/O side of flows: [`FlowHub`] holds the ring of flows, the Service
 //! names to enrich them with and the followers of new flows; [`FlowHub::attach`]
-//! starts the task that reads the datapath's event ring into it (woken by
-//! the ring's descriptor, never by polling on a timer).
+//! starts the task that reads the datapath's event ring into it: on a short
+//! timer, and woken by the ring's descriptor when a quarter of the ring
+//! waits (the programs do not wake it for each record: that wake-up cost
+//! each connect more than the event itself, `BENCHMARKS.md`, "Flow
+//! events").
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use switchyard_node_datapath::{DatapathError, FlowEventRing, events_lost, set_flow_events};
 use tokio::io::unix::AsyncFd;
@@ -193,24 +196,44 @@ pub fn clock_now() -> Clock {
     }
 }
 
-/// Reads records whenever the ring's descriptor says some wait.
+/// How often the reader drains the ring without being woken: the programs
+/// wake it only once a quarter of the ring waits (`sock_lb.h`), so at low
+/// rates a flow reaches the agent within this.
+pub const READ_EVERY: Duration = Duration::from_millis(20);
+
+/// Reads records every [`READ_EVERY`] and whenever the ring's descriptor
+/// says a quarter of the ring waits.
 async fn read(hub: Arc<FlowHub>, mut fd: AsyncFd<FlowEventRing>) {
+    let mut tick = tokio::time::interval(READ_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!(error = %e, "waiting for flow events; the reader stops");
-                return;
-            }
-        };
-        let clock = clock_now();
-        // Records are borrowed from the ring: copy a batch out, then ingest
-        // it without holding the ring.
-        let mut batch: Vec<Vec<u8>> = Vec::new();
-        guard.get_inner_mut().drain(|r| batch.push(r.to_vec()));
+        tokio::select! {
+            ready = fd.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    drain(&hub, guard.get_inner_mut());
+                    // Clears only if nothing arrived since the wakeup (tokio
+                    // compares readiness ticks), so a later wakeup is kept.
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(e) => {
+                    warn!(error = %e, "waiting for flow events; the reader stops");
+                    return;
+                }
+            },
+            _ = tick.tick() => {}
+        }
+        drain(&hub, fd.get_mut());
+    }
+}
+
+/// Records are borrowed from the ring: copy a batch out, then ingest it
+/// without holding the ring.
+fn drain(hub: &FlowHub, ring: &mut FlowEventRing) {
+    let clock = clock_now();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    ring.drain(|r| batch.push(r.to_vec()));
+    if !batch.is_empty() {
         hub.ingest(batch.iter().map(Vec::as_slice), &clock);
-        // Clears only if nothing arrived since the wakeup (tokio compares
-        // readiness ticks), so a record written after the drain wakes us.
-        guard.clear_ready();
     }
 }
