@@ -54,6 +54,7 @@
 #define SY_EVENTS_MAP_NAME "sy_events"
 #define SY_EVENTS_LOST_MAP_NAME "sy_events_lost"
 #define SY_CONFIG_MAP_NAME "sy_config"
+#define SY_EVENTS_RATE_MAP_NAME "sy_events_rate"
 
 /* Default capacities; the loader may override max_entries. */
 #define SY_SVC_MAP_MAX 524288
@@ -185,14 +186,23 @@ enum sy_counter {
  *
  * sy_config[0] switches them: SY_CFG_F_EVENTS_OFF set = no events. An
  * array map starts zeroed, so events are on unless the agent turns them
- * off.
+ * off. Its events_per_sec limits the events each CPU may emit: a token
+ * bucket per CPU (sy_events_rate) holding at most one second's worth; an
+ * event over the limit is counted there as shed (0: no limit), so a flood
+ * of connects cannot flood the agent and no event goes uncounted.
  */
 #define SY_CFG_F_EVENTS_OFF (1 << 0)
 
 struct sy_config {
 	__u32 flags;           /* SY_CFG_F_* */
-	__u32 pad;
+	__u32 events_per_sec;  /* per CPU; 0: no limit */
 };                             /* 8 bytes; key: __u32 0 */
+
+struct sy_events_rate {
+	__u64 last_ns;         /* when tokens were last added */
+	__u64 tokens;          /* events this CPU may still emit */
+	__u64 shed;            /* events over the limit, not emitted */
+};                             /* 24 bytes; per-CPU array, key: __u32 0 */
 
 /* sy_flow_event.verdict */
 #define SY_EV_FORWARDED 1      /* translated to the backend in the event */

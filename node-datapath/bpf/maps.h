@@ -76,6 +76,13 @@ struct {
 	__uint(max_entries, 1);
 } sy_config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sy_events_rate);
+	__uint(max_entries, 1);
+} sy_events_rate SEC(".maps");
+
 static __always_inline void sy_count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&sy_counters, &idx);

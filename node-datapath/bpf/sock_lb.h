@@ -85,13 +85,41 @@ static __always_inline __u32 sy_affinity_backend(struct sy_affinity_key *ak,
 	return av->backend_id;
 }
 
-/* Whether flow events are off (sy_config, lb.h). */
-static __always_inline int sy_events_off(void)
-{
-	__u32 zero = 0;
-	struct sy_config *cfg = bpf_map_lookup_elem(&sy_config, &zero);
+#define SY_NSEC_PER_SEC 1000000000ULL
 
-	return cfg && (cfg->flags & SY_CFG_F_EVENTS_OFF);
+/*
+ * Whether this CPU may emit one more event under cfg->events_per_sec
+ * (lb.h, "Flow events"); an event it may not is counted as shed. Whole
+ * tokens are added for the time since the last addition, at most one
+ * second's worth, so the remainder of a token carries over.
+ */
+static __always_inline int sy_events_admit(const struct sy_config *cfg)
+{
+	struct sy_events_rate *r;
+	__u64 now, elapsed, add, rate;
+	__u32 zero = 0;
+
+	if (!cfg || !cfg->events_per_sec)
+		return 1;
+	r = bpf_map_lookup_elem(&sy_events_rate, &zero);
+	if (!r)
+		return 1;
+	rate = cfg->events_per_sec;
+	now = bpf_ktime_get_ns();
+	elapsed = now - r->last_ns;
+	if (elapsed > SY_NSEC_PER_SEC)
+		elapsed = SY_NSEC_PER_SEC;
+	add = elapsed * rate / SY_NSEC_PER_SEC;
+	if (add) {
+		r->tokens = r->tokens + add > rate ? rate : r->tokens + add;
+		r->last_ns = now;
+	}
+	if (!r->tokens) {
+		r->shed += 1;
+		return 0;
+	}
+	r->tokens -= 1;
+	return 1;
 }
 
 /*
@@ -108,15 +136,23 @@ static __always_inline __u64 sy_events_wakeup(void)
 	return waiting >= size / 4 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-/* Reports one flow event; a full ring is counted in sy_events_lost. */
+/*
+ * Reports one flow event unless events are off; one over the CPU's rate
+ * limit is counted in sy_events_rate, one the full ring cannot take in
+ * sy_events_lost.
+ */
 static __always_inline void sy_emit(struct bpf_sock_addr *ctx, const struct sy_svc_key *key,
 				    __u8 hook, __u8 verdict, __u8 reason,
 				    const struct sy_backend *backend)
 {
+	struct sy_config *cfg;
 	struct sy_flow_event *ev;
 	__u32 zero = 0;
 
-	if (sy_events_off())
+	cfg = bpf_map_lookup_elem(&sy_config, &zero);
+	if (cfg && (cfg->flags & SY_CFG_F_EVENTS_OFF))
+		return;
+	if (!sy_events_admit(cfg))
 		return;
 	ev = bpf_ringbuf_reserve(&sy_events, sizeof(*ev), 0);
 	if (!ev) {

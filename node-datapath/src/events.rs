@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use switchyard_abi::{Config, config_flags, map_names};
+use switchyard_abi::{Config, EventsRate, config_flags, map_names};
 
 use crate::{DatapathError, maps::open_map};
 
@@ -80,6 +80,30 @@ pub fn set_flow_events(bpffs_dir: &Path, on: bool) -> Result<(), DatapathError> 
     config
         .set(0, value, 0)
         .map_err(|e| DatapathError::map(name, e))
+}
+
+/// Limits the flow events each CPU may emit to `per_sec` a second (a
+/// token bucket holding one second's worth; 0: no limit) for every
+/// program using the maps under `bpffs_dir`.
+pub fn set_flow_event_rate(bpffs_dir: &Path, per_sec: u32) -> Result<(), DatapathError> {
+    let name = map_names::CONFIG;
+    let mut config: Array<MapData, Config> =
+        Array::try_from(open_map(bpffs_dir, name)?).map_err(|e| DatapathError::map(name, e))?;
+    let mut value = config.get(&0, 0).map_err(|e| DatapathError::map(name, e))?;
+    value.events_per_sec = per_sec;
+    config
+        .set(0, value, 0)
+        .map_err(|e| DatapathError::map(name, e))
+}
+
+/// Flow events shed so far because a CPU was over the rate limit, summed
+/// over CPUs.
+pub fn events_shed(bpffs_dir: &Path) -> Result<u64, DatapathError> {
+    let name = map_names::EVENTS_RATE;
+    let rate: PerCpuArray<MapData, EventsRate> = PerCpuArray::try_from(open_map(bpffs_dir, name)?)
+        .map_err(|e| DatapathError::map(name, e))?;
+    let per_cpu = rate.get(&0, 0).map_err(|e| DatapathError::map(name, e))?;
+    Ok(per_cpu.iter().map(|r| r.shed).sum())
 }
 
 /// Flow events lost so far because the ring was full, summed over CPUs.

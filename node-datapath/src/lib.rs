@@ -53,7 +53,7 @@ pub use datapath::{
     StartReport, TcAttach, off,
 };
 pub use error::DatapathError;
-pub use events::{FlowEventRing, events_lost, set_flow_events};
+pub use events::{FlowEventRing, events_lost, events_shed, set_flow_event_rate, set_flow_events};
 pub use health::HealthSockets;
 pub use maps::{PinnedLbMaps, read_stats};
 pub use metrics::{DatapathStats, MapOccupancy};

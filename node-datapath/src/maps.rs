@@ -226,5 +226,6 @@ pub fn read_stats(bpffs_dir: &Path) -> Result<DatapathStats, DatapathError> {
         occupancy::<AffinityKey, AffinityValue>(bpffs_dir, map_names::AFFINITY)?,
     ];
     stats.events_lost = crate::events::events_lost(bpffs_dir)?;
+    stats.events_shed = crate::events::events_shed(bpffs_dir)?;
     Ok(stats)
 }

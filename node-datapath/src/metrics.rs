@@ -30,6 +30,9 @@ pub struct DatapathStats {
     /// Flow events that did not fit in the ring (`sy_events_lost`, summed
     /// over CPUs).
     pub events_lost: u64,
+    /// Flow events over the per-CPU rate limit (`sy_events_rate`, summed
+    /// over CPUs).
+    pub events_shed: u64,
 }
 
 impl DatapathStats {
@@ -135,9 +138,10 @@ fn write_counters(out: &mut String, stats: &DatapathStats) -> std::fmt::Result {
         out,
         lost,
         "counter",
-        "Flow events the socket load balancer could not report because the event ring was full.",
+        "Flow events the socket load balancer did not report, by where: the event ring was full, or the CPU was over the events' rate limit.",
     )?;
-    writeln!(out, "{lost} {}", stats.events_lost)
+    writeln!(out, "{lost}{{where=\"ring_full\"}} {}", stats.events_lost)?;
+    writeln!(out, "{lost}{{where=\"rate_limit\"}} {}", stats.events_shed)
 }
 
 /// What the tc ingress program did with packets to NodePorts, LoadBalancer
@@ -193,6 +197,7 @@ mod tests {
             capacity: 524_288,
         }];
         s.events_lost = 7;
+        s.events_shed = 3;
         s
     }
 
@@ -249,7 +254,14 @@ mod tests {
             got["switchyard_datapath_affinity_hits_total"],
             s.get(Counter::AffinityHit)
         );
-        assert_eq!(got["switchyard_datapath_flow_events_lost_total"], 7);
+        assert_eq!(
+            got["switchyard_datapath_flow_events_lost_total{where=\"ring_full\"}"],
+            7
+        );
+        assert_eq!(
+            got["switchyard_datapath_flow_events_lost_total{where=\"rate_limit\"}"],
+            3
+        );
         assert_eq!(
             got["switchyard_datapath_ingress_packets_total{event=\"translated\"}"],
             s.get(Counter::IngressTranslated)

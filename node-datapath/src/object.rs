@@ -15,8 +15,8 @@ use aya::{
     },
 };
 use switchyard_abi::{
-    AffinityKey, AffinityValue, Backend, COUNTER_MAX, Config, RevNat, SockKey, SockRevNat, SvcKey,
-    SvcValue, capacity, map_names,
+    AffinityKey, AffinityValue, Backend, COUNTER_MAX, Config, EventsRate, RevNat, SockKey,
+    SockRevNat, SvcKey, SvcValue, capacity, map_names,
 };
 
 use crate::{Capacities, DatapathError, Hook};
@@ -39,7 +39,7 @@ pub(crate) struct MapSpec {
     pub(crate) max_entries: u32,
 }
 
-pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 10] {
+pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 11] {
     fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> MapSpec {
         MapSpec {
             name,
@@ -65,6 +65,7 @@ pub(crate) fn map_specs(c: &Capacities) -> [MapSpec; 10] {
         spec::<(), ()>(map_names::EVENTS, MapType::RingBuf, c.events_ring),
         spec::<u32, u64>(map_names::EVENTS_LOST, MapType::PerCpuArray, 1),
         spec::<u32, Config>(map_names::CONFIG, MapType::Array, 1),
+        spec::<u32, EventsRate>(map_names::EVENTS_RATE, MapType::PerCpuArray, 1),
     ]
 }
 
@@ -329,9 +330,9 @@ mod tests {
         assert_eq!(tag1, tag2);
         assert_ne!(maps1, maps2);
         // connect4 uses the service, backend, sock rev-NAT, affinity,
-        // counter, event ring, events-lost and config maps; recvmsg4 the
-        // sock rev-NAT, rev-NAT and counters.
-        assert_eq!(maps1.len(), 8, "{maps1:?}");
+        // counter, event ring, events-lost, config and events-rate maps;
+        // recvmsg4 the sock rev-NAT, rev-NAT and counters.
+        assert_eq!(maps1.len(), 9, "{maps1:?}");
         assert_eq!(tag_and_maps(OBJECT, Hook::Recvmsg4).1.len(), 3);
         let variant = std::fs::read(format!("{TEST_OBJECT_DIR}/datapath_variant.o")).unwrap();
         // Copy into 8-byte aligned storage, as aya expects.

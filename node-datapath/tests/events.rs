@@ -1,6 +1,6 @@
 //! Privileged flow event tests: the real connect4/sendmsg4 programs report
 //! translations and refusals through the real ring buffer, count what does
-//! not fit, and go quiet when switched off. Run as root:
+//! not fit and what is over the rate limit, and go quiet when switched off. Run as root:
 //! `cargo test -p switchyard-node-datapath --test events`.
 
 #![allow(clippy::unwrap_used)] // test code (also outside #[test] fns)
@@ -12,7 +12,9 @@ use std::{net::Ipv4Addr, os::unix::fs::MetadataExt};
 use common::{Lab, Svc, VIP, counter, err_total, ok_total, started};
 use switchyard_abi::{Counter, FlowEvent, IPPROTO_TCP, IPPROTO_UDP, event_hook, event_verdict};
 use switchyard_lb::maps::LbMaps;
-use switchyard_node_datapath::{Datapath, FlowEventRing, events_lost, set_flow_events};
+use switchyard_node_datapath::{
+    Datapath, FlowEventRing, events_lost, events_shed, set_flow_event_rate, set_flow_events,
+};
 
 /// A ClusterIP with no endpoints.
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
@@ -141,6 +143,45 @@ fn a_full_ring_counts_every_event_it_loses() {
     assert_eq!(kept, 4096 / 56, "lost {lost}");
     assert_eq!(kept + lost, drops);
     assert_eq!(dp.stats().unwrap().events_lost, lost);
+}
+
+#[test]
+fn over_the_rate_limit_events_are_shed_and_counted() {
+    require_privileged!();
+    let lab = Lab::new(1);
+    let dp = lab.start();
+    program(&dp);
+    let mut ring = FlowEventRing::open(&lab.bpffs_dir).unwrap();
+    let per_sec = 5;
+    set_flow_event_rate(&lab.bpffs_dir, per_sec).unwrap();
+
+    let started = std::time::Instant::now();
+    let refused = lab.client("tcp", "10.96.0.11:80", 200);
+    let secs = started.elapsed().as_secs();
+    assert_eq!(err_total(&refused), 200, "{refused}");
+
+    let read = drain(&mut ring).len() as u64;
+    let shed = events_shed(&lab.bpffs_dir).unwrap();
+    assert_eq!(read + shed, 200, "every event read or counted as shed");
+    // A second's worth at once, then `per_sec` a second: each CPU's bucket.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let allowed = cpus * u64::from(per_sec) * (secs + 2);
+    assert!(
+        (1..=allowed).contains(&read),
+        "read {read}, at most {allowed}"
+    );
+    assert_eq!(
+        counter(&dp, Counter::DropNoBackend),
+        200,
+        "counters are exact"
+    );
+    assert_eq!(dp.stats().unwrap().events_shed, shed);
+    assert_eq!(events_lost(&lab.bpffs_dir).unwrap(), 0);
+
+    set_flow_event_rate(&lab.bpffs_dir, 0).unwrap();
+    assert_eq!(err_total(&lab.client("tcp", "10.96.0.11:80", 50)), 50);
+    assert_eq!(drain(&mut ring).len(), 50, "no limit: every event");
+    assert_eq!(events_shed(&lab.bpffs_dir).unwrap(), shed);
 }
 
 #[test]

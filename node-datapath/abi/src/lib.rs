@@ -21,6 +21,7 @@ pub mod map_names {
     pub const EVENTS: &str = "sy_events";
     pub const EVENTS_LOST: &str = "sy_events_lost";
     pub const CONFIG: &str = "sy_config";
+    pub const EVENTS_RATE: &str = "sy_events_rate";
 }
 
 /// Default map capacities (lb.h `SY_*_MAP_MAX`).
@@ -233,7 +234,19 @@ pub mod config_flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Config {
     pub flags: u32,
-    pub pad: u32,
+    /// Flow events each CPU may emit a second; 0: no limit.
+    pub events_per_sec: u32,
+}
+
+/// `struct sy_events_rate`: one CPU's token bucket of flow events (the
+/// per-CPU value, key 0, of the `sy_events_rate` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EventsRate {
+    pub last_ns: u64,
+    pub tokens: u64,
+    /// Events over the limit, not emitted.
+    pub shed: u64,
 }
 
 /// `sy_flow_event.verdict`.
@@ -404,6 +417,7 @@ const _: () = {
     assert!(size_of::<AffinityKey>() == 16);
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<Config>() == 8);
+    assert!(size_of::<EventsRate>() == 24);
     assert!(size_of::<FlowEvent>() == 48);
     assert!(std::mem::offset_of!(FlowEvent, frontend_addr) == 32);
     assert!(std::mem::offset_of!(FlowEvent, proto) == 44);
@@ -423,6 +437,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::EventsRate {}
 }
 
 #[cfg(test)]
@@ -471,6 +486,7 @@ mod tests {
             map_names::EVENTS,
             map_names::EVENTS_LOST,
             map_names::CONFIG,
+            map_names::EVENTS_RATE,
         ] {
             assert!(h.contains(&format!("\"{name}\"")), "map {name} not in lb.h");
             assert!(name.len() <= 15, "map name {name} too long for the kernel");

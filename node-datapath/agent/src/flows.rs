@@ -21,6 +21,11 @@ use switchyard_lb::{DesiredState, Scope};
 /// The default number of flows kept (`--flows-max`).
 pub const DEFAULT_MAX_FLOWS: usize = 4096;
 
+/// Flow events each CPU may emit a second by default: far above the
+/// connect rates measured on a node (`BENCHMARKS.md`, "Flow events"), low
+/// enough that a flood of connects cannot flood the agent.
+pub const DEFAULT_EVENTS_PER_CPU: u32 = 100_000;
+
 /// What the datapath did with the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {

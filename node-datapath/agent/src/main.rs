@@ -54,6 +54,11 @@ struct Args {
     /// their counters are the same either way).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     flow_events: bool,
+    /// Flow events each CPU may emit a second; those over it are counted
+    /// (`switchyard_datapath_flow_events_lost_total{where="rate_limit"}`),
+    /// not reported. 0: no limit.
+    #[arg(long, default_value_t = switchyard_agent::flows::DEFAULT_EVENTS_PER_CPU)]
+    flow_events_per_cpu: u32,
     /// Flows the agent keeps in memory (the oldest go first).
     #[arg(long, default_value_t = switchyard_agent::flows::DEFAULT_MAX_FLOWS)]
     flows_max: usize,
@@ -98,7 +103,9 @@ async fn run(args: Args) -> Result<(), Error> {
         learned.clone(),
     )
     .await?;
-    let flows = Arc::new(FlowHub::new(args.flows_max, args.flow_events));
+    let flows = Arc::new(
+        FlowHub::new(args.flows_max, args.flow_events).with_rate_limit(args.flow_events_per_cpu),
+    );
     flows.pods(|p| p.set_root(args.cgroup_root.clone()));
     let pods = tokio::spawn(switchyard_agent::flows::pods::watch(
         client.clone(),

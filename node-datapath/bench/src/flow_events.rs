@@ -31,10 +31,12 @@ use std::{
 
 use serde::de::DeserializeOwned;
 use switchyard_agent::flows::reader::{FlowHub, READ_EVERY};
-use switchyard_agent::flows::{DEFAULT_MAX_FLOWS, ServiceIndex};
+use switchyard_agent::flows::{DEFAULT_EVENTS_PER_CPU, DEFAULT_MAX_FLOWS, ServiceIndex};
 use switchyard_lb::{Options, desired_state};
 use switchyard_node_datapath::abi::{Counter, capacity};
-use switchyard_node_datapath::{Capacities, Datapath, DatapathConfig, set_flow_events};
+use switchyard_node_datapath::{
+    Capacities, Datapath, DatapathConfig, set_flow_event_rate, set_flow_events,
+};
 use tracing::info;
 
 use crate::{
@@ -290,6 +292,7 @@ fn measure_state(
 ) -> Result<(), BenchError> {
     let dir = &lab.topo.bpffs_dir;
     set_flow_events(dir, state != State::Off)?;
+    set_flow_event_rate(dir, DEFAULT_EVENTS_PER_CPU)?;
     let drain = Duration::from_millis(args.flow.flow_drain_ms);
     let wake = match state {
         State::Batched => Wake::Every(drain),
@@ -354,6 +357,7 @@ fn loss(
 ) -> Result<(), BenchError> {
     let dir = &lab.topo.bpffs_dir;
     set_flow_events(dir, true)?;
+    set_flow_event_rate(dir, DEFAULT_EVENTS_PER_CPU)?;
     // Whatever an earlier run left in the ring is read here, uncounted.
     let first = Consumer::start(dir, hub(lab), Wake::Agent(READ_EVERY))?;
     let base = first.sync()?;

@@ -311,14 +311,14 @@ fn verdict(met: bool, miss: String) -> String {
 }
 
 /// Events on / off within [`RATIO_LIMIT`] at every N, for each state
-/// with events on.
+/// with events on: connect p50 and connections per second, the targets
+/// (p99 is in the table, not a target).
 fn cost_checks(t: &Table) -> Vec<String> {
     let mut out = Vec::new();
     for n in ns_with(t, "fe_connect_p50_us", "off") {
         for state in &STATES[1..] {
             for (m, label, higher_is_worse) in [
                 ("fe_connect_p50_us", "connect p50", true),
-                ("fe_connect_p99_us", "connect p99", true),
                 ("fe_conn_per_s_1t", "conn/s 1 thread", false),
                 ("fe_conn_per_s_2t", "conn/s 2 threads", false),
             ] {

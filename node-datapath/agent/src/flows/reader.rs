@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use switchyard_node_datapath::{DatapathError, FlowEventRing, events_lost, set_flow_events};
+use switchyard_node_datapath::{
+    DatapathError, FlowEventRing, events_lost, set_flow_event_rate, set_flow_events,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -32,12 +34,22 @@ pub struct FlowHub {
     follow: broadcast::Sender<Arc<Flow>>,
     /// Whether the programs emit events (`--flow-events`).
     events_on: bool,
+    /// Events each CPU may emit a second (`--flow-events-per-cpu`; 0: no
+    /// limit).
+    events_per_sec: u32,
     /// The reading task and the pin directory it reads from.
     reader: Mutex<Option<(PathBuf, JoinHandle<()>)>>,
     started: Instant,
 }
 
 impl FlowHub {
+    /// The events each CPU may emit a second (0: no limit), set on the
+    /// programs when the hub attaches.
+    pub fn with_rate_limit(mut self, per_sec: u32) -> Self {
+        self.events_per_sec = per_sec;
+        self
+    }
+
     /// A hub keeping the newest `max_flows` flows.
     pub fn new(max_flows: usize, events_on: bool) -> Self {
         Self {
@@ -46,6 +58,7 @@ impl FlowHub {
             pods: Mutex::new(PodSources::default()),
             follow: broadcast::channel(FOLLOW_BACKLOG).0,
             events_on,
+            events_per_sec: super::DEFAULT_EVENTS_PER_CPU,
             reader: Mutex::new(None),
             started: Instant::now(),
         }
@@ -148,6 +161,7 @@ impl FlowHub {
     /// under `bpffs_dir` (again, if another reader ran).
     pub fn attach(self: &Arc<Self>, bpffs_dir: &Path) -> Result<(), DatapathError> {
         set_flow_events(bpffs_dir, self.events_on)?;
+        set_flow_event_rate(bpffs_dir, self.events_per_sec)?;
         let ring = FlowEventRing::open(bpffs_dir)?;
         // SAFETY: the descriptor is the ring's map descriptor, which the
         // ring owns and never changes, and the AsyncFd owns the ring.
