@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "north_south/observed.rs"]
+mod observed;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -478,6 +481,7 @@ async fn iptables_migration_serves_external_traffic_without_a_failure_then_rolls
     }
     let _serial = SERIAL.lock().await;
     let (c, ingress) = migrate_under_external_load(ProxyMode::Iptables, "iptables").await;
+    observed::each_connection_from_outside_is_one_flow(&c, &ingress).await;
 
     // Rollback of the whole plan under the same external load.
     let (load, flows) = start_traffic(&c, &ingress).await;

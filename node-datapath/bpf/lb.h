@@ -178,7 +178,9 @@ enum sy_counter {
  * through the ring buffer sy_events, one struct sy_flow_event a record:
  * every translated connect(), an unconnected UDP socket's first sendto()
  * of a frontend to a backend (later datagrams of that pair are one flow:
- * its sy_sock_rnat4 entry already exists), and every refusal. A record
+ * its sy_sock_rnat4 entry already exists), and every refusal. The tc
+ * ingress program reports each new flow from outside the node it
+ * translates or drops, with the client's address instead of a socket. A record
  * that does not fit (the agent fell behind) is counted in the per-CPU
  * sy_events_lost[0] instead, so a loss is never silent. The sy_counters
  * counters do not depend on events. A record wakes the reader only once a
@@ -211,12 +213,20 @@ struct sy_events_rate {
 /* sy_flow_event.hook */
 #define SY_EV_HOOK_CONNECT4 1  /* cgroup/connect4 */
 #define SY_EV_HOOK_SENDMSG4 2  /* cgroup/sendmsg4 (unconnected UDP) */
+#define SY_EV_HOOK_INGRESS 3   /* tc ingress: a new flow from outside the node */
 
 struct sy_flow_event {
 	__u64 ktime_ns;        /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
-	__u64 cgroup_id;       /* cgroup v2 id of the calling process */
-	__u64 sock_cookie;     /* the client socket's cookie */
-	__u64 netns_cookie;    /* the client's network namespace cookie */
+	__u64 cgroup_id;       /* cgroup v2 id of the calling process; ingress: 0 */
+	union {
+		__u64 sock_cookie; /* the client socket's cookie */
+		struct {           /* ingress: the client, as its packet came */
+			__be32 client_addr;
+			__be16 client_port;
+			__u16 client_pad;
+		};
+	};
+	__u64 netns_cookie;    /* the client's network namespace cookie; ingress: 0 */
 	__be32 frontend_addr;  /* the address the client asked for */
 	__be32 backend_addr;   /* forwarded: the backend; dropped: 0 */
 	__be16 frontend_port;

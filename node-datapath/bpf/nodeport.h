@@ -154,10 +154,11 @@ static __always_inline int sy_ct_keeps(struct __sk_buff *skb, struct sy_pkt *p)
 }
 
 /* The backend for an external client of the frontend `key` (its master
- * `svc`): affinity by client address, else a random slot. */
+ * `svc`): affinity by client address, else a random slot. None: *why is
+ * the drop counter it counted. */
 static __always_inline struct sy_backend *sy_ingress_backend(struct sy_svc_key *key,
 							     const struct sy_svc_value *svc,
-							     __be32 client)
+							     __be32 client, __u32 *why)
 {
 	struct sy_affinity_key ak = {};
 	struct sy_svc_value *slot;
@@ -177,14 +178,16 @@ static __always_inline struct sy_backend *sy_ingress_backend(struct sy_svc_key *
 		key->backend_slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
 		slot = bpf_map_lookup_elem(&sy_svc_v4, key);
 		if (!slot) {
-			sy_count(SY_CNT_DROP_SLOT_MISSING);
+			*why = SY_CNT_DROP_SLOT_MISSING;
+			sy_count(*why);
 			return 0;
 		}
 		backend_id = slot->backend_id;
 	}
 	backend = bpf_map_lookup_elem(&sy_backend_v4, &backend_id);
 	if (!backend) {
-		sy_count(SY_CNT_DROP_BACKEND_MISSING);
+		*why = SY_CNT_DROP_BACKEND_MISSING;
+		sy_count(*why);
 		return 0;
 	}
 	if (svc->flags & SY_SVC_F_AFFINITY) {
@@ -314,6 +317,32 @@ static __always_inline const struct sy_svc_value *sy_ingress_master(struct sy_sv
 	return svc;
 }
 
+/* Reports what the program did with a new flow from outside the node
+ * (lb.h, "Flow events"): the client as its packet came, the frontend. */
+static __always_inline void sy_emit_ingress(const struct sy_pkt *p, const struct sy_svc_key *key,
+					    __u8 verdict, __u32 reason,
+					    const struct sy_backend *backend)
+{
+	struct sy_flow_event *ev = sy_event_reserve();
+
+	if (!ev)
+		return;
+	ev->cgroup_id = 0;
+	ev->netns_cookie = 0;
+	ev->sock_cookie = 0;
+	ev->client_addr = p->tuple.ipv4.saddr;
+	ev->client_port = p->tuple.ipv4.sport;
+	sy_event_submit(ev, key, SY_EV_HOOK_INGRESS, verdict, (__u8)reason, backend);
+}
+
+/* Drops a new flow the counter `reason` already counted, and reports it. */
+static __always_inline int sy_ingress_dropped(const struct sy_pkt *p,
+					      const struct sy_svc_key *key, __u32 reason)
+{
+	sy_emit_ingress(p, key, SY_EV_DROPPED, reason, 0);
+	return TC_ACT_SHOT;
+}
+
 SEC("classifier")
 int sy_ingress(struct __sk_buff *skb)
 {
@@ -321,6 +350,7 @@ int sy_ingress(struct __sk_buff *skb)
 	struct sy_svc_key key = {};
 	const struct sy_svc_value *svc;
 	struct sy_backend *backend;
+	__u32 why = SY_CNT_DROP_BACKEND_MISSING;
 	__be32 snat;
 	int parsed;
 
@@ -346,32 +376,34 @@ int sy_ingress(struct __sk_buff *skb)
 		return SY_TC_NEXT;
 	}
 	if (!sy_source_allowed(&key, svc, p.tuple.ipv4.saddr))
-		return TC_ACT_SHOT;
+		return sy_ingress_dropped(&p, &key, SY_CNT_DROP_SOURCE_RANGE);
 	svc = sy_ingress_master(&key, svc);
 	if (!svc)
-		return TC_ACT_SHOT;
+		return sy_ingress_dropped(&p, &key, SY_CNT_DROP_SLOT_MISSING);
 	if (svc->count == 0) {
-		sy_count(svc->flags & SY_SVC_F_LOCAL_ONLY ? SY_CNT_DROP_NO_LOCAL_BACKEND
-							  : SY_CNT_DROP_NO_BACKEND);
-		return TC_ACT_SHOT;
+		why = svc->flags & SY_SVC_F_LOCAL_ONLY ? SY_CNT_DROP_NO_LOCAL_BACKEND
+						       : SY_CNT_DROP_NO_BACKEND;
+		sy_count(why);
+		return sy_ingress_dropped(&p, &key, why);
 	}
-	backend = sy_ingress_backend(&key, svc, p.tuple.ipv4.saddr);
+	backend = sy_ingress_backend(&key, svc, p.tuple.ipv4.saddr, &why);
 	if (!backend)
-		return TC_ACT_SHOT;
+		return sy_ingress_dropped(&p, &key, why);
 	/* externalTrafficPolicy: Local keeps the client's address. */
 	snat = 0;
 	if (!(svc->flags & SY_SVC_F_LOCAL_ONLY) || (svc->flags & SY_SVC_F_CLUSTER_IP)) {
 		snat = sy_masquerade_addr(skb, backend->address);
 		if (!snat) {
 			sy_count(SY_CNT_DROP_CT_FAILED);
-			return TC_ACT_SHOT;
+			return sy_ingress_dropped(&p, &key, SY_CNT_DROP_CT_FAILED);
 		}
 	}
 	if (sy_ct_translate_flow(skb, &p, backend, snat)) {
 		sy_count(SY_CNT_DROP_CT_FAILED);
-		return TC_ACT_SHOT;
+		return sy_ingress_dropped(&p, &key, SY_CNT_DROP_CT_FAILED);
 	}
 	sy_count(SY_CNT_INGRESS_TRANSLATED);
+	sy_emit_ingress(&p, &key, SY_EV_FORWARDED, 0, backend);
 	return SY_TC_NEXT;
 }
 

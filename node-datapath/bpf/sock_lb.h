@@ -137,35 +137,39 @@ static __always_inline __u64 sy_events_wakeup(void)
 }
 
 /*
- * Reports one flow event unless events are off; one over the CPU's rate
- * limit is counted in sy_events_rate, one the full ring cannot take in
- * sy_events_lost.
+ * A flow event record to fill, or NULL: events are off, the CPU is over its
+ * rate limit (counted in sy_events_rate) or the ring is full (counted in
+ * sy_events_lost). Submit it with sy_event_submit.
  */
-static __always_inline void sy_emit(struct bpf_sock_addr *ctx, const struct sy_svc_key *key,
-				    __u8 hook, __u8 verdict, __u8 reason,
-				    const struct sy_backend *backend)
+static __always_inline struct sy_flow_event *sy_event_reserve(void)
 {
-	struct sy_config *cfg;
 	struct sy_flow_event *ev;
+	struct sy_config *cfg;
 	__u32 zero = 0;
 
 	cfg = bpf_map_lookup_elem(&sy_config, &zero);
 	if (cfg && (cfg->flags & SY_CFG_F_EVENTS_OFF))
-		return;
+		return 0;
 	if (!sy_events_admit(cfg))
-		return;
+		return 0;
 	ev = bpf_ringbuf_reserve(&sy_events, sizeof(*ev), 0);
 	if (!ev) {
 		__u64 *lost = bpf_map_lookup_elem(&sy_events_lost, &zero);
 
 		if (lost)
 			*lost += 1;
-		return;
+		return 0;
 	}
 	ev->ktime_ns = bpf_ktime_get_ns();
-	ev->cgroup_id = bpf_get_current_cgroup_id();
-	ev->sock_cookie = bpf_get_socket_cookie(ctx);
-	ev->netns_cookie = bpf_get_netns_cookie(ctx);
+	return ev;
+}
+
+/* Fills what every event says of the frontend and the verdict, submits. */
+static __always_inline void sy_event_submit(struct sy_flow_event *ev,
+					    const struct sy_svc_key *key, __u8 hook,
+					    __u8 verdict, __u8 reason,
+					    const struct sy_backend *backend)
+{
 	ev->frontend_addr = key->address;
 	ev->frontend_port = key->dport;
 	ev->backend_addr = backend ? backend->address : 0;
@@ -175,6 +179,21 @@ static __always_inline void sy_emit(struct bpf_sock_addr *ctx, const struct sy_s
 	ev->hook = hook;
 	ev->drop_reason = reason;
 	bpf_ringbuf_submit(ev, sy_events_wakeup());
+}
+
+/* Reports what a socket program did with a client socket's frontend. */
+static __always_inline void sy_emit(struct bpf_sock_addr *ctx, const struct sy_svc_key *key,
+				    __u8 hook, __u8 verdict, __u8 reason,
+				    const struct sy_backend *backend)
+{
+	struct sy_flow_event *ev = sy_event_reserve();
+
+	if (!ev)
+		return;
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->sock_cookie = bpf_get_socket_cookie(ctx);
+	ev->netns_cookie = bpf_get_netns_cookie(ctx);
+	sy_event_submit(ev, key, hook, verdict, reason, backend);
 }
 
 /* Counts a refusal under `reason` (an enum sy_counter) and reports it. */

@@ -14,8 +14,12 @@ use common::{
     Lab, NODE_EXTERNAL_IP, NODE_PORT, OUTSIDE_CLIENT_IP, Outside, Svc, counter, err_total,
     nodeport, ok_count, ok_total, program_nodeport, run, start_with_ingress, telling_source_lab,
 };
-use switchyard_abi::{Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, svc_flags};
+use switchyard_abi::{
+    Counter, FlowEvent, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INGRESS, SCOPE_NODE, event_hook,
+    event_verdict, svc_flags,
+};
 use switchyard_lb::maps::LbMaps;
+use switchyard_node_datapath::FlowEventRing;
 
 fn names(summary: &serde_json::Value) -> Vec<String> {
     summary["ok"].as_object().unwrap().keys().cloned().collect()
@@ -345,4 +349,47 @@ fn a_cluster_ip_routed_to_the_node_from_outside_is_served_masqueraded() {
     let s = out.client("tcp", &format!("{vip}:80"), 10);
     assert_eq!(names(&s), ["b1@10.1.1.1"], "{s}");
     assert_eq!(ok_total(&s), 10, "{s}");
+}
+
+#[test]
+fn each_new_flow_from_outside_is_one_ingress_event_with_its_client() {
+    require_privileged!();
+    let (lab, out, dp) = telling_source_lab();
+    program_nodeport(&dp, 0);
+    // A NodePort without backends: its new flows are dropped and reported.
+    let empty = NODE_PORT + 1;
+    let scope = (SCOPE_NODE, 3, svc_flags::NODEPORT);
+    let ops = Svc::new(NODE_EXTERNAL_IP, empty, IPPROTO_TCP)
+        .at(scope)
+        .ops();
+    dp.lb_maps().unwrap().apply_all(&ops).unwrap();
+    let mut ring = FlowEventRing::open(&lab.bpffs_dir).unwrap();
+
+    assert_eq!(ok_total(&out.client("tcp", &nodeport(), 10)), 10);
+    let timeouts = out.client("tcp", &format!("{NODE_EXTERNAL_IP}:{empty}"), 2);
+    assert_eq!(err_total(&timeouts), 2, "{timeouts}");
+
+    let mut events = Vec::new();
+    ring.drain(|b| events.extend(FlowEvent::from_bytes(b)));
+    let from_outside =
+        |e: &FlowEvent| e.hook == event_hook::INGRESS && e.client().0 == OUTSIDE_CLIENT_IP;
+    assert!(events.iter().all(from_outside), "{events:?}");
+    let (forwarded, dropped): (Vec<&FlowEvent>, Vec<&FlowEvent>) = events
+        .iter()
+        .partition(|e| e.verdict == event_verdict::FORWARDED);
+    assert_eq!(forwarded.len(), 10, "one event a connection: {events:?}");
+    assert!(
+        forwarded
+            .iter()
+            .all(|e| e.frontend() == (NODE_EXTERNAL_IP, NODE_PORT))
+    );
+    // A SYN is retransmitted while the client waits: each is a new flow.
+    assert!(dropped.len() >= 2, "{events:?}");
+    assert!(
+        dropped
+            .iter()
+            .all(|e| e.drop_reason == Counter::DropNoBackend as u8
+                && e.frontend() == (NODE_EXTERNAL_IP, empty))
+    );
+    assert_eq!(dropped.len() as u64, counter(&dp, Counter::DropNoBackend));
 }

@@ -46,7 +46,7 @@ fn restart_adopts_pins_without_a_failed_request() {
     };
     let dp = started(Datapath::start(&config));
     let r = dp.report();
-    assert_eq!(r.adopted_maps.len(), 10, "{r:?}");
+    assert_eq!(r.adopted_maps.len(), 11, "{r:?}");
     assert!(r.links.iter().all(|(_, a)| *a == LinkAction::Kept), "{r:?}");
     assert_eq!(
         dp.lb_maps().unwrap().snapshot().unwrap(),
@@ -85,7 +85,7 @@ fn off_restores_the_node_and_is_idempotent() {
 
     let report = switchyard_node_datapath::off(&lab.bpffs_dir).unwrap();
     assert_eq!(report.links_removed.len(), 5, "{report:?}");
-    assert_eq!(report.maps_removed.len(), 10, "{report:?}");
+    assert_eq!(report.maps_removed.len(), 11, "{report:?}");
     assert!(report.foreign_left.is_empty(), "{report:?}");
     let shown = common::run("bpftool", &["cgroup", "show", &cg]);
     assert!(
@@ -177,7 +177,7 @@ fn changed_programs_are_replaced_atomically_while_a_client_loops() {
         r.links.iter().all(|(_, a)| *a == LinkAction::Replaced),
         "{r:?}"
     );
-    assert_eq!(r.adopted_maps.len(), 10, "{r:?}");
+    assert_eq!(r.adopted_maps.len(), 11, "{r:?}");
     let ids_after = common::run("bpftool", &["cgroup", "show", lab.cgroup.to_str().unwrap()]);
     assert_ne!(ids_before, ids_after, "program ids unchanged");
     assert_eq!(

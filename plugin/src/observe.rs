@@ -106,10 +106,21 @@ fn when(f: &Value) -> String {
         )
 }
 
+/// The client's pod, else (a flow from outside the node) its address.
 fn source(f: &Value) -> String {
     let s = &f["source"];
-    match (s["namespace"].as_str(), s["pod_name"].as_str()) {
-        (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+    let port = f["l4"]["TCP"]["source_port"]
+        .as_u64()
+        .or_else(|| f["l4"]["UDP"]["source_port"].as_u64());
+    match (
+        s["namespace"].as_str(),
+        s["pod_name"].as_str(),
+        f["IP"]["source"].as_str(),
+        port,
+    ) {
+        (Some(ns), Some(pod), _, _) => format!("{ns}/{pod}"),
+        (_, _, Some(ip), Some(port)) => format!("{ip}:{port}"),
+        (_, _, Some(ip), None) => ip.to_owned(),
         _ => "(unknown)".into(),
     }
 }

@@ -259,6 +259,8 @@ pub mod event_verdict {
 pub mod event_hook {
     pub const CONNECT4: u8 = 1;
     pub const SENDMSG4: u8 = 2;
+    /// The tc ingress program: a new flow from outside the node.
+    pub const INGRESS: u8 = 3;
 }
 
 /// `struct sy_flow_event`: one record of the `sy_events` ring buffer.
@@ -267,6 +269,8 @@ pub mod event_hook {
 pub struct FlowEvent {
     pub ktime_ns: u64,
     pub cgroup_id: u64,
+    /// The client socket's cookie; for [`event_hook::INGRESS`], the client's
+    /// address and port ([`FlowEvent::client`]).
     pub sock_cookie: u64,
     pub netns_cookie: u64,
     pub frontend_addr: u32,
@@ -309,6 +313,17 @@ impl FlowEvent {
         (
             Ipv4Addr::from(u32::from_be(self.backend_addr)),
             u16::from_be(self.backend_port),
+        )
+    }
+
+    /// The client of an [`event_hook::INGRESS`] event, as its packet came:
+    /// the union's `client_addr` and `client_port`, both in network order,
+    /// where a socket event has its cookie.
+    pub fn client(&self) -> (Ipv4Addr, u16) {
+        let b = self.sock_cookie.to_ne_bytes();
+        (
+            Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            u16::from_be_bytes([b[4], b[5]]),
         )
     }
 }
@@ -507,6 +522,7 @@ mod tests {
             ("SY_EV_DROPPED", event_verdict::DROPPED),
             ("SY_EV_HOOK_CONNECT4", event_hook::CONNECT4),
             ("SY_EV_HOOK_SENDMSG4", event_hook::SENDMSG4),
+            ("SY_EV_HOOK_INGRESS", event_hook::INGRESS),
         ] {
             assert!(h.contains(&format!("#define {name} {v} ")), "{name} {v}");
         }
@@ -537,5 +553,15 @@ mod tests {
         assert_eq!(FlowEvent::from_bytes(&bytes[..47]), None);
         assert_eq!(FlowEvent::from_bytes(&[0; 56]), None);
         assert_eq!(FlowEvent::from_bytes(&[]), None);
+    }
+
+    #[test]
+    fn an_ingress_event_carries_the_client_where_a_socket_event_has_its_cookie() {
+        let mut bytes = FlowEvent::default().to_bytes();
+        // As the program writes the union: address, then port, network order.
+        bytes[16..20].copy_from_slice(&[203, 0, 113, 7]);
+        bytes[20..22].copy_from_slice(&40_001u16.to_be_bytes());
+        let ev = FlowEvent::from_bytes(&bytes).unwrap_or_default();
+        assert_eq!(ev.client(), (Ipv4Addr::new(203, 0, 113, 7), 40_001));
     }
 }

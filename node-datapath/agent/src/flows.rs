@@ -52,6 +52,9 @@ pub enum Hook {
     Connect4,
     /// sendto() on an unconnected UDP socket (its first datagram to a backend).
     Sendmsg4,
+    /// The tc ingress program: a new flow from this client outside the node
+    /// (NodePort, ExternalIP, LoadBalancer IP).
+    Ingress(SocketAddrV4),
 }
 
 /// A Service's `namespace/name`.
@@ -188,7 +191,13 @@ pub fn decode(record: &[u8], clock: &Clock, services: &ServiceIndex) -> Result<F
     let hook = match ev.hook {
         event_hook::CONNECT4 => Hook::Connect4,
         event_hook::SENDMSG4 => Hook::Sendmsg4,
+        event_hook::INGRESS => Hook::Ingress(SocketAddrV4::new(ev.client().0, ev.client().1)),
         _ => return Err(DecodeError::Field),
+    };
+    // An ingress event has the client where a socket event has its cookie.
+    let sock_cookie = match hook {
+        Hook::Ingress(_) => 0,
+        _ => ev.sock_cookie,
     };
     if ev.proto != IPPROTO_TCP && ev.proto != IPPROTO_UDP {
         return Err(DecodeError::Field);
@@ -209,7 +218,7 @@ pub fn decode(record: &[u8], clock: &Clock, services: &ServiceIndex) -> Result<F
         service: services.lookup(frontend, ev.proto).cloned(),
         source: None,
         cgroup_id: ev.cgroup_id,
-        sock_cookie: ev.sock_cookie,
+        sock_cookie,
         netns_cookie: ev.netns_cookie,
     })
 }

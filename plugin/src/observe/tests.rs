@@ -114,6 +114,10 @@ fn unknown_clients_and_lost_events_say_so() {
         .unwrap()
         .remove("drop_reason_desc");
     assert!(compact(&v).ends_with("(unknown) -> 10.96.0.10:80 to-service app/db FORWARDED"));
+    // A flow from outside the node: no pod, the client's address.
+    v["flow"]["IP"]["source"] = json!("203.0.113.7");
+    v["flow"]["l4"]["TCP"]["source_port"] = json!(40001);
+    assert!(compact(&v).contains(": 203.0.113.7:40001 -> 10.96.0.10:80 to-service app/db"));
     let lost = json!({"lost_events": {"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": 7},
         "node_name": "node2", "time": "2026-12-06T15:04:05Z"});
     assert_eq!(

@@ -233,3 +233,24 @@ fn monotonic_times_after_the_clock_reading_map_forward() {
         UNIX_EPOCH + Duration::from_millis(1_001_500)
     );
 }
+
+#[test]
+fn an_ingress_event_is_a_flow_from_its_client_outside_the_node() {
+    let mut ev = event(event_verdict::FORWARDED, 0);
+    ev.hook = event_hook::INGRESS;
+    ev.cgroup_id = 0;
+    ev.netns_cookie = 0;
+    let mut client = [0u8; 8];
+    client[..4].copy_from_slice(&[203, 0, 113, 7]);
+    client[4..6].copy_from_slice(&40_001u16.to_be_bytes());
+    ev.sock_cookie = u64::from_ne_bytes(client);
+    let flow = decode(&ev.to_bytes(), &clock(), &services()).unwrap();
+    let from = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 40_001);
+    assert_eq!(flow.hook, Hook::Ingress(from));
+    assert_eq!(
+        flow.sock_cookie, 0,
+        "the union held the client, not a cookie"
+    );
+    assert_eq!(flow.backend, Some(SocketAddrV4::new(BACKEND, 8080)));
+    assert_eq!(flow.service, web());
+}

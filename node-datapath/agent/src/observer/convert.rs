@@ -7,7 +7,9 @@
 //! it (DROPPED, `destination` = the frontend). The client's own address is
 //! not known when connect() runs (the socket is usually not bound yet), so
 //! the source address is left empty; the source endpoint is the client's
-//! pod when the agent knows it.
+//! pod when the agent knows it. A flow from outside the node (the tc
+//! ingress program) is a packet's view instead (`L3_L4`, `INGRESS`): the
+//! client's address and port as its packet came, no pod.
 
 use std::net::SocketAddrV4;
 use std::time::SystemTime;
@@ -15,12 +17,14 @@ use std::time::SystemTime;
 use switchyard_abi::{Counter, IPPROTO_TCP};
 
 use super::proto::flow as pb;
-use crate::flows::{Flow, Verdict};
+use crate::flows::{Flow, Hook, Verdict};
 
 /// Hubble's drop reason for a socket-program drop counter.
 fn drop_reason(c: Counter) -> pb::DropReason {
     match c {
         Counter::DropUnknownPort => pb::DropReason::IsAClusterip,
+        Counter::DropSourceRange => pb::DropReason::DeniedByLbSrcRangeCheck,
+        Counter::DropCtFailed => pb::DropReason::CtMapInsertionFailed,
         // No backend, or none left while the Service changed.
         _ => pb::DropReason::ServiceBackendNotFound,
     }
@@ -53,17 +57,38 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
+/// How Hubble tells the two views apart: a socket flow (the client's
+/// address unknown) leaving the client, or a packet flow from outside
+/// coming into the node: (source address, source port, type, direction).
+fn view(f: &Flow) -> (String, u32, pb::FlowType, pb::TrafficDirection) {
+    match f.hook {
+        Hook::Ingress(client) => (
+            client.ip().to_string(),
+            u32::from(client.port()),
+            pb::FlowType::L3L4,
+            pb::TrafficDirection::Ingress,
+        ),
+        Hook::Connect4 | Hook::Sendmsg4 => (
+            String::new(),
+            0,
+            pb::FlowType::Sock,
+            pb::TrafficDirection::Egress,
+        ),
+    }
+}
+
 /// `f` as Hubble's flow, observed on `node`.
 pub fn flow(f: &Flow, node: &str) -> pb::Flow {
     let dst = destination(f);
+    let (source_ip, source_port, kind, direction) = view(f);
     let l4 = if f.proto == IPPROTO_TCP {
         pb::layer4::Protocol::Tcp(pb::Tcp {
-            source_port: 0,
+            source_port,
             destination_port: u32::from(dst.port()),
         })
     } else {
         pb::layer4::Protocol::Udp(pb::Udp {
-            source_port: 0,
+            source_port,
             destination_port: u32::from(dst.port()),
         })
     };
@@ -71,9 +96,10 @@ pub fn flow(f: &Flow, node: &str) -> pb::Flow {
         Verdict::Dropped(c) => (drop_reason(c) as u32, drop_reason(c) as i32),
         Verdict::Forwarded => (0, 0),
     };
-    let xlate = match f.verdict {
-        Verdict::Forwarded => pb::SocketTranslationPoint::SockXlatePointPostDirectionFwd,
-        Verdict::Dropped(_) => pb::SocketTranslationPoint::SockXlatePointPreDirectionFwd,
+    let xlate = match (f.hook, f.verdict) {
+        (Hook::Ingress(_), _) => pb::SocketTranslationPoint::SockXlatePointUnknown,
+        (_, Verdict::Forwarded) => pb::SocketTranslationPoint::SockXlatePointPostDirectionFwd,
+        (_, Verdict::Dropped(_)) => pb::SocketTranslationPoint::SockXlatePointPreDirectionFwd,
     };
     pb::Flow {
         time: Some(timestamp(f.time)),
@@ -81,7 +107,7 @@ pub fn flow(f: &Flow, node: &str) -> pb::Flow {
         verdict: verdict(f.verdict) as i32,
         drop_reason,
         ip: Some(pb::Ip {
-            source: String::new(),
+            source: source_ip,
             destination: dst.ip().to_string(),
             ip_version: pb::IpVersion::IPv4 as i32,
             encrypted: false,
@@ -93,13 +119,13 @@ pub fn flow(f: &Flow, node: &str) -> pb::Flow {
             ..Default::default()
         }),
         destination: None,
-        r#type: pb::FlowType::Sock as i32,
+        r#type: kind as i32,
         node_name: node.to_owned(),
         destination_service: f.service.as_ref().map(|s| pb::Service {
             name: s.name.to_string(),
             namespace: s.namespace.to_string(),
         }),
-        traffic_direction: pb::TrafficDirection::Egress as i32,
+        traffic_direction: direction as i32,
         drop_reason_desc,
         sock_xlate_point: xlate as i32,
         socket_cookie: f.sock_cookie,

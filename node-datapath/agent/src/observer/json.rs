@@ -104,14 +104,22 @@ pub fn flow(f: &pb::Flow) -> Value {
             name_of(f.drop_reason_desc, pb::DropReason::as_str_name),
         );
     }
-    put(
-        "sock_xlate_point",
-        name_of(f.sock_xlate_point, pb::SocketTranslationPoint::as_str_name),
-    );
+    // Zero values are left out, as protojson leaves them (a flow from
+    // outside the node has no socket).
+    if f.sock_xlate_point != 0 {
+        put(
+            "sock_xlate_point",
+            name_of(f.sock_xlate_point, pb::SocketTranslationPoint::as_str_name),
+        );
+    }
     // protojson writes 64-bit integers as strings (JSON numbers lose
     // precision past 2^53).
-    put("socket_cookie", json!(f.socket_cookie.to_string()));
-    put("cgroup_id", json!(f.cgroup_id.to_string()));
+    if f.socket_cookie != 0 {
+        put("socket_cookie", json!(f.socket_cookie.to_string()));
+    }
+    if f.cgroup_id != 0 {
+        put("cgroup_id", json!(f.cgroup_id.to_string()));
+    }
     Value::Object(m)
 }
 

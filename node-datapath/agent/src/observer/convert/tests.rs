@@ -79,3 +79,28 @@ fn a_dropped_flow_goes_to_the_frontend_with_hubbles_reason() {
     );
     assert_eq!(port.drop_reason_desc, pb::DropReason::IsAClusterip as i32);
 }
+
+#[test]
+fn a_flow_from_outside_is_a_packet_coming_in_from_its_client() {
+    let mut d = sample(
+        Verdict::Dropped(Counter::DropSourceRange),
+        ("default", "lb"),
+    );
+    d.hook = Hook::Ingress(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 40_001));
+    let f = super::flow(&d, "node2");
+    assert_eq!(f.r#type, pb::FlowType::L3L4 as i32);
+    assert_eq!(f.traffic_direction, pb::TrafficDirection::Ingress as i32);
+    assert_eq!(f.ip.as_ref().unwrap().source, "203.0.113.7");
+    assert_eq!(
+        f.l4.unwrap().protocol,
+        Some(pb::layer4::Protocol::Tcp(pb::Tcp {
+            source_port: 40_001,
+            destination_port: 80
+        }))
+    );
+    assert_eq!(
+        f.drop_reason_desc,
+        pb::DropReason::DeniedByLbSrcRangeCheck as i32
+    );
+    assert_eq!(f.sock_xlate_point, 0);
+}
