@@ -20,60 +20,12 @@ use switchyard_e2e::{Cluster, ClusterConfig, ProxyMode, skip_unless_root, wait_f
 mod common;
 use common::web::WebView;
 use common::{
-    Installer, add_kubelet_chains, assert_kubelet_chains, assert_no_failures, plan, progress,
-    run_plan, setup, setup_with,
+    Installer, add_kubelet_chains, assert_kubelet_chains, assert_no_failures,
+    assert_no_kube_proxy_rules, assert_services_reachable, plan, progress, run_plan, setup,
+    setup_with,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Every node: no kube-proxy rule left (kubelet's chains excepted).
-async fn assert_no_kube_proxy_rules(c: &Cluster) {
-    for n in &c.plan().nodes {
-        let rules = scenario::kube_proxy_rules(c, &n.name).await.unwrap();
-        for (table, lines) in rules {
-            assert!(
-                lines.is_empty(),
-                "kube-proxy leftovers on {} ({table}):\n{}",
-                n.name,
-                lines.join("\n")
-            );
-        }
-    }
-}
-
-/// Every TCP Service answers from every node, asked by a process in the
-/// node's network namespace and cgroup (where the datapath attaches).
-async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
-    for n in &c.plan().nodes {
-        for t in targets.iter().filter(|t| !t.udp) {
-            let url = format!("http://{}:{}/", t.ip, t.port);
-            let out = c
-                .exec_on_node(
-                    &n.name,
-                    &[
-                        "curl",
-                        "-sS",
-                        "-m",
-                        "5",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        &url,
-                    ],
-                )
-                .await
-                .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                "200",
-                "{} from {}: {out:?}",
-                t.service,
-                n.name
-            );
-        }
-    }
-}
 
 /// What watched a migration from before its plan was applied: a real
 /// Prometheus scraping switchyard, and the web view in a real browser.

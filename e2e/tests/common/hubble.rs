@@ -44,6 +44,14 @@ async fn run(server: &str, args: &[&str]) -> Output {
     out
 }
 
+/// The JSON lines `hubble … -o json` printed.
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// `hubble status`, `hubble observe` with its filters and `hubble observe
 /// -f` against `node`'s agent; `latest` is the last drop observe showed.
 pub async fn the_hubble_cli_shows_the_drops(
@@ -78,10 +86,7 @@ pub async fn the_hubble_cli_shows_the_drops(
         "json",
     ];
     let out = run(&server, &filters).await;
-    let flows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let flows = json_lines(&out);
     assert_eq!(
         flows.len(),
         2,
@@ -159,10 +164,7 @@ async fn the_relay_aggregates_every_node(
         "json",
     ];
     let out = run(&server, &args).await;
-    let flows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let flows = json_lines(&out);
     assert_eq!(flows.len(), drops, "through hubble-relay: {flows:#?}");
     for f in &flows {
         assert_the_drop(f, pod, node, ip);

@@ -23,6 +23,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use switchyard_api::{KUBE_PROXY_STRATEGY_ANNOTATION, MigrationPlan, NodeStep};
+use switchyard_e2e::scenario::Target;
 use switchyard_e2e::{Cluster, scenario, wait_for};
 
 /// A kubelet-owned chain on every node, as kubelets >= 1.28 create it.
@@ -157,4 +158,53 @@ pub async fn wait_rollout_released(c: &Cluster) {
     )
     .await
     .unwrap();
+}
+
+/// Every node: no kube-proxy rule left (kubelet's chains excepted).
+pub async fn assert_no_kube_proxy_rules(c: &Cluster) {
+    for n in &c.plan().nodes {
+        let rules = scenario::kube_proxy_rules(c, &n.name).await.unwrap();
+        for (table, lines) in rules {
+            assert!(
+                lines.is_empty(),
+                "kube-proxy leftovers on {} ({table}):\n{}",
+                n.name,
+                lines.join("\n")
+            );
+        }
+    }
+}
+
+/// Every TCP Service answers from every node, asked by a process in the
+/// node's network namespace and cgroup (where the datapath attaches).
+pub async fn assert_services_reachable(c: &Cluster, targets: &[Target]) {
+    for n in &c.plan().nodes {
+        for t in targets.iter().filter(|t| !t.udp) {
+            let url = format!("http://{}:{}/", t.ip, t.port);
+            let out = c
+                .exec_on_node(
+                    &n.name,
+                    &[
+                        "curl",
+                        "-sS",
+                        "-m",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        &url,
+                    ],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "200",
+                "{} from {}: {out:?}",
+                t.service,
+                n.name
+            );
+        }
+    }
 }
