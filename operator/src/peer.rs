@@ -120,7 +120,14 @@ pub fn spawn(
                 nodes.state().iter().map(|n| n.as_ref()),
                 datapaths.state().iter().map(|d| d.as_ref()),
             );
-            tx.send_if_modified(|p| std::mem::replace(p, now.clone()) != now);
+            // Followers hear of a change only, not of every event.
+            tx.send_if_modified(|p| {
+                let changed = *p != now;
+                if changed {
+                    *p = now;
+                }
+                changed
+            });
             changed.notified().await;
         }
     });

@@ -52,6 +52,23 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// `hubble observe` of the DROPPED flows to the Service without endpoints,
+/// with `extra` filters, as JSON.
+async fn the_drops(server: &str, extra: &[&str]) -> Vec<Value> {
+    let to = format!("{NS}/{SERVICE}");
+    let mut args = vec![
+        "observe",
+        "--to-service",
+        &to,
+        "--verdict",
+        "DROPPED",
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    json_lines(&run(server, &args).await)
+}
+
 /// `hubble status`, `hubble observe` with its filters and `hubble observe
 /// -f` against `node`'s agent; `latest` is the last drop observe showed.
 pub async fn the_hubble_cli_shows_the_drops(
@@ -73,20 +90,7 @@ pub async fn the_hubble_cli_shows_the_drops(
         "{status}"
     );
 
-    let to = format!("{NS}/{SERVICE}");
-    let filters = [
-        "observe",
-        "--from-namespace",
-        NS,
-        "--to-service",
-        &to,
-        "--verdict",
-        "DROPPED",
-        "-o",
-        "json",
-    ];
-    let out = run(&server, &filters).await;
-    let flows = json_lines(&out);
+    let flows = the_drops(&server, &["--from-namespace", NS]).await;
     assert_eq!(
         flows.len(),
         2,
@@ -101,7 +105,7 @@ pub async fn the_hubble_cli_shows_the_drops(
 
     let mut following = Command::new(hubble());
     following
-        .args(follow_args(&to))
+        .args(follow_args(&format!("{NS}/{SERVICE}")))
         .arg("--server")
         .arg(&server);
     follow(c, following, pod, node, ip, latest).await;
@@ -153,18 +157,7 @@ async fn the_relay_aggregates_every_node(
     let status = connected.unwrap();
     eprintln!("  hubble status through hubble-relay:\n{status}");
 
-    let to = format!("{NS}/{SERVICE}");
-    let args = [
-        "observe",
-        "--to-service",
-        &to,
-        "--verdict",
-        "DROPPED",
-        "-o",
-        "json",
-    ];
-    let out = run(&server, &args).await;
-    let flows = json_lines(&out);
+    let flows = the_drops(&server, &[]).await;
     assert_eq!(flows.len(), drops, "through hubble-relay: {flows:#?}");
     for f in &flows {
         assert_the_drop(f, pod, node, ip);
