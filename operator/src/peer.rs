@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt, future};
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use switchyard_api::NodeDatapath;
@@ -21,6 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
+use crate::controller::cached::SlimNode;
 use crate::controller::external::internal_ip;
 
 /// The generated types and service of `proto/peer/peer.proto`.
@@ -32,12 +32,16 @@ pub mod proto {
 use proto::peer_server::{Peer, PeerServer};
 use proto::{ChangeNotification, ChangeNotificationType, NotifyRequest};
 
+/// How long a change waits for the ones that follow it before the peers
+/// are counted again.
+const RECOUNT_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The peers: node name → `host:port` of its Observer API.
 pub type Peers = BTreeMap<String, String>;
 
 /// The peers among `nodes` and their `datapaths` (pure).
 pub fn peers<'a>(
-    nodes: impl IntoIterator<Item = &'a Node>,
+    nodes: impl IntoIterator<Item = &'a SlimNode>,
     datapaths: impl IntoIterator<Item = &'a NodeDatapath>,
 ) -> Peers {
     let ports: BTreeMap<String, u16> = datapaths
@@ -105,11 +109,12 @@ impl Peer for PeerService {
     }
 }
 
-/// Serves the Peer API on `addr` from the caches, recomputing the peers
-/// each time `changed` is signalled (a Node or NodeDatapath event).
+/// Serves the Peer API on `addr` from the caches, recounting the peers
+/// [`RECOUNT_AFTER`] after `changed` is signalled (a Node or NodeDatapath
+/// event): once for the events of that while.
 pub fn spawn(
     addr: SocketAddr,
-    nodes: Store<Node>,
+    nodes: Store<SlimNode>,
     datapaths: Store<NodeDatapath>,
     changed: Arc<Notify>,
 ) {
@@ -129,6 +134,9 @@ pub fn spawn(
                 changed
             });
             changed.notified().await;
+            // A wave writes each of its Nodes and NodeDatapaths several
+            // times: one recount after the burst instead of one per write.
+            tokio::time::sleep(RECOUNT_AFTER).await;
         }
     });
     tokio::spawn(async move {
@@ -146,24 +154,19 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
-    use kube::api::ObjectMeta;
+    use crate::controller::cached::SlimNodeStatus;
+    use k8s_openapi::api::core::v1::NodeAddress;
     use switchyard_api::NodeDatapathStatus;
 
-    fn node(name: &str, ip: &str) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            status: Some(NodeStatus {
+    fn node(name: &str, ip: &str) -> SlimNode {
+        SlimNode {
+            status: Some(SlimNodeStatus {
                 addresses: Some(vec![NodeAddress {
                     type_: "InternalIP".into(),
                     address: ip.into(),
                 }]),
-                ..NodeStatus::default()
             }),
-            ..Node::default()
+            ..SlimNode::named(name)
         }
     }
 

@@ -191,6 +191,7 @@ mod tests {
         let env = deployment_env(&yaml).expect("the Deployment parses");
         let get = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         assert_eq!(get("MALLOC_ARENA_MAX"), Some("2"));
+        assert_eq!(get("MALLOC_MMAP_THRESHOLD_"), Some("131072"));
         assert!(get("RUST_LOG").is_some());
         assert_eq!(get("POD_NAME"), None, "valueFrom entries are left out");
 

@@ -201,18 +201,13 @@ fn rss_verdict(big: &Summary) -> String {
     }
 }
 
-/// Requests of the kinds that act on the node itself (NodeDatapath read +
-/// apply, Node patches, Events), per node.
+/// Requests of the kinds that act on the node itself (its NodeDatapath
+/// applied, its Node patched, its Event), per node.
 fn own_requests_per_node(big: &Summary) -> f64 {
-    [
-        "get nodedatapaths",
-        "patch nodedatapaths",
-        "patch nodes",
-        "create events",
-    ]
-    .iter()
-    .filter_map(|k| big.requests_per_node_by_kind.get(*k))
-    .sum()
+    ["patch nodedatapaths", "patch nodes", "create events"]
+        .iter()
+        .filter_map(|k| big.requests_per_node_by_kind.get(*k))
+        .sum()
 }
 
 /// The largest run's request mix, memory and wall time.

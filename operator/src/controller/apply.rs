@@ -8,12 +8,14 @@
 //! (each node's own actions still in order): a wave of a hundred nodes
 //! then costs a few round trips of wall time instead of hundreds.
 
+use std::time::Instant;
+
 use futures::StreamExt;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use switchyard_api::{
@@ -22,6 +24,8 @@ use switchyard_api::{
 };
 use tracing::info;
 
+use super::cached::SlimNode;
+use super::expectations::Expectations;
 use super::kube_proxy;
 use crate::error::{Error, Result};
 use crate::planner::{Action, Event};
@@ -32,7 +36,12 @@ pub struct Applier<'a> {
     pub plan: &'a MigrationPlan,
     /// The operator's namespace (backups live there).
     pub namespace: &'a str,
-    pub recorder: &'a Recorder,
+    pub events: &'a super::events::Publisher,
+    /// The caches the planner decided on, and the writes they have not
+    /// shown yet.
+    pub nodes: &'a Store<SlimNode>,
+    pub datapaths: &'a Store<NodeDatapath>,
+    pub expectations: &'a Expectations,
 }
 
 impl std::fmt::Debug for Applier<'_> {
@@ -160,8 +169,47 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Applies one per-node action.
+    /// Applies one per-node action, unless it repeats a write the caches
+    /// have not shown yet ([`Expectations`]).
     async fn apply_node_action(&self, action: &Action) -> Result<()> {
+        let Some((node, version)) = self.cached_version(action) else {
+            return self.write_node_action(action).await;
+        };
+        if self
+            .expectations
+            .pending(node, action, version.as_deref(), Instant::now())
+        {
+            tracing::debug!(?action, "skipped: the same write is not in the cache yet");
+            return Ok(());
+        }
+        self.write_node_action(action).await?;
+        self.expectations
+            .wrote(node, action, version, Instant::now());
+        Ok(())
+    }
+
+    /// The node and the cached resourceVersion of the object `action`
+    /// writes: its Node or its NodeDatapath (`None` for actions that read
+    /// before they write, and Events).
+    fn cached_version<'b>(&self, action: &'b Action) -> Option<(&'b str, Option<String>)> {
+        match action {
+            Action::Cordon { node }
+            | Action::Uncordon { node }
+            | Action::ExcludeKubeProxy { node }
+            | Action::IncludeKubeProxy { node } => {
+                let n = self.nodes.get(&ObjectRef::new(node));
+                Some((node, n.and_then(|n| n.metadata.resource_version.clone())))
+            }
+            Action::ApplyDatapath { node, .. } => {
+                let d = self.datapaths.get(&ObjectRef::new(node));
+                Some((node, d.and_then(|d| d.metadata.resource_version.clone())))
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes one per-node action.
+    async fn write_node_action(&self, action: &Action) -> Result<()> {
         match action {
             Action::Cordon { node } => {
                 self.patch_node(node, json!({"spec": {"unschedulable": true}}))
@@ -350,18 +398,8 @@ impl Applier<'_> {
                 ..ObjectReference::default()
             },
         };
-        let ev = KubeEvent {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: e.reason.clone(),
-            note: Some(e.message.chars().take(1000).collect()),
-            action: "Migrate".into(),
-            secondary: e.node.as_ref().map(|_| self.plan.object_ref(&())),
-        };
-        if let Err(err) = self.recorder.publish(&ev, &reference).await {
+        let related = e.node.as_ref().map(|_| self.plan.object_ref(&()));
+        if let Err(err) = self.events.publish(e, reference, related).await {
             tracing::warn!(reason = %e.reason, error = %err, "could not record event");
         }
     }

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kube::ResourceExt;
 use switchyard_api::{NodeDatapathStatus, ProbeProtocol, ProbeResult};
 
+use super::cached::SlimNode;
 use crate::planner::{ExternalService, IngressObs, NodePortObs, PeerProbeObs};
 
 /// Drops what the operator never reads from a cached Service: everything
@@ -90,12 +91,9 @@ fn external(s: &Service) -> Option<ExternalService> {
 }
 
 /// A Node's first IPv4 `InternalIP`.
-pub fn internal_ip(n: &Node) -> Option<String> {
-    n.status
-        .as_ref()?
-        .addresses
+pub fn internal_ip(n: &SlimNode) -> Option<String> {
+    n.addresses()
         .iter()
-        .flatten()
         .find(|a| a.type_ == "InternalIP" && a.address.parse::<std::net::Ipv4Addr>().is_ok())
         .map(|a| a.address.clone())
 }
@@ -156,7 +154,8 @@ pub fn peer_probe(r: &ProbeResult) -> PeerProbeObs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, ServicePort};
+    use crate::controller::cached::SlimNodeStatus;
+    use k8s_openapi::api::core::v1::{NodeAddress, ServicePort};
     use switchyard_api::{Capabilities, INGRESS_ATTACH_TYPE, IngressStatus, ProbeOutcome};
 
     fn service(name: &str, type_: &str, ips: &[&str], local: bool) -> Service {
@@ -236,15 +235,14 @@ mod tests {
             type_: t.into(),
             address: a.into(),
         };
-        let mut n = Node::default();
+        let mut n = SlimNode::named("n1");
         assert_eq!(internal_ip(&n), None);
-        n.status = Some(NodeStatus {
+        n.status = Some(SlimNodeStatus {
             addresses: Some(vec![
                 addr("Hostname", "n1"),
                 addr("InternalIP", "fd00::1"),
                 addr("InternalIP", "172.31.255.11"),
             ]),
-            ..NodeStatus::default()
         });
         assert_eq!(internal_ip(&n).as_deref(), Some("172.31.255.11"));
     }

@@ -1,10 +1,21 @@
-//! The kube I/O shell around the planner: watches plans, Nodes,
-//! NodeDatapaths, the agents' Leases and kube-proxy; per reconcile gathers the objects, asks the
-//! planner, records the status (status subresource, server-side apply), then
-//! applies the actions.
+//! The kube I/O shell around the planner. Per reconcile it gathers the
+//! objects (most from the caches its watches fill, a few read fresh), asks
+//! the planner, records the status (status subresource, server-side
+//! apply), then applies the actions.
+//!
+//! - `watches`: the watches into the caches, and which events reconcile;
+//! - `cached`, `pods`: what a cache keeps of each object;
+//! - `triggers`: which changes are worth a reconcile;
+//! - `observe`: the objects turned into the planner's snapshot (pure);
+//! - `apply`, `events`: the actions written back, Events among them;
+//! - `kube_proxy`, `external`, `api_endpoints`, `finalizer`, `leader`:
+//!   what each of those reads or writes of one kind of object.
 
 pub mod api_endpoints;
 pub mod apply;
+pub mod cached;
+pub mod events;
+pub mod expectations;
 pub mod external;
 pub mod finalizer;
 pub mod kube_proxy;
@@ -12,6 +23,7 @@ pub mod leader;
 pub mod observe;
 pub mod pods;
 pub mod triggers;
+pub mod watches;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,20 +31,17 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::IgnoredAny;
 use switchyard_api::{
-    AGENT_LEASE_NAMESPACE, API_VERSION, FIELD_MANAGER, MigrationPlan, MigrationPlanStatus,
-    NodeDatapath,
+    API_VERSION, FIELD_MANAGER, MigrationPlan, MigrationPlanStatus, NodeDatapath,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -55,17 +64,25 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
-    pub recorder: Recorder,
+    pub events: events::Publisher,
     pub metrics: Arc<Metrics>,
-    nodes: Store<Node>,
+    nodes: Store<cached::SlimNode>,
     datapaths: Store<NodeDatapath>,
     /// The agents' liveness Leases.
     leases: Store<Lease>,
+    /// The DaemonSets of the watched kube-proxy namespace.
+    daemon_sets: Store<DaemonSet>,
+    /// The pods of the watched kube-proxy namespace, slimmed.
+    pods: Store<pods::SlimPod>,
     plans: Store<MigrationPlan>,
     /// Every Service, slimmed to its external frontends' fields.
     services: Store<Service>,
     /// The `default/kubernetes` EndpointSlices: the API server's endpoints.
     kubernetes: Store<EndpointSlice>,
+    /// The node writes the caches have not shown yet.
+    expectations: expectations::Expectations,
+    /// The plan statuses recorded that the plan cache has not shown yet.
+    recorded: expectations::Expectations<()>,
     /// The API server endpoints ConfigMap the agents mount.
     api_endpoints: api_endpoints::Publisher,
 }
@@ -114,18 +131,20 @@ pub async fn run(
     // timeout, so an idle watch is never mistaken for a dead connection.
     let wc = watcher::Config::default().timeout(45);
     let nodes_changed = Arc::new(tokio::sync::Notify::new());
-    let mut triggers = watch_inputs(
+    let mut triggers = watches::inputs(&client, &wc, nodes_w, datapaths_w, &nodes_changed);
+    let (daemon_sets, daemon_sets_w) = reflector::store();
+    let (kube_proxy_pods, pods_w) = reflector::store();
+    triggers.push(watches::kube_proxy(
         &client,
-        &settings,
+        &settings.kube_proxy_namespace,
         &wc,
-        nodes_w,
-        datapaths_w,
-        &nodes_changed,
-    );
-    triggers.push(watch_services(&client, &wc, services_w));
-    triggers.push(watch_leases(&client, &wc, leases_w));
+        daemon_sets_w,
+        pods_w,
+    ));
+    triggers.push(watches::services(&client, &wc, services_w));
+    triggers.push(watches::leases(&client, &wc, leases_w));
     let (kubernetes, kubernetes_w) = reflector::store();
-    let endpoint_changes = watch_kubernetes_endpoints(&client, &wc, kubernetes_w);
+    let endpoint_changes = watches::kubernetes_endpoints(&client, &wc, kubernetes_w);
 
     // The plans' own watch, slimmed like the others: the server-side applied
     // status leaves managed fields as big as the status (every node's entry).
@@ -139,28 +158,26 @@ pub async fn run(
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(shutdown);
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        events: events::Publisher::new(client.clone(), std::env::var("POD_NAME").ok()),
         client,
         settings,
         metrics: metrics.clone(),
         nodes: nodes.clone(),
         datapaths: datapaths.clone(),
         leases,
+        daemon_sets,
+        pods: kube_proxy_pods,
         plans,
         services,
         kubernetes,
+        expectations: expectations::Expectations::default(),
+        recorded: expectations::Expectations::default(),
         api_endpoints: api_endpoints::Publisher::new(),
     });
     if let Some(addr) = ctx.settings.peer_addr {
         crate::peer::spawn(addr, nodes.clone(), datapaths.clone(), nodes_changed);
     }
-    spawn_readiness(nodes, datapaths, metrics);
+    spawn_readiness(ctx.clone());
     tokio::spawn(publish_on(endpoint_changes, ctx.clone()));
 
     controller
@@ -176,106 +193,29 @@ pub async fn run(
     Ok(())
 }
 
-/// The watches of what the planner reads besides the plans (Nodes and
-/// NodeDatapaths into the caches, kube-proxy's DaemonSet and pods), as one
-/// stream of triggers: each change worth a decision reconciles every plan.
-/// `changed` is signalled on every Node and NodeDatapath event.
-fn watch_inputs(
-    client: &Client,
-    settings: &Settings,
-    wc: &watcher::Config,
-    nodes_w: reflector::store::Writer<Node>,
-    datapaths_w: reflector::store::Writer<NodeDatapath>,
-    changed: &Arc<tokio::sync::Notify>,
-) -> futures::stream::SelectAll<futures::stream::BoxStream<'static, ()>> {
-    let mut node_changes = triggers::Changes::new(triggers::node_inputs);
-    let signal = changed.clone();
-    let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .modify(triggers::slim_node)
-        .reflect(nodes_w)
-        .inspect(move |_| signal.notify_one())
-        .filter_map(move |e| future::ready(e.is_ok_and(|e| node_changes.on(&e)).then_some(())));
-    let mut datapath_changes = triggers::Changes::new(triggers::datapath_inputs);
-    let signal = changed.clone();
-    let datapath_events = watcher(Api::<NodeDatapath>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .modify(|d: &mut NodeDatapath| d.managed_fields_mut().clear())
-        .reflect(datapaths_w)
-        .inspect(move |_| signal.notify_one())
-        .filter_map(move |e| future::ready(e.is_ok_and(|e| datapath_changes.on(&e)).then_some(())));
-    let kp_ns = &settings.kube_proxy_namespace;
-    let ds_events = watcher(
-        Api::<PartialObjectMeta<DaemonSet>>::namespaced(client.clone(), kp_ns),
-        wc.clone(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .filter_map(ok_unit);
-    let pod_events = watcher(
-        Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), kp_ns),
-        wc.clone(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .filter_map(ok_unit);
-    futures::stream::select_all([
-        node_events.boxed(),
-        datapath_events.boxed(),
-        ds_events.boxed(),
-        pod_events.boxed(),
-    ])
-}
-
-/// The Services' watch into their cache (slimmed). It triggers nothing:
-/// preflight and Verify, which read it, look again on their own requeue.
-fn watch_services(
-    client: &Client,
-    wc: &watcher::Config,
-    services_w: reflector::store::Writer<Service>,
-) -> futures::stream::BoxStream<'static, ()> {
-    watcher(Api::<Service>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .modify(external::slim_service)
-        .reflect(services_w)
-        .filter_map(|_| future::ready(None))
-        .boxed()
-}
-
-/// The agents' Leases into their cache (slimmed). Renewals trigger nothing
-/// (a thousand agents renew a hundred times a second); a Lease created or
-/// taken over by another holder does. An expired Lease is noticed as a
-/// silent agent is: the planner requeues itself while it waits.
-fn watch_leases(
-    client: &Client,
-    wc: &watcher::Config,
-    leases_w: reflector::store::Writer<Lease>,
-) -> futures::stream::BoxStream<'static, ()> {
-    watcher(
-        Api::<Lease>::namespaced(client.clone(), AGENT_LEASE_NAMESPACE),
-        wc.clone(),
-    )
-    .default_backoff()
-    .modify(|l: &mut Lease| l.managed_fields_mut().clear())
-    .reflect(leases_w)
-    .applied_objects()
-    .predicate_filter(triggers::lease_holder, PredicateConfig::default())
-    .filter_map(ok_unit)
-    .boxed()
-}
-
-/// Ready once the node and datapath caches are filled. The initial lists
-/// were decoded whole before being slimmed: give that heap back at once,
-/// not at the first reconcile (there is none until a plan exists).
-fn spawn_readiness(nodes: Store<Node>, datapaths: Store<NodeDatapath>, metrics: Arc<Metrics>) {
+/// Ready once every cache is filled. The initial lists were decoded
+/// before being slimmed: give that heap back at once, not at the first
+/// reconcile (there is none until a plan exists).
+fn spawn_readiness(ctx: Arc<Context>) {
     tokio::spawn(async move {
-        if nodes.wait_until_ready().await.is_ok() && datapaths.wait_until_ready().await.is_ok() {
+        if caches_filled(&ctx).await {
             switchyard_daemon::release_freed_memory();
-            metrics
+            ctx.metrics
                 .ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
+}
+
+/// Waits for every cache's first list; `false` if a watch was dropped.
+async fn caches_filled(ctx: &Context) -> bool {
+    ctx.nodes.wait_until_ready().await.is_ok()
+        && ctx.datapaths.wait_until_ready().await.is_ok()
+        && ctx.services.wait_until_ready().await.is_ok()
+        && ctx.leases.wait_until_ready().await.is_ok()
+        && ctx.daemon_sets.wait_until_ready().await.is_ok()
+        && ctx.pods.wait_until_ready().await.is_ok()
+        && ctx.kubernetes.wait_until_ready().await.is_ok()
 }
 
 /// The status subresource apply body.
@@ -285,27 +225,6 @@ struct StatusBody<'a> {
     api_version: &'static str,
     kind: &'static str,
     status: &'a MigrationPlanStatus,
-}
-
-/// A watch event as a bare trigger; watch errors are retried by the backoff.
-/// The `default/kubernetes` EndpointSlices into their cache; each change
-/// is published to the agents ([`publish_on`]), plan or no plan.
-fn watch_kubernetes_endpoints(
-    client: &Client,
-    wc: &watcher::Config,
-    writer: reflector::store::Writer<EndpointSlice>,
-) -> futures::stream::BoxStream<'static, ()> {
-    let wc = wc.clone().labels("kubernetes.io/service-name=kubernetes");
-    watcher(
-        Api::<EndpointSlice>::namespaced(client.clone(), "default"),
-        wc,
-    )
-    .default_backoff()
-    .modify(|s: &mut EndpointSlice| s.managed_fields_mut().clear())
-    .reflect(writer)
-    .touched_objects()
-    .filter_map(ok_unit)
-    .boxed()
 }
 
 /// Publishes the API server's endpoints on every change of them, from the
@@ -341,10 +260,6 @@ async fn publish_api_endpoints(ctx: &Context) -> Result<()> {
         .await
 }
 
-fn ok_unit<T>(r: Result<T, watcher::Error>) -> future::Ready<Option<()>> {
-    future::ready(r.ok().map(|_| ()))
-}
-
 fn error_policy(plan: Arc<MigrationPlan>, err: &Error, ctx: Arc<Context>) -> Requeue {
     warn!(plan = %plan.name_any(), error = %err, "reconcile error; retrying");
     ctx.metrics.error(&plan.name_any());
@@ -371,8 +286,18 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
         finalizer::add(&ctx.client, &plan).await?;
         return Ok(Requeue::await_change());
     }
-    let started = Instant::now();
     let name = plan.name_any();
+    let version = plan.resource_version();
+    if ctx
+        .recorded
+        .pending(&name, &(), version.as_deref(), Instant::now())
+    {
+        // The status last recorded is not in the cache yet: deciding on
+        // the one before would decide again what was decided then. Its
+        // watch event reconciles the plan.
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
+    let started = Instant::now();
     let snapshot = gather(&plan, &ctx).await?;
     // Before any step that could take kube-proxy away: the agents need the
     // list to reconnect without the ClusterIP (and a plan's apiServer).
@@ -381,7 +306,9 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
     // most of it per wave (see `MigrationPlanStatus::compacted`).
     let current = plan.status.clone().unwrap_or_default();
     let decision = decide(&plan, &current.expanded(), &snapshot)?;
-    record(&ctx.client, &name, &current, &decision.status.compacted()).await?;
+    if record(&ctx.client, &name, &current, &decision.status.compacted()).await? {
+        ctx.recorded.wrote(&name, &(), version, Instant::now());
+    }
     act(&plan, &ctx, &decision.actions).await?;
     if decision.release {
         finalizer::remove(&ctx.client, &plan).await?;
@@ -409,6 +336,8 @@ fn caches_synced(ctx: &Context) -> bool {
         && filled(&ctx.datapaths)
         && filled(&ctx.services)
         && filled(&ctx.leases)
+        && filled(&ctx.daemon_sets)
+        && filled(&ctx.pods)
         && filled(&ctx.kubernetes)
 }
 
@@ -425,15 +354,13 @@ where
 }
 
 /// The snapshot the planner decides on. Cached: nodes, datapaths, the
-/// agents' Leases, plans.
-/// Read fresh: kube-proxy's objects and the few single objects the planner
-/// needs.
+/// agents' Leases, plans, Services (kube-dns among them), kube-proxy's
+/// DaemonSet and pods. Read fresh: kube-proxy's ConfigMap, whether kubeadm
+/// manages the cluster, the plan's backup.
 async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot> {
     let client = &ctx.client;
     let kp = &plan.spec.kube_proxy;
-    let ds = Api::<DaemonSet>::namespaced(client.clone(), &kp.namespace)
-        .get_opt(&kp.daemon_set)
-        .await?;
+    let (ds, pods) = kube_proxy_objects(plan, ctx).await?;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &kp.namespace)
         .get_opt(&kp.config_map)
         .await?;
@@ -441,14 +368,9 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
         .get_metadata_opt("kubeadm-config")
         .await?
         .is_some();
-    let pods = kube_proxy_pods(client, &kp.namespace, ds.as_ref()).await?;
     let backup = Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.namespace)
         .get_opt(&planner::backup_name(&plan.name_any()))
         .await?;
-    let dns = Api::<Service>::namespaced(client.clone(), "kube-system")
-        .get_metadata_opt("kube-dns")
-        .await?
-        .is_some();
     let nodes = ctx.nodes.state();
     let datapaths = ctx.datapaths.state();
     let leases = ctx.leases.state();
@@ -460,37 +382,53 @@ async fn gather(plan: &MigrationPlan, ctx: &Context) -> Result<planner::Snapshot
         datapaths: datapaths.iter().map(|d| d.as_ref()).collect(),
         leases: leases.iter().map(|l| l.as_ref()).collect(),
         plans: plans.iter().map(|p| p.as_ref()).collect(),
-        kube_proxy_daemon_set: ds.as_ref(),
+        kube_proxy_daemon_set: ds.as_deref(),
         kube_proxy_config_map: cm.as_ref(),
-        pods: pods.iter().collect(),
+        pods: pods.iter().map(|p| p.as_ref()).collect(),
         kubeadm_config: kubeadm,
         backup: backup.as_ref(),
         kubernetes_endpoints: endpoints.iter().map(|s| s.as_ref()).collect(),
-        cluster_dns: dns,
+        cluster_dns: ctx
+            .services
+            .get(&reflector::ObjectRef::new("kube-dns").within("kube-system"))
+            .is_some(),
         services: services.iter().map(|s| s.as_ref()).collect(),
     };
     Ok(observe::snapshot(plan, &observed))
 }
 
-/// kube-proxy's pods: those its DaemonSet's selector matches (none without
-/// a DaemonSet or a label selector).
-async fn kube_proxy_pods(
-    client: &Client,
-    namespace: &str,
-    ds: Option<&DaemonSet>,
-) -> Result<Vec<Pod>> {
-    let labels = ds
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.selector.match_labels.as_ref());
-    let Some(labels) = labels else {
-        return Ok(Vec::new());
+/// kube-proxy's DaemonSet and the pods of its namespace: from the caches
+/// when the plan names the watched namespace, read fresh otherwise (a
+/// plan naming another one, which the operator's Role must then allow).
+async fn kube_proxy_objects(
+    plan: &MigrationPlan,
+    ctx: &Context,
+) -> Result<(Option<Arc<DaemonSet>>, Vec<Arc<pods::SlimPod>>)> {
+    let kp = &plan.spec.kube_proxy;
+    if kp.namespace == ctx.settings.kube_proxy_namespace {
+        let key = reflector::ObjectRef::new(&kp.daemon_set).within(&kp.namespace);
+        return Ok((ctx.daemon_sets.get(&key), ctx.pods.state()));
+    }
+    let ds = Api::<DaemonSet>::namespaced(ctx.client.clone(), &kp.namespace)
+        .get_opt(&kp.daemon_set)
+        .await?;
+    let pods = match ds.as_ref().and_then(match_labels) {
+        Some(selector) => pods::list(&ctx.client, &kp.namespace, &selector).await?,
+        None => Vec::new(),
     };
-    let selector = labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    pods::list(client, namespace, &selector).await
+    Ok((ds.map(Arc::new), pods.into_iter().map(Arc::new).collect()))
+}
+
+/// A DaemonSet's label selector, as a list selector (`None` without one).
+fn match_labels(ds: &DaemonSet) -> Option<String> {
+    let labels = ds.spec.as_ref()?.selector.match_labels.as_ref()?;
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// The planner's decision, at the current time.
@@ -512,14 +450,15 @@ fn decide(
 
 /// Records the decided status (status subresource, server-side apply)
 /// when it differs from the current one: before any action is applied.
+/// Whether it wrote.
 async fn record(
     client: &Client,
     name: &str,
     current: &MigrationPlanStatus,
     decided: &MigrationPlanStatus,
-) -> Result<()> {
+) -> Result<bool> {
     if decided == current {
-        return Ok(());
+        return Ok(false);
     }
     // Serialized straight from the typed status, without building a
     // `serde_json::Value` of it.
@@ -542,7 +481,7 @@ async fn record(
     if decided.phase != current.phase {
         info!(from = ?current.phase, to = ?decided.phase, "phase changed");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Applies the decided actions, in the planner's order.
@@ -551,7 +490,10 @@ async fn act(plan: &MigrationPlan, ctx: &Context, actions: &[planner::Action]) -
         client: ctx.client.clone(),
         plan,
         namespace: &ctx.settings.namespace,
-        recorder: &ctx.recorder,
+        events: &ctx.events,
+        nodes: &ctx.nodes,
+        datapaths: &ctx.datapaths,
+        expectations: &ctx.expectations,
     };
     applier.apply_all(actions).await
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::{
@@ -14,7 +14,9 @@ use switchyard_api::{
     Phase,
 };
 
+use super::cached::SlimNode;
 use super::external;
+use super::pods::SlimPod;
 use crate::planner::{
     AgentLease, ConfigMapObs, DaemonSetObs, DatapathObs, KubeProxyObs, NodeObs, OtherPlan, PodObs,
     RequestOutcome, Snapshot,
@@ -27,7 +29,7 @@ const SAME_AS_KUBE_PROXY: [&str; 2] = ["no_backend", "unknown_service_port"];
 /// The objects one reconcile looks at.
 #[derive(Debug, Default)]
 pub struct Observed<'a> {
-    pub nodes: Vec<&'a Node>,
+    pub nodes: Vec<&'a SlimNode>,
     pub datapaths: Vec<&'a NodeDatapath>,
     /// The agents' Leases (in [`switchyard_api::AGENT_LEASE_NAMESPACE`],
     /// named after their nodes).
@@ -36,7 +38,7 @@ pub struct Observed<'a> {
     pub kube_proxy_daemon_set: Option<&'a DaemonSet>,
     pub kube_proxy_config_map: Option<&'a ConfigMap>,
     /// Pods in the kube-proxy namespace (filtered to the DaemonSet's here).
-    pub pods: Vec<&'a Pod>,
+    pub pods: Vec<&'a SlimPod>,
     pub kubeadm_config: bool,
     pub backup: Option<&'a ConfigMap>,
     pub kubernetes_endpoints: Vec<&'a EndpointSlice>,
@@ -89,15 +91,11 @@ pub fn snapshot(me: &MigrationPlan, o: &Observed<'_>) -> Snapshot {
     }
 }
 
-fn node_obs(n: &Node) -> NodeObs {
+fn node_obs(n: &SlimNode) -> NodeObs {
     let labels: BTreeMap<String, String> = n.labels().clone();
     NodeObs {
         kube_proxy_excluded: labels.contains_key(KUBE_PROXY_EXCLUDED_LABEL),
-        unschedulable: n
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false),
+        unschedulable: n.unschedulable(),
         labels,
         internal_ip: external::internal_ip(n),
         startup_taint: super::triggers::has_startup_taint(n),
@@ -119,15 +117,7 @@ fn kube_proxy_obs(o: &Observed<'_>) -> KubeProxyObs {
             o.pods
                 .iter()
                 .filter(|p| owned_by(p, ds))
-                .filter_map(|p| {
-                    let node = p.spec.as_ref()?.node_name.clone()?;
-                    Some((
-                        node,
-                        PodObs {
-                            ready: pod_ready(p),
-                        },
-                    ))
-                })
+                .filter_map(|p| Some((p.node_name()?.to_string(), PodObs { ready: p.ready() })))
                 .collect()
         })
         .unwrap_or_default();
@@ -210,42 +200,11 @@ fn probe_failures(p: &switchyard_api::ProbeResult) -> String {
     }
 }
 
-/// A Pod reduced to what [`snapshot`] reads: owners, deletion, node name
-/// and conditions.
-pub fn slim_pod(p: Pod) -> Pod {
-    Pod {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: p.metadata.name,
-            namespace: p.metadata.namespace,
-            uid: p.metadata.uid,
-            owner_references: p.metadata.owner_references,
-            deletion_timestamp: p.metadata.deletion_timestamp,
-            ..Default::default()
-        },
-        spec: p.spec.map(|s| k8s_openapi::api::core::v1::PodSpec {
-            node_name: s.node_name,
-            ..Default::default()
-        }),
-        status: p.status.map(|s| k8s_openapi::api::core::v1::PodStatus {
-            conditions: s.conditions,
-            ..Default::default()
-        }),
-    }
-}
-
-fn owned_by(p: &Pod, ds: &DaemonSet) -> bool {
+fn owned_by(p: &SlimPod, ds: &DaemonSet) -> bool {
     let uid = ds.uid();
     p.owner_references()
         .iter()
         .any(|o| o.kind == "DaemonSet" && (Some(&o.uid) == uid.as_ref() || o.name == ds.name_any()))
-}
-
-fn pod_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// What the planner reads of kube-proxy's `config.conf` (a
@@ -340,7 +299,7 @@ fn other_plans(me: &MigrationPlan, plans: &[&MigrationPlan]) -> Vec<OtherPlan> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use crate::controller::pods::{SlimCondition, SlimSpec, SlimStatus};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
     use k8s_openapi::jiff::Timestamp;
@@ -363,8 +322,8 @@ mod tests {
         p
     }
 
-    fn pod(node: &str, owner: &str, ready: bool) -> Pod {
-        Pod {
+    fn pod(node: &str, owner: &str, ready: bool) -> SlimPod {
+        SlimPod {
             metadata: ObjectMeta {
                 owner_references: Some(vec![OwnerReference {
                     kind: "DaemonSet".into(),
@@ -375,17 +334,14 @@ mod tests {
                 }]),
                 ..meta(&format!("{owner}-{node}"))
             },
-            spec: Some(PodSpec {
+            spec: Some(SlimSpec {
                 node_name: Some(node.into()),
-                ..PodSpec::default()
             }),
-            status: Some(PodStatus {
-                conditions: Some(vec![PodCondition {
+            status: Some(SlimStatus {
+                conditions: vec![SlimCondition {
                     type_: "Ready".into(),
                     status: if ready { "True" } else { "False" }.into(),
-                    ..PodCondition::default()
-                }]),
-                ..PodStatus::default()
+                }],
             }),
         }
     }
@@ -425,17 +381,6 @@ mod tests {
             ..Observed::default()
         };
         let s = snapshot(&me, &o);
-        let slim: Vec<Pod> = pods.iter().cloned().map(slim_pod).collect();
-        let o_slim = Observed {
-            pods: slim.iter().collect(),
-            ..Observed {
-                kube_proxy_daemon_set: Some(&ds),
-                kube_proxy_config_map: Some(&cm),
-                kubeadm_config: true,
-                ..Observed::default()
-            }
-        };
-        assert_eq!(snapshot(&me, &o_slim), s, "a slimmed pod reads the same");
         assert_eq!(
             s.kube_proxy.config_map.as_ref().unwrap().mode.as_deref(),
             Some("nftables")
@@ -463,13 +408,10 @@ mod tests {
         let me = plan("b", 20, Phase::Pending);
         let older = plan("a", 10, Phase::Migrating);
         let younger = plan("c", 30, Phase::Preflight);
-        let mut node = Node {
-            metadata: meta("n1"),
-            ..Node::default()
-        };
+        let mut node = SlimNode::named("n1");
         node.metadata.labels =
             Some([(KUBE_PROXY_EXCLUDED_LABEL.to_string(), "true".to_string())].into());
-        node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+        node.spec = Some(crate::controller::cached::SlimNodeSpec {
             unschedulable: Some(true),
             ..Default::default()
         });

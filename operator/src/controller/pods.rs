@@ -1,89 +1,100 @@
-//! kube-proxy's pods, listed a page at a time and decoded straight into the
-//! few fields the snapshot reads.
+//! The pods of kube-proxy's namespace as the operator caches them: decoded
+//! straight into the few fields the snapshot reads.
 //!
-//! A page of full Pods decoded whole (containers, volumes, tolerations,
-//! managed fields) would be the largest allocation of a reconcile, for a
-//! moment, and it would stay in malloc's arenas; decoding into [`PodWire`]
-//! skips every other field while parsing. The measurements are in
-//! `BENCHMARKS.md`, "Operator at scale (simulated nodes)".
+//! At 5 000 nodes kube-proxy has 5 000 pods. A cache of whole Pods
+//! (containers, volumes, tolerations, every condition's message) would be
+//! one of the operator's largest; [`SlimPod`] is what serde keeps while
+//! parsing, and [`slim`] drops the metadata nothing reads. The
+//! measurements are in `BENCHMARKS.md`, "Operator at scale (simulated
+//! nodes)".
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::ListParams;
-use kube::core::{ObjectList, Request};
+use kube::api::{Api, ListParams};
 use serde::Deserialize;
 
 use crate::error::Result;
 
-/// Pods per page when listing kube-proxy's pods.
+/// Pods per page when listing them without the cache.
 const POD_PAGE: u32 = 250;
 
-/// The fields of a Pod the snapshot reads (see
-/// [`observe::slim_pod`](super::observe::slim_pod)); serde skips the rest.
-#[derive(Clone, Debug, Deserialize)]
-pub struct PodWire {
-    metadata: MetaWire,
+/// A Pod reduced to what the snapshot reads: owners, deletion, node name
+/// and readiness.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct SlimPod {
+    pub metadata: ObjectMeta,
     #[serde(default)]
-    spec: Option<SpecWire>,
+    pub spec: Option<SlimSpec>,
     #[serde(default)]
-    status: Option<StatusWire>,
+    pub status: Option<SlimStatus>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-struct MetaWire {
-    name: Option<String>,
-    namespace: Option<String>,
-    uid: Option<String>,
-    owner_references: Option<Vec<OwnerReference>>,
-    deletion_timestamp: Option<Time>,
+pub struct SlimSpec {
+    pub node_name: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SpecWire {
-    node_name: Option<String>,
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct SlimStatus {
+    #[serde(default)]
+    pub conditions: Vec<SlimCondition>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-struct StatusWire {
-    conditions: Option<Vec<PodCondition>>,
+/// A pod condition's type and status (not its times, reason or message).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct SlimCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
 }
 
-impl From<PodWire> for Pod {
-    fn from(p: PodWire) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: p.metadata.name,
-                namespace: p.metadata.namespace,
-                uid: p.metadata.uid,
-                owner_references: p.metadata.owner_references,
-                deletion_timestamp: p.metadata.deletion_timestamp,
-                ..ObjectMeta::default()
-            },
-            spec: p.spec.map(|s| PodSpec {
-                node_name: s.node_name,
-                ..PodSpec::default()
-            }),
-            status: p.status.map(|s| PodStatus {
-                conditions: s.conditions,
-                ..PodStatus::default()
-            }),
-        }
+impl SlimPod {
+    /// The node it runs on.
+    pub fn node_name(&self) -> Option<&str> {
+        self.spec.as_ref()?.node_name.as_deref()
+    }
+
+    /// Ready, and not being deleted.
+    pub fn ready(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && self.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
     }
 }
 
-/// The pods in `namespace` matching `selector`, slimmed as they are decoded.
-pub async fn list(client: &Client, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
-    let request = Request::new(format!("/api/v1/namespaces/{namespace}/pods"));
+super::cached::cached_resource!(SlimPod, "Pod", "pods", NamespaceResourceScope);
+
+/// Keeps of the metadata what the snapshot and the cache read: name,
+/// namespace, uid, owners and deletion.
+pub fn slim(p: &mut SlimPod) {
+    let m = std::mem::take(&mut p.metadata);
+    p.metadata = ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        owner_references: m.owner_references,
+        deletion_timestamp: m.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
+}
+
+/// The pods in `namespace` matching `selector`, read fresh a page at a
+/// time and slimmed as they are decoded.
+pub async fn list(client: &Client, namespace: &str, selector: &str) -> Result<Vec<SlimPod>> {
+    let api = Api::<SlimPod>::namespaced(client.clone(), namespace);
     let mut out = Vec::new();
     let mut lp = ListParams::default().labels(selector).limit(POD_PAGE);
     loop {
-        let mut req = request.list(&lp).map_err(kube::Error::BuildRequest)?;
-        req.extensions_mut().insert("list");
-        let page: ObjectList<PodWire> = client.request(req).await?;
-        out.extend(page.items.into_iter().map(Pod::from));
+        let page = api.list(&lp).await?;
+        out.extend(page.items.into_iter().map(|mut p| {
+            slim(&mut p);
+            p
+        }));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => lp = lp.continue_token(&token),
             None => return Ok(out),
@@ -94,12 +105,13 @@ pub async fn list(client: &Client, namespace: &str, selector: &str) -> Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::observe::slim_pod;
-    use k8s_openapi::api::core::v1::Container;
+    use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        ManagedFieldsEntry, OwnerReference, Time,
+    };
 
-    #[test]
-    fn decodes_what_slim_pod_keeps_and_nothing_else() {
-        let full = Pod {
+    fn full_pod(ready: &str, deleted: bool) -> Pod {
+        Pod {
             metadata: ObjectMeta {
                 name: Some("kube-proxy-abc".into()),
                 namespace: Some("kube-system".into()),
@@ -112,7 +124,9 @@ mod tests {
                     api_version: "apps/v1".into(),
                     ..OwnerReference::default()
                 }]),
-                deletion_timestamp: Some(Time("2026-01-02T03:04:05Z".parse().expect("a time"))),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                deletion_timestamp: deleted
+                    .then(|| Time("2026-01-02T03:04:05Z".parse().expect("a time"))),
                 ..ObjectMeta::default()
             },
             spec: Some(PodSpec {
@@ -125,22 +139,56 @@ mod tests {
                 ..PodSpec::default()
             }),
             status: Some(PodStatus {
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: "True".into(),
-                    ..PodCondition::default()
-                }]),
+                conditions: Some(vec![
+                    PodCondition {
+                        type_: "PodScheduled".into(),
+                        status: "True".into(),
+                        ..PodCondition::default()
+                    },
+                    PodCondition {
+                        type_: "Ready".into(),
+                        status: ready.into(),
+                        message: Some("containers with unready status".into()),
+                        ..PodCondition::default()
+                    },
+                ]),
                 phase: Some("Running".into()),
                 ..PodStatus::default()
             }),
-        };
-        let json = serde_json::to_string(&full).expect("a pod serializes");
-        let wire: PodWire = serde_json::from_str(&json).expect("a pod decodes");
-        assert_eq!(Pod::from(wire), slim_pod(full));
+        }
+    }
 
-        let bare: PodWire = serde_json::from_str(r#"{"metadata":{"name":"p"}}"#)
-            .expect("a pod without spec and status decodes");
-        let bare = Pod::from(bare);
-        assert!(bare.spec.is_none() && bare.status.is_none());
+    fn decoded(p: &Pod) -> SlimPod {
+        let json = serde_json::to_string(p).expect("a pod serializes");
+        let mut slim_pod: SlimPod = serde_json::from_str(&json).expect("a pod decodes");
+        slim(&mut slim_pod);
+        slim_pod
+    }
+
+    #[test]
+    fn keeps_owners_node_and_readiness_and_nothing_else() {
+        let p = decoded(&full_pod("True", false));
+        assert_eq!(p.node_name(), Some("node-0007"));
+        assert!(p.ready());
+        assert_eq!(p.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+        assert_eq!(p.metadata.uid.as_deref(), Some("u1"));
+        assert!(p.metadata.labels.is_none() && p.metadata.managed_fields.is_none());
+
+        assert!(!decoded(&full_pod("False", false)).ready());
+        assert!(
+            !decoded(&full_pod("True", true)).ready(),
+            "a pod being deleted is not ready"
+        );
+    }
+
+    #[test]
+    fn a_pod_without_spec_or_status_decodes_unready() {
+        let bare: SlimPod =
+            serde_json::from_str(r#"{"metadata":{"name":"p"}}"#).expect("a bare pod decodes");
+        assert!(bare.node_name().is_none() && !bare.ready());
+        let no_conditions: SlimPod =
+            serde_json::from_str(r#"{"metadata":{"name":"p"},"status":{"phase":"Pending"}}"#)
+                .expect("a pod without conditions decodes");
+        assert!(!no_conditions.ready());
     }
 }

@@ -9,10 +9,11 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 use switchyard_api::{NodeDatapath, STARTUP_TAINT};
+
+use super::cached::SlimNode;
 
 /// Which events of one watch change what the planner reads: an object that
 /// appears or changes in a field it reads, one that is deleted (a Node
@@ -66,21 +67,9 @@ impl<K: ResourceExt> Changes<K> {
     }
 }
 
-/// Drops what the operator never reads from a cached Node (its status but
-/// the addresses: real kubelets fill it with image lists; annotations;
-/// managed fields).
-pub fn slim_node(n: &mut Node) {
-    n.status = n.status.take().map(|s| NodeStatus {
-        addresses: s.addresses,
-        ..NodeStatus::default()
-    });
-    n.metadata.annotations = None;
-    n.metadata.managed_fields = None;
-}
-
 /// Hash of a Node's labels, cordon state, InternalIP, startup taint and
 /// creation time (all the planner reads).
-pub fn node_inputs(n: &Node) -> Option<u64> {
+pub fn node_inputs(n: &SlimNode) -> Option<u64> {
     let mut h = DefaultHasher::new();
     n.labels().hash(&mut h);
     n.metadata
@@ -89,22 +78,15 @@ pub fn node_inputs(n: &Node) -> Option<u64> {
         .map(|t| t.0.as_millisecond())
         .hash(&mut h);
     super::external::internal_ip(n).hash(&mut h);
-    n.spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
-        .hash(&mut h);
+    n.unschedulable().hash(&mut h);
     has_startup_taint(n).hash(&mut h);
     Some(h.finish())
 }
 
 /// Whether the node carries the taint it registers with in a cluster
 /// without kube-proxy ([`STARTUP_TAINT`]).
-pub fn has_startup_taint(n: &Node) -> bool {
-    n.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == STARTUP_TAINT))
+pub fn has_startup_taint(n: &SlimNode) -> bool {
+    n.taints().iter().any(|t| t.key == STARTUP_TAINT)
 }
 
 /// Hash of an agent Lease's holder: renewals do not trigger, a new Lease
@@ -131,24 +113,30 @@ pub fn datapath_inputs(d: &NodeDatapath) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use crate::controller::cached::{SlimNodeSpec, SlimNodeStatus};
+    use k8s_openapi::api::core::v1::NodeAddress;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
     use switchyard_api::{DatapathMode, NodeDatapathSpec, NodeDatapathStatus};
 
     #[test]
     fn node_status_reports_do_not_trigger_but_cordon_and_labels_do() {
-        let mut n = Node::default();
-        n.metadata.name = Some("a".into());
+        let mut n = SlimNode::named("a");
         let base = node_inputs(&n);
-        n.status = Some(NodeStatus {
-            phase: Some("Running".into()),
-            ..NodeStatus::default()
+        n.status = Some(SlimNodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "Hostname".into(),
+                address: "a".into(),
+            }]),
         });
-        assert_eq!(node_inputs(&n), base);
-        n.spec = Some(NodeSpec {
+        assert_eq!(
+            node_inputs(&n),
+            base,
+            "an address the planner does not read"
+        );
+        n.spec = Some(SlimNodeSpec {
             unschedulable: Some(true),
-            ..NodeSpec::default()
+            ..SlimNodeSpec::default()
         });
         let cordoned = node_inputs(&n);
         assert_ne!(cordoned, base);
@@ -159,14 +147,12 @@ mod tests {
     #[test]
     fn a_node_deleted_or_recreated_triggers_and_a_status_report_does_not() {
         let mut changes = Changes::new(node_inputs);
-        let mut n = Node::default();
-        n.metadata.name = Some("a".into());
+        let mut n = SlimNode::named("a");
         assert!(!changes.on(&Event::Init));
         assert!(!changes.on(&Event::InitApply(n.clone())));
         assert!(changes.on(&Event::InitDone));
-        n.status = Some(NodeStatus {
-            phase: Some("Running".into()),
-            ..NodeStatus::default()
+        n.status = Some(SlimNodeStatus {
+            addresses: Some(Vec::new()),
         });
         assert!(!changes.on(&Event::Apply(n.clone())), "a status report");
         assert!(changes.on(&Event::Delete(n.clone())), "the node left");

@@ -53,6 +53,29 @@ pub struct Event {
     pub message: String,
 }
 
+/// The actions with each cluster-wide change to kube-proxy (its template,
+/// rollout, backup) kept once, where it first appears: every node that
+/// leaves kube-proxy in one decision asks for the same template edit, and
+/// the controller applies cluster-wide actions one at a time, between the
+/// nodes' (a wave of hundreds of nodes would otherwise take a template
+/// read per node, in series).
+pub fn once_each(actions: Vec<Action>) -> Vec<Action> {
+    let mut seen: Vec<Action> = Vec::new();
+    actions
+        .into_iter()
+        .filter(|a| {
+            if a.node().is_some() || matches!(a, Action::Event(_)) {
+                return true;
+            }
+            if seen.contains(a) {
+                return false;
+            }
+            seen.push(a.clone());
+            true
+        })
+        .collect()
+}
+
 impl Action {
     /// The node this action changes, if it is node-scoped.
     pub fn node(&self) -> Option<&str> {

@@ -26,24 +26,45 @@ pub enum Moved {
 }
 
 /// Starts a pending node: records whether the plan will hold its cordon
-/// (it was schedulable), before anything touches it.
+/// (it was schedulable), before anything touches it. Its start is told
+/// once for all the nodes a decision starts ([`started`]).
 pub fn start(ctx: &Ctx<'_>, p: &mut NodeProgress, events: &mut Vec<Action>) {
     match ctx.snap.nodes.get(&p.name) {
         None => gone(ctx, p, events),
         Some(node) => {
             p.holds_cordon = !node.unschedulable;
             enter(ctx, p, NodeStep::Cordon);
-            events.push(event(
-                Some(&p.name),
-                false,
-                "MigrationStarted",
-                format!(
-                    "switchyard plan {} started migrating node {} to the eBPF datapath (wave {})",
-                    ctx.plan_name, p.name, p.wave
-                ),
-            ));
         }
     }
+}
+
+/// Names listed in a [`started`] Event before "and N more".
+const STARTED_NAMED: usize = 10;
+
+/// The one Event, on the plan, for the nodes a decision started (`what`:
+/// "wave 3", "nodes that joined"). A node's own Event comes when it is
+/// done (`NodeMigrated`, with when it started and each step's time) or
+/// failed: an Event per node at its start too would cost every node one
+/// more request and etcd object.
+pub fn started(ctx: &Ctx<'_>, what: &str, names: &[&str]) -> Option<Action> {
+    let (first, rest) = names.split_at(names.len().min(STARTED_NAMED));
+    let more = match rest.len() {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    (!names.is_empty()).then(|| {
+        event(
+            None,
+            false,
+            "NodesStarted",
+            format!(
+                "switchyard plan {} started migrating {what} to the eBPF datapath: {} node(s): {}{more}",
+                ctx.plan_name,
+                names.len(),
+                first.join(", ")
+            ),
+        )
+    })
 }
 
 /// Sends a failed node back into its migration (`spec.failurePolicy.retry`

@@ -150,6 +150,7 @@ fn migrate_joined(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
     let max = waves::max_in_flight(&ctx.spec.strategy, ctx.snap.nodes.len())?;
     let in_flight = s.st.nodes.iter().filter(|p| p.step.in_flight()).count();
     let room = max.saturating_sub(in_flight);
+    let mut started = Vec::new();
     for p in
         s.st.nodes
             .iter_mut()
@@ -158,7 +159,12 @@ fn migrate_joined(ctx: &Ctx<'_>, s: &mut Draft) -> Result<(), PlanError> {
     {
         node::start(ctx, p, &mut s.actions);
         s.moved = true;
+        if p.step == NodeStep::Cordon {
+            started.push(p.name.as_str());
+        }
     }
+    let event = node::started(ctx, "nodes that joined", &started);
+    s.actions.extend(event);
     let joining: Vec<String> =
         s.st.nodes
             .iter()

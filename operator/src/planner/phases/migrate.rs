@@ -187,12 +187,18 @@ fn pausing_between_waves(ctx: &Ctx<'_>, s: &mut Draft, next: usize) -> bool {
 fn start_wave(ctx: &Ctx<'_>, s: &mut Draft, next: usize) {
     s.st.current_wave = Some(next as u32);
     s.st.wave_completed_at = None;
+    let mut started = Vec::new();
     for p in
         s.st.nodes
             .iter_mut()
             .filter(|p| p.wave as usize == next && p.step == NodeStep::Pending)
     {
         node::start(ctx, p, &mut s.actions);
+        if p.step == NodeStep::Cordon {
+            started.push(p.name.as_str());
+        }
     }
+    let event = node::started(ctx, &format!("wave {next}"), &started);
+    s.actions.extend(event);
     s.moved = true;
 }

@@ -81,7 +81,7 @@ pub(super) fn decide(
     set_conditions(ctx, generation, &mut s);
     Ok(Decision {
         status: s.st,
-        actions: s.actions,
+        actions: super::actions::once_each(s.actions),
         requeue_after_secs: if s.moved { 0 } else { s.requeue },
         release: false,
     })

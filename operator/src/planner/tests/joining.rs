@@ -121,7 +121,7 @@ fn a_migrated_node_replaced_by_a_new_machine_under_its_name_is_migrated_again() 
     let started = sim
         .events
         .iter()
-        .filter(|e| e.reason == "MigrationStarted" && e.node.as_deref() == Some("node-00"))
+        .filter(|e| e.reason == "NodesStarted" && e.message.contains("node-00"))
         .count();
     assert_eq!(started, 2, "migrated once per machine");
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);

@@ -2,13 +2,14 @@
 //! transition (`unit`), the NodeDatapath spec a rollback leaves
 //! (`rollback_spec`), traffic from outside the nodes in preflight and
 //! Verify (`north_south`), the agents' Leases (`liveness`), cordons by
-//! others (`cordons`), nodes joining and coming back (`joining`) and
+//! others (`cordons`), the Events of a run (`events`), nodes joining and coming back (`joining`) and
 //! property tests of the invariants: a plan run to its end (`props`), and
 //! retries, churn, cordons, selections and stalled rollbacks
 //! (`props_day_two`).
 
 mod cordons;
 mod deletion;
+mod events;
 mod joining;
 mod liveness;
 mod node_ports;

@@ -6,6 +6,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use switchyard_api::{FailureAction, NodeStep, Phase};
 
+use crate::planner::Action;
+
 use super::sim::Sim;
 use super::unit::{run, spec, step_of, until};
 
@@ -70,4 +72,26 @@ fn a_partial_selection_keeps_kube_proxy_for_the_nodes_outside_it() {
     }
     let message = sim.status.message.clone().unwrap_or_default();
     assert!(message.contains("node-01, node-02"), "{message}");
+}
+
+#[test]
+fn a_wave_leaving_kube_proxy_together_edits_its_template_once() {
+    let mut sim = Sim::new(3, &[], spec(0, 3));
+    let a = until(&mut sim, "node-00", NodeStep::RemoveKubeProxy);
+    let count = |f: fn(&Action) -> bool| a.iter().filter(|x| f(x)).count();
+    assert_eq!(
+        count(|x| matches!(x, Action::ExcludeKubeProxy { .. })),
+        3,
+        "the wave moved together: {a:?}"
+    );
+    assert_eq!(count(|x| *x == Action::HoldKubeProxyRollout), 1, "{a:?}");
+    assert_eq!(count(|x| *x == Action::EnsureKubeProxyAffinity), 1, "{a:?}");
+    assert_eq!(
+        a[..2],
+        [
+            Action::HoldKubeProxyRollout,
+            Action::EnsureKubeProxyAffinity
+        ],
+        "held, then edited, before any node leaves: {a:?}"
+    );
 }
