@@ -73,6 +73,9 @@ async fn migrate_with_zero_failures(
         secs / s.nodes.len() as f64,
         s.kube_proxy_mode
     );
+    // However fast the migration went, the traffic covers it and the time
+    // after it.
+    load.wait_for_more(100).await.unwrap();
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 100);
     let watchers = match (prometheus, web) {
@@ -581,6 +584,7 @@ async fn killing_the_operator_at_every_step_and_the_agents_mid_migration_fails_n
         operator_kills >= 6,
         "the operator was killed at the step boundaries ({operator_kills})"
     );
+    load.wait_for_more(100).await.unwrap();
     let totals = load.stop(&c).await.unwrap();
     assert_no_failures(&totals, 100);
     assert_no_kube_proxy_rules(&c).await;

@@ -14,8 +14,7 @@ use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use switchyard_api::{AGENT_LEASE_NAMESPACE, NodeDatapath};
 
-use super::cached;
-use super::{external, pods, triggers};
+use super::{cached, external, pods, triggers};
 
 /// The watches of the Nodes and NodeDatapaths into their caches, as one
 /// stream of triggers: each change worth a decision reconciles every plan.
