@@ -86,7 +86,17 @@ async fn migrate_with_zero_failures(
         _ => None,
     };
 
-    // kube-proxy is gone and backed up.
+    assert_kube_proxy_gone_and_backed_up(&c, s.kube_proxy_backup.as_deref()).await;
+    assert_no_kube_proxy_rules(&c).await;
+    assert_kubelet_chains(&c).await;
+    assert_services_reachable(&c, &targets).await;
+    common::assert_plugin_reports_success(&c, "to-ebpf", &p).await;
+    (c, targets, watchers)
+}
+
+/// kube-proxy's DaemonSet, ConfigMap and pods are gone, and the plan's
+/// backup holds the DaemonSet.
+async fn assert_kube_proxy_gone_and_backed_up(c: &Cluster, backup: Option<&str>) {
     let ds: Api<DaemonSet> = Api::namespaced(c.client(), "kube-system");
     assert!(
         ds.get_opt("kube-proxy").await.unwrap().is_none(),
@@ -99,7 +109,7 @@ async fn migrate_with_zero_failures(
     );
     let backups: Api<ConfigMap> = Api::namespaced(c.client(), "switchyard-system");
     let backup = backups
-        .get(s.kube_proxy_backup.as_deref().unwrap())
+        .get(backup.expect("the plan names its backup"))
         .await
         .unwrap();
     assert!(backup.data.unwrap().contains_key("daemonset.yaml"));
@@ -114,11 +124,6 @@ async fn migrate_with_zero_failures(
     })
     .await
     .unwrap();
-    assert_no_kube_proxy_rules(&c).await;
-    assert_kubelet_chains(&c).await;
-    assert_services_reachable(&c, &targets).await;
-    common::assert_plugin_reports_success(&c, "to-ebpf", &p).await;
-    (c, targets, watchers)
 }
 
 /// `cordoned` is the only unschedulable node: the plan lifted its own

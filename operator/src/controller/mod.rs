@@ -37,7 +37,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::IgnoredAny;
 use switchyard_api::{
@@ -146,14 +146,8 @@ pub async fn run(
     let (kubernetes, kubernetes_w) = reflector::store();
     let endpoint_changes = watches::kubernetes_endpoints(&client, &wc, kubernetes_w);
 
-    // The plans' own watch, slimmed like the others: the server-side applied
-    // status leaves managed fields as big as the status (every node's entry).
     let (plans, plans_w) = reflector::store();
-    let plan_events = watcher(Api::<MigrationPlan>::all(client.clone()), wc)
-        .default_backoff()
-        .modify(|p: &mut MigrationPlan| p.managed_fields_mut().clear())
-        .reflect(plans_w)
-        .applied_objects();
+    let plan_events = watches::plans(&client, &wc, plans_w);
     let controller = Controller::for_stream(plan_events, plans.clone())
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(shutdown);
@@ -182,15 +176,18 @@ pub async fn run(
 
     controller
         .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            if let Err(e) = r {
-                warn!(error = %e, "reconcile failed");
-            }
-            switchyard_daemon::release_freed_memory();
-            future::ready(())
-        })
+        .for_each(after_reconcile)
         .await;
     Ok(())
+}
+
+/// After each reconcile: its failure logged, the heap it freed returned.
+fn after_reconcile<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> future::Ready<()> {
+    if let Err(e) = r {
+        warn!(error = %e, "reconcile failed");
+    }
+    switchyard_daemon::release_freed_memory();
+    future::ready(())
 }
 
 /// Ready once every cache is filled. The initial lists were decoded

@@ -12,9 +12,24 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use switchyard_api::{AGENT_LEASE_NAMESPACE, NodeDatapath};
+use switchyard_api::{AGENT_LEASE_NAMESPACE, MigrationPlan, NodeDatapath};
 
 use super::{cached, external, pods, triggers};
+
+/// The plans' own watch into their cache, slimmed like the others: the
+/// server-side applied status leaves managed fields as big as the status.
+pub fn plans(
+    client: &Client,
+    wc: &watcher::Config,
+    plans_w: reflector::store::Writer<MigrationPlan>,
+) -> futures::stream::BoxStream<'static, Result<MigrationPlan, watcher::Error>> {
+    watcher(Api::<MigrationPlan>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .modify(|p: &mut MigrationPlan| p.managed_fields_mut().clear())
+        .reflect(plans_w)
+        .applied_objects()
+        .boxed()
+}
 
 /// The watches of the Nodes and NodeDatapaths into their caches, as one
 /// stream of triggers: each change worth a decision reconciles every plan.
