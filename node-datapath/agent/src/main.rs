@@ -120,9 +120,13 @@ async fn run(args: Args) -> Result<(), Error> {
         observer,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stopping = shared.clone();
     tokio::spawn(async move {
         switchyard_daemon::shutdown_signal().await;
         info!("shutting down");
+        stopping
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = stop_tx.send(true);
     });
     let cfg = AgentConfig {

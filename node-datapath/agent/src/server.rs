@@ -13,6 +13,8 @@ use crate::flows::reader::FlowHub;
 pub struct Shared {
     /// Set once the first sync and status write are done.
     pub ready: AtomicBool,
+    /// Set when the agent was asked to stop (its pod is going away).
+    pub stopping: AtomicBool,
     /// NodeDatapath status writes (made only when the status changed).
     pub status_writes: AtomicU64,
     /// Lease renewals that succeeded, and those that failed.

@@ -3,8 +3,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use std::sync::atomic::Ordering;
 use switchyard_api::CleanupRequest;
-use tracing::info;
+
+use tracing::{info, warn};
 
 use super::State;
 use crate::status;
@@ -43,6 +45,17 @@ impl State {
             }
         })
         .await;
+        if !dry_run && self.shared.stopping.load(Ordering::Relaxed) {
+            // The signal that stops this agent reaches the iptables and nft
+            // processes of the cleanup too: what they did not finish is no
+            // answer. The generation stays unanswered; the next agent on
+            // this node does the cleanup again (it is idempotent).
+            warn!(
+                generation,
+                "kube-proxy cleanup cut short by the agent's shutdown; left to the next agent"
+            );
+            return;
+        }
         match report {
             Ok(r) => {
                 let mut result = status::cleanup_result(generation, &r);
