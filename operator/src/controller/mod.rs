@@ -205,6 +205,7 @@ fn spawn_readiness(ctx: Arc<Context>) {
 }
 
 /// Waits for every cache's first list; `false` if a watch was dropped.
+/// [`caches_synced`] asks the same without waiting.
 async fn caches_filled(ctx: &Context) -> bool {
     ctx.nodes.wait_until_ready().await.is_ok()
         && ctx.datapaths.wait_until_ready().await.is_ok()
@@ -329,25 +330,7 @@ async fn reconcile_inner(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<
 /// unprogrammed, a Lease missing would look like a dead agent (a freshly
 /// started or restarted operator).
 fn caches_synced(ctx: &Context) -> bool {
-    filled(&ctx.nodes)
-        && filled(&ctx.datapaths)
-        && filled(&ctx.services)
-        && filled(&ctx.leases)
-        && filled(&ctx.daemon_sets)
-        && filled(&ctx.pods)
-        && filled(&ctx.kubernetes)
-}
-
-/// The cache's first list is in.
-fn filled<K>(store: &Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .wait_until_ready()
-        .now_or_never()
-        .is_some_and(|r| r.is_ok())
+    caches_filled(ctx).now_or_never() == Some(true)
 }
 
 /// The snapshot the planner decides on. Cached: nodes, datapaths, the
